@@ -1,0 +1,2 @@
+//! sipdesk — an embedded SIP PBX.
+pub mod sip;

@@ -1,0 +1,92 @@
+//! The sans-IO SIP core: message parsing and building ([`message`]), the RFC 3261
+//! §17 transaction layer ([`transaction`]) and digest authentication ([`auth`]).
+//! Nothing here touches a socket, a runtime, the disk or the clock: every input
+//! carries `now`, every output is returned.
+
+pub mod auth;
+pub mod message;
+pub mod transaction;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Why a message could not be read. Every variant is "the peer misbehaved".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SipError {
+    #[error("empty message")]
+    Empty,
+    #[error("message of {0} bytes exceeds the size limit")]
+    TooLarge(usize),
+    #[error("too many header lines")]
+    TooManyHeaders,
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("body shorter than Content-Length ({present} of {declared} bytes)")]
+    BodyTruncated { declared: usize, present: usize },
+}
+
+/// The transport a message travelled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// Reliable transports need no retransmissions (RFC 3261 §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+    pub fn from_via(t: &[u8]) -> Option<Transport> {
+        if t.eq_ignore_ascii_case(b"UDP") {
+            Some(Transport::Udp)
+        } else if t.eq_ignore_ascii_case(b"TCP") {
+            Some(Transport::Tcp)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one TCP connection of the transport layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Where a message came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Remote {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The connection a stream message arrived on (responses go back on it).
+    pub conn: Option<ConnId>,
+}
+
+impl Remote {
+    pub fn udp(addr: SocketAddr) -> Remote {
+        Remote {
+            transport: Transport::Udp,
+            addr,
+            conn: None,
+        }
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
