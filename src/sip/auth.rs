@@ -60,22 +60,22 @@ impl Algorithm {
 /// The stored secrets of one user: HA1 per algorithm, lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ha1 {
-    pub md5: String,
-    pub sha256: String,
+    pub md5: Option<String>,
+    pub sha256: Option<String>,
 }
 
 impl Ha1 {
     pub fn from_password(user: &str, realm: &str, password: &str) -> Ha1 {
         let parts: [&[u8]; 3] = [user.as_bytes(), realm.as_bytes(), password.as_bytes()];
         Ha1 {
-            md5: Algorithm::Md5.hex(&parts),
-            sha256: Algorithm::Sha256.hex(&parts),
+            md5: Some(Algorithm::Md5.hex(&parts)),
+            sha256: Some(Algorithm::Sha256.hex(&parts)),
         }
     }
-    fn get(&self, alg: Algorithm) -> &str {
+    fn get(&self, alg: Algorithm) -> Option<&str> {
         match alg {
-            Algorithm::Md5 => &self.md5,
-            Algorithm::Sha256 => &self.sha256,
+            Algorithm::Md5 => self.md5.as_deref(),
+            Algorithm::Sha256 => self.sha256.as_deref(),
         }
     }
 }
@@ -212,12 +212,9 @@ impl DigestAuthority {
         let user = String::from_utf8_lossy(&user).into_owned();
         let qop = auth.param("qop");
         let (nc, cnonce) = (auth.param("nc"), auth.param("cnonce"));
-        let known = lookup(&user);
+        let known = lookup(&user).and_then(|h| h.get(alg).map(str::to_string));
         // An unknown user is hashed against a throwaway HA1: same work, same answer.
-        let ha1 = known
-            .as_ref()
-            .map(|h| h.get(alg).to_string())
-            .unwrap_or_else(|| alg.hex(&[b"-"]));
+        let ha1 = known.clone().unwrap_or_else(|| alg.hex(&[b"-"]));
         let ha2 = alg.hex(&[method, &uri]);
         let expected = match (&qop, &nc, &cnonce) {
             (Some(q), Some(nc), Some(cn)) if q.eq_ignore_ascii_case(b"auth") => {

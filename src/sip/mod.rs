@@ -28,7 +28,7 @@ pub enum SipError {
 }
 
 /// The transport a message travelled on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     Udp,
     Tcp,
@@ -71,7 +71,8 @@ pub struct ConnId(pub u64);
 pub struct Remote {
     pub transport: Transport,
     pub addr: SocketAddr,
-    /// The connection a stream message arrived on (responses go back on it).
+    /// The local socket (UDP: its index) or connection (TCP) the message used;
+    /// replies go out through the same one.
     pub conn: Option<ConnId>,
 }
 

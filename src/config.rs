@@ -1,0 +1,422 @@
+//! Configuration: the typed form of `conf/sipdesk.toml`, parsed and validated into
+//! values the rest of the PBX can trust. The default file is compiled in
+//! ([`DEFAULT_TOML`]); [`Config::default`] equals it (a test keeps them in sync).
+//! Every error names the offending key and its line.
+
+use crate::sip::auth::{Algorithm, Ha1};
+use crate::sip::transaction::TimerConfig;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The default configuration, as shipped in `conf/sipdesk.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../conf/sipdesk.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: line {line}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub http: HttpConfig,
+    pub data: DataConfig,
+    pub log: LogConfig,
+    pub demo: DemoConfig,
+    pub users: Vec<UserConfig>,
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub domain: Spanned<String>,
+    pub auth_algorithms: Spanned<Vec<Algorithm>>,
+    pub nonce_ttl_secs: u64,
+    pub min_expires: Spanned<u32>,
+    pub max_expires: Spanned<u32>,
+    pub default_expires: Spanned<u32>,
+    pub max_message_bytes: Spanned<usize>,
+    pub max_headers: usize,
+    pub t1_ms: Spanned<u64>,
+    pub t2_ms: Spanned<u64>,
+    pub t4_ms: u64,
+    pub shards: Spanned<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    pub port_min: Spanned<u16>,
+    pub port_max: Spanned<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub extensions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub extension: Spanned<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub ha1_md5: Option<String>,
+    #[serde(default)]
+    pub ha1_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub extension: Spanned<String>,
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+}
+
+fn default_priority() -> u32 {
+    1
+}
+
+fn sp<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any: SocketAddr = ([0, 0, 0, 0], 5060).into();
+        SipConfig {
+            udp: vec![any],
+            tcp: vec![any],
+            domain: sp("sipdesk.local".into()),
+            auth_algorithms: sp(vec![Algorithm::Sha256, Algorithm::Md5]),
+            nonce_ttl_secs: 300,
+            min_expires: sp(60),
+            max_expires: sp(7200),
+            default_expires: sp(3600),
+            max_message_bytes: sp(65_535),
+            max_headers: 128,
+            t1_ms: sp(500),
+            t2_ms: sp(4000),
+            t4_ms: 5000,
+            shards: sp(0),
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig {
+            port_min: sp(20000),
+            port_max: sp(30000),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { dir: "data".into() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            extensions: ["201", "202", "203", "204"].map(String::from).to_vec(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            rtp: RtpConfig::default(),
+            http: HttpConfig::default(),
+            data: DataConfig::default(),
+            log: LogConfig::default(),
+            demo: DemoConfig::default(),
+            users: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// A configured user after validation: secrets reduced to HA1 values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub extension: String,
+    pub name: Option<String>,
+    pub ha1: Ha1,
+}
+
+impl Config {
+    /// The compiled-in default configuration.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_TOML, "embedded default")
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.validate(text, origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let bad = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        };
+        let s = &self.sip;
+        if s.domain.get_ref().trim().is_empty() || s.domain.get_ref().contains(['"', '\\', ' ']) {
+            return Err(bad(s.domain.span(), "sip.domain", "must be a non-empty host name".into()));
+        }
+        if s.auth_algorithms.get_ref().is_empty() {
+            return Err(bad(s.auth_algorithms.span(), "sip.auth_algorithms", "offer at least one algorithm".into()));
+        }
+        let (min, def, max) = (*s.min_expires.get_ref(), *s.default_expires.get_ref(), *s.max_expires.get_ref());
+        if min == 0 || min > def {
+            return Err(bad(s.min_expires.span(), "sip.min_expires", format!("must be between 1 and default_expires ({def})")));
+        }
+        if def > max {
+            return Err(bad(s.max_expires.span(), "sip.max_expires", format!("must be at least default_expires ({def})")));
+        }
+        if !(1024..=1_048_576).contains(s.max_message_bytes.get_ref()) {
+            return Err(bad(s.max_message_bytes.span(), "sip.max_message_bytes", "must be between 1024 and 1048576".into()));
+        }
+        if *s.t1_ms.get_ref() == 0 || s.t1_ms.get_ref() > s.t2_ms.get_ref() {
+            return Err(bad(s.t1_ms.span(), "sip.t1_ms", "must be positive and not above t2_ms".into()));
+        }
+        if *s.shards.get_ref() > 256 {
+            return Err(bad(s.shards.span(), "sip.shards", "at most 256".into()));
+        }
+        let r = &self.rtp;
+        if r.port_min.get_ref() >= r.port_max.get_ref() || *r.port_min.get_ref() < 1024 {
+            return Err(bad(r.port_min.span(), "rtp.port_min", "must be at least 1024 and below rtp.port_max".into()));
+        }
+        let mut seen = HashSet::new();
+        for u in &self.users {
+            let ext = u.extension.get_ref();
+            if ext.is_empty() || !ext.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.+".contains(&c)) {
+                return Err(bad(u.extension.span(), "users.extension", format!("`{ext}` is not a valid SIP user part (letters, digits, - _ . +)")));
+            }
+            if !seen.insert(ext.clone()) {
+                return Err(bad(u.extension.span(), "users.extension", format!("extension {ext} is defined twice")));
+            }
+            let has_ha1 = u.ha1_md5.is_some() || u.ha1_sha256.is_some();
+            if u.password.is_some() == has_ha1 {
+                return Err(bad(u.extension.span(), "users.password", format!("user {ext} needs either `password` or `ha1_md5`/`ha1_sha256`")));
+            }
+            for (key, v, len) in [("users.ha1_md5", &u.ha1_md5, 32), ("users.ha1_sha256", &u.ha1_sha256, 64)] {
+                if let Some(v) = v {
+                    if v.len() != len || !v.bytes().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(bad(u.extension.span(), key, format!("user {ext}: must be {len} hex digits")));
+                    }
+                }
+            }
+        }
+        let mut groups = HashSet::new();
+        for g in &self.groups {
+            if !groups.insert(g.name.get_ref().clone()) {
+                return Err(bad(g.name.span(), "groups.name", format!("group {} is defined twice", g.name.get_ref())));
+            }
+            for m in &g.members {
+                if !seen.contains(m.extension.get_ref()) {
+                    return Err(bad(m.extension.span(), "groups.members.extension", format!("group {}: no user {}", g.name.get_ref(), m.extension.get_ref())));
+                }
+            }
+        }
+        if s.udp.is_empty() && s.tcp.is_empty() {
+            return Err(bad(0..0, "sip.udp", "listen on at least one UDP or TCP address".into()));
+        }
+        Ok(())
+    }
+
+    /// The SIP domain (and digest realm).
+    pub fn domain(&self) -> &str {
+        self.sip.domain.get_ref()
+    }
+
+    pub fn timers(&self) -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(*self.sip.t1_ms.get_ref()),
+            t2: Duration::from_millis(*self.sip.t2_ms.get_ref()),
+            t4: Duration::from_millis(self.sip.t4_ms),
+        }
+    }
+
+    /// Configured users with their secrets reduced to HA1 values.
+    pub fn users(&self) -> Vec<User> {
+        let realm = self.domain();
+        self.users
+            .iter()
+            .map(|u| {
+                let ext = u.extension.get_ref().clone();
+                let ha1 = match &u.password {
+                    Some(pw) => Ha1::from_password(&ext, realm, pw),
+                    None => Ha1 {
+                        md5: u.ha1_md5.clone().map(|h| h.to_ascii_lowercase()),
+                        sha256: u.ha1_sha256.clone().map(|h| h.to_ascii_lowercase()),
+                    },
+                };
+                User {
+                    extension: ext,
+                    name: u.name.clone(),
+                    ha1,
+                }
+            })
+            .collect()
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// toml's own message already names the key; make sure the line is stated first.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            let src = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("line {line}: {msg} (in `{src}`)")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_file_equals_the_built_in_defaults() {
+        // Spanned<T> compares values only, so spans do not matter here.
+        let embedded = Config::embedded().expect("embedded config is valid");
+        assert_eq!(embedded, Config::default());
+    }
+
+    #[test]
+    fn a_partial_file_keeps_defaults_for_what_it_leaves_out() {
+        let c = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\n", "t").expect("valid");
+        assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().expect("addr")]);
+        assert_eq!(c.domain(), "sipdesk.local");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_line() {
+        let e = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\nfoo = 1\n", "t").expect_err("unknown");
+        let msg = e.to_string();
+        assert!(msg.contains("line 3") && msg.contains("foo"), "{msg}");
+        let e = Config::parse("[sip]\n\nudp = [\"nonsense\"]\n", "t").expect_err("addr");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = Config::parse("[rtp]\nport_min = 40000\nport_max = 30000\n", "t").expect_err("range");
+        assert!(e.to_string().contains("line 2") && e.to_string().contains("rtp.port_min"), "{e}");
+        let e = Config::parse("[[users]]\nextension = \"201\"\n", "t").expect_err("secret");
+        assert!(e.to_string().contains("users.password"), "{e}");
+        let e = Config::parse(
+            "[[users]]\nextension = \"201\"\npassword = \"x\"\n[[groups]]\nname = \"s\"\nmembers = [{ extension = \"999\" }]\n",
+            "t",
+        )
+        .expect_err("member");
+        assert!(e.to_string().contains("line 6") && e.to_string().contains("999"), "{e}");
+    }
+
+    #[test]
+    fn users_are_reduced_to_ha1() {
+        let c = Config::parse(
+            "[[users]]\nextension = \"201\"\npassword = \"pw\"\n[[users]]\nextension = \"202\"\nha1_md5 = \"0123456789abcdef0123456789ABCDEF\"\n",
+            "t",
+        )
+        .expect("valid");
+        let users = c.users();
+        assert_eq!(users[0].ha1, Ha1::from_password("201", "sipdesk.local", "pw"));
+        assert_eq!(users[1].ha1.md5.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(users[1].ha1.sha256, None);
+    }
+}

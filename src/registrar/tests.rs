@@ -1,0 +1,158 @@
+//! Registrar rules against a real (temporary) store.
+
+use super::*;
+use crate::sip::message::{parse, Limits};
+use bytes::Bytes;
+
+const POLICY: Policy = Policy {
+    min_expires: 60,
+    max_expires: 7200,
+    default_expires: 3600,
+    max_contacts: 4,
+};
+
+fn source() -> Remote {
+    Remote::udp("192.0.2.7:40000".parse().expect("addr"))
+}
+
+fn register(cseq: u32, extra: &str) -> Message {
+    let text = format!(
+        "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{cseq}\r\n\
+From: <sip:201@pbx>;tag=a\r\nTo: <sip:201@pbx>\r\nCall-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
+    );
+    parse(Bytes::from(text), &Limits::default()).expect("parse")
+}
+
+fn fixture() -> (tempfile::TempDir, Registrar) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("store");
+    let r = Registrar::load(store, POLICY, UnixMillis(0)).expect("load");
+    (dir, r)
+}
+
+fn ok(o: Outcome) -> (Vec<Binding>, bool) {
+    match o {
+        Outcome::Ok { bindings, changed } => (bindings, changed),
+        other => panic!("expected 200, got {other:?}"),
+    }
+}
+
+const T: UnixMillis = UnixMillis(1_000_000);
+
+#[test]
+fn several_contacts_are_bound_with_q_and_expiry_and_fetched() {
+    let (_d, r) = fixture();
+    let req = register(1, "Contact: <sip:201@10.0.0.1:5060>;q=0.5, <sip:201@10.0.0.2>;expires=120\r\nExpires: 600\r\n");
+    let (b, changed) = ok(r.register(T, &req, source(), "201").expect("reg"));
+    assert!(changed);
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0].contact, "sip:201@10.0.0.2", "no q means 1.0, first");
+    assert_eq!(b[0].remaining_secs(T), 120);
+    assert_eq!(b[1].q, Some(500));
+    assert_eq!(b[1].remaining_secs(T), 600);
+    assert_eq!(b[1].source, source().addr);
+    let (fetched, changed) = ok(r.register(T, &register(2, ""), source(), "201").expect("fetch"));
+    assert!(!changed);
+    assert_eq!(fetched.len(), 2);
+}
+
+#[test]
+fn too_brief_expiry_is_423_and_long_expiry_is_clamped() {
+    let (_d, r) = fixture();
+    let brief = r.register(T, &register(1, "Contact: <sip:201@h>;expires=10\r\n"), source(), "201");
+    assert_eq!(
+        brief.expect("reg"),
+        Outcome::Reject { code: 423, reason: "Interval Too Brief", min_expires: Some(60) }
+    );
+    let (b, _) = ok(r.register(T, &register(2, "Contact: <sip:201@h>\r\nExpires: 999999\r\n"), source(), "201").expect("reg"));
+    assert_eq!(b[0].remaining_secs(T), 7200);
+}
+
+#[test]
+fn star_removes_everything_and_needs_expires_zero() {
+    let (_d, r) = fixture();
+    ok(r.register(T, &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"), source(), "201").expect("reg"));
+    let bad = r.register(T, &register(2, "Contact: *\r\n"), source(), "201").expect("reg");
+    assert!(matches!(bad, Outcome::Reject { code: 400, .. }));
+    let (b, changed) = ok(r.register(T, &register(3, "Contact: *\r\nExpires: 0\r\n"), source(), "201").expect("reg"));
+    assert!(b.is_empty() && changed);
+    assert_eq!(r.count(T), 0);
+}
+
+#[test]
+fn expires_zero_removes_one_contact() {
+    let (_d, r) = fixture();
+    ok(r.register(T, &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"), source(), "201").expect("reg"));
+    let (b, _) = ok(r.register(T, &register(2, "Contact: <SIP:201@A>;expires=0\r\n"), source(), "201").expect("reg"));
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].contact, "sip:201@b");
+}
+
+#[test]
+fn out_of_order_register_is_refused() {
+    let (_d, r) = fixture();
+    ok(r.register(T, &register(5, "Contact: <sip:201@a>\r\n"), source(), "201").expect("reg"));
+    let late = r.register(T, &register(4, "Contact: <sip:201@a>\r\n"), source(), "201").expect("reg");
+    assert!(matches!(late, Outcome::Reject { code: 500, .. }));
+}
+
+#[test]
+fn registering_someone_else_is_forbidden() {
+    let (_d, r) = fixture();
+    let o = r.register(T, &register(1, "Contact: <sip:201@a>\r\n"), source(), "202").expect("reg");
+    assert!(matches!(o, Outcome::Reject { code: 403, .. }));
+    assert_eq!(r.count(T), 0);
+}
+
+#[test]
+fn bad_contacts_change_nothing() {
+    let (_d, r) = fixture();
+    for extra in [
+        "Contact: <sip:201@a>, <mailto:x>\r\n",
+        "Contact: <sip:201@a>;q=2\r\n",
+        "Contact: <sip:201@a>;expires=x\r\n",
+        "Contact: <sip:201@a>\r\nExpires: soon\r\n",
+    ] {
+        let o = r.register(T, &register(1, extra), source(), "201").expect("reg");
+        assert!(matches!(o, Outcome::Reject { code: 400, .. }), "{extra}: {o:?}");
+    }
+    assert_eq!(r.count(T), 0);
+}
+
+#[test]
+fn bindings_expire_and_are_purged_from_memory_and_store() {
+    let (dir, r) = fixture();
+    ok(r.register(T, &register(1, "Contact: <sip:201@a>;expires=60\r\n"), source(), "201").expect("reg"));
+    let later = UnixMillis(T.0 + 60_000);
+    assert!(r.lookup("201", later).is_empty());
+    assert_eq!(r.purge_expired(later).expect("purge"), 1);
+    drop(r);
+    let again = Registrar::load(Store::open(dir.path()).expect("store"), POLICY, T).expect("load");
+    assert_eq!(again.count(T), 0);
+}
+
+#[test]
+fn bindings_are_reloaded_with_absolute_expiry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = Store::open(dir.path()).expect("store");
+        let r = Registrar::load(store.clone(), POLICY, T).expect("load");
+        ok(r.register(T, &register(1, "Contact: <sip:201@a>;expires=100, <sip:201@b>;expires=3000\r\n"), source(), "201").expect("reg"));
+        store.flush_now().expect("flush");
+    }
+    let later = UnixMillis(T.0 + 200_000);
+    let r = Registrar::load(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
+    let b = r.lookup("201", later);
+    assert_eq!(b.len(), 1, "the expired one is dropped");
+    assert_eq!(b[0].contact, "sip:201@b");
+    assert_eq!(b[0].remaining_secs(later), 2800);
+}
+
+#[test]
+fn q_values_parse_strictly() {
+    assert_eq!(parse_q(b"0.5"), Some(500));
+    assert_eq!(parse_q(b"1"), Some(1000));
+    assert_eq!(parse_q(b"0.125"), Some(125));
+    assert_eq!(parse_q(b"1.5"), None);
+    assert_eq!(parse_q(b"0.1234"), None);
+}

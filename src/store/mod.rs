@@ -1,0 +1,101 @@
+//! Durable state in sled, behind typed handles so another embedded engine could
+//! replace it. Trees are named with a version (`bindings.v1`); values are JSON with
+//! their own fields, so adding a field never breaks a stored record.
+//!
+//! Writes land in sled's memory at once (no await on the hot path); [`Store::flush`]
+//! makes them durable and is called, grouped, before anything is acknowledged.
+
+use crate::registrar::Binding;
+use crate::users::StoredUser;
+use std::path::Path;
+
+/// A storage failure (local, never caused by the network).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("stored record {key} is unreadable: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The database handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    bindings: sled::Tree,
+    users: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Store {
+            bindings: db.open_tree("bindings.v1")?,
+            users: db.open_tree("users.v1")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush (for start-up and shutdown paths).
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn binding_key(b: &Binding) -> Vec<u8> {
+        let mut k = b.aor.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(b.contact.as_bytes());
+        k
+    }
+
+    pub fn put_binding(&self, b: &Binding) -> Result<(), StoreError> {
+        self.bindings.insert(Self::binding_key(b), serde_json::to_vec(b)?)?;
+        Ok(())
+    }
+
+    pub fn remove_binding(&self, b: &Binding) -> Result<(), StoreError> {
+        self.bindings.remove(Self::binding_key(b))?;
+        Ok(())
+    }
+
+    pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        decode_all(&self.bindings)
+    }
+
+    pub fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {
+        self.users.insert(u.extension.as_bytes(), serde_json::to_vec(u)?)?;
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<StoredUser>, StoreError> {
+        decode_all(&self.users)
+    }
+}
+
+fn decode_all<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            serde_json::from_slice(&v).map_err(|source| StoreError::Decode {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source,
+            })
+        })
+        .collect()
+}
