@@ -1,6 +1,36 @@
-//! sipdesk — an embedded SIP PBX.
+//! sipdesk — an embedded SIP PBX in one process: registrar, B2BUA, RTP relay, ACD,
+//! CTI, call-back box and campaign dialer over an embedded database.
+//!
+//! ```text
+//!   phones ── SIP (UDP/TCP) ──► transport/ ──► sip/ (sans-IO: messages,
+//!                                  │            transactions, digest auth)
+//!                                  ▼
+//!                             endpoint (one per shard, by Call-ID)
+//!                                  │
+//!                    registrar/ ◄──┴──► users (directory)
+//!                         │
+//!                         ▼
+//!                      store/ (sled, group-committed before acknowledging)
+//! ```
+//!
+//! Embedding:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = sipdesk::config::Config::embedded()?;
+//! let pbx = sipdesk::Pbx::builder(config).data_dir("/var/lib/sipdesk").start().await?;
+//! println!("SIP on {:?}", pbx.udp_addrs());
+//! pbx.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
 pub mod config;
+pub mod endpoint;
+pub mod pbx;
 pub mod registrar;
 pub mod sip;
 pub mod store;
+pub mod transport;
 pub mod users;
+
+pub use pbx::{Pbx, PbxBuilder, PbxError};

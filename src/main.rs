@@ -1,1 +1,147 @@
-fn main(){}
+//! The `sipdesk` command: run the PBX, or check a configuration file.
+
+use clap::{Args, Parser, Subcommand};
+use sipdesk::config::Config;
+use sipdesk::Pbx;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "sipdesk", version, about = "An embedded SIP PBX", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the PBX (the default).
+    Run(RunArgs),
+    /// Validate a configuration file; exits non-zero naming the bad key and line.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Configuration file (default: the embedded conf/sipdesk.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data.dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} users, {} groups)", file.display(), c.users.len(), c.groups.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Config::embedded(),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: log.level `{filter}`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut builder = Pbx::builder(config);
+        if let Some(dir) = args.data_dir {
+            builder = builder.data_dir(dir);
+        }
+        let pbx = match builder.start().await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        banner(&pbx, args.config.as_deref());
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        match pbx.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: final flush: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
+    let c = pbx.config();
+    let list = |v: &[std::net::SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    tracing::info!(
+        "sipdesk {} started: SIP UDP [{}] TCP [{}], domain {}, config {}, data {}, {} users, {} bindings",
+        env!("CARGO_PKG_VERSION"),
+        list(pbx.udp_addrs()),
+        list(pbx.tcp_addrs()),
+        c.domain(),
+        config.map_or("embedded default".to_string(), |p| p.display().to_string()),
+        pbx.data_dir().display(),
+        pbx.users().len(),
+        pbx.registrar().count(sipdesk::registrar::UnixMillis::now()),
+    );
+    if !pbx.demo_users().is_empty() {
+        println!("\nDemo extensions were created (shown once; only their hashes are stored):");
+        println!("  domain/realm: {}", c.domain());
+        for u in pbx.demo_users() {
+            println!("  extension {:<6} password {}", u.extension, u.password);
+        }
+        println!();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -23,8 +23,6 @@ pub enum SipError {
     Truncated(&'static str),
     #[error("{0}")]
     Malformed(&'static str),
-    #[error("body shorter than Content-Length ({present} of {declared} bytes)")]
-    BodyTruncated { declared: usize, present: usize },
 }
 
 /// The transport a message travelled on.

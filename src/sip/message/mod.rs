@@ -150,6 +150,9 @@ pub struct Message {
     start: StartLine,
     headers: Vec<HeaderLine>,
     body: Span,
+    /// A framing problem that still leaves the message answerable (e.g. a bad
+    /// Content-Length): the receiver answers 400 with this reason.
+    defect: Option<&'static str>,
 }
 
 impl fmt::Debug for Message {
@@ -208,6 +211,9 @@ impl Message {
             StartLine::Response { reason, .. } => Some(reason.of(&self.buf)),
             StartLine::Request { .. } => None,
         }
+    }
+    pub fn defect(&self) -> Option<&'static str> {
+        self.defect
     }
     pub fn body(&self) -> &[u8] {
         self.body.of(&self.buf)

@@ -284,7 +284,7 @@ impl TransactionLayer {
             } else {
                 State::Trying
             },
-            remote,
+            remote: reply_remote(&request, remote),
             request: request.clone(),
             last: None,
             ack: None,
@@ -295,7 +295,7 @@ impl TransactionLayer {
             // Answer at once with 100 Trying: it stops the client's Timer A (§17.2.1).
             let trying = Builder::response(&request, remote.addr, 100, "Trying", None).finish();
             tx.last = Some(trying.clone());
-            self.send(remote, trying);
+            self.send(tx.remote, trying);
         }
         self.txs.insert(id, tx);
         self.server_index.insert(key, id);
@@ -561,6 +561,22 @@ impl TransactionLayer {
             self.events.push_back(TxEvent::Timeout { tx: id });
         }
         self.terminate(id);
+    }
+}
+
+/// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4): over a stream,
+/// back on its connection; over UDP, to the source IP, at the source port when the
+/// top Via asked for `rport`, else at the Via's sent-by port.
+pub fn reply_remote(request: &Message, source: Remote) -> Remote {
+    if source.transport.is_reliable() {
+        return source;
+    }
+    match request.top_via() {
+        Some(via) if via.params.get(b"rport").is_none() => Remote {
+            addr: std::net::SocketAddr::new(source.addr.ip(), via.sent_by.port.unwrap_or(5060)),
+            ..source
+        },
+        _ => source,
     }
 }
 

@@ -1,0 +1,386 @@
+//! The SIP endpoint of one shard: the transaction user that sits on the transaction
+//! layer. It checks every request against RFC 3261 §8.2 (version, mandatory
+//! headers, Max-Forwards, Require, URI scheme, method), authenticates, hands
+//! REGISTER to the registrar and answers OPTIONS. Sans-IO like the core below it:
+//! inputs carry `now`; outputs are polled. Answers that confirm a store write are
+//! held until the runtime reports that the store has flushed (group commit).
+
+use crate::registrar::{Binding, Outcome, Registrar, UnixMillis};
+use crate::sip::auth::{DigestAuthority, Verdict};
+use crate::sip::message::{parse, Builder, HeaderName, Limits, Message, Method};
+use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxEvent, TxId};
+use crate::sip::{Remote, SipError};
+use crate::users::Users;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Methods we implement (the Allow header).
+pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL";
+
+/// Counters shared by all shards.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub answered_bad_request: AtomicU64,
+    pub registrations: AtomicU64,
+}
+
+/// What every shard shares: read-mostly maps and handles, never held across `.await`.
+#[derive(Debug)]
+pub struct Shared {
+    pub users: Users,
+    pub registrar: Registrar,
+    pub auth: DigestAuthority,
+    pub limits: Limits,
+    pub stats: Stats,
+}
+
+/// An answer that confirms a store write, waiting for the flush.
+#[derive(Debug)]
+struct Held {
+    /// The shard's write sequence number that must be durable first.
+    seq: u64,
+    tx: TxId,
+    answer: Bytes,
+    /// Where the request came from (to build a 500 if the flush fails).
+    remote: Remote,
+}
+
+/// One shard's SIP state.
+#[derive(Debug)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    layer: TransactionLayer,
+    /// Wall clock at `mono_base`: bindings need absolute time, the core only `now`.
+    wall_base: UnixMillis,
+    mono_base: Instant,
+    /// Stateless answers (requests that cannot form a transaction).
+    out: VecDeque<Transmit>,
+    /// Final answers waiting for the store write they confirm.
+    held: VecDeque<Held>,
+    write_seq: u64,
+    flush_wanted: bool,
+    /// Malformed input is logged at most once a second; the rest is counted.
+    last_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Endpoint {
+    pub fn new(
+        shared: Arc<Shared>,
+        layer: TransactionLayer,
+        wall_base: UnixMillis,
+        mono_base: Instant,
+    ) -> Self {
+        Endpoint {
+            shared,
+            layer,
+            wall_base,
+            mono_base,
+            out: VecDeque::new(),
+            held: VecDeque::new(),
+            write_seq: 0,
+            flush_wanted: false,
+            last_warn: None,
+            suppressed: 0,
+        }
+    }
+
+    fn wall(&self, now: Instant) -> UnixMillis {
+        let since = now.saturating_duration_since(self.mono_base);
+        UnixMillis(self.wall_base.0 + since.as_millis() as u64)
+    }
+
+    /// Raw bytes from a datagram or a TCP frame.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: Bytes, remote: Remote) {
+        let parsed = parse(bytes, &self.shared.limits);
+        self.handle_parsed(now, parsed, remote);
+    }
+
+    /// A message parsed by the transport (which parses to pick the shard).
+    pub fn handle_parsed(&mut self, now: Instant, parsed: Result<Message, SipError>, remote: Remote) {
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                self.warn(now, format_args!("dropped unreadable message from {remote}: {e}"));
+                return;
+            }
+        };
+        if msg.is_request() {
+            if let Some(reason) = self.stateless_problem(&msg) {
+                self.answer_statelessly(now, &msg, remote, reason);
+            } else {
+                self.layer.handle_request(now, msg, remote);
+            }
+        } else {
+            self.layer.handle_response(now, msg, remote);
+        }
+        self.process_events(now);
+    }
+
+    /// Problems that stop a request from forming a transaction; answered with a
+    /// stateless 400 (or dropped when there is no Via to answer to).
+    fn stateless_problem(&self, msg: &Message) -> Option<&'static str> {
+        if let Some(defect) = msg.defect() {
+            return Some(defect);
+        }
+        if msg.top_via().is_none() {
+            return Some("Bad Via Header");
+        }
+        if msg.vias().any(|v| v.is_none()) {
+            return Some("Bad Via Header");
+        }
+        for (name, reason) in [
+            (HeaderName::From, "Missing Or Bad From Header"),
+            (HeaderName::To, "Missing Or Bad To Header"),
+        ] {
+            let ok = match name {
+                HeaderName::From => msg.from_header().is_some(),
+                _ => msg.to_header().is_some(),
+            };
+            if !ok {
+                return Some(reason);
+            }
+        }
+        if msg.call_id().is_none_or(|c| c.is_empty()) {
+            return Some("Missing Call-ID Header");
+        }
+        match msg.cseq() {
+            None => Some("Missing Or Bad CSeq Header"),
+            Some(c) if Some(&c.method) != msg.method() => Some("CSeq Method Does Not Match"),
+            Some(_) => None,
+        }
+    }
+
+    fn answer_statelessly(&mut self, now: Instant, req: &Message, remote: Remote, reason: &'static str) {
+        self.shared.stats.answered_bad_request.fetch_add(1, Ordering::Relaxed);
+        self.warn(now, format_args!("400 {reason} to {remote}"));
+        if req.top_via().is_none() || req.method() == Some(&Method::Ack) {
+            return; // nowhere to answer, or never answered
+        }
+        let bytes = Builder::response(req, remote.addr, 400, reason, Some(&to_tag())).finish();
+        self.out.push_back(Transmit {
+            remote: reply_remote(req, remote),
+            payload: bytes,
+        });
+    }
+
+    fn warn(&mut self, now: Instant, what: std::fmt::Arguments<'_>) {
+        let due = self
+            .last_warn
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due {
+            if self.suppressed > 0 {
+                tracing::warn!("{what} (and {} more bad messages)", self.suppressed);
+            } else {
+                tracing::warn!("{what}");
+            }
+            self.last_warn = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+            tracing::debug!("{what}");
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        self.process_events(now);
+    }
+
+    /// The store has flushed every write up to `seq`: release what they confirm.
+    pub fn handle_flushed(&mut self, now: Instant, seq: u64) {
+        while self.held.front().is_some_and(|h| h.seq <= seq) {
+            if let Some(h) = self.held.pop_front() {
+                self.send_final(now, h.tx, h.answer);
+            }
+        }
+        self.process_events(now);
+    }
+
+    /// The store failed to flush: what was held cannot be confirmed.
+    pub fn handle_flush_failed(&mut self, now: Instant) {
+        for h in std::mem::take(&mut self.held) {
+            if let Some(req) = self.layer.request(h.tx).cloned() {
+                self.reply(now, h.tx, &req, h.remote, 500, "Server Internal Error (Storage)");
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front().or_else(|| self.layer.poll_transmit())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.layer.poll_timeout()
+    }
+
+    /// `Some(seq)` once: the runtime should flush the store and then call
+    /// `handle_flushed(seq)`.
+    pub fn poll_flush(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.flush_wanted).then_some(self.write_seq)
+    }
+
+    /// Live transactions and held answers (for tests and metrics).
+    pub fn load(&self) -> (usize, usize) {
+        (self.layer.len(), self.held.len())
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some(ev) = self.layer.poll_event() {
+            match ev {
+                TxEvent::Request { tx, request, remote } => self.handle_request(now, tx, request, remote),
+                TxEvent::Ack { .. } => {} // no dialogs yet
+                TxEvent::Response { .. } | TxEvent::StrayResponse { .. } => {
+                    tracing::debug!("response matches nothing we sent; dropped");
+                }
+                TxEvent::Timeout { tx } => tracing::debug!(?tx, "transaction timed out"),
+                TxEvent::Terminated { .. } => {}
+            }
+        }
+    }
+
+    fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
+        if let Err(e) = self.layer.respond(now, tx, bytes) {
+            tracing::debug!(?tx, "answer not sent: {e}");
+        }
+    }
+
+    fn reply(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote, code: u16, reason: &str) {
+        let bytes = self.response(req, remote, code, reason).finish();
+        self.send_final(now, tx, bytes);
+    }
+
+    fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+        let mut b = Builder::response(req, remote.addr, code, reason, Some(&to_tag()));
+        b.header("Server", crate::sip::message::build::PRODUCT);
+        b
+    }
+
+    fn handle_request(&mut self, now: Instant, tx: TxId, req: Message, remote: Remote) {
+        let Some(method) = req.method().cloned() else { return };
+        if req.version() != b"SIP/2.0" {
+            return self.reply(now, tx, &req, remote, 505, "Version Not Supported");
+        }
+        if method == Method::Cancel {
+            // No INVITE server transactions to cancel yet (RFC 3261 §9.2).
+            return self.reply(now, tx, &req, remote, 481, "Call/Transaction Does Not Exist");
+        }
+        match req.max_forwards() {
+            Some(Err(())) => return self.reply(now, tx, &req, remote, 400, "Bad Max-Forwards"),
+            Some(Ok(0)) => return self.reply(now, tx, &req, remote, 483, "Too Many Hops"),
+            _ => {}
+        }
+        if req.request_uri().is_none() {
+            let mut b = self.response(&req, remote, 416, "Unsupported URI Scheme");
+            b.header("Allow", ALLOW);
+            return self.send_final(now, tx, b.finish());
+        }
+        let unsupported: Vec<String> = req
+            .require()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        if !unsupported.is_empty() {
+            let mut b = self.response(&req, remote, 420, "Bad Extension");
+            b.header("Unsupported", unsupported.join(", "));
+            return self.send_final(now, tx, b.finish());
+        }
+        match method {
+            Method::Register => self.register(now, tx, &req, remote),
+            Method::Options => {
+                let mut b = self.response(&req, remote, 200, "OK");
+                b.header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .header("Supported", "");
+                self.send_final(now, tx, b.finish());
+            }
+            Method::Extension(_) => self.reply(now, tx, &req, remote, 501, "Not Implemented"),
+            _ => {
+                let mut b = self.response(&req, remote, 405, "Method Not Allowed");
+                b.header("Allow", ALLOW);
+                self.send_final(now, tx, b.finish());
+            }
+        }
+    }
+
+    fn register(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
+        let shared = Arc::clone(&self.shared);
+        let verdict = shared.auth.verify(
+            now,
+            b"REGISTER",
+            req.authorizations(HeaderName::Authorization),
+            |u| shared.users.ha1(u),
+        );
+        let user = match verdict {
+            Verdict::Authenticated(user) => user,
+            Verdict::Challenge { stale } => {
+                let mut b = self.response(req, remote, 401, "Unauthorized");
+                for c in shared.auth.challenges(now, stale) {
+                    b.header("WWW-Authenticate", c);
+                }
+                return self.send_final(now, tx, b.finish());
+            }
+            Verdict::Forbidden => {
+                tracing::info!(%remote, "REGISTER refused: bad credentials");
+                return self.reply(now, tx, req, remote, 403, "Forbidden");
+            }
+        };
+        let wall = self.wall(now);
+        match shared.registrar.register(wall, req, remote, &user) {
+            Err(e) => {
+                tracing::error!("registrar store: {e}");
+                self.reply(now, tx, req, remote, 500, "Server Internal Error");
+            }
+            Ok(Outcome::Reject { code, reason, min_expires }) => {
+                let mut b = self.response(req, remote, code, reason);
+                if let Some(m) = min_expires {
+                    b.header("Min-Expires", m.to_string());
+                }
+                self.send_final(now, tx, b.finish());
+            }
+            Ok(Outcome::Ok { bindings, changed }) => {
+                let bytes = self.register_ok(req, remote, &bindings, wall);
+                if changed {
+                    shared.stats.registrations.fetch_add(1, Ordering::Relaxed);
+                    self.write_seq += 1;
+                    self.flush_wanted = true;
+                    self.held.push_back(Held {
+                        seq: self.write_seq,
+                        tx,
+                        answer: bytes,
+                        remote,
+                    });
+                } else {
+                    self.send_final(now, tx, bytes);
+                }
+            }
+        }
+    }
+
+    fn register_ok(&self, req: &Message, remote: Remote, bindings: &[Binding], wall: UnixMillis) -> Bytes {
+        let mut b = self.response(req, remote, 200, "OK");
+        for binding in bindings {
+            let mut v = format!("<{}>;expires={}", binding.contact, binding.remaining_secs(wall));
+            if let Some(q) = binding.q {
+                v.push_str(&format!(";q={}.{:03}", q / 1000, q % 1000));
+            }
+            b.header("Contact", v);
+        }
+        b.finish()
+    }
+}
+
+/// A random To-tag (the transaction layer resends the same bytes on retransmission).
+fn to_tag() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let raw: [u8; 8] = rand::random();
+    // hex::encode_to_slice only fails on a wrong output length, which is fixed here.
+    let _ = hex::encode_to_slice(raw, &mut out);
+    out
+}

@@ -1,0 +1,285 @@
+//! The running PBX: builds the shared state from a [`Config`], binds the transports,
+//! and runs the shard tasks (one [`Endpoint`] each, fed by Call-ID), the group-commit
+//! flusher that makes store writes durable before they are acknowledged, and the
+//! sweeper that expires bindings. This is the embedding API (`sipdesk::Pbx`).
+
+use crate::config::{Config, ConfigError};
+use crate::endpoint::{Endpoint, Shared, Stats};
+use crate::registrar::{Policy, Registrar, UnixMillis};
+use crate::sip::auth::DigestAuthority;
+use crate::sip::message::{Limits, Message};
+use crate::sip::transaction::TransactionLayer;
+use crate::sip::{Remote, SipError};
+use crate::store::{Store, StoreError};
+use crate::transport::{Dispatcher, Listeners, Outbound, TransportError};
+use crate::users::{DemoUser, Users};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Inputs of a shard task.
+#[derive(Debug)]
+pub enum ShardInput {
+    Message(Result<Message, SipError>, Remote),
+    /// The store flushed everything this shard wrote up to this sequence number.
+    Flushed(u64),
+    FlushFailed,
+}
+
+/// Why the PBX could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PbxError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Messages a shard may have queued before new ones are dropped (bounded memory
+/// under a flood; SIP retransmits what was lost).
+const SHARD_QUEUE: usize = 16_384;
+
+/// Configures a PBX before it starts.
+#[derive(Debug)]
+pub struct PbxBuilder {
+    config: Config,
+    data_dir: Option<PathBuf>,
+}
+
+impl PbxBuilder {
+    /// Overrides `data.dir`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Opens the store, binds every listener and starts the tasks. Must be called
+    /// inside a tokio runtime.
+    pub async fn start(self) -> Result<Pbx, PbxError> {
+        let config = self.config;
+        let dir = self.data_dir.unwrap_or_else(|| config.data.dir.clone());
+        std::fs::create_dir_all(&dir).map_err(|source| PbxError::DataDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&dir)?;
+        let (users, demo_users) =
+            Users::load(&store, &config.users(), &config.demo.extensions, config.domain())?;
+        let policy = Policy {
+            min_expires: *config.sip.min_expires.get_ref(),
+            max_expires: *config.sip.max_expires.get_ref(),
+            default_expires: *config.sip.default_expires.get_ref(),
+            max_contacts: 16,
+        };
+        let (wall, mono) = (UnixMillis::now(), Instant::now());
+        let registrar = Registrar::load(store.clone(), policy, wall)?;
+        let limits = Limits {
+            max_message: *config.sip.max_message_bytes.get_ref(),
+            max_headers: config.sip.max_headers,
+        };
+        let shared = Arc::new(Shared {
+            users,
+            registrar,
+            auth: DigestAuthority::new(
+                config.domain(),
+                config.sip.auth_algorithms.get_ref().clone(),
+                Duration::from_secs(config.sip.nonce_ttl_secs),
+                mono,
+            ),
+            limits,
+            stats: Stats::default(),
+        });
+
+        let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
+        let (udp_addrs, tcp_addrs) = listeners.local_addrs();
+        let shards = match *config.sip.shards.get_ref() {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut tasks = JoinSet::new();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
+        let dispatcher = Dispatcher::new(senders.clone(), limits);
+        let outbound = listeners.start(dispatcher.clone(), &mut tasks);
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let layer = TransactionLayer::new(config.timers());
+            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono);
+            tasks.spawn(run_shard(i, endpoint, rx, Arc::clone(&outbound), flush_tx.clone()));
+        }
+        tasks.spawn(run_flusher(store.clone(), flush_rx, senders));
+        tasks.spawn(run_sweeper(shared.registrar.clone()));
+        Ok(Pbx {
+            config,
+            data_dir: dir,
+            store,
+            shared,
+            dispatcher,
+            outbound,
+            udp_addrs,
+            tcp_addrs,
+            demo_users,
+            tasks,
+        })
+    }
+}
+
+/// A running PBX. Dropping it stops its tasks; [`Pbx::shutdown`] also flushes.
+#[derive(Debug)]
+pub struct Pbx {
+    config: Config,
+    data_dir: PathBuf,
+    store: Store,
+    shared: Arc<Shared>,
+    dispatcher: Dispatcher,
+    outbound: Arc<Outbound>,
+    udp_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
+    demo_users: Vec<DemoUser>,
+    tasks: JoinSet<()>,
+}
+
+impl Pbx {
+    pub fn builder(config: Config) -> PbxBuilder {
+        PbxBuilder {
+            config,
+            data_dir: None,
+        }
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+    /// The UDP addresses actually bound (port 0 in the config resolves here).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+    /// Demo users created by this start (their passwords are shown only now).
+    pub fn demo_users(&self) -> &[DemoUser] {
+        &self.demo_users
+    }
+    pub fn users(&self) -> &Users {
+        &self.shared.users
+    }
+    pub fn registrar(&self) -> &Registrar {
+        &self.shared.registrar
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+    /// Messages dropped because a shard was overloaded, and sends that failed.
+    pub fn drops(&self) -> (u64, u64) {
+        (
+            self.dispatcher.dropped_overload(),
+            self.outbound
+                .send_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Stops every task and flushes the store.
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        self.tasks.shutdown().await;
+        self.store.flush().await
+    }
+}
+
+async fn run_shard(
+    index: usize,
+    mut endpoint: Endpoint,
+    mut rx: mpsc::Receiver<ShardInput>,
+    outbound: Arc<Outbound>,
+    flush: mpsc::UnboundedSender<(usize, u64)>,
+) {
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    loop {
+        if let Some(at) = endpoint.poll_timeout() {
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        let timer_armed = endpoint.poll_timeout().is_some();
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                let now = Instant::now();
+                handle_input(&mut endpoint, now, input);
+                // Drain what else is queued before sending, to batch the wake-up.
+                for _ in 0..64 {
+                    match rx.try_recv() {
+                        Ok(input) => handle_input(&mut endpoint, now, input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = &mut sleep, if timer_armed => endpoint.handle_timeout(Instant::now()),
+        }
+        while let Some(t) = endpoint.poll_transmit() {
+            outbound.send(&t);
+        }
+        if let Some(seq) = endpoint.poll_flush() {
+            let _ = flush.send((index, seq));
+        }
+    }
+}
+
+fn handle_input(endpoint: &mut Endpoint, now: Instant, input: ShardInput) {
+    match input {
+        ShardInput::Message(parsed, remote) => endpoint.handle_parsed(now, parsed, remote),
+        ShardInput::Flushed(seq) => endpoint.handle_flushed(now, seq),
+        ShardInput::FlushFailed => endpoint.handle_flush_failed(now),
+    }
+}
+
+/// Group commit: one flush covers every write requested while the previous one ran.
+async fn run_flusher(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<(usize, u64)>,
+    shards: Vec<mpsc::Sender<ShardInput>>,
+) {
+    while let Some((shard, seq)) = rx.recv().await {
+        let mut upto: HashMap<usize, u64> = HashMap::from([(shard, seq)]);
+        while let Ok((shard, seq)) = rx.try_recv() {
+            let e = upto.entry(shard).or_default();
+            *e = (*e).max(seq);
+        }
+        let result = store.flush().await;
+        if let Err(e) = &result {
+            tracing::error!("store flush failed: {e}");
+        }
+        for (shard, seq) in upto {
+            let msg = match result {
+                Ok(()) => ShardInput::Flushed(seq),
+                Err(_) => ShardInput::FlushFailed,
+            };
+            let _ = shards[shard].send(msg).await;
+        }
+    }
+}
+
+async fn run_sweeper(registrar: Registrar) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match registrar.purge_expired(UnixMillis::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("{n} expired bindings removed"),
+            Err(e) => tracing::error!("purging expired bindings: {e}"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The thin tokio side of SIP: UDP sockets and TCP listeners that cut the wire into
+//! messages, parse them, and hand each to the shard that owns its Call-ID; and the
+//! [`Outbound`] handle through which shards send, without ever awaiting.
+
+use crate::sip::message::frame::{Frame, Framer};
+use crate::sip::message::{parse, Limits};
+use crate::sip::transaction::Transmit;
+use crate::sip::{ConnId, Remote, Transport};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// Socket receive/send buffer asked for: a vCPU stall must not overflow the socket
+/// at thousands of messages per second.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// Queued outgoing messages per TCP connection before it counts as stuck.
+const TCP_QUEUE: usize = 1024;
+/// Most TCP connections at once.
+const MAX_TCP_CONNECTIONS: usize = 10_000;
+
+/// A transport failure (local: binding or socket setup).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind {
+        transport: Transport,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Routes parsed input to shards by Call-ID.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    shards: Arc<Vec<mpsc::Sender<crate::pbx::ShardInput>>>,
+    limits: Limits,
+    dropped_overload: Arc<AtomicU64>,
+}
+
+impl Dispatcher {
+    pub fn new(shards: Vec<mpsc::Sender<crate::pbx::ShardInput>>, limits: Limits) -> Self {
+        Dispatcher {
+            shards: Arc::new(shards),
+            limits,
+            dropped_overload: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Messages dropped because their shard's queue was full.
+    pub fn dropped_overload(&self) -> u64 {
+        self.dropped_overload.load(Ordering::Relaxed)
+    }
+
+    /// Parses `bytes` and queues it on its shard; never waits.
+    pub fn dispatch(&self, bytes: Bytes, remote: Remote) {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return; // a keep-alive datagram
+        }
+        let parsed = parse(bytes, &self.limits);
+        let key = match &parsed {
+            Ok(m) => m.call_id().map_or(0, fnv1a),
+            Err(_) => fnv1a(remote.addr.to_string().as_bytes()),
+        };
+        let shard = (key % self.shards.len() as u64) as usize;
+        let input = crate::pbx::ShardInput::Message(parsed, remote);
+        if self.shards[shard].try_send(input).is_err() {
+            self.dropped_overload.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Sends what shards produce. UDP goes out on the socket the request came in on;
+/// TCP on its connection's writer queue.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: DashMap<ConnId, mpsc::Sender<Bytes>>,
+    next_conn: AtomicU64,
+    pub send_failures: AtomicU64,
+}
+
+impl Outbound {
+    pub fn send(&self, t: &Transmit) {
+        let ok = match t.remote.transport {
+            Transport::Udp => {
+                let idx = t.remote.conn.map_or(0, |c| c.0 as usize);
+                self.udp
+                    .get(idx)
+                    .or_else(|| self.udp.first())
+                    .is_some_and(|s| s.try_send_to(&t.payload, t.remote.addr).is_ok())
+            }
+            Transport::Tcp => t
+                .remote
+                .conn
+                .and_then(|c| self.tcp.get(&c).map(|tx| tx.try_send(t.payload.clone()).is_ok()))
+                .unwrap_or(false),
+        };
+        if !ok {
+            self.send_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(remote = %t.remote, "send failed");
+        }
+    }
+}
+
+/// Bound sockets, before their loops start.
+#[derive(Debug)]
+pub struct Listeners {
+    pub udp: Vec<Arc<UdpSocket>>,
+    pub tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr]) -> Result<Listeners, TransportError> {
+        let mut out = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for addr in udp {
+            let sock = bind_udp(*addr).map_err(|source| TransportError::Bind {
+                transport: Transport::Udp,
+                addr: *addr,
+                source,
+            })?;
+            out.udp.push(Arc::new(sock));
+        }
+        for addr in tcp {
+            let l = bind_tcp(*addr).map_err(|source| TransportError::Bind {
+                transport: Transport::Tcp,
+                addr: *addr,
+                source,
+            })?;
+            out.tcp.push(l);
+        }
+        Ok(out)
+    }
+
+    pub fn local_addrs(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        (
+            self.udp.iter().filter_map(|s| s.local_addr().ok()).collect(),
+            self.tcp.iter().filter_map(|s| s.local_addr().ok()).collect(),
+        )
+    }
+
+    /// Starts the receive loops; returns the send handle.
+    pub fn start(self, dispatcher: Dispatcher, tasks: &mut tokio::task::JoinSet<()>) -> Arc<Outbound> {
+        let outbound = Arc::new(Outbound {
+            udp: self.udp.clone(),
+            ..Outbound::default()
+        });
+        for (i, sock) in self.udp.into_iter().enumerate() {
+            tasks.spawn(udp_loop(sock, ConnId(i as u64), dispatcher.clone()));
+        }
+        for l in self.tcp {
+            tasks.spawn(tcp_accept_loop(l, dispatcher.clone(), Arc::clone(&outbound)));
+        }
+        outbound
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, local: ConnId, dispatcher: Dispatcher) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let remote = Remote {
+                    transport: Transport::Udp,
+                    addr: from,
+                    conn: Some(local),
+                };
+                dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote);
+            }
+            // ICMP port unreachable and friends surface here on some systems.
+            Err(e) => tracing::debug!("udp receive: {e}"),
+        }
+    }
+}
+
+async fn tcp_accept_loop(l: TcpListener, dispatcher: Dispatcher, outbound: Arc<Outbound>) {
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("tcp accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if outbound.tcp.len() >= MAX_TCP_CONNECTIONS {
+            tracing::warn!(%from, "too many TCP connections; refused");
+            continue;
+        }
+        let id = ConnId(outbound.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        outbound.tcp.insert(id, tx.clone());
+        let (dispatcher, outbound) = (dispatcher.clone(), Arc::clone(&outbound));
+        tokio::spawn(async move {
+            let max = dispatcher.limits.max_message;
+            if let Err(e) = tcp_connection(stream, from, id, dispatcher, tx, rx, max).await {
+                tracing::debug!(%from, "tcp connection closed: {e}");
+            }
+            outbound.tcp.remove(&id);
+        });
+    }
+}
+
+async fn tcp_connection(
+    stream: TcpStream,
+    from: SocketAddr,
+    id: ConnId,
+    dispatcher: Dispatcher,
+    pong: mpsc::Sender<Bytes>,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    max_message: usize,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(b) = outgoing.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let remote = Remote {
+        transport: Transport::Tcp,
+        addr: from,
+        conn: Some(id),
+    };
+    let mut framer = Framer::new(max_message);
+    let result = loop {
+        match rd.read_buf(framer.buffer()).await {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+        let mut failed = None;
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::Ping)) => {
+                    let _ = pong.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Ok(Some(Frame::Message(bytes))) => dispatcher.dispatch(bytes, remote),
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(%from, "closing TCP connection: {e}");
+            break Ok(());
+        }
+    };
+    writer.abort();
+    result
+}
