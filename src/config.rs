@@ -34,7 +34,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sip: SipConfig,
@@ -196,21 +196,6 @@ impl Default for DemoConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sip: SipConfig::default(),
-            rtp: RtpConfig::default(),
-            http: HttpConfig::default(),
-            data: DataConfig::default(),
-            log: LogConfig::default(),
-            demo: DemoConfig::default(),
-            users: Vec::new(),
-            groups: Vec::new(),
-        }
-    }
-}
-
 /// A configured user after validation: secrets reduced to HA1 values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -253,48 +238,103 @@ impl Config {
         };
         let s = &self.sip;
         if s.domain.get_ref().trim().is_empty() || s.domain.get_ref().contains(['"', '\\', ' ']) {
-            return Err(bad(s.domain.span(), "sip.domain", "must be a non-empty host name".into()));
+            return Err(bad(
+                s.domain.span(),
+                "sip.domain",
+                "must be a non-empty host name".into(),
+            ));
         }
         if s.auth_algorithms.get_ref().is_empty() {
-            return Err(bad(s.auth_algorithms.span(), "sip.auth_algorithms", "offer at least one algorithm".into()));
+            return Err(bad(
+                s.auth_algorithms.span(),
+                "sip.auth_algorithms",
+                "offer at least one algorithm".into(),
+            ));
         }
-        let (min, def, max) = (*s.min_expires.get_ref(), *s.default_expires.get_ref(), *s.max_expires.get_ref());
+        let (min, def, max) = (
+            *s.min_expires.get_ref(),
+            *s.default_expires.get_ref(),
+            *s.max_expires.get_ref(),
+        );
         if min == 0 || min > def {
-            return Err(bad(s.min_expires.span(), "sip.min_expires", format!("must be between 1 and default_expires ({def})")));
+            return Err(bad(
+                s.min_expires.span(),
+                "sip.min_expires",
+                format!("must be between 1 and default_expires ({def})"),
+            ));
         }
         if def > max {
-            return Err(bad(s.max_expires.span(), "sip.max_expires", format!("must be at least default_expires ({def})")));
+            return Err(bad(
+                s.max_expires.span(),
+                "sip.max_expires",
+                format!("must be at least default_expires ({def})"),
+            ));
         }
         if !(1024..=1_048_576).contains(s.max_message_bytes.get_ref()) {
-            return Err(bad(s.max_message_bytes.span(), "sip.max_message_bytes", "must be between 1024 and 1048576".into()));
+            return Err(bad(
+                s.max_message_bytes.span(),
+                "sip.max_message_bytes",
+                "must be between 1024 and 1048576".into(),
+            ));
         }
         if *s.t1_ms.get_ref() == 0 || s.t1_ms.get_ref() > s.t2_ms.get_ref() {
-            return Err(bad(s.t1_ms.span(), "sip.t1_ms", "must be positive and not above t2_ms".into()));
+            return Err(bad(
+                s.t1_ms.span(),
+                "sip.t1_ms",
+                "must be positive and not above t2_ms".into(),
+            ));
         }
         if *s.shards.get_ref() > 256 {
             return Err(bad(s.shards.span(), "sip.shards", "at most 256".into()));
         }
         let r = &self.rtp;
         if r.port_min.get_ref() >= r.port_max.get_ref() || *r.port_min.get_ref() < 1024 {
-            return Err(bad(r.port_min.span(), "rtp.port_min", "must be at least 1024 and below rtp.port_max".into()));
+            return Err(bad(
+                r.port_min.span(),
+                "rtp.port_min",
+                "must be at least 1024 and below rtp.port_max".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for u in &self.users {
             let ext = u.extension.get_ref();
-            if ext.is_empty() || !ext.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.+".contains(&c)) {
-                return Err(bad(u.extension.span(), "users.extension", format!("`{ext}` is not a valid SIP user part (letters, digits, - _ . +)")));
+            if ext.is_empty()
+                || !ext
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.+".contains(&c))
+            {
+                return Err(bad(
+                    u.extension.span(),
+                    "users.extension",
+                    format!("`{ext}` is not a valid SIP user part (letters, digits, - _ . +)"),
+                ));
             }
             if !seen.insert(ext.clone()) {
-                return Err(bad(u.extension.span(), "users.extension", format!("extension {ext} is defined twice")));
+                return Err(bad(
+                    u.extension.span(),
+                    "users.extension",
+                    format!("extension {ext} is defined twice"),
+                ));
             }
             let has_ha1 = u.ha1_md5.is_some() || u.ha1_sha256.is_some();
             if u.password.is_some() == has_ha1 {
-                return Err(bad(u.extension.span(), "users.password", format!("user {ext} needs either `password` or `ha1_md5`/`ha1_sha256`")));
+                return Err(bad(
+                    u.extension.span(),
+                    "users.password",
+                    format!("user {ext} needs either `password` or `ha1_md5`/`ha1_sha256`"),
+                ));
             }
-            for (key, v, len) in [("users.ha1_md5", &u.ha1_md5, 32), ("users.ha1_sha256", &u.ha1_sha256, 64)] {
+            for (key, v, len) in [
+                ("users.ha1_md5", &u.ha1_md5, 32),
+                ("users.ha1_sha256", &u.ha1_sha256, 64),
+            ] {
                 if let Some(v) = v {
                     if v.len() != len || !v.bytes().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(bad(u.extension.span(), key, format!("user {ext}: must be {len} hex digits")));
+                        return Err(bad(
+                            u.extension.span(),
+                            key,
+                            format!("user {ext}: must be {len} hex digits"),
+                        ));
                     }
                 }
             }
@@ -302,16 +342,32 @@ impl Config {
         let mut groups = HashSet::new();
         for g in &self.groups {
             if !groups.insert(g.name.get_ref().clone()) {
-                return Err(bad(g.name.span(), "groups.name", format!("group {} is defined twice", g.name.get_ref())));
+                return Err(bad(
+                    g.name.span(),
+                    "groups.name",
+                    format!("group {} is defined twice", g.name.get_ref()),
+                ));
             }
             for m in &g.members {
                 if !seen.contains(m.extension.get_ref()) {
-                    return Err(bad(m.extension.span(), "groups.members.extension", format!("group {}: no user {}", g.name.get_ref(), m.extension.get_ref())));
+                    return Err(bad(
+                        m.extension.span(),
+                        "groups.members.extension",
+                        format!(
+                            "group {}: no user {}",
+                            g.name.get_ref(),
+                            m.extension.get_ref()
+                        ),
+                    ));
                 }
             }
         }
         if s.udp.is_empty() && s.tcp.is_empty() {
-            return Err(bad(0..0, "sip.udp", "listen on at least one UDP or TCP address".into()));
+            return Err(bad(
+                0..0,
+                "sip.udp",
+                "listen on at least one UDP or TCP address".into(),
+            ));
         }
         Ok(())
     }
@@ -354,7 +410,8 @@ impl Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
 /// toml's own message already names the key; make sure the line is stated first.
@@ -390,13 +447,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key_and_line() {
-        let e = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\nfoo = 1\n", "t").expect_err("unknown");
+        let e = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\nfoo = 1\n", "t")
+            .expect_err("unknown");
         let msg = e.to_string();
         assert!(msg.contains("line 3") && msg.contains("foo"), "{msg}");
         let e = Config::parse("[sip]\n\nudp = [\"nonsense\"]\n", "t").expect_err("addr");
         assert!(e.to_string().contains("line 3"), "{e}");
-        let e = Config::parse("[rtp]\nport_min = 40000\nport_max = 30000\n", "t").expect_err("range");
-        assert!(e.to_string().contains("line 2") && e.to_string().contains("rtp.port_min"), "{e}");
+        let e =
+            Config::parse("[rtp]\nport_min = 40000\nport_max = 30000\n", "t").expect_err("range");
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("rtp.port_min"),
+            "{e}"
+        );
         let e = Config::parse("[[users]]\nextension = \"201\"\n", "t").expect_err("secret");
         assert!(e.to_string().contains("users.password"), "{e}");
         let e = Config::parse(
@@ -404,7 +466,10 @@ mod tests {
             "t",
         )
         .expect_err("member");
-        assert!(e.to_string().contains("line 6") && e.to_string().contains("999"), "{e}");
+        assert!(
+            e.to_string().contains("line 6") && e.to_string().contains("999"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -415,8 +480,14 @@ mod tests {
         )
         .expect("valid");
         let users = c.users();
-        assert_eq!(users[0].ha1, Ha1::from_password("201", "sipdesk.local", "pw"));
-        assert_eq!(users[1].ha1.md5.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            users[0].ha1,
+            Ha1::from_password("201", "sipdesk.local", "pw")
+        );
+        assert_eq!(
+            users[1].ha1.md5.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
         assert_eq!(users[1].ha1.sha256, None);
     }
 }

@@ -102,13 +102,24 @@ impl Endpoint {
     }
 
     /// A message parsed by the transport (which parses to pick the shard).
-    pub fn handle_parsed(&mut self, now: Instant, parsed: Result<Message, SipError>, remote: Remote) {
+    pub fn handle_parsed(
+        &mut self,
+        now: Instant,
+        parsed: Result<Message, SipError>,
+        remote: Remote,
+    ) {
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         let msg = match parsed {
             Ok(m) => m,
             Err(e) => {
-                self.shared.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                self.warn(now, format_args!("dropped unreadable message from {remote}: {e}"));
+                self.shared
+                    .stats
+                    .dropped_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.warn(
+                    now,
+                    format_args!("dropped unreadable message from {remote}: {e}"),
+                );
                 return;
             }
         };
@@ -158,8 +169,17 @@ impl Endpoint {
         }
     }
 
-    fn answer_statelessly(&mut self, now: Instant, req: &Message, remote: Remote, reason: &'static str) {
-        self.shared.stats.answered_bad_request.fetch_add(1, Ordering::Relaxed);
+    fn answer_statelessly(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        remote: Remote,
+        reason: &'static str,
+    ) {
+        self.shared
+            .stats
+            .answered_bad_request
+            .fetch_add(1, Ordering::Relaxed);
         self.warn(now, format_args!("400 {reason} to {remote}"));
         if req.top_via().is_none() || req.method() == Some(&Method::Ack) {
             return; // nowhere to answer, or never answered
@@ -208,7 +228,14 @@ impl Endpoint {
     pub fn handle_flush_failed(&mut self, now: Instant) {
         for h in std::mem::take(&mut self.held) {
             if let Some(req) = self.layer.request(h.tx).cloned() {
-                self.reply(now, h.tx, &req, h.remote, 500, "Server Internal Error (Storage)");
+                self.reply(
+                    now,
+                    h.tx,
+                    &req,
+                    h.remote,
+                    500,
+                    "Server Internal Error (Storage)",
+                );
             }
         }
     }
@@ -235,7 +262,11 @@ impl Endpoint {
     fn process_events(&mut self, now: Instant) {
         while let Some(ev) = self.layer.poll_event() {
             match ev {
-                TxEvent::Request { tx, request, remote } => self.handle_request(now, tx, request, remote),
+                TxEvent::Request {
+                    tx,
+                    request,
+                    remote,
+                } => self.handle_request(now, tx, request, remote),
                 TxEvent::Ack { .. } => {} // no dialogs yet
                 TxEvent::Response { .. } | TxEvent::StrayResponse { .. } => {
                     tracing::debug!("response matches nothing we sent; dropped");
@@ -252,7 +283,15 @@ impl Endpoint {
         }
     }
 
-    fn reply(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote, code: u16, reason: &str) {
+    fn reply(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        code: u16,
+        reason: &str,
+    ) {
         let bytes = self.response(req, remote, code, reason).finish();
         self.send_final(now, tx, bytes);
     }
@@ -264,13 +303,22 @@ impl Endpoint {
     }
 
     fn handle_request(&mut self, now: Instant, tx: TxId, req: Message, remote: Remote) {
-        let Some(method) = req.method().cloned() else { return };
+        let Some(method) = req.method().cloned() else {
+            return;
+        };
         if req.version() != b"SIP/2.0" {
             return self.reply(now, tx, &req, remote, 505, "Version Not Supported");
         }
         if method == Method::Cancel {
             // No INVITE server transactions to cancel yet (RFC 3261 §9.2).
-            return self.reply(now, tx, &req, remote, 481, "Call/Transaction Does Not Exist");
+            return self.reply(
+                now,
+                tx,
+                &req,
+                remote,
+                481,
+                "Call/Transaction Does Not Exist",
+            );
         }
         match req.max_forwards() {
             Some(Err(())) => return self.reply(now, tx, &req, remote, 400, "Bad Max-Forwards"),
@@ -337,7 +385,11 @@ impl Endpoint {
                 tracing::error!("registrar store: {e}");
                 self.reply(now, tx, req, remote, 500, "Server Internal Error");
             }
-            Ok(Outcome::Reject { code, reason, min_expires }) => {
+            Ok(Outcome::Reject {
+                code,
+                reason,
+                min_expires,
+            }) => {
                 let mut b = self.response(req, remote, code, reason);
                 if let Some(m) = min_expires {
                     b.header("Min-Expires", m.to_string());
@@ -363,10 +415,20 @@ impl Endpoint {
         }
     }
 
-    fn register_ok(&self, req: &Message, remote: Remote, bindings: &[Binding], wall: UnixMillis) -> Bytes {
+    fn register_ok(
+        &self,
+        req: &Message,
+        remote: Remote,
+        bindings: &[Binding],
+        wall: UnixMillis,
+    ) -> Bytes {
         let mut b = self.response(req, remote, 200, "OK");
         for binding in bindings {
-            let mut v = format!("<{}>;expires={}", binding.contact, binding.remaining_secs(wall));
+            let mut v = format!(
+                "<{}>;expires={}",
+                binding.contact,
+                binding.remaining_secs(wall)
+            );
             if let Some(q) = binding.q {
                 v.push_str(&format!(";q={}.{:03}", q / 1000, q % 1000));
             }

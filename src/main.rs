@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "sipdesk", version, about = "An embedded SIP PBX", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "sipdesk",
+    version,
+    about = "An embedded SIP PBX",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,7 +46,12 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(c) => {
-                println!("{}: ok ({} users, {} groups)", file.display(), c.users.len(), c.groups.len());
+                println!(
+                    "{}: ok ({} users, {} groups)",
+                    file.display(),
+                    c.users.len(),
+                    c.groups.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -75,7 +85,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -109,7 +122,12 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
     let c = pbx.config();
-    let list = |v: &[std::net::SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    let list = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     tracing::info!(
         "sipdesk {} started: SIP UDP [{}] TCP [{}], domain {}, config {}, data {}, {} users, {} bindings",
         env!("CARGO_PKG_VERSION"),

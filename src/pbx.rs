@@ -74,8 +74,12 @@ impl PbxBuilder {
             source,
         })?;
         let store = Store::open(&dir)?;
-        let (users, demo_users) =
-            Users::load(&store, &config.users(), &config.demo.extensions, config.domain())?;
+        let (users, demo_users) = Users::load(
+            &store,
+            &config.users(),
+            &config.demo.extensions,
+            config.domain(),
+        )?;
         let policy = Policy {
             min_expires: *config.sip.min_expires.get_ref(),
             max_expires: *config.sip.max_expires.get_ref(),
@@ -116,7 +120,13 @@ impl PbxBuilder {
         for (i, rx) in receivers.into_iter().enumerate() {
             let layer = TransactionLayer::new(config.timers());
             let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono);
-            tasks.spawn(run_shard(i, endpoint, rx, Arc::clone(&outbound), flush_tx.clone()));
+            tasks.spawn(run_shard(
+                i,
+                endpoint,
+                rx,
+                Arc::clone(&outbound),
+                flush_tx.clone(),
+            ));
         }
         tasks.spawn(run_flusher(store.clone(), flush_rx, senders));
         tasks.spawn(run_sweeper(shared.registrar.clone()));

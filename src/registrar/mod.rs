@@ -69,7 +69,10 @@ pub struct Policy {
 pub enum Outcome {
     /// 200 OK listing every current binding; `changed` when the store was written
     /// (the answer must then wait for a flush).
-    Ok { bindings: Vec<Binding>, changed: bool },
+    Ok {
+        bindings: Vec<Binding>,
+        changed: bool,
+    },
     /// A final error response.
     Reject {
         code: u16,
@@ -118,7 +121,12 @@ impl Registrar {
         let mut v: Vec<Binding> = self
             .map
             .get(aor)
-            .map(|e| e.iter().filter(|b| b.expires_at_ms > now.0).cloned().collect())
+            .map(|e| {
+                e.iter()
+                    .filter(|b| b.expires_at_ms > now.0)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         v
@@ -167,7 +175,10 @@ impl Registrar {
             None => return Ok(reject(404, "Not Found")),
         };
         if aor != user {
-            return Ok(reject(403, "Forbidden (To does not match the authenticated user)"));
+            return Ok(reject(
+                403,
+                "Forbidden (To does not match the authenticated user)",
+            ));
         }
         let (Some(call_id), Some(cseq)) = (req.call_id(), req.cseq()) else {
             return Ok(reject(400, "Missing Call-ID or CSeq"));
@@ -188,7 +199,10 @@ impl Registrar {
         if contacts.is_star() {
             // `Contact: *` needs Expires: 0 and must stand alone (§10.3 step 6).
             if header_expires != Some(0) || req.count(HeaderName::Contact) != 1 {
-                return Ok(reject(400, "Contact * Requires Expires 0 And No Other Contact"));
+                return Ok(reject(
+                    400,
+                    "Contact * Requires Expires 0 And No Other Contact",
+                ));
             }
             let removed = self.map.remove(&aor).map(|(_, v)| v).unwrap_or_default();
             for b in &removed {

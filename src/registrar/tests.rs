@@ -51,7 +51,9 @@ fn several_contacts_are_bound_with_q_and_expiry_and_fetched() {
     assert_eq!(b[1].q, Some(500));
     assert_eq!(b[1].remaining_secs(T), 600);
     assert_eq!(b[1].source, source().addr);
-    let (fetched, changed) = ok(r.register(T, &register(2, ""), source(), "201").expect("fetch"));
+    let (fetched, changed) = ok(r
+        .register(T, &register(2, ""), source(), "201")
+        .expect("fetch"));
     assert!(!changed);
     assert_eq!(fetched.len(), 2);
 }
@@ -59,22 +61,53 @@ fn several_contacts_are_bound_with_q_and_expiry_and_fetched() {
 #[test]
 fn too_brief_expiry_is_423_and_long_expiry_is_clamped() {
     let (_d, r) = fixture();
-    let brief = r.register(T, &register(1, "Contact: <sip:201@h>;expires=10\r\n"), source(), "201");
+    let brief = r.register(
+        T,
+        &register(1, "Contact: <sip:201@h>;expires=10\r\n"),
+        source(),
+        "201",
+    );
     assert_eq!(
         brief.expect("reg"),
-        Outcome::Reject { code: 423, reason: "Interval Too Brief", min_expires: Some(60) }
+        Outcome::Reject {
+            code: 423,
+            reason: "Interval Too Brief",
+            min_expires: Some(60)
+        }
     );
-    let (b, _) = ok(r.register(T, &register(2, "Contact: <sip:201@h>\r\nExpires: 999999\r\n"), source(), "201").expect("reg"));
+    let (b, _) = ok(r
+        .register(
+            T,
+            &register(2, "Contact: <sip:201@h>\r\nExpires: 999999\r\n"),
+            source(),
+            "201",
+        )
+        .expect("reg"));
     assert_eq!(b[0].remaining_secs(T), 7200);
 }
 
 #[test]
 fn star_removes_everything_and_needs_expires_zero() {
     let (_d, r) = fixture();
-    ok(r.register(T, &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"), source(), "201").expect("reg"));
-    let bad = r.register(T, &register(2, "Contact: *\r\n"), source(), "201").expect("reg");
+    ok(r.register(
+        T,
+        &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"),
+        source(),
+        "201",
+    )
+    .expect("reg"));
+    let bad = r
+        .register(T, &register(2, "Contact: *\r\n"), source(), "201")
+        .expect("reg");
     assert!(matches!(bad, Outcome::Reject { code: 400, .. }));
-    let (b, changed) = ok(r.register(T, &register(3, "Contact: *\r\nExpires: 0\r\n"), source(), "201").expect("reg"));
+    let (b, changed) = ok(r
+        .register(
+            T,
+            &register(3, "Contact: *\r\nExpires: 0\r\n"),
+            source(),
+            "201",
+        )
+        .expect("reg"));
     assert!(b.is_empty() && changed);
     assert_eq!(r.count(T), 0);
 }
@@ -82,8 +115,21 @@ fn star_removes_everything_and_needs_expires_zero() {
 #[test]
 fn expires_zero_removes_one_contact() {
     let (_d, r) = fixture();
-    ok(r.register(T, &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"), source(), "201").expect("reg"));
-    let (b, _) = ok(r.register(T, &register(2, "Contact: <SIP:201@A>;expires=0\r\n"), source(), "201").expect("reg"));
+    ok(r.register(
+        T,
+        &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"),
+        source(),
+        "201",
+    )
+    .expect("reg"));
+    let (b, _) = ok(r
+        .register(
+            T,
+            &register(2, "Contact: <SIP:201@A>;expires=0\r\n"),
+            source(),
+            "201",
+        )
+        .expect("reg"));
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].contact, "sip:201@b");
 }
@@ -91,15 +137,22 @@ fn expires_zero_removes_one_contact() {
 #[test]
 fn out_of_order_register_is_refused() {
     let (_d, r) = fixture();
-    ok(r.register(T, &register(5, "Contact: <sip:201@a>\r\n"), source(), "201").expect("reg"));
-    let late = r.register(T, &register(4, "Contact: <sip:201@a>\r\n"), source(), "201").expect("reg");
+    ok(
+        r.register(T, &register(5, "Contact: <sip:201@a>\r\n"), source(), "201")
+            .expect("reg"),
+    );
+    let late = r
+        .register(T, &register(4, "Contact: <sip:201@a>\r\n"), source(), "201")
+        .expect("reg");
     assert!(matches!(late, Outcome::Reject { code: 500, .. }));
 }
 
 #[test]
 fn registering_someone_else_is_forbidden() {
     let (_d, r) = fixture();
-    let o = r.register(T, &register(1, "Contact: <sip:201@a>\r\n"), source(), "202").expect("reg");
+    let o = r
+        .register(T, &register(1, "Contact: <sip:201@a>\r\n"), source(), "202")
+        .expect("reg");
     assert!(matches!(o, Outcome::Reject { code: 403, .. }));
     assert_eq!(r.count(T), 0);
 }
@@ -113,8 +166,13 @@ fn bad_contacts_change_nothing() {
         "Contact: <sip:201@a>;expires=x\r\n",
         "Contact: <sip:201@a>\r\nExpires: soon\r\n",
     ] {
-        let o = r.register(T, &register(1, extra), source(), "201").expect("reg");
-        assert!(matches!(o, Outcome::Reject { code: 400, .. }), "{extra}: {o:?}");
+        let o = r
+            .register(T, &register(1, extra), source(), "201")
+            .expect("reg");
+        assert!(
+            matches!(o, Outcome::Reject { code: 400, .. }),
+            "{extra}: {o:?}"
+        );
     }
     assert_eq!(r.count(T), 0);
 }
@@ -122,7 +180,13 @@ fn bad_contacts_change_nothing() {
 #[test]
 fn bindings_expire_and_are_purged_from_memory_and_store() {
     let (dir, r) = fixture();
-    ok(r.register(T, &register(1, "Contact: <sip:201@a>;expires=60\r\n"), source(), "201").expect("reg"));
+    ok(r.register(
+        T,
+        &register(1, "Contact: <sip:201@a>;expires=60\r\n"),
+        source(),
+        "201",
+    )
+    .expect("reg"));
     let later = UnixMillis(T.0 + 60_000);
     assert!(r.lookup("201", later).is_empty());
     assert_eq!(r.purge_expired(later).expect("purge"), 1);
@@ -137,11 +201,21 @@ fn bindings_are_reloaded_with_absolute_expiry() {
     {
         let store = Store::open(dir.path()).expect("store");
         let r = Registrar::load(store.clone(), POLICY, T).expect("load");
-        ok(r.register(T, &register(1, "Contact: <sip:201@a>;expires=100, <sip:201@b>;expires=3000\r\n"), source(), "201").expect("reg"));
+        ok(r.register(
+            T,
+            &register(
+                1,
+                "Contact: <sip:201@a>;expires=100, <sip:201@b>;expires=3000\r\n",
+            ),
+            source(),
+            "201",
+        )
+        .expect("reg"));
         store.flush_now().expect("flush");
     }
     let later = UnixMillis(T.0 + 200_000);
-    let r = Registrar::load(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
+    let r =
+        Registrar::load(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
     let b = r.lookup("201", later);
     assert_eq!(b.len(), 1, "the expired one is dropped");
     assert_eq!(b[0].contact, "sip:201@b");

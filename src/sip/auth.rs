@@ -109,7 +109,12 @@ pub struct DigestAuthority {
 }
 
 impl DigestAuthority {
-    pub fn new(realm: &str, algorithms: Vec<Algorithm>, nonce_ttl: Duration, epoch: Instant) -> Self {
+    pub fn new(
+        realm: &str,
+        algorithms: Vec<Algorithm>,
+        nonce_ttl: Duration,
+        epoch: Instant,
+    ) -> Self {
         DigestAuthority {
             realm: realm.to_string(),
             algorithms,
@@ -177,7 +182,10 @@ impl DigestAuthority {
         let mut secs = [0u8; 8];
         secs.copy_from_slice(&body[..8]);
         let issued = u64::from_be_bytes(secs);
-        let age = now.saturating_duration_since(self.epoch).as_secs().checked_sub(issued)?;
+        let age = now
+            .saturating_duration_since(self.epoch)
+            .as_secs()
+            .checked_sub(issued)?;
         (age <= self.nonce_ttl.as_secs()).then_some(body)
     }
 
@@ -220,7 +228,9 @@ impl DigestAuthority {
             (Some(q), Some(nc), Some(cn)) if q.eq_ignore_ascii_case(b"auth") => {
                 alg.hex(&[ha1.as_bytes(), &nonce, nc, cn, q, ha2.as_bytes()])
             }
-            (None, _, _) if alg == Algorithm::Md5 => alg.hex(&[ha1.as_bytes(), &nonce, ha2.as_bytes()]),
+            (None, _, _) if alg == Algorithm::Md5 => {
+                alg.hex(&[ha1.as_bytes(), &nonce, ha2.as_bytes()])
+            }
             _ => return Verdict::Forbidden,
         };
         let matches = bool::from(expected.as_bytes().ct_eq(&response.to_ascii_lowercase()));
@@ -249,7 +259,8 @@ impl DigestAuthority {
         let now_s = now.saturating_duration_since(self.epoch).as_secs();
         if self.seen_nc.len() > 100_000 {
             let ttl = self.nonce_ttl.as_secs();
-            self.seen_nc.retain(|_, (_, issued)| now_s.saturating_sub(*issued) <= ttl);
+            self.seen_nc
+                .retain(|_, (_, issued)| now_s.saturating_sub(*issued) <= ttl);
         }
         let mut issued = [0u8; 8];
         issued.copy_from_slice(&nonce[..8]);
@@ -272,7 +283,12 @@ mod tests {
     const REALM: &str = "sipdesk";
 
     fn authority(t0: Instant) -> DigestAuthority {
-        DigestAuthority::new(REALM, vec![Algorithm::Sha256, Algorithm::Md5], Duration::from_secs(300), t0)
+        DigestAuthority::new(
+            REALM,
+            vec![Algorithm::Sha256, Algorithm::Md5],
+            Duration::from_secs(300),
+            t0,
+        )
     }
 
     fn lookup(user: &str) -> Option<Ha1> {
@@ -283,7 +299,14 @@ mod tests {
     fn credentials(alg: Algorithm, user: &str, password: &str, nonce: &str, nc: &str) -> String {
         let ha1 = alg.hex(&[user.as_bytes(), REALM.as_bytes(), password.as_bytes()]);
         let ha2 = alg.hex(&[b"REGISTER", b"sip:pbx"]);
-        let resp = alg.hex(&[ha1.as_bytes(), nonce.as_bytes(), nc.as_bytes(), b"abc", b"auth", ha2.as_bytes()]);
+        let resp = alg.hex(&[
+            ha1.as_bytes(),
+            nonce.as_bytes(),
+            nc.as_bytes(),
+            b"abc",
+            b"auth",
+            ha2.as_bytes(),
+        ]);
         format!(
             "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"abc\"",
             alg.name()
@@ -319,7 +342,11 @@ mod tests {
         assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
         for alg in [Algorithm::Sha256, Algorithm::Md5] {
             let nonce = nonce_of(&a.challenges(t0, false)[0]);
-            let v = verify(&a, t0, &credentials(alg, "201", "secret", &nonce, "00000001"));
+            let v = verify(
+                &a,
+                t0,
+                &credentials(alg, "201", "secret", &nonce, "00000001"),
+            );
             assert_eq!(v, Verdict::Authenticated("201".into()), "{alg:?}");
         }
     }
@@ -329,8 +356,16 @@ mod tests {
         let t0 = Instant::now();
         let a = authority(t0);
         let nonce = a.nonce(t0);
-        let wrong = verify(&a, t0, &credentials(Algorithm::Md5, "201", "nope", &nonce, "00000001"));
-        let unknown = verify(&a, t0, &credentials(Algorithm::Md5, "999", "secret", &nonce, "00000001"));
+        let wrong = verify(
+            &a,
+            t0,
+            &credentials(Algorithm::Md5, "201", "nope", &nonce, "00000001"),
+        );
+        let unknown = verify(
+            &a,
+            t0,
+            &credentials(Algorithm::Md5, "999", "secret", &nonce, "00000001"),
+        );
         assert_eq!(wrong, Verdict::Forbidden);
         assert_eq!(unknown, wrong);
     }
@@ -341,10 +376,18 @@ mod tests {
         let a = authority(t0);
         let nonce = a.nonce(t0);
         let late = t0 + Duration::from_secs(301);
-        let v = verify(&a, late, &credentials(Algorithm::Sha256, "201", "secret", &nonce, "00000001"));
+        let v = verify(
+            &a,
+            late,
+            &credentials(Algorithm::Sha256, "201", "secret", &nonce, "00000001"),
+        );
         assert_eq!(v, Verdict::Challenge { stale: true });
         let other = authority(t0).nonce(t0);
-        let v = verify(&a, t0, &credentials(Algorithm::Sha256, "201", "secret", &other, "00000001"));
+        let v = verify(
+            &a,
+            t0,
+            &credentials(Algorithm::Sha256, "201", "secret", &other, "00000001"),
+        );
         assert_eq!(v, Verdict::Challenge { stale: true });
     }
 
@@ -364,11 +407,17 @@ mod tests {
     fn no_credentials_or_another_realm_or_unoffered_algorithm_is_challenged() {
         let t0 = Instant::now();
         let a = DigestAuthority::new(REALM, vec![Algorithm::Sha256], Duration::from_secs(300), t0);
-        assert_eq!(a.verify(t0, b"REGISTER", std::iter::empty(), lookup), Verdict::Challenge { stale: false });
+        assert_eq!(
+            a.verify(t0, b"REGISTER", std::iter::empty(), lookup),
+            Verdict::Challenge { stale: false }
+        );
         let nonce = a.nonce(t0);
         let md5 = credentials(Algorithm::Md5, "201", "secret", &nonce, "00000001");
         assert_eq!(verify(&a, t0, &md5), Verdict::Challenge { stale: false });
         let foreign = md5.replace("realm=\"sipdesk\"", "realm=\"other\"");
-        assert_eq!(verify(&a, t0, &foreign), Verdict::Challenge { stale: false });
+        assert_eq!(
+            verify(&a, t0, &foreign),
+            Verdict::Challenge { stale: false }
+        );
     }
 }

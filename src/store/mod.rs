@@ -65,7 +65,8 @@ impl Store {
     }
 
     pub fn put_binding(&self, b: &Binding) -> Result<(), StoreError> {
-        self.bindings.insert(Self::binding_key(b), serde_json::to_vec(b)?)?;
+        self.bindings
+            .insert(Self::binding_key(b), serde_json::to_vec(b)?)?;
         Ok(())
     }
 
@@ -79,7 +80,8 @@ impl Store {
     }
 
     pub fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {
-        self.users.insert(u.extension.as_bytes(), serde_json::to_vec(u)?)?;
+        self.users
+            .insert(u.extension.as_bytes(), serde_json::to_vec(u)?)?;
         Ok(())
     }
 

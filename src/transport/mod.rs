@@ -103,7 +103,11 @@ impl Outbound {
             Transport::Tcp => t
                 .remote
                 .conn
-                .and_then(|c| self.tcp.get(&c).map(|tx| tx.try_send(t.payload.clone()).is_ok()))
+                .and_then(|c| {
+                    self.tcp
+                        .get(&c)
+                        .map(|tx| tx.try_send(t.payload.clone()).is_ok())
+                })
                 .unwrap_or(false),
         };
         if !ok {
@@ -147,13 +151,23 @@ impl Listeners {
 
     pub fn local_addrs(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
         (
-            self.udp.iter().filter_map(|s| s.local_addr().ok()).collect(),
-            self.tcp.iter().filter_map(|s| s.local_addr().ok()).collect(),
+            self.udp
+                .iter()
+                .filter_map(|s| s.local_addr().ok())
+                .collect(),
+            self.tcp
+                .iter()
+                .filter_map(|s| s.local_addr().ok())
+                .collect(),
         )
     }
 
     /// Starts the receive loops; returns the send handle.
-    pub fn start(self, dispatcher: Dispatcher, tasks: &mut tokio::task::JoinSet<()>) -> Arc<Outbound> {
+    pub fn start(
+        self,
+        dispatcher: Dispatcher,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Arc<Outbound> {
         let outbound = Arc::new(Outbound {
             udp: self.udp.clone(),
             ..Outbound::default()
@@ -162,7 +176,11 @@ impl Listeners {
             tasks.spawn(udp_loop(sock, ConnId(i as u64), dispatcher.clone()));
         }
         for l in self.tcp {
-            tasks.spawn(tcp_accept_loop(l, dispatcher.clone(), Arc::clone(&outbound)));
+            tasks.spawn(tcp_accept_loop(
+                l,
+                dispatcher.clone(),
+                Arc::clone(&outbound),
+            ));
         }
         outbound
     }

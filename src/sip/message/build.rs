@@ -51,8 +51,15 @@ impl Builder {
                 b.header("Via", via);
             }
         }
-        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
-            let Some(value) = req.value(name) else { continue };
+        for name in [
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ] {
+            let Some(value) = req.value(name) else {
+                continue;
+            };
             b.buf.put_slice(header_label(name));
             b.buf.put_slice(b": ");
             b.buf.put_slice(value);
@@ -84,7 +91,9 @@ impl Builder {
         }
         self.buf.put_slice(b"Via: ");
         let head_end = via.len() - parsed.params.raw.len();
-        let head = via[..head_end].strip_suffix(b";").unwrap_or(&via[..head_end]);
+        let head = via[..head_end]
+            .strip_suffix(b";")
+            .unwrap_or(&via[..head_end]);
         self.buf.put_slice(super::headers::trim(head));
         for (name, value) in parsed.params.iter() {
             if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport") {
@@ -200,7 +209,8 @@ mod tests {
     fn no_received_when_sent_by_matches_and_no_second_tag() {
         let r = req(b"BYE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa\r\nTo: <sip:x>;tag=have\r\n\r\n");
         let src: SocketAddr = "127.0.0.1:5062".parse().expect("addr");
-        let out = Builder::response(&r, src, 481, "Call/Transaction Does Not Exist", Some(b"t9")).finish();
+        let out = Builder::response(&r, src, 481, "Call/Transaction Does Not Exist", Some(b"t9"))
+            .finish();
         let text = String::from_utf8(out.to_vec()).expect("utf8");
         assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa\r\n"));
         assert!(text.contains("To: <sip:x>;tag=have\r\n"));

@@ -96,7 +96,9 @@ fn end_of_headers(b: &[u8]) -> Option<usize> {
 fn content_length(head: &[u8]) -> Result<usize, SipError> {
     let mut found = 0;
     for line in head.split(|c| *c == b'\n') {
-        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
         let name = super::headers::trim(&line[..colon]);
         if HeaderName::from_bytes(name) == HeaderName::ContentLength {
             found = parse_u32(&line[colon + 1..])
@@ -118,13 +120,19 @@ mod tests {
             b"\r\n\r\nOPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabcREGISTER sip:b SIP/2.0\r\nContent-Length: 0\r\n\r\nBYE sip:c SIP/2.0\r\nContent-Length: 5\r\n\r\nab",
         );
         assert_eq!(f.next_frame().expect("ok"), Some(Frame::Ping));
-        let Some(Frame::Message(m1)) = f.next_frame().expect("ok") else { panic!("m1") };
+        let Some(Frame::Message(m1)) = f.next_frame().expect("ok") else {
+            panic!("m1")
+        };
         assert!(m1.ends_with(b"\r\n\r\nabc"));
-        let Some(Frame::Message(m2)) = f.next_frame().expect("ok") else { panic!("m2") };
+        let Some(Frame::Message(m2)) = f.next_frame().expect("ok") else {
+            panic!("m2")
+        };
         assert!(m2.starts_with(b"REGISTER"));
         assert_eq!(f.next_frame().expect("ok"), None);
         f.buffer().extend_from_slice(b"cde");
-        let Some(Frame::Message(m3)) = f.next_frame().expect("ok") else { panic!("m3") };
+        let Some(Frame::Message(m3)) = f.next_frame().expect("ok") else {
+            panic!("m3")
+        };
         assert!(m3.ends_with(b"abcde"));
         assert_eq!(f.next_frame().expect("ok"), None);
     }
@@ -135,10 +143,12 @@ mod tests {
         f.buffer().extend_from_slice(&[b'x'; 200]);
         assert!(f.next_frame().is_err());
         let mut f = Framer::new(100);
-        f.buffer().extend_from_slice(b"INVITE sip:a SIP/2.0\r\nContent-Length: 1000\r\n\r\n");
+        f.buffer()
+            .extend_from_slice(b"INVITE sip:a SIP/2.0\r\nContent-Length: 1000\r\n\r\n");
         assert!(f.next_frame().is_err());
         let mut f = Framer::new(100);
-        f.buffer().extend_from_slice(b"INVITE sip:a SIP/2.0\r\nContent-Length: zz\r\n\r\n");
+        f.buffer()
+            .extend_from_slice(b"INVITE sip:a SIP/2.0\r\nContent-Length: zz\r\n\r\n");
         assert!(f.next_frame().is_err());
     }
 }

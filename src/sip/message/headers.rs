@@ -124,7 +124,11 @@ pub(crate) fn split_list(v: &[u8], list: bool) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(v);
     std::iter::from_fn(move || loop {
         let cur = rest?;
-        let cut = if list { find_top_level(cur, b',') } else { None };
+        let cut = if list {
+            find_top_level(cur, b',')
+        } else {
+            None
+        };
         let (item, next) = match cut {
             Some(i) => (&cur[..i], Some(&cur[i + 1..])),
             None => (cur, None),
@@ -360,9 +364,9 @@ fn split_host_port(v: &[u8]) -> Option<(&[u8], Option<u16>)> {
         }
     };
     if host.is_empty()
-        || !host
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'[' | b']' | b':' | b'_'))
+        || !host.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'[' | b']' | b':' | b'_')
+        })
     {
         return None;
     }
@@ -504,9 +508,7 @@ impl<'a> ContactList<'a> {
     }
     /// `Contact: *` (the only valid use is a REGISTER removing all bindings).
     pub fn is_star(&self) -> bool {
-        self.msg
-            .values(HeaderName::Contact)
-            .any(|v| v == b"*")
+        self.msg.values(HeaderName::Contact).any(|v| v == b"*")
     }
     pub fn is_empty(&self) -> bool {
         self.msg.values(HeaderName::Contact).next().is_none()
@@ -576,7 +578,10 @@ mod tests {
         assert_eq!(u.params.value(b"transport"), Some(&b"tcp"[..]));
         assert!(u.params.has(b"lr"));
         let u = Uri::parse(b"sips:[::1]").expect("v6");
-        assert_eq!((u.scheme, u.host, u.port), (UriScheme::Sips, &b"[::1]"[..], None));
+        assert_eq!(
+            (u.scheme, u.host, u.port),
+            (UriScheme::Sips, &b"[::1]"[..], None)
+        );
         assert!(Uri::parse(b"http://x").is_none());
         assert!(Uri::parse(b"sip:a@h:99999").is_none());
         assert!(Uri::parse(b"sip:a@[::1").is_none());
@@ -587,7 +592,10 @@ mod tests {
         let n = NameAddr::parse(b"\"Doe, John\" <sip:j@h;x=a,b>;tag=9").expect("na");
         assert_eq!(n.uri, b"sip:j@h;x=a,b");
         assert_eq!(n.tag(), Some(&b"9"[..]));
-        assert_eq!(unquote(n.display.expect("display")), Cow::Borrowed(&b"Doe, John"[..]));
+        assert_eq!(
+            unquote(n.display.expect("display")),
+            Cow::Borrowed(&b"Doe, John"[..])
+        );
         let n = NameAddr::parse(b"sip:j@h;tag=1").expect("addr-spec");
         assert_eq!((n.uri, n.tag()), (&b"sip:j@h"[..], Some(&b"1"[..])));
     }

@@ -15,10 +15,10 @@ mod parse;
 use bytes::Bytes;
 use std::fmt;
 
+pub use build::Builder;
 pub use headers::{
     Auth, CSeq, ContactList, HeaderName, NameAddr, Params, SentBy, Uri, UriScheme, Via,
 };
-pub use build::Builder;
 pub use parse::{parse, Limits};
 
 /// A half-open byte range into a message buffer. `u32` keeps headers small; a SIP
@@ -241,10 +241,15 @@ impl Message {
     }
     /// Values of an extension header by (case-insensitive) name.
     pub fn other_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter_map(move |h| {
-            (h.name == HeaderName::Other && h.raw_name.of(&self.buf).eq_ignore_ascii_case(name.as_bytes()))
-                .then(|| h.value.of(&self.buf))
-        })
+        self.headers
+            .iter()
+            .filter(move |h| {
+                h.name == HeaderName::Other
+                    && h.raw_name
+                        .of(&self.buf)
+                        .eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(move |h| h.value.of(&self.buf))
     }
     pub fn has(&self, name: HeaderName) -> bool {
         self.headers.iter().any(|h| h.name == name)

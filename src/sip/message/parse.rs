@@ -79,12 +79,15 @@ pub fn parse(buf: Bytes, limits: &Limits) -> Result<Message, SipError> {
     // and record the defect so the caller can answer 400 naming it.
     let mut body_end = b.len();
     let mut defect = None;
-    let cl = headers
+    let mut lengths = headers
         .iter()
-        .rev()
-        .find(|h| h.name == HeaderName::ContentLength);
-    if let Some(h) = cl {
-        match super::headers::parse_u32(h.value.of(b)) {
+        .filter(|h| h.name == HeaderName::ContentLength)
+        .map(|h| h.value.of(b));
+    let cl = lengths.next();
+    if lengths.any(|other| Some(other) != cl) {
+        defect = Some("Conflicting Content-Length Headers");
+    } else if let Some(v) = cl {
+        match super::headers::parse_u32(v) {
             None => defect = Some("Bad Content-Length"),
             Some(n) if n as usize > b.len() - pos => {
                 defect = Some("Body Shorter Than Content-Length")
@@ -268,7 +271,10 @@ CSeq: 1\r\n OPTIONS\r\nl: 0\r\n\r\n")
         assert_eq!(m.cseq().expect("cseq").method, Method::Options);
         let uri = m.request_uri().expect("uri");
         assert_eq!(uri.host, b"[2001:db8::10]");
-        assert_eq!(m.value(H::Subject), Some(&b"a long\r\n  folded subject"[..]));
+        assert_eq!(
+            m.value(H::Subject),
+            Some(&b"a long\r\n  folded subject"[..])
+        );
     }
 
     #[test]

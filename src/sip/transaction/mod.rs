@@ -258,7 +258,11 @@ impl TransactionLayer {
         let Some(key) = server_key(&request) else {
             // Without Via/CSeq a request cannot be matched; the TU decides (400).
             let tx = self.alloc_id();
-            self.events.push_back(TxEvent::Request { tx, request, remote });
+            self.events.push_back(TxEvent::Request {
+                tx,
+                request,
+                remote,
+            });
             return;
         };
         let is_ack = request.method() == Some(&Method::Ack);
@@ -299,7 +303,11 @@ impl TransactionLayer {
         }
         self.txs.insert(id, tx);
         self.server_index.insert(key, id);
-        self.events.push_back(TxEvent::Request { tx: id, request, remote });
+        self.events.push_back(TxEvent::Request {
+            tx: id,
+            request,
+            remote,
+        });
     }
 
     fn server_retransmission(
@@ -310,7 +318,9 @@ impl TransactionLayer {
         request: Message,
         remote: Remote,
     ) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         match (tx.kind, tx.state, is_ack) {
             (Kind::Invite, State::Completed, true) => {
                 tx.state = State::Confirmed;
@@ -405,7 +415,9 @@ impl TransactionLayer {
             .cloned()
             .ok_or_else(|| TxError::BadRequest("not a request".into()))?;
         if method == Method::Ack {
-            return Err(TxError::BadRequest("ACK is sent without a transaction".into()));
+            return Err(TxError::BadRequest(
+                "ACK is sent without a transaction".into(),
+            ));
         }
         let key = client_key(&parsed)
             .ok_or_else(|| TxError::BadRequest("no Via branch or CSeq".into()))?;
@@ -458,8 +470,12 @@ impl TransactionLayer {
                 .push_back(TxEvent::StrayResponse { response, remote });
             return;
         };
-        let Some(code) = response.status() else { return };
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(code) = response.status() else {
+            return;
+        };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         let reliable = Self::reliable(tx);
         match (tx.kind, tx.state) {
             (Kind::Invite, State::Calling | State::Proceeding) => {
@@ -477,13 +493,15 @@ impl TransactionLayer {
                     let remote = tx.remote;
                     self.send(remote, ack);
                     if reliable {
-                        self.events.push_back(TxEvent::Response { tx: id, response });
+                        self.events
+                            .push_back(TxEvent::Response { tx: id, response });
                         self.terminate(id);
                         return;
                     }
                     self.set_deadline(id, now, Duration::from_secs(32), Timer::D);
                 }
-                self.events.push_back(TxEvent::Response { tx: id, response });
+                self.events
+                    .push_back(TxEvent::Response { tx: id, response });
             }
             (Kind::Invite, State::Completed) => {
                 if let Some(ack) = tx.ack.clone() {
@@ -492,7 +510,8 @@ impl TransactionLayer {
                 }
             }
             (Kind::Invite, State::Accepted) if (200..300).contains(&code) => {
-                self.events.push_back(TxEvent::Response { tx: id, response });
+                self.events
+                    .push_back(TxEvent::Response { tx: id, response });
             }
             (Kind::NonInvite, State::Trying | State::Proceeding) => {
                 if code < 200 {
@@ -500,7 +519,8 @@ impl TransactionLayer {
                 } else {
                     tx.state = State::Completed;
                     tx.retransmit = None;
-                    self.events.push_back(TxEvent::Response { tx: id, response });
+                    self.events
+                        .push_back(TxEvent::Response { tx: id, response });
                     if reliable {
                         self.terminate(id);
                     } else {
@@ -509,7 +529,8 @@ impl TransactionLayer {
                     }
                     return;
                 }
-                self.events.push_back(TxEvent::Response { tx: id, response });
+                self.events
+                    .push_back(TxEvent::Response { tx: id, response });
             }
             _ => {} // absorbed
         }
@@ -522,14 +543,18 @@ impl TransactionLayer {
                 break;
             }
             self.heap.pop();
-            let Some(tx) = self.txs.get_mut(&id) else { continue };
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
             if let Some((rt_at, interval, timer)) = tx.retransmit {
                 if rt_at <= now {
                     tx.retransmit = None;
                     self.fire_retransmit(now, id, interval, timer);
                 }
             }
-            let Some(tx) = self.txs.get_mut(&id) else { continue };
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
             if let Some((dl_at, timer)) = tx.deadline {
                 if dl_at <= now {
                     tx.deadline = None;

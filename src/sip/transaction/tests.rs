@@ -64,7 +64,10 @@ fn first_line(t: &Transmit) -> String {
 
 #[test]
 fn server_non_invite_trying_absorbs_retransmissions() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "REGISTER", udp());
     assert_eq!(l.state(tx), Some(State::Trying));
     l.handle_request(t0 + ms(500), msg(&request("REGISTER", "z9hG4bKs1")), udp());
@@ -73,7 +76,10 @@ fn server_non_invite_trying_absorbs_retransmissions() {
 
 #[test]
 fn server_non_invite_proceeding_resends_the_provisional() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "OPTIONS", udp());
     let req = l.request(tx).expect("req").clone();
     l.respond(t0, tx, response_to(&req, 180)).expect("1xx");
@@ -85,7 +91,10 @@ fn server_non_invite_proceeding_resends_the_provisional() {
 
 #[test]
 fn server_non_invite_completed_resends_final_and_timer_j_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "REGISTER", udp());
     let req = l.request(tx).expect("req").clone();
     l.respond(t0, tx, response_to(&req, 200)).expect("final");
@@ -99,13 +108,19 @@ fn server_non_invite_completed_resends_final_and_timer_j_terminates() {
     assert_eq!(l.state(tx), Some(State::Completed));
     l.handle_timeout(t0 + ms(32_000));
     assert_eq!(l.state(tx), None);
-    assert!(matches!(drain_ev(&mut l).as_slice(), [TxEvent::Terminated { .. }]));
+    assert!(matches!(
+        drain_ev(&mut l).as_slice(),
+        [TxEvent::Terminated { .. }]
+    ));
     assert!(l.is_empty());
 }
 
 #[test]
 fn server_non_invite_over_tcp_terminates_on_final_response() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "REGISTER", tcp());
     let req = l.request(tx).expect("req").clone();
     l.respond(t0, tx, response_to(&req, 200)).expect("final");
@@ -117,7 +132,10 @@ fn server_non_invite_over_tcp_terminates_on_final_response() {
 
 #[test]
 fn server_invite_sends_100_trying_and_resends_it_on_retransmission() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "INVITE", udp());
     assert_eq!(l.state(tx), Some(State::Proceeding));
     assert_eq!(first_line(&drain_tx(&mut l)[0]), "SIP/2.0 100 Trying");
@@ -128,7 +146,10 @@ fn server_invite_sends_100_trying_and_resends_it_on_retransmission() {
 
 #[test]
 fn server_invite_completed_retransmits_with_timer_g_until_timer_h() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "INVITE", udp());
     let req = l.request(tx).expect("req").clone();
     drain_tx(&mut l);
@@ -140,26 +161,41 @@ fn server_invite_completed_retransmits_with_timer_g_until_timer_h() {
     for gap in [500, 1000, 2000, 4000, 4000, 4000] {
         at += ms(gap);
         l.handle_timeout(at - ms(1));
-        assert!(drain_tx(&mut l).is_empty(), "early retransmission before {gap}");
+        assert!(
+            drain_tx(&mut l).is_empty(),
+            "early retransmission before {gap}"
+        );
         l.handle_timeout(at);
         assert_eq!(first_line(&drain_tx(&mut l)[0]), "SIP/2.0 486 Reason");
     }
     l.handle_timeout(t0 + ms(32_000));
     let ev = drain_ev(&mut l);
-    assert!(matches!(ev.as_slice(), [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]
+        ),
+        "{ev:?}"
+    );
     assert_eq!(l.state(tx), None);
 }
 
 #[test]
 fn server_invite_ack_confirms_and_timer_i_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "INVITE", udp());
     let req = l.request(tx).expect("req").clone();
     l.respond(t0, tx, response_to(&req, 404)).expect("404");
     drain_tx(&mut l);
     l.handle_request(t0 + ms(100), msg(&request("ACK", "z9hG4bKs1")), udp());
     assert_eq!(l.state(tx), Some(State::Confirmed));
-    assert!(drain_ev(&mut l).is_empty(), "the ACK of a non-2xx is absorbed");
+    assert!(
+        drain_ev(&mut l).is_empty(),
+        "the ACK of a non-2xx is absorbed"
+    );
     l.handle_timeout(t0 + ms(600));
     assert!(drain_tx(&mut l).is_empty(), "Timer G stops in Confirmed");
     l.handle_request(t0 + ms(700), msg(&request("ACK", "z9hG4bKs1")), udp());
@@ -170,13 +206,17 @@ fn server_invite_ack_confirms_and_timer_i_terminates() {
 
 #[test]
 fn server_invite_accepted_passes_ack_absorbs_invite_and_timer_l_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "INVITE", udp());
     let req = l.request(tx).expect("req").clone();
     drain_tx(&mut l);
     l.respond(t0, tx, response_to(&req, 200)).expect("200");
     assert_eq!(l.state(tx), Some(State::Accepted));
-    l.respond(t0 + ms(500), tx, response_to(&req, 200)).expect("2xx retransmission by TU");
+    l.respond(t0 + ms(500), tx, response_to(&req, 200))
+        .expect("2xx retransmission by TU");
     assert_eq!(drain_tx(&mut l).len(), 2);
     l.handle_request(t0 + ms(600), msg(&request("INVITE", "z9hG4bKs1")), udp());
     assert!(drain_tx(&mut l).is_empty() && drain_ev(&mut l).is_empty());
@@ -189,7 +229,10 @@ fn server_invite_accepted_passes_ack_absorbs_invite_and_timer_l_terminates() {
 
 #[test]
 fn server_invite_over_tcp_has_no_timer_g_and_ack_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let tx = new_server(&mut l, t0, "INVITE", tcp());
     let req = l.request(tx).expect("req").clone();
     l.respond(t0, tx, response_to(&req, 480)).expect("480");
@@ -202,7 +245,10 @@ fn server_invite_over_tcp_has_no_timer_g_and_ack_terminates() {
 
 #[test]
 fn ack_without_transaction_goes_to_the_tu_and_cancel_is_its_own_transaction() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     l.handle_request(t0, msg(&request("ACK", "z9hG4bKother")), udp());
     assert!(matches!(drain_ev(&mut l).as_slice(), [TxEvent::Ack { .. }]));
     let invite = new_server(&mut l, t0, "INVITE", udp());
@@ -213,7 +259,10 @@ fn ack_without_transaction_goes_to_the_tu_and_cancel_is_its_own_transaction() {
 
 #[test]
 fn rfc2543_requests_without_magic_cookie_still_match() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     l.handle_request(t0, msg(&request("INVITE", "old1")), udp());
     let tx = match drain_ev(&mut l).as_slice() {
         [TxEvent::Request { tx, .. }] => *tx,
@@ -230,7 +279,12 @@ fn rfc2543_requests_without_magic_cookie_still_match() {
 
 // ---- client INVITE (figure 5, RFC 6026) ---------------------------------
 
-fn new_client(l: &mut TransactionLayer, now: Instant, method: &str, remote: Remote) -> (TxId, Message) {
+fn new_client(
+    l: &mut TransactionLayer,
+    now: Instant,
+    method: &str,
+    remote: Remote,
+) -> (TxId, Message) {
     let bytes = Bytes::from(request(method, "z9hG4bKc1"));
     let tx = l.send_request(now, bytes.clone(), remote).expect("send");
     assert_eq!(drain_tx(l).len(), 1, "sent at once");
@@ -239,7 +293,10 @@ fn new_client(l: &mut TransactionLayer, now: Instant, method: &str, remote: Remo
 
 #[test]
 fn client_invite_calling_retransmits_with_timer_a_until_timer_b() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, _) = new_client(&mut l, t0, "INVITE", udp());
     assert_eq!(l.state(tx), Some(State::Calling));
     let mut at = t0;
@@ -252,56 +309,90 @@ fn client_invite_calling_retransmits_with_timer_a_until_timer_b() {
     assert_eq!(sent, 6, "Timer A doubles without a cap");
     l.handle_timeout(t0 + ms(32_000));
     let ev = drain_ev(&mut l);
-    assert!(matches!(ev.as_slice(), [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
 fn client_invite_provisional_stops_retransmissions() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "INVITE", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 100), udp());
     assert_eq!(l.state(tx), Some(State::Proceeding));
     l.handle_timeout(t0 + ms(10_000));
     assert!(drain_tx(&mut l).is_empty());
-    assert!(matches!(drain_ev(&mut l).as_slice(), [TxEvent::Response { .. }]));
+    assert!(matches!(
+        drain_ev(&mut l).as_slice(),
+        [TxEvent::Response { .. }]
+    ));
 }
 
 #[test]
 fn client_invite_non_2xx_is_acked_and_timer_d_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "INVITE", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 486), udp());
     assert_eq!(l.state(tx), Some(State::Completed));
     let ack = drain_tx(&mut l);
     assert_eq!(first_line(&ack[0]), "ACK sip:201@pbx SIP/2.0");
     let ack_text = String::from_utf8_lossy(&ack[0].payload).to_string();
-    assert!(ack_text.contains("CSeq: 1 ACK") && ack_text.contains("tag=tt"), "{ack_text}");
+    assert!(
+        ack_text.contains("CSeq: 1 ACK") && ack_text.contains("tag=tt"),
+        "{ack_text}"
+    );
     assert_eq!(drain_ev(&mut l).len(), 1);
     l.handle_response(t0 + ms(600), response_msg(&req, 486), udp());
     assert_eq!(first_line(&drain_tx(&mut l)[0]), "ACK sip:201@pbx SIP/2.0");
-    assert!(drain_ev(&mut l).is_empty(), "retransmitted final is absorbed");
+    assert!(
+        drain_ev(&mut l).is_empty(),
+        "retransmitted final is absorbed"
+    );
     l.handle_timeout(t0 + ms(100) + ms(32_000));
     assert_eq!(l.state(tx), None);
 }
 
 #[test]
 fn client_invite_2xx_enters_accepted_and_timer_m_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "INVITE", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 200), udp());
     assert_eq!(l.state(tx), Some(State::Accepted));
     assert!(drain_tx(&mut l).is_empty(), "the TU acknowledges a 2xx");
     l.handle_response(t0 + ms(600), response_msg(&req, 200), udp());
-    assert_eq!(drain_ev(&mut l).len(), 2, "2xx retransmissions reach the TU");
+    assert_eq!(
+        drain_ev(&mut l).len(),
+        2,
+        "2xx retransmissions reach the TU"
+    );
     l.handle_timeout(t0 + ms(100) + ms(32_000));
     assert_eq!(l.state(tx), None);
     l.handle_response(t0 + ms(40_000), response_msg(&req, 200), udp());
-    assert!(matches!(drain_ev(&mut l).as_slice(), [_, TxEvent::StrayResponse { .. }]));
+    assert!(matches!(
+        drain_ev(&mut l).as_slice(),
+        [_, TxEvent::StrayResponse { .. }]
+    ));
 }
 
 #[test]
 fn client_invite_over_tcp_never_retransmits_and_terminates_after_ack() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "INVITE", tcp());
     l.handle_timeout(t0 + ms(10_000));
     assert!(drain_tx(&mut l).is_empty());
@@ -314,7 +405,10 @@ fn client_invite_over_tcp_never_retransmits_and_terminates_after_ack() {
 
 #[test]
 fn client_non_invite_timer_e_doubles_to_t2_and_timer_f_times_out() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, _) = new_client(&mut l, t0, "OPTIONS", udp());
     assert_eq!(l.state(tx), Some(State::Trying));
     let mut at = t0;
@@ -327,12 +421,21 @@ fn client_non_invite_timer_e_doubles_to_t2_and_timer_f_times_out() {
     }
     l.handle_timeout(t0 + ms(32_000));
     let ev = drain_ev(&mut l);
-    assert!(matches!(ev.as_slice(), [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [TxEvent::Timeout { .. }, TxEvent::Terminated { .. }]
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
 fn client_non_invite_proceeding_retransmits_every_t2() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "REGISTER", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 100), udp());
     assert_eq!(l.state(tx), Some(State::Proceeding));
@@ -346,7 +449,10 @@ fn client_non_invite_proceeding_retransmits_every_t2() {
 
 #[test]
 fn client_non_invite_completed_absorbs_and_timer_k_terminates() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     let (tx, req) = new_client(&mut l, t0, "REGISTER", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 401), udp());
     assert_eq!(l.state(tx), Some(State::Completed));
@@ -354,14 +460,20 @@ fn client_non_invite_completed_absorbs_and_timer_k_terminates() {
     l.handle_response(t0 + ms(200), response_msg(&req, 401), udp());
     assert!(drain_ev(&mut l).is_empty());
     l.handle_timeout(t0 + ms(1000));
-    assert!(drain_tx(&mut l).is_empty(), "no retransmission in Completed");
+    assert!(
+        drain_tx(&mut l).is_empty(),
+        "no retransmission in Completed"
+    );
     l.handle_timeout(t0 + ms(100) + ms(5000));
     assert_eq!(l.state(tx), None);
 }
 
 #[test]
 fn client_rejects_duplicate_branches_and_acks() {
-    let (mut l, t0) = (TransactionLayer::new(TimerConfig::default()), Instant::now());
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
     new_client(&mut l, t0, "OPTIONS", udp());
     let again = l.send_request(t0, Bytes::from(request("OPTIONS", "z9hG4bKc1")), udp());
     assert_eq!(again, Err(TxError::Duplicate));

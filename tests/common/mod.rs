@@ -1,0 +1,260 @@
+//! Test harness: starts the real `sipdesk` binary on 127.0.0.1 with a temporary data
+//! directory and drives it with real peers (SIPp, an independent digest client) over
+//! real sockets. Everything is bounded in count and time.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scenarios");
+pub const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = u.local_addr() else { continue };
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free port on 127.0.0.1");
+}
+
+/// A config for the given users (`(extension, password)`), on `port`.
+pub fn config(port: u16, algorithms: &str, users: &[(String, String)]) -> String {
+    let mut s = format!(
+        "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n"
+    );
+    for (ext, pw) in users {
+        s.push_str(&format!(
+            "[[users]]\nextension = \"{ext}\"\npassword = \"{pw}\"\n"
+        ));
+    }
+    s
+}
+
+/// `n` users named `user1000…` with passwords `pw1000…`.
+pub fn users(n: usize) -> Vec<(String, String)> {
+    (1000..1000 + n)
+        .map(|i| (format!("user{i}"), format!("pw{i}")))
+        .collect()
+}
+
+/// Writes a SIPp injection file.
+pub fn injection_file(dir: &Path, name: &str, rows: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = String::from("SEQUENTIAL\n");
+    for r in rows {
+        text.push_str(r);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("write injection file");
+    path
+}
+
+/// The PBX as a child process.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Server {
+    /// Starts `sipdesk run` with `config_text` and the data directory `dir/data`,
+    /// and waits until it answers OPTIONS.
+    pub fn start(dir: &Path, port: u16, config_text: &str) -> Server {
+        let config = dir.join("sipdesk.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        let mut s = Server {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+            config,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("sipdesk.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sipdesk"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start sipdesk");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if options_ping(self.addr(), Duration::from_millis(200)).is_some() {
+                return;
+            }
+        }
+        panic!(
+            "sipdesk did not answer OPTIONS within 20 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sipdesk.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends one OPTIONS and returns the status line of the answer.
+pub fn options_ping(to: SocketAddr, wait: Duration) -> Option<String> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    let local = sock.local_addr().ok()?;
+    let req = format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKping{}\r\n\
+         From: <sip:probe@{local}>;tag=p\r\nTo: <sip:{to}>\r\nCall-ID: ping-{}\r\nCSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        local.port(),
+        local.port()
+    );
+    sock.set_read_timeout(Some(wait)).ok()?;
+    sock.send_to(req.as_bytes(), to).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// Sends raw bytes and returns the first final answer (1xx skipped) that arrives
+/// within `wait`.
+pub fn exchange(to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<String> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(wait)).ok()?;
+    sock.send_to(bytes, to).ok()?;
+    let mut buf = [0u8; 65535];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 1") {
+            return Some(text);
+        }
+    }
+}
+
+/// Fails the test with a clear message if a peer program is missing.
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{program}` is not installed: run the test command from README.md, which installs it"
+    );
+}
+
+/// Runs SIPp against the server, bounded by `timeout`; returns its output.
+/// `extra` are scenario-specific arguments (-sf, -inf, -m, -r…).
+pub fn sipp(server: &Server, extra: &[&str], limit: Duration) -> Output {
+    require("sipp");
+    let (lport, mport) = (free_port(), free_port());
+    let target = server.addr().to_string();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--kill-after=5")
+        .arg(limit.as_secs().to_string())
+        .arg("sipp")
+        .arg(&target)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &lport.to_string(),
+            "-mp",
+            &mport.to_string(),
+        ])
+        .args([
+            "-nostdin",
+            "-timeout",
+            &format!("{}s", limit.as_secs().saturating_sub(5).max(5)),
+        ])
+        .args([
+            "-timeout_error",
+            "-recv_timeout",
+            "10000",
+            "-buff_size",
+            "4194304",
+        ])
+        .args(extra)
+        .current_dir(&server.dir)
+        .stdin(Stdio::null());
+    cmd.output().expect("run sipp")
+}
+
+/// Asserts SIPp exited 0 (every call succeeded), showing its errors otherwise.
+pub fn assert_sipp_ok(out: &Output, what: &str, server: &Server) {
+    if !out.status.success() {
+        let errors: String = std::fs::read_dir(&server.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("errors.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let tail: String = stdout
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{what}: sipp exited {:?}\n--- sipp errors ---\n{}\n--- sipp screen ---\n{tail}\n--- sipdesk log ---\n{}",
+            out.status.code(),
+            errors.chars().take(4000).collect::<String>(),
+            server.log().chars().rev().take(3000).collect::<String>().chars().rev().collect::<String>()
+        );
+    }
+}
+
+pub fn scenario(name: &str) -> String {
+    format!("{SCENARIOS}/{name}")
+}
