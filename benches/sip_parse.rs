@@ -47,7 +47,11 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let m = parse(black_box(bytes.clone()), &limits).expect("valid");
-                black_box((m.call_id().map(<[u8]>::len), m.top_via().map(|v| v.branch()), m.cseq()));
+                black_box((
+                    m.call_id().map(<[u8]>::len),
+                    m.top_via().map(|v| v.branch()),
+                    m.cseq(),
+                ));
             })
         });
     }

@@ -268,7 +268,9 @@ async fn run_flusher(
             let e = upto.entry(shard).or_default();
             *e = (*e).max(seq);
         }
+        let started = Instant::now();
         let result = store.flush().await;
+        tracing::trace!(shards = upto.len(), elapsed = ?started.elapsed(), "store flushed");
         if let Err(e) = &result {
             tracing::error!("store flush failed: {e}");
         }

@@ -37,6 +37,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .flush_every_ms(Some(500))
+            // A small page cache keeps the resident size modest; hot data lives in our maps.
+            .cache_capacity(32 * 1024 * 1024)
             .open()?;
         Ok(Store {
             bindings: db.open_tree("bindings.v1")?,

@@ -216,18 +216,28 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn udp_loop(sock: Arc<UdpSocket>, local: ConnId, dispatcher: Dispatcher) {
     let mut buf = vec![0u8; 65_536];
     loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                let remote = Remote {
-                    transport: Transport::Udp,
-                    addr: from,
-                    conn: Some(local),
-                };
-                dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote);
-            }
-            // ICMP port unreachable and friends surface here on some systems.
-            Err(e) => tracing::debug!("udp receive: {e}"),
+        if let Err(e) = sock.readable().await {
+            tracing::warn!("udp socket: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
         }
+        // Drain everything queued on the socket per wake-up (bounded, to stay fair).
+        for _ in 0..256 {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let remote = Remote {
+                        transport: Transport::Udp,
+                        addr: from,
+                        conn: Some(local),
+                    };
+                    dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port unreachable and friends surface here on some systems.
+                Err(e) => tracing::debug!("udp receive: {e}"),
+            }
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -146,8 +146,10 @@ struct Tx {
     kind: Kind,
     state: State,
     remote: Remote,
-    /// Client: the request. Server: the request (for building 100 Trying and ACK matching).
-    request: Message,
+    /// The request; a server transaction drops it once it has sent its final
+    /// response (only the key and the response are needed to absorb retransmissions,
+    /// and Timer J keeps completed UDP transactions for 32 s).
+    request: Option<Message>,
     /// The bytes retransmitted: the request (client) or the last response (server).
     last: Option<Bytes>,
     /// Client INVITE: the ACK for a non-2xx final response (resent on its retransmissions).
@@ -197,7 +199,7 @@ impl TransactionLayer {
     }
     /// The request a transaction was created for.
     pub fn request(&self, tx: TxId) -> Option<&Message> {
-        self.txs.get(&tx).map(|t| &t.request)
+        self.txs.get(&tx).and_then(|t| t.request.as_ref())
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -289,7 +291,7 @@ impl TransactionLayer {
                 State::Trying
             },
             remote: reply_remote(&request, remote),
-            request: request.clone(),
+            request: Some(request.clone()),
             last: None,
             ack: None,
             retransmit: None,
@@ -365,6 +367,7 @@ impl TransactionLayer {
                     tx.state = State::Proceeding;
                 } else {
                     tx.state = State::Completed;
+                    tx.request = None;
                     if reliable {
                         self.terminate(id);
                     } else {
@@ -441,7 +444,7 @@ impl TransactionLayer {
                     State::Trying
                 },
                 remote,
-                request: parsed,
+                request: Some(parsed),
                 last: Some(request.clone()),
                 ack: None,
                 retransmit: None,
@@ -487,7 +490,11 @@ impl TransactionLayer {
                     let m = self.timers.t1 * 64;
                     self.set_deadline(id, now, m, Timer::M);
                 } else {
-                    let ack = build_ack(&tx.request, &response);
+                    let ack = tx
+                        .request
+                        .as_ref()
+                        .map(|r| build_ack(r, &response))
+                        .unwrap_or_default();
                     tx.ack = Some(ack.clone());
                     tx.state = State::Completed;
                     let remote = tx.remote;

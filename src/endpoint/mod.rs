@@ -446,3 +446,6 @@ fn to_tag() -> [u8; 16] {
     let _ = hex::encode_to_slice(raw, &mut out);
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+//! The endpoint driven with a fake clock: challenge, authenticated REGISTER held
+//! until the store flush, retransmissions, and cleanup by Timer J.
+
+use super::*;
+use crate::registrar::{Policy, Registrar};
+use crate::sip::auth::{Algorithm, Ha1};
+use crate::sip::transaction::TimerConfig;
+use crate::store::Store;
+use crate::users::StoredUser;
+
+const REALM: &str = "sipdesk.local";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    ep: Endpoint,
+    t0: Instant,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("store");
+    let t0 = Instant::now();
+    let users = Users::default();
+    users.insert(StoredUser {
+        extension: "201".into(),
+        name: None,
+        ha1: Ha1::from_password("201", REALM, "secret"),
+    });
+    let policy = Policy {
+        min_expires: 60,
+        max_expires: 7200,
+        default_expires: 3600,
+        max_contacts: 4,
+    };
+    let shared = Arc::new(Shared {
+        users,
+        registrar: Registrar::load(store, policy, UnixMillis(1_000_000)).expect("registrar"),
+        auth: DigestAuthority::new(
+            REALM,
+            vec![Algorithm::Sha256, Algorithm::Md5],
+            Duration::from_secs(300),
+            t0,
+        ),
+        limits: Limits::default(),
+        stats: Stats::default(),
+    });
+    let ep = Endpoint::new(
+        shared,
+        TransactionLayer::new(TimerConfig::default()),
+        UnixMillis(1_000_000),
+        t0,
+    );
+    Fixture { _dir: dir, ep, t0 }
+}
+
+fn phone() -> Remote {
+    Remote::udp("192.0.2.5:5062".parse().expect("addr"))
+}
+
+fn register(cseq: u32, branch: &str, auth: Option<&str>) -> Bytes {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    Bytes::from(format!(
+        "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.1:5062;branch={branch};rport\r\n\
+         From: <sip:201@pbx>;tag=a\r\nTo: <sip:201@pbx>\r\nCall-ID: reg@phone\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:201@10.1.1.1:5062>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+fn sent(ep: &mut Endpoint) -> Vec<String> {
+    std::iter::from_fn(|| ep.poll_transmit())
+        .map(|t| {
+            assert_eq!(
+                t.remote.addr,
+                phone().addr,
+                "answers follow rport to the source"
+            );
+            String::from_utf8_lossy(&t.payload).into_owned()
+        })
+        .collect()
+}
+
+/// What a phone computes from the first challenge (RFC 7616 §3.4.1).
+fn credentials(challenge: &str, password: &str) -> String {
+    let line = challenge
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate:"))
+        .expect("a challenge");
+    let nonce = line
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("nonce");
+    let alg = Algorithm::Sha256;
+    let ha1 = alg.hex(&[b"201", REALM.as_bytes(), password.as_bytes()]);
+    let ha2 = alg.hex(&[b"REGISTER", b"sip:pbx"]);
+    let resp = alg.hex(&[
+        ha1.as_bytes(),
+        nonce.as_bytes(),
+        b"00000001",
+        b"c0ffee",
+        b"auth",
+        ha2.as_bytes(),
+    ]);
+    format!(
+        "Digest username=\"201\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx\", response=\"{resp}\", \
+         algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+    )
+}
+
+#[test]
+fn register_is_challenged_then_answered_only_after_the_store_flush() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, register(1, "z9hG4bK1", None), phone());
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 401 Unauthorized"), "{out:?}");
+    assert!(
+        out[0].contains("rport=5062;") || out[0].contains("rport=5062\r\n"),
+        "{}",
+        out[0]
+    );
+
+    let auth = credentials(&out[0], "secret");
+    let t1 = t0 + Duration::from_millis(20);
+    ep.handle_bytes(t1, register(2, "z9hG4bK2", Some(&auth)), phone());
+    assert!(
+        sent(&mut ep).is_empty(),
+        "nothing confirmed before the flush"
+    );
+    let seq = ep.poll_flush().expect("a flush is requested");
+    assert_eq!(ep.poll_flush(), None, "once");
+    // A retransmission while the flush runs is absorbed.
+    ep.handle_bytes(
+        t1 + Duration::from_millis(500),
+        register(2, "z9hG4bK2", Some(&auth)),
+        phone(),
+    );
+    assert!(sent(&mut ep).is_empty());
+
+    ep.handle_flushed(t1 + Duration::from_millis(501), seq);
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 200 OK"), "{out:?}");
+    assert!(
+        out[0].contains("Contact: <sip:201@10.1.1.1:5062>;expires=3600"),
+        "{}",
+        out[0]
+    );
+    // After the answer, a retransmission gets the same answer again.
+    ep.handle_bytes(
+        t1 + Duration::from_millis(600),
+        register(2, "z9hG4bK2", Some(&auth)),
+        phone(),
+    );
+    assert_eq!(sent(&mut ep), out);
+
+    // Timer J (64*T1) ends both transactions: nothing is left behind.
+    ep.handle_timeout(t1 + Duration::from_secs(33));
+    assert_eq!(ep.load(), (0, 0));
+}
+
+#[test]
+fn a_wrong_password_is_forbidden_and_binds_nothing() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, register(1, "z9hG4bK1", None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    ep.handle_bytes(
+        t0,
+        register(2, "z9hG4bK2", Some(&credentials(&challenge, "guess"))),
+        phone(),
+    );
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 403 Forbidden"), "{out:?}");
+    assert_eq!(ep.poll_flush(), None);
+    assert_eq!(ep.shared.registrar.count(UnixMillis(1_000_000)), 0);
+}
+
+#[test]
+fn a_failed_flush_turns_the_held_answer_into_500() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, register(1, "z9hG4bK1", None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    ep.handle_bytes(
+        t0,
+        register(2, "z9hG4bK2", Some(&credentials(&challenge, "secret"))),
+        phone(),
+    );
+    assert!(ep.poll_flush().is_some());
+    ep.handle_flush_failed(t0);
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 500 "), "{out:?}");
+}
+
+#[test]
+fn bad_requests_are_answered_statelessly_and_unanswerable_ones_dropped() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, Bytes::from_static(b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.1:5062;rport;branch=z9hG4bKx\r\nTo: <sip:pbx>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n"), phone());
+    let out = sent(&mut ep);
+    assert!(
+        out[0].starts_with("SIP/2.0 400 Missing Or Bad From Header"),
+        "{out:?}"
+    );
+    ep.handle_bytes(t0, Bytes::from_static(b"\x16\x03\x01 not sip"), phone());
+    ep.handle_bytes(
+        t0,
+        Bytes::from_static(b"OPTIONS sip:pbx SIP/2.0\r\nCall-ID: x\r\n\r\n"),
+        phone(),
+    );
+    assert!(sent(&mut ep).is_empty());
+    assert_eq!(ep.load(), (0, 0), "nothing kept for bad input");
+    assert_eq!(ep.shared.stats.dropped_malformed.load(Ordering::Relaxed), 1);
+}
