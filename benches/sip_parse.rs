@@ -1,6 +1,7 @@
 //! Parser throughput: a typical INVITE (with SDP) and REGISTER (with digest
 //! credentials), parsed and then read the way the receive path reads them
-//! (Call-ID for sharding, top Via and CSeq for transaction matching).
+//! (Call-ID for sharding, top Via and CSeq for transaction matching), side by side
+//! with rsip 0.4 parsing the same bytes (compare the ratio, not absolute times).
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -44,7 +45,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, raw) in [("invite", INVITE), ("register", REGISTER)] {
         let bytes = Bytes::from_static(raw);
-        g.bench_function(name, |b| {
+        g.bench_function(format!("{name}/sipdesk"), |b| {
             b.iter(|| {
                 let m = parse(black_box(bytes.clone()), &limits).expect("valid");
                 black_box((
@@ -53,6 +54,9 @@ fn bench(c: &mut Criterion) {
                     m.cseq(),
                 ));
             })
+        });
+        g.bench_function(format!("{name}/rsip"), |b| {
+            b.iter(|| black_box(rsip::SipMessage::try_from(black_box(raw)).is_ok()))
         });
     }
     g.finish();

@@ -64,6 +64,7 @@ pub struct SipConfig {
     pub t2_ms: Spanned<u64>,
     pub t4_ms: u64,
     pub shards: Spanned<usize>,
+    pub max_transactions: Spanned<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +154,7 @@ impl Default for SipConfig {
             t2_ms: sp(4000),
             t4_ms: 5000,
             shards: sp(0),
+            max_transactions: sp(1_000_000),
         }
     }
 }
@@ -282,6 +284,13 @@ impl Config {
                 s.t1_ms.span(),
                 "sip.t1_ms",
                 "must be positive and not above t2_ms".into(),
+            ));
+        }
+        if *s.max_transactions.get_ref() < 1000 {
+            return Err(bad(
+                s.max_transactions.span(),
+                "sip.max_transactions",
+                "at least 1000".into(),
             ));
         }
         if *s.shards.get_ref() > 256 {

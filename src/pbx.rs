@@ -92,6 +92,10 @@ impl PbxBuilder {
             max_message: *config.sip.max_message_bytes.get_ref(),
             max_headers: config.sip.max_headers,
         };
+        let shards = match *config.sip.shards.get_ref() {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let shared = Arc::new(Shared {
             users,
             registrar,
@@ -102,15 +106,12 @@ impl PbxBuilder {
                 mono,
             ),
             limits,
+            max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
             stats: Stats::default(),
         });
 
         let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
         let (udp_addrs, tcp_addrs) = listeners.local_addrs();
-        let shards = match *config.sip.shards.get_ref() {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         let mut tasks = JoinSet::new();
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();

@@ -25,7 +25,8 @@ pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL";
 pub struct Stats {
     pub received: AtomicU64,
     pub dropped_malformed: AtomicU64,
-    pub answered_bad_request: AtomicU64,
+    /// Requests answered without a transaction (400 for bad ones, 503 when overloaded).
+    pub answered_statelessly: AtomicU64,
     pub registrations: AtomicU64,
 }
 
@@ -36,6 +37,9 @@ pub struct Shared {
     pub registrar: Registrar,
     pub auth: DigestAuthority,
     pub limits: Limits,
+    /// Beyond this many live transactions a shard answers new requests with 503
+    /// (completed UDP transactions stay 32 s: a flood must not grow memory unbounded).
+    pub max_transactions_per_shard: usize,
     pub stats: Stats,
 }
 
@@ -125,7 +129,9 @@ impl Endpoint {
         };
         if msg.is_request() {
             if let Some(reason) = self.stateless_problem(&msg) {
-                self.answer_statelessly(now, &msg, remote, reason);
+                self.answer_statelessly(now, &msg, remote, 400, reason);
+            } else if self.layer.len() >= self.shared.max_transactions_per_shard {
+                self.answer_statelessly(now, &msg, remote, 503, "Service Unavailable (Overloaded)");
             } else {
                 self.layer.handle_request(now, msg, remote);
             }
@@ -174,17 +180,22 @@ impl Endpoint {
         now: Instant,
         req: &Message,
         remote: Remote,
+        code: u16,
         reason: &'static str,
     ) {
         self.shared
             .stats
-            .answered_bad_request
+            .answered_statelessly
             .fetch_add(1, Ordering::Relaxed);
-        self.warn(now, format_args!("400 {reason} to {remote}"));
+        self.warn(now, format_args!("{code} {reason} to {remote}"));
         if req.top_via().is_none() || req.method() == Some(&Method::Ack) {
             return; // nowhere to answer, or never answered
         }
-        let bytes = Builder::response(req, remote.addr, 400, reason, Some(&to_tag())).finish();
+        let mut b = Builder::response(req, remote.addr, code, reason, Some(&to_tag()));
+        if code == 503 {
+            b.header("Retry-After", "5");
+        }
+        let bytes = b.finish();
         self.out.push_back(Transmit {
             remote: reply_remote(req, remote),
             payload: bytes,

@@ -42,6 +42,7 @@ fn fixture() -> Fixture {
             t0,
         ),
         limits: Limits::default(),
+        max_transactions_per_shard: 1000,
         stats: Stats::default(),
     });
     let ep = Endpoint::new(

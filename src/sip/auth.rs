@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -94,6 +95,11 @@ pub enum Verdict {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Most nonce records kept for the replay check (about 100 bytes each).
+const SEEN_NC_CAP: usize = 1_000_000;
+/// How often expired nonce records are dropped.
+const PRUNE_EVERY_SECS: u64 = 5;
+
 /// Issues and checks nonces for one realm. Shared by all shards (`&self` only).
 #[derive(Debug)]
 pub struct DigestAuthority {
@@ -104,8 +110,13 @@ pub struct DigestAuthority {
     /// Nonce timestamps count from here (a monotonic origin: the core never reads a clock).
     epoch: Instant,
     nonce_ttl: Duration,
-    /// Highest nonce-count seen per nonce (replay check); pruned as nonces expire.
+    /// Highest nonce-count seen per nonce, with the nonce's issue time (replay check).
     seen_nc: DashMap<[u8; 16], (u32, u64)>,
+    /// When `seen_nc` was last pruned (seconds since `epoch`).
+    last_prune_secs: AtomicU64,
+    /// Nonces issued before this (seconds since `epoch`) are stale: their records
+    /// were given up to keep `seen_nc` bounded.
+    floor_secs: AtomicU64,
 }
 
 impl DigestAuthority {
@@ -122,6 +133,8 @@ impl DigestAuthority {
             epoch,
             nonce_ttl,
             seen_nc: DashMap::new(),
+            last_prune_secs: AtomicU64::new(0),
+            floor_secs: AtomicU64::new(0),
         }
     }
 
@@ -257,22 +270,48 @@ impl DigestAuthority {
     /// Records `nc` for a nonce; false if it is not above the last one seen (a replay).
     fn note_nonce_count(&self, now: Instant, nonce: [u8; 16], nc: u32) -> bool {
         let now_s = now.saturating_duration_since(self.epoch).as_secs();
-        if self.seen_nc.len() > 100_000 {
-            let ttl = self.nonce_ttl.as_secs();
-            self.seen_nc
-                .retain(|_, (_, issued)| now_s.saturating_sub(*issued) <= ttl);
-        }
+        self.prune(now_s);
         let mut issued = [0u8; 8];
         issued.copy_from_slice(&nonce[..8]);
-        let mut entry = self
-            .seen_nc
-            .entry(nonce)
-            .or_insert((0, u64::from_be_bytes(issued)));
+        let issued = u64::from_be_bytes(issued);
+        if issued < self.floor_secs.load(Ordering::Relaxed) {
+            return false; // its record may have been evicted: treat as stale
+        }
+        let mut entry = self.seen_nc.entry(nonce).or_insert((0, issued));
         if nc <= entry.0 {
             return false;
         }
         entry.0 = nc;
         true
+    }
+
+    /// Drops records of expired nonces, at most every few seconds (one caller does
+    /// it). If the map is still above its cap, the oldest nonces are given up: the
+    /// floor rises and nonces issued before it count as stale from then on.
+    fn prune(&self, now_s: u64) {
+        let last = self.last_prune_secs.load(Ordering::Relaxed);
+        if now_s < last + PRUNE_EVERY_SECS && self.seen_nc.len() <= SEEN_NC_CAP {
+            return;
+        }
+        if self
+            .last_prune_secs
+            .compare_exchange(last, now_s, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another shard is pruning
+        }
+        let ttl = self.nonce_ttl.as_secs();
+        let mut floor = now_s
+            .saturating_sub(ttl)
+            .max(self.floor_secs.load(Ordering::Relaxed));
+        loop {
+            self.seen_nc.retain(|_, (_, issued)| *issued >= floor);
+            if self.seen_nc.len() <= SEEN_NC_CAP / 2 || floor >= now_s {
+                break;
+            }
+            floor += (now_s - floor).div_ceil(2);
+        }
+        self.floor_secs.fetch_max(floor, Ordering::Relaxed);
     }
 }
 
@@ -401,6 +440,28 @@ mod tests {
         assert_eq!(verify(&a, t0, &c1), Verdict::Challenge { stale: true });
         let c2 = credentials(Algorithm::Md5, "201", "secret", &nonce, "00000002");
         assert!(matches!(verify(&a, t0, &c2), Verdict::Authenticated(_)));
+    }
+
+    #[test]
+    fn nonce_records_are_pruned_as_they_expire_and_bounded() {
+        let t0 = Instant::now();
+        let a = authority(t0);
+        for i in 0..1000u64 {
+            let mut body = [0u8; 16];
+            body[8..].copy_from_slice(&i.to_be_bytes());
+            assert!(a.note_nonce_count(t0, body, 1));
+        }
+        assert_eq!(a.seen_nc.len(), 1000);
+        // Past the TTL, the next use prunes every expired record.
+        let later = t0 + Duration::from_secs(400);
+        let fresh = a.nonce(later);
+        let v = verify(
+            &a,
+            later,
+            &credentials(Algorithm::Md5, "201", "secret", &fresh, "00000001"),
+        );
+        assert!(matches!(v, Verdict::Authenticated(_)));
+        assert_eq!(a.seen_nc.len(), 1, "only the fresh nonce is remembered");
     }
 
     #[test]

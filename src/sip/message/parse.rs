@@ -309,6 +309,9 @@ CSeq: 1\r\n OPTIONS\r\nl: 0\r\n\r\n")
         assert_eq!(short.defect(), Some("Body Shorter Than Content-Length"));
         let bad = p(b"MESSAGE sip:a SIP/2.0\r\nContent-Length: x\r\n\r\n").expect("parse");
         assert_eq!(bad.defect(), Some("Bad Content-Length"));
+        let two =
+            p(b"MESSAGE sip:a SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab").expect("parse");
+        assert_eq!(two.defect(), Some("Conflicting Content-Length Headers"));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! (what the transaction user must act on) and [`TransactionLayer::poll_timeout`]
 //! (when to call [`TransactionLayer::handle_timeout`] next).
 
+mod absorb;
 mod key;
 
 use crate::sip::message::{Builder, HeaderName, Message, Method};
 use crate::sip::Remote;
+use absorb::Absorber;
 use bytes::Bytes;
 use key::{client_key, server_key, ClientKey, ServerKey};
 use std::cmp::Reverse;
@@ -163,11 +165,15 @@ struct Tx {
 pub struct TransactionLayer {
     timers: TimerConfig,
     next_id: u64,
-    txs: HashMap<TxId, Tx>,
+    /// Boxed: completed UDP transactions live 32 s, so at load this map holds
+    /// hundreds of thousands of entries and must stay cheap to grow.
+    txs: HashMap<TxId, Box<Tx>>,
     server_index: HashMap<ServerKey, TxId>,
     client_index: HashMap<ClientKey, TxId>,
     /// Deadlines; stale entries (timer since changed) are skipped when popped.
     heap: BinaryHeap<Reverse<(Instant, TxId)>>,
+    /// Completed non-INVITE server transactions over UDP, waiting out Timer J.
+    completed: Absorber,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TxEvent>,
 }
@@ -181,6 +187,7 @@ impl TransactionLayer {
             server_index: HashMap::new(),
             client_index: HashMap::new(),
             heap: BinaryHeap::new(),
+            completed: Absorber::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -188,14 +195,17 @@ impl TransactionLayer {
 
     /// Number of live transactions.
     pub fn len(&self) -> usize {
-        self.txs.len()
+        self.txs.len() + self.completed.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.txs.is_empty()
+        self.len() == 0
     }
     /// The state of a transaction (`None` once it is gone).
     pub fn state(&self, tx: TxId) -> Option<State> {
-        self.txs.get(&tx).map(|t| t.state)
+        match self.txs.get(&tx) {
+            Some(t) => Some(t.state),
+            None => self.completed.contains_tx(tx).then_some(State::Completed),
+        }
     }
     /// The request a transaction was created for.
     pub fn request(&self, tx: TxId) -> Option<&Message> {
@@ -210,7 +220,11 @@ impl TransactionLayer {
     }
     /// The earliest instant at which `handle_timeout` has work (may be early).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        let heap = self.heap.peek().map(|Reverse((at, _))| *at);
+        match (heap, self.completed.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn alloc_id(&mut self) -> TxId {
@@ -255,6 +269,25 @@ impl TransactionLayer {
         }
     }
 
+    /// Moves a non-INVITE server transaction that sent its final response over UDP
+    /// to the absorber for Timer J.
+    fn complete_non_invite(&mut self, now: Instant, id: TxId) {
+        let Some(tx) = self.txs.remove(&id) else {
+            return;
+        };
+        let Key::Server(key) = tx.key else { return };
+        self.server_index.remove(&key);
+        let Some(response) = tx.last else { return };
+        let fingerprint = self.completed.fingerprint(&key);
+        let entry = absorb::Entry {
+            tx: id,
+            response,
+            remote: tx.remote,
+        };
+        self.completed
+            .insert(fingerprint, now + self.timers.t1 * 64, entry);
+    }
+
     /// A request arrived (RFC 3261 §17.2.3 matching).
     pub fn handle_request(&mut self, now: Instant, request: Message, remote: Remote) {
         let Some(key) = server_key(&request) else {
@@ -272,7 +305,13 @@ impl TransactionLayer {
             self.server_retransmission(now, id, is_ack, request, remote);
             return;
         }
-        if is_ack {
+        if !is_ack {
+            if let Some(done) = self.completed.get(self.completed.fingerprint(&key)) {
+                let (remote, response) = (done.remote, done.response.clone());
+                self.send(remote, response);
+                return;
+            }
+        } else {
             self.events.push_back(TxEvent::Ack { request, remote });
             return;
         }
@@ -303,7 +342,7 @@ impl TransactionLayer {
             tx.last = Some(trying.clone());
             self.send(tx.remote, trying);
         }
-        self.txs.insert(id, tx);
+        self.txs.insert(id, Box::new(tx));
         self.server_index.insert(key, id);
         self.events.push_back(TxEvent::Request {
             tx: id,
@@ -366,13 +405,10 @@ impl TransactionLayer {
                 if code < 200 {
                     tx.state = State::Proceeding;
                 } else {
-                    tx.state = State::Completed;
-                    tx.request = None;
                     if reliable {
                         self.terminate(id);
                     } else {
-                        let j = self.timers.t1 * 64;
-                        self.set_deadline(id, now, j, Timer::J);
+                        self.complete_non_invite(now, id);
                     }
                 }
             }
@@ -435,7 +471,7 @@ impl TransactionLayer {
         let id = self.alloc_id();
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 key: Key::Client(key.clone()),
                 kind,
                 state: if kind == Kind::Invite {
@@ -449,7 +485,7 @@ impl TransactionLayer {
                 ack: None,
                 retransmit: None,
                 deadline: None,
-            },
+            }),
         );
         self.client_index.insert(key, id);
         self.send(remote, request);
@@ -545,6 +581,9 @@ impl TransactionLayer {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for tx in self.completed.expire(now) {
+            self.events.push_back(TxEvent::Terminated { tx });
+        }
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
             if at > now {
                 break;
