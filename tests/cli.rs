@@ -1,0 +1,109 @@
+//! The command line: `check-config` errors, a refused config starting nothing, and
+//! demo extensions printed once with random passwords.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn sipdesk() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sipdesk"))
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file_and_names_key_and_line_of_errors() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sipdesk.toml");
+    let ok = sipdesk()
+        .args(["check-config", shipped])
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[sip]\nmin_expires = 60\ndefault_expires = 30\n").expect("write");
+    let out = sipdesk()
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("line 2") && err.contains("sip.min_expires"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "[rtp]\nport_mn = 1\n").expect("write");
+    let out = sipdesk()
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 2") && err.contains("port_mn"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_refused_config_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[sip]\nudp = [\"127.0.0.1:{port}\"]\nt1_ms = 9000\n"),
+    )
+    .expect("write");
+    let out = sipdesk()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sip.t1_ms"));
+    assert!(!dir.path().join("data").exists(), "nothing created");
+    assert_eq!(
+        options_ping(([127, 0, 0, 1], port).into(), Duration::from_millis(300)),
+        None
+    );
+}
+
+#[test]
+fn demo_extensions_get_random_passwords_printed_only_on_the_first_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let conf = format!(
+        "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\n[http]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    let mut server = Server::start(dir.path(), port, &conf);
+    let first = server.log();
+    let passwords: Vec<String> = first
+        .lines()
+        .filter(|l| l.trim_start().starts_with("extension "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    assert_eq!(passwords.len(), 4, "{first}");
+    assert!(passwords.iter().all(|p| p.len() >= 16));
+    assert_ne!(passwords[0], passwords[1]);
+    let stored = std::fs::read_dir(dir.path().join("data"))
+        .expect("data dir")
+        .count();
+    assert!(stored > 0);
+    server.restart();
+    let again = server.log();
+    assert_eq!(
+        again.matches("Demo extensions were created").count(),
+        1,
+        "printed once only:\n{again}"
+    );
+}
