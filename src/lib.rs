@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod endpoint;
+pub mod media;
 pub mod pbx;
 pub mod registrar;
 pub mod sip;

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod message;
+pub mod sdp;
 pub mod transaction;
 
 use std::fmt;

@@ -1,0 +1,363 @@
+//! SDP (RFC 4566) as the relay needs it: read the connection address, media lines,
+//! payload types and direction of an offer; rewrite only the `c=` and `m=` lines so
+//! media flows through our ports (every other byte kept, as DESIGN asks); and build
+//! the answer of a local endpoint (test numbers) by RFC 3264 rules.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::net::IpAddr;
+
+/// Why an SDP body was refused (the peer's fault: answer 488 or 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP is not text")]
+    NotText,
+    #[error("SDP has no `v=0` line")]
+    NoVersion,
+    #[error("bad `{0}` line")]
+    BadLine(&'static str),
+    #[error("no media line")]
+    NoMedia,
+    #[error("more media lines than rewrite ports")]
+    PortCount,
+}
+
+/// Media direction attributes (RFC 3264 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn from_attr(a: &str) -> Option<Direction> {
+        match a {
+            "sendrecv" => Some(Direction::SendRecv),
+            "sendonly" => Some(Direction::SendOnly),
+            "recvonly" => Some(Direction::RecvOnly),
+            "inactive" => Some(Direction::Inactive),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+    /// What the answerer says to an offer with this direction.
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+}
+
+/// One `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub kind: String,
+    pub port: u16,
+    pub proto: String,
+    pub formats: Vec<String>,
+    /// The media-level `c=` address, else the session-level one.
+    pub addr: Option<IpAddr>,
+    pub direction: Direction,
+    /// `a=rtpmap` lines of this section: (payload type, "PCMU/8000").
+    pub rtpmaps: Vec<(String, String)>,
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub addr: Option<IpAddr>,
+    pub media: Vec<Media>,
+}
+
+/// Codecs a local endpoint (test numbers, announcements) can answer with: G.711
+/// µ-law and A-law, plus RFC 4733 telephone events.
+pub const LOCAL_CODECS: &[(&str, &str)] = &[("0", "PCMU/8000"), ("8", "PCMA/8000")];
+
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l))
+}
+
+fn parse_c(v: &str) -> Result<IpAddr, SdpError> {
+    // c=IN IP4 192.0.2.1  (a multicast TTL suffix `/127` is cut)
+    let mut it = v.split_whitespace();
+    let (Some("IN"), Some(_), Some(addr)) = (it.next(), it.next(), it.next()) else {
+        return Err(SdpError::BadLine("c="));
+    };
+    let addr = addr.split('/').next().unwrap_or(addr);
+    addr.parse().map_err(|_| SdpError::BadLine("c="))
+}
+
+/// Parses what the relay needs from an SDP body.
+pub fn parse(body: &[u8]) -> Result<Session, SdpError> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
+    let mut session = Session {
+        addr: None,
+        media: Vec::new(),
+    };
+    let mut session_dir = Direction::SendRecv;
+    let mut seen_version = false;
+    for line in lines(text) {
+        let Some((kind, value)) = line.split_once('=') else {
+            continue;
+        };
+        match kind {
+            "v" => seen_version = value.trim() == "0",
+            "c" => {
+                let addr = parse_c(value)?;
+                match session.media.last_mut() {
+                    Some(m) => m.addr = Some(addr),
+                    None => session.addr = Some(addr),
+                }
+            }
+            "m" => {
+                let mut it = value.split_whitespace();
+                let (Some(kind), Some(port), Some(proto)) = (it.next(), it.next(), it.next())
+                else {
+                    return Err(SdpError::BadLine("m="));
+                };
+                let port = port.split('/').next().unwrap_or(port);
+                let port: u16 = port.parse().map_err(|_| SdpError::BadLine("m="))?;
+                session.media.push(Media {
+                    kind: kind.to_string(),
+                    port,
+                    proto: proto.to_string(),
+                    formats: it.map(str::to_string).collect(),
+                    addr: session.addr,
+                    direction: session_dir,
+                    rtpmaps: Vec::new(),
+                });
+            }
+            "a" => {
+                let value = value.trim();
+                if let Some(d) = Direction::from_attr(value) {
+                    match session.media.last_mut() {
+                        Some(m) => m.direction = d,
+                        None => session_dir = d,
+                    }
+                } else if let Some(map) = value.strip_prefix("rtpmap:") {
+                    if let (Some(m), Some((pt, enc))) =
+                        (session.media.last_mut(), map.split_once(' '))
+                    {
+                        m.rtpmaps.push((pt.to_string(), enc.trim().to_string()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !seen_version {
+        return Err(SdpError::NoVersion);
+    }
+    if session.media.is_empty() {
+        return Err(SdpError::NoMedia);
+    }
+    Ok(session)
+}
+
+/// Rewrites every `c=` line to `addr` and the port of the n-th `m=` line to
+/// `ports[n]` (a port of 0, a rejected stream, stays 0). Every other byte is kept.
+pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Result<Bytes, SdpError> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::NotText)?;
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = BytesMut::with_capacity(body.len() + 32);
+    let mut m_index = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, next) = match rest.find('\n') {
+            Some(i) => (&rest[..=i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        rest = next;
+        let ending = &line[line.trim_end_matches(['\r', '\n']).len()..];
+        let content = &line[..line.len() - ending.len()];
+        if content.starts_with("c=") {
+            out.put_slice(format!("c=IN {family} {addr}").as_bytes());
+        } else if let Some(m) = content.strip_prefix("m=") {
+            let mut parts = m.splitn(3, ' ');
+            let (Some(kind), Some(port), Some(tail)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(SdpError::BadLine("m="));
+            };
+            let new_port = *ports.get(m_index).ok_or(SdpError::PortCount)?;
+            let keep_zero = port == "0";
+            m_index += 1;
+            out.put_slice(
+                format!("m={kind} {} {tail}", if keep_zero { 0 } else { new_port }).as_bytes(),
+            );
+        } else {
+            out.put_slice(content.as_bytes());
+        }
+        out.put_slice(ending.as_bytes());
+    }
+    Ok(out.freeze())
+}
+
+/// The answer of a local endpoint at `addr`:`port` to `offer` (RFC 3264 §6): the
+/// first audio stream with a G.711 codec is accepted (telephone-event kept when
+/// offered), every other stream is refused with port 0. `None` when nothing can be
+/// accepted (answer 488).
+pub fn local_answer(offer: &Session, addr: IpAddr, port: u16, session_id: u64) -> Option<Bytes> {
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let mut body = format!(
+        "v=0\r\no=sipdesk {session_id} {session_id} IN {family} {addr}\r\ns=sipdesk\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
+    );
+    let mut accepted = false;
+    for m in &offer.media {
+        let codec = (m.kind == "audio" && m.proto == "RTP/AVP" && !accepted)
+            .then(|| {
+                m.formats.iter().find_map(|pt| {
+                    LOCAL_CODECS
+                        .iter()
+                        .find(|(lpt, enc)| {
+                            pt == lpt
+                                || m.rtpmaps
+                                    .iter()
+                                    .any(|(p, e)| p == pt && e.eq_ignore_ascii_case(enc))
+                        })
+                        .map(|(_, enc)| (pt.clone(), *enc))
+                })
+            })
+            .flatten();
+        match codec {
+            Some((pt, enc)) => {
+                accepted = true;
+                let dtmf = m
+                    .rtpmaps
+                    .iter()
+                    .find(|(_, e)| e.to_ascii_lowercase().starts_with("telephone-event/8000"));
+                let mut fmts = pt.clone();
+                if let Some((dpt, _)) = dtmf {
+                    fmts.push(' ');
+                    fmts.push_str(dpt);
+                }
+                body.push_str(&format!(
+                    "m=audio {port} RTP/AVP {fmts}\r\na=rtpmap:{pt} {enc}\r\n"
+                ));
+                if let Some((dpt, _)) = dtmf {
+                    body.push_str(&format!(
+                        "a=rtpmap:{dpt} telephone-event/8000\r\na=fmtp:{dpt} 0-16\r\n"
+                    ));
+                }
+                body.push_str(&format!(
+                    "a=ptime:20\r\na={}\r\n",
+                    m.direction.answer().as_str()
+                ));
+            }
+            None => {
+                let fmt = m.formats.first().map_or("0", String::as_str);
+                body.push_str(&format!("m={} 0 {} {fmt}\r\n", m.kind, m.proto));
+            }
+        }
+    }
+    accepted.then(|| Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &[u8] = b"v=0\r\no=- 20518 0 IN IP4 192.0.2.20\r\ns=SDP\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 11800 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\r\n\
+m=video 0 RTP/AVP 96\r\nm=video 11802 RTP/AVP 96\r\nc=IN IP4 192.0.2.21\r\na=sendonly\r\n";
+
+    #[test]
+    fn an_offer_is_read() {
+        let s = parse(OFFER).expect("parse");
+        assert_eq!(s.media.len(), 3);
+        let a = &s.media[0];
+        assert_eq!(
+            (a.kind.as_str(), a.port, a.formats.len()),
+            ("audio", 11800, 3)
+        );
+        assert_eq!(a.addr, Some("192.0.2.20".parse().expect("ip")));
+        assert_eq!(s.media[2].addr, Some("192.0.2.21".parse().expect("ip")));
+        assert_eq!(s.media[2].direction, Direction::SendOnly);
+        assert_eq!(a.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn rewrite_touches_only_c_and_m_lines() {
+        let out = rewrite(
+            OFFER,
+            "198.51.100.1".parse().expect("ip"),
+            &[30000, 30002, 30004],
+        )
+        .expect("rewrite");
+        let text = std::str::from_utf8(&out).expect("utf8");
+        assert!(text.contains("c=IN IP4 198.51.100.1\r\nt=0 0"));
+        assert!(text.contains("m=audio 30000 RTP/AVP 0 8 101\r\n"));
+        assert!(
+            text.contains("m=video 0 RTP/AVP 96\r\n"),
+            "a refused stream stays refused"
+        );
+        assert!(text.contains("m=video 30004 RTP/AVP 96\r\nc=IN IP4 198.51.100.1\r\na=sendonly"));
+        assert!(text.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\r\n"));
+        assert_eq!(
+            out.len(),
+            OFFER.len() + 2 * ("198.51.100.1".len() - "192.0.2.20".len()),
+            "same bytes otherwise"
+        );
+        assert_eq!(
+            rewrite(OFFER, "::1".parse().expect("ip"), &[1]),
+            Err(SdpError::PortCount)
+        );
+    }
+
+    #[test]
+    fn local_answer_picks_g711_keeps_dtmf_and_refuses_the_rest() {
+        let s = parse(OFFER).expect("parse");
+        let ans = local_answer(&s, "127.0.0.1".parse().expect("ip"), 20000, 7).expect("answer");
+        let text = std::str::from_utf8(&ans).expect("utf8");
+        assert!(
+            text.contains("m=audio 20000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("m=video 0 RTP/AVP 96\r\n"));
+        assert_eq!(
+            parse(&ans).expect("reparse").media.len(),
+            3,
+            "one answer line per offer line"
+        );
+        let hold = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n")
+            .expect("parse");
+        let ans = local_answer(&hold, "127.0.0.1".parse().expect("ip"), 1, 1).expect("answer");
+        assert!(std::str::from_utf8(&ans)
+            .expect("utf8")
+            .contains("a=recvonly"));
+    }
+
+    #[test]
+    fn no_common_codec_means_no_answer() {
+        let s = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 9 18\r\n").expect("parse");
+        assert_eq!(
+            local_answer(&s, "127.0.0.1".parse().expect("ip"), 1, 1),
+            None
+        );
+    }
+
+    #[test]
+    fn broken_sdp_is_an_error() {
+        assert_eq!(parse(b"\xff\xfe"), Err(SdpError::NotText));
+        assert_eq!(parse(b"c=IN IP4 1.2.3.4\r\n"), Err(SdpError::NoVersion));
+        assert_eq!(
+            parse(b"v=0\r\nc=IN IP4 nonsense\r\n"),
+            Err(SdpError::BadLine("c="))
+        );
+        assert_eq!(
+            parse(b"v=0\r\nm=audio x RTP/AVP 0\r\n"),
+            Err(SdpError::BadLine("m="))
+        );
+        assert_eq!(parse(b"v=0\r\n"), Err(SdpError::NoMedia));
+    }
+}
