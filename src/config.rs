@@ -39,6 +39,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
+    pub test_numbers: TestNumbersConfig,
     pub http: HttpConfig,
     pub data: DataConfig,
     pub log: LogConfig,
@@ -72,6 +73,31 @@ pub struct SipConfig {
 pub struct RtpConfig {
     pub port_min: Spanned<u16>,
     pub port_max: Spanned<u16>,
+    pub bind_ip: std::net::IpAddr,
+    pub advertise_ip: Spanned<String>,
+    pub inactivity_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestNumbersConfig {
+    pub echo: String,
+    pub hangup: String,
+    pub hangup_after_secs: u64,
+    pub busy: String,
+    pub open: bool,
+}
+
+impl Default for TestNumbersConfig {
+    fn default() -> Self {
+        TestNumbersConfig {
+            echo: "9000".into(),
+            hangup: "9001".into(),
+            hangup_after_secs: 5,
+            busy: "9002".into(),
+            open: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -164,6 +190,9 @@ impl Default for RtpConfig {
         RtpConfig {
             port_min: sp(20000),
             port_max: sp(30000),
+            bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            advertise_ip: sp("auto".into()),
+            inactivity_secs: 60,
         }
     }
 }
@@ -304,6 +333,10 @@ impl Config {
                 "must be at least 1024 and below rtp.port_max".into(),
             ));
         }
+        let adv = r.advertise_ip.get_ref();
+        if adv != "auto" && adv.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad(r.advertise_ip.span(), "rtp.advertise_ip", format!("`{adv}` is neither \"auto\" nor an IP address")));
+        }
         let mut seen = HashSet::new();
         for u in &self.users {
             let ext = u.extension.get_ref();
@@ -379,6 +412,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The fixed address to put in SDP, or `None` for "auto".
+    pub fn advertise_ip(&self) -> Option<std::net::IpAddr> {
+        self.rtp.advertise_ip.get_ref().parse().ok()
     }
 
     /// The SIP domain (and digest realm).

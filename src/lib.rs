@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod b2bua;
 pub mod config;
 pub mod endpoint;
 pub mod media;

@@ -5,6 +5,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::endpoint::{Endpoint, Shared, Stats};
+use crate::media::Media;
 use crate::registrar::{Policy, Registrar, UnixMillis};
 use crate::sip::auth::DigestAuthority;
 use crate::sip::message::{Limits, Message};
@@ -25,6 +26,8 @@ use tokio::task::JoinSet;
 #[derive(Debug)]
 pub enum ShardInput {
     Message(Result<Message, SipError>, Remote),
+    /// A media session of this Call-ID saw no packet for the inactivity period.
+    MediaIdle(String),
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
@@ -96,6 +99,14 @@ impl PbxBuilder {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
+        let (udp_addrs, tcp_addrs) = listeners.local_addrs();
+        let sip_port = udp_addrs.first().or(tcp_addrs.first()).map_or(5060, |a| a.port());
+        let media = Media::new(
+            config.rtp.bind_ip,
+            *config.rtp.port_min.get_ref(),
+            *config.rtp.port_max.get_ref(),
+        );
         let shared = Arc::new(Shared {
             users,
             registrar,
@@ -106,12 +117,18 @@ impl PbxBuilder {
                 mono,
             ),
             limits,
+            store: store.clone(),
+            timers: config.timers(),
+            media: Some(media),
+            test_numbers: config.test_numbers.clone(),
+            advertise_ip: config.advertise_ip(),
+            sip_port,
+            inactivity: Duration::from_secs(config.rtp.inactivity_secs),
             max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
             stats: Stats::default(),
         });
 
-        let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
-        let (udp_addrs, tcp_addrs) = listeners.local_addrs();
+
         let mut tasks = JoinSet::new();
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
@@ -120,7 +137,11 @@ impl PbxBuilder {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         for (i, rx) in receivers.into_iter().enumerate() {
             let layer = TransactionLayer::new(config.timers());
-            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono);
+            let shard = senders[i].clone();
+            let idle: crate::endpoint::IdleNotifier = Arc::new(move |call_id| {
+                let _ = shard.try_send(ShardInput::MediaIdle(call_id));
+            });
+            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono, idle);
             tasks.spawn(run_shard(
                 i,
                 endpoint,
@@ -252,6 +273,7 @@ async fn run_shard(
 fn handle_input(endpoint: &mut Endpoint, now: Instant, input: ShardInput) {
     match input {
         ShardInput::Message(parsed, remote) => endpoint.handle_parsed(now, parsed, remote),
+        ShardInput::MediaIdle(call_id) => endpoint.handle_media_idle(now, &call_id),
         ShardInput::Flushed(seq) => endpoint.handle_flushed(now, seq),
         ShardInput::FlushFailed => endpoint.handle_flush_failed(now),
     }

@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Methods we implement (the Allow header).
-pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL";
+pub use crate::b2bua::ALLOW;
 
 /// Counters shared by all shards.
 #[derive(Debug, Default)]
@@ -37,6 +36,17 @@ pub struct Shared {
     pub registrar: Registrar,
     pub auth: DigestAuthority,
     pub limits: Limits,
+    pub store: crate::store::Store,
+    pub timers: crate::sip::transaction::TimerConfig,
+    /// Media sessions (test numbers, relay); `None` runs without media.
+    pub media: Option<crate::media::Media>,
+    pub test_numbers: crate::config::TestNumbersConfig,
+    /// Fixed address for SDP, else the local address toward each phone.
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Our SIP port (Via and Contact of what we send).
+    pub sip_port: u16,
+    /// A call without RTP for this long is hung up.
+    pub inactivity: Duration,
     /// Beyond this many live transactions a shard answers new requests with 503
     /// (completed UDP transactions stay 32 s: a flood must not grow memory unbounded).
     pub max_transactions_per_shard: usize,
@@ -54,16 +64,23 @@ struct Held {
     remote: Remote,
 }
 
+/// Reports a media session's inactivity (by Call-ID) back to the shard.
+pub type IdleNotifier = Arc<dyn Fn(String) + Send + Sync>;
+
 /// One shard's SIP state.
-#[derive(Debug)]
 pub struct Endpoint {
-    shared: Arc<Shared>,
-    layer: TransactionLayer,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) layer: TransactionLayer,
     /// Wall clock at `mono_base`: bindings need absolute time, the core only `now`.
     wall_base: UnixMillis,
     mono_base: Instant,
-    /// Stateless answers (requests that cannot form a transaction).
-    out: VecDeque<Transmit>,
+    /// Stateless answers and 2xx retransmissions (outside transactions).
+    pub(crate) out: VecDeque<Transmit>,
+    /// Calls answered by this shard, by Call-ID.
+    pub(crate) calls: std::collections::HashMap<String, crate::b2bua::LocalCall>,
+    /// Dialog timers (stale entries are skipped when they fire).
+    pub(crate) call_timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    idle: IdleNotifier,
     /// Final answers waiting for the store write they confirm.
     held: VecDeque<Held>,
     write_seq: u64,
@@ -73,12 +90,23 @@ pub struct Endpoint {
     suppressed: u64,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("transactions", &self.layer.len())
+            .field("calls", &self.calls.len())
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
 impl Endpoint {
     pub fn new(
         shared: Arc<Shared>,
         layer: TransactionLayer,
         wall_base: UnixMillis,
         mono_base: Instant,
+        idle: IdleNotifier,
     ) -> Self {
         Endpoint {
             shared,
@@ -86,6 +114,9 @@ impl Endpoint {
             wall_base,
             mono_base,
             out: VecDeque::new(),
+            calls: std::collections::HashMap::new(),
+            call_timers: std::collections::BinaryHeap::new(),
+            idle,
             held: VecDeque::new(),
             write_seq: 0,
             flush_wanted: false,
@@ -94,7 +125,12 @@ impl Endpoint {
         }
     }
 
-    fn wall(&self, now: Instant) -> UnixMillis {
+    pub(crate) fn idle_notifier(&self, call_id: String) -> impl FnOnce() + Send + 'static {
+        let idle = Arc::clone(&self.idle);
+        move || idle(call_id)
+    }
+
+    pub(crate) fn wall(&self, now: Instant) -> UnixMillis {
         let since = now.saturating_duration_since(self.mono_base);
         UnixMillis(self.wall_base.0 + since.as_millis() as u64)
     }
@@ -222,6 +258,7 @@ impl Endpoint {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
+        self.fire_call_timers(now);
         self.process_events(now);
     }
 
@@ -256,7 +293,10 @@ impl Endpoint {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.layer.poll_timeout()
+        match (self.layer.poll_timeout(), self.next_call_timer()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// `Some(seq)` once: the runtime should flush the store and then call
@@ -278,7 +318,7 @@ impl Endpoint {
                     request,
                     remote,
                 } => self.handle_request(now, tx, request, remote),
-                TxEvent::Ack { .. } => {} // no dialogs yet
+                TxEvent::Ack { request, .. } => self.ack(now, &request),
                 TxEvent::Response { .. } | TxEvent::StrayResponse { .. } => {
                     tracing::debug!("response matches nothing we sent; dropped");
                 }
@@ -288,13 +328,13 @@ impl Endpoint {
         }
     }
 
-    fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
+    pub(crate) fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
         if let Err(e) = self.layer.respond(now, tx, bytes) {
             tracing::debug!(?tx, "answer not sent: {e}");
         }
     }
 
-    fn reply(
+    pub(crate) fn reply(
         &mut self,
         now: Instant,
         tx: TxId,
@@ -307,7 +347,7 @@ impl Endpoint {
         self.send_final(now, tx, bytes);
     }
 
-    fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+    pub(crate) fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
         let mut b = Builder::response(req, remote.addr, code, reason, Some(&to_tag()));
         b.header("Server", crate::sip::message::build::PRODUCT);
         b
@@ -350,8 +390,19 @@ impl Endpoint {
             b.header("Unsupported", unsupported.join(", "));
             return self.send_final(now, tx, b.finish());
         }
+        let in_dialog = req.to_header().is_some_and(|t| t.tag().is_some());
         match method {
             Method::Register => self.register(now, tx, &req, remote),
+            Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
+                self.in_dialog(now, tx, &req, remote)
+            }
+            Method::Invite => match self.test_number(&req) {
+                Some(kind) => self.invite_test_number(now, tx, &req, remote, kind),
+                None => self.reply(now, tx, &req, remote, 404, "Not Found"),
+            },
+            Method::Bye | Method::Info | Method::Update => {
+                self.reply(now, tx, &req, remote, 481, "Call/Transaction Does Not Exist")
+            }
             Method::Options => {
                 let mut b = self.response(&req, remote, 200, "OK");
                 b.header("Allow", ALLOW)
@@ -411,19 +462,29 @@ impl Endpoint {
                 let bytes = self.register_ok(req, remote, &bindings, wall);
                 if changed {
                     shared.stats.registrations.fetch_add(1, Ordering::Relaxed);
-                    self.write_seq += 1;
-                    self.flush_wanted = true;
-                    self.held.push_back(Held {
-                        seq: self.write_seq,
-                        tx,
-                        answer: bytes,
-                        remote,
-                    });
+                    self.request_durability();
+                    self.hold_until_durable(tx, bytes, remote);
                 } else {
                     self.send_final(now, tx, bytes);
                 }
             }
         }
+    }
+
+    /// Notes that the store was written: the runtime will be asked to flush.
+    pub(crate) fn request_durability(&mut self) {
+        self.write_seq += 1;
+        self.flush_wanted = true;
+    }
+
+    /// Sends `answer` once every store write so far is durable.
+    pub(crate) fn hold_until_durable(&mut self, tx: TxId, answer: Bytes, remote: Remote) {
+        self.held.push_back(Held {
+            seq: self.write_seq,
+            tx,
+            answer,
+            remote,
+        });
     }
 
     fn register_ok(
@@ -447,6 +508,11 @@ impl Endpoint {
         }
         b.finish()
     }
+}
+
+/// A random tag as a string (dialog tags, branch suffixes).
+pub(crate) fn to_tag_string() -> String {
+    String::from_utf8_lossy(&to_tag()).into_owned()
 }
 
 /// A random To-tag (the transaction layer resends the same bytes on retransmission).

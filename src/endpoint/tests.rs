@@ -34,7 +34,14 @@ fn fixture() -> Fixture {
     };
     let shared = Arc::new(Shared {
         users,
-        registrar: Registrar::load(store, policy, UnixMillis(1_000_000)).expect("registrar"),
+        registrar: Registrar::load(store.clone(), policy, UnixMillis(1_000_000)).expect("registrar"),
+        store,
+        timers: TimerConfig::default(),
+        media: None,
+        test_numbers: crate::config::TestNumbersConfig::default(),
+        advertise_ip: None,
+        sip_port: 5060,
+        inactivity: Duration::from_secs(60),
         auth: DigestAuthority::new(
             REALM,
             vec![Algorithm::Sha256, Algorithm::Md5],
@@ -50,6 +57,7 @@ fn fixture() -> Fixture {
         TransactionLayer::new(TimerConfig::default()),
         UnixMillis(1_000_000),
         t0,
+        Arc::new(|_| {}),
     );
     Fixture { _dir: dir, ep, t0 }
 }

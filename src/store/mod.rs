@@ -5,6 +5,7 @@
 //! Writes land in sled's memory at once (no await on the hot path); [`Store::flush`]
 //! makes them durable and is called, grouped, before anything is acknowledged.
 
+use crate::b2bua::cdr::Cdr;
 use crate::registrar::Binding;
 use crate::users::StoredUser;
 use std::path::Path;
@@ -29,6 +30,7 @@ pub struct Store {
     db: sled::Db,
     bindings: sled::Tree,
     users: sled::Tree,
+    cdrs: sled::Tree,
 }
 
 impl Store {
@@ -43,6 +45,7 @@ impl Store {
         Ok(Store {
             bindings: db.open_tree("bindings.v1")?,
             users: db.open_tree("users.v1")?,
+            cdrs: db.open_tree("cdrs.v1")?,
             db,
         })
     }
@@ -79,6 +82,21 @@ impl Store {
 
     pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
         decode_all(&self.bindings)
+    }
+
+    /// A new CDR id: time-ordered and unique within this database.
+    pub fn next_cdr_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub fn put_cdr(&self, cdr: &Cdr) -> Result<(), StoreError> {
+        self.cdrs.insert(cdr.id.to_be_bytes(), serde_json::to_vec(cdr)?)?;
+        Ok(())
+    }
+
+    /// Every CDR in id order.
+    pub fn cdrs(&self) -> Result<Vec<Cdr>, StoreError> {
+        decode_all(&self.cdrs)
     }
 
     pub fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {

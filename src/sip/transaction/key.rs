@@ -28,6 +28,16 @@ pub enum ServerKey {
     },
 }
 
+impl ServerKey {
+    /// The same key for another method (a CANCEL looks up its INVITE).
+    pub fn with_method(mut self, m: Method) -> ServerKey {
+        match &mut self {
+            ServerKey::Rfc3261 { method, .. } | ServerKey::Rfc2543 { method, .. } => *method = m,
+        }
+        self
+    }
+}
+
 /// Client transaction key: our own branch plus the CSeq method.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientKey {

@@ -288,6 +288,12 @@ impl TransactionLayer {
             .insert(fingerprint, now + self.timers.t1 * 64, entry);
     }
 
+    /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2).
+    pub fn find_invite(&self, cancel: &Message) -> Option<TxId> {
+        let key = server_key(cancel)?.with_method(Method::Invite);
+        self.server_index.get(&key).copied()
+    }
+
     /// A request arrived (RFC 3261 §17.2.3 matching).
     pub fn handle_request(&mut self, now: Instant, request: Message, remote: Remote) {
         let Some(key) = server_key(&request) else {

@@ -1,0 +1,401 @@
+//! Calls. Today: the test numbers a load tester dials (echo, hang up after N
+//! seconds, busy), each a local UAS dialog with its own media session, and the CDR
+//! of every call. The B2BUA legs between extensions build on the same dialog and
+//! CDR handling.
+//!
+//! This module extends the shard's [`Endpoint`]: it owns the calls of that shard and
+//! runs their dialog timers (2xx retransmission and ACK wait, RFC 3261 §13.3.1.4;
+//! hang-up timers) with `now` as an input like the rest of the core.
+
+pub mod cdr;
+
+use crate::endpoint::Endpoint;
+use crate::media;
+use crate::sip::message::{Builder, HeaderName, Message, Method, NameAddr, Uri};
+use crate::sip::sdp;
+use crate::sip::transaction::{reply_remote, Transmit, TxId};
+use crate::sip::Remote;
+use bytes::Bytes;
+use cdr::{Cdr, Disposition, HangupBy};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// What a test number does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestNumber {
+    Echo,
+    Hangup,
+    Busy,
+}
+
+/// Where a local call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// 200 sent, waiting for the ACK (retransmitting the 200).
+    Answered,
+    /// ACK received.
+    Confirmed,
+}
+
+/// A call answered by the PBX itself (a test number).
+#[derive(Debug)]
+pub struct LocalCall {
+    kind: TestNumber,
+    phase: Phase,
+    /// Our tag (the To tag of the dialog).
+    local_tag: String,
+    /// The caller's From header as received (with its tag): our To in requests.
+    remote_party: Bytes,
+    /// Our To header with our tag: our From in requests.
+    local_party: Bytes,
+    /// The caller's Contact URI: the Request-URI of our in-dialog requests.
+    remote_target: Bytes,
+    /// Where the caller's requests come from: our requests go there (NAT-safe).
+    remote: Remote,
+    /// The 200 OK, retransmitted until the ACK.
+    ok: Bytes,
+    ok_to: Remote,
+    local_cseq: u32,
+    /// The next dialog timer of this call.
+    timer: Option<(Instant, CallTimer)>,
+    /// The 2xx retransmit interval, and when to give up waiting for the ACK.
+    retransmit: Duration,
+    ack_deadline: Instant,
+    cdr: Cdr,
+    /// The media session; dropping it frees the ports.
+    media: Option<media::Session>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallTimer {
+    Retransmit2xx,
+    HangUp,
+}
+
+/// Methods a dialog of ours accepts.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The user part of a name-addr header's URI (the number), or "anonymous".
+fn party_number(v: Option<NameAddr<'_>>) -> String {
+    v.and_then(|n| Uri::parse(n.uri))
+        .and_then(|u| u.user)
+        .map_or_else(|| "anonymous".to_string(), lossy)
+}
+
+/// The local address the kernel would use to reach `peer` (no packet is sent).
+pub fn local_ip_toward(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(peer).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+impl Endpoint {
+    /// The test number a Request-URI dials, if any.
+    pub(crate) fn test_number(&self, req: &Message) -> Option<TestNumber> {
+        let user = req.request_uri()?.user?;
+        let t = &self.shared.test_numbers;
+        [(&t.echo, TestNumber::Echo), (&t.hangup, TestNumber::Hangup), (&t.busy, TestNumber::Busy)]
+            .into_iter()
+            .find(|(n, _)| !n.is_empty() && n.as_bytes() == user)
+            .map(|(_, k)| k)
+    }
+
+    fn media_ip(&self, remote: Remote) -> IpAddr {
+        self.shared
+            .advertise_ip
+            .or_else(|| local_ip_toward(remote.addr))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Our `host:port` for Via and Contact toward `remote`.
+    fn local_hostport(&self, remote: Remote) -> String {
+        let ip = self.media_ip(remote);
+        let port = self.shared.sip_port;
+        match ip {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        }
+    }
+
+    fn new_cdr(&self, now: Instant, req: &Message, callee: &str) -> Cdr {
+        Cdr {
+            id: self.shared.store.next_cdr_id().unwrap_or_default(),
+            call_id: req.call_id().map(lossy).unwrap_or_default(),
+            caller: party_number(req.from_header()),
+            callee: callee.to_string(),
+            start_ms: self.wall(now).0,
+            answer_ms: None,
+            end_ms: 0,
+            disposition: Disposition::Failed,
+            hangup_by: HangupBy::System,
+        }
+    }
+
+    /// Stores a finished call's CDR; the caller holds its final answer until the
+    /// flush (see `hold_until_durable`).
+    fn write_cdr(&mut self, now: Instant, mut cdr: Cdr, disposition: Disposition, by: HangupBy) {
+        cdr.end_ms = self.wall(now).0;
+        cdr.disposition = disposition;
+        cdr.hangup_by = by;
+        if let Err(e) = self.shared.store.put_cdr(&cdr) {
+            tracing::error!(call_id = %cdr.call_id, "CDR not stored: {e}");
+        }
+        self.request_durability();
+    }
+
+    /// A new INVITE for a test number (`kind`).
+    pub(crate) fn invite_test_number(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        kind: TestNumber,
+    ) {
+        let callee = req
+            .request_uri()
+            .and_then(|u| u.user)
+            .map(lossy)
+            .unwrap_or_default();
+        let cdr = self.new_cdr(now, req, &callee);
+        if kind == TestNumber::Busy {
+            let answer = self.response(req, remote, 486, "Busy Here").finish();
+            self.write_cdr(now, cdr, Disposition::Busy, HangupBy::Callee);
+            return self.hold_until_durable(tx, answer, remote);
+        }
+        let offer = if req.body().is_empty() {
+            // Late offer: we offer G.711 in the 200 and read the answer in the ACK.
+            sdp::parse(b"v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 9 RTP/AVP 0 8\r\n")
+        } else {
+            sdp::parse(req.body())
+        };
+        let offer = match offer {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(%remote, "INVITE with unusable SDP: {e}");
+                let answer = self.response(req, remote, 488, "Not Acceptable Here").finish();
+                self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
+                return self.hold_until_durable(tx, answer, remote);
+            }
+        };
+        let Some(call_id) = req.call_id().map(lossy) else { return };
+        let notify = self.idle_notifier(call_id.clone());
+        let session = match &self.shared.media {
+            Some(m) => m.echo(self.shared.inactivity, notify),
+            None => Err(media::MediaError::NoPorts),
+        };
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("no media for a test call: {e}");
+                let answer = self.response(req, remote, 503, "Service Unavailable").finish();
+                self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
+                return self.hold_until_durable(tx, answer, remote);
+            }
+        };
+        let ip = self.media_ip(remote);
+        let Some(body) = sdp::local_answer(&offer, ip, session.port, cdr.id) else {
+            let answer = self.response(req, remote, 488, "Not Acceptable Here").finish();
+            self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
+            return self.hold_until_durable(tx, answer, remote);
+        };
+        let local_tag = crate::endpoint::to_tag_string();
+        let mut b = Builder::response(req, remote.addr, 200, "OK", Some(local_tag.as_bytes()));
+        b.header("Server", crate::sip::message::build::PRODUCT)
+            .header("Contact", format!("<sip:{callee}@{};transport={}>", self.local_hostport(remote), remote.transport.as_str().to_ascii_lowercase()))
+            .header("Allow", ALLOW)
+            .header("Supported", "");
+        let ok = b.finish_with_body(Some("application/sdp"), &body);
+        let ok_parsed = crate::sip::message::parse(ok.clone(), &Default::default()).ok();
+        let local_party = ok_parsed
+            .as_ref()
+            .and_then(|m| m.value(HeaderName::To))
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default();
+        let remote_target = req
+            .contacts()
+            .entries()
+            .flatten()
+            .next()
+            .map(|c| Bytes::copy_from_slice(c.uri))
+            .or_else(|| req.from_header().map(|f| Bytes::copy_from_slice(f.uri)))
+            .unwrap_or_default();
+        self.send_final(now, tx, ok.clone());
+        let mut cdr = cdr;
+        cdr.answer_ms = Some(self.wall(now).0);
+        let t1 = self.shared.timers.t1;
+        let call = LocalCall {
+            kind,
+            phase: Phase::Answered,
+            local_tag,
+            remote_party: req.value(HeaderName::From).map(Bytes::copy_from_slice).unwrap_or_default(),
+            local_party,
+            remote_target,
+            remote,
+            ok,
+            ok_to: reply_remote(req, remote),
+            local_cseq: 1,
+            timer: None,
+            retransmit: t1,
+            ack_deadline: now + t1 * 64,
+            cdr,
+            media: Some(session),
+        };
+        self.calls.insert(call_id.clone(), call);
+        self.arm(&call_id, now + t1, CallTimer::Retransmit2xx);
+    }
+
+    fn arm(&mut self, call_id: &str, at: Instant, timer: CallTimer) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.timer = Some((at, timer));
+            self.call_timers.push(std::cmp::Reverse((at, call_id.to_string())));
+        }
+    }
+
+    /// The earliest dialog timer (may be stale: checked when it fires).
+    pub(crate) fn next_call_timer(&self) -> Option<Instant> {
+        self.call_timers.peek().map(|std::cmp::Reverse((at, _))| *at)
+    }
+
+    pub(crate) fn fire_call_timers(&mut self, now: Instant) {
+        while let Some(std::cmp::Reverse((at, call_id))) = self.call_timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.call_timers.pop();
+            let Some(call) = self.calls.get_mut(&call_id) else { continue };
+            let Some((due, timer)) = call.timer else { continue };
+            if due != at {
+                continue; // re-armed since
+            }
+            call.timer = None;
+            match timer {
+                CallTimer::Retransmit2xx if call.phase == Phase::Answered => {
+                    if now >= call.ack_deadline {
+                        // No ACK for 64*T1: confirm and end the session (§13.3.1.4).
+                        tracing::info!(%call_id, "no ACK for our 200; hanging up");
+                        self.hang_up(now, &call_id, HangupBy::System);
+                        continue;
+                    }
+                    let (ok, to) = (call.ok.clone(), call.ok_to);
+                    call.retransmit = (call.retransmit * 2).min(self.shared.timers.t2);
+                    let next = (now + call.retransmit).min(call.ack_deadline);
+                    self.out.push_back(Transmit { remote: to, payload: ok });
+                    self.arm(&call_id, next, CallTimer::Retransmit2xx);
+                }
+                CallTimer::HangUp => self.hang_up(now, &call_id, HangupBy::Callee),
+                CallTimer::Retransmit2xx => {}
+            }
+        }
+    }
+
+    /// An ACK outside any transaction: the ACK of one of our 200s.
+    pub(crate) fn ack(&mut self, now: Instant, req: &Message) {
+        let Some(call_id) = req.call_id().map(lossy) else { return };
+        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        if call.phase != Phase::Answered || !dialog_matches(req, &call.local_tag) {
+            return;
+        }
+        call.phase = Phase::Confirmed;
+        call.timer = None;
+        if call.kind == TestNumber::Hangup {
+            let after = Duration::from_secs(self.shared.test_numbers.hangup_after_secs);
+            self.arm(&call_id, now + after, CallTimer::HangUp);
+        }
+    }
+
+    /// Media saw no packet for the inactivity period.
+    pub fn handle_media_idle(&mut self, now: Instant, call_id: &str) {
+        if self.calls.contains_key(call_id) {
+            tracing::info!(%call_id, "no RTP: hanging up a dead call");
+            self.hang_up(now, call_id, HangupBy::System);
+        }
+    }
+
+    /// We end a call: BYE to the caller, CDR written.
+    fn hang_up(&mut self, now: Instant, call_id: &str, by: HangupBy) {
+        let Some(mut call) = self.calls.remove(call_id) else { return };
+        call.media = None;
+        call.local_cseq += 1;
+        let via = format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{};rport",
+            call.remote.transport,
+            self.local_hostport(call.remote),
+            crate::endpoint::to_tag_string()
+        );
+        let mut b = Builder::request(&Method::Bye, &call.remote_target);
+        b.header("Via", via)
+            .header("Max-Forwards", "70")
+            .header("From", &call.local_party)
+            .header("To", &call.remote_party)
+            .header("Call-ID", call_id)
+            .header("CSeq", format!("{} BYE", call.local_cseq))
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+        if let Err(e) = self.layer.send_request(now, b.finish(), call.remote) {
+            tracing::warn!(%call_id, "BYE not sent: {e}");
+        }
+        self.write_cdr(now, call.cdr, Disposition::Answered, by);
+    }
+
+    /// A request inside a dialog (its To has a tag).
+    pub(crate) fn in_dialog(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
+        let call_id = req.call_id().map(lossy).unwrap_or_default();
+        let known = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| dialog_matches(req, &c.local_tag));
+        if !known {
+            return self.reply(now, tx, req, remote, 481, "Call/Transaction Does Not Exist");
+        }
+        match req.method() {
+            Some(Method::Bye) => {
+                let Some(mut call) = self.calls.remove(&call_id) else { return };
+                call.media = None;
+                let answer = self.response(req, remote, 200, "OK").finish();
+                self.write_cdr(now, call.cdr, Disposition::Answered, HangupBy::Caller);
+                self.hold_until_durable(tx, answer, remote);
+            }
+            Some(Method::Invite) => {
+                // A re-INVITE (hold, resume, refresh): answer with our media again.
+                let port = self.calls.get(&call_id).and_then(|c| c.media.as_ref()).map(|m| m.port);
+                let offer = sdp::parse(req.body());
+                let body = match (port, offer) {
+                    (Some(port), Ok(offer)) => {
+                        sdp::local_answer(&offer, self.media_ip(remote), port, now.elapsed().as_secs())
+                    }
+                    _ => None,
+                };
+                match body {
+                    Some(body) => {
+                        let mut b = self.response(req, remote, 200, "OK");
+                        b.header("Contact", format!("<sip:{}>", self.local_hostport(remote)));
+                        self.send_final(now, tx, b.finish_with_body(Some("application/sdp"), &body));
+                    }
+                    None => self.reply(now, tx, req, remote, 488, "Not Acceptable Here"),
+                }
+            }
+            _ => self.reply(now, tx, req, remote, 200, "OK"),
+        }
+    }
+
+    /// Live local calls of this shard.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+}
+
+/// Whether an in-dialog request's To tag is ours.
+fn dialog_matches(req: &Message, local_tag: &str) -> bool {
+    req.to_header()
+        .and_then(|t| t.tag())
+        .is_some_and(|t| t == local_tag.as_bytes())
+}
