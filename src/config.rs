@@ -335,7 +335,11 @@ impl Config {
         }
         let adv = r.advertise_ip.get_ref();
         if adv != "auto" && adv.parse::<std::net::IpAddr>().is_err() {
-            return Err(bad(r.advertise_ip.span(), "rtp.advertise_ip", format!("`{adv}` is neither \"auto\" nor an IP address")));
+            return Err(bad(
+                r.advertise_ip.span(),
+                "rtp.advertise_ip",
+                format!("`{adv}` is neither \"auto\" nor an IP address"),
+            ));
         }
         let mut seen = HashSet::new();
         for u in &self.users {

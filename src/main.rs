@@ -29,6 +29,29 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Export records from the data directory (the PBX must not be running: the
+    /// database is locked while it is).
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportWhat {
+    /// Call detail records, oldest first, to standard output.
+    Cdr {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+        #[command(flatten)]
+        at: RunArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Csv,
+    Json,
 }
 
 #[derive(Args, Debug, Default)]
@@ -60,21 +83,62 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Run(args)) => run(args),
+        Some(Command::Export {
+            what: ExportWhat::Cdr { format, at },
+        }) => export_cdr(format, at),
         None => run(cli.run),
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn load_config(args: &RunArgs) -> Result<Config, ExitCode> {
     let config = match &args.config {
         Some(path) => Config::load(path),
         None => Config::embedded(),
     };
-    let config = match config {
+    config.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn export_cdr(format: Format, at: RunArgs) -> ExitCode {
+    let config = match load_config(&at) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = at.data_dir.unwrap_or(config.data.dir);
+    let cdrs = sipdesk::store::Store::open(&dir).and_then(|s| s.cdrs());
+    let cdrs = match cdrs {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            eprintln!("error: {}: {e} (is the PBX still running?)", dir.display());
+            return ExitCode::FAILURE;
         }
+    };
+    // Written through a locked handle: a closed pipe (`| head`) just ends the output.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = match format {
+        Format::Csv => std::iter::once(sipdesk::b2bua::cdr::Cdr::CSV_HEADER.to_string())
+            .chain(cdrs.iter().map(|c| c.csv_line()))
+            .try_for_each(|line| writeln!(out, "{line}")),
+        Format::Json => serde_json::to_writer_pretty(&mut out, &cdrs)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+    };
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
     let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {

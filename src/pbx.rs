@@ -101,7 +101,10 @@ impl PbxBuilder {
         };
         let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
         let (udp_addrs, tcp_addrs) = listeners.local_addrs();
-        let sip_port = udp_addrs.first().or(tcp_addrs.first()).map_or(5060, |a| a.port());
+        let sip_port = udp_addrs
+            .first()
+            .or(tcp_addrs.first())
+            .map_or(5060, |a| a.port());
         let media = Media::new(
             config.rtp.bind_ip,
             *config.rtp.port_min.get_ref(),
@@ -127,7 +130,6 @@ impl PbxBuilder {
             max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
             stats: Stats::default(),
         });
-
 
         let mut tasks = JoinSet::new();
         let (senders, receivers): (Vec<_>, Vec<_>) =

@@ -51,7 +51,28 @@ fn each_kind_of_bad_request_gets_its_status_and_the_server_keeps_serving() {
         (request("FROB sip:x SIP/2.0", "", "FROB"), "SIP/2.0 501 "),
         (
             request("INVITE sip:x SIP/2.0", "", "INVITE"),
+            "SIP/2.0 404 ",
+        ),
+        (
+            request("SUBSCRIBE sip:x SIP/2.0", "", "SUBSCRIBE"),
             "SIP/2.0 405 ",
+        ),
+        (request("BYE sip:x SIP/2.0", "", "BYE"), "SIP/2.0 481 "),
+        (
+            request(
+                "INVITE sip:9000@x SIP/2.0",
+                "Content-Type: application/sdp\r\n",
+                "INVITE",
+            )
+            .replace_first("Content-Length: 0\r\n\r\n")
+            .into_iter()
+            .chain(
+                b"Content-Length: 18\r\n\r\nv=0\r\nm=audio x y\r\n"
+                    .iter()
+                    .copied(),
+            )
+            .collect(),
+            "SIP/2.0 488 ",
         ),
         (
             request("OPTIONS sip:x SIP/2.0", "", "BYE"),

@@ -49,7 +49,7 @@ impl HangupBy {
 /// One call's record. Times are UNIX milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cdr {
-    /// Monotonic per data directory (time-based), the store key.
+    /// Increasing within a data directory (the store key).
     pub id: u64,
     pub call_id: String,
     pub caller: String,
@@ -67,7 +67,8 @@ impl Cdr {
 
     /// Billable seconds (answer to end).
     pub fn duration_secs(&self) -> u64 {
-        self.answer_ms.map_or(0, |a| self.end_ms.saturating_sub(a) / 1000)
+        self.answer_ms
+            .map_or(0, |a| self.end_ms.saturating_sub(a) / 1000)
     }
 
     /// One CSV line (RFC 4180 quoting where needed).

@@ -103,10 +103,14 @@ impl Endpoint {
     pub(crate) fn test_number(&self, req: &Message) -> Option<TestNumber> {
         let user = req.request_uri()?.user?;
         let t = &self.shared.test_numbers;
-        [(&t.echo, TestNumber::Echo), (&t.hangup, TestNumber::Hangup), (&t.busy, TestNumber::Busy)]
-            .into_iter()
-            .find(|(n, _)| !n.is_empty() && n.as_bytes() == user)
-            .map(|(_, k)| k)
+        [
+            (&t.echo, TestNumber::Echo),
+            (&t.hangup, TestNumber::Hangup),
+            (&t.busy, TestNumber::Busy),
+        ]
+        .into_iter()
+        .find(|(n, _)| !n.is_empty() && n.as_bytes() == user)
+        .map(|(_, k)| k)
     }
 
     fn media_ip(&self, remote: Remote) -> IpAddr {
@@ -182,12 +186,16 @@ impl Endpoint {
             Ok(o) => o,
             Err(e) => {
                 tracing::info!(%remote, "INVITE with unusable SDP: {e}");
-                let answer = self.response(req, remote, 488, "Not Acceptable Here").finish();
+                let answer = self
+                    .response(req, remote, 488, "Not Acceptable Here")
+                    .finish();
                 self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
                 return self.hold_until_durable(tx, answer, remote);
             }
         };
-        let Some(call_id) = req.call_id().map(lossy) else { return };
+        let Some(call_id) = req.call_id().map(lossy) else {
+            return;
+        };
         let notify = self.idle_notifier(call_id.clone());
         let session = match &self.shared.media {
             Some(m) => m.echo(self.shared.inactivity, notify),
@@ -197,21 +205,32 @@ impl Endpoint {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("no media for a test call: {e}");
-                let answer = self.response(req, remote, 503, "Service Unavailable").finish();
+                let answer = self
+                    .response(req, remote, 503, "Service Unavailable")
+                    .finish();
                 self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
                 return self.hold_until_durable(tx, answer, remote);
             }
         };
         let ip = self.media_ip(remote);
         let Some(body) = sdp::local_answer(&offer, ip, session.port, cdr.id) else {
-            let answer = self.response(req, remote, 488, "Not Acceptable Here").finish();
+            let answer = self
+                .response(req, remote, 488, "Not Acceptable Here")
+                .finish();
             self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
             return self.hold_until_durable(tx, answer, remote);
         };
         let local_tag = crate::endpoint::to_tag_string();
         let mut b = Builder::response(req, remote.addr, 200, "OK", Some(local_tag.as_bytes()));
         b.header("Server", crate::sip::message::build::PRODUCT)
-            .header("Contact", format!("<sip:{callee}@{};transport={}>", self.local_hostport(remote), remote.transport.as_str().to_ascii_lowercase()))
+            .header(
+                "Contact",
+                format!(
+                    "<sip:{callee}@{};transport={}>",
+                    self.local_hostport(remote),
+                    remote.transport.as_str().to_ascii_lowercase()
+                ),
+            )
             .header("Allow", ALLOW)
             .header("Supported", "");
         let ok = b.finish_with_body(Some("application/sdp"), &body);
@@ -237,7 +256,10 @@ impl Endpoint {
             kind,
             phase: Phase::Answered,
             local_tag,
-            remote_party: req.value(HeaderName::From).map(Bytes::copy_from_slice).unwrap_or_default(),
+            remote_party: req
+                .value(HeaderName::From)
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default(),
             local_party,
             remote_target,
             remote,
@@ -257,13 +279,16 @@ impl Endpoint {
     fn arm(&mut self, call_id: &str, at: Instant, timer: CallTimer) {
         if let Some(c) = self.calls.get_mut(call_id) {
             c.timer = Some((at, timer));
-            self.call_timers.push(std::cmp::Reverse((at, call_id.to_string())));
+            self.call_timers
+                .push(std::cmp::Reverse((at, call_id.to_string())));
         }
     }
 
     /// The earliest dialog timer (may be stale: checked when it fires).
     pub(crate) fn next_call_timer(&self) -> Option<Instant> {
-        self.call_timers.peek().map(|std::cmp::Reverse((at, _))| *at)
+        self.call_timers
+            .peek()
+            .map(|std::cmp::Reverse((at, _))| *at)
     }
 
     pub(crate) fn fire_call_timers(&mut self, now: Instant) {
@@ -272,8 +297,12 @@ impl Endpoint {
                 break;
             }
             self.call_timers.pop();
-            let Some(call) = self.calls.get_mut(&call_id) else { continue };
-            let Some((due, timer)) = call.timer else { continue };
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                continue;
+            };
+            let Some((due, timer)) = call.timer else {
+                continue;
+            };
             if due != at {
                 continue; // re-armed since
             }
@@ -289,7 +318,10 @@ impl Endpoint {
                     let (ok, to) = (call.ok.clone(), call.ok_to);
                     call.retransmit = (call.retransmit * 2).min(self.shared.timers.t2);
                     let next = (now + call.retransmit).min(call.ack_deadline);
-                    self.out.push_back(Transmit { remote: to, payload: ok });
+                    self.out.push_back(Transmit {
+                        remote: to,
+                        payload: ok,
+                    });
                     self.arm(&call_id, next, CallTimer::Retransmit2xx);
                 }
                 CallTimer::HangUp => self.hang_up(now, &call_id, HangupBy::Callee),
@@ -300,8 +332,12 @@ impl Endpoint {
 
     /// An ACK outside any transaction: the ACK of one of our 200s.
     pub(crate) fn ack(&mut self, now: Instant, req: &Message) {
-        let Some(call_id) = req.call_id().map(lossy) else { return };
-        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        let Some(call_id) = req.call_id().map(lossy) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         if call.phase != Phase::Answered || !dialog_matches(req, &call.local_tag) {
             return;
         }
@@ -323,7 +359,9 @@ impl Endpoint {
 
     /// We end a call: BYE to the caller, CDR written.
     fn hang_up(&mut self, now: Instant, call_id: &str, by: HangupBy) {
-        let Some(mut call) = self.calls.remove(call_id) else { return };
+        let Some(mut call) = self.calls.remove(call_id) else {
+            return;
+        };
         call.media = None;
         call.local_cseq += 1;
         let via = format!(
@@ -358,7 +396,9 @@ impl Endpoint {
         }
         match req.method() {
             Some(Method::Bye) => {
-                let Some(mut call) = self.calls.remove(&call_id) else { return };
+                let Some(mut call) = self.calls.remove(&call_id) else {
+                    return;
+                };
                 call.media = None;
                 let answer = self.response(req, remote, 200, "OK").finish();
                 self.write_cdr(now, call.cdr, Disposition::Answered, HangupBy::Caller);
@@ -366,19 +406,30 @@ impl Endpoint {
             }
             Some(Method::Invite) => {
                 // A re-INVITE (hold, resume, refresh): answer with our media again.
-                let port = self.calls.get(&call_id).and_then(|c| c.media.as_ref()).map(|m| m.port);
+                let port = self
+                    .calls
+                    .get(&call_id)
+                    .and_then(|c| c.media.as_ref())
+                    .map(|m| m.port);
                 let offer = sdp::parse(req.body());
                 let body = match (port, offer) {
-                    (Some(port), Ok(offer)) => {
-                        sdp::local_answer(&offer, self.media_ip(remote), port, now.elapsed().as_secs())
-                    }
+                    (Some(port), Ok(offer)) => sdp::local_answer(
+                        &offer,
+                        self.media_ip(remote),
+                        port,
+                        now.elapsed().as_secs(),
+                    ),
                     _ => None,
                 };
                 match body {
                     Some(body) => {
                         let mut b = self.response(req, remote, 200, "OK");
                         b.header("Contact", format!("<sip:{}>", self.local_hostport(remote)));
-                        self.send_final(now, tx, b.finish_with_body(Some("application/sdp"), &body));
+                        self.send_final(
+                            now,
+                            tx,
+                            b.finish_with_body(Some("application/sdp"), &body),
+                        );
                     }
                     None => self.reply(now, tx, req, remote, 488, "Not Acceptable Here"),
                 }

@@ -347,7 +347,13 @@ impl Endpoint {
         self.send_final(now, tx, bytes);
     }
 
-    pub(crate) fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+    pub(crate) fn response(
+        &self,
+        req: &Message,
+        remote: Remote,
+        code: u16,
+        reason: &str,
+    ) -> Builder {
         let mut b = Builder::response(req, remote.addr, code, reason, Some(&to_tag()));
         b.header("Server", crate::sip::message::build::PRODUCT);
         b
@@ -400,9 +406,14 @@ impl Endpoint {
                 Some(kind) => self.invite_test_number(now, tx, &req, remote, kind),
                 None => self.reply(now, tx, &req, remote, 404, "Not Found"),
             },
-            Method::Bye | Method::Info | Method::Update => {
-                self.reply(now, tx, &req, remote, 481, "Call/Transaction Does Not Exist")
-            }
+            Method::Bye | Method::Info | Method::Update => self.reply(
+                now,
+                tx,
+                &req,
+                remote,
+                481,
+                "Call/Transaction Does Not Exist",
+            ),
             Method::Options => {
                 let mut b = self.response(&req, remote, 200, "OK");
                 b.header("Allow", ALLOW)

@@ -34,7 +34,8 @@ fn fixture() -> Fixture {
     };
     let shared = Arc::new(Shared {
         users,
-        registrar: Registrar::load(store.clone(), policy, UnixMillis(1_000_000)).expect("registrar"),
+        registrar: Registrar::load(store.clone(), policy, UnixMillis(1_000_000))
+            .expect("registrar"),
         store,
         timers: TimerConfig::default(),
         media: None,

@@ -90,7 +90,8 @@ impl Store {
     }
 
     pub fn put_cdr(&self, cdr: &Cdr) -> Result<(), StoreError> {
-        self.cdrs.insert(cdr.id.to_be_bytes(), serde_json::to_vec(cdr)?)?;
+        self.cdrs
+            .insert(cdr.id.to_be_bytes(), serde_json::to_vec(cdr)?)?;
         Ok(())
     }
 

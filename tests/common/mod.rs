@@ -27,9 +27,18 @@ pub fn free_port() -> u16 {
 
 /// A config for the given users (`(extension, password)`), on `port`.
 pub fn config(port: u16, algorithms: &str, users: &[(String, String)]) -> String {
+    config_with(port, algorithms, users, "")
+}
+
+/// Like [`config`], with more TOML tables appended (not `[sip]`, `[rtp]`, `[http]`).
+/// Media listens on 127.0.0.1, on a port window of its own.
+pub fn config_with(port: u16, algorithms: &str, users: &[(String, String)], extra: &str) -> String {
+    let rtp = 20_000 + (port % 200) * 200;
     let mut s = format!(
         "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n"
+         [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
+        rtp + 200
     );
     for (ext, pw) in users {
         s.push_str(&format!(
@@ -120,6 +129,43 @@ impl Server {
     }
 
     /// SIGKILL, no chance to flush anything.
+    /// Stops with SIGTERM (a clean shutdown) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `sipdesk export cdr --format json` on this server's data directory (the
+    /// server must be stopped).
+    pub fn cdrs(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_sipdesk"))
+            .args(["export", "cdr", "--format", "json", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .output()
+            .expect("run export");
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("CDR JSON")
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
