@@ -145,6 +145,148 @@ impl Media {
     }
 }
 
+/// What signalling tells a relay about one side (from that side's SDP and SIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// Where the phone said it receives RTP (SDP `c=`/`m=`); RTCP is port + 1.
+    pub rtp: Option<SocketAddr>,
+    /// The phone's SIP source address: its media may come from here too (NAT).
+    pub sip_ip: Option<IpAddr>,
+    /// `false` while the phone holds the call (sendonly/inactive towards it).
+    pub receives: bool,
+}
+
+/// Shared state between signalling and a relay task.
+#[derive(Debug, Default)]
+struct RelayState {
+    /// Index 0 = side A (the caller), 1 = side B.
+    peers: [Peer; 2],
+    /// Addresses learnt from the packets themselves (symmetric RTP latching).
+    latched: [Option<(SocketAddr, tokio::time::Instant)>; 2],
+}
+
+/// How long after its first packet a side may still move its media source.
+const LATCH_WINDOW: Duration = Duration::from_secs(3);
+
+/// A running relay between two phones; dropping it frees its two port pairs.
+#[derive(Debug)]
+pub struct Relay {
+    /// Our RTP port facing side A (the caller) and side B.
+    pub ports: [u16; 2],
+    state: Arc<Mutex<RelayState>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    /// Signalling learnt something about a side (an offer, an answer, a hold).
+    pub fn set_peer(&self, side: usize, peer: Peer) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(p) = st.peers.get_mut(side) {
+                *p = peer;
+            }
+        }
+    }
+}
+
+/// Symmetric RTP: a packet from `from` on side `side` may move that side's media
+/// address, but only early (within [`LATCH_WINDOW`] of the first latch) and only
+/// from a plausible source (the SDP address or the phone's SIP address), which
+/// guards against RTP bleed from strangers.
+fn latch(st: &mut RelayState, side: usize, from: SocketAddr, now: tokio::time::Instant) {
+    let peer = st.peers[side];
+    let plausible = peer.rtp.is_some_and(|a| a.ip() == from.ip()) || peer.sip_ip == Some(from.ip());
+    match st.latched[side] {
+        Some((addr, _)) if addr == from => {}
+        Some((_, since)) if plausible && now.duration_since(since) < LATCH_WINDOW => {
+            st.latched[side] = Some((from, since));
+        }
+        None if plausible => st.latched[side] = Some((from, now)),
+        _ => {}
+    }
+}
+
+/// Where to send toward `side` for RTP (`rtcp = false`) or RTCP.
+fn destination(st: &RelayState, side: usize, rtcp: bool) -> Option<SocketAddr> {
+    let peer = st.peers[side];
+    if !peer.receives {
+        return None;
+    }
+    let rtp = st.latched[side].map(|(a, _)| a).or(peer.rtp)?;
+    Some(if rtcp {
+        SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
+    } else {
+        rtp
+    })
+}
+
+impl Media {
+    /// Starts a relay: side A's phone sends to `ports[0]`, side B's to `ports[1]`;
+    /// each packet goes out of the other side's socket to that side's phone.
+    pub fn relay(
+        &self,
+        inactivity: Duration,
+        on_idle: impl FnOnce() + Send + 'static,
+    ) -> Result<Relay, MediaError> {
+        let (lease_a, a_rtp, a_rtcp) = self.bind_pair()?;
+        let (lease_b, b_rtp, b_rtcp) = self.bind_pair()?;
+        let ports = [lease_a.rtp, lease_b.rtp];
+        let state = Arc::new(Mutex::new(RelayState::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            let _leases = (lease_a, lease_b);
+            let socks = [[a_rtp, a_rtcp], [b_rtp, b_rtcp]];
+            let mut buf = [0u8; 2048];
+            let mut check = tokio::time::interval(inactivity / 4);
+            let mut last = tokio::time::Instant::now();
+            loop {
+                // Which socket is readable: (side it came from, rtcp?).
+                let (side, rtcp) = tokio::select! {
+                    r = socks[0][0].readable() => { if r.is_err() { continue } (0, false) }
+                    r = socks[0][1].readable() => { if r.is_err() { continue } (0, true) }
+                    r = socks[1][0].readable() => { if r.is_err() { continue } (1, false) }
+                    r = socks[1][1].readable() => { if r.is_err() { continue } (1, true) }
+                    _ = check.tick() => {
+                        if last.elapsed() >= inactivity {
+                            on_idle();
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let other = 1 - side;
+                // Drain what is queued on that socket, bounded to stay fair.
+                for _ in 0..64 {
+                    let Ok((n, from)) = socks[side][usize::from(rtcp)].try_recv_from(&mut buf)
+                    else {
+                        break;
+                    };
+                    let now = tokio::time::Instant::now();
+                    let dest = match shared.lock() {
+                        Ok(mut st) => {
+                            if !rtcp {
+                                last = now;
+                                latch(&mut st, side, from, now);
+                            }
+                            destination(&st, other, rtcp)
+                        }
+                        Err(_) => None,
+                    };
+                    if let Some(dest) = dest {
+                        let _ = socks[other][usize::from(rtcp)].try_send_to(&buf[..n], dest);
+                    }
+                }
+            }
+        });
+        Ok(Relay { ports, state, task })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +317,108 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(media.ports_in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn relay_forwards_both_ways_latches_and_respects_hold() {
+        let media = Media::new("127.0.0.1".parse().expect("ip"), 41200, 41220);
+        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        assert_eq!(media.ports_in_use(), 2);
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
+        let ip = Some("127.0.0.1".parse().expect("ip"));
+        // B's SDP says a port nobody listens on: latching must find B's real source.
+        relay.set_peer(
+            0,
+            Peer {
+                rtp: Some(a.local_addr().expect("a")),
+                sip_ip: ip,
+                receives: true,
+            },
+        );
+        relay.set_peer(
+            1,
+            Peer {
+                rtp: Some("127.0.0.1:9".parse().expect("addr")),
+                sip_ip: ip,
+                receives: true,
+            },
+        );
+        async fn recv(s: &UdpSocket) -> Option<Vec<u8>> {
+            let mut buf = [0u8; 64];
+            tokio::time::timeout(Duration::from_millis(500), s.recv_from(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|(n, _)| buf[..n].to_vec())
+        }
+        b.send_to(b"from-b", ("127.0.0.1", relay.ports[1]))
+            .await
+            .expect("send");
+        assert_eq!(recv(&a).await.as_deref(), Some(&b"from-b"[..]));
+        a.send_to(b"from-a", ("127.0.0.1", relay.ports[0]))
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&b).await.as_deref(),
+            Some(&b"from-a"[..]),
+            "latched to B's source"
+        );
+        // B puts the call on hold: nothing goes towards B.
+        relay.set_peer(
+            1,
+            Peer {
+                rtp: Some(b.local_addr().expect("b")),
+                sip_ip: ip,
+                receives: false,
+            },
+        );
+        a.send_to(b"held", ("127.0.0.1", relay.ports[0]))
+            .await
+            .expect("send");
+        assert_eq!(recv(&b).await, None);
+        drop(relay);
+        for _ in 0..100 {
+            if media.ports_in_use() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(media.ports_in_use(), 0);
+    }
+
+    #[test]
+    fn latching_ignores_strangers_and_late_moves() {
+        let t0 = tokio::time::Instant::now();
+        let mut st = RelayState::default();
+        let phone: SocketAddr = "192.0.2.1:4000".parse().expect("addr");
+        st.peers[0] = Peer {
+            rtp: Some(phone),
+            sip_ip: None,
+            receives: true,
+        };
+        latch(&mut st, 0, "203.0.113.9:5000".parse().expect("addr"), t0);
+        assert_eq!(st.latched[0], None, "a stranger is not latched");
+        latch(&mut st, 0, "192.0.2.1:4002".parse().expect("addr"), t0);
+        assert_eq!(
+            destination(&st, 0, false),
+            Some("192.0.2.1:4002".parse().expect("addr"))
+        );
+        assert_eq!(
+            destination(&st, 0, true),
+            Some("192.0.2.1:4003".parse().expect("addr"))
+        );
+        latch(
+            &mut st,
+            0,
+            "192.0.2.1:4004".parse().expect("addr"),
+            t0 + Duration::from_secs(10),
+        );
+        assert_eq!(
+            destination(&st, 0, false),
+            Some("192.0.2.1:4002".parse().expect("addr")),
+            "too late to move"
+        );
     }
 
     #[tokio::test]
