@@ -39,6 +39,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
+    pub calls: CallsConfig,
     pub test_numbers: TestNumbersConfig,
     pub http: HttpConfig,
     pub data: DataConfig,
@@ -76,6 +77,22 @@ pub struct RtpConfig {
     pub bind_ip: std::net::IpAddr,
     pub advertise_ip: Spanned<String>,
     pub inactivity_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    pub ring_timeout_secs: u64,
+    pub authenticate: bool,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_secs: 30,
+            authenticate: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -127,6 +127,10 @@ impl PbxBuilder {
             advertise_ip: config.advertise_ip(),
             sip_port,
             inactivity: Duration::from_secs(config.rtp.inactivity_secs),
+            ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
+            authenticate_calls: config.calls.authenticate,
+            domain: config.domain().to_string(),
+            shard_count: shards,
             max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
             stats: Stats::default(),
         });
@@ -143,7 +147,7 @@ impl PbxBuilder {
             let idle: crate::endpoint::IdleNotifier = Arc::new(move |call_id| {
                 let _ = shard.try_send(ShardInput::MediaIdle(call_id));
             });
-            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono, idle);
+            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono, idle, i);
             tasks.spawn(run_shard(
                 i,
                 endpoint,

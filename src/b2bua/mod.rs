@@ -7,7 +7,10 @@
 //! runs their dialog timers (2xx retransmission and ACK wait, RFC 3261 §13.3.1.4;
 //! hang-up timers) with `now` as an input like the rest of the core.
 
+mod bridge;
 pub mod cdr;
+
+pub(crate) use bridge::{caller_of, Bridge, CallTarget, Pending, Side};
 
 use crate::endpoint::Endpoint;
 use crate::media;
@@ -37,6 +40,109 @@ enum Phase {
     Confirmed,
 }
 
+/// One SIP dialog as seen from our side (RFC 3261 §12): what our in-dialog
+/// requests carry and where they go.
+#[derive(Debug, Clone)]
+pub(crate) struct Dialog {
+    pub call_id: String,
+    /// Our party with our tag (From of our requests).
+    pub local: Bytes,
+    /// The peer's party with its tag (To of our requests).
+    pub remote_party: Bytes,
+    /// The peer's Contact URI: the Request-URI of our requests.
+    pub target: Bytes,
+    /// Route set (Record-Route, in the order our requests need it).
+    pub route: Vec<Bytes>,
+    /// Where the peer's messages come from; our requests go there (NAT-safe).
+    pub remote: Remote,
+    /// Our last CSeq number.
+    pub cseq: u32,
+}
+
+impl Dialog {
+    /// The dialog our INVITE and the peer's 2xx made (we are the UAC).
+    pub fn from_uac(invite: &Message, ok: &Message, remote: Remote) -> Option<Dialog> {
+        let target = ok
+            .contacts()
+            .entries()
+            .flatten()
+            .next()
+            .map(|c| Bytes::copy_from_slice(c.uri))?;
+        let mut route: Vec<Bytes> = ok
+            .values(HeaderName::RecordRoute)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        route.reverse();
+        Some(Dialog {
+            call_id: invite.call_id().map(lossy)?,
+            local: Bytes::copy_from_slice(invite.value(HeaderName::From)?),
+            remote_party: Bytes::copy_from_slice(ok.value(HeaderName::To)?),
+            target,
+            route,
+            remote,
+            cseq: invite.cseq().map_or(1, |c| c.seq),
+        })
+    }
+
+    /// The dialog the peer's INVITE and our 2xx made (we are the UAS).
+    pub fn from_uas(invite: &Message, ok: &Message, remote: Remote) -> Option<Dialog> {
+        let target = invite
+            .contacts()
+            .entries()
+            .flatten()
+            .next()
+            .map(|c| Bytes::copy_from_slice(c.uri))
+            .or_else(|| invite.from_header().map(|f| Bytes::copy_from_slice(f.uri)))?;
+        Some(Dialog {
+            call_id: invite.call_id().map(lossy)?,
+            local: Bytes::copy_from_slice(ok.value(HeaderName::To)?),
+            remote_party: Bytes::copy_from_slice(invite.value(HeaderName::From)?),
+            target,
+            route: invite
+                .values(HeaderName::RecordRoute)
+                .map(Bytes::copy_from_slice)
+                .collect(),
+            remote,
+            cseq: 0,
+        })
+    }
+
+    /// A request in this dialog with CSeq `seq` (ACK reuses the INVITE's number).
+    pub fn request(&self, method: &Method, seq: u32, hostport: &str, sdp: Option<&[u8]>) -> Bytes {
+        let mut b = Builder::request(method, &self.target);
+        b.header(
+            "Via",
+            format!(
+                "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
+                self.remote.transport,
+                crate::endpoint::to_tag_string()
+            ),
+        );
+        for r in &self.route {
+            b.header("Route", r);
+        }
+        b.header("Max-Forwards", "70")
+            .header("From", &self.local)
+            .header("To", &self.remote_party)
+            .header("Call-ID", &self.call_id)
+            .header("CSeq", format!("{seq} {method}"))
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+        if matches!(method, Method::Invite | Method::Update) {
+            b.header("Contact", format!("<sip:{hostport}>"));
+        }
+        match sdp {
+            Some(body) => b.finish_with_body(Some("application/sdp"), body),
+            None => b.finish(),
+        }
+    }
+
+    /// The next request (CSeq + 1).
+    pub fn next_request(&mut self, method: &Method, hostport: &str, sdp: Option<&[u8]>) -> Bytes {
+        self.cseq += 1;
+        self.request(method, self.cseq, hostport, sdp)
+    }
+}
+
 /// A call answered by the PBX itself (a test number).
 #[derive(Debug)]
 pub struct LocalCall {
@@ -44,18 +150,10 @@ pub struct LocalCall {
     phase: Phase,
     /// Our tag (the To tag of the dialog).
     local_tag: String,
-    /// The caller's From header as received (with its tag): our To in requests.
-    remote_party: Bytes,
-    /// Our To header with our tag: our From in requests.
-    local_party: Bytes,
-    /// The caller's Contact URI: the Request-URI of our in-dialog requests.
-    remote_target: Bytes,
-    /// Where the caller's requests come from: our requests go there (NAT-safe).
-    remote: Remote,
+    dialog: Dialog,
     /// The 200 OK, retransmitted until the ACK.
     ok: Bytes,
     ok_to: Remote,
-    local_cseq: u32,
     /// The next dialog timer of this call.
     timer: Option<(Instant, CallTimer)>,
     /// The 2xx retransmit interval, and when to give up waiting for the ACK.
@@ -113,7 +211,7 @@ impl Endpoint {
         .map(|(_, k)| k)
     }
 
-    fn media_ip(&self, remote: Remote) -> IpAddr {
+    pub(crate) fn media_ip(&self, remote: Remote) -> IpAddr {
         self.shared
             .advertise_ip
             .or_else(|| local_ip_toward(remote.addr))
@@ -130,7 +228,7 @@ impl Endpoint {
         }
     }
 
-    fn new_cdr(&self, now: Instant, req: &Message, callee: &str) -> Cdr {
+    pub(crate) fn new_cdr(&self, now: Instant, req: &Message, callee: &str) -> Cdr {
         Cdr {
             id: self.shared.store.next_cdr_id().unwrap_or_default(),
             call_id: req.call_id().map(lossy).unwrap_or_default(),
@@ -146,7 +244,13 @@ impl Endpoint {
 
     /// Stores a finished call's CDR; the caller holds its final answer until the
     /// flush (see `hold_until_durable`).
-    fn write_cdr(&mut self, now: Instant, mut cdr: Cdr, disposition: Disposition, by: HangupBy) {
+    pub(crate) fn write_cdr(
+        &mut self,
+        now: Instant,
+        mut cdr: Cdr,
+        disposition: Disposition,
+        by: HangupBy,
+    ) {
         cdr.end_ms = self.wall(now).0;
         cdr.disposition = disposition;
         cdr.hangup_by = by;
@@ -234,21 +338,11 @@ impl Endpoint {
             .header("Allow", ALLOW)
             .header("Supported", "");
         let ok = b.finish_with_body(Some("application/sdp"), &body);
-        let ok_parsed = crate::sip::message::parse(ok.clone(), &Default::default()).ok();
-        let local_party = ok_parsed
-            .as_ref()
-            .and_then(|m| m.value(HeaderName::To))
-            .map(Bytes::copy_from_slice)
-            .unwrap_or_default();
-        let remote_target = req
-            .contacts()
-            .entries()
-            .flatten()
-            .next()
-            .map(|c| Bytes::copy_from_slice(c.uri))
-            .or_else(|| req.from_header().map(|f| Bytes::copy_from_slice(f.uri)))
-            .unwrap_or_default();
+        let dialog = crate::sip::message::parse(ok.clone(), &Default::default())
+            .ok()
+            .and_then(|okm| Dialog::from_uas(req, &okm, remote));
         self.send_final(now, tx, ok.clone());
+        let Some(dialog) = dialog else { return };
         let mut cdr = cdr;
         cdr.answer_ms = Some(self.wall(now).0);
         let t1 = self.shared.timers.t1;
@@ -256,16 +350,9 @@ impl Endpoint {
             kind,
             phase: Phase::Answered,
             local_tag,
-            remote_party: req
-                .value(HeaderName::From)
-                .map(Bytes::copy_from_slice)
-                .unwrap_or_default(),
-            local_party,
-            remote_target,
-            remote,
+            dialog,
             ok,
             ok_to: reply_remote(req, remote),
-            local_cseq: 1,
             timer: None,
             retransmit: t1,
             ack_deadline: now + t1 * 64,
@@ -297,6 +384,14 @@ impl Endpoint {
                 break;
             }
             self.call_timers.pop();
+            if self
+                .bridges
+                .get(&call_id)
+                .is_some_and(|b| b.timer_at() == Some(at))
+            {
+                self.bridge_timer(now, &call_id);
+                continue;
+            }
             let Some(call) = self.calls.get_mut(&call_id) else {
                 continue;
             };
@@ -349,8 +444,20 @@ impl Endpoint {
         }
     }
 
+    /// Arms a bridge's timer (one per bridge; stale heap entries are skipped).
+    pub(crate) fn arm_timer(&mut self, key: &str, at: Instant) {
+        if let Some(b) = self.bridges.get_mut(key) {
+            b.set_timer(at);
+        }
+        self.call_timers
+            .push(std::cmp::Reverse((at, key.to_string())));
+    }
+
     /// Media saw no packet for the inactivity period.
     pub fn handle_media_idle(&mut self, now: Instant, call_id: &str) {
+        if self.bridges.contains_key(call_id) {
+            return self.bridge_idle(now, call_id);
+        }
         if self.calls.contains_key(call_id) {
             tracing::info!(%call_id, "no RTP: hanging up a dead call");
             self.hang_up(now, call_id, HangupBy::System);
@@ -363,22 +470,9 @@ impl Endpoint {
             return;
         };
         call.media = None;
-        call.local_cseq += 1;
-        let via = format!(
-            "SIP/2.0/{} {};branch=z9hG4bK{};rport",
-            call.remote.transport,
-            self.local_hostport(call.remote),
-            crate::endpoint::to_tag_string()
-        );
-        let mut b = Builder::request(&Method::Bye, &call.remote_target);
-        b.header("Via", via)
-            .header("Max-Forwards", "70")
-            .header("From", &call.local_party)
-            .header("To", &call.remote_party)
-            .header("Call-ID", call_id)
-            .header("CSeq", format!("{} BYE", call.local_cseq))
-            .header("User-Agent", crate::sip::message::build::PRODUCT);
-        if let Err(e) = self.layer.send_request(now, b.finish(), call.remote) {
+        let hostport = self.local_hostport(call.dialog.remote);
+        let bye = call.dialog.next_request(&Method::Bye, &hostport, None);
+        if let Err(e) = self.layer.send_request(now, bye, call.dialog.remote) {
             tracing::warn!(%call_id, "BYE not sent: {e}");
         }
         self.write_cdr(now, call.cdr, Disposition::Answered, by);

@@ -47,6 +47,14 @@ pub struct Shared {
     pub sip_port: u16,
     /// A call without RTP for this long is hung up.
     pub inactivity: Duration,
+    /// Unanswered calls give up after this long (480).
+    pub ring_timeout: Duration,
+    /// Whether INVITEs to extensions need digest credentials (407).
+    pub authenticate_calls: bool,
+    /// Our SIP domain (From/To of the calls we place).
+    pub domain: String,
+    /// How many shards there are (dispatch is by Call-ID hash modulo this).
+    pub shard_count: usize,
     /// Beyond this many live transactions a shard answers new requests with 503
     /// (completed UDP transactions stay 32 s: a flood must not grow memory unbounded).
     pub max_transactions_per_shard: usize,
@@ -78,6 +86,16 @@ pub struct Endpoint {
     pub(crate) out: VecDeque<Transmit>,
     /// Calls answered by this shard, by Call-ID.
     pub(crate) calls: std::collections::HashMap<String, crate::b2bua::LocalCall>,
+    /// Bridged calls by the Call-ID of leg A.
+    pub(crate) bridges: std::collections::HashMap<String, crate::b2bua::Bridge>,
+    /// Every leg's Call-ID → (leg A's Call-ID, which leg).
+    pub(crate) legs: std::collections::HashMap<String, (String, crate::b2bua::Side)>,
+    /// Our client transactions that belong to bridges.
+    pub(crate) pending: std::collections::HashMap<TxId, crate::b2bua::Pending>,
+    /// Branches of ended calls that may still answer (CANCEL/2xx races).
+    pub(crate) orphans: std::collections::HashMap<TxId, (Message, Remote)>,
+    /// This shard's index (B-leg Call-IDs are chosen to hash here).
+    pub(crate) shard: usize,
     /// Dialog timers (stale entries are skipped when they fire).
     pub(crate) call_timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
     idle: IdleNotifier,
@@ -107,6 +125,7 @@ impl Endpoint {
         wall_base: UnixMillis,
         mono_base: Instant,
         idle: IdleNotifier,
+        shard: usize,
     ) -> Self {
         Endpoint {
             shared,
@@ -115,6 +134,11 @@ impl Endpoint {
             mono_base,
             out: VecDeque::new(),
             calls: std::collections::HashMap::new(),
+            bridges: std::collections::HashMap::new(),
+            legs: std::collections::HashMap::new(),
+            pending: std::collections::HashMap::new(),
+            orphans: std::collections::HashMap::new(),
+            shard,
             call_timers: std::collections::BinaryHeap::new(),
             idle,
             held: VecDeque::new(),
@@ -318,11 +342,32 @@ impl Endpoint {
                     request,
                     remote,
                 } => self.handle_request(now, tx, request, remote),
-                TxEvent::Ack { request, .. } => self.ack(now, &request),
-                TxEvent::Response { .. } | TxEvent::StrayResponse { .. } => {
+                TxEvent::Ack { request, .. } => {
+                    let leg = request
+                        .call_id()
+                        .and_then(|c| self.legs.get(&*String::from_utf8_lossy(c)).cloned());
+                    match leg {
+                        Some((a, crate::b2bua::Side::A)) => self.bridge_ack(&a, &request),
+                        Some(_) => {}
+                        None => self.ack(now, &request),
+                    }
+                }
+                TxEvent::Response { tx, response } => {
+                    if let Some(p) = self.pending.get(&tx).cloned() {
+                        self.bridge_response(now, p, tx, Some(response));
+                    } else if self.orphans.contains_key(&tx) {
+                        self.orphan_response(now, tx, &response);
+                    }
+                }
+                TxEvent::StrayResponse { .. } => {
                     tracing::debug!("response matches nothing we sent; dropped");
                 }
-                TxEvent::Timeout { tx } => tracing::debug!(?tx, "transaction timed out"),
+                TxEvent::Timeout { tx } => {
+                    if let Some(p) = self.pending.get(&tx).cloned() {
+                        self.bridge_response(now, p, tx, None);
+                    }
+                    self.orphans.remove(&tx);
+                }
                 TxEvent::Terminated { .. } => {}
             }
         }
@@ -367,15 +412,26 @@ impl Endpoint {
             return self.reply(now, tx, &req, remote, 505, "Version Not Supported");
         }
         if method == Method::Cancel {
-            // No INVITE server transactions to cancel yet (RFC 3261 §9.2).
-            return self.reply(
-                now,
-                tx,
-                &req,
-                remote,
-                481,
-                "Call/Transaction Does Not Exist",
-            );
+            // RFC 3261 §9.2: 481 without a matching INVITE; else 200, and a call
+            // still ringing ends with 487 (an answered one is not affected).
+            if self.layer.find_invite(&req).is_none() {
+                return self.reply(
+                    now,
+                    tx,
+                    &req,
+                    remote,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                );
+            }
+            self.reply(now, tx, &req, remote, 200, "OK");
+            if let Some(a) = req
+                .call_id()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+            {
+                self.cancel_bridge(now, &a);
+            }
+            return;
         }
         match req.max_forwards() {
             Some(Err(())) => return self.reply(now, tx, &req, remote, 400, "Bad Max-Forwards"),
@@ -400,11 +456,17 @@ impl Endpoint {
         match method {
             Method::Register => self.register(now, tx, &req, remote),
             Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
-                self.in_dialog(now, tx, &req, remote)
+                let leg = req
+                    .call_id()
+                    .and_then(|c| self.legs.get(&*String::from_utf8_lossy(c)).cloned());
+                match leg {
+                    Some((a, side)) => self.bridge_in_dialog(now, tx, &req, remote, &a, side),
+                    None => self.in_dialog(now, tx, &req, remote),
+                }
             }
             Method::Invite => match self.test_number(&req) {
                 Some(kind) => self.invite_test_number(now, tx, &req, remote, kind),
-                None => self.reply(now, tx, &req, remote, 404, "Not Found"),
+                None => self.invite(now, tx, &req, remote),
             },
             Method::Bye | Method::Info | Method::Update => self.reply(
                 now,
@@ -428,6 +490,50 @@ impl Endpoint {
                 self.send_final(now, tx, b.finish());
             }
         }
+    }
+
+    /// A new INVITE to anything but a test number: an extension, or 404.
+    fn invite(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
+        let shared = Arc::clone(&self.shared);
+        let Some(callee) = req
+            .request_uri()
+            .and_then(|u| u.user)
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+        else {
+            return self.reply(now, tx, req, remote, 404, "Not Found");
+        };
+        if !shared.users.contains(&callee) {
+            return self.reply(now, tx, req, remote, 404, "Not Found");
+        }
+        let caller = if shared.authenticate_calls {
+            let verdict = shared.auth.verify(
+                now,
+                b"INVITE",
+                req.authorizations(HeaderName::ProxyAuthorization),
+                |u| shared.users.ha1(u),
+            );
+            match verdict {
+                Verdict::Authenticated(user) => Some(user),
+                Verdict::Challenge { stale } => {
+                    let mut b = self.response(req, remote, 407, "Proxy Authentication Required");
+                    for c in shared.auth.challenges(now, stale) {
+                        b.header("Proxy-Authenticate", c);
+                    }
+                    return self.send_final(now, tx, b.finish());
+                }
+                Verdict::Forbidden => return self.reply(now, tx, req, remote, 403, "Forbidden"),
+            }
+        } else {
+            None
+        };
+        let caller = crate::b2bua::caller_of(req, caller);
+        let bindings = shared.registrar.lookup(&callee, self.wall(now));
+        let target = crate::b2bua::CallTarget {
+            caller,
+            callee,
+            bindings,
+        };
+        self.invite_extension(now, tx, req, remote, target);
     }
 
     fn register(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {

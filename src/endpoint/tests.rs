@@ -43,6 +43,10 @@ fn fixture() -> Fixture {
         advertise_ip: None,
         sip_port: 5060,
         inactivity: Duration::from_secs(60),
+        ring_timeout: Duration::from_secs(30),
+        authenticate_calls: true,
+        domain: REALM.into(),
+        shard_count: 1,
         auth: DigestAuthority::new(
             REALM,
             vec![Algorithm::Sha256, Algorithm::Md5],
@@ -59,6 +63,7 @@ fn fixture() -> Fixture {
         UnixMillis(1_000_000),
         t0,
         Arc::new(|_| {}),
+        0,
     );
     Fixture { _dir: dir, ep, t0 }
 }

@@ -74,7 +74,8 @@ impl Dispatcher {
     }
 }
 
-fn fnv1a(b: &[u8]) -> u64 {
+/// The Call-ID hash that picks a shard (B legs choose Call-IDs that land with A).
+pub fn fnv1a(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
         (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
     })
