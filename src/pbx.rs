@@ -231,8 +231,20 @@ impl Pbx {
         )
     }
 
+    /// Media port pairs leased right now.
+    pub fn media_ports_in_use(&self) -> usize {
+        self.shared.media.as_ref().map_or(0, |m| m.ports_in_use())
+    }
+
     /// Stops every task and flushes the store.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        tracing::info!(
+            "stopping with {} live calls and {} media port pairs in use",
+            self.stats()
+                .live_calls
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.media_ports_in_use()
+        );
         self.tasks.shutdown().await;
         self.store.flush().await
     }

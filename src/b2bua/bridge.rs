@@ -303,6 +303,10 @@ impl Endpoint {
             return self.hold_until_durable(tx, answer, remote);
         }
         let ring = now + self.shared.ring_timeout;
+        self.shared
+            .stats
+            .live_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.legs
             .insert(a_call_id.clone(), (a_call_id.clone(), Side::A));
         self.bridges.insert(
@@ -608,6 +612,10 @@ impl Endpoint {
 
     fn remove_bridge(&mut self, a: &str) -> Option<Bridge> {
         let bridge = self.bridges.remove(a)?;
+        self.shared
+            .stats
+            .live_calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // Branches still ringing may answer anyway (a CANCEL/2xx race): keep what
         // is needed to ACK and end them.
         for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {

@@ -359,6 +359,10 @@ impl Endpoint {
             cdr,
             media: Some(session),
         };
+        self.shared
+            .stats
+            .live_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.insert(call_id.clone(), call);
         self.arm(&call_id, now + t1, CallTimer::Retransmit2xx);
     }
@@ -466,7 +470,7 @@ impl Endpoint {
 
     /// We end a call: BYE to the caller, CDR written.
     fn hang_up(&mut self, now: Instant, call_id: &str, by: HangupBy) {
-        let Some(mut call) = self.calls.remove(call_id) else {
+        let Some(mut call) = self.take_call(call_id) else {
             return;
         };
         call.media = None;
@@ -490,7 +494,7 @@ impl Endpoint {
         }
         match req.method() {
             Some(Method::Bye) => {
-                let Some(mut call) = self.calls.remove(&call_id) else {
+                let Some(mut call) = self.take_call(&call_id) else {
                     return;
                 };
                 call.media = None;
@@ -530,6 +534,15 @@ impl Endpoint {
             }
             _ => self.reply(now, tx, req, remote, 200, "OK"),
         }
+    }
+
+    fn take_call(&mut self, call_id: &str) -> Option<LocalCall> {
+        let call = self.calls.remove(call_id)?;
+        self.shared
+            .stats
+            .live_calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Some(call)
     }
 
     /// Live local calls of this shard.

@@ -27,6 +27,8 @@ pub struct Stats {
     /// Requests answered without a transaction (400 for bad ones, 503 when overloaded).
     pub answered_statelessly: AtomicU64,
     pub registrations: AtomicU64,
+    /// Calls in progress (local and bridged), over all shards.
+    pub live_calls: std::sync::atomic::AtomicI64,
 }
 
 /// What every shard shares: read-mostly maps and handles, never held across `.await`.

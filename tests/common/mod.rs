@@ -33,12 +33,12 @@ pub fn config(port: u16, algorithms: &str, users: &[(String, String)]) -> String
 /// Like [`config`], with more TOML tables appended (not `[sip]`, `[rtp]`, `[http]`).
 /// Media listens on 127.0.0.1, on a port window of its own.
 pub fn config_with(port: u16, algorithms: &str, users: &[(String, String)], extra: &str) -> String {
-    let rtp = 20_000 + (port % 200) * 200;
+    let rtp = 20_000 + (port % 40) * 1000;
     let mut s = format!(
         "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
          [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
-        rtp + 200
+        rtp + 1000
     );
     for (ext, pw) in users {
         s.push_str(&format!(
@@ -238,8 +238,30 @@ pub fn require(program: &str) {
 /// Runs SIPp against the server, bounded by `timeout`; returns its output.
 /// `extra` are scenario-specific arguments (-sf, -inf, -m, -r…).
 pub fn sipp(server: &Server, extra: &[&str], limit: Duration) -> Output {
+    sipp_at(server, free_port(), extra, limit)
+}
+
+/// Like [`sipp`], with SIPp's own SIP port given (a UAS registered from it).
+pub fn sipp_at(server: &Server, lport: u16, extra: &[&str], limit: Duration) -> Output {
+    sipp_command(server, lport, extra, limit)
+        .output()
+        .expect("run sipp")
+}
+
+/// A SIPp UAS in the background on `lport` (returns when it exits).
+pub fn sipp_uas(
+    server: &Server,
+    lport: u16,
+    extra: &[&str],
+    limit: Duration,
+) -> std::thread::JoinHandle<Output> {
+    let mut cmd = sipp_command(server, lport, extra, limit);
+    std::thread::spawn(move || cmd.output().expect("run sipp uas"))
+}
+
+fn sipp_command(server: &Server, lport: u16, extra: &[&str], limit: Duration) -> Command {
     require("sipp");
-    let (lport, mport) = (free_port(), free_port());
+    let mport = free_port();
     let target = server.addr().to_string();
     let mut cmd = Command::new("timeout");
     cmd.arg("--kill-after=5")
@@ -269,7 +291,7 @@ pub fn sipp(server: &Server, extra: &[&str], limit: Duration) -> Output {
         .args(extra)
         .current_dir(&server.dir)
         .stdin(Stdio::null());
-    cmd.output().expect("run sipp")
+    cmd
 }
 
 /// Asserts SIPp exited 0 (every call succeeded), showing its errors otherwise.

@@ -1,0 +1,229 @@
+//! Calls between extensions through the B2BUA: SIPp UAC → sipdesk → SIPp UAS
+//! (registered as extension 2000), with RTP through the relay, and every failure
+//! path. After each test the PBX is stopped and must report no live call and no
+//! leased media port.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    server: Server,
+    uas_port: u16,
+}
+
+/// A PBX with extensions 2000 (the SIPp UAS, registered) and 2001 (never
+/// registered); calls need no digest auth (the SIPp UAC does not do it).
+fn lab(extra: &str) -> Lab {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = vec![
+        ("2000".to_string(), "pw2000".to_string()),
+        ("2001".to_string(), "pw2001".to_string()),
+    ];
+    let config = config_with(
+        port,
+        "[\"MD5\"]",
+        &users,
+        &format!("[calls]\nauthenticate = false\n{extra}"),
+    );
+    let server = Server::start(dir.path(), port, &config);
+    let uas_port = free_port();
+    let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
+    let out = sipp_at(
+        &server,
+        uas_port,
+        &[
+            "-sf",
+            &scenario("register_auth.xml"),
+            "-inf",
+            inf.to_str().unwrap_or_default(),
+            "-m",
+            "1",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_sipp_ok(&out, "UAS registers as 2000", &server);
+    Lab {
+        _dir: dir,
+        server,
+        uas_port,
+    }
+}
+
+impl Lab {
+    /// Stops the PBX and checks it had nothing left: calls, media ports.
+    fn assert_no_leaks(mut self) {
+        // Calls end with the last BYE; give in-flight retransmissions a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        self.server.stop();
+        let log = self.server.log();
+        assert!(
+            log.contains("stopping with 0 live calls and 0 media port pairs in use"),
+            "leaked calls or ports:\n{}",
+            log.lines()
+                .filter(|l| l.contains("stopping with"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    fn expect_final(&self, code: u16, to: &str) {
+        let path = self.server.dir.join(format!("uac_expect_{code}.xml"));
+        let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
+        std::fs::write(&path, text.replace("[final]", &code.to_string())).expect("write");
+        let out = sipp(
+            &self.server,
+            &[
+                "-sf",
+                path.to_str().unwrap_or_default(),
+                "-s",
+                to,
+                "-m",
+                "5",
+                "-r",
+                "5",
+                "-trace_err",
+            ],
+            Duration::from_secs(30),
+        );
+        assert_sipp_ok(&out, &format!("call to {to} gets {code}"), &self.server);
+    }
+}
+
+#[test]
+fn a_thousand_calls_through_the_b2bua_complete_without_failures_or_leaks() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &[
+            "-sf",
+            &scenario("uas_answer.xml"),
+            "-m",
+            "1000",
+            "-trace_err",
+        ],
+        Duration::from_secs(90),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_call.xml"),
+            "-s",
+            "2000",
+            "-r",
+            "100",
+            "-m",
+            "1000",
+            "-d",
+            "200",
+            "-trace_err",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_sipp_ok(&out, "1000 calls UAC -> sipdesk -> UAS", &lab.server);
+    let uas = uas.join().expect("uas thread");
+    assert_sipp_ok(&uas, "UAS side of 1000 calls", &lab.server);
+    lab.assert_no_leaks();
+}
+
+#[test]
+fn calls_with_g711_rtp_through_the_relay_complete() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &[
+            "-sf",
+            &scenario("uas_answer.xml"),
+            "-m",
+            "20",
+            "-rtp_echo",
+            "-trace_err",
+        ],
+        Duration::from_secs(90),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_call_rtp.xml"),
+            "-s",
+            "2000",
+            "-r",
+            "5",
+            "-m",
+            "20",
+            "-d",
+            "1000",
+            "-trace_err",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_sipp_ok(&out, "20 calls with RTP", &lab.server);
+    assert_sipp_ok(&uas.join().expect("uas"), "UAS with RTP echo", &lab.server);
+    lab.assert_no_leaks();
+}
+
+#[test]
+fn cancel_busy_no_answer_unknown_and_unregistered_are_answered_correctly() {
+    let lab = lab("ring_timeout_secs = 1\n");
+    // The caller cancels while the callee rings: 200 + 487, and the callee sees the CANCEL.
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &["-sf", &scenario("uas_ring.xml"), "-m", "5", "-trace_err"],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_cancel.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "5",
+            "-r",
+            "5",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(&out, "caller CANCEL", &lab.server);
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "callee sees the CANCEL",
+        &lab.server,
+    );
+    // No answer within the ring timeout: 480 to the caller, CANCEL to the callee.
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &["-sf", &scenario("uas_ring.xml"), "-m", "5", "-trace_err"],
+        Duration::from_secs(60),
+    );
+    lab.expect_final(480, "2000");
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "callee cancelled after the ring timeout",
+        &lab.server,
+    );
+    // Busy callee: 486 relayed.
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &["-sf", &scenario("uas_busy.xml"), "-m", "5", "-trace_err"],
+        Duration::from_secs(60),
+    );
+    lab.expect_final(486, "2000");
+    assert_sipp_ok(&uas.join().expect("uas"), "busy callee", &lab.server);
+    // Unknown number and a user without a registration.
+    lab.expect_final(404, "7777");
+    lab.expect_final(480, "2001");
+    lab.assert_no_leaks();
+}
