@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of sipdesk. Installs the real peers the integration tests talk to
-# (SIPp from Debian's sip-tester, python3 for the independent digest client) when
-# they are missing. All servers the tests start listen on 127.0.0.1 only.
+# when they are missing: SIPp (Debian's sip-tester), baresip and sox for the audio
+# test, python3 for the independent digest client. Every server the tests start
+# listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+command -v sox >/dev/null 2>&1 || need+=(sox)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

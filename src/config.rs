@@ -186,7 +186,7 @@ impl Default for SipConfig {
             udp: vec![any],
             tcp: vec![any],
             domain: sp("sipdesk.local".into()),
-            auth_algorithms: sp(vec![Algorithm::Sha256, Algorithm::Md5]),
+            auth_algorithms: sp(vec![Algorithm::Md5]),
             nonce_ttl_secs: 300,
             min_expires: sp(60),
             max_expires: sp(7200),
