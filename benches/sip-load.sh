@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# SIPp load driver: the same REGISTER-with-digest sweep against sipdesk and against
-# Kamailio, back to back in one run, using the peer lab in ../shared/lab (its
-# scenarios, users and summarizer). Everything listens on 127.0.0.1:5070; every
-# SIPp run is bounded by a call count and a timeout.
+# SIPp load driver: the same sweeps against sipdesk and against Kamailio, back to
+# back in one run, using the peer lab in ../shared/lab (its scenarios, users and
+# summarizer): REGISTER with digest auth, and calls UAC -> server -> UAS (INVITE,
+# 180, 200, ACK, hold, BYE; the UAS registered as 2000). Per step: achieved rate,
+# failures, retransmissions, p50/p99 call setup (SIPp rtd). sipdesk also prints its
+# own routing latency (INVITE received -> B-leg INVITE sent, hdrhistogram) when it
+# stops. Everything listens on 127.0.0.1:5070; every SIPp run is bounded by a call
+# count and a timeout.
 #
-#   usage: benches/sip-load.sh            env: REG_RATES, STEP_SECS, SKIP_KAMAILIO=1
+#   usage: benches/sip-load.sh   env: REG_RATES, CALL_RATES, STEP_SECS, HOLD_MS, SKIP_KAMAILIO=1
 #   output: target/sip-load/<timestamp>/{sipdesk,kamailio}/summary.md and the ratio
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LAB_SRC="${LAB_SRC:-$ROOT/../shared/lab}"
 [ -d "$LAB_SRC" ] || { echo "peer lab not found at $LAB_SRC" >&2; exit 1; }
 export REG_RATES="${REG_RATES:-2000 4000 6000 8000 10000 12000 14000 16000}"
-export STEP_SECS="${STEP_SECS:-5}" CALL_RATES="" DIRECT_RATES=""
+export CALL_RATES="${CALL_RATES-250 500 1000 1500 2000 2500 3000}"
+export STEP_SECS="${STEP_SECS:-5}" DIRECT_RATES=""
 
 OUT="$ROOT/target/sip-load/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
@@ -24,7 +29,9 @@ cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 CONF="$OUT/sipdesk.toml"
 {
   printf '[sip]\nudp = ["127.0.0.1:5070"]\ntcp = []\nauth_algorithms = ["MD5"]\n'
-  printf '[log]\nlevel = "warn"\n[demo]\nextensions = []\n'
+  printf '[rtp]\nbind_ip = "127.0.0.1"\nport_min = 10000\nport_max = 60000\n'
+  printf '[calls]\nauthenticate = false\n'
+  printf '[log]\nlevel = "info,sipdesk::endpoint=warn"\n[demo]\nextensions = []\n'
   tail -n +2 "$LAB/scenarios/users.csv" | while IFS=';' read -r u p; do
     printf '[[users]]\nextension = "%s"\npassword = "%s"\n' "$u" "$p"
   done
@@ -40,6 +47,7 @@ SERVER_PIDS="$PBX" "$LAB/sip-load.sh" "$OUT/sipdesk" | tail -n 20
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PBX/status")
 kill "$PBX"; wait "$PBX" 2>/dev/null || true
 echo "sipdesk RSS after the sweep: ${RSS} kB" | tee "$OUT/sipdesk/rss.txt"
+grep -a 'routing latency' "$OUT/sipdesk.log" | sed 's/.*routing latency/routing latency/' | tee "$OUT/sipdesk/routing.txt"
 
 if [ -z "${SKIP_KAMAILIO:-}" ] && command -v kamailio >/dev/null; then
   echo "== kamailio"

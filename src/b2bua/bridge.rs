@@ -430,6 +430,8 @@ impl Endpoint {
                             )
                         } else if codes.contains(&486) {
                             (486, "Busy Here", Disposition::Busy)
+                        } else if codes.iter().all(|c| *c == 488) {
+                            (488, "Not Acceptable Here", Disposition::Failed)
                         } else if codes.contains(&487) {
                             (487, "Request Terminated", Disposition::Cancelled)
                         } else {

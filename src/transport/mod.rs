@@ -67,7 +67,7 @@ impl Dispatcher {
             Err(_) => fnv1a(remote.addr.to_string().as_bytes()),
         };
         let shard = (key % self.shards.len() as u64) as usize;
-        let input = crate::pbx::ShardInput::Message(parsed, remote);
+        let input = crate::pbx::ShardInput::Message(parsed, remote, std::time::Instant::now());
         if self.shards[shard].try_send(input).is_err() {
             self.dropped_overload.fetch_add(1, Ordering::Relaxed);
         }
