@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LAB_SRC="${LAB_SRC:-$ROOT/../shared/lab}"
 [ -d "$LAB_SRC" ] || { echo "peer lab not found at $LAB_SRC" >&2; exit 1; }
-export REG_RATES="${REG_RATES:-2000 4000 6000 8000 10000 12000 14000 16000}"
+export REG_RATES="${REG_RATES-2000 4000 6000 8000 10000 12000 14000 16000}"
 export CALL_RATES="${CALL_RATES-250 500 1000 1500 2000 2500 3000}"
 export STEP_SECS="${STEP_SECS:-5}" DIRECT_RATES=""
 
@@ -38,6 +38,7 @@ CONF="$OUT/sipdesk.toml"
   printf '[[users]]\nextension = "2000"\npassword = "pw2000"\n'
 } > "$CONF"
 
+ss -Hlun "sport = :5070" | grep -q . && { echo "udp 5070 already in use" >&2; exit 1; }
 "$ROOT/target/release/sipdesk" run --config "$CONF" --data-dir "$OUT/data" > "$OUT/sipdesk.log" 2>&1 &
 PBX=$!
 trap 'kill $PBX 2>/dev/null || true' EXIT
