@@ -227,3 +227,46 @@ fn cancel_busy_no_answer_unknown_and_unregistered_are_answered_correctly() {
     lab.expect_final(480, "2001");
     lab.assert_no_leaks();
 }
+
+#[test]
+fn a_session_nobody_refreshes_is_ended_when_its_timer_expires() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &[
+            "-sf",
+            &scenario("uas_session_expires.xml"),
+            "-m",
+            "3",
+            "-trace_err",
+        ],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_session_expires.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "3",
+            "-r",
+            "3",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(
+        &out,
+        "caller gets the BYE of an expired session",
+        &lab.server,
+    );
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "callee gets the BYE too",
+        &lab.server,
+    );
+    lab.assert_no_leaks();
+}

@@ -65,6 +65,9 @@ pub(crate) struct Bridge {
     ring_deadline: Instant,
     /// The one live entry of this bridge in the endpoint's timer heap.
     timer_at: Option<Instant>,
+    /// The negotiated session interval (RFC 4028), and when the session expires
+    /// unless a re-INVITE or UPDATE refreshes it.
+    session: Option<(Duration, Instant)>,
 }
 
 impl Bridge {
@@ -273,6 +276,7 @@ impl Endpoint {
             )
             .header("Allow", super::ALLOW)
             .header("User-Agent", crate::sip::message::build::PRODUCT);
+            copy_session_timer(&mut b, req);
             let bytes = b.finish_with_body(Some("application/sdp"), &body);
             let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
                 continue;
@@ -327,6 +331,7 @@ impl Endpoint {
                 ack_deadline: ring,
                 ring_deadline: ring,
                 timer_at: None,
+                session: None,
             },
         );
         self.arm_timer(&a_call_id, ring);
@@ -515,6 +520,8 @@ impl Endpoint {
         )
         .header("Allow", super::ALLOW)
         .header("Server", crate::sip::message::build::PRODUCT);
+        copy_session_timer(&mut b, r);
+        let session = session_interval(r);
         let ok = match self.rewrite_for(r.body(), a_remote, relay_port) {
             Some((body, _)) => b.finish_with_body(Some("application/sdp"), &body),
             None => b.finish(),
@@ -527,6 +534,7 @@ impl Endpoint {
             return;
         };
         bridge.phase = APhase::Answered;
+        bridge.session = session.map(|d| (d, now + d));
         bridge.cdr.answer_ms = Some(wall);
         bridge.a_dialog = ok_parsed.and_then(|ok| Dialog::from_uas(&a_req, &ok, a_remote));
         bridge.ok = Some((ok, reply_remote(&a_req, a_remote)));
@@ -682,16 +690,24 @@ impl Endpoint {
                 let next = (now + bridge.retransmit).min(bridge.ack_deadline);
                 self.arm_timer(a, next);
             }
+            APhase::Confirmed if bridge.session.is_some_and(|(_, at)| now >= at) => {
+                tracing::info!(call_id = %a, "session not refreshed in time (RFC 4028); ending the call");
+                self.end_bridge(now, a, None, HangupBy::System);
+            }
             _ => {}
         }
     }
 
     /// A's ACK for our 2xx.
     pub(crate) fn bridge_ack(&mut self, a: &str, req: &Message) {
-        if let Some(b) = self.bridges.get_mut(a) {
-            if b.phase == APhase::Answered && to_tag_is(req, &b.a_tag) {
-                b.phase = APhase::Confirmed;
-                b.ok = None;
+        let Some(b) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if b.phase == APhase::Answered && to_tag_is(req, &b.a_tag) {
+            b.phase = APhase::Confirmed;
+            b.ok = None;
+            if let Some((_, expires)) = b.session {
+                self.arm_timer(a, expires);
             }
         }
     }
@@ -918,6 +934,14 @@ impl Endpoint {
                 bridge.relay.set_peer(responder_side, peer_of(&s, sip));
             }
         }
+        if (200..300).contains(&code)
+            && matches!(req.method(), Some(Method::Invite | Method::Update))
+        {
+            self.refresh_session(now, a, resp.as_ref());
+        }
+        let Some(bridge) = self.bridges.get(a) else {
+            return;
+        };
         let reason = resp
             .as_ref()
             .and_then(|r| r.reason())
@@ -947,10 +971,57 @@ impl Endpoint {
         self.send_final(now, server_tx, bytes);
     }
 
+    /// A successful re-INVITE/UPDATE refreshed the session (RFC 4028 §10).
+    fn refresh_session(&mut self, now: Instant, a: &str, resp: Option<&Message>) {
+        let Some(b) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some((interval, _)) = b.session else {
+            return;
+        };
+        let interval = resp.and_then(session_interval).unwrap_or(interval);
+        b.session = Some((interval, now + interval));
+        if b.phase == APhase::Confirmed {
+            self.arm_timer(a, now + interval);
+        }
+    }
+
     /// Live bridged calls of this shard.
     pub fn bridge_count(&self) -> usize {
         self.bridges.len()
     }
+}
+
+/// Copies the session-timer headers (RFC 4028) from one leg's message to the
+/// other's: the endpoints negotiate and refresh, the B2BUA relays and polices.
+fn copy_session_timer(b: &mut Builder, from: &Message) {
+    for name in ["Session-Expires", "x", "Min-SE"] {
+        for v in from.other_values(name) {
+            b.header(name, v);
+        }
+    }
+    if from
+        .values(HeaderName::Supported)
+        .any(|v| v.eq_ignore_ascii_case(b"timer"))
+    {
+        b.header("Supported", "timer");
+    }
+    if from
+        .values(HeaderName::Require)
+        .any(|v| v.eq_ignore_ascii_case(b"timer"))
+    {
+        b.header("Require", "timer");
+    }
+}
+
+/// The session interval a message sets (`Session-Expires: N;refresher=…`).
+fn session_interval(m: &Message) -> Option<Duration> {
+    let v = m
+        .other_values("Session-Expires")
+        .next()
+        .or_else(|| m.other_values("x").next())?;
+    let secs = crate::sip::message::headers::parse_u32(v.split(|c| *c == b';').next()?)?;
+    (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
 }
 
 fn to_tag_is(req: &Message, tag: &str) -> bool {
