@@ -28,6 +28,12 @@ use tokio::task::JoinSet;
 pub enum ShardInput {
     /// A message from the wire, with the time the transport received it.
     Message(Result<Message, SipError>, Remote, Instant),
+    /// Place a call (third-party call control): ring `from`, then connect `to`.
+    Originate {
+        from: String,
+        to: String,
+        reply: tokio::sync::oneshot::Sender<Result<String, crate::b2bua::OriginateError>>,
+    },
     /// A media session of this Call-ID saw no packet for the inactivity period.
     MediaIdle(String),
     /// The store flushed everything this shard wrote up to this sequence number.
@@ -142,6 +148,7 @@ impl PbxBuilder {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
         let dispatcher = Dispatcher::new(senders.clone(), limits);
+        let senders_for_api = senders.clone();
         let outbound = listeners.start(dispatcher.clone(), &mut tasks);
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -174,6 +181,7 @@ impl PbxBuilder {
             demo_users,
             tasks,
             latency,
+            shard_inputs: senders_for_api,
         })
     }
 }
@@ -192,6 +200,8 @@ pub struct Pbx {
     demo_users: Vec<DemoUser>,
     tasks: JoinSet<()>,
     latency: LatencyHistogram,
+    /// Where API requests enter the shards.
+    shard_inputs: Vec<mpsc::Sender<ShardInput>>,
 }
 
 impl Pbx {
@@ -249,6 +259,34 @@ impl Pbx {
             ),
             Err(_) => (0, 0, 0, 0),
         }
+    }
+
+    /// Places a call between extension `from` and `to` (an extension or a number
+    /// the PBX answers): `from`'s phone rings first; when it answers, `to` is called
+    /// and the two are connected. Returns the call's id (leg A's Call-ID).
+    pub async fn originate(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<String, crate::b2bua::OriginateError> {
+        use crate::b2bua::OriginateError;
+        let shard =
+            crate::transport::fnv1a(from.as_bytes()) as usize % self.shard_inputs.len().max(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let input = ShardInput::Originate {
+            from: from.to_string(),
+            to: to.to_string(),
+            reply,
+        };
+        let sender = self
+            .shard_inputs
+            .get(shard)
+            .ok_or(OriginateError::Stopped)?;
+        sender
+            .send(input)
+            .await
+            .map_err(|_| OriginateError::Stopped)?;
+        answer.await.map_err(|_| OriginateError::Stopped)?
     }
 
     /// Media port pairs leased right now.
@@ -360,6 +398,9 @@ async fn run_shard(
 fn handle_input(endpoint: &mut Endpoint, now: Instant, input: ShardInput) {
     match input {
         ShardInput::Message(parsed, remote, _) => endpoint.handle_parsed(now, parsed, remote),
+        ShardInput::Originate { from, to, reply } => {
+            let _ = reply.send(endpoint.originate(now, &from, &to));
+        }
         ShardInput::MediaIdle(call_id) => endpoint.handle_media_idle(now, &call_id),
         ShardInput::Flushed(seq) => endpoint.handle_flushed(now, seq),
         ShardInput::FlushFailed => endpoint.handle_flush_failed(now),

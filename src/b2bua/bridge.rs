@@ -95,6 +95,8 @@ pub(crate) enum Pending {
     /// A request relayed inside the call: answer the server transaction `tx` on
     /// the other leg with what comes back.
     Relayed { a_call_id: String, tx: TxId },
+    /// An INVITE of an origination: (its key, which leg).
+    Origin(String, Side),
 }
 
 /// Which side of a bridge a dialog is.
@@ -146,7 +148,7 @@ fn relay_ports(s: &sdp::Session, port: u16) -> Vec<u16> {
 
 impl Endpoint {
     /// A Call-ID that the dispatcher routes to this shard (B legs stay with A).
-    fn shard_call_id(&self) -> String {
+    pub(crate) fn shard_call_id(&self) -> String {
         loop {
             let id = format!("{}@sipdesk", to_tag_string());
             if self.shared.shard_count <= 1
@@ -347,6 +349,7 @@ impl Endpoint {
     ) {
         match pending {
             Pending::Branch(a, idx) => self.branch_response(now, &a, idx, tx, resp),
+            Pending::Origin(key, side) => self.origin_response(now, &key, side, tx, resp),
             Pending::Relayed {
                 a_call_id,
                 tx: server_tx,
@@ -543,7 +546,7 @@ impl Endpoint {
         self.arm_timer(a, now + t1);
     }
 
-    fn cancel_branch(&mut self, now: Instant, invite: &Message, remote: Remote) {
+    pub(crate) fn cancel_branch(&mut self, now: Instant, invite: &Message, remote: Remote) {
         let uri = invite.request_uri_bytes().unwrap_or_default();
         let mut b = Builder::request(&Method::Cancel, uri);
         for name in [
@@ -637,6 +640,7 @@ impl Endpoint {
             | Pending::Relayed {
                 a_call_id: owner, ..
             } => owner != a,
+            Pending::Origin(..) => true,
         });
         Some(bridge)
     }

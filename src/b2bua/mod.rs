@@ -9,6 +9,10 @@
 
 mod bridge;
 pub mod cdr;
+mod originate;
+
+pub use originate::OriginateError;
+pub(crate) use originate::Origination;
 
 pub(crate) use bridge::{caller_of, Bridge, CallTarget, Pending, Side};
 
@@ -388,6 +392,10 @@ impl Endpoint {
                 break;
             }
             self.call_timers.pop();
+            if self.originations.contains_key(&call_id) {
+                self.origin_timer(now, &call_id);
+                continue;
+            }
             if self
                 .bridges
                 .get(&call_id)
@@ -461,6 +469,15 @@ impl Endpoint {
     pub fn handle_media_idle(&mut self, now: Instant, call_id: &str) {
         if self.bridges.contains_key(call_id) {
             return self.bridge_idle(now, call_id);
+        }
+        if self.originations.contains_key(call_id) {
+            return self.end_origination(
+                now,
+                call_id,
+                None,
+                cdr::Disposition::Answered,
+                HangupBy::System,
+            );
         }
         if self.calls.contains_key(call_id) {
             tracing::info!(%call_id, "no RTP: hanging up a dead call");
@@ -543,6 +560,13 @@ impl Endpoint {
             .live_calls
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         Some(call)
+    }
+
+    /// Whether an in-dialog request belongs to a call we answered ourselves.
+    pub(crate) fn is_local_dialog(&self, req: &Message) -> bool {
+        req.call_id()
+            .and_then(|c| self.calls.get(&*String::from_utf8_lossy(c)))
+            .is_some_and(|c| dialog_matches(req, &c.local_tag))
     }
 
     /// Live local calls of this shard.

@@ -94,6 +94,8 @@ pub struct Endpoint {
     pub(crate) legs: std::collections::HashMap<String, (String, crate::b2bua::Side)>,
     /// Our client transactions that belong to bridges.
     pub(crate) pending: std::collections::HashMap<TxId, crate::b2bua::Pending>,
+    /// Calls the PBX placed (originate), by the Call-ID of leg A.
+    pub(crate) originations: std::collections::HashMap<String, crate::b2bua::Origination>,
     /// Branches of ended calls that may still answer (CANCEL/2xx races).
     pub(crate) orphans: std::collections::HashMap<TxId, (Message, Remote)>,
     /// This shard's index (B-leg Call-IDs are chosen to hash here).
@@ -140,6 +142,7 @@ impl Endpoint {
             legs: std::collections::HashMap::new(),
             pending: std::collections::HashMap::new(),
             orphans: std::collections::HashMap::new(),
+            originations: std::collections::HashMap::new(),
             shard,
             call_timers: std::collections::BinaryHeap::new(),
             idle,
@@ -345,8 +348,11 @@ impl Endpoint {
                     remote,
                 } => self.handle_request(now, tx, request, remote),
                 TxEvent::Ack { request, .. } => {
+                    // A dialog we answered ourselves comes first: the PBX may be both
+                    // ends of one Call-ID (an origination calling a test number).
                     let leg = request
                         .call_id()
+                        .filter(|_| !self.is_local_dialog(&request))
                         .and_then(|c| self.legs.get(&*String::from_utf8_lossy(c)).cloned());
                     match leg {
                         Some((a, crate::b2bua::Side::A)) => self.bridge_ack(&a, &request),
@@ -460,8 +466,12 @@ impl Endpoint {
             Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
                 let leg = req
                     .call_id()
+                    .filter(|_| !self.is_local_dialog(&req))
                     .and_then(|c| self.legs.get(&*String::from_utf8_lossy(c)).cloned());
                 match leg {
+                    Some((a, side)) if self.originations.contains_key(&a) => {
+                        self.origin_in_dialog(now, tx, &req, remote, &a, side)
+                    }
                     Some((a, side)) => self.bridge_in_dialog(now, tx, &req, remote, &a, side),
                     None => self.in_dialog(now, tx, &req, remote),
                 }

@@ -1,0 +1,111 @@
+//! Originate through the embedding API: the PBX rings extension 2000 (a SIPp UAS),
+//! and when it answers, calls the hang-up test number and bridges the two; when the
+//! test number hangs up, the PBX ends leg A with a BYE.
+
+mod common;
+
+use common::*;
+use sipdesk::b2bua::OriginateError;
+use sipdesk::config::Config;
+use sipdesk::Pbx;
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn originate_rings_a_then_connects_b_and_tears_both_down() {
+    require("sipp");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = vec![
+        ("2000".to_string(), "pw2000".to_string()),
+        ("2001".to_string(), "pw2001".to_string()),
+    ];
+    let text = config_with(
+        port,
+        "[\"MD5\"]",
+        &users,
+        "[test_numbers]\nhangup = \"9001\"\nhangup_after_secs = 1\n",
+    );
+    let config = Config::parse(&text, "test").expect("config");
+    let pbx = Pbx::builder(config)
+        .data_dir(dir.path().join("data"))
+        .start()
+        .await
+        .expect("start");
+    let target = format!("127.0.0.1:{port}");
+    let uas_port = free_port();
+    let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
+    let sipp = |args: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .args([
+                    "40",
+                    "sipp",
+                    &target,
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &uas_port.to_string(),
+                ])
+                .args(["-mp", &free_port().to_string(), "-nostdin", "-trace_err"])
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("sipp")
+        })
+    };
+    let reg = sipp(vec![
+        "-sf".into(),
+        scenario("register_auth.xml"),
+        "-inf".into(),
+        inf.display().to_string(),
+        "-m".into(),
+        "1".into(),
+    ])
+    .await
+    .expect("join");
+    assert!(reg.status.success(), "UAS registration failed");
+
+    // Errors first: nothing is started for them.
+    assert_eq!(
+        pbx.originate("7777", "9001").await,
+        Err(OriginateError::UnknownExtension("7777".into()))
+    );
+    assert_eq!(
+        pbx.originate("2001", "9001").await,
+        Err(OriginateError::NotRegistered("2001".into()))
+    );
+
+    let uas = sipp(vec![
+        "-sf".into(),
+        scenario("uas_answer.xml"),
+        "-m".into(),
+        "1".into(),
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = pbx.originate("2000", "9001").await.expect("originate");
+    assert!(!call.is_empty());
+    let out = uas.await.expect("join");
+    assert!(
+        out.status.success(),
+        "leg A: {}",
+        std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("errors.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pbx.stats()
+            .live_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(pbx.media_ports_in_use(), 0);
+    pbx.shutdown().await.expect("shutdown");
+}
