@@ -7,7 +7,7 @@
 //! to the other leg with its own CSeq and tags.
 
 use super::cdr::{Cdr, Disposition, HangupBy};
-use super::{lossy, party_number, Dialog};
+use super::{lossy, party_number, Dialog, Refusal};
 use crate::endpoint::{to_tag_string, Endpoint};
 use crate::media::{Peer, Relay};
 use crate::registrar::Binding;
@@ -197,21 +197,37 @@ impl Endpoint {
         let mut cdr = self.new_cdr(now, req, &callee);
         cdr.caller = caller.clone();
         if bindings.is_empty() {
-            let answer = self
-                .response(req, remote, 480, "Temporarily Unavailable")
-                .finish();
-            self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-            return self.hold_until_durable(tx, answer, remote);
+            return self.refuse_call(
+                now,
+                tx,
+                req,
+                remote,
+                cdr,
+                Refusal {
+                    code: 480,
+                    reason: "Temporarily Unavailable",
+                    disposition: Disposition::Failed,
+                    by: HangupBy::System,
+                },
+            );
         }
         let offer = match sdp::parse(req.body()) {
             Ok(o) => o,
             Err(e) => {
                 tracing::info!(%remote, "INVITE refused, SDP: {e}");
-                let answer = self
-                    .response(req, remote, 488, "Not Acceptable Here")
-                    .finish();
-                self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-                return self.hold_until_durable(tx, answer, remote);
+                return self.refuse_call(
+                    now,
+                    tx,
+                    req,
+                    remote,
+                    cdr,
+                    Refusal {
+                        code: 488,
+                        reason: "Not Acceptable Here",
+                        disposition: Disposition::Failed,
+                        by: HangupBy::System,
+                    },
+                );
             }
         };
         let relay = match &self.shared.media {
@@ -222,11 +238,19 @@ impl Endpoint {
             None => Err(crate::media::MediaError::NoPorts),
         };
         let Ok(relay) = relay else {
-            let answer = self
-                .response(req, remote, 503, "Service Unavailable (No Media Ports)")
-                .finish();
-            self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-            return self.hold_until_durable(tx, answer, remote);
+            return self.refuse_call(
+                now,
+                tx,
+                req,
+                remote,
+                cdr,
+                Refusal {
+                    code: 503,
+                    reason: "Service Unavailable (No Media Ports)",
+                    disposition: Disposition::Failed,
+                    by: HangupBy::System,
+                },
+            );
         };
         relay.set_peer(0, peer_of(&offer, remote.addr));
         let display = req.from_header().and_then(|f| f.display).map(lossy);
@@ -302,11 +326,19 @@ impl Endpoint {
             }
         }
         if branches.is_empty() {
-            let answer = self
-                .response(req, remote, 480, "Temporarily Unavailable")
-                .finish();
-            self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-            return self.hold_until_durable(tx, answer, remote);
+            return self.refuse_call(
+                now,
+                tx,
+                req,
+                remote,
+                cdr,
+                Refusal {
+                    code: 480,
+                    reason: "Temporarily Unavailable",
+                    disposition: Disposition::Failed,
+                    by: HangupBy::System,
+                },
+            );
         }
         let ring = now + self.shared.ring_timeout;
         self.shared
@@ -822,28 +854,10 @@ impl Endpoint {
         };
         let Some(d) = dialog else { return };
         let target = d.remote;
-        let body = if req.body().is_empty() {
-            None
-        } else {
-            let parsed = sdp::parse(req.body()).ok();
-            let ip = self
-                .shared
-                .advertise_ip
-                .or_else(|| super::local_ip_toward(target.addr))
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            parsed.and_then(|p| sdp::rewrite(req.body(), ip, &relay_ports(&p, port)).ok())
-        };
-        let hostport = {
-            let ip = self
-                .shared
-                .advertise_ip
-                .or_else(|| super::local_ip_toward(target.addr))
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            match ip {
-                IpAddr::V4(v4) => format!("{v4}:{}", self.shared.sip_port),
-                IpAddr::V6(v6) => format!("[{v6}]:{}", self.shared.sip_port),
-            }
-        };
+        let body = sdp::parse(req.body()).ok().and_then(|p| {
+            sdp::rewrite(req.body(), self.media_ip(target), &relay_ports(&p, port)).ok()
+        });
+        let hostport = self.via_hostport(target);
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };

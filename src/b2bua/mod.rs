@@ -174,6 +174,15 @@ enum CallTimer {
     HangUp,
 }
 
+/// How a call that never connected is refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    pub code: u16,
+    pub reason: &'static str,
+    pub disposition: Disposition,
+    pub by: HangupBy,
+}
+
 /// Methods a dialog of ours accepts.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 
@@ -222,21 +231,17 @@ impl Endpoint {
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 
-    /// Our `host:port` for Via and Contact toward `remote`.
-    fn local_hostport(&self, remote: Remote) -> String {
-        let ip = self.media_ip(remote);
-        let port = self.shared.sip_port;
-        match ip {
-            IpAddr::V4(v4) => format!("{v4}:{port}"),
-            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        }
+    pub(crate) fn new_cdr(&self, now: Instant, req: &Message, callee: &str) -> Cdr {
+        let call_id = req.call_id().map(lossy).unwrap_or_default();
+        self.cdr_for(now, &call_id, &party_number(req.from_header()), callee)
     }
 
-    pub(crate) fn new_cdr(&self, now: Instant, req: &Message, callee: &str) -> Cdr {
+    /// A CDR for a call starting now (finished by `write_cdr`).
+    pub(crate) fn cdr_for(&self, now: Instant, call_id: &str, caller: &str, callee: &str) -> Cdr {
         Cdr {
             id: self.shared.store.next_cdr_id().unwrap_or_default(),
-            call_id: req.call_id().map(lossy).unwrap_or_default(),
-            caller: party_number(req.from_header()),
+            call_id: call_id.to_string(),
+            caller: caller.to_string(),
             callee: callee.to_string(),
             start_ms: self.wall(now).0,
             answer_ms: None,
@@ -264,6 +269,21 @@ impl Endpoint {
         self.request_durability();
     }
 
+    /// Refuses a new call: the final answer waits until its CDR is durable.
+    pub(crate) fn refuse_call(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        cdr: Cdr,
+        r: Refusal,
+    ) {
+        let answer = self.response(req, remote, r.code, r.reason).finish();
+        self.write_cdr(now, cdr, r.disposition, r.by);
+        self.hold_until_durable(tx, answer, remote);
+    }
+
     /// A new INVITE for a test number (`kind`).
     pub(crate) fn invite_test_number(
         &mut self,
@@ -280,9 +300,19 @@ impl Endpoint {
             .unwrap_or_default();
         let cdr = self.new_cdr(now, req, &callee);
         if kind == TestNumber::Busy {
-            let answer = self.response(req, remote, 486, "Busy Here").finish();
-            self.write_cdr(now, cdr, Disposition::Busy, HangupBy::Callee);
-            return self.hold_until_durable(tx, answer, remote);
+            return self.refuse_call(
+                now,
+                tx,
+                req,
+                remote,
+                cdr,
+                Refusal {
+                    code: 486,
+                    reason: "Busy Here",
+                    disposition: Disposition::Busy,
+                    by: HangupBy::Callee,
+                },
+            );
         }
         let offer = if req.body().is_empty() {
             // Late offer: we offer G.711 in the 200 and read the answer in the ACK.
@@ -294,11 +324,19 @@ impl Endpoint {
             Ok(o) => o,
             Err(e) => {
                 tracing::info!(%remote, "INVITE with unusable SDP: {e}");
-                let answer = self
-                    .response(req, remote, 488, "Not Acceptable Here")
-                    .finish();
-                self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-                return self.hold_until_durable(tx, answer, remote);
+                return self.refuse_call(
+                    now,
+                    tx,
+                    req,
+                    remote,
+                    cdr,
+                    Refusal {
+                        code: 488,
+                        reason: "Not Acceptable Here",
+                        disposition: Disposition::Failed,
+                        by: HangupBy::System,
+                    },
+                );
             }
         };
         let Some(call_id) = req.call_id().map(lossy) else {
@@ -313,20 +351,36 @@ impl Endpoint {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("no media for a test call: {e}");
-                let answer = self
-                    .response(req, remote, 503, "Service Unavailable")
-                    .finish();
-                self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-                return self.hold_until_durable(tx, answer, remote);
+                return self.refuse_call(
+                    now,
+                    tx,
+                    req,
+                    remote,
+                    cdr,
+                    Refusal {
+                        code: 503,
+                        reason: "Service Unavailable",
+                        disposition: Disposition::Failed,
+                        by: HangupBy::System,
+                    },
+                );
             }
         };
         let ip = self.media_ip(remote);
         let Some(body) = sdp::local_answer(&offer, ip, session.port, cdr.id) else {
-            let answer = self
-                .response(req, remote, 488, "Not Acceptable Here")
-                .finish();
-            self.write_cdr(now, cdr, Disposition::Failed, HangupBy::System);
-            return self.hold_until_durable(tx, answer, remote);
+            return self.refuse_call(
+                now,
+                tx,
+                req,
+                remote,
+                cdr,
+                Refusal {
+                    code: 488,
+                    reason: "Not Acceptable Here",
+                    disposition: Disposition::Failed,
+                    by: HangupBy::System,
+                },
+            );
         };
         let local_tag = crate::endpoint::to_tag_string();
         let mut b = Builder::response(req, remote.addr, 200, "OK", Some(local_tag.as_bytes()));
@@ -335,7 +389,7 @@ impl Endpoint {
                 "Contact",
                 format!(
                     "<sip:{callee}@{};transport={}>",
-                    self.local_hostport(remote),
+                    self.via_hostport(remote),
                     remote.transport.as_str().to_ascii_lowercase()
                 ),
             )
@@ -491,7 +545,7 @@ impl Endpoint {
             return;
         };
         call.media = None;
-        let hostport = self.local_hostport(call.dialog.remote);
+        let hostport = self.via_hostport(call.dialog.remote);
         let bye = call.dialog.next_request(&Method::Bye, &hostport, None);
         if let Err(e) = self.layer.send_request(now, bye, call.dialog.remote) {
             tracing::warn!(%call_id, "BYE not sent: {e}");
@@ -539,7 +593,7 @@ impl Endpoint {
                 match body {
                     Some(body) => {
                         let mut b = self.response(req, remote, 200, "OK");
-                        b.header("Contact", format!("<sip:{}>", self.local_hostport(remote)));
+                        b.header("Contact", format!("<sip:{}>", self.via_hostport(remote)));
                         self.send_final(
                             now,
                             tx,

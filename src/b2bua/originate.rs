@@ -114,8 +114,7 @@ impl Endpoint {
         self.pending
             .insert(tx, Pending::Origin(key.clone(), Side::A));
         self.legs.insert(key.clone(), (key.clone(), Side::A));
-        let mut cdr = self.new_cdr_for(now, &key, from, to);
-        cdr.caller = from.to_string();
+        let cdr = self.cdr_for(now, &key, from, to);
         self.shared
             .stats
             .live_calls
@@ -206,26 +205,6 @@ impl Endpoint {
         let parsed = parse(bytes.clone(), &Default::default()).ok()?;
         let tx = self.layer.send_request(now, bytes, remote).ok()?;
         Some((tx, parsed))
-    }
-
-    fn new_cdr_for(
-        &self,
-        now: Instant,
-        call_id: &str,
-        caller: &str,
-        callee: &str,
-    ) -> super::cdr::Cdr {
-        super::cdr::Cdr {
-            id: self.shared.store.next_cdr_id().unwrap_or_default(),
-            call_id: call_id.to_string(),
-            caller: caller.to_string(),
-            callee: callee.to_string(),
-            start_ms: self.wall(now).0,
-            answer_ms: None,
-            end_ms: 0,
-            disposition: Disposition::Failed,
-            hangup_by: HangupBy::System,
-        }
     }
 
     /// A response on one of an origination's INVITEs (`None`: timed out).
