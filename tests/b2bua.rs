@@ -132,7 +132,7 @@ fn a_thousand_calls_through_the_b2bua_complete_without_failures_or_leaks() {
 }
 
 #[test]
-fn calls_with_g711_rtp_through_the_relay_complete() {
+fn a_thousand_calls_with_g711_rtp_through_the_relay_complete_without_leaks() {
     let lab = lab("");
     let uas = sipp_uas(
         &lab.server,
@@ -141,11 +141,11 @@ fn calls_with_g711_rtp_through_the_relay_complete() {
             "-sf",
             &scenario("uas_answer.xml"),
             "-m",
-            "20",
+            "1000",
             "-rtp_echo",
             "-trace_err",
         ],
-        Duration::from_secs(90),
+        Duration::from_secs(120),
     );
     let out = sipp(
         &lab.server,
@@ -155,16 +155,16 @@ fn calls_with_g711_rtp_through_the_relay_complete() {
             "-s",
             "2000",
             "-r",
-            "5",
+            "50",
             "-m",
-            "20",
+            "1000",
             "-d",
             "1000",
             "-trace_err",
         ],
-        Duration::from_secs(90),
+        Duration::from_secs(120),
     );
-    assert_sipp_ok(&out, "20 calls with RTP", &lab.server);
+    assert_sipp_ok(&out, "1000 calls with RTP", &lab.server);
     assert_sipp_ok(&uas.join().expect("uas"), "UAS with RTP echo", &lab.server);
     lab.assert_no_leaks();
 }
