@@ -270,3 +270,36 @@ fn a_session_nobody_refreshes_is_ended_when_its_timer_expires() {
     );
     lab.assert_no_leaks();
 }
+
+#[test]
+fn hold_with_a_re_invite_is_relayed_to_the_other_leg() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &["-sf", &scenario("uas_hold.xml"), "-m", "5", "-trace_err"],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_hold.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "5",
+            "-r",
+            "5",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(&out, "caller holds with a re-INVITE", &lab.server);
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "callee sees the hold",
+        &lab.server,
+    );
+    lab.assert_no_leaks();
+}
