@@ -17,16 +17,22 @@ struct Lab {
 /// A PBX with extensions 2000 (the SIPp UAS, registered) and 2001 (never
 /// registered); calls need no digest auth (the SIPp UAC does not do it).
 fn lab(extra: &str) -> Lab {
+    lab_with_rtp("", extra)
+}
+
+/// Like [`lab`], with extra `[rtp]` settings.
+fn lab_with_rtp(rtp: &str, extra: &str) -> Lab {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
     let users = vec![
         ("2000".to_string(), "pw2000".to_string()),
         ("2001".to_string(), "pw2001".to_string()),
     ];
-    let config = config_with(
+    let config = config_with_rtp(
         port,
         "[\"MD5\"]",
         &users,
+        rtp,
         &format!("[calls]\nauthenticate = false\n{extra}"),
     );
     let server = Server::start(dir.path(), port, &config);
@@ -299,6 +305,75 @@ fn hold_with_a_re_invite_is_relayed_to_the_other_leg() {
     assert_sipp_ok(
         &uas.join().expect("uas"),
         "callee sees the hold",
+        &lab.server,
+    );
+    lab.assert_no_leaks();
+}
+
+#[test]
+fn early_media_is_relayed_and_a_decline_reaches_the_caller() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &[
+            "-sf",
+            &scenario("uas_early_media_decline.xml"),
+            "-m",
+            "5",
+            "-trace_err",
+        ],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_early_media_decline.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "5",
+            "-r",
+            "5",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(&out, "183 with SDP, then 603", &lab.server);
+    assert_sipp_ok(&uas.join().expect("uas"), "callee declines", &lab.server);
+    lab.assert_no_leaks();
+}
+
+#[test]
+fn a_call_without_rtp_is_hung_up_on_both_legs_after_the_inactivity_timeout() {
+    // No RTP at all: after 1 s the relay reports the call dead; both legs get a BYE.
+    let lab = lab_with_rtp("inactivity_secs = 1\n", "");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &["-sf", &scenario("uas_answer.xml"), "-m", "3", "-trace_err"],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_callee_hangs_up.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "3",
+            "-r",
+            "3",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(&out, "caller gets the BYE of a dead call", &lab.server);
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "callee gets the BYE too",
         &lab.server,
     );
     lab.assert_no_leaks();

@@ -154,9 +154,9 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn idle_notifier(&self, call_id: String) -> impl FnOnce() + Send + 'static {
+    pub(crate) fn idle_notifier(&self, call_id: String) -> impl Fn() + Send + 'static {
         let idle = Arc::clone(&self.idle);
-        move || idle(call_id)
+        move || idle(call_id.clone())
     }
 
     pub(crate) fn wall(&self, now: Instant) -> UnixMillis {

@@ -110,12 +110,12 @@ impl Media {
         Err(MediaError::NoPorts)
     }
 
-    /// Starts an echo session. `on_idle` runs once if no packet arrives for
-    /// `inactivity` (the call is dead); the session then stops.
+    /// Starts an echo session. `on_idle` runs each time no packet has arrived for
+    /// `inactivity` (the call is probably dead; the call decides).
     pub fn echo(
         &self,
         inactivity: Duration,
-        on_idle: impl FnOnce() + Send + 'static,
+        on_idle: impl Fn() + Send + 'static,
     ) -> Result<Session, MediaError> {
         let (lease, rtp, rtcp) = self.bind_pair()?;
         let port = lease.rtp;
@@ -135,8 +135,9 @@ impl Media {
                         let _ = rtcp.try_send_to(&b[..n], from);
                     },
                     _ = check.tick() => if last.elapsed() >= inactivity {
+                        // Reported once per silent period; the call decides.
                         on_idle();
-                        break;
+                        last = tokio::time::Instant::now();
                     }
                 }
             }
@@ -231,7 +232,7 @@ impl Media {
     pub fn relay(
         &self,
         inactivity: Duration,
-        on_idle: impl FnOnce() + Send + 'static,
+        on_idle: impl Fn() + Send + 'static,
     ) -> Result<Relay, MediaError> {
         let (lease_a, a_rtp, a_rtcp) = self.bind_pair()?;
         let (lease_b, b_rtp, b_rtcp) = self.bind_pair()?;
@@ -253,8 +254,9 @@ impl Media {
                     r = socks[1][1].readable() => { if r.is_err() { continue } (1, true) }
                     _ = check.tick() => {
                         if last.elapsed() >= inactivity {
+                            // Reported once per silent period; the call decides.
                             on_idle();
-                            break;
+                            last = tokio::time::Instant::now();
                         }
                         continue;
                     }
@@ -424,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn inactivity_is_reported_and_the_pool_can_run_dry() {
         let media = Media::new("127.0.0.1".parse().expect("ip"), 41100, 41104);
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let _a = media.echo(Duration::from_millis(50), move || {
             let _ = tx.send(());
         });
@@ -435,7 +437,7 @@ mod tests {
             media.echo(Duration::from_secs(5), || {}),
             Err(MediaError::NoPorts)
         ));
-        tokio::time::timeout(Duration::from_secs(2), rx)
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("idle reported")
             .expect("sent");

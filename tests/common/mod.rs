@@ -33,13 +33,24 @@ pub fn config(port: u16, algorithms: &str, users: &[(String, String)]) -> String
 /// Like [`config`], with more TOML tables appended (not `[sip]`, `[rtp]`, `[http]`).
 /// Media listens on 127.0.0.1, on a port window of its own.
 pub fn config_with(port: u16, algorithms: &str, users: &[(String, String)], extra: &str) -> String {
+    config_with_rtp(port, algorithms, users, "", extra)
+}
+
+/// Like [`config_with`], with more `[rtp]` keys.
+pub fn config_with_rtp(
+    port: u16,
+    algorithms: &str,
+    users: &[(String, String)],
+    rtp_extra: &str,
+    extra: &str,
+) -> String {
     // A media port window of its own per server of this test binary (tests of one
     // binary run in parallel; binaries run one after another).
     static WINDOW: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let rtp = 20_000 + (WINDOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20) * 2000;
     let mut s = format!(
         "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
-         [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n\
+         [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n{rtp_extra}\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
         rtp + 2000
     );
