@@ -378,3 +378,42 @@ fn a_call_without_rtp_is_hung_up_on_both_legs_after_the_inactivity_timeout() {
     );
     lab.assert_no_leaks();
 }
+
+#[test]
+fn a_2xx_that_crosses_a_cancel_is_acknowledged_and_ended() {
+    let lab = lab("");
+    let uas = sipp_uas(
+        &lab.server,
+        lab.uas_port,
+        &[
+            "-sf",
+            &scenario("uas_cancel_race.xml"),
+            "-m",
+            "3",
+            "-trace_err",
+        ],
+        Duration::from_secs(60),
+    );
+    let out = sipp(
+        &lab.server,
+        &[
+            "-sf",
+            &scenario("uac_cancel.xml"),
+            "-s",
+            "2000",
+            "-m",
+            "3",
+            "-r",
+            "3",
+            "-trace_err",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_sipp_ok(&out, "the caller's CANCEL still ends with 487", &lab.server);
+    assert_sipp_ok(
+        &uas.join().expect("uas"),
+        "the late 2xx gets ACK and BYE",
+        &lab.server,
+    );
+    lab.assert_no_leaks();
+}
