@@ -11,7 +11,7 @@ use crate::sip::auth::DigestAuthority;
 use crate::sip::message::{Limits, Message};
 use crate::sip::transaction::TransactionLayer;
 use crate::sip::{Remote, SipError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Writer, WriterMsg};
 use crate::transport::{Dispatcher, Listeners, Outbound, TransportError};
 use crate::users::{DemoUser, Users};
 use hdrhistogram::Histogram;
@@ -98,7 +98,9 @@ impl PbxBuilder {
             max_contacts: 16,
         };
         let (wall, mono) = (UnixMillis::now(), Instant::now());
-        let registrar = Registrar::load(store.clone(), policy, wall)?;
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+        let writer = Writer::Queued(writer_tx.clone());
+        let registrar = Registrar::load(&store, writer.clone(), policy, wall)?;
         let limits = Limits {
             max_message: *config.sip.max_message_bytes.get_ref(),
             max_headers: config.sip.max_headers,
@@ -129,6 +131,7 @@ impl PbxBuilder {
             ),
             limits,
             store: store.clone(),
+            writer,
             timers: config.timers(),
             media: Some(media),
             test_numbers: config.test_numbers.clone(),
@@ -150,7 +153,6 @@ impl PbxBuilder {
         let dispatcher = Dispatcher::new(senders.clone(), limits);
         let senders_for_api = senders.clone();
         let outbound = listeners.start(dispatcher.clone(), &mut tasks);
-        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         for (i, rx) in receivers.into_iter().enumerate() {
             let layer = TransactionLayer::new(config.timers());
             let shard = senders[i].clone();
@@ -163,11 +165,11 @@ impl PbxBuilder {
                 endpoint,
                 rx,
                 Arc::clone(&outbound),
-                flush_tx.clone(),
+                writer_tx.clone(),
                 Arc::clone(&latency),
             ));
         }
-        tasks.spawn(run_flusher(store.clone(), flush_rx, senders));
+        tasks.spawn(run_writer(store.clone(), writer_rx, senders));
         tasks.spawn(run_sweeper(shared.registrar.clone()));
         Ok(Pbx {
             config,
@@ -340,7 +342,7 @@ async fn run_shard(
     mut endpoint: Endpoint,
     mut rx: mpsc::Receiver<ShardInput>,
     outbound: Arc<Outbound>,
-    flush: mpsc::UnboundedSender<(usize, u64)>,
+    writer: mpsc::UnboundedSender<WriterMsg>,
     latency: LatencyHistogram,
 ) {
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -390,7 +392,7 @@ async fn run_shard(
             }
         }
         if let Some(seq) = endpoint.poll_flush() {
-            let _ = flush.send((index, seq));
+            let _ = writer.send(WriterMsg::Flush { shard: index, seq });
         }
     }
 }
@@ -407,20 +409,46 @@ fn handle_input(endpoint: &mut Endpoint, now: Instant, input: ShardInput) {
     }
 }
 
-/// Group commit: one flush covers every write requested while the previous one ran.
-async fn run_flusher(
+/// The writer: applies queued changes on a blocking thread (sled stays off the
+/// hot path) and group-commits: one flush covers every change queued before the
+/// flush requests it answers.
+async fn run_writer(
     store: Store,
-    mut rx: mpsc::UnboundedReceiver<(usize, u64)>,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
     shards: Vec<mpsc::Sender<ShardInput>>,
 ) {
-    while let Some((shard, seq)) = rx.recv().await {
-        let mut upto: HashMap<usize, u64> = HashMap::from([(shard, seq)]);
-        while let Ok((shard, seq)) = rx.try_recv() {
-            let e = upto.entry(shard).or_default();
-            *e = (*e).max(seq);
+    while let Some(first) = rx.recv().await {
+        let mut writes = Vec::new();
+        let mut upto: HashMap<usize, u64> = HashMap::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Write(w) => writes.push(w),
+                WriterMsg::Flush { shard, seq } => {
+                    let e = upto.entry(shard).or_default();
+                    *e = (*e).max(seq);
+                }
+            }
+            if writes.len() < 50_000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let st = store.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || writes.iter().try_for_each(|w| st.apply(w)))
+                .await
+                .unwrap_or(Err(StoreError::WriterGone));
+        if let Err(e) = &applied {
+            tracing::error!("store write failed: {e}");
+        }
+        if upto.is_empty() {
+            continue;
         }
         let started = Instant::now();
-        let result = store.flush().await;
+        let result = match applied {
+            Ok(()) => store.flush().await,
+            Err(e) => Err(e),
+        };
         tracing::trace!(shards = upto.len(), elapsed = ?started.elapsed(), "store flushed");
         if let Err(e) = &result {
             tracing::error!("store flush failed: {e}");

@@ -263,8 +263,9 @@ impl Endpoint {
         cdr.end_ms = self.wall(now).0;
         cdr.disposition = disposition;
         cdr.hangup_by = by;
-        if let Err(e) = self.shared.store.put_cdr(&cdr) {
-            tracing::error!(call_id = %cdr.call_id, "CDR not stored: {e}");
+        let call_id = cdr.call_id.clone();
+        if let Err(e) = self.shared.writer.write(crate::store::Write::PutCdr(cdr)) {
+            tracing::error!(%call_id, "CDR not stored: {e}");
         }
         self.request_durability();
     }

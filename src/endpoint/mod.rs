@@ -39,6 +39,8 @@ pub struct Shared {
     pub auth: DigestAuthority,
     pub limits: Limits,
     pub store: crate::store::Store,
+    /// Where durable changes go (queued to the writer task in the running PBX).
+    pub writer: crate::store::Writer,
     pub timers: crate::sip::transaction::TimerConfig,
     /// Media sessions (test numbers, relay); `None` runs without media.
     pub media: Option<crate::media::Media>,

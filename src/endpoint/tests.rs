@@ -34,8 +34,9 @@ fn fixture() -> Fixture {
     };
     let shared = Arc::new(Shared {
         users,
-        registrar: Registrar::load(store.clone(), policy, UnixMillis(1_000_000))
+        registrar: Registrar::direct(store.clone(), policy, UnixMillis(1_000_000))
             .expect("registrar"),
+        writer: crate::store::Writer::Direct(store.clone()),
         store,
         timers: TimerConfig::default(),
         media: None,

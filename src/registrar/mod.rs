@@ -7,7 +7,7 @@
 
 use crate::sip::message::{headers::parse_u32, HeaderName, Message, NameAddr, Uri};
 use crate::sip::{ConnId, Remote, Transport};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write, Writer};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -94,13 +94,19 @@ fn reject(code: u16, reason: &'static str) -> Outcome {
 #[derive(Debug, Clone)]
 pub struct Registrar {
     map: Arc<DashMap<String, Vec<Binding>>>,
-    store: Store,
+    /// Where binding changes go (queued off the hot path in the running PBX).
+    writer: Writer,
     policy: Policy,
 }
 
 impl Registrar {
     /// Reloads persisted bindings, dropping (and deleting) expired ones.
-    pub fn load(store: Store, policy: Policy, now: UnixMillis) -> Result<Registrar, StoreError> {
+    pub fn load(
+        store: &Store,
+        writer: Writer,
+        policy: Policy,
+        now: UnixMillis,
+    ) -> Result<Registrar, StoreError> {
         let map: DashMap<String, Vec<Binding>> = DashMap::new();
         for b in store.bindings()? {
             if b.expires_at_ms <= now.0 {
@@ -111,9 +117,14 @@ impl Registrar {
         }
         Ok(Registrar {
             map: Arc::new(map),
-            store,
+            writer,
             policy,
         })
+    }
+
+    /// A registrar writing straight into `store` (tools and tests).
+    pub fn direct(store: Store, policy: Policy, now: UnixMillis) -> Result<Registrar, StoreError> {
+        Registrar::load(&store, Writer::Direct(store.clone()), policy, now)
     }
 
     /// Live bindings of an AOR, best `q` first.
@@ -154,7 +165,7 @@ impl Registrar {
             !list.is_empty()
         });
         for b in &removed {
-            self.store.remove_binding(b)?;
+            self.writer.write(Write::RemoveBinding(b.clone()))?;
         }
         Ok(removed.len())
     }
@@ -205,8 +216,8 @@ impl Registrar {
                 ));
             }
             let removed = self.map.remove(&aor).map(|(_, v)| v).unwrap_or_default();
-            for b in &removed {
-                self.store.remove_binding(b)?;
+            for b in removed.iter().cloned() {
+                self.writer.write(Write::RemoveBinding(b))?;
             }
             return Ok(Outcome::Ok {
                 bindings: Vec::new(),
@@ -266,7 +277,7 @@ impl Registrar {
             if expires == 0 {
                 if let Some(i) = pos {
                     let old = list.remove(i);
-                    self.store.remove_binding(&old)?;
+                    self.writer.write(Write::RemoveBinding(old))?;
                     changed = true;
                 }
                 continue;
@@ -286,7 +297,7 @@ impl Registrar {
                 conn: source.conn,
                 user_agent: user_agent.clone(),
             };
-            self.store.put_binding(&binding)?;
+            self.writer.write(Write::PutBinding(binding.clone()))?;
             match pos {
                 Some(i) => list[i] = binding,
                 None => list.push(binding),

@@ -26,7 +26,7 @@ From: <sip:201@pbx>;tag=a\r\nTo: <sip:201@pbx>\r\nCall-ID: reg-1\r\nCSeq: {cseq}
 fn fixture() -> (tempfile::TempDir, Registrar) {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Store::open(dir.path()).expect("store");
-    let r = Registrar::load(store, POLICY, UnixMillis(0)).expect("load");
+    let r = Registrar::direct(store, POLICY, UnixMillis(0)).expect("load");
     (dir, r)
 }
 
@@ -191,7 +191,8 @@ fn bindings_expire_and_are_purged_from_memory_and_store() {
     assert!(r.lookup("201", later).is_empty());
     assert_eq!(r.purge_expired(later).expect("purge"), 1);
     drop(r);
-    let again = Registrar::load(Store::open(dir.path()).expect("store"), POLICY, T).expect("load");
+    let again =
+        Registrar::direct(Store::open(dir.path()).expect("store"), POLICY, T).expect("load");
     assert_eq!(again.count(T), 0);
 }
 
@@ -200,7 +201,7 @@ fn bindings_are_reloaded_with_absolute_expiry() {
     let dir = tempfile::tempdir().expect("tmp");
     {
         let store = Store::open(dir.path()).expect("store");
-        let r = Registrar::load(store.clone(), POLICY, T).expect("load");
+        let r = Registrar::direct(store.clone(), POLICY, T).expect("load");
         ok(r.register(
             T,
             &register(
@@ -215,7 +216,7 @@ fn bindings_are_reloaded_with_absolute_expiry() {
     }
     let later = UnixMillis(T.0 + 200_000);
     let r =
-        Registrar::load(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
+        Registrar::direct(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
     let b = r.lookup("201", later);
     assert_eq!(b.len(), 1, "the expired one is dropped");
     assert_eq!(b[0].contact, "sip:201@b");

@@ -2,8 +2,9 @@
 //! replace it. Trees are named with a version (`bindings.v1`); values are JSON with
 //! their own fields, so adding a field never breaks a stored record.
 //!
-//! Writes land in sled's memory at once (no await on the hot path); [`Store::flush`]
-//! makes them durable and is called, grouped, before anything is acknowledged.
+//! The hot path never touches sled: it hands each change to a [`Writer`], which in
+//! the running PBX queues it for the writer task (applied on a blocking thread, then
+//! group-committed with [`Store::flush`] before anything is acknowledged).
 
 use crate::b2bua::cdr::Cdr;
 use crate::registrar::Binding;
@@ -22,6 +23,43 @@ pub enum StoreError {
     },
     #[error("encoding a record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub enum Write {
+    PutBinding(Binding),
+    RemoveBinding(Binding),
+    PutCdr(Cdr),
+}
+
+/// What the writer task receives, in order: changes, and requests to make
+/// everything before them durable and tell `shard` that its `seq` is safe.
+#[derive(Debug)]
+pub enum WriterMsg {
+    Write(Write),
+    Flush { shard: usize, seq: u64 },
+}
+
+/// Where changes go: straight into the store (tools, tests), or queued to the
+/// writer task (the running PBX: sled stays off the hot path).
+#[derive(Debug, Clone)]
+pub enum Writer {
+    Direct(Store),
+    Queued(tokio::sync::mpsc::UnboundedSender<WriterMsg>),
+}
+
+impl Writer {
+    pub fn write(&self, w: Write) -> Result<(), StoreError> {
+        match self {
+            Writer::Direct(store) => store.apply(&w),
+            Writer::Queued(tx) => tx
+                .send(WriterMsg::Write(w))
+                .map_err(|_| StoreError::WriterGone),
+        }
+    }
 }
 
 /// The database handle; cheap to clone.
@@ -60,6 +98,15 @@ impl Store {
     pub fn flush_now(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Applies one change (sled's memory; durable after the next flush).
+    pub fn apply(&self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::PutBinding(b) => self.put_binding(b),
+            Write::RemoveBinding(b) => self.remove_binding(b),
+            Write::PutCdr(c) => self.put_cdr(c),
+        }
     }
 
     fn binding_key(b: &Binding) -> Vec<u8> {
