@@ -203,12 +203,7 @@ impl Endpoint {
                 req,
                 remote,
                 cdr,
-                Refusal {
-                    code: 480,
-                    reason: "Temporarily Unavailable",
-                    disposition: Disposition::Failed,
-                    by: HangupBy::System,
-                },
+                Refusal::failed(480, "Temporarily Unavailable"),
             );
         }
         let offer = match sdp::parse(req.body()) {
@@ -221,12 +216,7 @@ impl Endpoint {
                     req,
                     remote,
                     cdr,
-                    Refusal {
-                        code: 488,
-                        reason: "Not Acceptable Here",
-                        disposition: Disposition::Failed,
-                        by: HangupBy::System,
-                    },
+                    Refusal::failed(488, "Not Acceptable Here"),
                 );
             }
         };
@@ -244,12 +234,7 @@ impl Endpoint {
                 req,
                 remote,
                 cdr,
-                Refusal {
-                    code: 503,
-                    reason: "Service Unavailable (No Media Ports)",
-                    disposition: Disposition::Failed,
-                    by: HangupBy::System,
-                },
+                Refusal::failed(503, "Service Unavailable (No Media Ports)"),
             );
         };
         relay.set_peer(0, peer_of(&offer, remote.addr));
@@ -332,12 +317,7 @@ impl Endpoint {
                 req,
                 remote,
                 cdr,
-                Refusal {
-                    code: 480,
-                    reason: "Temporarily Unavailable",
-                    disposition: Disposition::Failed,
-                    by: HangupBy::System,
-                },
+                Refusal::failed(480, "Temporarily Unavailable"),
             );
         }
         let ring = now + self.shared.ring_timeout;

@@ -183,6 +183,18 @@ pub(crate) struct Refusal {
     pub by: HangupBy,
 }
 
+impl Refusal {
+    /// A call the PBX could not set up (CDR: failed, ended by the system).
+    pub(crate) const fn failed(code: u16, reason: &'static str) -> Refusal {
+        Refusal {
+            code,
+            reason,
+            disposition: Disposition::Failed,
+            by: HangupBy::System,
+        }
+    }
+}
+
 /// Methods a dialog of ours accepts.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 
@@ -331,12 +343,7 @@ impl Endpoint {
                     req,
                     remote,
                     cdr,
-                    Refusal {
-                        code: 488,
-                        reason: "Not Acceptable Here",
-                        disposition: Disposition::Failed,
-                        by: HangupBy::System,
-                    },
+                    Refusal::failed(488, "Not Acceptable Here"),
                 );
             }
         };
@@ -358,12 +365,7 @@ impl Endpoint {
                     req,
                     remote,
                     cdr,
-                    Refusal {
-                        code: 503,
-                        reason: "Service Unavailable",
-                        disposition: Disposition::Failed,
-                        by: HangupBy::System,
-                    },
+                    Refusal::failed(503, "Service Unavailable"),
                 );
             }
         };
@@ -375,12 +377,7 @@ impl Endpoint {
                 req,
                 remote,
                 cdr,
-                Refusal {
-                    code: 488,
-                    reason: "Not Acceptable Here",
-                    disposition: Disposition::Failed,
-                    by: HangupBy::System,
-                },
+                Refusal::failed(488, "Not Acceptable Here"),
             );
         };
         let local_tag = crate::endpoint::to_tag_string();
