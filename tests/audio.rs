@@ -103,7 +103,7 @@ fn two_baresip_phones_hear_each_other_through_the_pbx() {
         port,
         &config_with(port, "[\"MD5\"]", &users, ""),
     );
-    let rtp_base = 30_000 + (port % 50) * 100;
+    let rtp_base = 30_000 + (port % 20) * 100;
     let alice = baresip_dir(
         tmp.path(),
         "alice",

@@ -45,14 +45,15 @@ pub fn config_with_rtp(
     extra: &str,
 ) -> String {
     // A media port window of its own per server of this test binary (tests of one
-    // binary run in parallel; binaries run one after another).
+    // binary run in parallel; binaries run one after another), below the kernel's
+    // ephemeral range so that `free_port` never hands out a media port.
     static WINDOW: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let rtp = 20_000 + (WINDOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20) * 2000;
+    let rtp = 10_000 + (WINDOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20) * 1000;
     let mut s = format!(
         "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
          [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n{rtp_extra}\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
-        rtp + 2000
+        rtp + 1000
     );
     for (ext, pw) in users {
         s.push_str(&format!(
