@@ -29,6 +29,7 @@ pub mod config;
 pub mod endpoint;
 pub mod media;
 pub mod pbx;
+pub mod presence;
 pub mod registrar;
 pub mod sip;
 pub mod store;

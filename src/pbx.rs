@@ -120,7 +120,15 @@ impl PbxBuilder {
             *config.rtp.port_min.get_ref(),
             *config.rtp.port_max.get_ref(),
         );
+        let presence =
+            crate::presence::Presence::new(users.extensions().iter().map(String::as_str), wall);
+        for ext in users.extensions() {
+            if !registrar.lookup(&ext, wall).is_empty() {
+                let _ = presence.set_registered(&ext, true, wall);
+            }
+        }
         let shared = Arc::new(Shared {
+            presence,
             users,
             registrar,
             auth: DigestAuthority::new(
@@ -170,7 +178,10 @@ impl PbxBuilder {
             ));
         }
         tasks.spawn(run_writer(store.clone(), writer_rx, senders));
-        tasks.spawn(run_sweeper(shared.registrar.clone()));
+        tasks.spawn(run_sweeper(
+            shared.registrar.clone(),
+            shared.presence.clone(),
+        ));
         Ok(Pbx {
             config,
             data_dir: dir,
@@ -232,6 +243,10 @@ impl Pbx {
     }
     pub fn users(&self) -> &Users {
         &self.shared.users
+    }
+    /// Every extension's live state and its change stream.
+    pub fn presence(&self) -> &crate::presence::Presence {
+        &self.shared.presence
     }
     pub fn registrar(&self) -> &Registrar {
         &self.shared.registrar
@@ -463,14 +478,26 @@ async fn run_writer(
     }
 }
 
-async fn run_sweeper(registrar: Registrar) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
+/// Once a second: wrap-up deadlines; every five: expired bindings, and the
+/// extensions they leave without a registration go offline.
+async fn run_sweeper(registrar: Registrar, presence: crate::presence::Presence) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    for n in 0u64.. {
         tick.tick().await;
-        match registrar.purge_expired(UnixMillis::now()) {
+        let now = UnixMillis::now();
+        presence.tick(now);
+        if n % 5 != 0 {
+            continue;
+        }
+        match registrar.purge_expired(now) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("{n} expired bindings removed"),
             Err(e) => tracing::error!("purging expired bindings: {e}"),
+        }
+        for (ext, state) in presence.snapshot() {
+            if state != crate::presence::State::Offline && registrar.lookup(&ext, now).is_empty() {
+                let _ = presence.set_registered(&ext, false, now);
+            }
         }
     }
 }

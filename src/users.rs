@@ -41,6 +41,12 @@ impl Users {
     pub fn contains(&self, extension: &str) -> bool {
         self.map.contains_key(extension)
     }
+    /// Every extension, sorted.
+    pub fn extensions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -321,6 +321,7 @@ impl Endpoint {
             );
         }
         let ring = now + self.shared.ring_timeout;
+        let _ = self.shared.presence.ringing(&callee, self.wall(now));
         self.shared
             .stats
             .live_calls
@@ -549,6 +550,13 @@ impl Endpoint {
             return;
         };
         bridge.phase = APhase::Answered;
+        let (caller, callee) = (bridge.cdr.caller.clone(), bridge.cdr.callee.clone());
+        let at = crate::registrar::UnixMillis(wall);
+        let _ = self.shared.presence.ring_ended(&callee, true, at);
+        let _ = self.shared.presence.call_started(&caller, at);
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
         bridge.session = session.map(|d| (d, now + d));
         bridge.cdr.answer_ms = Some(wall);
         bridge.a_dialog = ok_parsed.and_then(|ok| Dialog::from_uas(&a_req, &ok, a_remote));
@@ -620,6 +628,10 @@ impl Endpoint {
         let Some(bridge) = self.remove_bridge(a) else {
             return;
         };
+        let _ = self
+            .shared
+            .presence
+            .ring_ended(&bridge.cdr.callee, false, self.wall(now));
         for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {
             self.cancel_branch(now, &b.invite, b.remote);
         }
@@ -733,6 +745,22 @@ impl Endpoint {
         let Some(mut bridge) = self.remove_bridge(a) else {
             return;
         };
+        let wall = self.wall(now);
+        if bridge.phase == APhase::Calling {
+            let _ = self
+                .shared
+                .presence
+                .ring_ended(&bridge.cdr.callee, false, wall);
+        } else {
+            let _ = self
+                .shared
+                .presence
+                .call_ended(&bridge.cdr.callee, None, wall);
+            let _ = self
+                .shared
+                .presence
+                .call_ended(&bridge.cdr.caller, None, wall);
+        }
         if from != Some(Side::A) {
             if let Some(d) = bridge.a_dialog.as_mut() {
                 let hostport = self.via_hostport(d.remote);

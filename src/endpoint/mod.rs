@@ -36,6 +36,8 @@ pub struct Stats {
 pub struct Shared {
     pub users: Users,
     pub registrar: Registrar,
+    /// Every extension's live state (one source of truth).
+    pub presence: crate::presence::Presence,
     pub auth: DigestAuthority,
     pub limits: Limits,
     pub store: crate::store::Store,
@@ -590,6 +592,9 @@ impl Endpoint {
                 self.send_final(now, tx, b.finish());
             }
             Ok(Outcome::Ok { bindings, changed }) => {
+                let _ = shared
+                    .presence
+                    .set_registered(&user, !bindings.is_empty(), wall);
                 let bytes = self.register_ok(req, remote, &bindings, wall);
                 if changed {
                     shared.stats.registrations.fetch_add(1, Ordering::Relaxed);

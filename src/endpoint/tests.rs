@@ -34,6 +34,7 @@ fn fixture() -> Fixture {
     };
     let shared = Arc::new(Shared {
         users,
+        presence: crate::presence::Presence::new(["201"], UnixMillis(0)),
         registrar: Registrar::direct(store.clone(), policy, UnixMillis(1_000_000))
             .expect("registrar"),
         writer: crate::store::Writer::Direct(store.clone()),

@@ -1,0 +1,106 @@
+//! Presence driven by real SIP: an extension is offline until its phone (SIPp)
+//! registers, rings while a call is offered to it, and is available again when the
+//! caller cancels. Observed through the embedding API's change stream.
+
+mod common;
+
+use common::*;
+use sipdesk::config::Config;
+use sipdesk::presence::State;
+use sipdesk::Pbx;
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_calls_drive_the_presence_of_an_extension() {
+    require("sipp");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = vec![("2000".to_string(), "pw2000".to_string())];
+    let text = config_with(port, "[\"MD5\"]", &users, "[calls]\nauthenticate = false\n");
+    let config = Config::parse(&text, "test").expect("config");
+    let pbx = Pbx::builder(config)
+        .data_dir(dir.path().join("data"))
+        .start()
+        .await
+        .expect("start");
+    let mut changes = pbx.presence().subscribe();
+    assert_eq!(
+        pbx.presence().state("2000").map(|s| s.0),
+        Some(State::Offline)
+    );
+
+    let target = format!("127.0.0.1:{port}");
+    let uas_port = free_port();
+    let sipp = |lport: u16, args: Vec<String>| {
+        let (dir, target) = (dir.path().to_path_buf(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .args([
+                    "40",
+                    "sipp",
+                    &target,
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &lport.to_string(),
+                ])
+                .args(["-mp", &free_port().to_string(), "-nostdin", "-trace_err"])
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("sipp")
+        })
+    };
+    let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
+    let reg = sipp(
+        uas_port,
+        vec![
+            "-sf".into(),
+            scenario("register_auth.xml"),
+            "-inf".into(),
+            inf.display().to_string(),
+            "-m".into(),
+            "1".into(),
+        ],
+    );
+    assert!(reg.await.expect("join").status.success(), "registration");
+    assert_eq!(
+        pbx.presence().state("2000").map(|s| s.0),
+        Some(State::Available)
+    );
+
+    let uas = sipp(
+        uas_port,
+        vec![
+            "-sf".into(),
+            scenario("uas_ring.xml"),
+            "-m".into(),
+            "1".into(),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let uac = sipp(
+        free_port(),
+        vec![
+            "-sf".into(),
+            scenario("uac_cancel.xml"),
+            "-s".into(),
+            "2000".into(),
+            "-m".into(),
+            "1".into(),
+        ],
+    );
+    assert!(uac.await.expect("join").status.success(), "caller cancels");
+    assert!(uas.await.expect("join").status.success(), "callee rang");
+
+    let seen: Vec<State> = std::iter::from_fn(|| changes.try_recv().ok())
+        .filter(|c| c.extension == "2000")
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        seen,
+        vec![State::Available, State::Ringing, State::Available]
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
