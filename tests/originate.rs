@@ -8,7 +8,6 @@ use common::*;
 use sipdesk::b2bua::OriginateError;
 use sipdesk::config::Config;
 use sipdesk::Pbx;
-use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,38 +31,22 @@ async fn originate_rings_a_then_connects_b_and_tears_both_down() {
         .start()
         .await
         .expect("start");
-    let target = format!("127.0.0.1:{port}");
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let uas_port = free_port();
     let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
-    let sipp = |args: Vec<String>| {
-        let dir = dir.path().to_path_buf();
-        let target = target.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new("timeout")
-                .args([
-                    "40",
-                    "sipp",
-                    &target,
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &uas_port.to_string(),
-                ])
-                .args(["-mp", &free_port().to_string(), "-nostdin", "-trace_err"])
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("sipp")
-        })
-    };
-    let reg = sipp(vec![
-        "-sf".into(),
-        scenario("register_auth.xml"),
-        "-inf".into(),
-        inf.display().to_string(),
-        "-m".into(),
-        "1".into(),
-    ])
+    let reg = sipp_embedded(
+        target,
+        dir.path(),
+        uas_port,
+        vec![
+            "-sf".into(),
+            scenario("register_auth.xml"),
+            "-inf".into(),
+            inf.display().to_string(),
+            "-m".into(),
+            "1".into(),
+        ],
+    )
     .await
     .expect("join");
     assert!(reg.status.success(), "UAS registration failed");
@@ -78,12 +61,17 @@ async fn originate_rings_a_then_connects_b_and_tears_both_down() {
         Err(OriginateError::NotRegistered("2001".into()))
     );
 
-    let uas = sipp(vec![
-        "-sf".into(),
-        scenario("uas_answer.xml"),
-        "-m".into(),
-        "1".into(),
-    ]);
+    let uas = sipp_embedded(
+        target,
+        dir.path(),
+        uas_port,
+        vec![
+            "-sf".into(),
+            scenario("uas_answer.xml"),
+            "-m".into(),
+            "1".into(),
+        ],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let call = pbx.originate("2000", "9001").await.expect("originate");
     assert!(!call.is_empty());

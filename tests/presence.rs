@@ -8,7 +8,6 @@ use common::*;
 use sipdesk::config::Config;
 use sipdesk::presence::State;
 use sipdesk::Pbx;
-use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,30 +29,12 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
         Some(State::Offline)
     );
 
-    let target = format!("127.0.0.1:{port}");
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let uas_port = free_port();
-    let sipp = |lport: u16, args: Vec<String>| {
-        let (dir, target) = (dir.path().to_path_buf(), target.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new("timeout")
-                .args([
-                    "40",
-                    "sipp",
-                    &target,
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &lport.to_string(),
-                ])
-                .args(["-mp", &free_port().to_string(), "-nostdin", "-trace_err"])
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("sipp")
-        })
-    };
     let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
-    let reg = sipp(
+    let reg = sipp_embedded(
+        target,
+        dir.path(),
         uas_port,
         vec![
             "-sf".into(),
@@ -70,7 +51,9 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
         Some(State::Available)
     );
 
-    let uas = sipp(
+    let uas = sipp_embedded(
+        target,
+        dir.path(),
         uas_port,
         vec![
             "-sf".into(),
@@ -80,7 +63,9 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
         ],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let uac = sipp(
+    let uac = sipp_embedded(
+        target,
+        dir.path(),
         free_port(),
         vec![
             "-sf".into(),

@@ -177,6 +177,33 @@ impl Endpoint {
         Some((out, parsed))
     }
 
+    /// What a bridge needs before its B legs go out: the caller's offer and a relay;
+    /// or why the call is refused.
+    fn prepare_bridge(
+        &self,
+        req: &Message,
+        remote: Remote,
+        a_call_id: &str,
+        bindings: &[Binding],
+    ) -> Result<(sdp::Session, Relay), Refusal> {
+        if bindings.is_empty() {
+            return Err(Refusal::failed(480, "Temporarily Unavailable"));
+        }
+        let offer = sdp::parse(req.body()).map_err(|e| {
+            tracing::info!(%remote, "INVITE refused, SDP: {e}");
+            Refusal::failed(488, "Not Acceptable Here")
+        })?;
+        let no_media = Refusal::failed(503, "Service Unavailable (No Media Ports)");
+        let media = self.shared.media.as_ref().ok_or(no_media)?;
+        let relay = media
+            .relay(
+                self.shared.inactivity,
+                self.idle_notifier(a_call_id.to_string()),
+            )
+            .map_err(|_| no_media)?;
+        Ok((offer, relay))
+    }
+
     /// A new INVITE from `caller` to extension `callee` with these live bindings.
     pub(crate) fn invite_extension(
         &mut self,
@@ -196,46 +223,9 @@ impl Endpoint {
         };
         let mut cdr = self.new_cdr(now, req, &callee);
         cdr.caller = caller.clone();
-        if bindings.is_empty() {
-            return self.refuse_call(
-                now,
-                tx,
-                req,
-                remote,
-                cdr,
-                Refusal::failed(480, "Temporarily Unavailable"),
-            );
-        }
-        let offer = match sdp::parse(req.body()) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::info!(%remote, "INVITE refused, SDP: {e}");
-                return self.refuse_call(
-                    now,
-                    tx,
-                    req,
-                    remote,
-                    cdr,
-                    Refusal::failed(488, "Not Acceptable Here"),
-                );
-            }
-        };
-        let relay = match &self.shared.media {
-            Some(m) => m.relay(
-                self.shared.inactivity,
-                self.idle_notifier(a_call_id.clone()),
-            ),
-            None => Err(crate::media::MediaError::NoPorts),
-        };
-        let Ok(relay) = relay else {
-            return self.refuse_call(
-                now,
-                tx,
-                req,
-                remote,
-                cdr,
-                Refusal::failed(503, "Service Unavailable (No Media Ports)"),
-            );
+        let (offer, relay) = match self.prepare_bridge(req, remote, &a_call_id, &bindings) {
+            Ok(prepared) => prepared,
+            Err(refusal) => return self.refuse_call(now, tx, req, remote, cdr, refusal),
         };
         relay.set_peer(0, peer_of(&offer, remote.addr));
         let display = req.from_header().and_then(|f| f.display).map(lossy);
@@ -352,6 +342,16 @@ impl Endpoint {
         self.arm_timer(&a_call_id, ring);
     }
 
+    /// The status of an answer on one of our client transactions (`None`: it timed
+    /// out, 408); a final one ends the transaction's pending entry.
+    pub(crate) fn settle(&mut self, tx: TxId, resp: Option<&Message>) -> u16 {
+        let code = resp.and_then(Message::status).unwrap_or(408);
+        if code >= 200 {
+            self.pending.remove(&tx);
+        }
+        code
+    }
+
     /// A response on one of our client transactions that belongs to a bridge.
     pub(crate) fn bridge_response(
         &mut self,
@@ -378,11 +378,7 @@ impl Endpoint {
         tx: TxId,
         resp: Option<Message>,
     ) {
-        // `None`: the transaction timed out (408).
-        let code = resp.as_ref().and_then(Message::status).unwrap_or(408);
-        if code >= 200 {
-            self.pending.remove(&tx);
-        }
+        let code = self.settle(tx, resp.as_ref());
         let Some(bridge) = self.bridges.get_mut(a) else {
             return; // the call is gone (its branches were cancelled)
         };
@@ -899,10 +895,7 @@ impl Endpoint {
         client_tx: TxId,
         resp: Option<Message>,
     ) {
-        let code = resp.as_ref().and_then(Message::status).unwrap_or(408);
-        if code >= 200 {
-            self.pending.remove(&client_tx);
-        }
+        let code = self.settle(client_tx, resp.as_ref());
         if code < 200 {
             return;
         }

@@ -297,6 +297,53 @@ impl Endpoint {
         self.hold_until_durable(tx, answer, remote);
     }
 
+    /// Everything a test-number call needs before it is answered: its media session
+    /// and our SDP answer; or why it is refused.
+    fn prepare_test_call(
+        &self,
+        req: &Message,
+        remote: Remote,
+        kind: TestNumber,
+        call_id: &str,
+        session_id: u64,
+    ) -> Result<(media::Session, Bytes), Refusal> {
+        if kind == TestNumber::Busy {
+            return Err(Refusal {
+                code: 486,
+                reason: "Busy Here",
+                disposition: Disposition::Busy,
+                by: HangupBy::Callee,
+            });
+        }
+        let offer = if req.body().is_empty() {
+            // Late offer: we offer G.711 in the 200 and read the answer in the ACK.
+            sdp::parse(b"v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 9 RTP/AVP 0 8\r\n")
+        } else {
+            sdp::parse(req.body())
+        };
+        let offer = offer.map_err(|e| {
+            tracing::info!(%remote, "INVITE with unusable SDP: {e}");
+            Refusal::failed(488, "Not Acceptable Here")
+        })?;
+        let media = self
+            .shared
+            .media
+            .as_ref()
+            .ok_or(Refusal::failed(503, "Service Unavailable"))?;
+        let session = media
+            .echo(
+                self.shared.inactivity,
+                self.idle_notifier(call_id.to_string()),
+            )
+            .map_err(|e| {
+                tracing::warn!("no media for a test call: {e}");
+                Refusal::failed(503, "Service Unavailable")
+            })?;
+        let body = sdp::local_answer(&offer, self.media_ip(remote), session.port, session_id)
+            .ok_or(Refusal::failed(488, "Not Acceptable Here"))?;
+        Ok((session, body))
+    }
+
     /// A new INVITE for a test number (`kind`).
     pub(crate) fn invite_test_number(
         &mut self,
@@ -312,73 +359,12 @@ impl Endpoint {
             .map(lossy)
             .unwrap_or_default();
         let cdr = self.new_cdr(now, req, &callee);
-        if kind == TestNumber::Busy {
-            return self.refuse_call(
-                now,
-                tx,
-                req,
-                remote,
-                cdr,
-                Refusal {
-                    code: 486,
-                    reason: "Busy Here",
-                    disposition: Disposition::Busy,
-                    by: HangupBy::Callee,
-                },
-            );
-        }
-        let offer = if req.body().is_empty() {
-            // Late offer: we offer G.711 in the 200 and read the answer in the ACK.
-            sdp::parse(b"v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 9 RTP/AVP 0 8\r\n")
-        } else {
-            sdp::parse(req.body())
-        };
-        let offer = match offer {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::info!(%remote, "INVITE with unusable SDP: {e}");
-                return self.refuse_call(
-                    now,
-                    tx,
-                    req,
-                    remote,
-                    cdr,
-                    Refusal::failed(488, "Not Acceptable Here"),
-                );
-            }
-        };
         let Some(call_id) = req.call_id().map(lossy) else {
             return;
         };
-        let notify = self.idle_notifier(call_id.clone());
-        let session = match &self.shared.media {
-            Some(m) => m.echo(self.shared.inactivity, notify),
-            None => Err(media::MediaError::NoPorts),
-        };
-        let session = match session {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("no media for a test call: {e}");
-                return self.refuse_call(
-                    now,
-                    tx,
-                    req,
-                    remote,
-                    cdr,
-                    Refusal::failed(503, "Service Unavailable"),
-                );
-            }
-        };
-        let ip = self.media_ip(remote);
-        let Some(body) = sdp::local_answer(&offer, ip, session.port, cdr.id) else {
-            return self.refuse_call(
-                now,
-                tx,
-                req,
-                remote,
-                cdr,
-                Refusal::failed(488, "Not Acceptable Here"),
-            );
+        let (session, body) = match self.prepare_test_call(req, remote, kind, &call_id, cdr.id) {
+            Ok(prepared) => prepared,
+            Err(refusal) => return self.refuse_call(now, tx, req, remote, cdr, refusal),
         };
         let local_tag = crate::endpoint::to_tag_string();
         let mut b = Builder::response(req, remote.addr, 200, "OK", Some(local_tag.as_bytes()));

@@ -216,11 +216,10 @@ impl Endpoint {
         tx: TxId,
         resp: Option<Message>,
     ) {
-        let code = resp.as_ref().and_then(Message::status).unwrap_or(408);
+        let code = self.settle(tx, resp.as_ref());
         if code < 200 {
             return;
         }
-        self.pending.remove(&tx);
         let Some(o) = self.originations.get_mut(key) else {
             return;
         };

@@ -309,6 +309,34 @@ fn sipp_command(server: &Server, lport: u16, extra: &[&str], limit: Duration) ->
     cmd
 }
 
+/// SIPp against a PBX embedded in the test process (no [`Server`]): runs on a
+/// blocking thread so the PBX's runtime keeps serving. Bounded to 40 s.
+pub fn sipp_embedded(
+    target: SocketAddr,
+    dir: &Path,
+    lport: u16,
+    args: Vec<String>,
+) -> tokio::task::JoinHandle<Output> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "40",
+                "sipp",
+                &target.to_string(),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &lport.to_string(),
+            ])
+            .args(["-mp", &free_port().to_string(), "-nostdin", "-trace_err"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("sipp")
+    })
+}
+
 /// Asserts SIPp exited 0 (every call succeeded), showing its errors otherwise.
 pub fn assert_sipp_ok(out: &Output, what: &str, server: &Server) {
     if !out.status.success() {
