@@ -97,81 +97,70 @@ impl Lab {
         );
         assert_sipp_ok(&out, &format!("call to {to} gets {code}"), &self.server);
     }
+
+    /// Starts the callee side: a SIPp UAS (registered as 2000) running `scenario`.
+    fn callee(
+        &self,
+        scenario_file: &str,
+        calls: &str,
+        extra: &[&str],
+    ) -> std::thread::JoinHandle<std::process::Output> {
+        let sf = scenario(scenario_file);
+        let mut args = vec!["-sf", sf.as_str(), "-m", calls, "-trace_err"];
+        args.extend_from_slice(extra);
+        sipp_uas(&self.server, self.uas_port, &args, Duration::from_secs(120))
+    }
+
+    /// Runs the caller side to extension 2000 and checks both sides succeeded.
+    fn call(
+        &self,
+        callee: std::thread::JoinHandle<std::process::Output>,
+        scenario_file: &str,
+        calls: &str,
+        extra: &[&str],
+        what: &str,
+    ) {
+        let sf = scenario(scenario_file);
+        let mut args = vec!["-sf", sf.as_str(), "-s", "2000", "-m", calls, "-trace_err"];
+        if !extra.contains(&"-r") {
+            args.extend_from_slice(&["-r", calls]); // all calls within a second
+        }
+        args.extend_from_slice(extra);
+        let out = sipp(&self.server, &args, Duration::from_secs(120));
+        assert_sipp_ok(&out, &format!("{what} (caller)"), &self.server);
+        assert_sipp_ok(
+            &callee.join().expect("uas thread"),
+            &format!("{what} (callee)"),
+            &self.server,
+        );
+    }
 }
 
 #[test]
 fn a_thousand_calls_through_the_b2bua_complete_without_failures_or_leaks() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &[
-            "-sf",
-            &scenario("uas_answer.xml"),
-            "-m",
-            "1000",
-            "-trace_err",
-        ],
-        Duration::from_secs(90),
+    let uas = lab.callee("uas_answer.xml", "1000", &[]);
+    lab.call(
+        uas,
+        "uac_call.xml",
+        "1000",
+        &["-r", "100", "-d", "200"],
+        "1000 calls UAC -> sipdesk -> UAS",
     );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_call.xml"),
-            "-s",
-            "2000",
-            "-r",
-            "100",
-            "-m",
-            "1000",
-            "-d",
-            "200",
-            "-trace_err",
-        ],
-        Duration::from_secs(90),
-    );
-    assert_sipp_ok(&out, "1000 calls UAC -> sipdesk -> UAS", &lab.server);
-    let uas = uas.join().expect("uas thread");
-    assert_sipp_ok(&uas, "UAS side of 1000 calls", &lab.server);
     lab.assert_no_leaks();
 }
 
 #[test]
 fn a_thousand_calls_with_g711_rtp_through_the_relay_complete_without_leaks() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &[
-            "-sf",
-            &scenario("uas_answer.xml"),
-            "-m",
-            "1000",
-            "-rtp_echo",
-            "-trace_err",
-        ],
-        Duration::from_secs(120),
+    let uas = lab.callee("uas_answer.xml", "1000", &["-rtp_echo"]);
+    lab.call(
+        uas,
+        "uac_call_rtp.xml",
+        "1000",
+        &["-r", "50", "-d", "1000"],
+        "1000 calls with RTP",
     );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_call_rtp.xml"),
-            "-s",
-            "2000",
-            "-r",
-            "50",
-            "-m",
-            "1000",
-            "-d",
-            "1000",
-            "-trace_err",
-        ],
-        Duration::from_secs(120),
-    );
-    assert_sipp_ok(&out, "1000 calls with RTP", &lab.server);
-    assert_sipp_ok(&uas.join().expect("uas"), "UAS with RTP echo", &lab.server);
     lab.assert_no_leaks();
 }
 
@@ -179,40 +168,10 @@ fn a_thousand_calls_with_g711_rtp_through_the_relay_complete_without_leaks() {
 fn cancel_busy_no_answer_unknown_and_unregistered_are_answered_correctly() {
     let lab = lab("ring_timeout_secs = 1\n");
     // The caller cancels while the callee rings: 200 + 487, and the callee sees the CANCEL.
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &["-sf", &scenario("uas_ring.xml"), "-m", "5", "-trace_err"],
-        Duration::from_secs(60),
-    );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_cancel.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "5",
-            "-r",
-            "5",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(&out, "caller CANCEL", &lab.server);
-    assert_sipp_ok(
-        &uas.join().expect("uas"),
-        "callee sees the CANCEL",
-        &lab.server,
-    );
+    let uas = lab.callee("uas_ring.xml", "5", &[]);
+    lab.call(uas, "uac_cancel.xml", "5", &[], "caller CANCEL");
     // No answer within the ring timeout: 480 to the caller, CANCEL to the callee.
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &["-sf", &scenario("uas_ring.xml"), "-m", "5", "-trace_err"],
-        Duration::from_secs(60),
-    );
+    let uas = lab.callee("uas_ring.xml", "5", &[]);
     lab.expect_final(480, "2000");
     assert_sipp_ok(
         &uas.join().expect("uas"),
@@ -220,12 +179,7 @@ fn cancel_busy_no_answer_unknown_and_unregistered_are_answered_correctly() {
         &lab.server,
     );
     // Busy callee: 486 relayed.
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &["-sf", &scenario("uas_busy.xml"), "-m", "5", "-trace_err"],
-        Duration::from_secs(60),
-    );
+    let uas = lab.callee("uas_busy.xml", "5", &[]);
     lab.expect_final(486, "2000");
     assert_sipp_ok(&uas.join().expect("uas"), "busy callee", &lab.server);
     // Unknown number and a user without a registration.
@@ -237,42 +191,13 @@ fn cancel_busy_no_answer_unknown_and_unregistered_are_answered_correctly() {
 #[test]
 fn a_session_nobody_refreshes_is_ended_when_its_timer_expires() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &[
-            "-sf",
-            &scenario("uas_session_expires.xml"),
-            "-m",
-            "3",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
-    );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_session_expires.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "3",
-            "-r",
-            "3",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(
-        &out,
-        "caller gets the BYE of an expired session",
-        &lab.server,
-    );
-    assert_sipp_ok(
-        &uas.join().expect("uas"),
-        "callee gets the BYE too",
-        &lab.server,
+    let uas = lab.callee("uas_session_expires.xml", "3", &[]);
+    lab.call(
+        uas,
+        "uac_session_expires.xml",
+        "3",
+        &[],
+        "BYE of an expired session",
     );
     lab.assert_no_leaks();
 }
@@ -280,68 +205,22 @@ fn a_session_nobody_refreshes_is_ended_when_its_timer_expires() {
 #[test]
 fn hold_with_a_re_invite_is_relayed_to_the_other_leg() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &["-sf", &scenario("uas_hold.xml"), "-m", "5", "-trace_err"],
-        Duration::from_secs(60),
-    );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_hold.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "5",
-            "-r",
-            "5",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(&out, "caller holds with a re-INVITE", &lab.server);
-    assert_sipp_ok(
-        &uas.join().expect("uas"),
-        "callee sees the hold",
-        &lab.server,
-    );
+    let uas = lab.callee("uas_hold.xml", "5", &[]);
+    lab.call(uas, "uac_hold.xml", "5", &[], "hold with a re-INVITE");
     lab.assert_no_leaks();
 }
 
 #[test]
 fn early_media_is_relayed_and_a_decline_reaches_the_caller() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &[
-            "-sf",
-            &scenario("uas_early_media_decline.xml"),
-            "-m",
-            "5",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
+    let uas = lab.callee("uas_early_media_decline.xml", "5", &[]);
+    lab.call(
+        uas,
+        "uac_early_media_decline.xml",
+        "5",
+        &[],
+        "183 with SDP, then 603",
     );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_early_media_decline.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "5",
-            "-r",
-            "5",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(&out, "183 with SDP, then 603", &lab.server);
-    assert_sipp_ok(&uas.join().expect("uas"), "callee declines", &lab.server);
     lab.assert_no_leaks();
 }
 
@@ -349,32 +228,13 @@ fn early_media_is_relayed_and_a_decline_reaches_the_caller() {
 fn a_call_without_rtp_is_hung_up_on_both_legs_after_the_inactivity_timeout() {
     // No RTP at all: after 1 s the relay reports the call dead; both legs get a BYE.
     let lab = lab_with_rtp("inactivity_secs = 1\n", "");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &["-sf", &scenario("uas_answer.xml"), "-m", "3", "-trace_err"],
-        Duration::from_secs(60),
-    );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_callee_hangs_up.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "3",
-            "-r",
-            "3",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(&out, "caller gets the BYE of a dead call", &lab.server);
-    assert_sipp_ok(
-        &uas.join().expect("uas"),
-        "callee gets the BYE too",
-        &lab.server,
+    let uas = lab.callee("uas_answer.xml", "3", &[]);
+    lab.call(
+        uas,
+        "uac_callee_hangs_up.xml",
+        "3",
+        &[],
+        "BYE of a dead call",
     );
     lab.assert_no_leaks();
 }
@@ -382,38 +242,13 @@ fn a_call_without_rtp_is_hung_up_on_both_legs_after_the_inactivity_timeout() {
 #[test]
 fn a_2xx_that_crosses_a_cancel_is_acknowledged_and_ended() {
     let lab = lab("");
-    let uas = sipp_uas(
-        &lab.server,
-        lab.uas_port,
-        &[
-            "-sf",
-            &scenario("uas_cancel_race.xml"),
-            "-m",
-            "3",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
-    );
-    let out = sipp(
-        &lab.server,
-        &[
-            "-sf",
-            &scenario("uac_cancel.xml"),
-            "-s",
-            "2000",
-            "-m",
-            "3",
-            "-r",
-            "3",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_sipp_ok(&out, "the caller's CANCEL still ends with 487", &lab.server);
-    assert_sipp_ok(
-        &uas.join().expect("uas"),
-        "the late 2xx gets ACK and BYE",
-        &lab.server,
+    let uas = lab.callee("uas_cancel_race.xml", "3", &[]);
+    lab.call(
+        uas,
+        "uac_cancel.xml",
+        "3",
+        &[],
+        "2xx crossing a CANCEL gets ACK and BYE, caller gets 487",
     );
     lab.assert_no_leaks();
 }
