@@ -10,6 +10,39 @@ fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// Runs `scenario_file` once per row (`extension;password`), `rate` per second,
+/// and asserts that every run succeeded.
+fn each_user(
+    server: &Server,
+    dir: &tempfile::TempDir,
+    scenario_file: &str,
+    rows: &[String],
+    rate: &str,
+    extra: &[&str],
+    what: &str,
+) {
+    let inf = injection_file(
+        dir.path(),
+        &format!("{}.csv", scenario_file.trim_end_matches(".xml")),
+        rows,
+    );
+    let (sf, count) = (scenario(scenario_file), rows.len().to_string());
+    let mut args = vec![
+        "-sf",
+        sf.as_str(),
+        "-inf",
+        inf.to_str().unwrap_or_default(),
+        "-r",
+        rate,
+        "-m",
+        count.as_str(),
+        "-trace_err",
+    ];
+    args.extend_from_slice(extra);
+    let out = sipp(server, &args, Duration::from_secs(60));
+    assert_sipp_ok(&out, what, server);
+}
+
 fn rows(users: &[(String, String)]) -> Vec<String> {
     users.iter().map(|(u, p)| format!("{u};{p}")).collect()
 }
@@ -20,63 +53,37 @@ fn two_hundred_users_register_with_md5_digest_over_udp_and_tcp_and_are_fetchable
     let port = free_port();
     let users = users(200);
     let server = Server::start(dir.path(), port, &config(port, "[\"MD5\"]", &users));
-    let inf = injection_file(dir.path(), "users.csv", &rows(&users));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_auth.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "100",
-            "-m",
-            "200",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
+        &dir,
+        "register_auth.xml",
+        &rows(&users),
+        "100",
+        &[],
+        "200 users over UDP",
     );
-    assert_sipp_ok(&out, "200 users over UDP", &server);
 
     // Every user now has a binding, listed by a fetching REGISTER (no Contact).
-    let inf = injection_file(dir.path(), "fetch.csv", &rows(&users));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_fetch.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "100",
-            "-m",
-            "200",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
+        &dir,
+        "register_fetch.xml",
+        &rows(&users),
+        "100",
+        &[],
+        "fetch 200 bindings",
     );
-    assert_sipp_ok(&out, "fetch 200 bindings", &server);
 
     // The same over TCP (RFC 3261 §18.3 framing), for 50 of them.
-    let inf = injection_file(dir.path(), "tcp.csv", &rows(&users[..50]));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-t",
-            "t1",
-            "-sf",
-            &scenario("register_auth.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "50",
-            "-m",
-            "50",
-            "-trace_err",
-        ],
-        Duration::from_secs(60),
+        &dir,
+        "register_auth.xml",
+        &rows(&users[..50]),
+        "50",
+        &["-t", "t1"],
+        "50 users over TCP",
     );
-    assert_sipp_ok(&out, "50 users over TCP", &server);
 }
 
 #[test]
@@ -121,56 +128,35 @@ fn a_wrong_password_is_refused_and_creates_no_binding() {
     let users = users(20);
     let server = Server::start(dir.path(), port, &config(port, "[\"MD5\"]", &users));
     let wrong: Vec<String> = users.iter().map(|(u, _)| format!("{u};not-{u}")).collect();
-    let inf = injection_file(dir.path(), "wrong.csv", &wrong);
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_wrong_password.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "20",
-            "-m",
-            "20",
-            "-trace_err",
-        ],
-        Duration::from_secs(40),
+        &dir,
+        "register_wrong_password.xml",
+        &wrong,
+        "20",
+        &[],
+        "wrong passwords refused",
     );
-    assert_sipp_ok(&out, "wrong passwords refused", &server);
     // An unknown user gets exactly the same treatment.
-    let inf = injection_file(dir.path(), "unknown.csv", &["ghost;whatever".to_string()]);
-    let out = sipp(
+    let ghost = ["ghost;whatever".to_string()];
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_wrong_password.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-m",
-            "1",
-            "-trace_err",
-        ],
-        Duration::from_secs(30),
+        &dir,
+        "register_wrong_password.xml",
+        &ghost,
+        "1",
+        &[],
+        "unknown user refused",
     );
-    assert_sipp_ok(&out, "unknown user refused", &server);
-    let inf = injection_file(dir.path(), "none.csv", &rows(&users));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_fetch_none.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "20",
-            "-m",
-            "20",
-            "-trace_err",
-        ],
-        Duration::from_secs(40),
+        &dir,
+        "register_fetch_none.xml",
+        &rows(&users),
+        "20",
+        &[],
+        "no bindings after wrong passwords",
     );
-    assert_sipp_ok(&out, "no bindings after wrong passwords", &server);
 }
 
 #[test]
@@ -179,42 +165,26 @@ fn bindings_acknowledged_before_kill_9_survive_the_restart() {
     let port = free_port();
     let users = users(100);
     let mut server = Server::start(dir.path(), port, &config(port, "[\"MD5\"]", &users));
-    let inf = injection_file(dir.path(), "users.csv", &rows(&users));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_auth.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "200",
-            "-m",
-            "100",
-            "-trace_err",
-        ],
-        Duration::from_secs(40),
+        &dir,
+        "register_auth.xml",
+        &rows(&users),
+        "200",
+        &[],
+        "register before the crash",
     );
-    assert_sipp_ok(&out, "register before the crash", &server);
     // Every 200 OK seen by SIPp was sent after the flush: kill at once.
     server.restart();
-    let inf = injection_file(dir.path(), "fetch.csv", &rows(&users));
-    let out = sipp(
+    each_user(
         &server,
-        &[
-            "-sf",
-            &scenario("register_fetch.xml"),
-            "-inf",
-            inf.to_str().unwrap_or_default(),
-            "-r",
-            "100",
-            "-m",
-            "100",
-            "-trace_err",
-        ],
-        Duration::from_secs(40),
+        &dir,
+        "register_fetch.xml",
+        &rows(&users),
+        "100",
+        &[],
+        "bindings after kill -9 and restart",
     );
-    assert_sipp_ok(&out, "bindings after kill -9 and restart", &server);
 }
 
 #[test]
