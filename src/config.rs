@@ -47,6 +47,8 @@ pub struct Config {
     pub demo: DemoConfig,
     pub users: Vec<UserConfig>,
     pub groups: Vec<GroupConfig>,
+    pub queues: Vec<QueueConfig>,
+    pub features: FeaturesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -169,6 +171,67 @@ pub struct MemberConfig {
     pub extension: Spanned<String>,
     #[serde(default = "default_priority")]
     pub priority: u32,
+}
+
+/// A number callers dial to reach the agents of some groups (the ACD).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub number: Spanned<String>,
+    /// The groups whose agents answer this queue.
+    pub groups: Spanned<Vec<String>>,
+    /// How long one agent is rung before the next is tried.
+    #[serde(default = "default_ring_secs")]
+    pub ring_secs: u64,
+    /// The longest a caller waits before the overflow action.
+    #[serde(default = "default_max_wait_secs")]
+    pub max_wait_secs: u64,
+    /// How long an agent stays in wrap-up after a call from this queue.
+    #[serde(default = "default_wrap_up_secs")]
+    pub wrap_up_secs: u64,
+    /// WAV played (looping) to a waiting caller; "" = the built-in music.
+    #[serde(default = "unset")]
+    pub music: Spanned<String>,
+    /// WAV played before hanging up at overflow; "" = the built-in one.
+    #[serde(default = "unset")]
+    pub overflow_announcement: Spanned<String>,
+    /// Where a caller goes after `max_wait_secs`: another queue or an extension;
+    /// "" = play the overflow announcement and hang up.
+    #[serde(default = "unset")]
+    pub overflow_to: Spanned<String>,
+}
+
+fn unset() -> Spanned<String> {
+    sp(String::new())
+}
+
+fn default_ring_secs() -> u64 {
+    15
+}
+fn default_max_wait_secs() -> u64 {
+    300
+}
+fn default_wrap_up_secs() -> u64 {
+    10
+}
+
+/// Codes an agent dials from the phone to set presence ("" disables one).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    pub available: String,
+    pub away: String,
+    pub busy: String,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        FeaturesConfig {
+            available: "*40".into(),
+            away: "*41".into(),
+            busy: "*42".into(),
+        }
+    }
 }
 
 fn default_priority() -> u32 {
@@ -425,12 +488,108 @@ impl Config {
                 }
             }
         }
+        self.validate_queues(&seen, &groups, &bad)?;
         if s.udp.is_empty() && s.tcp.is_empty() {
             return Err(bad(
                 0..0,
                 "sip.udp",
                 "listen on at least one UDP or TCP address".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Queue numbers must be unique and free (no extension, test number or feature
+    /// code), serve known groups, overflow somewhere that exists, and name WAV files
+    /// that can be played.
+    fn validate_queues(
+        &self,
+        users: &HashSet<String>,
+        groups: &HashSet<String>,
+        bad: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let t = &self.test_numbers;
+        let f = &self.features;
+        let taken: HashSet<&str> = [&t.echo, &t.hangup, &t.busy, &f.available, &f.away, &f.busy]
+            .into_iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let mut numbers = HashSet::new();
+        for q in &self.queues {
+            let n = q.number.get_ref();
+            let clash = if n.is_empty() {
+                Some("must not be empty")
+            } else if users.contains(n) || self.demo.extensions.contains(n) {
+                Some("is also an extension")
+            } else if taken.contains(n.as_str()) {
+                Some("is also a test number or feature code")
+            } else if !numbers.insert(n.clone()) {
+                Some("is defined twice")
+            } else {
+                None
+            };
+            if let Some(why) = clash {
+                return Err(bad(
+                    q.number.span(),
+                    "queues.number",
+                    format!("queue {n} {why}"),
+                ));
+            }
+            if q.groups.get_ref().is_empty() {
+                return Err(bad(
+                    q.groups.span(),
+                    "queues.groups",
+                    format!("queue {n}: name at least one group"),
+                ));
+            }
+            if let Some(g) = q.groups.get_ref().iter().find(|g| !groups.contains(*g)) {
+                return Err(bad(
+                    q.groups.span(),
+                    "queues.groups",
+                    format!("queue {n}: no group {g}"),
+                ));
+            }
+            if q.ring_secs == 0 {
+                return Err(bad(
+                    q.number.span(),
+                    "queues.ring_secs",
+                    format!("queue {n}: must be at least 1"),
+                ));
+            }
+            for (key, file) in [
+                ("queues.music", &q.music),
+                ("queues.overflow_announcement", &q.overflow_announcement),
+            ] {
+                if file.get_ref().is_empty() {
+                    continue;
+                }
+                let checked = std::fs::read(file.get_ref())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        crate::media::prompt::Prompt::from_wav(&b).map_err(|e| e.to_string())
+                    });
+                if let Err(e) = checked {
+                    return Err(bad(
+                        file.span(),
+                        key,
+                        format!("queue {n}: {}: {e}", file.get_ref()),
+                    ));
+                }
+            }
+        }
+        for q in &self.queues {
+            let to = q.overflow_to.get_ref();
+            if !to.is_empty() && !numbers.contains(to) && !users.contains(to) {
+                return Err(bad(
+                    q.overflow_to.span(),
+                    "queues.overflow_to",
+                    format!(
+                        "queue {}: {to} is neither a queue nor an extension",
+                        q.number.get_ref()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -27,10 +27,12 @@
 pub mod b2bua;
 pub mod config;
 pub mod endpoint;
+pub mod history;
 pub mod media;
 pub mod pbx;
 pub mod presence;
 pub mod registrar;
+pub mod routing;
 pub mod sip;
 pub mod store;
 pub mod transport;

@@ -55,6 +55,8 @@ pub enum PbxError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Routing(#[from] crate::routing::RoutingError),
 }
 
 /// Messages a shard may have queued before new ones are dropped (bounded memory
@@ -152,6 +154,9 @@ impl PbxBuilder {
             shard_count: shards,
             max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
             stats: Stats::default(),
+            routing: crate::routing::Directory::from_config(&config)?,
+            history: crate::history::History::load(&store)?,
+            features: config.features.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -172,6 +177,7 @@ impl PbxBuilder {
                 i,
                 endpoint,
                 rx,
+                shared.presence.subscribe(),
                 Arc::clone(&outbound),
                 writer_tx.clone(),
                 Arc::clone(&latency),
@@ -247,6 +253,21 @@ impl Pbx {
     /// Every extension's live state and its change stream.
     pub fn presence(&self) -> &crate::presence::Presence {
         &self.shared.presence
+    }
+    /// The caller index (who answered whom) and response records.
+    pub fn history(&self) -> &crate::history::History {
+        &self.shared.history
+    }
+    /// Groups, queues and the queues' waiting lines.
+    pub fn routing(&self) -> &crate::routing::Directory {
+        &self.shared.routing
+    }
+    /// One caller's response records (the customer's history), oldest first.
+    pub fn responses(
+        &self,
+        caller: &str,
+    ) -> Result<Vec<crate::history::ResponseRecord>, StoreError> {
+        self.store.responses(caller)
     }
     pub fn registrar(&self) -> &Registrar {
         &self.shared.registrar
@@ -356,6 +377,7 @@ async fn run_shard(
     index: usize,
     mut endpoint: Endpoint,
     mut rx: mpsc::Receiver<ShardInput>,
+    mut presence: tokio::sync::broadcast::Receiver<crate::presence::Change>,
     outbound: Arc<Outbound>,
     writer: mpsc::UnboundedSender<WriterMsg>,
     latency: LatencyHistogram,
@@ -388,6 +410,14 @@ async fn run_shard(
                 }
             }
             () = &mut sleep, if timer_armed => endpoint.handle_timeout(Instant::now()),
+            change = presence.recv() => match change {
+                Ok(change) => endpoint.handle_presence(Instant::now(), &change),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(shard = index, "presence stream lagged by {n}");
+                    endpoint.handle_presence_lag(Instant::now());
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
         }
         while let Some(t) = endpoint.poll_transmit() {
             outbound.send(&t);

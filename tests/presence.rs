@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use sipdesk::config::Config;
-use sipdesk::presence::State;
+use sipdesk::presence::{DialogState, State};
 use sipdesk::Pbx;
 use std::time::Duration;
 
@@ -79,13 +79,19 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
     assert!(uac.await.expect("join").status.success(), "caller cancels");
     assert!(uas.await.expect("join").status.success(), "callee rang");
 
-    let seen: Vec<State> = std::iter::from_fn(|| changes.try_recv().ok())
+    let seen: Vec<(State, Option<DialogState>)> = std::iter::from_fn(|| changes.try_recv().ok())
         .filter(|c| c.extension == "2000")
-        .map(|c| c.state)
+        .map(|c| (c.state, c.dialogs.first().map(|d| d.state)))
         .collect();
     assert_eq!(
         seen,
-        vec![State::Available, State::Ringing, State::Available]
+        vec![
+            (State::Available, None),
+            (State::Ringing, Some(DialogState::Trying)),
+            (State::Ringing, Some(DialogState::Early)),
+            (State::Available, None)
+        ],
+        "offline → available → ringing (trying, early) → available"
     );
     pbx.shutdown().await.expect("shutdown");
 }

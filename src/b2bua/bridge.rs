@@ -6,10 +6,15 @@
 //! 487, 603); BYE from either side ends both; re-INVITE, UPDATE and INFO are relayed
 //! to the other leg with its own CSeq and tags.
 
+mod queue;
+
+pub(crate) use queue::QUEUE_TIMER;
+
 use super::cdr::{Cdr, Disposition, HangupBy};
 use super::{lossy, party_number, Dialog, Refusal};
 use crate::endpoint::{to_tag_string, Endpoint};
 use crate::media::{Peer, Relay};
+use crate::presence::{DialogId, DialogState, Direction as Role};
 use crate::registrar::Binding;
 use crate::sip::message::{parse, Builder, HeaderName, Message, Method};
 use crate::sip::sdp::{self, Direction};
@@ -68,6 +73,25 @@ pub(crate) struct Bridge {
     /// The negotiated session interval (RFC 4028), and when the session expires
     /// unless a re-INVITE or UPDATE refreshes it.
     session: Option<(Duration, Instant)>,
+    /// The caller's and the callee's dialogs in the presence map (extensions only;
+    /// for a queue call the callee is the agent being offered or talking).
+    pub(super) caller_party: Option<Party>,
+    pub(super) callee_party: Option<Party>,
+    /// Set for a call to a queue (the ACD state of the call).
+    pub(super) queue: Option<queue::Queued>,
+}
+
+/// An extension in a call: its dialog in the presence map.
+pub(crate) type Party = (String, DialogId);
+
+/// Who a branch INVITE is from and to.
+pub(super) struct BranchSpec<'a> {
+    pub caller: &'a str,
+    pub display: Option<&'a str>,
+    pub callee: &'a str,
+    pub max_forwards: u32,
+    /// The caller's INVITE, whose session-timer headers are copied (RFC 4028).
+    pub timers_from: Option<&'a Message>,
 }
 
 impl Bridge {
@@ -120,7 +144,7 @@ fn receives(s: &sdp::Session) -> bool {
 }
 
 /// Media peer for the relay from a phone's SDP and SIP address.
-fn peer_of(s: &sdp::Session, sip: SocketAddr) -> Peer {
+pub(super) fn peer_of(s: &sdp::Session, sip: SocketAddr) -> Peer {
     let first = s.media.iter().find(|m| m.port != 0);
     Peer {
         rtp: first.and_then(|m| m.addr.map(|a| SocketAddr::new(a, m.port))),
@@ -177,18 +201,14 @@ impl Endpoint {
         Some((out, parsed))
     }
 
-    /// What a bridge needs before its B legs go out: the caller's offer and a relay;
+    /// What a bridge (or a queue call) needs before its B legs go out: the caller's offer and a relay;
     /// or why the call is refused.
-    fn prepare_bridge(
+    pub(super) fn prepare_bridge(
         &self,
         req: &Message,
         remote: Remote,
         a_call_id: &str,
-        bindings: &[Binding],
     ) -> Result<(sdp::Session, Relay), Refusal> {
-        if bindings.is_empty() {
-            return Err(Refusal::failed(480, "Temporarily Unavailable"));
-        }
         let offer = sdp::parse(req.body()).map_err(|e| {
             tracing::info!(%remote, "INVITE refused, SDP: {e}");
             Refusal::failed(488, "Not Acceptable Here")
@@ -223,83 +243,32 @@ impl Endpoint {
         };
         let mut cdr = self.new_cdr(now, req, &callee);
         cdr.caller = caller.clone();
-        let (offer, relay) = match self.prepare_bridge(req, remote, &a_call_id, &bindings) {
+        let prepared = if bindings.is_empty() {
+            Err(Refusal::failed(480, "Temporarily Unavailable"))
+        } else {
+            self.prepare_bridge(req, remote, &a_call_id)
+        };
+        let (offer, relay) = match prepared {
             Ok(prepared) => prepared,
             Err(refusal) => return self.refuse_call(now, tx, req, remote, cdr, refusal),
         };
         relay.set_peer(0, peer_of(&offer, remote.addr));
         let display = req.from_header().and_then(|f| f.display).map(lossy);
-        let max_forwards = req
-            .max_forwards()
-            .and_then(Result::ok)
-            .unwrap_or(70)
-            .saturating_sub(1);
-        let domain = self.shared.domain.clone();
-        let mut branches = Vec::new();
-        for binding in bindings {
-            let target = Remote {
-                transport: binding.transport,
-                addr: binding.source,
-                conn: match binding.transport {
-                    Transport::Udp => None,
-                    Transport::Tcp => binding.conn,
-                },
-            };
-            let Some((body, _)) = self.rewrite_for(req.body(), target, relay.ports[1]) else {
-                continue;
-            };
-            let b_call_id = self.shard_call_id();
-            let from = match &display {
-                Some(d) => format!("{d} <sip:{caller}@{domain}>;tag={}", to_tag_string()),
-                None => format!("<sip:{caller}@{domain}>;tag={}", to_tag_string()),
-            };
-            let hostport = self.via_hostport(target);
-            let mut b = Builder::request(&Method::Invite, binding.contact.as_bytes());
-            b.header(
-                "Via",
-                format!(
-                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
-                    target.transport,
-                    to_tag_string()
-                ),
-            )
-            .header("Max-Forwards", max_forwards.to_string())
-            .header("From", from)
-            .header("To", format!("<sip:{callee}@{domain}>"))
-            .header("Call-ID", &b_call_id)
-            .header("CSeq", "1 INVITE")
-            .header(
-                "Contact",
-                format!(
-                    "<sip:{caller}@{hostport};transport={}>",
-                    target.transport.as_str().to_ascii_lowercase()
-                ),
-            )
-            .header("Allow", super::ALLOW)
-            .header("User-Agent", crate::sip::message::build::PRODUCT);
-            copy_session_timer(&mut b, req);
-            let bytes = b.finish_with_body(Some("application/sdp"), &body);
-            let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
-                continue;
-            };
-            match self.layer.send_request(now, bytes, target) {
-                Ok(btx) => {
-                    let idx = branches.len();
-                    self.pending
-                        .insert(btx, Pending::Branch(a_call_id.clone(), idx));
-                    self.legs
-                        .insert(b_call_id, (a_call_id.clone(), Side::B(idx)));
-                    branches.push(Branch {
-                        tx: btx,
-                        invite,
-                        remote: target,
-                        final_code: None,
-                        dialog: None,
-                    });
-                }
-                Err(e) => tracing::warn!("B leg not sent: {e}"),
-            }
-        }
+        let spec = BranchSpec {
+            caller: &caller,
+            display: display.as_deref(),
+            callee: &callee,
+            max_forwards: req
+                .max_forwards()
+                .and_then(Result::ok)
+                .unwrap_or(70)
+                .saturating_sub(1),
+            timers_from: Some(req),
+        };
+        let port = relay.ports[1];
+        let branches = self.send_branches(now, &a_call_id, &spec, bindings, 0, |ep, target| {
+            ep.rewrite_for(req.body(), target, port).map(|(b, _)| b)
+        });
         if branches.is_empty() {
             return self.refuse_call(
                 now,
@@ -311,7 +280,17 @@ impl Endpoint {
             );
         }
         let ring = now + self.shared.ring_timeout;
-        let _ = self.shared.presence.ringing(&callee, self.wall(now));
+        let wall = self.wall(now);
+        let presence = &self.shared.presence;
+        let b_call_id = branches[0].invite.call_id().map(lossy).unwrap_or_default();
+        let callee_party = presence
+            .dialog_started(&callee, &b_call_id, Role::Recipient, &caller, wall)
+            .ok()
+            .map(|id| (callee.clone(), id));
+        let caller_party = presence
+            .dialog_started(&caller, &a_call_id, Role::Initiator, &callee, wall)
+            .ok()
+            .map(|id| (caller.clone(), id));
         self.shared
             .stats
             .live_calls
@@ -337,9 +316,95 @@ impl Endpoint {
                 ring_deadline: ring,
                 timer_at: None,
                 session: None,
+                caller_party,
+                callee_party,
+                queue: None,
             },
         );
         self.arm_timer(&a_call_id, ring);
+    }
+
+    /// Sends one INVITE per binding (the fork), numbering the branches from
+    /// `first`; `body` gives the SDP offer toward each contact (none: skipped).
+    pub(super) fn send_branches(
+        &mut self,
+        now: Instant,
+        a_call_id: &str,
+        spec: &BranchSpec<'_>,
+        bindings: Vec<Binding>,
+        first: usize,
+        body: impl Fn(&Self, Remote) -> Option<Bytes>,
+    ) -> Vec<Branch> {
+        let domain = self.shared.domain.clone();
+        let caller = spec.caller;
+        let mut branches = Vec::new();
+        for binding in bindings {
+            let target = Remote {
+                transport: binding.transport,
+                addr: binding.source,
+                conn: match binding.transport {
+                    Transport::Udp => None,
+                    Transport::Tcp => binding.conn,
+                },
+            };
+            let Some(body) = body(self, target) else {
+                continue;
+            };
+            let b_call_id = self.shard_call_id();
+            let from = match spec.display {
+                Some(d) => format!("{d} <sip:{caller}@{domain}>;tag={}", to_tag_string()),
+                None => format!("<sip:{caller}@{domain}>;tag={}", to_tag_string()),
+            };
+            let hostport = self.via_hostport(target);
+            let mut b = Builder::request(&Method::Invite, binding.contact.as_bytes());
+            b.header(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
+                    target.transport,
+                    to_tag_string()
+                ),
+            )
+            .header("Max-Forwards", spec.max_forwards.to_string())
+            .header("From", from)
+            .header("To", format!("<sip:{}@{domain}>", spec.callee))
+            .header("Call-ID", &b_call_id)
+            .header("CSeq", "1 INVITE")
+            .header(
+                "Contact",
+                format!(
+                    "<sip:{caller}@{hostport};transport={}>",
+                    target.transport.as_str().to_ascii_lowercase()
+                ),
+            )
+            .header("Allow", super::ALLOW)
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+            if let Some(req) = spec.timers_from {
+                copy_session_timer(&mut b, req);
+            }
+            let bytes = b.finish_with_body(Some("application/sdp"), &body);
+            let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
+                continue;
+            };
+            match self.layer.send_request(now, bytes, target) {
+                Ok(btx) => {
+                    let idx = first + branches.len();
+                    self.pending
+                        .insert(btx, Pending::Branch(a_call_id.to_string(), idx));
+                    self.legs
+                        .insert(b_call_id, (a_call_id.to_string(), Side::B(idx)));
+                    branches.push(Branch {
+                        tx: btx,
+                        invite,
+                        remote: target,
+                        final_code: None,
+                        dialog: None,
+                    });
+                }
+                Err(e) => tracing::warn!("B leg not sent: {e}"),
+            }
+        }
+        branches
     }
 
     /// The status of an answer on one of our client transactions (`None`: it timed
@@ -379,12 +444,23 @@ impl Endpoint {
         resp: Option<Message>,
     ) {
         let code = self.settle(tx, resp.as_ref());
+        let wall = self.wall(now);
         let Some(bridge) = self.bridges.get_mut(a) else {
             return; // the call is gone (its branches were cancelled)
         };
         match code {
             100 => {}
             101..=199 => {
+                let presence = &self.shared.presence;
+                if let Some((ext, id)) = &bridge.callee_party {
+                    let _ = presence.dialog_state(ext, *id, DialogState::Early, wall);
+                }
+                if bridge.queue.is_some() {
+                    return; // the caller hears music, not the agent's phone
+                }
+                if let Some((ext, id)) = &bridge.caller_party {
+                    let _ = presence.dialog_state(ext, *id, DialogState::Early, wall);
+                }
                 if bridge.phase != APhase::Calling {
                     return;
                 }
@@ -426,6 +502,19 @@ impl Endpoint {
             }
             _ => {
                 bridge.branches[idx].final_code = Some(code);
+                if let Some(q) = &bridge.queue {
+                    // An agent who declines or fails is skipped for this call.
+                    let offer_over = q.offer.as_ref().is_some_and(|o| {
+                        idx >= o.first_branch
+                            && bridge.branches[o.first_branch..]
+                                .iter()
+                                .all(|b| b.final_code.is_some())
+                    });
+                    if offer_over {
+                        self.offer_failed(now, a);
+                    }
+                    return;
+                }
                 if bridge.phase == APhase::Calling
                     && bridge.branches.iter().all(|b| b.final_code.is_some())
                 {
@@ -480,7 +569,14 @@ impl Endpoint {
         if bridge.answered == Some(idx) || bridge.branches[idx].dialog.is_some() {
             return; // a retransmitted 2xx: acknowledged again above
         }
-        if bridge.answered.is_some() || bridge.phase != APhase::Calling {
+        let stale_offer = bridge
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.offer.as_ref().is_none_or(|o| idx < o.first_branch));
+        if bridge.answered.is_some()
+            || stale_offer
+            || (bridge.queue.is_none() && bridge.phase != APhase::Calling)
+        {
             // Another branch won: end this one (its ACK went out above).
             let invite = bridge.branches[idx].invite.clone();
             bridge.branches[idx].final_code = Some(200);
@@ -490,6 +586,9 @@ impl Endpoint {
             let bye = d.next_request(&Method::Bye, &self.via_hostport(branch_remote), None);
             let _ = self.layer.send_request(now, bye, branch_remote);
             return;
+        }
+        if bridge.queue.is_some() {
+            return self.queue_answered(now, a, idx, r, dialog);
         }
         bridge.answered = Some(idx);
         bridge.branches[idx].dialog = dialog;
@@ -505,57 +604,77 @@ impl Endpoint {
             .filter(|(i, b)| *i != idx && b.final_code.is_none())
             .map(|(_, b)| (b.invite.clone(), b.remote))
             .collect();
-        let (a_req, a_remote, a_tag, a_tx, relay_port) = (
-            bridge.a_invite.clone(),
-            bridge.a_remote,
-            bridge.a_tag.clone(),
-            bridge.a_tx,
-            bridge.relay.ports[0],
-        );
+        let (a_remote, relay_port) = (bridge.a_remote, bridge.relay.ports[0]);
         for (invite, remote) in others {
             self.cancel_branch(now, &invite, remote);
         }
         // Answer A with B's SDP pointed at the relay.
-        let mut b = Builder::response(&a_req, a_remote.addr, 200, "OK", Some(a_tag.as_bytes()));
         let callee = self
             .bridges
             .get(a)
             .map(|b| b.cdr.callee.clone())
             .unwrap_or_default();
+        let body = self
+            .rewrite_for(r.body(), a_remote, relay_port)
+            .map(|(b, _)| b);
+        self.answer_caller(now, a, &callee, body.as_deref(), Some(r));
+        let wall = self.wall(now);
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        parties_step(&self.shared.presence, bridge, DialogState::Confirmed, wall);
+        bridge.session = session_interval(r).map(|d| (d, now + d));
+    }
+
+    /// Sends our 200 to A (as `user`, with `body`; retransmitted until A's ACK)
+    /// and records leg A's dialog.
+    pub(super) fn answer_caller(
+        &mut self,
+        now: Instant,
+        a: &str,
+        user: &str,
+        body: Option<&[u8]>,
+        timers_from: Option<&Message>,
+    ) {
+        let Some(bridge) = self.bridges.get(a) else {
+            return;
+        };
+        let (a_req, a_remote, a_tx) = (bridge.a_invite.clone(), bridge.a_remote, bridge.a_tx);
+        let mut b = Builder::response(
+            &a_req,
+            a_remote.addr,
+            200,
+            "OK",
+            Some(bridge.a_tag.as_bytes()),
+        );
         b.header(
             "Contact",
             format!(
-                "<sip:{callee}@{};transport={}>",
+                "<sip:{user}@{};transport={}>",
                 self.via_hostport(a_remote),
                 a_remote.transport.as_str().to_ascii_lowercase()
             ),
         )
         .header("Allow", super::ALLOW)
         .header("Server", crate::sip::message::build::PRODUCT);
-        copy_session_timer(&mut b, r);
-        let session = session_interval(r);
-        let ok = match self.rewrite_for(r.body(), a_remote, relay_port) {
-            Some((body, _)) => b.finish_with_body(Some("application/sdp"), &body),
+        if let Some(r) = timers_from {
+            copy_session_timer(&mut b, r);
+        }
+        let ok = match body {
+            Some(body) => b.finish_with_body(Some("application/sdp"), body),
             None => b.finish(),
         };
         self.send_final(now, a_tx, ok.clone());
-        let wall = self.wall(now).0;
-        let t1 = self.shared.timers.t1;
-        let ok_parsed = parse(ok.clone(), &Default::default()).ok();
+        let a_dialog = parse(ok.clone(), &Default::default())
+            .ok()
+            .and_then(|m| Dialog::from_uas(&a_req, &m, a_remote));
+        let (t1, wall) = (self.shared.timers.t1, self.wall(now).0);
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
         bridge.phase = APhase::Answered;
-        let (caller, callee) = (bridge.cdr.caller.clone(), bridge.cdr.callee.clone());
-        let at = crate::registrar::UnixMillis(wall);
-        let _ = self.shared.presence.ring_ended(&callee, true, at);
-        let _ = self.shared.presence.call_started(&caller, at);
-        let Some(bridge) = self.bridges.get_mut(a) else {
-            return;
-        };
-        bridge.session = session.map(|d| (d, now + d));
         bridge.cdr.answer_ms = Some(wall);
-        bridge.a_dialog = ok_parsed.and_then(|ok| Dialog::from_uas(&a_req, &ok, a_remote));
+        bridge.a_dialog = a_dialog;
         bridge.ok = Some((ok, reply_remote(&a_req, a_remote)));
         bridge.retransmit = t1;
         bridge.ack_deadline = now + t1 * 64;
@@ -624,10 +743,7 @@ impl Endpoint {
         let Some(bridge) = self.remove_bridge(a) else {
             return;
         };
-        let _ = self
-            .shared
-            .presence
-            .ring_ended(&bridge.cdr.callee, false, self.wall(now));
+        parties_end(&self.shared.presence, &bridge, self.wall(now));
         for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {
             self.cancel_branch(now, &b.invite, b.remote);
         }
@@ -645,6 +761,10 @@ impl Endpoint {
 
     fn remove_bridge(&mut self, a: &str) -> Option<Bridge> {
         let bridge = self.bridges.remove(a)?;
+        if let Some(q) = &bridge.queue {
+            self.shared.routing.leave(q.id, q.ticket);
+            self.waiting_calls.remove(a);
+        }
         self.shared
             .stats
             .live_calls
@@ -741,21 +861,12 @@ impl Endpoint {
         let Some(mut bridge) = self.remove_bridge(a) else {
             return;
         };
-        let wall = self.wall(now);
-        if bridge.phase == APhase::Calling {
-            let _ = self
-                .shared
-                .presence
-                .ring_ended(&bridge.cdr.callee, false, wall);
-        } else {
-            let _ = self
-                .shared
-                .presence
-                .call_ended(&bridge.cdr.callee, None, wall);
-            let _ = self
-                .shared
-                .presence
-                .call_ended(&bridge.cdr.caller, None, wall);
+        parties_end(&self.shared.presence, &bridge, self.wall(now));
+        if bridge.queue.is_some() && bridge.answered.is_none() {
+            // The caller left the queue while an agent was being rung.
+            for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {
+                self.cancel_branch(now, &b.invite, b.remote);
+            }
         }
         if from != Some(Side::A) {
             if let Some(d) = bridge.a_dialog.as_mut() {
@@ -773,7 +884,8 @@ impl Endpoint {
                 }
             }
         }
-        self.write_cdr(now, bridge.cdr, Disposition::Answered, by);
+        let disposition = queue::disposition(&bridge);
+        self.write_cdr(now, bridge.cdr, disposition, by);
     }
 
     /// Media saw nothing for the inactivity period.
@@ -815,6 +927,11 @@ impl Endpoint {
                 let answer = self.response(req, remote, 200, "OK").finish();
                 self.end_bridge(now, a, Some(side), by);
                 self.hold_until_durable(tx, answer, remote);
+            }
+            Some(Method::Invite | Method::Update | Method::Info)
+                if bridge.queue.is_some() && bridge.answered.is_none() =>
+            {
+                self.queue_in_dialog(now, tx, req, remote, a)
             }
             Some(m @ (Method::Invite | Method::Update | Method::Info)) => {
                 let m = m.clone();
@@ -1011,6 +1128,41 @@ impl Endpoint {
     }
 }
 
+/// Moves both parties' presence dialogs to `state`.
+fn parties_step(
+    presence: &crate::presence::Presence,
+    bridge: &Bridge,
+    state: DialogState,
+    at: crate::registrar::UnixMillis,
+) {
+    for (ext, id) in [&bridge.caller_party, &bridge.callee_party]
+        .into_iter()
+        .flatten()
+    {
+        let _ = presence.dialog_state(ext, *id, state, at);
+    }
+}
+
+/// Ends both parties' presence dialogs; the agent of an answered queue call
+/// goes into wrap-up.
+pub(super) fn parties_end(
+    presence: &crate::presence::Presence,
+    bridge: &Bridge,
+    at: crate::registrar::UnixMillis,
+) {
+    if let Some((ext, id)) = &bridge.caller_party {
+        let _ = presence.dialog_ended(ext, *id, None, at);
+    }
+    if let Some((ext, id)) = &bridge.callee_party {
+        let wrap_up = bridge
+            .queue
+            .as_ref()
+            .filter(|_| bridge.answered.is_some())
+            .map(|q| q.wrap_up);
+        let _ = presence.dialog_ended(ext, *id, wrap_up, at);
+    }
+}
+
 /// Copies the session-timer headers (RFC 4028) from one leg's message to the
 /// other's: the endpoints negotiate and refresh, the B2BUA relays and polices.
 fn copy_session_timer(b: &mut Builder, from: &Message) {
@@ -1057,6 +1209,19 @@ fn header_name(name: HeaderName) -> &'static str {
         HeaderName::CallId => "Call-ID",
         _ => "X-Unknown",
     }
+}
+
+/// A queue caller's number (the caller index key): From's user part, or
+/// "anonymous" when withheld (no number, or `Privacy: id`).
+pub(crate) fn caller_number(req: &Message) -> String {
+    let withheld = req
+        .other_values("Privacy")
+        .flat_map(|v| v.split(|c| *c == b';'))
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"id"));
+    if withheld {
+        return "anonymous".into();
+    }
+    party_number(req.from_header())
 }
 
 /// For CDRs of bridged calls: the caller's number from an authenticated user or From.

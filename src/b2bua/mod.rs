@@ -14,7 +14,7 @@ mod originate;
 pub use originate::OriginateError;
 pub(crate) use originate::Origination;
 
-pub(crate) use bridge::{caller_of, Bridge, CallTarget, Pending, Side};
+pub(crate) use bridge::{caller_number, caller_of, Bridge, CallTarget, Pending, Side};
 
 use crate::endpoint::Endpoint;
 use crate::media;
@@ -33,6 +33,8 @@ pub enum TestNumber {
     Echo,
     Hangup,
     Busy,
+    /// A feature code was dialled: a short confirmation, then hang up.
+    Confirmation,
 }
 
 /// Where a local call is in its life.
@@ -198,6 +200,24 @@ impl Refusal {
 /// Methods a dialog of ours accepts.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 
+/// The payload type of an SDP answer of ours (its first format; PCMU if unreadable).
+pub(crate) fn answered_pt(answer: &[u8]) -> u8 {
+    sdp::parse(answer)
+        .ok()
+        .and_then(|s| s.media.first().and_then(|m| m.formats.first().cloned()))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The confirmation a feature code plays (synthesised once).
+fn confirmation() -> std::sync::Arc<media::prompt::Prompt> {
+    static PROMPT: std::sync::OnceLock<std::sync::Arc<media::prompt::Prompt>> =
+        std::sync::OnceLock::new();
+    std::sync::Arc::clone(
+        PROMPT.get_or_init(|| std::sync::Arc::new(media::prompt::Prompt::confirm())),
+    )
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -330,15 +350,20 @@ impl Endpoint {
             .media
             .as_ref()
             .ok_or(Refusal::failed(503, "Service Unavailable"))?;
-        let session = media
-            .echo(
-                self.shared.inactivity,
-                self.idle_notifier(call_id.to_string()),
-            )
-            .map_err(|e| {
-                tracing::warn!("no media for a test call: {e}");
-                Refusal::failed(503, "Service Unavailable")
-            })?;
+        let idle = self.idle_notifier(call_id.to_string());
+        let session = match kind {
+            TestNumber::Confirmation => {
+                let pt = sdp::local_answer(&offer, self.media_ip(remote), 0, session_id)
+                    .map_or(0, |a| answered_pt(&a));
+                let peer = bridge::peer_of(&offer, remote.addr);
+                media.player(confirmation(), pt, peer, self.shared.inactivity, idle)
+            }
+            _ => media.echo(self.shared.inactivity, idle),
+        }
+        .map_err(|e| {
+            tracing::warn!("no media for a test call: {e}");
+            Refusal::failed(503, "Service Unavailable")
+        })?;
         let body = sdp::local_answer(&offer, self.media_ip(remote), session.port, session_id)
             .ok_or(Refusal::failed(488, "Not Acceptable Here"))?;
         Ok((session, body))
@@ -430,6 +455,10 @@ impl Endpoint {
                 break;
             }
             self.call_timers.pop();
+            if let Some(a) = call_id.strip_prefix(bridge::QUEUE_TIMER) {
+                self.queue_timer(now, a, at);
+                continue;
+            }
             if self.originations.contains_key(&call_id) {
                 self.origin_timer(now, &call_id);
                 continue;
@@ -488,10 +517,12 @@ impl Endpoint {
         }
         call.phase = Phase::Confirmed;
         call.timer = None;
-        if call.kind == TestNumber::Hangup {
-            let after = Duration::from_secs(self.shared.test_numbers.hangup_after_secs);
-            self.arm(&call_id, now + after, CallTimer::HangUp);
-        }
+        let after = match call.kind {
+            TestNumber::Hangup => Duration::from_secs(self.shared.test_numbers.hangup_after_secs),
+            TestNumber::Confirmation => confirmation().duration() + Duration::from_millis(300),
+            _ => return,
+        };
+        self.arm(&call_id, now + after, CallTimer::HangUp);
     }
 
     /// Arms a bridge's timer (one per bridge; stale heap entries are skipped).

@@ -65,6 +65,12 @@ pub struct Shared {
     /// (completed UDP transactions stay 32 s: a flood must not grow memory unbounded).
     pub max_transactions_per_shard: usize,
     pub stats: Stats,
+    /// Groups and queues, and the queues' waiting lines (the ACD).
+    pub routing: crate::routing::Directory,
+    /// The caller index (sticky routing) and response records.
+    pub history: crate::history::History,
+    /// Feature codes an agent dials to set presence.
+    pub features: crate::config::FeaturesConfig,
 }
 
 /// An answer that confirms a store write, waiting for the flush.
@@ -100,6 +106,9 @@ pub struct Endpoint {
     pub(crate) pending: std::collections::HashMap<TxId, crate::b2bua::Pending>,
     /// Calls the PBX placed (originate), by the Call-ID of leg A.
     pub(crate) originations: std::collections::HashMap<String, crate::b2bua::Origination>,
+    /// Queue calls of this shard waiting for an agent (they look again whenever
+    /// presence changes).
+    pub(crate) waiting_calls: std::collections::HashSet<String>,
     /// Branches of ended calls that may still answer (CANCEL/2xx races).
     pub(crate) orphans: std::collections::HashMap<TxId, (Message, Remote)>,
     /// This shard's index (B-leg Call-IDs are chosen to hash here).
@@ -146,6 +155,7 @@ impl Endpoint {
             legs: std::collections::HashMap::new(),
             pending: std::collections::HashMap::new(),
             orphans: std::collections::HashMap::new(),
+            waiting_calls: std::collections::HashSet::new(),
             originations: std::collections::HashMap::new(),
             shard,
             call_timers: std::collections::BinaryHeap::new(),
@@ -287,6 +297,24 @@ impl Endpoint {
             self.suppressed += 1;
             tracing::debug!("{what}");
         }
+    }
+
+    /// An extension's presence changed (any shard's doing): waiting queue calls
+    /// look for an agent again.
+    pub fn handle_presence(&mut self, now: Instant, _change: &crate::presence::Change) {
+        if !self.waiting_calls.is_empty() {
+            self.retry_waiting_calls(now);
+        }
+        self.process_events(now);
+    }
+
+    /// Presence changes were missed (this shard fell behind the stream): look
+    /// at everything again.
+    pub fn handle_presence_lag(&mut self, now: Instant) {
+        if !self.waiting_calls.is_empty() {
+            self.retry_waiting_calls(now);
+        }
+        self.process_events(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -508,7 +536,9 @@ impl Endpoint {
         }
     }
 
-    /// A new INVITE to anything but a test number: an extension, or 404.
+    /// A new INVITE to anything but a test number: a queue (open to outside
+    /// callers), a feature code or an extension (both need the caller's
+    /// credentials), or 404.
     fn invite(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
         let shared = Arc::clone(&self.shared);
         let Some(callee) = req
@@ -518,7 +548,12 @@ impl Endpoint {
         else {
             return self.reply(now, tx, req, remote, 404, "Not Found");
         };
-        if !shared.users.contains(&callee) {
+        if let Some(queue) = shared.routing.queue_by_number(&callee) {
+            let caller = crate::b2bua::caller_number(req);
+            return self.invite_queue(now, tx, req, remote, queue, caller);
+        }
+        let feature = self.feature_code(&callee);
+        if feature.is_none() && !shared.users.contains(&callee) {
             return self.reply(now, tx, req, remote, 404, "Not Found");
         }
         let caller = if shared.authenticate_calls {
@@ -543,6 +578,20 @@ impl Endpoint {
             None
         };
         let caller = crate::b2bua::caller_of(req, caller);
+        if let Some(state) = feature {
+            if let Err(e) = shared.presence.choose(&caller, state, self.wall(now)) {
+                tracing::info!(%caller, "feature code refused: {e}");
+                return self.reply(now, tx, req, remote, 403, "Forbidden");
+            }
+            tracing::info!(%caller, state = state.as_str(), "presence chosen from the phone");
+            return self.invite_test_number(
+                now,
+                tx,
+                req,
+                remote,
+                crate::b2bua::TestNumber::Confirmation,
+            );
+        }
         let bindings = shared.registrar.lookup(&callee, self.wall(now));
         let target = crate::b2bua::CallTarget {
             caller,
@@ -550,6 +599,20 @@ impl Endpoint {
             bindings,
         };
         self.invite_extension(now, tx, req, remote, target);
+    }
+
+    /// The presence state a dialled feature code chooses.
+    fn feature_code(&self, number: &str) -> Option<crate::presence::State> {
+        use crate::presence::State;
+        let f = &self.shared.features;
+        [
+            (&f.available, State::Available),
+            (&f.away, State::Away),
+            (&f.busy, State::Busy),
+        ]
+        .into_iter()
+        .find(|(code, _)| !code.is_empty() && code.as_str() == number)
+        .map(|(_, s)| s)
     }
 
     fn register(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {

@@ -58,6 +58,9 @@ fn fixture() -> Fixture {
         limits: Limits::default(),
         max_transactions_per_shard: 1000,
         stats: Stats::default(),
+        routing: crate::routing::Directory::default(),
+        history: crate::history::History::default(),
+        features: crate::config::FeaturesConfig::default(),
     });
     let ep = Endpoint::new(
         shared,

@@ -3,6 +3,12 @@
 //! came from. Each session is one tokio task over its own sockets with a fixed
 //! receive buffer (no allocation per packet); its ports go back to the pool when
 //! the task ends, and it reports RTP inactivity so dead calls get cleaned up.
+//! A relay can also play a [`prompt::Prompt`] to one side (hold music, an
+//! announcement), paced at 20 ms, and a player session plays one to a phone.
+
+pub mod prompt;
+
+use prompt::{Prompt, FRAME};
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -164,6 +170,67 @@ struct RelayState {
     peers: [Peer; 2],
     /// Addresses learnt from the packets themselves (symmetric RTP latching).
     latched: [Option<(SocketAddr, tokio::time::Instant)>; 2],
+    /// A prompt being played to one side (the other side is not heard meanwhile).
+    playing: Option<Playback>,
+}
+
+/// A prompt being played: where in it, and the RTP stream it makes.
+#[derive(Debug)]
+struct Playback {
+    prompt: Arc<Prompt>,
+    /// RTP payload type: 0 (PCMU) or 8 (PCMA).
+    pt: u8,
+    looping: bool,
+    /// The side that hears it.
+    toward: usize,
+    frame: usize,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+}
+
+impl Playback {
+    fn new(prompt: Arc<Prompt>, pt: u8, looping: bool, toward: usize) -> Playback {
+        Playback {
+            prompt,
+            pt,
+            looping,
+            toward,
+            frame: 0,
+            seq: rand::random(),
+            ts: rand::random(),
+            ssrc: rand::random(),
+        }
+    }
+
+    /// Writes the next RTP packet into `buf` and returns its length; `None` once a
+    /// non-looping prompt is over.
+    fn next_packet(&mut self, buf: &mut [u8; 12 + FRAME]) -> Option<usize> {
+        let frames = self.prompt.frames();
+        if frames == 0 || (self.frame >= frames && !self.looping) {
+            return None;
+        }
+        let at = (self.frame % frames) * FRAME;
+        buf[0] = 0x80;
+        buf[1] = self.pt | if self.frame == 0 { 0x80 } else { 0 }; // marker on the first
+        buf[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        buf[4..8].copy_from_slice(&self.ts.to_be_bytes());
+        buf[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        buf[12..].copy_from_slice(&self.prompt.payload(self.pt)[at..at + FRAME]);
+        self.frame += 1;
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(FRAME as u32);
+        Some(12 + FRAME)
+    }
+}
+
+/// 20 ms, the packet time of everything the PBX plays.
+const PTIME: Duration = Duration::from_millis(20);
+
+fn pacer() -> tokio::time::Interval {
+    let mut i = tokio::time::interval(PTIME);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    i
 }
 
 /// How long after its first packet a side may still move its media source.
@@ -175,6 +242,8 @@ pub struct Relay {
     /// Our RTP port facing side A (the caller) and side B.
     pub ports: [u16; 2],
     state: Arc<Mutex<RelayState>>,
+    /// Wakes the task when a prompt starts (its pacer only runs while playing).
+    wake: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
 }
 
@@ -191,6 +260,22 @@ impl Relay {
             if let Some(p) = st.peers.get_mut(side) {
                 *p = peer;
             }
+        }
+    }
+
+    /// Plays `prompt` to `side` with payload type `pt` (0 or 8), from its start;
+    /// meanwhile nothing from the other side reaches it.
+    pub fn play(&self, side: usize, prompt: Arc<Prompt>, pt: u8, looping: bool) {
+        if let Ok(mut st) = self.state.lock() {
+            st.playing = Some(Playback::new(prompt, pt, looping, side.min(1)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Stops any prompt: the two sides hear each other again.
+    pub fn stop_playing(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.playing = None;
         }
     }
 }
@@ -239,15 +324,41 @@ impl Media {
         let ports = [lease_a.rtp, lease_b.rtp];
         let state = Arc::new(Mutex::new(RelayState::default()));
         let shared = Arc::clone(&state);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = Arc::clone(&wake);
         let task = tokio::spawn(async move {
             let _leases = (lease_a, lease_b);
             let socks = [[a_rtp, a_rtcp], [b_rtp, b_rtcp]];
             let mut buf = [0u8; 2048];
             let mut check = tokio::time::interval(inactivity / 4);
             let mut last = tokio::time::Instant::now();
+            let mut pace = pacer();
+            let mut frame = [0u8; 12 + FRAME];
             loop {
+                let playing = shared
+                    .lock()
+                    .map(|st| st.playing.is_some())
+                    .unwrap_or(false);
                 // Which socket is readable: (side it came from, rtcp?).
                 let (side, rtcp) = tokio::select! {
+                    () = woken.notified() => { pace.reset_immediately(); continue }
+                    _ = pace.tick(), if playing => {
+                        if let Ok(mut st) = shared.lock() {
+                            let sent = st.playing.as_mut().and_then(|p| {
+                                let n = p.next_packet(&mut frame)?;
+                                Some((p.toward, n))
+                            });
+                            match sent {
+                                Some((toward, n)) => {
+                                    if let Some(dest) = destination(&st, toward, false) {
+                                        let _ = socks[toward][0].try_send_to(&frame[..n], dest);
+                                    }
+                                }
+                                None => st.playing = None,
+                            }
+                        }
+                        continue;
+                    }
                     r = socks[0][0].readable() => { if r.is_err() { continue } (0, false) }
                     r = socks[0][1].readable() => { if r.is_err() { continue } (0, true) }
                     r = socks[1][0].readable() => { if r.is_err() { continue } (1, false) }
@@ -275,7 +386,8 @@ impl Media {
                                 last = now;
                                 latch(&mut st, side, from, now);
                             }
-                            destination(&st, other, rtcp)
+                            let muted = st.playing.as_ref().is_some_and(|p| p.toward == other);
+                            destination(&st, other, rtcp).filter(|_| !muted)
                         }
                         Err(_) => None,
                     };
@@ -285,7 +397,57 @@ impl Media {
                 }
             }
         });
-        Ok(Relay { ports, state, task })
+        Ok(Relay {
+            ports,
+            state,
+            wake,
+            task,
+        })
+    }
+
+    /// Plays `prompt` once to a phone that receives at `peer` (payload type `pt`),
+    /// answering symmetric RTP: once the phone sends, its source address is used.
+    pub fn player(
+        &self,
+        prompt: Arc<Prompt>,
+        pt: u8,
+        peer: Peer,
+        inactivity: Duration,
+        on_idle: impl Fn() + Send + 'static,
+    ) -> Result<Session, MediaError> {
+        let (lease, rtp, _rtcp) = self.bind_pair()?;
+        let port = lease.rtp;
+        let task = tokio::spawn(async move {
+            let _lease = (lease, _rtcp);
+            let mut st = RelayState::default();
+            st.peers[0] = peer;
+            st.playing = Some(Playback::new(prompt, pt, false, 0));
+            let (mut buf, mut frame) = ([0u8; 2048], [0u8; 12 + FRAME]);
+            let mut pace = pacer();
+            let mut check = tokio::time::interval(inactivity / 4);
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    r = rtp.recv_from(&mut buf) => if let Ok((_, from)) = r {
+                        last = tokio::time::Instant::now();
+                        latch(&mut st, 0, from, last);
+                    },
+                    _ = pace.tick(), if st.playing.is_some() => {
+                        match st.playing.as_mut().and_then(|p| p.next_packet(&mut frame)) {
+                            Some(n) => if let Some(dest) = destination(&st, 0, false) {
+                                let _ = rtp.try_send_to(&frame[..n], dest);
+                            },
+                            None => st.playing = None,
+                        }
+                    }
+                    _ = check.tick() => if last.elapsed() >= inactivity {
+                        on_idle();
+                        last = tokio::time::Instant::now();
+                    }
+                }
+            }
+        });
+        Ok(Session { port, task })
     }
 }
 

@@ -7,6 +7,7 @@
 use crate::registrar::UnixMillis;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -49,21 +50,68 @@ pub enum PresenceError {
     NotChoosable(&'static str),
 }
 
-/// A state change, as broadcast to every listener.
+/// Where a dialog stands (RFC 4235 §4.1.1; `proceeding` is folded into `early`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialogState {
+    /// INVITE sent to (or by) the phone, no ringing yet.
+    Trying,
+    /// Ringing.
+    Early,
+    /// Answered.
+    Confirmed,
+}
+
+impl DialogState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialogState::Trying => "trying",
+            DialogState::Early => "early",
+            DialogState::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// Whether the extension placed the call or is being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Initiator,
+    Recipient,
+}
+
+/// Identifies one dialog of one extension in the presence map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DialogId(pub u64);
+
+/// One call an extension is in, as BLF (RFC 4235) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DialogFact {
+    pub id: DialogId,
+    /// The Call-ID of the extension's own leg.
+    pub call_id: String,
+    pub direction: Direction,
+    pub state: DialogState,
+    /// The number on the other end.
+    pub peer: String,
+}
+
+/// A state or dialog change, as broadcast to every listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub extension: String,
     pub state: State,
     pub at_ms: u64,
+    /// The extension's dialogs after the change (a vanished one has terminated).
+    pub dialogs: Arc<[DialogFact]>,
 }
 
 /// The facts behind one extension's state.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Facts {
     registered: bool,
-    /// Calls ringing at this extension, and calls it is talking in.
-    ringing: u32,
-    talking: u32,
+    /// The calls the extension is in.
+    dialogs: Vec<DialogFact>,
     /// Wrap-up after a queue call lasts until then.
     wrap_up_until: Option<UnixMillis>,
     /// What the agent chose: Available, Away or Busy.
@@ -75,11 +123,15 @@ struct Facts {
 
 impl Facts {
     fn derive(&self, now: UnixMillis) -> State {
+        let talking = self
+            .dialogs
+            .iter()
+            .any(|d| d.state == DialogState::Confirmed || d.direction == Direction::Initiator);
         if !self.registered {
             State::Offline
-        } else if self.talking > 0 {
+        } else if talking {
             State::OnCall
-        } else if self.ringing > 0 {
+        } else if !self.dialogs.is_empty() {
             State::Ringing
         } else if self.wrap_up_until.is_some_and(|t| t > now) {
             State::WrapUp
@@ -94,6 +146,7 @@ impl Facts {
 pub struct Presence {
     map: Arc<DashMap<String, Facts>>,
     changes: broadcast::Sender<Change>,
+    next_dialog: Arc<AtomicU64>,
 }
 
 impl Presence {
@@ -105,8 +158,7 @@ impl Presence {
                 ext.to_string(),
                 Facts {
                     registered: false,
-                    ringing: 0,
-                    talking: 0,
+                    dialogs: Vec::new(),
                     wrap_up_until: None,
                     chosen: State::Available,
                     shown: State::Offline,
@@ -117,12 +169,26 @@ impl Presence {
         Presence {
             map: Arc::new(map),
             changes: broadcast::channel(4096).0,
+            next_dialog: Arc::new(AtomicU64::new(1)),
         }
     }
 
     /// The current state and since when.
     pub fn state(&self, extension: &str) -> Option<(State, UnixMillis)> {
         self.map.get(extension).map(|f| (f.shown, f.since))
+    }
+
+    /// Whether the extension is known here.
+    pub fn contains(&self, extension: &str) -> bool {
+        self.map.contains_key(extension)
+    }
+
+    /// The calls the extension is in now.
+    pub fn dialogs(&self, extension: &str) -> Vec<DialogFact> {
+        self.map
+            .get(extension)
+            .map(|f| f.dialogs.clone())
+            .unwrap_or_default()
     }
 
     /// Every extension's state (for a board's first paint).
@@ -142,29 +208,34 @@ impl Presence {
         self.changes.subscribe()
     }
 
-    /// Applies `f` to the facts of `extension` and announces a new derived state.
+    /// Applies `f` to the facts of `extension` and announces what changed. `f`
+    /// returns whether it changed the dialogs (always announced) or not (announced
+    /// only when the derived state changes).
     fn update(
         &self,
         extension: &str,
         now: UnixMillis,
-        f: impl FnOnce(&mut Facts),
+        f: impl FnOnce(&mut Facts) -> bool,
     ) -> Result<(), PresenceError> {
         let change = {
             let mut facts = self
                 .map
                 .get_mut(extension)
                 .ok_or_else(|| PresenceError::Unknown(extension.to_string()))?;
-            f(&mut facts);
+            let dialogs_changed = f(&mut facts);
             let state = facts.derive(now);
-            if state == facts.shown {
+            if state == facts.shown && !dialogs_changed {
                 return Ok(());
             }
-            facts.shown = state;
-            facts.since = now;
+            if state != facts.shown {
+                facts.shown = state;
+                facts.since = now;
+            }
             Change {
                 extension: extension.to_string(),
                 state,
                 at_ms: now.0,
+                dialogs: facts.dialogs.as_slice().into(),
             }
         };
         // No listener is fine: the map is the truth, the stream only a notice.
@@ -179,7 +250,10 @@ impl Presence {
         registered: bool,
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
-        self.update(extension, now, |f| f.registered = registered)
+        self.update(extension, now, |f| {
+            f.registered = registered;
+            false
+        })
     }
 
     /// The agent's own choice (desktop or phone feature code).
@@ -192,46 +266,97 @@ impl Presence {
         if !matches!(state, State::Available | State::Away | State::Busy) {
             return Err(PresenceError::NotChoosable(state.as_str()));
         }
-        self.update(extension, now, |f| f.chosen = state)
+        self.update(extension, now, |f| {
+            f.chosen = state;
+            false
+        })
     }
 
-    /// A call starts ringing at the extension.
-    pub fn ringing(&self, extension: &str, now: UnixMillis) -> Result<(), PresenceError> {
-        self.update(extension, now, |f| f.ringing += 1)
+    fn new_dialog(&self, call_id: &str, direction: Direction, peer: &str) -> DialogFact {
+        DialogFact {
+            id: DialogId(self.next_dialog.fetch_add(1, Ordering::Relaxed)),
+            call_id: call_id.to_string(),
+            direction,
+            state: DialogState::Trying,
+            peer: peer.to_string(),
+        }
     }
 
-    /// A ringing call was answered here (`answered`) or stopped ringing.
-    pub fn ring_ended(
+    /// A call starts at the extension (`trying`); its id for later updates.
+    pub fn dialog_started(
         &self,
         extension: &str,
-        answered: bool,
+        call_id: &str,
+        direction: Direction,
+        peer: &str,
+        now: UnixMillis,
+    ) -> Result<DialogId, PresenceError> {
+        let d = self.new_dialog(call_id, direction, peer);
+        let id = d.id;
+        self.update(extension, now, |f| {
+            f.dialogs.push(d);
+            true
+        })?;
+        Ok(id)
+    }
+
+    /// Offers a call to an agent only if the agent is `available`, and makes it
+    /// ringing in the same step: two calls can never both reserve one agent.
+    pub fn reserve(
+        &self,
+        extension: &str,
+        call_id: &str,
+        peer: &str,
+        now: UnixMillis,
+    ) -> Option<DialogId> {
+        let d = self.new_dialog(call_id, Direction::Recipient, peer);
+        let id = d.id;
+        let mut reserved = false;
+        self.update(extension, now, |f| {
+            reserved = f.derive(now) == State::Available;
+            if reserved {
+                f.dialogs.push(d);
+            }
+            reserved
+        })
+        .ok()?;
+        reserved.then_some(id)
+    }
+
+    /// A dialog moves on (early, confirmed).
+    pub fn dialog_state(
+        &self,
+        extension: &str,
+        id: DialogId,
+        state: DialogState,
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
         self.update(extension, now, |f| {
-            f.ringing = f.ringing.saturating_sub(1);
-            if answered {
-                f.talking += 1;
+            match f.dialogs.iter_mut().find(|d| d.id == id) {
+                Some(d) if d.state != state => {
+                    d.state = state;
+                    true
+                }
+                _ => false,
             }
         })
     }
 
-    /// The extension is now talking in a call it placed (or was connected to).
-    pub fn call_started(&self, extension: &str, now: UnixMillis) -> Result<(), PresenceError> {
-        self.update(extension, now, |f| f.talking += 1)
-    }
-
-    /// A call the extension talked in ended; `wrap_up` after a queue call.
-    pub fn call_ended(
+    /// A dialog ended; `wrap_up` after an answered queue call.
+    pub fn dialog_ended(
         &self,
         extension: &str,
+        id: DialogId,
         wrap_up: Option<std::time::Duration>,
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
         self.update(extension, now, |f| {
-            f.talking = f.talking.saturating_sub(1);
+            let before = f.dialogs.len();
+            f.dialogs.retain(|d| d.id != id);
             if let Some(w) = wrap_up {
                 f.wrap_up_until = Some(UnixMillis(now.0 + w.as_millis() as u64));
             }
+            f.dialogs.len() != before
         })
     }
 
@@ -244,7 +369,10 @@ impl Presence {
             .map(|e| e.key().clone())
             .collect();
         for ext in due {
-            let _ = self.update(&ext, now, |f| f.wrap_up_until = None);
+            let _ = self.update(&ext, now, |f| {
+                f.wrap_up_until = None;
+                false
+            });
         }
     }
 }
@@ -282,11 +410,14 @@ mod tests {
     fn calls_drive_ringing_on_call_and_wrap_up_then_back_to_the_choice() {
         let p = presence();
         p.set_registered("202", true, UnixMillis(0)).expect("reg");
-        p.ringing("202", UnixMillis(1)).expect("ring");
+        let id = p
+            .dialog_started("202", "c1", Direction::Recipient, "201", UnixMillis(1))
+            .expect("ring");
         assert_eq!(p.state("202").map(|s| s.0), Some(State::Ringing));
-        p.ring_ended("202", true, UnixMillis(2)).expect("answer");
+        p.dialog_state("202", id, DialogState::Confirmed, UnixMillis(2))
+            .expect("answer");
         assert_eq!(p.state("202").map(|s| s.0), Some(State::OnCall));
-        p.call_ended("202", Some(Duration::from_secs(30)), UnixMillis(3))
+        p.dialog_ended("202", id, Some(Duration::from_secs(30)), UnixMillis(3))
             .expect("end");
         assert_eq!(p.state("202").map(|s| s.0), Some(State::WrapUp));
         p.tick(UnixMillis(30_002));
@@ -320,5 +451,64 @@ mod tests {
             Err(PresenceError::Unknown("999".into()))
         );
         assert_eq!(p.snapshot().len(), 2);
+    }
+
+    #[test]
+    fn an_agent_is_reserved_only_while_available_and_only_once() {
+        let p = presence();
+        assert_eq!(p.reserve("201", "c1", "x", UnixMillis(0)), None, "offline");
+        p.set_registered("201", true, UnixMillis(1)).expect("reg");
+        let first = p.reserve("201", "c1", "x", UnixMillis(2));
+        assert!(first.is_some());
+        assert_eq!(p.state("201").map(|s| s.0), Some(State::Ringing));
+        assert_eq!(
+            p.reserve("201", "c2", "y", UnixMillis(3)),
+            None,
+            "already ringing"
+        );
+        p.choose("202", State::Away, UnixMillis(3)).expect("away");
+        p.set_registered("202", true, UnixMillis(3)).expect("reg");
+        assert_eq!(p.reserve("202", "c3", "y", UnixMillis(4)), None, "away");
+    }
+
+    #[test]
+    fn dialog_steps_are_broadcast_even_when_the_state_stays() {
+        let p = presence();
+        p.set_registered("201", true, UnixMillis(0)).expect("reg");
+        let mut rx = p.subscribe();
+        let id = p
+            .dialog_started("201", "c1", Direction::Recipient, "300", UnixMillis(1))
+            .expect("trying");
+        p.dialog_state("201", id, DialogState::Early, UnixMillis(2))
+            .expect("early");
+        p.dialog_state("201", id, DialogState::Early, UnixMillis(3))
+            .expect("same");
+        p.dialog_state("201", id, DialogState::Confirmed, UnixMillis(4))
+            .expect("confirmed");
+        p.dialog_ended("201", id, None, UnixMillis(5)).expect("end");
+        let got: Vec<(State, Option<DialogState>)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| (c.state, c.dialogs.first().map(|d| d.state)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (State::Ringing, Some(DialogState::Trying)),
+                (State::Ringing, Some(DialogState::Early)),
+                (State::OnCall, Some(DialogState::Confirmed)),
+                (State::Available, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn placing_a_call_makes_the_caller_on_call_at_once() {
+        let p = presence();
+        p.set_registered("201", true, UnixMillis(0)).expect("reg");
+        let id = p
+            .dialog_started("201", "c1", Direction::Initiator, "202", UnixMillis(1))
+            .expect("dial");
+        assert_eq!(p.state("201").map(|s| s.0), Some(State::OnCall));
+        p.dialog_ended("201", id, None, UnixMillis(2)).expect("end");
+        assert_eq!(p.state("201").map(|s| s.0), Some(State::Available));
     }
 }

@@ -7,6 +7,7 @@
 //! group-committed with [`Store::flush`] before anything is acknowledged).
 
 use crate::b2bua::cdr::Cdr;
+use crate::history::{CallerAgents, ResponseRecord};
 use crate::registrar::Binding;
 use crate::users::StoredUser;
 use std::path::Path;
@@ -33,6 +34,9 @@ pub enum Write {
     PutBinding(Binding),
     RemoveBinding(Binding),
     PutCdr(Cdr),
+    /// The caller index entry of one caller.
+    PutCallerAgents(CallerAgents),
+    PutResponse(ResponseRecord),
 }
 
 /// What the writer task receives, in order: changes, and requests to make
@@ -69,6 +73,8 @@ pub struct Store {
     bindings: sled::Tree,
     users: sled::Tree,
     cdrs: sled::Tree,
+    callers: sled::Tree,
+    responses: sled::Tree,
 }
 
 impl Store {
@@ -84,6 +90,8 @@ impl Store {
             bindings: db.open_tree("bindings.v1")?,
             users: db.open_tree("users.v1")?,
             cdrs: db.open_tree("cdrs.v1")?,
+            callers: db.open_tree("callers.v1")?,
+            responses: db.open_tree("responses.v1")?,
             db,
         })
     }
@@ -106,6 +114,16 @@ impl Store {
             Write::PutBinding(b) => self.put_binding(b),
             Write::RemoveBinding(b) => self.remove_binding(b),
             Write::PutCdr(c) => self.put_cdr(c),
+            Write::PutCallerAgents(c) => {
+                self.callers
+                    .insert(c.caller.as_bytes(), serde_json::to_vec(c)?)?;
+                Ok(())
+            }
+            Write::PutResponse(r) => {
+                self.responses
+                    .insert(Self::response_key(&r.caller, r.id), serde_json::to_vec(r)?)?;
+                Ok(())
+            }
         }
     }
 
@@ -145,6 +163,40 @@ impl Store {
     /// Every CDR in id order.
     pub fn cdrs(&self) -> Result<Vec<Cdr>, StoreError> {
         decode_all(&self.cdrs)
+    }
+
+    /// Response records are keyed by caller, then id: one caller's are adjacent.
+    fn response_key(caller: &str, id: u64) -> Vec<u8> {
+        let mut k = caller.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+
+    /// The whole caller index.
+    pub fn caller_index(&self) -> Result<Vec<CallerAgents>, StoreError> {
+        decode_all(&self.callers)
+    }
+
+    /// One caller's response records, oldest first.
+    pub fn responses(&self, caller: &str) -> Result<Vec<ResponseRecord>, StoreError> {
+        let mut prefix = caller.as_bytes().to_vec();
+        prefix.push(0);
+        self.responses
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                serde_json::from_slice(&v).map_err(|source| StoreError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// A new id for a response record (time-ordered, unique in this database).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     pub fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {

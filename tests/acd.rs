@@ -1,0 +1,347 @@
+//! The ACD with real phones: agents are SIPp UAS instances that register with
+//! digest auth and answer (or decline); customers are SIPp UACs calling queue
+//! 500 with their own numbers. Who took which call is read back from the
+//! embedded PBX (the caller index and the presence stream).
+
+mod common;
+
+use common::*;
+use sipdesk::config::Config;
+use sipdesk::presence::State;
+use sipdesk::Pbx;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+struct Lab {
+    pbx: Pbx,
+    target: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+fn pw(ext: &str) -> String {
+    format!("pw{ext}")
+}
+
+impl Lab {
+    async fn start(agents: &[&str], extra: &str) -> Lab {
+        require("sipp");
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let users: Vec<(String, String)> = agents.iter().map(|a| (a.to_string(), pw(a))).collect();
+        let text = config_with(port, "[\"MD5\"]", &users, extra);
+        let config = Config::parse(&text, "test").expect("config");
+        let pbx = Pbx::builder(config)
+            .data_dir(dir.path().join("data"))
+            .start()
+            .await
+            .expect("start");
+        Lab {
+            pbx,
+            target: ([127, 0, 0, 1], port).into(),
+            dir,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registers `ext` from `port` (its presence becomes available now).
+    async fn register(&self, ext: &str, port: u16) {
+        let inf = injection_file(
+            self.path(),
+            &format!("reg{ext}.csv"),
+            &[format!("{ext};{}", pw(ext))],
+        );
+        let args = vec![
+            "-sf".into(),
+            scenario("register_auth.xml"),
+            "-inf".into(),
+            inf.display().to_string(),
+            "-m".into(),
+            "1".into(),
+        ];
+        let out = sipp_embedded(self.target, self.path(), port, args)
+            .await
+            .expect("join");
+        assert!(out.status.success(), "{ext} registers");
+        // Idle times are compared in milliseconds: keep registrations apart.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// A phone at `port` running `scenario` for `calls` calls.
+    fn phone(
+        &self,
+        port: u16,
+        scenario_name: &str,
+        calls: usize,
+    ) -> tokio::task::JoinHandle<Output> {
+        let args = vec![
+            "-sf".into(),
+            scenario(scenario_name),
+            "-m".into(),
+            calls.to_string(),
+        ];
+        sipp_embedded(self.target, self.path(), port, args)
+    }
+
+    /// Customers (numbers) calling queue `queue`, `rate` new calls a second, each
+    /// talking `talk_ms` after the answer.
+    fn customers(
+        &self,
+        queue: &str,
+        numbers: &[String],
+        scenario_name: &str,
+        talk_ms: u64,
+        rate: usize,
+    ) -> tokio::task::JoinHandle<Output> {
+        let inf = injection_file(self.path(), &format!("callers{}.csv", free_port()), numbers);
+        let args = vec![
+            "-sf".into(),
+            scenario(scenario_name),
+            "-inf".into(),
+            inf.display().to_string(),
+            "-s".into(),
+            queue.into(),
+            "-d".into(),
+            talk_ms.to_string(),
+            "-r".into(),
+            rate.to_string(),
+            "-l".into(),
+            numbers.len().to_string(),
+            "-m".into(),
+            numbers.len().to_string(),
+        ];
+        sipp_embedded(self.target, self.path(), free_port(), args)
+    }
+
+    /// One customer call, to its end.
+    async fn call(&self, number: &str) {
+        let out = self
+            .customers("500", &[number.to_string()], "uac_queue.xml", 1500, 1)
+            .await
+            .expect("join");
+        assert!(
+            out.status.success(),
+            "call from {number}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn last_agent(&self, caller: &str) -> Option<String> {
+        self.pbx.history().recent_agents(caller).first().cloned()
+    }
+
+    async fn settle(&self) {
+        for _ in 0..100 {
+            if self
+                .pbx
+                .stats()
+                .live_calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+const QUEUE: &str = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\", \"sales\"]\nring_secs = 3\nmax_wait_secs = 30\nwrap_up_secs = 0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_reach_their_last_agent_then_its_colleagues_and_decliners_are_skipped() {
+    let agents = ["3001", "3002", "3003", "3004", "3005"];
+    let groups = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3001\", priority = 1 }, { extension = \"3002\", priority = 2 }]\n\
+                  [[groups]]\nname = \"sales\"\nmembers = [{ extension = \"3003\", priority = 1 }, { extension = \"3004\", priority = 2 }, { extension = \"3005\", priority = 1 }]\n";
+    let lab = Lab::start(&agents, &format!("{groups}{QUEUE}")).await;
+    // Registration order is idle order: 3004 has been idle longest, then 3002…
+    let ports: HashMap<&str, u16> = agents.iter().map(|a| (*a, free_port())).collect();
+    for a in ["3004", "3002", "3001", "3005", "3003"] {
+        lab.register(a, ports[a]).await;
+    }
+    let p3004 = lab.phone(ports["3004"], "uas_answer.xml", 2);
+    let p3005 = lab.phone(ports["3005"], "uas_answer.xml", 1);
+    let p3002 = lab.phone(ports["3002"], "uas_busy.xml", 1);
+    let p3001 = lab.phone(ports["3001"], "uas_answer.xml", 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new customer: the longest-idle agent of the queue.
+    lab.call("5551000").await;
+    assert_eq!(
+        lab.last_agent("5551000").as_deref(),
+        Some("3004"),
+        "longest idle"
+    );
+    lab.settle().await;
+
+    // The same customer again: back to 3004, although 3002 idles longer now.
+    lab.call("5551000").await;
+    assert_eq!(lab.last_agent("5551000").as_deref(), Some("3004"), "sticky");
+    assert!(
+        p3004.await.expect("join").status.success(),
+        "3004 took two calls"
+    );
+    lab.settle().await;
+
+    // 3004 goes busy: its colleague in sales by priority (3005), not the
+    // longest-idle agent of the queue (3002).
+    let now = sipdesk::registrar::UnixMillis::now();
+    lab.pbx
+        .presence()
+        .choose("3004", State::Busy, now)
+        .expect("busy");
+    lab.call("5551000").await;
+    assert_eq!(
+        lab.last_agent("5551000").as_deref(),
+        Some("3005"),
+        "colleague"
+    );
+    assert!(p3005.await.expect("join").status.success());
+    lab.settle().await;
+
+    // A new customer: 3002 idles longest but declines (486); 3001 takes it.
+    lab.call("5552000").await;
+    assert_eq!(
+        lab.last_agent("5552000").as_deref(),
+        Some("3001"),
+        "decliner skipped"
+    );
+    assert!(
+        p3002.await.expect("join").status.success(),
+        "3002 declined once"
+    );
+    assert!(p3001.await.expect("join").status.success());
+    lab.settle().await;
+    assert_eq!(lab.pbx.media_ports_in_use(), 0);
+    let records = lab.pbx.responses("5551000").expect("records");
+    let agents_seen: Vec<&str> = records.iter().map(|r| r.agent.as_str()).collect();
+    assert_eq!(
+        agents_seen,
+        ["3004", "3004", "3005"],
+        "one response record per answer"
+    );
+    lab.pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_callers_and_twenty_agents_never_double_offer_an_agent() {
+    let agents: Vec<String> = (3101..3121).map(|i| i.to_string()).collect();
+    let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let members: Vec<String> = agents
+        .iter()
+        .map(|a| format!("{{ extension = \"{a}\" }}"))
+        .collect();
+    let extra = format!(
+        "[[groups]]\nname = \"support\"\nmembers = [{}]\n[[groups]]\nname = \"sales\"\nmembers = []\n{QUEUE}",
+        members.join(", ")
+    );
+    let lab = Lab::start(&names, &extra).await;
+    let mut phones = Vec::new();
+    for a in &agents {
+        let port = free_port();
+        lab.register(a, port).await;
+        phones.push(lab.phone(port, "uas_answer.xml", 1000));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changes = lab.pbx.presence().subscribe();
+    let numbers: Vec<String> = (0..100).map(|i| format!("555{i:04}")).collect();
+    let out = lab
+        .customers("500", &numbers, "uac_queue.xml", 1500, 100)
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "all 100 callers were answered: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.settle().await;
+    // Every change of every agent: never two calls at one agent at once.
+    let mut offered = 0;
+    while let Ok(c) = changes.try_recv() {
+        assert!(
+            c.dialogs.len() <= 1,
+            "agent {} was in {} calls at once",
+            c.extension,
+            c.dialogs.len()
+        );
+        offered += usize::from(c.state == State::Ringing);
+    }
+    let answered = numbers
+        .iter()
+        .filter(|n| lab.last_agent(n).is_some())
+        .count();
+    assert_eq!(answered, 100);
+    assert!(offered >= 100, "every call was offered ({offered})");
+    assert_eq!(lab.pbx.routing().waiting(sipdesk::routing::QueueId(0)), 0);
+    for p in phones {
+        p.abort();
+    }
+    lab.pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() {
+    let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3201\" }]\n\
+                 [[groups]]\nname = \"sales\"\nmembers = [{ extension = \"3202\" }]\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 2\noverflow_to = \"501\"\n\
+                 [[queues]]\nnumber = \"501\"\ngroups = [\"sales\"]\nmax_wait_secs = 2\nwrap_up_secs = 0\n";
+    let lab = Lab::start(&["3201", "3202"], extra).await;
+    // 3201 (support) is away; 3202 (sales) answers.
+    let (p1, p2) = (free_port(), free_port());
+    lab.register("3201", p1).await;
+    lab.register("3202", p2).await;
+    let now = sipdesk::registrar::UnixMillis::now();
+    lab.pbx
+        .presence()
+        .choose("3201", State::Away, now)
+        .expect("away");
+    let phone = lab.phone(p2, "uas_answer.xml", 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Queue 500 has nobody: after 2 s the caller moves to 501, where 3202 answers.
+    let started = std::time::Instant::now();
+    let out = lab
+        .customers("500", &["5553000".to_string()], "uac_queue.xml", 4000, 1)
+        .await
+        .expect("join");
+    assert!(out.status.success(), "overflowed to 501");
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert_eq!(lab.last_agent("5553000").as_deref(), Some("3202"));
+    assert!(phone.await.expect("join").status.success());
+    lab.settle().await;
+
+    // Now 3202 is away too: 500 → 501 → announcement, then the PBX hangs up.
+    lab.pbx
+        .presence()
+        .choose("3202", State::Away, sipdesk::registrar::UnixMillis::now())
+        .expect("away");
+    let started = std::time::Instant::now();
+    let out = lab
+        .customers(
+            "500",
+            &["5554000".to_string()],
+            "uac_queue_overflow.xml",
+            0,
+            1,
+        )
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "hung up after the announcement: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "waited in both queues"
+    );
+    assert_eq!(lab.last_agent("5554000"), None);
+    lab.settle().await;
+    assert_eq!(lab.pbx.media_ports_in_use(), 0);
+    lab.pbx.shutdown().await.expect("shutdown");
+}
