@@ -25,6 +25,7 @@
 //! ```
 
 pub mod b2bua;
+pub mod blf;
 pub mod config;
 pub mod endpoint;
 pub mod history;

@@ -121,6 +121,8 @@ pub(crate) enum Pending {
     Relayed { a_call_id: String, tx: TxId },
     /// An INVITE of an origination: (its key, which leg).
     Origin(String, Side),
+    /// A NOTIFY of the subscription with this Call-ID.
+    Notify(String),
 }
 
 /// Which side of a bridge a dialog is.
@@ -428,6 +430,7 @@ impl Endpoint {
         match pending {
             Pending::Branch(a, idx) => self.branch_response(now, &a, idx, tx, resp),
             Pending::Origin(key, side) => self.origin_response(now, &key, side, tx, resp),
+            Pending::Notify(key) => self.notify_response(now, &key, tx, resp.as_ref()),
             Pending::Relayed {
                 a_call_id,
                 tx: server_tx,
@@ -780,7 +783,7 @@ impl Endpoint {
             | Pending::Relayed {
                 a_call_id: owner, ..
             } => owner != a,
-            Pending::Origin(..) => true,
+            Pending::Origin(..) | Pending::Notify(..) => true,
         });
         Some(bridge)
     }

@@ -115,6 +115,19 @@ impl Dialog {
 
     /// A request in this dialog with CSeq `seq` (ACK reuses the INVITE's number).
     pub fn request(&self, method: &Method, seq: u32, hostport: &str, sdp: Option<&[u8]>) -> Bytes {
+        let body = sdp.map(|b| ("application/sdp", b));
+        self.request_with(method, seq, hostport, &[], body)
+    }
+
+    /// A request in this dialog with more headers and a body of any type.
+    pub fn request_with(
+        &self,
+        method: &Method,
+        seq: u32,
+        hostport: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Bytes {
         let mut b = Builder::request(method, &self.target);
         b.header(
             "Via",
@@ -133,13 +146,21 @@ impl Dialog {
             .header("Call-ID", &self.call_id)
             .header("CSeq", format!("{seq} {method}"))
             .header("User-Agent", crate::sip::message::build::PRODUCT);
-        if matches!(method, Method::Invite | Method::Update) {
+        if matches!(method, Method::Invite | Method::Update | Method::Notify) {
             b.header("Contact", format!("<sip:{hostport}>"));
         }
-        match sdp {
-            Some(body) => b.finish_with_body(Some("application/sdp"), body),
+        for (name, value) in headers {
+            b.header(name, value);
+        }
+        match body {
+            Some((content_type, body)) => b.finish_with_body(Some(content_type), body),
             None => b.finish(),
         }
+    }
+
+    /// Our tag (in `local`).
+    pub fn local_tag(&self) -> Option<&[u8]> {
+        NameAddr::parse(&self.local).and_then(|n| n.tag())
     }
 
     /// The next request (CSeq + 1).
@@ -198,7 +219,7 @@ impl Refusal {
 }
 
 /// Methods a dialog of ours accepts.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE";
 
 /// The payload type of an SDP answer of ours (its first format; PCMU if unreadable).
 pub(crate) fn answered_pt(answer: &[u8]) -> u8 {
@@ -455,6 +476,10 @@ impl Endpoint {
                 break;
             }
             self.call_timers.pop();
+            if let Some(key) = call_id.strip_prefix(crate::blf::SUBSCRIPTION_TIMER) {
+                self.subscription_timer(now, key, at);
+                continue;
+            }
             if let Some(a) = call_id.strip_prefix(bridge::QUEUE_TIMER) {
                 self.queue_timer(now, a, at);
                 continue;

@@ -109,6 +109,9 @@ pub struct Endpoint {
     /// Queue calls of this shard waiting for an agent (they look again whenever
     /// presence changes).
     pub(crate) waiting_calls: std::collections::HashSet<String>,
+    /// BLF subscriptions of this shard by Call-ID, and their keys by extension.
+    pub(crate) subscriptions: std::collections::HashMap<String, crate::blf::Subscription>,
+    pub(crate) subscriptions_by_ext: std::collections::HashMap<String, Vec<String>>,
     /// Branches of ended calls that may still answer (CANCEL/2xx races).
     pub(crate) orphans: std::collections::HashMap<TxId, (Message, Remote)>,
     /// This shard's index (B-leg Call-IDs are chosen to hash here).
@@ -156,6 +159,8 @@ impl Endpoint {
             pending: std::collections::HashMap::new(),
             orphans: std::collections::HashMap::new(),
             waiting_calls: std::collections::HashSet::new(),
+            subscriptions: std::collections::HashMap::new(),
+            subscriptions_by_ext: std::collections::HashMap::new(),
             originations: std::collections::HashMap::new(),
             shard,
             call_timers: std::collections::BinaryHeap::new(),
@@ -299,9 +304,10 @@ impl Endpoint {
         }
     }
 
-    /// An extension's presence changed (any shard's doing): waiting queue calls
-    /// look for an agent again.
-    pub fn handle_presence(&mut self, now: Instant, _change: &crate::presence::Change) {
+    /// An extension's presence changed (any shard's doing): its BLF subscribers
+    /// are notified, waiting queue calls look for an agent again.
+    pub fn handle_presence(&mut self, now: Instant, change: &crate::presence::Change) {
+        self.notify_change(now, change);
         if !self.waiting_calls.is_empty() {
             self.retry_waiting_calls(now);
         }
@@ -311,6 +317,7 @@ impl Endpoint {
     /// Presence changes were missed (this shard fell behind the stream): look
     /// at everything again.
     pub fn handle_presence_lag(&mut self, now: Instant) {
+        self.notify_all(now);
         if !self.waiting_calls.is_empty() {
             self.retry_waiting_calls(now);
         }
@@ -495,6 +502,7 @@ impl Endpoint {
         let in_dialog = req.to_header().is_some_and(|t| t.tag().is_some());
         match method {
             Method::Register => self.register(now, tx, &req, remote),
+            Method::Subscribe => self.subscribe(now, tx, &req, remote),
             Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
                 let leg = req
                     .call_id()
@@ -523,6 +531,7 @@ impl Endpoint {
             Method::Options => {
                 let mut b = self.response(&req, remote, 200, "OK");
                 b.header("Allow", ALLOW)
+                    .header("Allow-Events", crate::blf::ALLOW_EVENTS)
                     .header("Accept", "application/sdp")
                     .header("Supported", "");
                 self.send_final(now, tx, b.finish());

@@ -103,6 +103,10 @@ fn sent(ep: &mut Endpoint) -> Vec<String> {
 
 /// What a phone computes from the first challenge (RFC 7616 §3.4.1).
 fn credentials(challenge: &str, password: &str) -> String {
+    credentials_for(challenge, password, "REGISTER", "sip:pbx")
+}
+
+fn credentials_for(challenge: &str, password: &str, method: &str, uri: &str) -> String {
     let line = challenge
         .lines()
         .find(|l| l.starts_with("WWW-Authenticate:"))
@@ -114,7 +118,7 @@ fn credentials(challenge: &str, password: &str) -> String {
         .expect("nonce");
     let alg = Algorithm::Sha256;
     let ha1 = alg.hex(&[b"201", REALM.as_bytes(), password.as_bytes()]);
-    let ha2 = alg.hex(&[b"REGISTER", b"sip:pbx"]);
+    let ha2 = alg.hex(&[method.as_bytes(), uri.as_bytes()]);
     let resp = alg.hex(&[
         ha1.as_bytes(),
         nonce.as_bytes(),
@@ -124,7 +128,7 @@ fn credentials(challenge: &str, password: &str) -> String {
         ha2.as_bytes(),
     ]);
     format!(
-        "Digest username=\"201\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx\", response=\"{resp}\", \
+        "Digest username=\"201\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", \
          algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c0ffee\""
     )
 }
@@ -229,4 +233,161 @@ fn bad_requests_are_answered_statelessly_and_unanswerable_ones_dropped() {
     assert!(sent(&mut ep).is_empty());
     assert_eq!(ep.load(), (0, 0), "nothing kept for bad input");
     assert_eq!(ep.shared.stats.dropped_malformed.load(Ordering::Relaxed), 1);
+}
+
+fn subscribe(cseq: u32, event: &str, expires: u32, to_tag: &str, auth: Option<&str>) -> Bytes {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    Bytes::from(format!(
+        "SUBSCRIBE sip:201@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bKs{cseq};rport\r\n\
+         From: <sip:202@pbx>;tag=blf\r\nTo: <sip:201@pbx>{to_tag}\r\nCall-ID: blf@phone\r\nCSeq: {cseq} SUBSCRIBE\r\n\
+         Contact: <sip:202@10.1.1.1:5062>\r\nEvent: {event}\r\nExpires: {expires}\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+/// The phone's answer to one of our NOTIFYs.
+fn answer(notify: &str, code: u16) -> Bytes {
+    let header = |name: &str| {
+        notify
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("header")
+            .to_string()
+    };
+    Bytes::from(format!(
+        "SIP/2.0 {code} X\r\n{}\r\n{}\r\n{};tag=blf\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        header("Via:"),
+        header("From:"),
+        header("To:").split(";tag").next().unwrap_or_default(),
+        header("Call-ID:"),
+        header("CSeq:"),
+    ))
+}
+
+fn state_of(notify: &str) -> Vec<&str> {
+    notify
+        .split("<state>")
+        .skip(1)
+        .filter_map(|s| s.split('<').next())
+        .collect()
+}
+
+#[test]
+fn a_subscription_is_notified_of_each_change_coalesced_and_ends_at_expiry() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, subscribe(1, "dialog", 120, "", None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let auth = credentials_for(&challenge, "secret", "SUBSCRIBE", "sip:201@pbx");
+    ep.handle_bytes(t0, subscribe(2, "dialog", 120, "", Some(&auth)), phone());
+    let out = sent(&mut ep);
+    assert!(
+        out[0].starts_with("SIP/2.0 200 OK") && out[0].contains("Expires: 120"),
+        "{out:?}"
+    );
+    let first = &out[1];
+    assert!(
+        first.starts_with("NOTIFY sip:202@10.1.1.1:5062 SIP/2.0"),
+        "{first}"
+    );
+    assert!(
+        first.contains("Subscription-State: active;expires=120"),
+        "{first}"
+    );
+    assert!(first.contains("Event: dialog") && first.contains("state=\"full\""));
+    assert!(state_of(first).is_empty(), "no calls yet");
+
+    let presence = ep.shared.presence.clone();
+    let mut changes = presence.subscribe();
+    let wall = UnixMillis(1_000_000);
+    let id = presence
+        .dialog_started(
+            "201",
+            "c1",
+            crate::presence::Direction::Recipient,
+            "300",
+            wall,
+        )
+        .expect("trying");
+    let t1 = t0 + Duration::from_secs(1);
+    // The first NOTIFY is still unanswered: the change waits.
+    ep.handle_presence(t1, &changes.try_recv().expect("change"));
+    assert!(sent(&mut ep).is_empty(), "one NOTIFY in flight at a time");
+    ep.handle_bytes(t1, answer(first, 200), phone());
+    let trying = sent(&mut ep).remove(0);
+    assert_eq!(state_of(&trying), ["trying"]);
+    // Two changes while that one is in flight: only the latest is sent.
+    for s in [
+        crate::presence::DialogState::Early,
+        crate::presence::DialogState::Confirmed,
+    ] {
+        presence.dialog_state("201", id, s, wall).expect("step");
+        ep.handle_presence(t1, &changes.try_recv().expect("change"));
+    }
+    assert!(sent(&mut ep).is_empty());
+    ep.handle_bytes(t1, answer(&trying, 200), phone());
+    let confirmed = sent(&mut ep).remove(0);
+    assert_eq!(state_of(&confirmed), ["confirmed"]);
+    presence.dialog_ended("201", id, None, wall).expect("end");
+    ep.handle_bytes(t1, answer(&confirmed, 200), phone());
+    ep.handle_presence(t1, &changes.try_recv().expect("change"));
+    let ended = sent(&mut ep).remove(0);
+    assert_eq!(
+        state_of(&ended),
+        ["terminated"],
+        "the ended call is reported once"
+    );
+    ep.handle_bytes(t1, answer(&ended, 200), phone());
+
+    // No refresh: at expiry a last NOTIFY, then the subscription is gone.
+    ep.handle_timeout(t0 + Duration::from_secs(121));
+    let last = sent(&mut ep).remove(0);
+    assert!(
+        last.contains("Subscription-State: terminated;reason=timeout"),
+        "{last}"
+    );
+    assert_eq!(ep.subscription_count(), 1);
+    ep.handle_bytes(t0 + Duration::from_secs(121), answer(&last, 200), phone());
+    assert_eq!(ep.subscription_count(), 0);
+    assert!(ep.subscriptions_by_ext.is_empty());
+}
+
+#[test]
+fn a_subscriber_that_refuses_a_notify_is_dropped() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, subscribe(1, "presence", 600, "", None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    let auth = credentials_for(&challenge, "secret", "SUBSCRIBE", "sip:201@pbx");
+    ep.handle_bytes(t0, subscribe(2, "presence", 600, "", Some(&auth)), phone());
+    let out = sent(&mut ep);
+    assert!(out[1].contains("application/pidf+xml") && out[1].contains("<basic>closed</basic>"));
+    ep.handle_bytes(t0, answer(&out[1], 481), phone());
+    assert_eq!(ep.subscription_count(), 0);
+    // Its refresh now finds nothing.
+    ep.handle_bytes(
+        t0,
+        subscribe(3, "presence", 600, ";tag=gone", None),
+        phone(),
+    );
+    assert!(sent(&mut ep)[0].starts_with("SIP/2.0 481"));
+}
+
+#[test]
+fn unknown_events_users_and_short_intervals_are_refused() {
+    let Fixture { _dir, mut ep, t0 } = fixture();
+    ep.handle_bytes(t0, subscribe(1, "message-summary", 600, "", None), phone());
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 489 Bad Event"), "{out:?}");
+    assert!(out[0].contains("Allow-Events: dialog, presence"));
+    ep.handle_bytes(t0, subscribe(2, "dialog", 10, "", None), phone());
+    let out = sent(&mut ep);
+    assert!(
+        out[0].starts_with("SIP/2.0 423") && out[0].contains("Min-Expires: 60"),
+        "{out:?}"
+    );
+    let unknown = String::from_utf8_lossy(&subscribe(3, "dialog", 600, "", None))
+        .replace("SUBSCRIBE sip:201@pbx", "SUBSCRIBE sip:999@pbx");
+    ep.handle_bytes(t0, Bytes::from(unknown), phone());
+    assert!(sent(&mut ep)[0].starts_with("SIP/2.0 404"));
 }
