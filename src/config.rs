@@ -700,6 +700,39 @@ mod tests {
     }
 
     #[test]
+    fn queues_must_name_known_groups_free_numbers_and_playable_sounds() {
+        let base = "[[users]]\nextension = \"201\"\npassword = \"x\"\n\
+                    [[groups]]\nname = \"support\"\nmembers = [{ extension = \"201\" }]\n";
+        let bad = |queue: &str| {
+            Config::parse(&format!("{base}[[queues]]\n{queue}"), "t")
+                .expect_err(queue)
+                .to_string()
+        };
+        let e = bad("number = \"500\"\ngroups = [\"sales\"]\n");
+        assert!(e.contains("line 9") && e.contains("no group sales"), "{e}");
+        let e = bad("number = \"201\"\ngroups = [\"support\"]\n");
+        assert!(
+            e.contains("queues.number") && e.contains("also an extension"),
+            "{e}"
+        );
+        let e = bad("number = \"9000\"\ngroups = [\"support\"]\n");
+        assert!(e.contains("test number"), "{e}");
+        let e = bad("number = \"500\"\ngroups = [\"support\"]\noverflow_to = \"777\"\n");
+        assert!(e.contains("queues.overflow_to") && e.contains("777"), "{e}");
+        let e = bad("number = \"500\"\ngroups = [\"support\"]\nmusic = \"/nonexistent.wav\"\n");
+        assert!(
+            e.contains("queues.music") && e.contains("/nonexistent.wav"),
+            "{e}"
+        );
+        let ok = Config::parse(
+            &format!("{base}[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\noverflow_to = \"201\"\n"),
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(ok.queues[0].ring_secs, 15);
+    }
+
+    #[test]
     fn users_are_reduced_to_ha1() {
         let c = Config::parse(
             "[[users]]\nextension = \"201\"\npassword = \"pw\"\n[[users]]\nextension = \"202\"\nha1_md5 = \"0123456789abcdef0123456789ABCDEF\"\n",

@@ -3,14 +3,19 @@
 //!
 //! ```text
 //!   phones ── SIP (UDP/TCP) ──► transport/ ──► sip/ (sans-IO: messages,
-//!                                  │            transactions, digest auth)
+//!                                  │            transactions, digest auth, SDP)
 //!                                  ▼
-//!                             endpoint (one per shard, by Call-ID)
-//!                                  │
-//!                    registrar/ ◄──┴──► users (directory)
-//!                         │
-//!                         ▼
-//!                      store/ (sled, group-committed before acknowledging)
+//!                             endpoint/ (one per shard, by Call-ID)
+//!              ┌──────────┬────────┼──────────┬─────────────┐
+//!              ▼          ▼        ▼          ▼             ▼
+//!         registrar/   b2bua/ ──► routing/   blf/        users
+//!              │          │  (ACD: pure       │ NOTIFY on every change
+//!              │          │   decisions)      │
+//!              │          ▼        │ reads    ▼
+//!              │       media/      └──► presence/ (one map, change stream)
+//!              │   (relay, prompts)     history/ (caller index)
+//!              ▼                             │
+//!           store/ (sled, group-committed before acknowledging) ◄──┘
 //! ```
 //!
 //! Embedding:

@@ -39,6 +39,12 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ExportWhat {
+    /// The built-in sounds as WAV files (8 kHz, 16-bit) into a directory, to
+    /// listen to or to start a replacement from.
+    Sounds {
+        /// Where to write hold-music.wav, overflow.wav and confirm.wav.
+        dir: PathBuf,
+    },
     /// Call detail records, oldest first, to standard output.
     Cdr {
         #[arg(long, value_enum, default_value = "csv")]
@@ -86,6 +92,9 @@ fn main() -> ExitCode {
         Some(Command::Export {
             what: ExportWhat::Cdr { format, at },
         }) => export_cdr(format, at),
+        Some(Command::Export {
+            what: ExportWhat::Sounds { dir },
+        }) => export_sounds(&dir),
         None => run(cli.run),
     }
 }
@@ -131,6 +140,30 @@ fn export_cdr(format: Format, at: RunArgs) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    ExitCode::SUCCESS
+}
+
+fn export_sounds(dir: &std::path::Path) -> ExitCode {
+    use sipdesk::media::prompt::Prompt;
+    let sounds = [
+        ("hold-music.wav", Prompt::hold_music()),
+        ("overflow.wav", Prompt::sorry()),
+        ("confirm.wav", Prompt::confirm()),
+    ];
+    for (name, prompt) in sounds {
+        let path = dir.join(name);
+        if let Err(e) =
+            std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, prompt.to_wav()))
+        {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "{} ({:.1} s)",
+            path.display(),
+            prompt.duration().as_secs_f32()
+        );
     }
     ExitCode::SUCCESS
 }

@@ -107,3 +107,53 @@ fn demo_extensions_get_random_passwords_printed_only_on_the_first_start() {
         "printed once only:\n{again}"
     );
 }
+
+#[test]
+fn exported_sounds_are_accepted_back_as_queue_music() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = sipdesk()
+        .args(["export", "sounds"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let music = dir.path().join("hold-music.wav");
+    let conf = dir.path().join("q.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[users]]\nextension = \"201\"\npassword = \"x\"\n[[groups]]\nname = \"s\"\nmembers = [{{ extension = \"201\" }}]\n\
+             [[queues]]\nnumber = \"500\"\ngroups = [\"s\"]\nmusic = \"{}\"\noverflow_announcement = \"{}\"\n",
+            music.display(),
+            dir.path().join("overflow.wav").display()
+        ),
+    )
+    .expect("write");
+    let ok = sipdesk()
+        .arg("check-config")
+        .arg(&conf)
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::write(&music, b"RIFF junk").expect("write");
+    let bad = sipdesk()
+        .arg("check-config")
+        .arg(&conf)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad.status.code() == Some(2)
+            && err.contains("queues.music")
+            && err.contains("not a RIFF/WAVE file"),
+        "{err}"
+    );
+}

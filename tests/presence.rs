@@ -95,3 +95,59 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
     );
     pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sets_away_and_available_by_dialing_feature_codes() {
+    require("sipp");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = vec![("2100".to_string(), "pw2100".to_string())];
+    let text = config_with(port, "[\"MD5\"]", &users, "");
+    let pbx = Pbx::builder(Config::parse(&text, "test").expect("config"))
+        .data_dir(dir.path().join("data"))
+        .start()
+        .await
+        .expect("start");
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let inf = injection_file(dir.path(), "agent.csv", &["2100;pw2100".to_string()]);
+    let phone = free_port();
+    let run = |scenario_name: &str, service: &str| {
+        sipp_embedded(
+            target,
+            dir.path(),
+            phone,
+            vec![
+                "-sf".into(),
+                scenario(scenario_name),
+                "-inf".into(),
+                inf.display().to_string(),
+                "-s".into(),
+                service.into(),
+                "-m".into(),
+                "1".into(),
+            ],
+        )
+    };
+    assert!(run("register_auth.xml", "x")
+        .await
+        .expect("join")
+        .status
+        .success());
+    let state = || pbx.presence().state("2100").map(|s| s.0);
+    assert_eq!(state(), Some(State::Available));
+    for (code, want) in [
+        ("*41", State::Away),
+        ("*42", State::Busy),
+        ("*40", State::Available),
+    ] {
+        let out = run("uac_feature_code.xml", code).await.expect("join");
+        assert!(
+            out.status.success(),
+            "{code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(state(), Some(want), "after {code}");
+    }
+    assert_eq!(pbx.media_ports_in_use(), 0);
+    pbx.shutdown().await.expect("shutdown");
+}

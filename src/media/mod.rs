@@ -551,6 +551,83 @@ mod tests {
         assert_eq!(media.ports_in_use(), 0);
     }
 
+    /// Receives RTP packets for `for_ms`: (payload type, marker, seq, payload length).
+    async fn rtp_for(s: &UdpSocket, for_ms: u64) -> Vec<(u8, bool, u16, usize)> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        let end = tokio::time::Instant::now() + Duration::from_millis(for_ms);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, s.recv_from(&mut buf)).await {
+            if n >= 12 {
+                let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                got.push((buf[1] & 0x7F, buf[1] & 0x80 != 0, seq, n - 12));
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_relay_plays_a_prompt_paced_and_mutes_the_other_side_meanwhile() {
+        let media = Media::new("127.0.0.1".parse().expect("ip"), 41300, 41320);
+        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
+        for (side, s) in [(0, &a), (1, &b)] {
+            relay.set_peer(
+                side,
+                Peer {
+                    rtp: Some(s.local_addr().expect("addr")),
+                    sip_ip: None,
+                    receives: true,
+                },
+            );
+        }
+        relay.play(0, Arc::new(Prompt::hold_music()), 8, true);
+        b.send_to(
+            b"\x80\x08\0\x01\0\0\0\0\0\0\0\x01from-b",
+            ("127.0.0.1", relay.ports[1]),
+        )
+        .await
+        .expect("send");
+        let got = rtp_for(&a, 400).await;
+        // About 20 packets in 400 ms: paced, not bursted.
+        assert!((14..=24).contains(&got.len()), "{} packets", got.len());
+        assert!(
+            got.iter().all(|p| p.0 == 8 && p.3 == 160),
+            "PCMA, 20 ms each"
+        );
+        assert!(got[0].1, "the first carries the marker");
+        assert!(got.windows(2).all(|w| w[1].2 == w[0].2.wrapping_add(1)));
+        relay.stop_playing();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while a.try_recv(&mut [0u8; 512]).is_ok() {}
+        b.send_to(
+            b"\x80\x08\0\x01\0\0\0\0\0\0\0\x01from-b",
+            ("127.0.0.1", relay.ports[1]),
+        )
+        .await
+        .expect("send");
+        let got = rtp_for(&a, 200).await;
+        assert_eq!(got.len(), 1, "B is heard again, the music stopped");
+    }
+
+    #[tokio::test]
+    async fn a_player_plays_its_prompt_once() {
+        let media = Media::new("127.0.0.1".parse().expect("ip"), 41400, 41404);
+        let phone = UdpSocket::bind("127.0.0.1:0").await.expect("phone");
+        let peer = Peer {
+            rtp: Some(phone.local_addr().expect("addr")),
+            sip_ip: None,
+            receives: true,
+        };
+        let prompt = Arc::new(Prompt::from_linear(&[0; FRAME * 5]));
+        let _s = media
+            .player(prompt, 0, peer, Duration::from_secs(5), || {})
+            .expect("player");
+        let got = rtp_for(&phone, 400).await;
+        assert_eq!(got.len(), 5, "five frames, then silence");
+        assert!(got.iter().all(|p| p.0 == 0));
+    }
+
     #[test]
     fn latching_ignores_strangers_and_late_moves() {
         let t0 = tokio::time::Instant::now();
