@@ -64,10 +64,22 @@ impl Lab {
             "-m".into(),
             "1".into(),
         ];
-        let out = sipp_embedded(self.target, self.path(), port, args)
-            .await
-            .expect("join");
-        assert!(out.status.success(), "{ext} registers");
+        // One retry: another SIPp of a parallel test may hold the port for a moment.
+        let mut out = None;
+        for _ in 0..2 {
+            let o = sipp_embedded(self.target, self.path(), port, args.clone())
+                .await
+                .expect("join");
+            if o.status.success() {
+                out = None;
+                break;
+            }
+            out = Some(o);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(o) = out {
+            panic!("{ext} registers: {}", String::from_utf8_lossy(&o.stderr));
+        }
         // Idle times are compared in milliseconds: keep registrations apart.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

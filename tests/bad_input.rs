@@ -53,9 +53,19 @@ fn each_kind_of_bad_request_gets_its_status_and_the_server_keeps_serving() {
             request("INVITE sip:x SIP/2.0", "", "INVITE"),
             "SIP/2.0 404 ",
         ),
+        (request("REFER sip:x SIP/2.0", "", "REFER"), "SIP/2.0 405 "),
         (
             request("SUBSCRIBE sip:x SIP/2.0", "", "SUBSCRIBE"),
-            "SIP/2.0 405 ",
+            "SIP/2.0 489 Bad Event",
+        ),
+        (
+            request(
+                "SUBSCRIBE sip:x SIP/2.0",
+                "Event: dialog
+",
+                "SUBSCRIBE",
+            ),
+            "SIP/2.0 404 ",
         ),
         (request("BYE sip:x SIP/2.0", "", "BYE"), "SIP/2.0 481 "),
         (
