@@ -177,7 +177,7 @@ impl PbxBuilder {
                 i,
                 endpoint,
                 rx,
-                shared.presence.subscribe(),
+                shared.presence.clone(),
                 Arc::clone(&outbound),
                 writer_tx.clone(),
                 Arc::clone(&latency),
@@ -377,7 +377,7 @@ async fn run_shard(
     index: usize,
     mut endpoint: Endpoint,
     mut rx: mpsc::Receiver<ShardInput>,
-    mut presence: tokio::sync::broadcast::Receiver<crate::presence::Change>,
+    presence: crate::presence::Presence,
     outbound: Arc<Outbound>,
     writer: mpsc::UnboundedSender<WriterMsg>,
     latency: LatencyHistogram,
@@ -387,7 +387,19 @@ async fn run_shard(
     let mut local = new_histogram();
     let mut invites: Vec<Instant> = Vec::new();
     let mut merged_at = Instant::now();
+    // Presence changes are only read while this shard has a BLF subscription or a
+    // waiting queue call (most shards of a busy PBX have neither).
+    let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
     loop {
+        match (endpoint.wants_presence(), changes.is_some()) {
+            (true, false) => {
+                changes = Some(presence.subscribe());
+                // Whatever changed before listening: look at everything once.
+                endpoint.handle_presence_lag(Instant::now());
+            }
+            (false, true) => changes = None,
+            _ => {}
+        }
         if let Some(at) = endpoint.poll_timeout() {
             sleep.as_mut().reset(tokio::time::Instant::from_std(at));
         }
@@ -410,7 +422,7 @@ async fn run_shard(
                 }
             }
             () = &mut sleep, if timer_armed => endpoint.handle_timeout(Instant::now()),
-            change = presence.recv() => match change {
+            change = recv_change(&mut changes), if changes.is_some() => match change {
                 Ok(change) => endpoint.handle_presence(Instant::now(), &change),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(shard = index, "presence stream lagged by {n}");
@@ -439,6 +451,16 @@ async fn run_shard(
         if let Some(seq) = endpoint.poll_flush() {
             let _ = writer.send(WriterMsg::Flush { shard: index, seq });
         }
+    }
+}
+
+/// The next presence change (only polled while there is a receiver).
+async fn recv_change(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::presence::Change>>,
+) -> Result<crate::presence::Change, tokio::sync::broadcast::error::RecvError> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Subscription {
     pending: Option<Snapshot>,
     /// The dialogs of the last NOTIFY: one that vanished is reported terminated.
     reported: Vec<DialogFact>,
+    /// The state of the last NOTIFY.
+    reported_state: Option<State>,
     /// The subscription ends once this NOTIFY is sent (expiry, unsubscribe).
     terminating: bool,
     timer_at: Option<Instant>,
@@ -260,6 +262,7 @@ impl Endpoint {
             in_flight: None,
             pending: Some(snapshot(&shared.presence, &extension)),
             reported: Vec::new(),
+            reported_state: None,
             terminating: expires == 0,
             timer_at: None,
         };
@@ -333,12 +336,13 @@ impl Endpoint {
                     .filter(|r| !snap.dialogs.iter().any(|d| d.id == r.id))
                     .cloned()
                     .collect();
-                sub.reported = snap.dialogs.to_vec();
                 sub.version += 1;
                 dialog_info(&sub.entity, sub.version - 1, &snap.dialogs, &ended, &domain)
             }
             Package::Presence => pidf(&sub.entity, snap.state),
         };
+        sub.reported = snap.dialogs.to_vec();
+        sub.reported_state = Some(snap.state);
         let remaining = sub.expires_at.saturating_duration_since(now).as_secs();
         let state = if sub.terminating || remaining == 0 {
             "terminated;reason=timeout".to_string()
@@ -466,15 +470,23 @@ impl Endpoint {
         }
     }
 
-    /// Changes were missed: every subscription gets the current state.
+    /// Changes may have been missed: every subscription whose extension is not
+    /// as last reported (or queued) gets the current state.
     pub(crate) fn notify_all(&mut self, now: Instant) {
         let keys: Vec<String> = self.subscriptions.keys().cloned().collect();
         for key in keys {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            sub.pending = Some(snapshot(&self.shared.presence, &sub.extension));
-            self.notify(now, &key);
+            let snap = snapshot(&self.shared.presence, &sub.extension);
+            let known = match &sub.pending {
+                Some(p) => p.state == snap.state && p.dialogs == snap.dialogs,
+                None => sub.reported_state == Some(snap.state) && *sub.reported == *snap.dialogs,
+            };
+            if !known && !sub.terminating {
+                sub.pending = Some(snap);
+                self.notify(now, &key);
+            }
         }
     }
 

@@ -314,6 +314,12 @@ impl Endpoint {
         self.process_events(now);
     }
 
+    /// Whether this shard needs presence changes: it has BLF subscriptions or
+    /// queue calls waiting for an agent.
+    pub fn wants_presence(&self) -> bool {
+        !self.subscriptions.is_empty() || !self.waiting_calls.is_empty()
+    }
+
     /// Presence changes were missed (this shard fell behind the stream): look
     /// at everything again.
     pub fn handle_presence_lag(&mut self, now: Instant) {

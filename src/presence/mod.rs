@@ -7,6 +7,7 @@
 use crate::registrar::UnixMillis;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -96,6 +97,10 @@ pub struct DialogFact {
     pub peer: String,
 }
 
+/// How many of an extension's calls are shown (BLF, the change stream); the
+/// state is derived from all of them.
+pub const SHOWN_DIALOGS: usize = 8;
+
 /// A state or dialog change, as broadcast to every listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
@@ -110,8 +115,18 @@ pub struct Change {
 #[derive(Debug, Clone)]
 struct Facts {
     registered: bool,
-    /// The calls the extension is in.
-    dialogs: Vec<DialogFact>,
+    /// The calls the extension is in, by id (oldest first: ids are given out
+    /// under this entry's lock). A load tester's phone may be in thousands, so
+    /// nothing here scans them all.
+    dialogs: BTreeMap<DialogId, DialogFact>,
+    /// Of those, how many are talking (answered, or placed by the extension) and
+    /// how many ringing here.
+    talking: u32,
+    ringing: u32,
+    /// What is shown of them (BLF, the change stream): the oldest
+    /// [`SHOWN_DIALOGS`], shared so announcing a change never copies them. A dialog
+    /// leaves this window only when it ends.
+    shown_dialogs: Arc<[DialogFact]>,
     /// Wrap-up after a queue call lasts until then.
     wrap_up_until: Option<UnixMillis>,
     /// What the agent chose: Available, Away or Busy.
@@ -121,17 +136,54 @@ struct Facts {
     since: UnixMillis,
 }
 
+/// What a dialog adds to the (talking, ringing) counts.
+fn weight(d: &DialogFact) -> (u32, u32) {
+    if d.state == DialogState::Confirmed || d.direction == Direction::Initiator {
+        (1, 0)
+    } else {
+        (0, 1)
+    }
+}
+
 impl Facts {
+    fn count(&mut self, d: &DialogFact, add: bool) {
+        let (t, r) = weight(d);
+        if add {
+            self.talking += t;
+            self.ringing += r;
+        } else {
+            self.talking = self.talking.saturating_sub(t);
+            self.ringing = self.ringing.saturating_sub(r);
+        }
+    }
+
+    /// Adds a dialog (trying) with the next id; returns it.
+    fn add_dialog(
+        &mut self,
+        next: &AtomicU64,
+        call_id: &str,
+        direction: Direction,
+        peer: &str,
+    ) -> DialogId {
+        let id = DialogId(next.fetch_add(1, Ordering::Relaxed));
+        let d = DialogFact {
+            id,
+            call_id: call_id.to_string(),
+            direction,
+            state: DialogState::Trying,
+            peer: peer.to_string(),
+        };
+        self.count(&d, true);
+        self.dialogs.insert(id, d);
+        id
+    }
+
     fn derive(&self, now: UnixMillis) -> State {
-        let talking = self
-            .dialogs
-            .iter()
-            .any(|d| d.state == DialogState::Confirmed || d.direction == Direction::Initiator);
         if !self.registered {
             State::Offline
-        } else if talking {
+        } else if self.talking > 0 {
             State::OnCall
-        } else if !self.dialogs.is_empty() {
+        } else if self.ringing > 0 {
             State::Ringing
         } else if self.wrap_up_until.is_some_and(|t| t > now) {
             State::WrapUp
@@ -158,7 +210,10 @@ impl Presence {
                 ext.to_string(),
                 Facts {
                     registered: false,
-                    dialogs: Vec::new(),
+                    dialogs: BTreeMap::new(),
+                    talking: 0,
+                    ringing: 0,
+                    shown_dialogs: Arc::from([]),
                     wrap_up_until: None,
                     chosen: State::Available,
                     shown: State::Offline,
@@ -184,10 +239,10 @@ impl Presence {
     }
 
     /// The calls the extension is in now.
-    pub fn dialogs(&self, extension: &str) -> Vec<DialogFact> {
+    pub fn dialogs(&self, extension: &str) -> Arc<[DialogFact]> {
         self.map
             .get(extension)
-            .map(|f| f.dialogs.clone())
+            .map(|f| Arc::clone(&f.shown_dialogs))
             .unwrap_or_default()
     }
 
@@ -209,20 +264,32 @@ impl Presence {
     }
 
     /// Applies `f` to the facts of `extension` and announces what changed. `f`
-    /// returns whether it changed the dialogs (always announced) or not (announced
-    /// only when the derived state changes).
+    /// returns the dialog it changed, if any: a change inside the shown window is
+    /// always announced, anything else only when the derived state changes.
     fn update(
         &self,
         extension: &str,
         now: UnixMillis,
-        f: impl FnOnce(&mut Facts) -> bool,
+        f: impl FnOnce(&mut Facts) -> Option<DialogId>,
     ) -> Result<(), PresenceError> {
         let change = {
             let mut facts = self
                 .map
                 .get_mut(extension)
                 .ok_or_else(|| PresenceError::Unknown(extension.to_string()))?;
-            let dialogs_changed = f(&mut facts);
+            let changed = f(&mut facts);
+            let shown = &facts.shown_dialogs;
+            let dialogs_changed = changed.is_some_and(|id| {
+                shown.len() < SHOWN_DIALOGS || shown.last().is_some_and(|last| id <= last.id)
+            });
+            if dialogs_changed {
+                facts.shown_dialogs = facts
+                    .dialogs
+                    .values()
+                    .take(SHOWN_DIALOGS)
+                    .cloned()
+                    .collect();
+            }
             let state = facts.derive(now);
             if state == facts.shown && !dialogs_changed {
                 return Ok(());
@@ -231,11 +298,14 @@ impl Presence {
                 facts.shown = state;
                 facts.since = now;
             }
+            if self.changes.receiver_count() == 0 {
+                return Ok(()); // nobody listens: the map is the truth
+            }
             Change {
                 extension: extension.to_string(),
                 state,
                 at_ms: now.0,
-                dialogs: facts.dialogs.as_slice().into(),
+                dialogs: Arc::clone(&facts.shown_dialogs),
             }
         };
         // No listener is fine: the map is the truth, the stream only a notice.
@@ -252,7 +322,7 @@ impl Presence {
     ) -> Result<(), PresenceError> {
         self.update(extension, now, |f| {
             f.registered = registered;
-            false
+            None
         })
     }
 
@@ -268,18 +338,8 @@ impl Presence {
         }
         self.update(extension, now, |f| {
             f.chosen = state;
-            false
+            None
         })
-    }
-
-    fn new_dialog(&self, call_id: &str, direction: Direction, peer: &str) -> DialogFact {
-        DialogFact {
-            id: DialogId(self.next_dialog.fetch_add(1, Ordering::Relaxed)),
-            call_id: call_id.to_string(),
-            direction,
-            state: DialogState::Trying,
-            peer: peer.to_string(),
-        }
     }
 
     /// A call starts at the extension (`trying`); its id for later updates.
@@ -291,13 +351,12 @@ impl Presence {
         peer: &str,
         now: UnixMillis,
     ) -> Result<DialogId, PresenceError> {
-        let d = self.new_dialog(call_id, direction, peer);
-        let id = d.id;
+        let mut id = None;
         self.update(extension, now, |f| {
-            f.dialogs.push(d);
-            true
+            id = Some(f.add_dialog(&self.next_dialog, call_id, direction, peer));
+            id
         })?;
-        Ok(id)
+        id.ok_or_else(|| PresenceError::Unknown(extension.to_string()))
     }
 
     /// Offers a call to an agent only if the agent is `available`, and makes it
@@ -309,18 +368,15 @@ impl Presence {
         peer: &str,
         now: UnixMillis,
     ) -> Option<DialogId> {
-        let d = self.new_dialog(call_id, Direction::Recipient, peer);
-        let id = d.id;
-        let mut reserved = false;
+        let mut id = None;
         self.update(extension, now, |f| {
-            reserved = f.derive(now) == State::Available;
-            if reserved {
-                f.dialogs.push(d);
+            if f.derive(now) == State::Available {
+                id = Some(f.add_dialog(&self.next_dialog, call_id, Direction::Recipient, peer));
             }
-            reserved
+            id
         })
         .ok()?;
-        reserved.then_some(id)
+        id
     }
 
     /// A dialog moves on (early, confirmed).
@@ -332,13 +388,13 @@ impl Presence {
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
         self.update(extension, now, |f| {
-            match f.dialogs.iter_mut().find(|d| d.id == id) {
-                Some(d) if d.state != state => {
-                    d.state = state;
-                    true
-                }
-                _ => false,
-            }
+            let d = f.dialogs.get_mut(&id).filter(|d| d.state != state)?;
+            let before = weight(d);
+            d.state = state;
+            let after = weight(d);
+            f.talking = (f.talking + after.0).saturating_sub(before.0);
+            f.ringing = (f.ringing + after.1).saturating_sub(before.1);
+            Some(id)
         })
     }
 
@@ -351,12 +407,12 @@ impl Presence {
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
         self.update(extension, now, |f| {
-            let before = f.dialogs.len();
-            f.dialogs.retain(|d| d.id != id);
             if let Some(w) = wrap_up {
                 f.wrap_up_until = Some(UnixMillis(now.0 + w.as_millis() as u64));
             }
-            f.dialogs.len() != before
+            let d = f.dialogs.remove(&id)?;
+            f.count(&d, false);
+            Some(id)
         })
     }
 
@@ -371,7 +427,7 @@ impl Presence {
         for ext in due {
             let _ = self.update(&ext, now, |f| {
                 f.wrap_up_until = None;
-                false
+                None
             });
         }
     }
