@@ -98,7 +98,7 @@ pub(crate) struct Subscription {
 fn snapshot(presence: &crate::presence::Presence, extension: &str) -> Snapshot {
     Snapshot {
         state: presence.state(extension).map_or(State::Offline, |s| s.0),
-        dialogs: presence.dialogs(extension).into(),
+        dialogs: presence.dialogs(extension),
     }
 }
 
