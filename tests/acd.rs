@@ -261,7 +261,16 @@ async fn a_hundred_callers_and_twenty_agents_never_double_offer_an_agent() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut changes = lab.pbx.presence().subscribe();
-    let numbers: Vec<String> = (0..100).map(|i| format!("555{i:04}")).collect();
+    // One caller in ten withholds the number: a new customer each time.
+    let numbers: Vec<String> = (0..100)
+        .map(|i| {
+            if i % 10 == 0 {
+                "anonymous".to_string()
+            } else {
+                format!("555{i:04}")
+            }
+        })
+        .collect();
     let out = lab
         .customers("500", &numbers, "uac_queue.xml", 1500, 100)
         .await
@@ -287,7 +296,8 @@ async fn a_hundred_callers_and_twenty_agents_never_double_offer_an_agent() {
         .iter()
         .filter(|n| lab.last_agent(n).is_some())
         .count();
-    assert_eq!(answered, 100);
+    assert_eq!(answered, 90, "every known caller is remembered");
+    assert!(lab.pbx.history().recent_agents("anonymous").is_empty());
     assert!(offered >= 100, "every call was offered ({offered})");
     assert_eq!(lab.pbx.routing().waiting(sipdesk::routing::QueueId(0)), 0);
     for p in phones {
@@ -301,7 +311,7 @@ async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() 
     let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3201\" }]\n\
                  [[groups]]\nname = \"sales\"\nmembers = [{ extension = \"3202\" }]\n\
                  [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 2\noverflow_to = \"501\"\n\
-                 [[queues]]\nnumber = \"501\"\ngroups = [\"sales\"]\nmax_wait_secs = 2\nwrap_up_secs = 0\n";
+                 [[queues]]\nnumber = \"501\"\ngroups = [\"sales\"]\nmax_wait_secs = 2\nwrap_up_secs = 5\n";
     let lab = Lab::start(&["3201", "3202"], extra).await;
     // 3201 (support) is away; 3202 (sales) answers.
     let (p1, p2) = (free_port(), free_port());
@@ -324,8 +334,13 @@ async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() 
     assert!(out.status.success(), "overflowed to 501");
     assert!(started.elapsed() >= Duration::from_secs(4));
     assert_eq!(lab.last_agent("5553000").as_deref(), Some("3202"));
-    assert!(phone.await.expect("join").status.success());
     lab.settle().await;
+    // After a queue call the agent wraps up (5 s here), then is available again.
+    let state = || lab.pbx.presence().state("3202").map(|s| s.0);
+    assert_eq!(state(), Some(State::WrapUp));
+    assert!(phone.await.expect("join").status.success());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(state(), Some(State::Available));
 
     // Now 3202 is away too: 500 → 501 → announcement, then the PBX hangs up.
     lab.pbx

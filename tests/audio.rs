@@ -17,7 +17,7 @@ fn baresip_dir(
     rtp: u16,
     user: &str,
     pbx: u16,
-    tone: u32,
+    tone: (u32, u32),
 ) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("rec")).expect("dirs");
@@ -39,7 +39,14 @@ fn baresip_dir(
     let ok = Command::new("sox")
         .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
         .arg(dir.join("in.wav"))
-        .args(["synth", "6", "sine", &tone.to_string(), "vol", "0.5"])
+        .args([
+            "synth",
+            &tone.1.to_string(),
+            "sine",
+            &tone.0.to_string(),
+            "vol",
+            "0.5",
+        ])
         .status()
         .expect("sox");
     assert!(ok.success(), "sox could not make the tone");
@@ -111,7 +118,7 @@ fn two_baresip_phones_hear_each_other_through_the_pbx() {
         rtp_base,
         "3001",
         port,
-        440,
+        (440, 6),
     );
     let bob = baresip_dir(
         tmp.path(),
@@ -120,7 +127,7 @@ fn two_baresip_phones_hear_each_other_through_the_pbx() {
         rtp_base + 40,
         "3002",
         port,
-        1000,
+        (1000, 6),
     );
 
     let mut bob_ua = baresip(&bob, 25, &[]);
@@ -161,4 +168,115 @@ fn two_baresip_phones_hear_each_other_through_the_pbx() {
             logs()
         );
     }
+}
+
+/// `(seconds, rough frequency)` of a stretch of a WAV.
+fn measure_part(wav: &Path, from: f64, secs: f64) -> (f64, f64) {
+    let part = wav.with_extension(format!("part{from}.wav"));
+    let ok = Command::new("sox")
+        .arg(wav)
+        .arg(&part)
+        .args(["trim", &from.to_string(), &secs.to_string()])
+        .status()
+        .expect("sox trim");
+    assert!(ok.success());
+    measure(&part)
+}
+
+#[test]
+fn a_queue_caller_hears_the_music_then_the_agent() {
+    require("baresip");
+    require("sox");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = vec![
+        ("3101".to_string(), "pw3101".to_string()),
+        ("3102".to_string(), "pw3102".to_string()),
+        ("3103".to_string(), "pw3103".to_string()),
+    ];
+    // Nobody who serves queue 500 is registered: the caller hears the built-in
+    // music for 3 s, then overflows to extension 3102, who answers.
+    let queue = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3103\" }]\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 3\noverflow_to = \"3102\"\n";
+    let mut server = Server::start(
+        tmp.path(),
+        port,
+        &config_with(port, "[\"MD5\"]", &users, queue),
+    );
+    let rtp_base = 30_000 + (port % 20) * 100;
+    let caller = baresip_dir(
+        tmp.path(),
+        "caller",
+        free_port(),
+        rtp_base,
+        "3101",
+        port,
+        (440, 20),
+    );
+    let agent = baresip_dir(
+        tmp.path(),
+        "agent",
+        free_port(),
+        rtp_base + 40,
+        "3102",
+        port,
+        (1000, 20),
+    );
+    let mut agent_ua = baresip(&agent, 25, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(agent.join("log")).unwrap_or_default();
+        if log.contains("200 OK") && log.contains("binding") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dial = format!("/dial sip:500@127.0.0.1:{port}");
+    let mut caller_ua = baresip(&caller, 12, &["-e", &dial]);
+    let _ = caller_ua.wait();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent_ua.id().to_string())
+        .status();
+    let _ = agent_ua.wait();
+    server.stop();
+    let logs = || {
+        format!(
+            "--- caller ---\n{}\n--- agent ---\n{}\n--- sipdesk ---\n{}",
+            std::fs::read_to_string(caller.join("log")).unwrap_or_default(),
+            std::fs::read_to_string(agent.join("log")).unwrap_or_default(),
+            server.log()
+        )
+    };
+    let Some(heard) = received(&caller) else {
+        panic!("the caller recorded nothing\n{}", logs())
+    };
+    // The music is an arpeggio between 175 and 525 Hz; then the agent's 1 kHz.
+    let (len, music) = measure_part(&heard, 0.5, 2.0);
+    assert!(
+        len >= 1.9 && (150.0..600.0).contains(&music),
+        "music: {len} s at {music} Hz\n{}",
+        logs()
+    );
+    let (len, voice) = measure_part(&heard, 5.0, 3.0);
+    assert!(
+        len >= 2.9 && voice > 900.0 && voice < 1100.0,
+        "agent: {len} s at {voice} Hz\n{}",
+        logs()
+    );
+    let caller_log = std::fs::read_to_string(caller.join("log")).unwrap_or_default();
+    assert!(
+        !caller_log.contains("SSRC changed") && !caller_log.contains("discard old frame"),
+        "the agent's audio continues the music's RTP stream\n{}",
+        logs()
+    );
+    let Some(agent_heard) = received(&agent) else {
+        panic!("the agent recorded nothing\n{}", logs())
+    };
+    let (len, freq) = measure(&agent_heard);
+    assert!(
+        len >= 3.0 && freq > 400.0 && freq < 480.0,
+        "the agent heard {len} s at {freq} Hz\n{}",
+        logs()
+    );
 }

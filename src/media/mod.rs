@@ -172,6 +172,64 @@ struct RelayState {
     latched: [Option<(SocketAddr, tokio::time::Instant)>; 2],
     /// A prompt being played to one side (the other side is not heard meanwhile).
     playing: Option<Playback>,
+    /// After a prompt, the other side's RTP toward the side that heard it goes
+    /// on as the prompt's stream (same SSRC, sequence and timestamps following
+    /// on), so the phone sees one continuous stream, not a jump it may discard.
+    continuation: [Continuation; 2],
+}
+
+/// How RTP toward one side is rewritten after a prompt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Continuation {
+    #[default]
+    None,
+    /// The prompt ended here: the next packet fixes the offsets.
+    From { ssrc: u32, seq: u16, ts: u32 },
+    /// Offsets added to every packet (wrapping), and the SSRC written.
+    Shift { ssrc: u32, seq: u16, ts: u32 },
+}
+
+impl Continuation {
+    /// Rewrites an RTP packet's header in place (checked: RTP version 2, whole
+    /// header); anything else passes untouched.
+    fn apply(&mut self, pkt: &mut [u8]) {
+        if pkt.len() < 12 || pkt[0] >> 6 != 2 {
+            return;
+        }
+        let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+        let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+        if let Continuation::From {
+            ssrc,
+            seq: next_seq,
+            ts: next_ts,
+        } = *self
+        {
+            *self = Continuation::Shift {
+                ssrc,
+                seq: next_seq.wrapping_sub(seq),
+                ts: next_ts.wrapping_sub(ts),
+            };
+            pkt[1] |= 0x80; // marker: a new talk spurt
+        }
+        if let Continuation::Shift {
+            ssrc,
+            seq: dseq,
+            ts: dts,
+        } = *self
+        {
+            pkt[2..4].copy_from_slice(&seq.wrapping_add(dseq).to_be_bytes());
+            pkt[4..8].copy_from_slice(&ts.wrapping_add(dts).to_be_bytes());
+            pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        }
+    }
+}
+
+impl RelayState {
+    fn stop_playing(&mut self) {
+        if let Some(p) = self.playing.take() {
+            self.continuation[p.toward] = p.continuation();
+        }
+    }
 }
 
 /// A prompt being played: where in it, and the RTP stream it makes.
@@ -190,6 +248,15 @@ struct Playback {
 }
 
 impl Playback {
+    /// Where the prompt's stream stopped: the continuation of its receiver.
+    fn continuation(&self) -> Continuation {
+        Continuation::From {
+            ssrc: self.ssrc,
+            seq: self.seq,
+            ts: self.ts,
+        }
+    }
+
     fn new(prompt: Arc<Prompt>, pt: u8, looping: bool, toward: usize) -> Playback {
         Playback {
             prompt,
@@ -275,7 +342,7 @@ impl Relay {
     /// Stops any prompt: the two sides hear each other again.
     pub fn stop_playing(&self) {
         if let Ok(mut st) = self.state.lock() {
-            st.playing = None;
+            st.stop_playing();
         }
     }
 }
@@ -354,7 +421,7 @@ impl Media {
                                         let _ = socks[toward][0].try_send_to(&frame[..n], dest);
                                     }
                                 }
-                                None => st.playing = None,
+                                None => st.stop_playing(),
                             }
                         }
                         continue;
@@ -385,6 +452,7 @@ impl Media {
                             if !rtcp {
                                 last = now;
                                 latch(&mut st, side, from, now);
+                                st.continuation[other].apply(&mut buf[..n]);
                             }
                             let muted = st.playing.as_ref().is_some_and(|p| p.toward == other);
                             destination(&st, other, rtcp).filter(|_| !muted)
@@ -551,15 +619,17 @@ mod tests {
         assert_eq!(media.ports_in_use(), 0);
     }
 
-    /// Receives RTP packets for `for_ms`: (payload type, marker, seq, payload length).
-    async fn rtp_for(s: &UdpSocket, for_ms: u64) -> Vec<(u8, bool, u16, usize)> {
+    /// Receives RTP packets for `for_ms`: (payload type, marker, seq, payload
+    /// length, SSRC).
+    async fn rtp_for(s: &UdpSocket, for_ms: u64) -> Vec<(u8, bool, u16, usize, u32)> {
         let mut got = Vec::new();
         let mut buf = [0u8; 512];
         let end = tokio::time::Instant::now() + Duration::from_millis(for_ms);
         while let Ok(Ok((n, _))) = tokio::time::timeout_at(end, s.recv_from(&mut buf)).await {
             if n >= 12 {
                 let seq = u16::from_be_bytes([buf[2], buf[3]]);
-                got.push((buf[1] & 0x7F, buf[1] & 0x80 != 0, seq, n - 12));
+                let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                got.push((buf[1] & 0x7F, buf[1] & 0x80 != 0, seq, n - 12, ssrc));
             }
         }
         got
@@ -599,7 +669,11 @@ mod tests {
         assert!(got.windows(2).all(|w| w[1].2 == w[0].2.wrapping_add(1)));
         relay.stop_playing();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while a.try_recv(&mut [0u8; 512]).is_ok() {}
+        let (mut last_seq, ssrc) = (got[got.len() - 1].2, got[0].4);
+        let mut buf = [0u8; 512];
+        while a.try_recv(&mut buf).is_ok() {
+            last_seq = u16::from_be_bytes([buf[2], buf[3]]);
+        }
         b.send_to(
             b"\x80\x08\0\x01\0\0\0\0\0\0\0\x01from-b",
             ("127.0.0.1", relay.ports[1]),
@@ -608,6 +682,11 @@ mod tests {
         .expect("send");
         let got = rtp_for(&a, 200).await;
         assert_eq!(got.len(), 1, "B is heard again, the music stopped");
+        assert_eq!(
+            (got[0].1, got[0].2, got[0].4),
+            (true, last_seq.wrapping_add(1), ssrc),
+            "B's stream goes on as the music's: same SSRC, the next sequence number"
+        );
     }
 
     #[tokio::test]
