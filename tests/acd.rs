@@ -372,3 +372,38 @@ async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() 
     assert_eq!(lab.pbx.media_ports_in_use(), 0);
     lab.pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_who_does_not_answer_in_time_is_cancelled_and_skipped() {
+    let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3301\" }, { extension = \"3302\" }]\n\
+                 [[groups]]\nname = \"sales\"\nmembers = []\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nring_secs = 2\nwrap_up_secs = 0\n";
+    let lab = Lab::start(&["3301", "3302"], extra).await;
+    let (p1, p2) = (free_port(), free_port());
+    // 3301 has been idle longest, but only rings.
+    lab.register("3301", p1).await;
+    lab.register("3302", p2).await;
+    let ringer = lab.phone(p1, "uas_ring.xml", 1);
+    let answerer = lab.phone(p2, "uas_answer.xml", 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let out = lab
+        .customers("500", &["5556000".to_string()], "uac_queue.xml", 3500, 1)
+        .await
+        .expect("join");
+    assert!(out.status.success(), "answered by the second agent");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(lab.last_agent("5556000").as_deref(), Some("3302"));
+    assert!(
+        ringer.await.expect("join").status.success(),
+        "3301 rang for 2 s and was cancelled"
+    );
+    assert!(answerer.await.expect("join").status.success());
+    lab.settle().await;
+    assert_eq!(
+        lab.pbx.presence().state("3301").map(|s| s.0),
+        Some(State::Available),
+        "a missed call does not take the agent out"
+    );
+    lab.pbx.shutdown().await.expect("shutdown");
+}
