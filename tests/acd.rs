@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use sipdesk::config::Config;
 use sipdesk::presence::State;
 use sipdesk::Pbx;
 use std::collections::HashMap;
@@ -14,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 struct Lab {
     pbx: Pbx,
@@ -27,22 +27,10 @@ fn pw(ext: &str) -> String {
 
 impl Lab {
     async fn start(agents: &[&str], extra: &str) -> Lab {
-        require("sipp");
         let dir = tempfile::tempdir().expect("tmp");
-        let port = free_port();
         let users: Vec<(String, String)> = agents.iter().map(|a| (a.to_string(), pw(a))).collect();
-        let text = config_with(port, "[\"MD5\"]", &users, extra);
-        let config = Config::parse(&text, "test").expect("config");
-        let pbx = Pbx::builder(config)
-            .data_dir(dir.path().join("data"))
-            .start()
-            .await
-            .expect("start");
-        Lab {
-            pbx,
-            target: ([127, 0, 0, 1], port).into(),
-            dir,
-        }
+        let (pbx, target) = embedded_pbx(dir.path(), &users, extra).await;
+        Lab { pbx, target, dir }
     }
 
     fn path(&self) -> &Path {
@@ -51,53 +39,21 @@ impl Lab {
 
     /// Registers `ext` from `port` (its presence becomes available now).
     async fn register(&self, ext: &str, port: u16) {
-        let inf = injection_file(
-            self.path(),
-            &format!("reg{ext}.csv"),
-            &[format!("{ext};{}", pw(ext))],
-        );
-        let args = vec![
-            "-sf".into(),
-            scenario("register_auth.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-m".into(),
-            "1".into(),
-        ];
-        // One retry: another SIPp of a parallel test may hold the port for a moment.
-        let mut out = None;
-        for _ in 0..2 {
-            let o = sipp_embedded(self.target, self.path(), port, args.clone())
-                .await
-                .expect("join");
-            if o.status.success() {
-                out = None;
-                break;
-            }
-            out = Some(o);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if let Some(o) = out {
-            panic!("{ext} registers: {}", String::from_utf8_lossy(&o.stderr));
-        }
+        register_phone(self.target, self.path(), port, ext, &pw(ext)).await;
         // Idle times are compared in milliseconds: keep registrations apart.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     /// A phone at `port` running `scenario` for `calls` calls.
-    fn phone(
-        &self,
-        port: u16,
-        scenario_name: &str,
-        calls: usize,
-    ) -> tokio::task::JoinHandle<Output> {
-        let args = vec![
-            "-sf".into(),
-            scenario(scenario_name),
-            "-m".into(),
-            calls.to_string(),
-        ];
-        sipp_embedded(self.target, self.path(), port, args)
+    fn phone(&self, port: u16, scenario_name: &str, calls: usize) -> JoinHandle<Output> {
+        let calls = calls.to_string();
+        sipp_scenario(
+            self.target,
+            self.path(),
+            port,
+            scenario_name,
+            &["-m", &calls],
+        )
     }
 
     /// Customers (numbers) calling queue `queue`, `rate` new calls a second, each
@@ -109,25 +65,15 @@ impl Lab {
         scenario_name: &str,
         talk_ms: u64,
         rate: usize,
-    ) -> tokio::task::JoinHandle<Output> {
+    ) -> JoinHandle<Output> {
         let inf = injection_file(self.path(), &format!("callers{}.csv", free_port()), numbers);
-        let args = vec![
-            "-sf".into(),
-            scenario(scenario_name),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-s".into(),
-            queue.into(),
-            "-d".into(),
-            talk_ms.to_string(),
-            "-r".into(),
-            rate.to_string(),
-            "-l".into(),
-            numbers.len().to_string(),
-            "-m".into(),
-            numbers.len().to_string(),
+        let inf = inf.display().to_string();
+        let (talk, rate) = (talk_ms.to_string(), rate.to_string());
+        let count = numbers.len().to_string();
+        let args = [
+            "-inf", &inf, "-s", queue, "-d", &talk, "-r", &rate, "-l", &count, "-m", &count,
         ];
-        sipp_embedded(self.target, self.path(), free_port(), args)
+        sipp_scenario(self.target, self.path(), free_port(), scenario_name, &args)
     }
 
     /// One customer call, to its end.

@@ -17,6 +17,7 @@ fn baresip_dir(
     rtp: u16,
     user: &str,
     pbx: u16,
+    // (Hz, seconds) of the tone this phone sends.
     tone: (u32, u32),
 ) -> std::path::PathBuf {
     let dir = root.join(name);
@@ -66,6 +67,18 @@ fn baresip(dir: &Path, secs: u32, extra: &[&str]) -> std::process::Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("start baresip")
+}
+
+/// Waits (up to 15 s) until the baresip in `dir` has registered.
+fn wait_registered(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        if log.contains("200 OK") && log.contains("binding") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// (length in seconds, rough dominant frequency in Hz) of a WAV, from `sox stat`.
@@ -131,14 +144,7 @@ fn two_baresip_phones_hear_each_other_through_the_pbx() {
     );
 
     let mut bob_ua = baresip(&bob, 25, &[]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let log = std::fs::read_to_string(bob.join("log")).unwrap_or_default();
-        if log.contains("200 OK") && log.contains("binding") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_registered(&bob);
     let dial = format!("/dial sip:3002@127.0.0.1:{port}");
     let mut alice_ua = baresip(&alice, 15, &["-e", &dial]);
     let _ = alice_ua.wait();
@@ -223,14 +229,7 @@ fn a_queue_caller_hears_the_music_then_the_agent() {
         (1000, 20),
     );
     let mut agent_ua = baresip(&agent, 25, &[]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let log = std::fs::read_to_string(agent.join("log")).unwrap_or_default();
-        if log.contains("200 OK") && log.contains("binding") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_registered(&agent);
     let dial = format!("/dial sip:500@127.0.0.1:{port}");
     let mut caller_ua = baresip(&caller, 12, &["-e", &dial]);
     let _ = caller_ua.wait();

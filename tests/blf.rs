@@ -6,86 +6,42 @@
 mod common;
 
 use common::*;
-use sipdesk::config::Config;
-use sipdesk::Pbx;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blf_subscriber_sees_each_dialog_state_of_a_call_in_order() {
-    require("sipp");
     let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
     let users = vec![
         ("2000".to_string(), "pw2000".to_string()),
         ("2001".to_string(), "pw2001".to_string()),
     ];
-    let text = config_with(port, "[\"MD5\"]", &users, "[calls]\nauthenticate = false\n");
-    let pbx = Pbx::builder(Config::parse(&text, "test").expect("config"))
-        .data_dir(dir.path().join("data"))
-        .start()
-        .await
-        .expect("start");
-    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-
+    let (pbx, target) = embedded_pbx(dir.path(), &users, "[calls]\nauthenticate = false\n").await;
     let phone_port = free_port();
-    let inf = injection_file(dir.path(), "phone.csv", &["2000;pw2000".to_string()]);
-    let reg = sipp_embedded(
-        target,
-        dir.path(),
-        phone_port,
-        vec![
-            "-sf".into(),
-            scenario("register_auth.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-m".into(),
-            "1".into(),
-        ],
-    );
-    assert!(reg.await.expect("join").status.success(), "2000 registers");
+    register_phone(target, dir.path(), phone_port, "2000", "pw2000").await;
 
     let inf = injection_file(dir.path(), "blf.csv", &["2001;pw2001".to_string()]);
-    let blf = sipp_embedded(
+    let inf = inf.display().to_string();
+    let blf = sipp_scenario(
         target,
         dir.path(),
         free_port(),
-        vec![
-            "-sf".into(),
-            scenario("subscribe_dialog.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-s".into(),
-            "2000".into(),
-            "-m".into(),
-            "1".into(),
-        ],
+        "subscribe_dialog.xml",
+        &["-inf", &inf, "-s", "2000", "-m", "1"],
     );
-    let phone = sipp_embedded(
+    let phone = sipp_scenario(
         target,
         dir.path(),
         phone_port,
-        vec![
-            "-sf".into(),
-            scenario("uas_answer_slowly.xml"),
-            "-m".into(),
-            "1".into(),
-        ],
+        "uas_answer_slowly.xml",
+        &["-m", "1"],
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let caller = sipp_embedded(
+    let caller = sipp_scenario(
         target,
         dir.path(),
         free_port(),
-        vec![
-            "-sf".into(),
-            scenario("uac_call.xml"),
-            "-s".into(),
-            "2000".into(),
-            "-d".into(),
-            "500".into(),
-            "-m".into(),
-            "1".into(),
-        ],
+        "uac_call.xml",
+        &["-s", "2000", "-d", "500", "-m", "1"],
     );
     assert!(caller.await.expect("join").status.success(), "the call");
     assert!(phone.await.expect("join").status.success(), "2000 answered");

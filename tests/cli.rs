@@ -11,13 +11,18 @@ fn sipdesk() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sipdesk"))
 }
 
+fn check_config(file: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    sipdesk()
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn check_config_accepts_the_shipped_file_and_names_key_and_line_of_errors() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sipdesk.toml");
-    let ok = sipdesk()
-        .args(["check-config", shipped])
-        .output()
-        .expect("run");
+    let ok = check_config(shipped);
     assert!(
         ok.status.success(),
         "{}",
@@ -27,11 +32,7 @@ fn check_config_accepts_the_shipped_file_and_names_key_and_line_of_errors() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[sip]\nmin_expires = 60\ndefault_expires = 30\n").expect("write");
-    let out = sipdesk()
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = check_config(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -40,11 +41,7 @@ fn check_config_accepts_the_shipped_file_and_names_key_and_line_of_errors() {
     );
 
     std::fs::write(&bad, "[rtp]\nport_mn = 1\n").expect("write");
-    let out = sipdesk()
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = check_config(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("line 2") && err.contains("port_mn"),
@@ -133,22 +130,14 @@ fn exported_sounds_are_accepted_back_as_queue_music() {
         ),
     )
     .expect("write");
-    let ok = sipdesk()
-        .arg("check-config")
-        .arg(&conf)
-        .output()
-        .expect("run");
+    let ok = check_config(&conf);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
     std::fs::write(&music, b"RIFF junk").expect("write");
-    let bad = sipdesk()
-        .arg("check-config")
-        .arg(&conf)
-        .output()
-        .expect("run");
+    let bad = check_config(&conf);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         bad.status.code() == Some(2)

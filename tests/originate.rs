@@ -6,50 +6,19 @@ mod common;
 
 use common::*;
 use sipdesk::b2bua::OriginateError;
-use sipdesk::config::Config;
-use sipdesk::Pbx;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn originate_rings_a_then_connects_b_and_tears_both_down() {
-    require("sipp");
     let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
     let users = vec![
         ("2000".to_string(), "pw2000".to_string()),
         ("2001".to_string(), "pw2001".to_string()),
     ];
-    let text = config_with(
-        port,
-        "[\"MD5\"]",
-        &users,
-        "[test_numbers]\nhangup = \"9001\"\nhangup_after_secs = 1\n",
-    );
-    let config = Config::parse(&text, "test").expect("config");
-    let pbx = Pbx::builder(config)
-        .data_dir(dir.path().join("data"))
-        .start()
-        .await
-        .expect("start");
-    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let extra = "[test_numbers]\nhangup = \"9001\"\nhangup_after_secs = 1\n";
+    let (pbx, target) = embedded_pbx(dir.path(), &users, extra).await;
     let uas_port = free_port();
-    let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
-    let reg = sipp_embedded(
-        target,
-        dir.path(),
-        uas_port,
-        vec![
-            "-sf".into(),
-            scenario("register_auth.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-m".into(),
-            "1".into(),
-        ],
-    )
-    .await
-    .expect("join");
-    assert!(reg.status.success(), "UAS registration failed");
+    register_phone(target, dir.path(), uas_port, "2000", "pw2000").await;
 
     // Errors first: nothing is started for them.
     assert_eq!(
@@ -61,17 +30,7 @@ async fn originate_rings_a_then_connects_b_and_tears_both_down() {
         Err(OriginateError::NotRegistered("2001".into()))
     );
 
-    let uas = sipp_embedded(
-        target,
-        dir.path(),
-        uas_port,
-        vec![
-            "-sf".into(),
-            scenario("uas_answer.xml"),
-            "-m".into(),
-            "1".into(),
-        ],
-    );
+    let uas = sipp_scenario(target, dir.path(), uas_port, "uas_answer.xml", &["-m", "1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let call = pbx.originate("2000", "9001").await.expect("originate");
     assert!(!call.is_empty());

@@ -1,80 +1,35 @@
 //! Presence driven by real SIP: an extension is offline until its phone (SIPp)
 //! registers, rings while a call is offered to it, and is available again when the
-//! caller cancels. Observed through the embedding API's change stream.
+//! caller cancels; an agent chooses away, busy and available with feature codes.
+//! Observed through the embedding API's change stream.
 
 mod common;
 
 use common::*;
-use sipdesk::config::Config;
 use sipdesk::presence::{DialogState, State};
-use sipdesk::Pbx;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_and_calls_drive_the_presence_of_an_extension() {
-    require("sipp");
     let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
     let users = vec![("2000".to_string(), "pw2000".to_string())];
-    let text = config_with(port, "[\"MD5\"]", &users, "[calls]\nauthenticate = false\n");
-    let config = Config::parse(&text, "test").expect("config");
-    let pbx = Pbx::builder(config)
-        .data_dir(dir.path().join("data"))
-        .start()
-        .await
-        .expect("start");
+    let (pbx, target) = embedded_pbx(dir.path(), &users, "[calls]\nauthenticate = false\n").await;
     let mut changes = pbx.presence().subscribe();
-    assert_eq!(
-        pbx.presence().state("2000").map(|s| s.0),
-        Some(State::Offline)
-    );
+    let state = || pbx.presence().state("2000").map(|s| s.0);
+    assert_eq!(state(), Some(State::Offline));
 
-    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let uas_port = free_port();
-    let inf = injection_file(dir.path(), "uas.csv", &["2000;pw2000".to_string()]);
-    let reg = sipp_embedded(
-        target,
-        dir.path(),
-        uas_port,
-        vec![
-            "-sf".into(),
-            scenario("register_auth.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-m".into(),
-            "1".into(),
-        ],
-    );
-    assert!(reg.await.expect("join").status.success(), "registration");
-    assert_eq!(
-        pbx.presence().state("2000").map(|s| s.0),
-        Some(State::Available)
-    );
+    let phone = free_port();
+    register_phone(target, dir.path(), phone, "2000", "pw2000").await;
+    assert_eq!(state(), Some(State::Available));
 
-    let uas = sipp_embedded(
-        target,
-        dir.path(),
-        uas_port,
-        vec![
-            "-sf".into(),
-            scenario("uas_ring.xml"),
-            "-m".into(),
-            "1".into(),
-        ],
-    );
+    let uas = sipp_scenario(target, dir.path(), phone, "uas_ring.xml", &["-m", "1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let uac = sipp_embedded(
+    let uac = sipp_scenario(
         target,
         dir.path(),
         free_port(),
-        vec![
-            "-sf".into(),
-            scenario("uac_cancel.xml"),
-            "-s".into(),
-            "2000".into(),
-            "-m".into(),
-            "1".into(),
-        ],
+        "uac_cancel.xml",
+        &["-s", "2000", "-m", "1"],
     );
     assert!(uac.await.expect("join").status.success(), "caller cancels");
     assert!(uas.await.expect("join").status.success(), "callee rang");
@@ -98,49 +53,29 @@ async fn registration_and_calls_drive_the_presence_of_an_extension() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_sets_away_and_available_by_dialing_feature_codes() {
-    require("sipp");
     let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
     let users = vec![("2100".to_string(), "pw2100".to_string())];
-    let text = config_with(port, "[\"MD5\"]", &users, "");
-    let pbx = Pbx::builder(Config::parse(&text, "test").expect("config"))
-        .data_dir(dir.path().join("data"))
-        .start()
-        .await
-        .expect("start");
-    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let inf = injection_file(dir.path(), "agent.csv", &["2100;pw2100".to_string()]);
+    let (pbx, target) = embedded_pbx(dir.path(), &users, "").await;
     let phone = free_port();
-    let run = |scenario_name: &str, service: &str| {
-        sipp_embedded(
-            target,
-            dir.path(),
-            phone,
-            vec![
-                "-sf".into(),
-                scenario(scenario_name),
-                "-inf".into(),
-                inf.display().to_string(),
-                "-s".into(),
-                service.into(),
-                "-m".into(),
-                "1".into(),
-            ],
-        )
-    };
-    assert!(run("register_auth.xml", "x")
-        .await
-        .expect("join")
-        .status
-        .success());
+    register_phone(target, dir.path(), phone, "2100", "pw2100").await;
     let state = || pbx.presence().state("2100").map(|s| s.0);
     assert_eq!(state(), Some(State::Available));
+    let inf = injection_file(dir.path(), "agent.csv", &["2100;pw2100".to_string()]);
+    let inf = inf.display().to_string();
     for (code, want) in [
         ("*41", State::Away),
         ("*42", State::Busy),
         ("*40", State::Available),
     ] {
-        let out = run("uac_feature_code.xml", code).await.expect("join");
+        let out = sipp_scenario(
+            target,
+            dir.path(),
+            phone,
+            "uac_feature_code.xml",
+            &["-inf", &inf, "-s", code, "-m", "1"],
+        )
+        .await
+        .expect("join");
         assert!(
             out.status.success(),
             "{code}: {}",

@@ -293,14 +293,8 @@ impl Endpoint {
             .dialog_started(&caller, &a_call_id, Role::Initiator, &callee, wall)
             .ok()
             .map(|id| (caller.clone(), id));
-        self.shared
-            .stats
-            .live_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.legs
-            .insert(a_call_id.clone(), (a_call_id.clone(), Side::A));
-        self.bridges.insert(
-            a_call_id.clone(),
+        self.add_bridge(
+            &a_call_id,
             Bridge {
                 phase: APhase::Calling,
                 a_tx: tx,
@@ -760,6 +754,16 @@ impl Endpoint {
         .finish();
         self.write_cdr(now, bridge.cdr, disposition, by);
         self.hold_until_durable(bridge.a_tx, answer, bridge.a_remote);
+    }
+
+    /// A new call: counted live, reachable by leg A's Call-ID.
+    pub(super) fn add_bridge(&mut self, a: &str, bridge: Bridge) {
+        self.shared
+            .stats
+            .live_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.legs.insert(a.to_string(), (a.to_string(), Side::A));
+        self.bridges.insert(a.to_string(), bridge);
     }
 
     fn remove_bridge(&mut self, a: &str) -> Option<Bridge> {

@@ -182,16 +182,7 @@ impl Store {
     pub fn responses(&self, caller: &str) -> Result<Vec<ResponseRecord>, StoreError> {
         let mut prefix = caller.as_bytes().to_vec();
         prefix.push(0);
-        self.responses
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                serde_json::from_slice(&v).map_err(|source| StoreError::Decode {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    source,
-                })
-            })
-            .collect()
+        decode(self.responses.scan_prefix(prefix))
     }
 
     /// A new id for a response record (time-ordered, unique in this database).
@@ -211,7 +202,13 @@ impl Store {
 }
 
 fn decode_all<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
-    tree.iter()
+    decode(tree.iter())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    records: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> Result<Vec<T>, StoreError> {
+    records
         .map(|kv| {
             let (k, v) = kv?;
             serde_json::from_slice(&v).map_err(|source| StoreError::Decode {

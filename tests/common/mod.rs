@@ -369,3 +369,66 @@ pub fn assert_sipp_ok(out: &Output, what: &str, server: &Server) {
 pub fn scenario(name: &str) -> String {
     format!("{SCENARIOS}/{name}")
 }
+
+/// SIPp running scenario `name` against an in-process PBX at `target`, with
+/// more arguments.
+pub fn sipp_scenario(
+    target: SocketAddr,
+    dir: &Path,
+    lport: u16,
+    name: &str,
+    args: &[&str],
+) -> tokio::task::JoinHandle<Output> {
+    let mut all = vec!["-sf".to_string(), scenario(name)];
+    all.extend(args.iter().map(|a| a.to_string()));
+    sipp_embedded(target, dir, lport, all)
+}
+
+/// An in-process PBX on 127.0.0.1 (MD5 digest) with these users and more TOML
+/// tables; its data lives in `dir`.
+pub async fn embedded_pbx(
+    dir: &Path,
+    users: &[(String, String)],
+    extra: &str,
+) -> (sipdesk::Pbx, SocketAddr) {
+    require("sipp");
+    let port = free_port();
+    let text = config_with(port, "[\"MD5\"]", users, extra);
+    let config = sipdesk::config::Config::parse(&text, "test").expect("config");
+    let pbx = sipdesk::Pbx::builder(config)
+        .data_dir(dir.join("data"))
+        .start()
+        .await
+        .expect("start");
+    (pbx, ([127, 0, 0, 1], port).into())
+}
+
+/// Registers `ext` with `password` from `lport` (SIPp, digest auth). Retried
+/// once: a parallel test's SIPp may hold the port for a moment.
+pub async fn register_phone(target: SocketAddr, dir: &Path, lport: u16, ext: &str, password: &str) {
+    let inf = injection_file(
+        dir,
+        &format!("reg-{ext}.csv"),
+        &[format!("{ext};{password}")],
+    );
+    let inf = inf.display().to_string();
+    let mut failed = None;
+    for _ in 0..2 {
+        let out = sipp_scenario(
+            target,
+            dir,
+            lport,
+            "register_auth.xml",
+            &["-inf", &inf, "-m", "1"],
+        )
+        .await
+        .expect("join");
+        if out.status.success() {
+            return;
+        }
+        failed = Some(out);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stderr = failed.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    panic!("{ext} does not register: {}", stderr.unwrap_or_default());
+}

@@ -7,7 +7,7 @@
 //! caller goes back to its place in the line. After the queue's longest wait the
 //! caller overflows: another queue, an extension, or an announcement and hang-up.
 
-use super::{peer_of, BranchSpec, Bridge, Side};
+use super::{peer_of, BranchSpec, Bridge};
 use crate::b2bua::cdr::{Disposition, HangupBy};
 use crate::b2bua::{answered_pt, lossy, Dialog, Refusal};
 use crate::endpoint::{to_tag_string, Endpoint};
@@ -127,14 +127,8 @@ impl Endpoint {
             .ok()
             .map(|d| (caller.clone(), d));
         let ticket = shared.routing.wait(id, None, &[]);
-        self.shared
-            .stats
-            .live_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.legs
-            .insert(a_call_id.clone(), (a_call_id.clone(), Side::A));
-        self.bridges.insert(
-            a_call_id.clone(),
+        self.add_bridge(
+            &a_call_id,
             Bridge {
                 phase: super::APhase::Calling,
                 a_tx: tx,
