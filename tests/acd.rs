@@ -93,15 +93,15 @@ impl Lab {
         self.pbx.history().recent_agents(caller).first().cloned()
     }
 
+    /// Waits (up to 5 s) until no call is live and every media port is back.
     async fn settle(&self) {
         for _ in 0..100 {
-            if self
+            let live = self
                 .pbx
                 .stats()
                 .live_calls
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-            {
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if live == 0 && self.pbx.media_ports_in_use() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -351,5 +351,37 @@ async fn an_agent_who_does_not_answer_in_time_is_cancelled_and_skipped() {
         Some(State::Available),
         "a missed call does not take the agent out"
     );
+    lab.pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_while_an_agent_rings_frees_the_agent() {
+    let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3401\" }]\n\
+                 [[groups]]\nname = \"sales\"\nmembers = []\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nring_secs = 10\n";
+    let lab = Lab::start(&["3401"], extra).await;
+    let port = free_port();
+    lab.register("3401", port).await;
+    let ringer = lab.phone(port, "uas_ring.xml", 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The caller gives up after 1 s of music while 3401 rings.
+    let out = lab
+        .customers("500", &["5557000".to_string()], "uac_queue.xml", 1000, 1)
+        .await
+        .expect("join");
+    assert!(out.status.success());
+    assert!(
+        ringer.await.expect("join").status.success(),
+        "the agent's ringing was cancelled"
+    );
+    lab.settle().await;
+    assert_eq!(
+        lab.pbx.presence().state("3401").map(|s| s.0),
+        Some(State::Available),
+        "no wrap-up for a call never answered"
+    );
+    assert_eq!(lab.last_agent("5557000"), None);
+    assert_eq!(lab.pbx.routing().waiting(sipdesk::routing::QueueId(0)), 0);
+    assert_eq!(lab.pbx.media_ports_in_use(), 0);
     lab.pbx.shutdown().await.expect("shutdown");
 }

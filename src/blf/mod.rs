@@ -27,6 +27,10 @@ pub(crate) const SUBSCRIPTION_TIMER: &str = "subscription\0";
 /// The event packages we notify.
 pub const ALLOW_EVENTS: &str = "dialog, presence";
 
+/// Most subscriptions one shard keeps (a phone with 100 BLF keys holds 100); new
+/// ones beyond get 503, so a misbehaving client cannot grow memory unbounded.
+const MAX_SUBSCRIPTIONS: usize = 50_000;
+
 /// Subscription lifetime bounds (seconds).
 const MIN_EXPIRES: u32 = 60;
 const MAX_EXPIRES: u32 = 3600;
@@ -215,6 +219,16 @@ impl Endpoint {
         };
         if refresh {
             return self.refresh_subscription(now, tx, req, remote, &call_id, expires);
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            let mut b = self.response(
+                req,
+                remote,
+                503,
+                "Service Unavailable (Too Many Subscriptions)",
+            );
+            b.header("Retry-After", "60");
+            return self.send_final(now, tx, b.finish());
         }
         let shared = Arc::clone(&self.shared);
         let Some(extension) = req
