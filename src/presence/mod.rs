@@ -89,7 +89,8 @@ pub struct DialogId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DialogFact {
     pub id: DialogId,
-    /// The Call-ID of the extension's own leg.
+    /// The Call-ID of the call: the extension's own leg (for a queue call offered
+    /// to an agent, the caller's leg).
     pub call_id: String,
     pub direction: Direction,
     pub state: DialogState,
