@@ -385,3 +385,35 @@ async fn a_caller_who_hangs_up_while_an_agent_rings_frees_the_agent() {
     assert_eq!(lab.pbx.media_ports_in_use(), 0);
     lab.pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_callers_are_served_in_arrival_order() {
+    let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3501\" }]\n\
+                 [[groups]]\nname = \"sales\"\nmembers = []\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nwrap_up_secs = 0\n";
+    let lab = Lab::start(&["3501"], extra).await;
+    let port = free_port();
+    lab.register("3501", port).await;
+    let phone = lab.phone(port, "uas_answer.xml", 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One agent, three callers 300 ms apart: each waits for the one before.
+    let callers = ["5558001", "5558002", "5558003"];
+    let mut runs = Vec::new();
+    for c in callers {
+        runs.push(lab.customers("500", &[c.to_string()], "uac_queue.xml", 1000, 1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for r in runs {
+        assert!(r.await.expect("join").status.success());
+    }
+    assert!(phone.await.expect("join").status.success());
+    let answered: Vec<u64> = callers
+        .iter()
+        .map(|c| lab.pbx.responses(c).expect("records")[0].time_ms)
+        .collect();
+    assert!(
+        answered.windows(2).all(|w| w[0] < w[1]),
+        "answered in arrival order: {answered:?}"
+    );
+    lab.pbx.shutdown().await.expect("shutdown");
+}

@@ -407,6 +407,8 @@ impl Endpoint {
                     tracing::error!(call_id = %a, "caller history not stored: {e}");
                 }
             }
+            // Made durable with the next group commit (nothing waits for it).
+            self.request_durability();
         }
         self.arm_queue_timer(a);
     }
