@@ -45,6 +45,15 @@ enum ExportWhat {
         /// Where to write hold-music.wav, overflow.wav and confirm.wav.
         dir: PathBuf,
     },
+    /// Response records (customers' histories), by caller then time, as JSON to
+    /// standard output.
+    Responses {
+        /// Only this caller's.
+        #[arg(long)]
+        caller: Option<String>,
+        #[command(flatten)]
+        at: RunArgs,
+    },
     /// Call detail records, oldest first, to standard output.
     Cdr {
         #[arg(long, value_enum, default_value = "csv")]
@@ -95,6 +104,9 @@ fn main() -> ExitCode {
         Some(Command::Export {
             what: ExportWhat::Sounds { dir },
         }) => export_sounds(&dir),
+        Some(Command::Export {
+            what: ExportWhat::Responses { caller, at },
+        }) => export_responses(caller.as_deref(), at),
         None => run(cli.run),
     }
 }
@@ -110,19 +122,45 @@ fn load_config(args: &RunArgs) -> Result<Config, ExitCode> {
     })
 }
 
+/// Reads from the stopped PBX's store.
+fn read_store<T>(
+    at: RunArgs,
+    read: impl FnOnce(&sipdesk::store::Store) -> Result<T, sipdesk::store::StoreError>,
+) -> Result<T, ExitCode> {
+    let config = load_config(&at)?;
+    let dir = at.data_dir.unwrap_or(config.data.dir);
+    sipdesk::store::Store::open(&dir)
+        .and_then(|s| read(&s))
+        .map_err(|e| {
+            eprintln!("error: {}: {e} (is the PBX still running?)", dir.display());
+            ExitCode::FAILURE
+        })
+}
+
+fn export_responses(caller: Option<&str>, at: RunArgs) -> ExitCode {
+    let records = read_store(at, |s| match caller {
+        Some(c) => s.responses(c),
+        None => s.all_responses(),
+    });
+    match records {
+        Ok(r) => match serde_json::to_string_pretty(&r) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(code) => code,
+    }
+}
+
 fn export_cdr(format: Format, at: RunArgs) -> ExitCode {
-    let config = match load_config(&at) {
+    let cdrs = match read_store(at, |s| s.cdrs()) {
         Ok(c) => c,
         Err(code) => return code,
-    };
-    let dir = at.data_dir.unwrap_or(config.data.dir);
-    let cdrs = sipdesk::store::Store::open(&dir).and_then(|s| s.cdrs());
-    let cdrs = match cdrs {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}: {e} (is the PBX still running?)", dir.display());
-            return ExitCode::FAILURE;
-        }
     };
     // Written through a locked handle: a closed pipe (`| head`) just ends the output.
     use std::io::Write;

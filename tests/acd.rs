@@ -417,3 +417,74 @@ async fn waiting_callers_are_served_in_arrival_order() {
     );
     lab.pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_index_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users: Vec<(String, String)> = ["3601", "3602"]
+        .iter()
+        .map(|a| (a.to_string(), pw(a)))
+        .collect();
+    let extra = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3601\" }, { extension = \"3602\" }]\n\
+                 [[groups]]\nname = \"sales\"\nmembers = []\n\
+                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nwrap_up_secs = 0\n";
+    let mut server = Server::start(
+        dir.path(),
+        port,
+        &config_with(port, "[\"MD5\"]", &users, extra),
+    );
+    let target = server.addr();
+    let (p1, p2) = (free_port(), free_port());
+    register_phone(target, dir.path(), p2, "3602", &pw("3602")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    register_phone(target, dir.path(), p1, "3601", &pw("3601")).await;
+    let a3601 = sipp_scenario(target, dir.path(), p1, "uas_answer.xml", &["-m", "1"]);
+    let a3602 = sipp_scenario(target, dir.path(), p2, "uas_answer.xml", &["-m", "2"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = |number: &str| {
+        let inf = injection_file(
+            dir.path(),
+            &format!("c{}.csv", free_port()),
+            &[number.to_string()],
+        );
+        let inf = inf.display().to_string();
+        sipp_scenario(
+            target,
+            dir.path(),
+            free_port(),
+            "uac_queue.xml",
+            &["-inf", &inf, "-s", "500", "-d", "1000", "-m", "1"],
+        )
+    };
+    // 3602 idles longest: it takes the customer's first call.
+    assert!(call("5559000").await.expect("join").status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A crash. On restart both agents are available since the same moment, and
+    // 3601 would come first; the customer still gets 3602 back.
+    server.restart();
+    assert!(call("5559000").await.expect("join").status.success());
+    assert!(call("5559999").await.expect("join").status.success());
+    assert!(a3602.await.expect("join").status.success());
+    assert!(a3601.await.expect("join").status.success());
+    server.stop();
+    let agents: Vec<(String, String)> = server
+        .responses()
+        .iter()
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap_or_default().to_string(),
+                r["agent"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let pair = |c: &str, a: &str| (c.to_string(), a.to_string());
+    assert_eq!(
+        agents,
+        vec![
+            pair("5559000", "3602"),
+            pair("5559000", "3602"),
+            pair("5559999", "3601")
+        ]
+    );
+}

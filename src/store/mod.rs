@@ -185,6 +185,11 @@ impl Store {
         decode(self.responses.scan_prefix(prefix))
     }
 
+    /// Every response record, by caller then time.
+    pub fn all_responses(&self) -> Result<Vec<ResponseRecord>, StoreError> {
+        decode_all(&self.responses)
+    }
+
     /// A new id for a response record (time-ordered, unique in this database).
     pub fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)

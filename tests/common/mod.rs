@@ -166,8 +166,20 @@ impl Server {
     /// `sipdesk export cdr --format json` on this server's data directory (the
     /// server must be stopped).
     pub fn cdrs(&self) -> Vec<serde_json::Value> {
+        self.export(&["cdr", "--format", "json"])
+    }
+
+    /// Every response record (the caller histories), by caller then time.
+    pub fn responses(&self) -> Vec<serde_json::Value> {
+        self.export(&["responses"])
+    }
+
+    /// `sipdesk export WHAT…` as JSON (the server must be stopped).
+    fn export(&self, what: &[&str]) -> Vec<serde_json::Value> {
         let out = Command::new(env!("CARGO_BIN_EXE_sipdesk"))
-            .args(["export", "cdr", "--format", "json", "--config"])
+            .arg("export")
+            .args(what)
+            .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.dir.join("data"))
@@ -178,7 +190,7 @@ impl Server {
             "export: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("CDR JSON")
+        serde_json::from_slice(&out.stdout).expect("export JSON")
     }
 
     pub fn kill9(&mut self) {
