@@ -4,7 +4,8 @@
 //! The first 2xx wins and the other branches are cancelled; provisional answers
 //! (with early-media SDP) are relayed; final failures are mapped (404, 480, 486,
 //! 487, 603); BYE from either side ends both; re-INVITE, UPDATE and INFO are relayed
-//! to the other leg with its own CSeq and tags.
+//! to the other leg with its own CSeq and tags. A call to a queue is a bridge too,
+//! whose B legs are the ACD's offers to agents (see `queue`).
 
 mod queue;
 
@@ -203,8 +204,8 @@ impl Endpoint {
         Some((out, parsed))
     }
 
-    /// What a bridge (or a queue call) needs before its B legs go out: the caller's offer and a relay;
-    /// or why the call is refused.
+    /// What a bridge (or a queue call) needs before its B legs go out: the
+    /// caller's offer and a relay; or why the call is refused.
     pub(super) fn prepare_bridge(
         &self,
         req: &Message,
