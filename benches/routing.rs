@@ -49,6 +49,7 @@ fn world() -> World {
         ring: Duration::from_secs(15),
         max_wait: Duration::from_secs(300),
         wrap_up: Duration::from_secs(10),
+        greeting: None,
         music: Arc::clone(&prompt),
         overflow: Overflow::Announce(Arc::clone(&prompt)),
         sorry: prompt,

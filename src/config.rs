@@ -189,6 +189,9 @@ pub struct QueueConfig {
     /// How long an agent stays in wrap-up after a call from this queue.
     #[serde(default = "default_wrap_up_secs")]
     pub wrap_up_secs: u64,
+    /// WAV played once when a caller enters, before the music; "" = none.
+    #[serde(default = "unset")]
+    pub announcement: Spanned<String>,
     /// WAV played (looping) to a waiting caller; "" = the built-in music.
     #[serde(default = "unset")]
     pub music: Spanned<String>,
@@ -558,6 +561,7 @@ impl Config {
                 ));
             }
             for (key, file) in [
+                ("queues.announcement", &q.announcement),
                 ("queues.music", &q.music),
                 ("queues.overflow_announcement", &q.overflow_announcement),
             ] {

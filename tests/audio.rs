@@ -1,7 +1,8 @@
 //! Real audio end to end: two baresip instances register with digest auth, alice
 //! calls bob (authenticated INVITE, bob auto-answers), each plays a tone from a WAV
 //! file and records what it receives; the recordings must carry the other side's
-//! tone at the right frequency, so the media really crossed the PBX's relay.
+//! tone at the right frequency, so the media really crossed the PBX's relay. And a
+//! queue caller hears the queue's greeting, the built-in music, then the agent.
 
 mod common;
 
@@ -190,7 +191,7 @@ fn measure_part(wav: &Path, from: f64, secs: f64) -> (f64, f64) {
 }
 
 #[test]
-fn a_queue_caller_hears_the_music_then_the_agent() {
+fn a_queue_caller_hears_the_greeting_the_music_then_the_agent() {
     require("baresip");
     require("sox");
     let tmp = tempfile::tempdir().expect("tmp");
@@ -200,14 +201,28 @@ fn a_queue_caller_hears_the_music_then_the_agent() {
         ("3102".to_string(), "pw3102".to_string()),
         ("3103".to_string(), "pw3103".to_string()),
     ];
-    // Nobody who serves queue 500 is registered: the caller hears the built-in
-    // music for 3 s, then overflows to extension 3102, who answers.
-    let queue = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"3103\" }]\n\
-                 [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 3\noverflow_to = \"3102\"\n";
+    // The queue's greeting: 1.5 s of 800 Hz, as an admin's 16-bit 8 kHz WAV.
+    let greeting = tmp.path().join("greeting.wav");
+    let ok = Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&greeting)
+        .args(["synth", "1.5", "sine", "800", "vol", "0.5"])
+        .status()
+        .expect("sox");
+    assert!(ok.success());
+    // Nobody who serves queue 500 is registered: after the greeting the caller
+    // hears the built-in music until 4 s, then overflows to extension 3102, who
+    // answers.
+    let queue = format!(
+        "[[groups]]\nname = \"support\"\nmembers = [{{ extension = \"3103\" }}]\n\
+         [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 4\n\
+         overflow_to = \"3102\"\nannouncement = \"{}\"\n",
+        greeting.display()
+    );
     let mut server = Server::start(
         tmp.path(),
         port,
-        &config_with(port, "[\"MD5\"]", &users, queue),
+        &config_with(port, "[\"MD5\"]", &users, &queue),
     );
     let rtp_base = 30_000 + (port % 20) * 100;
     let caller = baresip_dir(
@@ -231,7 +246,7 @@ fn a_queue_caller_hears_the_music_then_the_agent() {
     let mut agent_ua = baresip(&agent, 25, &[]);
     wait_registered(&agent);
     let dial = format!("/dial sip:500@127.0.0.1:{port}");
-    let mut caller_ua = baresip(&caller, 12, &["-e", &dial]);
+    let mut caller_ua = baresip(&caller, 13, &["-e", &dial]);
     let _ = caller_ua.wait();
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -250,14 +265,21 @@ fn a_queue_caller_hears_the_music_then_the_agent() {
     let Some(heard) = received(&caller) else {
         panic!("the caller recorded nothing\n{}", logs())
     };
-    // The music is an arpeggio between 175 and 525 Hz; then the agent's 1 kHz.
-    let (len, music) = measure_part(&heard, 0.5, 2.0);
+    // The greeting's 800 Hz; the music, an arpeggio between 175 and 525 Hz; then
+    // the agent's 1 kHz.
+    let (len, hello) = measure_part(&heard, 0.2, 1.0);
     assert!(
-        len >= 1.9 && (150.0..600.0).contains(&music),
+        len >= 0.9 && hello > 720.0 && hello < 880.0,
+        "greeting: {len} s at {hello} Hz\n{}",
+        logs()
+    );
+    let (len, music) = measure_part(&heard, 2.0, 1.5);
+    assert!(
+        len >= 1.4 && (150.0..600.0).contains(&music),
         "music: {len} s at {music} Hz\n{}",
         logs()
     );
-    let (len, voice) = measure_part(&heard, 5.0, 3.0);
+    let (len, voice) = measure_part(&heard, 6.0, 3.0);
     assert!(
         len >= 2.9 && voice > 900.0 && voice < 1100.0,
         "agent: {len} s at {voice} Hz\n{}",

@@ -236,6 +236,8 @@ impl RelayState {
 #[derive(Debug)]
 struct Playback {
     prompt: Arc<Prompt>,
+    /// Played (looping) once `prompt` is over: music after a greeting.
+    then: Option<Arc<Prompt>>,
     /// RTP payload type: 0 (PCMU) or 8 (PCMA).
     pt: u8,
     looping: bool,
@@ -260,6 +262,7 @@ impl Playback {
     fn new(prompt: Arc<Prompt>, pt: u8, looping: bool, toward: usize) -> Playback {
         Playback {
             prompt,
+            then: None,
             pt,
             looping,
             toward,
@@ -273,8 +276,13 @@ impl Playback {
     /// Writes the next RTP packet into `buf` and returns its length; `None` once a
     /// non-looping prompt is over.
     fn next_packet(&mut self, buf: &mut [u8; 12 + FRAME]) -> Option<usize> {
+        if self.frame >= self.prompt.frames() && !self.looping {
+            self.prompt = self.then.take()?;
+            self.frame = 0;
+            self.looping = true;
+        }
         let frames = self.prompt.frames();
-        if frames == 0 || (self.frame >= frames && !self.looping) {
+        if frames == 0 {
             return None;
         }
         let at = (self.frame % frames) * FRAME;
@@ -335,6 +343,16 @@ impl Relay {
     pub fn play(&self, side: usize, prompt: Arc<Prompt>, pt: u8, looping: bool) {
         if let Ok(mut st) = self.state.lock() {
             st.playing = Some(Playback::new(prompt, pt, looping, side.min(1)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Plays `first` once to `side`, then `then` looping (a greeting, then music).
+    pub fn play_then(&self, side: usize, first: Arc<Prompt>, then: Arc<Prompt>, pt: u8) {
+        if let Ok(mut st) = self.state.lock() {
+            let mut p = Playback::new(first, pt, false, side.min(1));
+            p.then = Some(then);
+            st.playing = Some(p);
         }
         self.wake.notify_one();
     }
@@ -521,6 +539,7 @@ impl Media {
 
 #[cfg(test)]
 mod tests {
+    use super::prompt::linear_to_ulaw;
     use super::*;
 
     #[tokio::test]
@@ -687,6 +706,23 @@ mod tests {
             (true, last_seq.wrapping_add(1), ssrc),
             "B's stream goes on as the music's: same SSRC, the next sequence number"
         );
+    }
+
+    #[test]
+    fn a_greeting_is_played_once_then_the_music_loops() {
+        let greeting = Arc::new(Prompt::from_linear(&[1000; FRAME * 2]));
+        let music = Arc::new(Prompt::from_linear(&[-1000; FRAME * 3]));
+        let mut p = Playback::new(greeting, 0, false, 0);
+        p.then = Some(Arc::clone(&music));
+        let mut buf = [0u8; 12 + FRAME];
+        let frames: Vec<u8> = (0..8)
+            .map(|_| {
+                p.next_packet(&mut buf).expect("a packet");
+                buf[12]
+            })
+            .collect();
+        let (g, m) = (linear_to_ulaw(1000), linear_to_ulaw(-1000));
+        assert_eq!(frames, [g, g, m, m, m, m, m, m]);
     }
 
     #[tokio::test]

@@ -59,6 +59,8 @@ pub struct Queue {
     pub ring: Duration,
     pub max_wait: Duration,
     pub wrap_up: Duration,
+    /// Played once when a caller enters, before the music.
+    pub greeting: Option<Arc<crate::media::prompt::Prompt>>,
     pub music: Arc<crate::media::prompt::Prompt>,
     pub overflow: Overflow,
     /// Played when overflow to a queue or extension fails too.
@@ -175,6 +177,10 @@ impl Directory {
                 ring: Duration::from_secs(q.ring_secs),
                 max_wait: Duration::from_secs(q.max_wait_secs),
                 wrap_up: Duration::from_secs(q.wrap_up_secs),
+                greeting: match q.announcement.get_ref().as_str() {
+                    "" => None,
+                    path => Some(sound(path, Prompt::confirm)?),
+                },
                 music: sound(q.music.get_ref(), Prompt::hold_music)?,
                 // Resolved below, once every queue has its id.
                 overflow: Overflow::Announce(sound(
@@ -348,6 +354,7 @@ mod tests {
             ring: Duration::from_secs(15),
             max_wait: Duration::from_secs(60),
             wrap_up: Duration::ZERO,
+            greeting: None,
             music: Arc::clone(&music),
             overflow: Overflow::Announce(Arc::clone(&music)),
             sorry: music,

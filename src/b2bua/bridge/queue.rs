@@ -113,7 +113,10 @@ impl Endpoint {
             Err(refusal) => return self.refuse_call(now, tx, req, remote, cdr, refusal),
         };
         let pt = answered_pt(&answer);
-        relay.play(0, Arc::clone(&queue.music), pt, true);
+        match &queue.greeting {
+            Some(g) => relay.play_then(0, Arc::clone(g), Arc::clone(&queue.music), pt),
+            None => relay.play(0, Arc::clone(&queue.music), pt, true),
+        }
         let wall = self.wall(now);
         let caller_party = shared
             .presence
