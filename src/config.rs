@@ -86,6 +86,7 @@ pub struct RtpConfig {
 pub struct CallsConfig {
     pub ring_timeout_secs: u64,
     pub authenticate: bool,
+    pub music_on_hold: bool,
 }
 
 impl Default for CallsConfig {
@@ -93,6 +94,7 @@ impl Default for CallsConfig {
         CallsConfig {
             ring_timeout_secs: 30,
             authenticate: true,
+            music_on_hold: true,
         }
     }
 }

@@ -157,6 +157,10 @@ impl PbxBuilder {
             routing: crate::routing::Directory::from_config(&config)?,
             history: crate::history::History::load(&store)?,
             features: config.features.clone(),
+            hold_music: config
+                .calls
+                .music_on_hold
+                .then(|| Arc::new(crate::media::prompt::Prompt::hold_music())),
         });
 
         let mut tasks = JoinSet::new();

@@ -9,7 +9,7 @@ use common::*;
 use std::time::Duration;
 
 struct Lab {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: Server,
     uas_port: u16,
 }
@@ -53,7 +53,7 @@ fn lab_with_rtp(rtp: &str, extra: &str) -> Lab {
     );
     assert_sipp_ok(&out, "UAS registers as 2000", &server);
     Lab {
-        _dir: dir,
+        dir,
         server,
         uas_port,
     }
@@ -208,6 +208,53 @@ fn hold_with_a_re_invite_is_relayed_to_the_other_leg() {
     let uas = lab.callee("uas_hold.xml", "5", &[]);
     lab.call(uas, "uac_hold.xml", "5", &[], "hold with a re-INVITE");
     lab.assert_no_leaks();
+}
+
+#[test]
+fn a_party_put_on_hold_hears_music_until_the_call_ends() {
+    let lab = lab("");
+    // The callee's SDP names a port this test listens on.
+    let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    media
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let port = media.local_addr().expect("addr").port();
+    let inf = injection_file(lab.dir.path(), "media.csv", &[port.to_string()]);
+    let inf = inf.display().to_string();
+    let uas = lab.callee("uas_hold_media.xml", "1", &["-inf", &inf]);
+    let listener = std::thread::spawn(move || {
+        // (RTP packets of 20 ms PCMU, their loudest sample)
+        let (mut packets, mut loudest) = (0, 0i32);
+        let mut buf = [0u8; 2048];
+        let end = std::time::Instant::now() + Duration::from_secs(6);
+        while std::time::Instant::now() < end {
+            if let Ok(n) = media.recv(&mut buf) {
+                if n == 172 && buf[1] & 0x7F == 0 {
+                    packets += 1;
+                    loudest = buf[12..n]
+                        .iter()
+                        .map(|u| i32::from(ulaw_to_linear(*u)).abs())
+                        .fold(loudest, i32::max);
+                }
+            }
+        }
+        (packets, loudest)
+    });
+    lab.call(uas, "uac_hold.xml", "1", &["-d", "2000"], "hold for 2 s");
+    let (packets, loudest) = listener.join().expect("listener");
+    assert!(
+        (70..=130).contains(&packets),
+        "about 2 s of music at 50 packets/s, got {packets}"
+    );
+    assert!(loudest > 3000, "music, not silence (peak {loudest})");
+    lab.assert_no_leaks();
+}
+
+/// G.711 mu-law to linear (the reference algorithm).
+fn ulaw_to_linear(u: u8) -> i16 {
+    let u = !u;
+    let t = ((i32::from(u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4);
+    (if u & 0x80 != 0 { 0x84 - t } else { t - 0x84 }) as i16
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::sip::transaction::{reply_remote, Transmit, TxId};
 use crate::sip::{Remote, Transport};
 use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One forked branch toward a contact of the callee.
@@ -144,6 +145,16 @@ fn receives(s: &sdp::Session) -> bool {
             .first()
             .and_then(|m| m.addr)
             .is_some_and(|a| a.is_unspecified())
+}
+
+/// The G.711 payload type (0 or 8) an SDP lists first on its audio line, if any:
+/// what the PBX can play to that phone.
+fn g711_pt(s: &sdp::Session) -> Option<u8> {
+    let m = s.media.iter().find(|m| m.kind == "audio" && m.port != 0)?;
+    m.formats
+        .iter()
+        .filter_map(|f| f.parse::<u8>().ok())
+        .find(|pt| *pt == 0 || *pt == 8)
 }
 
 /// Media peer for the relay from a phone's SDP and SIP address.
@@ -974,6 +985,15 @@ impl Endpoint {
                 Side::B(i) => bridge.branches[i].remote.addr,
             };
             bridge.relay.set_peer(from, peer_of(&s, sip));
+            // Music on hold: the requester stops listening, the other side hears
+            // music until it resumes (and then hears it, as one RTP stream).
+            if let Some(music) = &self.shared.hold_music {
+                if receives(&s) {
+                    bridge.relay.stop_playing();
+                } else if let Some(pt) = g711_pt(&s) {
+                    bridge.relay.play(other_side, Arc::clone(music), pt, true);
+                }
+            }
         }
         let dialog = match side {
             Side::A => bridge

@@ -69,6 +69,8 @@ pub struct Shared {
     pub routing: crate::routing::Directory,
     /// The caller index (sticky routing) and response records.
     pub history: crate::history::History,
+    /// Played to a party the other one holds; `None`: no music on hold.
+    pub hold_music: Option<Arc<crate::media::prompt::Prompt>>,
     /// Feature codes an agent dials to set presence.
     pub features: crate::config::FeaturesConfig,
 }

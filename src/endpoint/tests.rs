@@ -61,6 +61,7 @@ fn fixture() -> Fixture {
         routing: crate::routing::Directory::default(),
         history: crate::history::History::default(),
         features: crate::config::FeaturesConfig::default(),
+        hold_music: None,
     });
     let ep = Endpoint::new(
         shared,
