@@ -176,6 +176,9 @@ struct RelayState {
     /// on as the prompt's stream (same SSRC, sequence and timestamps following
     /// on), so the phone sees one continuous stream, not a jump it may discard.
     continuation: [Continuation; 2],
+    /// The RTP header (SSRC, sequence, timestamp) last sent toward each side: a
+    /// prompt starts where that stream left off, so music on hold does not jump.
+    last_sent: [Option<(u32, u16, u32)>; 2],
 }
 
 /// How RTP toward one side is rewritten after a prompt.
@@ -225,6 +228,27 @@ impl Continuation {
 }
 
 impl RelayState {
+    /// Starts a prompt, continuing the stream its listener last received.
+    fn start(&mut self, mut p: Playback) {
+        if let Some((ssrc, seq, ts)) = self.last_sent[p.toward] {
+            p.ssrc = ssrc;
+            p.seq = seq.wrapping_add(1);
+            p.ts = ts.wrapping_add(FRAME as u32);
+        }
+        self.continuation[p.toward] = Continuation::None;
+        self.playing = Some(p);
+    }
+
+    /// Notes the header of an RTP packet sent toward `side`.
+    fn sent(&mut self, side: usize, pkt: &[u8]) {
+        if pkt.len() >= 12 && pkt[0] >> 6 == 2 {
+            let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+            let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+            self.last_sent[side] = Some((ssrc, seq, ts));
+        }
+    }
+
     fn stop_playing(&mut self) {
         if let Some(p) = self.playing.take() {
             self.continuation[p.toward] = p.continuation();
@@ -342,7 +366,7 @@ impl Relay {
     /// meanwhile nothing from the other side reaches it.
     pub fn play(&self, side: usize, prompt: Arc<Prompt>, pt: u8, looping: bool) {
         if let Ok(mut st) = self.state.lock() {
-            st.playing = Some(Playback::new(prompt, pt, looping, side.min(1)));
+            st.start(Playback::new(prompt, pt, looping, side.min(1)));
         }
         self.wake.notify_one();
     }
@@ -352,7 +376,7 @@ impl Relay {
         if let Ok(mut st) = self.state.lock() {
             let mut p = Playback::new(first, pt, false, side.min(1));
             p.then = Some(then);
-            st.playing = Some(p);
+            st.start(p);
         }
         self.wake.notify_one();
     }
@@ -435,6 +459,7 @@ impl Media {
                             });
                             match sent {
                                 Some((toward, n)) => {
+                                    st.sent(toward, &frame[..n]);
                                     if let Some(dest) = destination(&st, toward, false) {
                                         let _ = socks[toward][0].try_send_to(&frame[..n], dest);
                                     }
@@ -473,7 +498,11 @@ impl Media {
                                 st.continuation[other].apply(&mut buf[..n]);
                             }
                             let muted = st.playing.as_ref().is_some_and(|p| p.toward == other);
-                            destination(&st, other, rtcp).filter(|_| !muted)
+                            let dest = destination(&st, other, rtcp).filter(|_| !muted);
+                            if dest.is_some() && !rtcp {
+                                st.sent(other, &buf[..n]);
+                            }
+                            dest
                         }
                         Err(_) => None,
                     };
@@ -670,6 +699,14 @@ mod tests {
                 },
             );
         }
+        // A hears B (SSRC 1, sequence 7), then is put on hold.
+        b.send_to(
+            b"\x80\x08\0\x07\0\0\0\0\0\0\0\x01talk",
+            ("127.0.0.1", relay.ports[1]),
+        )
+        .await
+        .expect("send");
+        assert_eq!(rtp_for(&a, 100).await.len(), 1);
         relay.play(0, Arc::new(Prompt::hold_music()), 8, true);
         b.send_to(
             b"\x80\x08\0\x01\0\0\0\0\0\0\0\x01from-b",
@@ -678,6 +715,11 @@ mod tests {
         .await
         .expect("send");
         let got = rtp_for(&a, 400).await;
+        assert_eq!(
+            (got[0].2, got[0].4),
+            (8, 1),
+            "the music goes on as B's stream: same SSRC, the next sequence number"
+        );
         // About 20 packets in 400 ms: paced, not bursted.
         assert!((14..=24).contains(&got.len()), "{} packets", got.len());
         assert!(
