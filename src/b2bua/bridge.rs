@@ -605,18 +605,8 @@ impl Endpoint {
         if let Ok(s) = sdp::parse(r.body()) {
             bridge.relay.set_peer(1, peer_of(&s, branch_remote.addr));
         }
-        // Cancel the other branches.
-        let others: Vec<(Message, Remote)> = bridge
-            .branches
-            .iter()
-            .enumerate()
-            .filter(|(i, b)| *i != idx && b.final_code.is_none())
-            .map(|(_, b)| (b.invite.clone(), b.remote))
-            .collect();
         let (a_remote, relay_port) = (bridge.a_remote, bridge.relay.ports[0]);
-        for (invite, remote) in others {
-            self.cancel_branch(now, &invite, remote);
-        }
+        self.cancel_ringing(now, a, 0, Some(idx));
         // Answer A with B's SDP pointed at the relay.
         let callee = self
             .bridges
@@ -688,6 +678,31 @@ impl Endpoint {
         bridge.retransmit = t1;
         bridge.ack_deadline = now + t1 * 64;
         self.arm_timer(a, now + t1);
+    }
+
+    /// Cancels call `a`'s branches from `first` on that are still ringing, all
+    /// but `except` (the one that answered).
+    pub(super) fn cancel_ringing(
+        &mut self,
+        now: Instant,
+        a: &str,
+        first: usize,
+        except: Option<usize>,
+    ) {
+        let Some(bridge) = self.bridges.get(a) else {
+            return;
+        };
+        let ringing: Vec<(Message, Remote)> = bridge
+            .branches
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|(i, b)| Some(*i) != except && b.final_code.is_none())
+            .map(|(_, b)| (b.invite.clone(), b.remote))
+            .collect();
+        for (invite, remote) in ringing {
+            self.cancel_branch(now, &invite, remote);
+        }
     }
 
     pub(crate) fn cancel_branch(&mut self, now: Instant, invite: &Message, remote: Remote) {

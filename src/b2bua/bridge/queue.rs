@@ -324,18 +324,11 @@ impl Endpoint {
         let Some(offer) = q.offer.take() else {
             return;
         };
-        let ringing: Vec<(Message, Remote)> = bridge.branches[offer.first_branch..]
-            .iter()
-            .filter(|b| b.final_code.is_none())
-            .map(|b| (b.invite.clone(), b.remote))
-            .collect();
         if let Some((ext, id)) = bridge.callee_party.take() {
             let _ = self.shared.presence.dialog_ended(&ext, id, None, wall);
         }
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call not taken; skipping the agent");
-        for (invite, remote) in ringing {
-            self.cancel_branch(now, &invite, remote);
-        }
+        self.cancel_ringing(now, a, offer.first_branch, None);
         if offer.last_resort {
             return self.announce_and_hang_up(now, a);
         }
@@ -379,21 +372,13 @@ impl Endpoint {
         }
         bridge.relay.stop_playing();
         bridge.cdr.callee = offer.agent.clone();
-        let others: Vec<(Message, Remote)> = bridge.branches[offer.first_branch..]
-            .iter()
-            .enumerate()
-            .filter(|(i, b)| offer.first_branch + i != idx && b.final_code.is_none())
-            .map(|(_, b)| (b.invite.clone(), b.remote))
-            .collect();
         if let Some((ext, id)) = &bridge.callee_party {
             let _ = shared
                 .presence
                 .dialog_state(ext, *id, DialogState::Confirmed, wall);
         }
         let caller = q.caller.clone();
-        for (invite, remote) in others {
-            self.cancel_branch(now, &invite, remote);
-        }
+        self.cancel_ringing(now, a, offer.first_branch, Some(idx));
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
         if let Some(w) = shared.history.answered(&caller, &offer.agent) {
             let record = crate::history::ResponseRecord {
