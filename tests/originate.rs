@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use sipdesk::b2bua::OriginateError;
+use sipdesk::presence::State;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,6 +33,7 @@ async fn originate_rings_a_then_connects_b_and_tears_both_down() {
 
     let uas = sipp_scenario(target, dir.path(), uas_port, "uas_answer.xml", &["-m", "1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changes = pbx.presence().subscribe();
     let call = pbx.originate("2000", "9001").await.expect("originate");
     assert!(!call.is_empty());
     let out = uas.await.expect("join");
@@ -54,5 +56,12 @@ async fn originate_rings_a_then_connects_b_and_tears_both_down() {
         0
     );
     assert_eq!(pbx.media_ports_in_use(), 0);
+    // 2000 rang, talked, and is free again: a placed call counts like any other.
+    let mut states: Vec<State> = std::iter::from_fn(|| changes.try_recv().ok())
+        .filter(|c| c.extension == "2000")
+        .map(|c| c.state)
+        .collect();
+    states.dedup();
+    assert_eq!(states, [State::Ringing, State::OnCall, State::Available]);
     pbx.shutdown().await.expect("shutdown");
 }

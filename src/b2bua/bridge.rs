@@ -297,14 +297,22 @@ impl Endpoint {
         let wall = self.wall(now);
         let presence = &self.shared.presence;
         let b_call_id = branches[0].invite.call_id().map(lossy).unwrap_or_default();
-        let callee_party = presence
-            .dialog_started(&callee, &b_call_id, Role::Recipient, &caller, wall)
-            .ok()
-            .map(|id| (callee.clone(), id));
-        let caller_party = presence
-            .dialog_started(&caller, &a_call_id, Role::Initiator, &callee, wall)
-            .ok()
-            .map(|id| (caller.clone(), id));
+        let callee_party = start_party(
+            presence,
+            &callee,
+            &b_call_id,
+            Role::Recipient,
+            &caller,
+            wall,
+        );
+        let caller_party = start_party(
+            presence,
+            &caller,
+            &a_call_id,
+            Role::Initiator,
+            &callee,
+            wall,
+        );
         self.add_bridge(
             &a_call_id,
             Bridge {
@@ -1169,6 +1177,25 @@ impl Endpoint {
     pub fn bridge_count(&self) -> usize {
         self.bridges.len()
     }
+}
+
+/// `ext`'s new dialog (trying) in the presence map, if `ext` is an extension
+/// (callers from outside are not).
+pub(crate) fn start_party(
+    presence: &crate::presence::Presence,
+    ext: &str,
+    call_id: &str,
+    direction: Role,
+    peer: &str,
+    at: crate::registrar::UnixMillis,
+) -> Option<Party> {
+    if !presence.contains(ext) {
+        return None;
+    }
+    let id = presence
+        .dialog_started(ext, call_id, direction, peer, at)
+        .ok()?;
+    Some((ext.to_string(), id))
 }
 
 /// Moves both parties' presence dialogs to `state`.

@@ -189,6 +189,8 @@ pub struct LocalCall {
     cdr: Cdr,
     /// The media session; dropping it frees the ports.
     media: Option<media::Session>,
+    /// The caller's dialog in the presence map, if the caller is an extension.
+    party: Option<bridge::Party>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,7 +436,21 @@ impl Endpoint {
         let mut cdr = cdr;
         cdr.answer_ms = Some(self.wall(now).0);
         let t1 = self.shared.timers.t1;
+        let wall = self.wall(now);
+        let presence = &self.shared.presence;
+        let party = bridge::start_party(
+            presence,
+            &cdr.caller,
+            &call_id,
+            crate::presence::Direction::Initiator,
+            &callee,
+            wall,
+        );
+        if let Some((ext, id)) = &party {
+            let _ = presence.dialog_state(ext, *id, crate::presence::DialogState::Confirmed, wall);
+        }
         let call = LocalCall {
+            party,
             kind,
             phase: Phase::Answered,
             local_tag,
@@ -581,7 +597,7 @@ impl Endpoint {
 
     /// We end a call: BYE to the caller, CDR written.
     fn hang_up(&mut self, now: Instant, call_id: &str, by: HangupBy) {
-        let Some(mut call) = self.take_call(call_id) else {
+        let Some(mut call) = self.take_call(now, call_id) else {
             return;
         };
         call.media = None;
@@ -605,7 +621,7 @@ impl Endpoint {
         }
         match req.method() {
             Some(Method::Bye) => {
-                let Some(mut call) = self.take_call(&call_id) else {
+                let Some(mut call) = self.take_call(now, &call_id) else {
                     return;
                 };
                 call.media = None;
@@ -647,12 +663,18 @@ impl Endpoint {
         }
     }
 
-    fn take_call(&mut self, call_id: &str) -> Option<LocalCall> {
-        let call = self.calls.remove(call_id)?;
+    fn take_call(&mut self, now: Instant, call_id: &str) -> Option<LocalCall> {
+        let mut call = self.calls.remove(call_id)?;
         self.shared
             .stats
             .live_calls
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((ext, id)) = call.party.take() {
+            let _ = self
+                .shared
+                .presence
+                .dialog_ended(&ext, id, None, self.wall(now));
+        }
         Some(call)
     }
 

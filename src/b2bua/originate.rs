@@ -10,6 +10,7 @@ use super::cdr::{Disposition, HangupBy};
 use super::{Dialog, Pending, Side};
 use crate::endpoint::{to_tag_string, Endpoint};
 use crate::media::{Peer, Relay};
+use crate::presence::{DialogState, Direction};
 use crate::sip::message::{parse, Builder, Message, Method};
 use crate::sip::sdp;
 use crate::sip::transaction::{Transmit, TxId};
@@ -44,6 +45,8 @@ struct Leg {
     invite: Message,
     remote: Remote,
     dialog: Option<Dialog>,
+    /// The extension this leg rings, in the presence map.
+    party: Option<super::bridge::Party>,
 }
 
 /// A call the PBX placed between two parties.
@@ -120,6 +123,14 @@ impl Endpoint {
             .live_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ring = now + self.shared.ring_timeout;
+        let party = super::bridge::start_party(
+            &self.shared.presence,
+            from,
+            &key,
+            Direction::Recipient,
+            to,
+            self.wall(now),
+        );
         self.originations.insert(
             key.clone(),
             Origination {
@@ -129,6 +140,7 @@ impl Endpoint {
                     invite,
                     remote,
                     dialog: None,
+                    party,
                 },
                 b: None,
                 target: to.to_string(),
@@ -217,13 +229,22 @@ impl Endpoint {
         resp: Option<Message>,
     ) {
         let code = self.settle(tx, resp.as_ref());
-        if code < 200 {
-            return;
-        }
+        let wall = self.wall(now);
         let Some(o) = self.originations.get_mut(key) else {
             return;
         };
         let Some(leg) = o.leg(side) else { return };
+        let step = match code {
+            101..=199 => Some(DialogState::Early),
+            200..=299 => Some(DialogState::Confirmed),
+            _ => None,
+        };
+        if let (Some(state), Some((ext, id))) = (step, &leg.party) {
+            let _ = self.shared.presence.dialog_state(ext, *id, state, wall);
+        }
+        if code < 200 {
+            return;
+        }
         let leg_remote = leg.remote;
         if code >= 300 {
             let by = if side == Side::A {
@@ -277,10 +298,9 @@ impl Endpoint {
                 self.call_leg_b(now, key, codec.as_deref());
             }
             Side::B(_) => {
-                let wall = self.wall(now).0;
                 if let Some(o) = self.originations.get_mut(key) {
                     o.phase = Phase::Connected;
-                    o.cdr.answer_ms = Some(wall);
+                    o.cdr.answer_ms = Some(wall.0);
                 }
             }
         }
@@ -317,8 +337,17 @@ impl Endpoint {
         };
         self.pending
             .insert(tx, Pending::Origin(key.to_string(), Side::B(0)));
-        self.legs.insert(call_id, (key.to_string(), Side::B(0)));
+        self.legs
+            .insert(call_id.clone(), (key.to_string(), Side::B(0)));
         let ring = now + self.shared.ring_timeout;
+        let party = super::bridge::start_party(
+            &self.shared.presence,
+            &target,
+            &call_id,
+            Direction::Recipient,
+            &from,
+            self.wall(now),
+        );
         if let Some(o) = self.originations.get_mut(key) {
             o.phase = Phase::CallingB;
             o.b = Some(Leg {
@@ -326,6 +355,7 @@ impl Endpoint {
                 invite,
                 remote,
                 dialog: None,
+                party,
             });
             o.ring_deadline = ring;
         }
@@ -363,8 +393,12 @@ impl Endpoint {
         self.legs.retain(|_, (owner, _)| owner != key);
         self.pending
             .retain(|_, p| !matches!(p, Pending::Origin(owner, _) if owner == key));
+        let wall = self.wall(now);
         for (side, leg) in [(Side::A, Some(&mut o.a)), (Side::B(0), o.b.as_mut())] {
             let Some(leg) = leg else { continue };
+            if let Some((ext, id)) = leg.party.take() {
+                let _ = self.shared.presence.dialog_ended(&ext, id, None, wall);
+            }
             if from == Some(side) {
                 continue;
             }

@@ -118,17 +118,14 @@ impl Endpoint {
             None => relay.play(0, Arc::clone(&queue.music), pt, true),
         }
         let wall = self.wall(now);
-        let caller_party = shared
-            .presence
-            .dialog_started(
-                &caller,
-                &a_call_id,
-                Direction::Initiator,
-                &queue.number,
-                wall,
-            )
-            .ok()
-            .map(|d| (caller.clone(), d));
+        let caller_party = super::start_party(
+            &shared.presence,
+            &caller,
+            &a_call_id,
+            Direction::Initiator,
+            &queue.number,
+            wall,
+        );
         let ticket = shared.routing.wait(id, None, &[]);
         self.add_bridge(
             &a_call_id,
@@ -461,11 +458,14 @@ impl Endpoint {
             }
             Overflow::Extension(ext) => {
                 let caller = q.caller.clone();
-                let party = shared
-                    .presence
-                    .dialog_started(&ext, a, Direction::Recipient, &caller, wall)
-                    .ok()
-                    .map(|id| (ext.clone(), id));
+                let party = super::start_party(
+                    &shared.presence,
+                    &ext,
+                    a,
+                    Direction::Recipient,
+                    &caller,
+                    wall,
+                );
                 let rung = match party {
                     Some(p) => self.offer(now, a, &ext, p, true),
                     None => false,
