@@ -30,6 +30,13 @@ fn fixture() -> (tempfile::TempDir, Registrar) {
     (dir, r)
 }
 
+/// A REGISTER from 201's phone (CSeq `cseq`, more header lines `extra`) at T
+/// that must be accepted: the bindings and whether they changed.
+fn accept(r: &Registrar, cseq: u32, extra: &str) -> (Vec<Binding>, bool) {
+    ok(r.register(T, &register(cseq, extra), source(), "201")
+        .expect("register"))
+}
+
 fn ok(o: Outcome) -> (Vec<Binding>, bool) {
     match o {
         Outcome::Ok { bindings, changed } => (bindings, changed),
@@ -51,9 +58,7 @@ fn several_contacts_are_bound_with_q_and_expiry_and_fetched() {
     assert_eq!(b[1].q, Some(500));
     assert_eq!(b[1].remaining_secs(T), 600);
     assert_eq!(b[1].source, source().addr);
-    let (fetched, changed) = ok(r
-        .register(T, &register(2, ""), source(), "201")
-        .expect("fetch"));
+    let (fetched, changed) = accept(&r, 2, "");
     assert!(!changed);
     assert_eq!(fetched.len(), 2);
 }
@@ -75,39 +80,19 @@ fn too_brief_expiry_is_423_and_long_expiry_is_clamped() {
             min_expires: Some(60)
         }
     );
-    let (b, _) = ok(r
-        .register(
-            T,
-            &register(2, "Contact: <sip:201@h>\r\nExpires: 999999\r\n"),
-            source(),
-            "201",
-        )
-        .expect("reg"));
+    let (b, _) = accept(&r, 2, "Contact: <sip:201@h>\r\nExpires: 999999\r\n");
     assert_eq!(b[0].remaining_secs(T), 7200);
 }
 
 #[test]
 fn star_removes_everything_and_needs_expires_zero() {
     let (_d, r) = fixture();
-    ok(r.register(
-        T,
-        &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"),
-        source(),
-        "201",
-    )
-    .expect("reg"));
+    accept(&r, 1, "Contact: <sip:201@a>, <sip:201@b>\r\n");
     let bad = r
         .register(T, &register(2, "Contact: *\r\n"), source(), "201")
         .expect("reg");
     assert!(matches!(bad, Outcome::Reject { code: 400, .. }));
-    let (b, changed) = ok(r
-        .register(
-            T,
-            &register(3, "Contact: *\r\nExpires: 0\r\n"),
-            source(),
-            "201",
-        )
-        .expect("reg"));
+    let (b, changed) = accept(&r, 3, "Contact: *\r\nExpires: 0\r\n");
     assert!(b.is_empty() && changed);
     assert_eq!(r.count(T), 0);
 }
@@ -115,21 +100,8 @@ fn star_removes_everything_and_needs_expires_zero() {
 #[test]
 fn expires_zero_removes_one_contact() {
     let (_d, r) = fixture();
-    ok(r.register(
-        T,
-        &register(1, "Contact: <sip:201@a>, <sip:201@b>\r\n"),
-        source(),
-        "201",
-    )
-    .expect("reg"));
-    let (b, _) = ok(r
-        .register(
-            T,
-            &register(2, "Contact: <SIP:201@A>;expires=0\r\n"),
-            source(),
-            "201",
-        )
-        .expect("reg"));
+    accept(&r, 1, "Contact: <sip:201@a>, <sip:201@b>\r\n");
+    let (b, _) = accept(&r, 2, "Contact: <SIP:201@A>;expires=0\r\n");
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].contact, "sip:201@b");
 }
@@ -180,13 +152,7 @@ fn bad_contacts_change_nothing() {
 #[test]
 fn bindings_expire_and_are_purged_from_memory_and_store() {
     let (dir, r) = fixture();
-    ok(r.register(
-        T,
-        &register(1, "Contact: <sip:201@a>;expires=60\r\n"),
-        source(),
-        "201",
-    )
-    .expect("reg"));
+    accept(&r, 1, "Contact: <sip:201@a>;expires=60\r\n");
     let later = UnixMillis(T.0 + 60_000);
     assert!(r.lookup("201", later).is_empty());
     assert_eq!(r.purge_expired(later).expect("purge"), 1);
@@ -202,16 +168,11 @@ fn bindings_are_reloaded_with_absolute_expiry() {
     {
         let store = Store::open(dir.path()).expect("store");
         let r = Registrar::direct(store.clone(), POLICY, T).expect("load");
-        ok(r.register(
-            T,
-            &register(
-                1,
-                "Contact: <sip:201@a>;expires=100, <sip:201@b>;expires=3000\r\n",
-            ),
-            source(),
-            "201",
-        )
-        .expect("reg"));
+        accept(
+            &r,
+            1,
+            "Contact: <sip:201@a>;expires=100, <sip:201@b>;expires=3000\r\n",
+        );
         store.flush_now().expect("flush");
     }
     let later = UnixMillis(T.0 + 200_000);

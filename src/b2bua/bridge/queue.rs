@@ -81,6 +81,17 @@ impl Queued {
     }
 }
 
+/// Call `a`'s bridge, with its current offer taken out (the offer is over:
+/// answered, declined or timed out).
+fn take_offer<'a>(
+    bridges: &'a mut std::collections::HashMap<String, Bridge>,
+    a: &str,
+) -> Option<(&'a mut Bridge, Offer)> {
+    let bridge = bridges.get_mut(a)?;
+    let offer = bridge.queue.as_mut()?.offer.take()?;
+    Some((bridge, offer))
+}
+
 impl Endpoint {
     /// A new INVITE to queue `id` from `caller`.
     pub(crate) fn invite_queue(
@@ -312,13 +323,7 @@ impl Endpoint {
     /// the announcement).
     pub(super) fn offer_failed(&mut self, now: Instant, a: &str) {
         let wall = self.wall(now);
-        let Some(bridge) = self.bridges.get_mut(a) else {
-            return;
-        };
-        let Some(q) = bridge.queue.as_mut() else {
-            return;
-        };
-        let Some(offer) = q.offer.take() else {
+        let Some((bridge, offer)) = take_offer(&mut self.bridges, a) else {
             return;
         };
         if let Some((ext, id)) = bridge.callee_party.take() {
@@ -350,13 +355,7 @@ impl Endpoint {
     ) {
         let wall = self.wall(now);
         let shared = Arc::clone(&self.shared);
-        let Some(bridge) = self.bridges.get_mut(a) else {
-            return;
-        };
-        let Some(q) = bridge.queue.as_mut() else {
-            return;
-        };
-        let Some(offer) = q.offer.take() else {
+        let Some((bridge, offer)) = take_offer(&mut self.bridges, a) else {
             return;
         };
         bridge.answered = Some(idx);
@@ -374,7 +373,11 @@ impl Endpoint {
                 .presence
                 .dialog_state(ext, *id, DialogState::Confirmed, wall);
         }
-        let caller = q.caller.clone();
+        let caller = bridge
+            .queue
+            .as_ref()
+            .map(|q| q.caller.clone())
+            .unwrap_or_default();
         self.cancel_ringing(now, a, offer.first_branch, Some(idx));
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
         if let Some(w) = shared.history.answered(&caller, &offer.agent) {
