@@ -5,7 +5,7 @@
 //!     cargo bench --bench presence          env: SECS=3
 
 use sipdesk::presence::{Presence, State};
-use sipdesk::registrar::UnixMillis;
+use sipdesk::UnixMillis;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -11,8 +11,8 @@
 use criterion::Criterion;
 use sipdesk::history::History;
 use sipdesk::presence::{Presence, State};
-use sipdesk::registrar::UnixMillis;
 use sipdesk::routing::{Directory, Group, GroupId, Overflow, Queue, QueueId};
+use sipdesk::UnixMillis;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -31,7 +31,7 @@ CONF="$OUT/sipdesk.toml"
   printf '[sip]\nudp = ["127.0.0.1:5070"]\ntcp = []\nauth_algorithms = ["MD5"]\n'
   printf '[rtp]\nbind_ip = "127.0.0.1"\nport_min = 10000\nport_max = 60000\n'
   printf '[calls]\nauthenticate = false\n'
-  printf '[log]\nlevel = "info,sipdesk::endpoint=warn"\n[demo]\nextensions = []\n'
+  printf '[log]\nlevel = "info,sipdesk::shard=warn"\n[demo]\nextensions = []\n'
   tail -n +2 "$LAB/scenarios/users.csv" | while IFS=';' read -r u p; do
     printf '[[users]]\nextension = "%s"\npassword = "%s"\n' "$u" "$p"
   done

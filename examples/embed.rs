@@ -7,8 +7,8 @@
 //! 127.0.0.1:5080. Stop with Ctrl-C.
 
 use sipdesk::config::Config;
-use sipdesk::registrar::UnixMillis;
 use sipdesk::Pbx;
+use sipdesk::UnixMillis;
 use std::time::Duration;
 
 #[tokio::main]

@@ -78,7 +78,7 @@ pub struct RtpConfig {
     pub port_max: Spanned<u16>,
     pub bind_ip: std::net::IpAddr,
     pub advertise_ip: Spanned<String>,
-    pub inactivity_secs: u64,
+    pub inactivity_secs: Spanned<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -87,6 +87,7 @@ pub struct CallsConfig {
     pub ring_timeout_secs: u64,
     pub authenticate: bool,
     pub music_on_hold: bool,
+    pub min_session_expires_secs: Spanned<u64>,
 }
 
 impl Default for CallsConfig {
@@ -95,6 +96,7 @@ impl Default for CallsConfig {
             ring_timeout_secs: 30,
             authenticate: true,
             music_on_hold: true,
+            min_session_expires_secs: sp(90),
         }
     }
 }
@@ -277,7 +279,7 @@ impl Default for RtpConfig {
             port_max: sp(30000),
             bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
             advertise_ip: sp("auto".into()),
-            inactivity_secs: 60,
+            inactivity_secs: sp(60),
         }
     }
 }
@@ -411,6 +413,21 @@ impl Config {
             return Err(bad(s.shards.span(), "sip.shards", "at most 256".into()));
         }
         let r = &self.rtp;
+        if *r.inactivity_secs.get_ref() == 0 {
+            return Err(bad(
+                r.inactivity_secs.span(),
+                "rtp.inactivity_secs",
+                "must be at least 1 (a call without RTP for this long is hung up)".into(),
+            ));
+        }
+        let min_se = *self.calls.min_session_expires_secs.get_ref();
+        if !(1..=86_400).contains(&min_se) {
+            return Err(bad(
+                self.calls.min_session_expires_secs.span(),
+                "calls.min_session_expires_secs",
+                "must be between 1 and 86400 (RFC 4028 recommends at least 90)".into(),
+            ));
+        }
         if r.port_min.get_ref() >= r.port_max.get_ref() || *r.port_min.get_ref() < 1024 {
             return Err(bad(
                 r.port_min.span(),
@@ -676,6 +693,20 @@ mod tests {
         let c = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\n", "t").expect("valid");
         assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().expect("addr")]);
         assert_eq!(c.domain(), "sipdesk.local");
+    }
+
+    #[test]
+    fn a_zero_inactivity_period_or_a_tiny_min_se_is_refused() {
+        let e = Config::parse("[rtp]\ninactivity_secs = 0\n", "t").expect_err("zero");
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("rtp.inactivity_secs"),
+            "{e}"
+        );
+        let e = Config::parse("[calls]\nmin_session_expires_secs = 0\n", "t").expect_err("min-se");
+        assert!(
+            e.to_string().contains("calls.min_session_expires_secs"),
+            "{e}"
+        );
     }
 
     #[test]

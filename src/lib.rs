@@ -1,21 +1,25 @@
 //! sipdesk — an embedded SIP PBX in one process: registrar, B2BUA, RTP relay, ACD,
 //! CTI, call-back box and campaign dialer over an embedded database.
 //!
+//! The layers, arrows pointing down only (a test keeps it so):
+//!
 //! ```text
-//!   phones ── SIP (UDP/TCP) ──► transport/ ──► sip/ (sans-IO: messages,
-//!                                  │            transactions, digest auth, SDP)
-//!                                  ▼
-//!                             endpoint/ (one per shard, by Call-ID)
-//!              ┌──────────┬────────┼──────────┬─────────────┐
-//!              ▼          ▼        ▼          ▼             ▼
-//!         registrar/   b2bua/ ──► routing/   blf/        users
-//!              │          │  (ACD: pure       │ NOTIFY on every change
-//!              │          │   decisions)      │
-//!              │          ▼        │ reads    ▼
-//!              │       media/      └──► presence/ (one map, change stream)
-//!              │   (relay, prompts)     history/ (caller index)
-//!              ▼                             │
-//!           store/ (sled, group-committed before acknowledging) ◄──┘
+//!  face      lib.rs, main.rs, pbx/ (the runtime: tasks that do I/O, and `Pbx`)
+//!              │  inputs with `now`                    ▲ effects executed
+//!              ▼                                       │
+//!  shard/    owns the TransactionLayer of its Call-IDs; checks requests (§8.2);
+//!            asks the dialplan where a request goes; runs the modules' effects
+//!              │  on_request / on_response / on_timer (Cx: now, Env, outbox)
+//!              ▼
+//!  modules   calls/ (bridges, queue calls, originate, CDRs) · blf/ · registrar/
+//!              │  read
+//!              ▼
+//!  kinds     tu/ (Env, Cx, Effect, typed timer keys) · clock (UnixMillis)
+//!  state     presence/ (one map, change stream) · routing/ (dialplan + ACD,
+//!            pure) · history/ (caller index) · users · media/ (behind
+//!            MediaEngine) · store/ (generic sled trees) · transport/
+//!  core      sip/ (sans-IO: parser, builder, transactions, digest, SDP, CallId,
+//!            Dialog, StatusCode)
 //! ```
 //!
 //! Embedding:
@@ -28,20 +32,39 @@
 //! pbx.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The public surface is [`Pbx`] and its builder, [`config`], and the read-only
+//! views a running PBX hands out: [`presence`] (every extension's state and the
+//! change stream), [`routing`] (groups, queues, waiting lines), [`history`] (the
+//! caller index and response records), registrations ([`Registrations`]) and
+//! CDRs ([`Cdr`]).
 
-pub mod b2bua;
-pub mod blf;
+mod blf;
+mod calls;
+mod clock;
 pub mod config;
-pub mod endpoint;
 pub mod history;
+#[doc(hidden)]
 pub mod media;
-pub mod pbx;
+mod pbx;
 pub mod presence;
-pub mod registrar;
+mod registrar;
 pub mod routing;
+mod shard;
+#[doc(hidden)]
 pub mod sip;
-pub mod store;
-pub mod transport;
-pub mod users;
+mod store;
+#[cfg(test)]
+mod testkit;
+mod transport;
+mod tu;
+mod users;
 
-pub use pbx::{Pbx, PbxBuilder, PbxError};
+pub use calls::cdr::{Cdr, Disposition, HangupBy};
+pub use calls::OriginateError;
+pub use clock::UnixMillis;
+pub use pbx::{Archive, Pbx, PbxBuilder, PbxError};
+pub use registrar::{Binding, Registrar as Registrations};
+pub use store::StoreError;
+pub use tu::Stats;
+pub use users::{DemoUser, Users};

@@ -125,11 +125,11 @@ fn load_config(args: &RunArgs) -> Result<Config, ExitCode> {
 /// Reads from the stopped PBX's store.
 fn read_store<T>(
     at: RunArgs,
-    read: impl FnOnce(&sipdesk::store::Store) -> Result<T, sipdesk::store::StoreError>,
+    read: impl FnOnce(&sipdesk::Archive) -> Result<T, sipdesk::StoreError>,
 ) -> Result<T, ExitCode> {
     let config = load_config(&at)?;
     let dir = at.data_dir.unwrap_or(config.data.dir);
-    sipdesk::store::Store::open(&dir)
+    sipdesk::Archive::open(&dir)
         .and_then(|s| read(&s))
         .map_err(|e| {
             eprintln!("error: {}: {e} (is the PBX still running?)", dir.display());
@@ -166,7 +166,7 @@ fn export_cdr(format: Format, at: RunArgs) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let written = match format {
-        Format::Csv => std::iter::once(sipdesk::b2bua::cdr::Cdr::CSV_HEADER.to_string())
+        Format::Csv => std::iter::once(sipdesk::Cdr::CSV_HEADER.to_string())
             .chain(cdrs.iter().map(|c| c.csv_line()))
             .try_for_each(|line| writeln!(out, "{line}")),
         Format::Json => serde_json::to_writer_pretty(&mut out, &cdrs)
@@ -272,7 +272,7 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
         config.map_or("embedded default".to_string(), |p| p.display().to_string()),
         pbx.data_dir().display(),
         pbx.users().len(),
-        pbx.registrar().count(sipdesk::registrar::UnixMillis::now()),
+        pbx.registrar().count(sipdesk::UnixMillis::now()),
     );
     if !pbx.demo_users().is_empty() {
         println!("\nDemo extensions were created (shown once; only their hashes are stored):");

@@ -5,7 +5,7 @@
 
 use crate::config::User;
 use crate::sip::auth::Ha1;
-use crate::store::{Store, StoreError};
+use crate::store::{Record, Store, StoreError};
 use dashmap::DashMap;
 use rand::Rng;
 use std::sync::Arc;
@@ -16,6 +16,13 @@ pub struct StoredUser {
     pub extension: String,
     pub name: Option<String>,
     pub ha1: Ha1,
+}
+
+impl Record for StoredUser {
+    const TREE: &'static str = "users.v1";
+    fn key(&self) -> Vec<u8> {
+        self.extension.as_bytes().to_vec()
+    }
 }
 
 /// Where a user came from, for the start-up banner.
@@ -64,7 +71,7 @@ impl Users {
         realm: &str,
     ) -> Result<(Users, Vec<DemoUser>), StoreError> {
         let users = Users::default();
-        for u in store.users()? {
+        for u in store.all::<StoredUser>()? {
             users.insert(u);
         }
         for u in configured {
@@ -83,7 +90,7 @@ impl Users {
                     name: Some(format!("Demo {ext}")),
                     ha1: Ha1::from_password(ext, realm, &password),
                 };
-                store.put_user(&u)?;
+                store.put(u.clone())?;
                 users.insert(u);
                 created.push(DemoUser {
                     extension: ext.clone(),

@@ -148,7 +148,7 @@ async fn callers_reach_their_last_agent_then_its_colleagues_and_decliners_are_sk
 
     // 3004 goes busy: its colleague in sales by priority (3005), not the
     // longest-idle agent of the queue (3002).
-    let now = sipdesk::registrar::UnixMillis::now();
+    let now = sipdesk::UnixMillis::now();
     lab.pbx
         .presence()
         .choose("3004", State::Busy, now)
@@ -263,7 +263,7 @@ async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() 
     let (p1, p2) = (free_port(), free_port());
     lab.register("3201", p1).await;
     lab.register("3202", p2).await;
-    let now = sipdesk::registrar::UnixMillis::now();
+    let now = sipdesk::UnixMillis::now();
     lab.pbx
         .presence()
         .choose("3201", State::Away, now)
@@ -291,7 +291,7 @@ async fn callers_wait_then_overflow_to_another_queue_or_hear_the_announcement() 
     // Now 3202 is away too: 500 → 501 → announcement, then the PBX hangs up.
     lab.pbx
         .presence()
-        .choose("3202", State::Away, sipdesk::registrar::UnixMillis::now())
+        .choose("3202", State::Away, sipdesk::UnixMillis::now())
         .expect("away");
     let started = std::time::Instant::now();
     let out = lab

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use sipdesk::b2bua::OriginateError;
 use sipdesk::presence::State;
+use sipdesk::OriginateError;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

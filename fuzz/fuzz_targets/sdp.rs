@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
         let count = |b: &[u8]| b.iter().filter(|c| **c == b'\n').count();
         assert_eq!(count(&out), count(data));
     }
-    let _ = sdp::local_answer(&s, ip, 30000, 1);
+    let _ = sdp::local_answer(&s, ip, 30000, sdp::Origin::new(1));
 });

@@ -4,25 +4,30 @@
 //! the board's state as an RPID activity and a note). Every change in the
 //! presence map sends a NOTIFY with the full state.
 //!
-//! This module extends the shard's [`Endpoint`]: a subscription is a dialog of
-//! the shard that received its SUBSCRIBE. At most one NOTIFY per subscription is
-//! in flight; changes meanwhile are coalesced into the next one, so a flood of
-//! changes never becomes a NOTIFY storm. A subscription whose NOTIFY fails (481,
-//! a timeout, any error) or that runs out without a refresh is removed.
+//! A transaction user of its own: a subscription is a dialog of the shard that
+//! received its SUBSCRIBE, and the module acts only through its [`Cx`]. At most
+//! one NOTIFY per subscription is in flight; changes meanwhile are coalesced into
+//! the next one, so a flood of changes never becomes a NOTIFY storm. A
+//! subscription whose NOTIFY fails (481, a timeout, any error) or that runs out
+//! without a refresh is removed.
 
-use crate::b2bua::{Dialog, Pending};
-use crate::endpoint::Endpoint;
-use crate::presence::{Change, DialogFact, Direction, State};
+use crate::presence::{Change, DialogFact, Direction, Presence, State};
 use crate::sip::auth::Verdict;
 use crate::sip::message::{parse, HeaderName, Message, Method};
 use crate::sip::transaction::TxId;
-use crate::sip::Remote;
+use crate::sip::{CallId, Dialog, Remote, StatusCode};
+use crate::tu::ReqId;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Timer keys of subscriptions: this prefix and the Call-ID.
-pub(crate) const SUBSCRIPTION_TIMER: &str = "subscription\0";
+/// The context of a BLF input.
+pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
+
+/// A subscription's expiry timer, by the subscription's Call-ID.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer(pub CallId);
 
 /// The event packages we notify.
 pub const ALLOW_EVENTS: &str = "dialog, presence";
@@ -36,7 +41,7 @@ const MIN_EXPIRES: u32 = 60;
 const MAX_EXPIRES: u32 = 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Package {
+enum Package {
     Dialog,
     Presence,
 }
@@ -77,7 +82,7 @@ struct Snapshot {
 
 /// One subscription (a dialog of ours, we are the notifier).
 #[derive(Debug)]
-pub(crate) struct Subscription {
+struct Subscription {
     package: Package,
     extension: String,
     /// Our `entity` (the monitored AOR).
@@ -86,7 +91,7 @@ pub(crate) struct Subscription {
     expires_at: Instant,
     /// The dialog-info document version (RFC 4235 §4.1).
     version: u32,
-    in_flight: Option<TxId>,
+    in_flight: Option<ReqId>,
     /// The latest state not yet sent (coalesced while a NOTIFY is in flight).
     pending: Option<Snapshot>,
     /// The dialogs of the last NOTIFY: one that vanished is reported terminated.
@@ -98,8 +103,19 @@ pub(crate) struct Subscription {
     timer_at: Option<Instant>,
 }
 
+/// The subscriptions of one shard.
+#[derive(Debug, Default)]
+pub struct Blf {
+    /// By the subscription dialog's Call-ID.
+    subscriptions: HashMap<CallId, Subscription>,
+    /// The subscriptions to each extension.
+    by_extension: HashMap<String, Vec<CallId>>,
+    /// Our NOTIFYs in flight, by the subscription they belong to.
+    notifies: HashMap<ReqId, CallId>,
+}
+
 /// The extension's state and calls now, from the presence map.
-fn snapshot(presence: &crate::presence::Presence, extension: &str) -> Snapshot {
+fn snapshot(presence: &Presence, extension: &str) -> Snapshot {
     Snapshot {
         state: presence.state(extension).map_or(State::Offline, |s| s.0),
         dialogs: presence.dialogs(extension),
@@ -123,7 +139,7 @@ fn xml_escape(s: &str) -> String {
 
 /// An RFC 4235 full-state document: the current dialogs, and those reported
 /// before that have ended since (as terminated).
-pub(crate) fn dialog_info(
+fn dialog_info(
     entity: &str,
     version: u32,
     dialogs: &[DialogFact],
@@ -156,7 +172,7 @@ pub(crate) fn dialog_info(
 
 /// A PIDF document (RFC 3863) with an RPID activity (RFC 4480) and the board's
 /// state as the note.
-pub(crate) fn pidf(entity: &str, state: State) -> String {
+fn pidf(entity: &str, state: State) -> String {
     let basic = if state == State::Offline {
         "closed"
     } else {
@@ -175,19 +191,18 @@ pub(crate) fn pidf(entity: &str, state: State) -> String {
     )
 }
 
-impl Endpoint {
+impl Blf {
     /// SUBSCRIBE: a new subscription (authenticated), a refresh, or an
     /// unsubscribe (`Expires: 0`).
-    pub(crate) fn subscribe(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
-        let call_id = req
-            .call_id()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .unwrap_or_default();
+    pub fn on_subscribe(&mut self, cx: &mut Cx<'_>, tx: TxId, req: &Message, remote: Remote) {
+        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
         let refresh = req.to_header().and_then(|t| t.tag()).is_some();
         let Some(package) = req.value(HeaderName::Event).and_then(Package::parse) else {
-            let mut b = self.response(req, remote, 489, "Bad Event");
+            let mut b = cx.response(req, remote, 489, "Bad Event");
             b.header("Allow-Events", ALLOW_EVENTS);
-            return self.send_final(now, tx, b.finish());
+            return cx.respond(tx, b.finish());
         };
         let accepts = req.values(HeaderName::Accept).collect::<Vec<_>>();
         if !accepts.is_empty()
@@ -202,137 +217,123 @@ impl Endpoint {
                 })
             })
         {
-            let mut b = self.response(req, remote, 406, "Not Acceptable");
+            let mut b = cx.response(req, remote, 406, "Not Acceptable");
             b.header("Accept", package.content_type());
-            return self.send_final(now, tx, b.finish());
+            return cx.respond(tx, b.finish());
         }
         let expires = match req.expires() {
-            Some(Err(())) => return self.reply(now, tx, req, remote, 400, "Bad Expires"),
+            Some(Err(())) => return cx.reply_with(tx, req, remote, 400, "Bad Expires"),
             Some(Ok(0)) => 0,
             Some(Ok(e)) if e < MIN_EXPIRES => {
-                let mut b = self.response(req, remote, 423, "Interval Too Brief");
+                let mut b = cx.response(req, remote, 423, "Interval Too Brief");
                 b.header("Min-Expires", MIN_EXPIRES.to_string());
-                return self.send_final(now, tx, b.finish());
+                return cx.respond(tx, b.finish());
             }
             Some(Ok(e)) => e.min(MAX_EXPIRES),
             None => MAX_EXPIRES,
         };
         if refresh {
-            return self.refresh_subscription(now, tx, req, remote, &call_id, expires);
+            return self.refresh(cx, tx, req, remote, &call_id, expires);
         }
         if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-            let mut b = self.response(
+            let mut b = cx.response(
                 req,
                 remote,
                 503,
                 "Service Unavailable (Too Many Subscriptions)",
             );
             b.header("Retry-After", "60");
-            return self.send_final(now, tx, b.finish());
+            return cx.respond(tx, b.finish());
         }
-        let shared = Arc::clone(&self.shared);
+        let env = cx.env;
         let Some(extension) = req
             .request_uri()
             .and_then(|u| u.user)
             .map(|u| String::from_utf8_lossy(u).into_owned())
-            .filter(|e| shared.presence.contains(e))
+            .filter(|e| env.presence.contains(e))
         else {
-            return self.reply(now, tx, req, remote, 404, "Not Found");
+            return cx.reply(tx, req, remote, StatusCode::NOT_FOUND);
         };
         let credentials = req
             .authorizations(HeaderName::Authorization)
             .chain(req.authorizations(HeaderName::ProxyAuthorization));
-        match shared
+        match env
             .auth
-            .verify(now, b"SUBSCRIBE", credentials, |u| shared.users.ha1(u))
+            .verify(cx.now, b"SUBSCRIBE", credentials, |u| env.users.ha1(u))
         {
             Verdict::Authenticated(_) => {}
             Verdict::Challenge { stale } => {
-                let mut b = self.response(req, remote, 401, "Unauthorized");
-                for c in shared.auth.challenges(now, stale) {
+                let mut b = cx.response(req, remote, 401, "Unauthorized");
+                for c in env.auth.challenges(cx.now, stale) {
                     b.header("WWW-Authenticate", c);
                 }
-                return self.send_final(now, tx, b.finish());
+                return cx.respond(tx, b.finish());
             }
-            Verdict::Forbidden => return self.reply(now, tx, req, remote, 403, "Forbidden"),
+            Verdict::Forbidden => return cx.reply(tx, req, remote, StatusCode::FORBIDDEN),
         }
-        let mut b = self.response(req, remote, 200, "OK");
+        let mut b = cx.response(req, remote, 200, "OK");
         b.header("Expires", expires.to_string())
-            .header("Contact", format!("<sip:{}>", self.via_hostport(remote)))
+            .header("Contact", format!("<sip:{}>", cx.hostport(remote)))
             .header("Allow-Events", ALLOW_EVENTS);
         let ok = b.finish();
         let dialog = parse(ok.clone(), &Default::default())
             .ok()
             .and_then(|m| Dialog::from_uas(req, &m, remote));
-        self.send_final(now, tx, ok);
+        cx.respond(tx, ok);
         let Some(dialog) = dialog else { return };
         let sub = Subscription {
             package,
-            entity: format!("sip:{extension}@{}", shared.domain),
+            entity: format!("sip:{extension}@{}", env.domain),
             extension: extension.clone(),
             dialog,
-            expires_at: self.subscription_end(now, expires),
+            expires_at: subscription_end(cx, expires),
             version: 0,
             in_flight: None,
-            pending: Some(snapshot(&shared.presence, &extension)),
+            pending: Some(snapshot(&env.presence, &extension)),
             reported: Vec::new(),
             reported_state: None,
             terminating: expires == 0,
             timer_at: None,
         };
         tracing::debug!(%call_id, %extension, event = package.name(), "subscription");
-        self.subscriptions_by_ext
+        self.by_extension
             .entry(extension)
             .or_default()
             .push(call_id.clone());
         self.subscriptions.insert(call_id.clone(), sub);
-        self.notify(now, &call_id);
+        self.notify(cx, &call_id);
     }
 
-    fn refresh_subscription(
+    fn refresh(
         &mut self,
-        now: Instant,
+        cx: &mut Cx<'_>,
         tx: TxId,
         req: &Message,
         remote: Remote,
-        call_id: &str,
+        call_id: &CallId,
         expires: u32,
     ) {
         let ours = req.to_header().and_then(|t| t.tag());
-        let end = self.subscription_end(now, expires);
+        let end = subscription_end(cx, expires);
         let Some(sub) = self
             .subscriptions
             .get_mut(call_id)
             .filter(|s| s.dialog.local_tag() == ours)
         else {
-            return self.reply(now, tx, req, remote, 481, "Subscription Does Not Exist");
+            return cx.reply_with(tx, req, remote, 481, "Subscription Does Not Exist");
         };
         sub.expires_at = end;
         sub.terminating = expires == 0;
-        sub.pending = Some(snapshot(&self.shared.presence, &sub.extension));
-        let mut b = self.response(req, remote, 200, "OK");
+        sub.pending = Some(snapshot(&cx.env.presence, &sub.extension));
+        let mut b = cx.response(req, remote, 200, "OK");
         b.header("Expires", expires.to_string())
-            .header("Contact", format!("<sip:{}>", self.via_hostport(remote)));
-        self.send_final(now, tx, b.finish());
-        self.notify(now, call_id);
-    }
-
-    /// When a subscription for `expires` seconds ends; an ending one (0) lives
-    /// on for its last NOTIFY's transaction (64*T1) to be answered.
-    fn subscription_end(&self, now: Instant, expires: u32) -> Instant {
-        match expires {
-            0 => now + self.shared.timers.t1 * 64,
-            e => now + Duration::from_secs(u64::from(e)),
-        }
+            .header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+        cx.respond(tx, b.finish());
+        self.notify(cx, call_id);
     }
 
     /// Sends the pending state of subscription `key` unless a NOTIFY is in flight.
-    fn notify(&mut self, now: Instant, key: &str) {
-        let domain = self.shared.domain.clone();
-        let Some(remote) = self.subscriptions.get(key).map(|s| s.dialog.remote) else {
-            return;
-        };
-        let hostport = self.via_hostport(remote);
+    fn notify(&mut self, cx: &mut Cx<'_>, key: &CallId) {
         let Some(sub) = self.subscriptions.get_mut(key) else {
             return;
         };
@@ -351,83 +352,81 @@ impl Endpoint {
                     .cloned()
                     .collect();
                 sub.version += 1;
-                dialog_info(&sub.entity, sub.version - 1, &snap.dialogs, &ended, &domain)
+                dialog_info(
+                    &sub.entity,
+                    sub.version - 1,
+                    &snap.dialogs,
+                    &ended,
+                    &cx.env.domain,
+                )
             }
             Package::Presence => pidf(&sub.entity, snap.state),
         };
         sub.reported = snap.dialogs.to_vec();
         sub.reported_state = Some(snap.state);
-        let remaining = sub.expires_at.saturating_duration_since(now).as_secs();
+        let remaining = sub.expires_at.saturating_duration_since(cx.now).as_secs();
         let state = if sub.terminating || remaining == 0 {
             "terminated;reason=timeout".to_string()
         } else {
             format!("active;expires={remaining}")
         };
         sub.dialog.cseq += 1;
+        let remote = sub.dialog.remote;
         let bytes = sub.dialog.request_with(
             &Method::Notify,
             sub.dialog.cseq,
-            &hostport,
+            &cx.hostport(remote),
             &[
                 ("Event", sub.package.name()),
                 ("Subscription-State", &state),
             ],
             Some((sub.package.content_type(), body.as_bytes())),
         );
-        match self.layer.send_request(now, bytes, remote) {
-            Ok(tx) => {
-                if let Some(sub) = self.subscriptions.get_mut(key) {
-                    sub.in_flight = Some(tx);
-                }
-                self.pending.insert(tx, Pending::Notify(key.to_string()));
-            }
-            Err(e) => {
-                tracing::debug!(call_id = %key, "NOTIFY not sent: {e}");
-                return self.end_subscription(key);
-            }
-        }
-        self.arm_subscription_timer(key);
+        let id = cx.send(bytes, remote);
+        sub.in_flight = Some(id);
+        self.notifies.insert(id, key.clone());
+        self.arm(cx, key);
     }
 
-    /// The answer to one of our NOTIFYs (`None`: it timed out).
-    pub(crate) fn notify_response(
-        &mut self,
-        now: Instant,
-        key: &str,
-        tx: TxId,
-        resp: Option<&Message>,
-    ) {
-        let code = self.settle(tx, resp);
+    /// The answer to one of our NOTIFYs (`None`: it timed out or was not sent).
+    pub fn on_response(&mut self, cx: &mut Cx<'_>, id: ReqId, resp: Option<&Message>) {
+        let code = resp.and_then(Message::status).unwrap_or(408);
         if code < 200 {
             return;
         }
-        let Some(sub) = self.subscriptions.get_mut(key) else {
+        let Some(key) = self.notifies.remove(&id) else {
+            return;
+        };
+        let Some(sub) = self.subscriptions.get_mut(&key) else {
             return;
         };
         sub.in_flight = None;
         if code >= 300 {
             // 481 (the phone forgot it), 408, or any error: a dead subscription.
             tracing::debug!(call_id = %key, code, "NOTIFY refused; subscription removed");
-            return self.end_subscription(key);
+            return self.end(&key);
         }
         if sub.terminating && sub.pending.is_none() {
-            return self.end_subscription(key);
+            return self.end(&key);
         }
-        self.notify(now, key);
+        self.notify(cx, &key);
     }
 
-    fn end_subscription(&mut self, key: &str) {
+    fn end(&mut self, key: &CallId) {
         if let Some(sub) = self.subscriptions.remove(key) {
-            if let Some(list) = self.subscriptions_by_ext.get_mut(&sub.extension) {
+            if let Some(list) = self.by_extension.get_mut(&sub.extension) {
                 list.retain(|k| k != key);
                 if list.is_empty() {
-                    self.subscriptions_by_ext.remove(&sub.extension);
+                    self.by_extension.remove(&sub.extension);
                 }
+            }
+            if let Some(id) = sub.in_flight {
+                self.notifies.remove(&id);
             }
         }
     }
 
-    fn arm_subscription_timer(&mut self, key: &str) {
+    fn arm(&mut self, cx: &mut Cx<'_>, key: &CallId) {
         let Some(sub) = self.subscriptions.get_mut(key) else {
             return;
         };
@@ -435,16 +434,14 @@ impl Endpoint {
             return;
         }
         sub.timer_at = Some(sub.expires_at);
-        self.call_timers.push(std::cmp::Reverse((
-            sub.expires_at,
-            format!("{SUBSCRIPTION_TIMER}{key}"),
-        )));
+        cx.timer(sub.expires_at, Timer(key.clone()));
     }
 
     /// A subscription's expiry timer fired: unless refreshed since, a last NOTIFY
     /// (terminated) and it is gone.
-    pub(crate) fn subscription_timer(&mut self, now: Instant, key: &str, at: Instant) {
-        let last_call = self.subscription_end(now, 0);
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>, key: &Timer, at: Instant) {
+        let key = &key.0;
+        let last_call = subscription_end(cx, 0);
         let Some(sub) = self.subscriptions.get_mut(key) else {
             return;
         };
@@ -452,22 +449,22 @@ impl Endpoint {
             return;
         }
         sub.timer_at = None;
-        if now < sub.expires_at {
-            return self.arm_subscription_timer(key);
+        if cx.now < sub.expires_at {
+            return self.arm(cx, key);
         }
         if sub.in_flight.is_some() || sub.terminating {
             // Not answering its NOTIFYs either: drop it without another.
-            return self.end_subscription(key);
+            return self.end(key);
         }
         sub.terminating = true;
         sub.expires_at = last_call;
-        sub.pending = Some(snapshot(&self.shared.presence, &sub.extension));
-        self.notify(now, key);
+        sub.pending = Some(snapshot(&cx.env.presence, &sub.extension));
+        self.notify(cx, key);
     }
 
     /// A presence change: every subscription to that extension is notified.
-    pub(crate) fn notify_change(&mut self, now: Instant, change: &Change) {
-        let Some(keys) = self.subscriptions_by_ext.get(&change.extension).cloned() else {
+    pub fn on_presence_change(&mut self, cx: &mut Cx<'_>, change: &Change) {
+        let Some(keys) = self.by_extension.get(&change.extension).cloned() else {
             return;
         };
         for key in keys {
@@ -479,34 +476,43 @@ impl Endpoint {
                     state: change.state,
                     dialogs: Arc::clone(&change.dialogs),
                 });
-                self.notify(now, &key);
+                self.notify(cx, &key);
             }
         }
     }
 
     /// Changes may have been missed: every subscription whose extension is not
     /// as last reported (or queued) gets the current state.
-    pub(crate) fn notify_all(&mut self, now: Instant) {
-        let keys: Vec<String> = self.subscriptions.keys().cloned().collect();
+    pub fn on_presence_lag(&mut self, cx: &mut Cx<'_>) {
+        let keys: Vec<CallId> = self.subscriptions.keys().cloned().collect();
         for key in keys {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            let snap = snapshot(&self.shared.presence, &sub.extension);
+            let snap = snapshot(&cx.env.presence, &sub.extension);
             let known = match &sub.pending {
                 Some(p) => p.state == snap.state && p.dialogs == snap.dialogs,
                 None => sub.reported_state == Some(snap.state) && *sub.reported == *snap.dialogs,
             };
             if !known && !sub.terminating {
                 sub.pending = Some(snap);
-                self.notify(now, &key);
+                self.notify(cx, &key);
             }
         }
     }
 
     /// Live subscriptions of this shard.
-    pub fn subscription_count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.subscriptions.len()
+    }
+}
+
+/// When a subscription for `expires` seconds ends; an ending one (0) lives on
+/// for its last NOTIFY's transaction (64*T1) to be answered.
+fn subscription_end(cx: &Cx<'_>, expires: u32) -> Instant {
+    match expires {
+        0 => cx.now + cx.env.timers.t1 * 64,
+        e => cx.now + Duration::from_secs(u64::from(e)),
     }
 }
 

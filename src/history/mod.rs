@@ -4,7 +4,7 @@
 //! history for the screen pop. The index lives in memory (the ACD reads it on the
 //! hot path) and is persisted through the store writer; records live in the store.
 
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Record, Store, StoreError, Write};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -45,6 +45,34 @@ pub struct ResponseRecord {
     pub outcome: String,
 }
 
+impl Record for CallerAgents {
+    const TREE: &'static str = "callers.v1";
+    fn key(&self) -> Vec<u8> {
+        self.caller.as_bytes().to_vec()
+    }
+}
+
+impl Record for ResponseRecord {
+    const TREE: &'static str = "responses.v1";
+    /// By caller, then id: one caller's records are adjacent, oldest first.
+    fn key(&self) -> Vec<u8> {
+        let mut k = caller_prefix(&self.caller);
+        k.extend_from_slice(&self.id.to_be_bytes());
+        k
+    }
+}
+
+fn caller_prefix(caller: &str) -> Vec<u8> {
+    let mut k = caller.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// One caller's response records (the customer's history), oldest first.
+pub fn responses(store: &Store, caller: &str) -> Result<Vec<ResponseRecord>, StoreError> {
+    store.with_prefix(&caller_prefix(caller))
+}
+
 /// The caller index; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -55,7 +83,7 @@ impl History {
     /// The index as stored.
     pub fn load(store: &Store) -> Result<History, StoreError> {
         let index = DashMap::new();
-        for entry in store.caller_index()? {
+        for entry in store.all::<CallerAgents>()? {
             index.insert(entry.caller, entry.agents);
         }
         Ok(History {
@@ -86,7 +114,7 @@ impl History {
         agents.retain(|a| a != agent);
         agents.insert(0, agent.to_string());
         agents.truncate(REMEMBERED);
-        Some(Write::PutCallerAgents(CallerAgents {
+        Some(Write::put(CallerAgents {
             caller: caller.to_string(),
             agents: agents.clone(),
         }))
@@ -125,7 +153,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let h = History::load(&store).expect("load");
         let w = h.answered("5550001", "202").expect("write");
-        store.apply(&w).expect("apply");
+        store.apply(vec![w]).expect("apply");
         let rec = ResponseRecord {
             id: 7,
             caller: "5550001".into(),
@@ -135,15 +163,13 @@ mod tests {
             notes: "wants a refund".into(),
             outcome: "answered".into(),
         };
-        store
-            .apply(&Write::PutResponse(rec.clone()))
-            .expect("record");
+        store.put(rec.clone()).expect("record");
         store.flush_now().expect("flush");
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         let h = History::load(&store).expect("load");
         assert_eq!(h.recent_agents("5550001"), ["202"]);
-        assert_eq!(store.responses("5550001").expect("read"), vec![rec]);
-        assert!(store.responses("5550002").expect("read").is_empty());
+        assert_eq!(responses(&store, "5550001").expect("read"), vec![rec]);
+        assert!(responses(&store, "5550002").expect("read").is_empty());
     }
 }

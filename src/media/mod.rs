@@ -5,9 +5,14 @@
 //! the task ends, and it reports RTP inactivity so dead calls get cleaned up.
 //! A relay can also play a [`prompt::Prompt`] to one side (hold music, an
 //! announcement), paced at 20 ms, and a player session plays one to a phone.
+//!
+//! Calls use media only through [`MediaEngine`] (allocate a relay, an echo or a
+//! player; play and stop on a relay), so they run in unit tests with a fake engine
+//! and no sockets. [`RtpEngine`] is the real one.
 
 pub mod prompt;
 
+use crate::sip::CallId;
 use prompt::{Prompt, FRAME};
 
 use std::collections::VecDeque;
@@ -129,7 +134,7 @@ impl Media {
             let _lease = lease;
             let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
             // Checked a few times per inactivity period: packets only stamp a time.
-            let mut check = tokio::time::interval(inactivity / 4);
+            let mut check = idle_check(inactivity);
             let mut last = tokio::time::Instant::now();
             loop {
                 tokio::select! {
@@ -149,6 +154,133 @@ impl Media {
             }
         });
         Ok(Session { port, task })
+    }
+}
+
+/// Reports a media session's inactivity, by the Call-ID it was allocated for.
+pub type IdleNotifier = Arc<dyn Fn(CallId) + Send + Sync>;
+
+/// What calls need from media. Dropping a returned handle stops the session and
+/// gives its ports back.
+pub trait MediaEngine: Send + Sync + std::fmt::Debug {
+    /// A relay between two phones for call `call` (its inactivity is reported
+    /// under that Call-ID).
+    fn relay(&self, call: &CallId) -> Result<Box<dyn RelayControl>, MediaError>;
+    /// An echo session (the echo test number).
+    fn echo(&self, call: &CallId) -> Result<Box<dyn MediaSession>, MediaError>;
+    /// A session that plays `prompt` once to `peer` with payload type `pt`.
+    fn player(
+        &self,
+        call: &CallId,
+        prompt: Arc<Prompt>,
+        pt: u8,
+        peer: Peer,
+    ) -> Result<Box<dyn MediaSession>, MediaError>;
+    /// Port pairs leased right now.
+    fn ports_in_use(&self) -> usize;
+}
+
+/// A running media session of one port pair.
+pub trait MediaSession: Send + std::fmt::Debug {
+    /// Its RTP port (RTCP is the next one).
+    fn port(&self) -> u16;
+}
+
+/// A running relay, as signalling drives it.
+pub trait RelayControl: Send + std::fmt::Debug {
+    /// Our RTP port facing side A (the caller) and side B.
+    fn ports(&self) -> [u16; 2];
+    /// Signalling learnt something about a side (an offer, an answer, a hold).
+    fn set_peer(&self, side: usize, peer: Peer);
+    /// Plays `prompt` to `side` (payload type 0 or 8); the other side is muted.
+    fn play(&self, side: usize, prompt: Arc<Prompt>, pt: u8, looping: bool);
+    /// Plays `first` once to `side`, then `then` looping.
+    fn play_then(&self, side: usize, first: Arc<Prompt>, then: Arc<Prompt>, pt: u8);
+    /// Stops any prompt: the two sides hear each other again.
+    fn stop_playing(&self);
+}
+
+/// The real engine: sockets from a [`Media`] pool, a tokio task per session.
+#[derive(Clone)]
+pub struct RtpEngine {
+    media: Media,
+    /// A session without RTP for this long is reported idle.
+    inactivity: Duration,
+    on_idle: IdleNotifier,
+}
+
+impl std::fmt::Debug for RtpEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpEngine")
+            .field("media", &self.media)
+            .field("inactivity", &self.inactivity)
+            .finish()
+    }
+}
+
+impl RtpEngine {
+    pub fn new(media: Media, inactivity: Duration, on_idle: IdleNotifier) -> RtpEngine {
+        RtpEngine {
+            media,
+            inactivity,
+            on_idle,
+        }
+    }
+
+    fn notifier(&self, call: &CallId) -> impl Fn() + Send + 'static {
+        let (on_idle, call) = (Arc::clone(&self.on_idle), call.clone());
+        move || on_idle(call.clone())
+    }
+}
+
+impl MediaEngine for RtpEngine {
+    fn relay(&self, call: &CallId) -> Result<Box<dyn RelayControl>, MediaError> {
+        let relay = self.media.relay(self.inactivity, self.notifier(call))?;
+        Ok(Box::new(relay))
+    }
+    fn echo(&self, call: &CallId) -> Result<Box<dyn MediaSession>, MediaError> {
+        Ok(Box::new(
+            self.media.echo(self.inactivity, self.notifier(call))?,
+        ))
+    }
+    fn player(
+        &self,
+        call: &CallId,
+        prompt: Arc<Prompt>,
+        pt: u8,
+        peer: Peer,
+    ) -> Result<Box<dyn MediaSession>, MediaError> {
+        let s = self
+            .media
+            .player(prompt, pt, peer, self.inactivity, self.notifier(call))?;
+        Ok(Box::new(s))
+    }
+    fn ports_in_use(&self) -> usize {
+        self.media.ports_in_use()
+    }
+}
+
+impl MediaSession for Session {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl RelayControl for Relay {
+    fn ports(&self) -> [u16; 2] {
+        self.ports
+    }
+    fn set_peer(&self, side: usize, peer: Peer) {
+        Relay::set_peer(self, side, peer)
+    }
+    fn play(&self, side: usize, prompt: Arc<Prompt>, pt: u8, looping: bool) {
+        Relay::play(self, side, prompt, pt, looping)
+    }
+    fn play_then(&self, side: usize, first: Arc<Prompt>, then: Arc<Prompt>, pt: u8) {
+        Relay::play_then(self, side, first, then, pt)
+    }
+    fn stop_playing(&self) {
+        Relay::stop_playing(self)
     }
 }
 
@@ -323,6 +455,12 @@ impl Playback {
     }
 }
 
+/// Checks inactivity a few times per period (at least every 10 ms: a zero
+/// period must not make a zero interval, which panics).
+fn idle_check(inactivity: Duration) -> tokio::time::Interval {
+    tokio::time::interval((inactivity / 4).max(Duration::from_millis(10)))
+}
+
 /// 20 ms, the packet time of everything the PBX plays.
 const PTIME: Duration = Duration::from_millis(20);
 
@@ -439,7 +577,7 @@ impl Media {
             let _leases = (lease_a, lease_b);
             let socks = [[a_rtp, a_rtcp], [b_rtp, b_rtcp]];
             let mut buf = [0u8; 2048];
-            let mut check = tokio::time::interval(inactivity / 4);
+            let mut check = idle_check(inactivity);
             let mut last = tokio::time::Instant::now();
             let mut pace = pacer();
             let mut frame = [0u8; 12 + FRAME];
@@ -539,7 +677,7 @@ impl Media {
             st.playing = Some(Playback::new(prompt, pt, false, 0));
             let (mut buf, mut frame) = ([0u8; 2048], [0u8; 12 + FRAME]);
             let mut pace = pacer();
-            let mut check = tokio::time::interval(inactivity / 4);
+            let mut check = idle_check(inactivity);
             let mut last = tokio::time::Instant::now();
             loop {
                 tokio::select! {

@@ -4,7 +4,7 @@
 //! phone has a live registration, the calls it is in, a wrap-up deadline, and what
 //! the agent chose (available, away, busy).
 
-use crate::registrar::UnixMillis;
+use crate::clock::UnixMillis;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -3,28 +3,21 @@
 //! hot path and are written to the store with their absolute expiry; at start they
 //! are reloaded and the expired ones dropped.
 //!
-//! Time is an input ([`UnixMillis`]): the registrar never reads a clock.
+//! Time is an input ([`UnixMillis`]): the registrar never reads a clock. The
+//! shard hands it every REGISTER ([`Registrar::on_register`]): digest
+//! authentication, then the rules below, then the answer (held until the store
+//! has flushed when bindings changed).
 
-use crate::sip::message::{headers::parse_u32, HeaderName, Message, NameAddr, Uri};
+use crate::clock::UnixMillis;
+use crate::sip::auth::{DigestAuthority, Verdict};
+use crate::sip::message::{headers::parse_u32, Builder, HeaderName, Message, NameAddr, Uri};
 use crate::sip::{ConnId, Remote, Transport};
-use crate::store::{Store, StoreError, Write, Writer};
+use crate::store::{Record, Store, StoreError, Write, Writer};
+use crate::users::Users;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Wall-clock time in milliseconds since the UNIX epoch (bindings outlive restarts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UnixMillis(pub u64);
-
-impl UnixMillis {
-    pub fn now() -> UnixMillis {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        UnixMillis(since.as_millis() as u64)
-    }
-}
 
 /// One contact bound to an address-of-record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +42,30 @@ pub struct Binding {
     pub user_agent: Option<String>,
 }
 
+impl Record for Binding {
+    const TREE: &'static str = "bindings.v1";
+    fn key(&self) -> Vec<u8> {
+        let mut k = self.aor.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(self.contact.as_bytes());
+        k
+    }
+}
+
 impl Binding {
+    /// Where requests to this contact go: its source address and connection
+    /// (a UDP binding goes out of any socket).
+    pub fn remote(&self) -> Remote {
+        Remote {
+            transport: self.transport,
+            addr: self.source,
+            conn: match self.transport {
+                Transport::Udp => None,
+                Transport::Tcp => self.conn,
+            },
+        }
+    }
+
     pub fn remaining_secs(&self, now: UnixMillis) -> u64 {
         self.expires_at_ms.saturating_sub(now.0).div_ceil(1000)
     }
@@ -108,13 +124,15 @@ impl Registrar {
         now: UnixMillis,
     ) -> Result<Registrar, StoreError> {
         let map: DashMap<String, Vec<Binding>> = DashMap::new();
-        for b in store.bindings()? {
+        let mut expired = Vec::new();
+        for b in store.all::<Binding>()? {
             if b.expires_at_ms <= now.0 {
-                store.remove_binding(&b)?;
+                expired.push(Write::remove(&b));
             } else {
                 map.entry(b.aor.clone()).or_default().push(b);
             }
         }
+        store.apply(expired)?;
         Ok(Registrar {
             map: Arc::new(map),
             writer,
@@ -165,7 +183,7 @@ impl Registrar {
             !list.is_empty()
         });
         for b in &removed {
-            self.writer.write(Write::RemoveBinding(b.clone()))?;
+            self.writer.write(Write::remove(b))?;
         }
         Ok(removed.len())
     }
@@ -216,8 +234,8 @@ impl Registrar {
                 ));
             }
             let removed = self.map.remove(&aor).map(|(_, v)| v).unwrap_or_default();
-            for b in removed.iter().cloned() {
-                self.writer.write(Write::RemoveBinding(b))?;
+            for b in &removed {
+                self.writer.write(Write::remove(b))?;
             }
             return Ok(Outcome::Ok {
                 bindings: Vec::new(),
@@ -277,7 +295,7 @@ impl Registrar {
             if expires == 0 {
                 if let Some(i) = pos {
                     let old = list.remove(i);
-                    self.writer.write(Write::RemoveBinding(old))?;
+                    self.writer.write(Write::remove(&old))?;
                     changed = true;
                 }
                 continue;
@@ -297,7 +315,7 @@ impl Registrar {
                 conn: source.conn,
                 user_agent: user_agent.clone(),
             };
-            self.writer.write(Write::PutBinding(binding.clone()))?;
+            self.writer.write(Write::put(binding.clone()))?;
             match pos {
                 Some(i) => list[i] = binding,
                 None => list.push(binding),
@@ -311,6 +329,93 @@ impl Registrar {
         }
         bindings.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         Ok(Outcome::Ok { bindings, changed })
+    }
+}
+
+/// What the shard sends back for a REGISTER.
+#[derive(Debug)]
+pub struct RegisterAnswer {
+    pub answer: bytes::Bytes,
+    /// The answer confirms a store write: it waits for the flush.
+    pub durable: bool,
+    /// The user whose bindings changed, and whether any remain.
+    pub registered: Option<(String, bool)>,
+}
+
+impl Registrar {
+    /// A REGISTER: challenged (401) until its digest credentials verify, then
+    /// applied to the user's bindings and answered with all of them.
+    pub fn on_register(
+        &self,
+        now: std::time::Instant,
+        wall: UnixMillis,
+        req: &Message,
+        remote: Remote,
+        auth: &DigestAuthority,
+        users: &Users,
+    ) -> RegisterAnswer {
+        let reply = |code, reason: &str| Builder::reply(req, remote.addr, code, reason);
+        let plain = |b: Builder| RegisterAnswer {
+            answer: b.finish(),
+            durable: false,
+            registered: None,
+        };
+        let verdict = auth.verify(
+            now,
+            b"REGISTER",
+            req.authorizations(HeaderName::Authorization),
+            |u| users.ha1(u),
+        );
+        let user = match verdict {
+            Verdict::Authenticated(user) => user,
+            Verdict::Challenge { stale } => {
+                let mut b = reply(401, "Unauthorized");
+                for c in auth.challenges(now, stale) {
+                    b.header("WWW-Authenticate", c);
+                }
+                return plain(b);
+            }
+            Verdict::Forbidden => {
+                tracing::info!(%remote, "REGISTER refused: bad credentials");
+                return plain(reply(403, "Forbidden"));
+            }
+        };
+        match self.register(wall, req, remote, &user) {
+            Err(e) => {
+                tracing::error!("registrar store: {e}");
+                plain(reply(500, "Server Internal Error"))
+            }
+            Ok(Outcome::Reject {
+                code,
+                reason,
+                min_expires,
+            }) => {
+                let mut b = reply(code, reason);
+                if let Some(m) = min_expires {
+                    b.header("Min-Expires", m.to_string());
+                }
+                plain(b)
+            }
+            Ok(Outcome::Ok { bindings, changed }) => {
+                let mut b = reply(200, "OK");
+                for binding in &bindings {
+                    let mut v = format!(
+                        "<{}>;expires={}",
+                        binding.contact,
+                        binding.remaining_secs(wall)
+                    );
+                    if let Some(q) = binding.q {
+                        v.push_str(&format!(";q={}.{:03}", q / 1000, q % 1000));
+                    }
+                    b.header("Contact", v);
+                }
+                RegisterAnswer {
+                    answer: b.finish(),
+                    durable: changed,
+                    registered: Some((user, !bindings.is_empty())),
+                }
+            }
+        }
     }
 }
 

@@ -16,9 +16,15 @@
 //! line). The decision only proposes:
 //! the caller reserves the agent with [`crate::presence::Presence::reserve`],
 //! which is atomic, and decides again if someone else was faster.
+//!
+//! [`dialplan`] says where a dialled number goes (test number, feature code,
+//! queue, extension).
 
+pub mod dialplan;
+
+use crate::clock::UnixMillis;
 use crate::presence::State;
-use crate::registrar::UnixMillis;
+use crate::sip::CallId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,10 +97,19 @@ pub struct Directory {
     tickets: AtomicU64,
 }
 
-/// A queue's waiting callers by arrival ticket, with the agents each has
-/// already tried.
+/// A queue's waiting callers by arrival ticket: the one record of who waits.
 #[derive(Debug, Default)]
-struct Line(Mutex<BTreeMap<u64, Vec<String>>>);
+struct Line(Mutex<BTreeMap<u64, Waiter>>);
+
+/// One waiting caller.
+#[derive(Debug)]
+struct Waiter {
+    /// The shard that owns the call, and the call.
+    shard: usize,
+    call: CallId,
+    /// The agents this caller has already tried.
+    tried: Vec<String>,
+}
 
 /// A routing failure (local: the directory was asked about something it lacks).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,15 +302,49 @@ impl Directory {
             .map(|(_, m)| (m, Reason::LongestIdle))
     }
 
-    /// Puts a call in `queue`'s waiting line with the agents it has tried;
-    /// `ticket` keeps its place when it comes back after an unanswered offer
-    /// (`None`: a new arrival).
-    pub fn wait(&self, queue: QueueId, ticket: Option<u64>, tried: &[String]) -> u64 {
-        let ticket = ticket.unwrap_or_else(|| self.tickets.fetch_add(1, Ordering::Relaxed));
+    /// A new place at the end of every line (arrival order across queues).
+    pub fn new_ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Puts call `call` of shard `shard` in `queue`'s waiting line at `ticket`
+    /// (a call that comes back after an unanswered offer keeps its place), with
+    /// the agents it has tried.
+    pub fn wait(&self, queue: QueueId, ticket: u64, tried: &[String], shard: usize, call: &CallId) {
         if let Ok(mut line) = self.lines[queue.0].0.lock() {
-            line.insert(ticket, tried.to_vec());
+            line.insert(
+                ticket,
+                Waiter {
+                    shard,
+                    call: call.clone(),
+                    tried: tried.to_vec(),
+                },
+            );
         }
-        ticket
+    }
+
+    /// The calls of shard `shard` waiting in any line.
+    pub fn waiting_on(&self, shard: usize) -> Vec<CallId> {
+        let mut calls = Vec::new();
+        for line in &self.lines {
+            if let Ok(line) = line.0.lock() {
+                calls.extend(
+                    line.values()
+                        .filter(|w| w.shard == shard)
+                        .map(|w| w.call.clone()),
+                );
+            }
+        }
+        calls
+    }
+
+    /// Whether shard `shard` has a call waiting in any line.
+    pub fn has_waiting(&self, shard: usize) -> bool {
+        self.lines.iter().any(|line| {
+            line.0
+                .lock()
+                .is_ok_and(|l| l.values().any(|w| w.shard == shard))
+        })
     }
 
     /// Takes a call out of the waiting line (offered to an agent, or gone).
@@ -310,7 +359,7 @@ impl Directory {
     /// the agents every one of them has tried (`Some(vec![])` when first in line).
     pub fn passable(&self, queue: QueueId, ticket: u64) -> Option<Vec<String>> {
         let line = self.lines[queue.0].0.lock().ok()?;
-        let mut ahead = line.range(..ticket).map(|(_, tried)| tried);
+        let mut ahead = line.range(..ticket).map(|(_, w)| &w.tried);
         let Some(first) = ahead.next() else {
             return Some(Vec::new());
         };
@@ -434,13 +483,20 @@ mod tests {
     #[test]
     fn the_waiting_line_serves_in_arrival_order_and_keeps_a_returning_place() {
         let (d, q) = directory();
-        let a = d.wait(q, None, &[]);
-        let b = d.wait(q, None, &[]);
+        let (ca, cb) = (CallId::from("a"), CallId::from("b"));
+        let (a, b) = (d.new_ticket(), d.new_ticket());
+        d.wait(q, a, &[], 0, &ca);
+        d.wait(q, b, &[], 1, &cb);
         assert_eq!(d.passable(q, a), Some(vec![]), "first in line");
         assert_eq!(d.passable(q, b), None, "behind a caller who tried nobody");
+        assert_eq!(
+            (d.waiting_on(0), d.waiting_on(1)),
+            (vec![ca.clone()], vec![cb])
+        );
         d.leave(q, a); // offered to 202
+        assert!(!d.has_waiting(0));
         assert_eq!(d.passable(q, b), Some(vec![]));
-        d.wait(q, Some(a), &["202".to_string()]); // 202 declined: back in front
+        d.wait(q, a, &["202".to_string()], 0, &ca); // 202 declined: back in front
         assert_eq!(
             d.passable(q, b),
             Some(vec!["202".to_string()]),

@@ -1,12 +1,20 @@
 //! The sans-IO SIP core: message parsing and building ([`message`]), the RFC 3261
-//! §17 transaction layer ([`transaction`]) and digest authentication ([`auth`]).
+//! §17 transaction layer ([`transaction`]), digest authentication ([`auth`]), SDP,
+//! and the shared kinds of the layers above: [`CallId`], [`Dialog`], [`StatusCode`].
 //! Nothing here touches a socket, a runtime, the disk or the clock: every input
 //! carries `now`, every output is returned.
 
 pub mod auth;
+pub mod call_id;
+pub mod dialog;
 pub mod message;
 pub mod sdp;
+pub mod status;
 pub mod transaction;
+
+pub use call_id::CallId;
+pub use dialog::Dialog;
+pub use status::StatusCode;
 
 use std::fmt;
 use std::net::SocketAddr;

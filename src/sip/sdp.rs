@@ -164,6 +164,28 @@ pub fn parse(body: &[u8]) -> Result<Session, SdpError> {
     Ok(session)
 }
 
+/// The session id and version of the SDP we write (`o=` line, RFC 4566 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub id: u64,
+    pub version: u64,
+}
+
+impl Origin {
+    /// A new session's first description.
+    pub fn new(id: u64) -> Origin {
+        Origin { id, version: 1 }
+    }
+
+    /// The same session's next description.
+    pub fn next(self) -> Origin {
+        Origin {
+            id: self.id,
+            version: self.version + 1,
+        }
+    }
+}
+
 /// Rewrites every `c=` line to `addr` and the port of the n-th `m=` line to
 /// `ports[n]` (a port of 0, a rejected stream, stays 0). Every other byte is kept.
 pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Result<Bytes, SdpError> {
@@ -205,11 +227,14 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Result<Bytes, SdpErr
 /// The answer of a local endpoint at `addr`:`port` to `offer` (RFC 3264 §6): the
 /// first audio stream with a G.711 codec is accepted (telephone-event kept when
 /// offered), every other stream is refused with port 0. `None` when nothing can be
-/// accepted (answer 488).
-pub fn local_answer(offer: &Session, addr: IpAddr, port: u16, session_id: u64) -> Option<Bytes> {
+/// accepted (answer 488). `origin` is the `o=` line's session id and version: a
+/// later answer in the same session keeps the id and increments the version
+/// (RFC 3264 §8).
+pub fn local_answer(offer: &Session, addr: IpAddr, port: u16, origin: Origin) -> Option<Bytes> {
     let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    let Origin { id, version } = origin;
     let mut body = format!(
-        "v=0\r\no=sipdesk {session_id} {session_id} IN {family} {addr}\r\ns=sipdesk\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
+        "v=0\r\no=sipdesk {id} {version} IN {family} {addr}\r\ns=sipdesk\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
     );
     let mut accepted = false;
     for m in &offer.media {
@@ -317,7 +342,8 @@ m=video 0 RTP/AVP 96\r\nm=video 11802 RTP/AVP 96\r\nc=IN IP4 192.0.2.21\r\na=sen
     #[test]
     fn local_answer_picks_g711_keeps_dtmf_and_refuses_the_rest() {
         let s = parse(OFFER).expect("parse");
-        let ans = local_answer(&s, "127.0.0.1".parse().expect("ip"), 20000, 7).expect("answer");
+        let ans = local_answer(&s, "127.0.0.1".parse().expect("ip"), 20000, Origin::new(7))
+            .expect("answer");
         let text = std::str::from_utf8(&ans).expect("utf8");
         assert!(
             text.contains("m=audio 20000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"),
@@ -331,7 +357,8 @@ m=video 0 RTP/AVP 96\r\nm=video 11802 RTP/AVP 96\r\nc=IN IP4 192.0.2.21\r\na=sen
         );
         let hold = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n")
             .expect("parse");
-        let ans = local_answer(&hold, "127.0.0.1".parse().expect("ip"), 1, 1).expect("answer");
+        let ans = local_answer(&hold, "127.0.0.1".parse().expect("ip"), 1, Origin::new(1))
+            .expect("answer");
         assert!(std::str::from_utf8(&ans)
             .expect("utf8")
             .contains("a=recvonly"));
@@ -341,7 +368,7 @@ m=video 0 RTP/AVP 96\r\nm=video 11802 RTP/AVP 96\r\nc=IN IP4 192.0.2.21\r\na=sen
     fn no_common_codec_means_no_answer() {
         let s = parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 9 18\r\n").expect("parse");
         assert_eq!(
-            local_answer(&s, "127.0.0.1".parse().expect("ip"), 1, 1),
+            local_answer(&s, "127.0.0.1".parse().expect("ip"), 1, Origin::new(1)),
             None
         );
     }

@@ -1,16 +1,18 @@
-//! Durable state in sled, behind typed handles so another embedded engine could
-//! replace it. Trees are named with a version (`bindings.v1`); values are JSON with
-//! their own fields, so adding a field never breaks a stored record.
+//! Durable state in sled, behind a small generic interface so another embedded
+//! engine (redb) could replace it. The store knows no domain type: each domain
+//! owns its record type and says, through [`Record`], which tree it lives in
+//! (named with a version, `bindings.v1`) and what its key is. Values are JSON
+//! with their own fields, so adding a field never breaks a stored record.
 //!
 //! The hot path never touches sled: it hands each change to a [`Writer`], which in
-//! the running PBX queues it for the writer task (applied on a blocking thread, then
-//! group-committed with [`Store::flush`] before anything is acknowledged).
+//! the running PBX queues it for the writer task. The writer encodes and applies
+//! what is queued as one sled batch per tree, then group-commits with
+//! [`Store::flush`] before anything that depends on it is acknowledged.
 
-use crate::b2bua::cdr::Cdr;
-use crate::history::{CallerAgents, ResponseRecord};
-use crate::registrar::Binding;
-use crate::users::StoredUser;
+use dashmap::DashMap;
+use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A storage failure (local, never caused by the network).
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +30,51 @@ pub enum StoreError {
     WriterGone,
 }
 
+/// A domain record the store can keep.
+pub trait Record: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static {
+    /// The tree, with its version: `cdrs.v1`.
+    const TREE: &'static str;
+    /// The record's key in its tree; keys order a tree's iteration.
+    fn key(&self) -> Vec<u8>;
+}
+
+/// A record to store, with its encoding deferred to the writer (off the hot path).
+/// Implemented for every [`Record`].
+pub trait Encode: Send + std::fmt::Debug {
+    fn tree(&self) -> &'static str;
+    fn key(&self) -> Vec<u8>;
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+}
+
+impl<R: Record> Encode for R {
+    fn tree(&self) -> &'static str {
+        R::TREE
+    }
+    fn key(&self) -> Vec<u8> {
+        Record::key(self)
+    }
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
 /// One durable change.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Write {
-    PutBinding(Binding),
-    RemoveBinding(Binding),
-    PutCdr(Cdr),
-    /// The caller index entry of one caller.
-    PutCallerAgents(CallerAgents),
-    PutResponse(ResponseRecord),
+    Put(Box<dyn Encode>),
+    Remove { tree: &'static str, key: Vec<u8> },
+}
+
+impl Write {
+    pub fn put<R: Record>(record: R) -> Write {
+        Write::Put(Box::new(record))
+    }
+    pub fn remove<R: Record>(record: &R) -> Write {
+        Write::Remove {
+            tree: R::TREE,
+            key: record.key(),
+        }
+    }
 }
 
 /// What the writer task receives, in order: changes, and requests to make
@@ -58,7 +96,7 @@ pub enum Writer {
 impl Writer {
     pub fn write(&self, w: Write) -> Result<(), StoreError> {
         match self {
-            Writer::Direct(store) => store.apply(&w),
+            Writer::Direct(store) => store.apply(vec![w]),
             Writer::Queued(tx) => tx
                 .send(WriterMsg::Write(w))
                 .map_err(|_| StoreError::WriterGone),
@@ -70,11 +108,8 @@ impl Writer {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
-    bindings: sled::Tree,
-    users: sled::Tree,
-    cdrs: sled::Tree,
-    callers: sled::Tree,
-    responses: sled::Tree,
+    /// Trees opened so far, by name.
+    trees: Arc<DashMap<&'static str, sled::Tree>>,
 }
 
 impl Store {
@@ -87,13 +122,18 @@ impl Store {
             .cache_capacity(32 * 1024 * 1024)
             .open()?;
         Ok(Store {
-            bindings: db.open_tree("bindings.v1")?,
-            users: db.open_tree("users.v1")?,
-            cdrs: db.open_tree("cdrs.v1")?,
-            callers: db.open_tree("callers.v1")?,
-            responses: db.open_tree("responses.v1")?,
             db,
+            trees: Arc::new(DashMap::new()),
         })
+    }
+
+    fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
+        if let Some(t) = self.trees.get(name) {
+            return Ok(t.clone());
+        }
+        let t = self.db.open_tree(name)?;
+        self.trees.insert(name, t.clone());
+        Ok(t)
     }
 
     /// Makes every write so far durable.
@@ -108,109 +148,61 @@ impl Store {
         Ok(())
     }
 
-    /// Applies one change (sled's memory; durable after the next flush).
-    pub fn apply(&self, w: &Write) -> Result<(), StoreError> {
-        match w {
-            Write::PutBinding(b) => self.put_binding(b),
-            Write::RemoveBinding(b) => self.remove_binding(b),
-            Write::PutCdr(c) => self.put_cdr(c),
-            Write::PutCallerAgents(c) => {
-                self.callers
-                    .insert(c.caller.as_bytes(), serde_json::to_vec(c)?)?;
-                Ok(())
-            }
-            Write::PutResponse(r) => {
-                self.responses
-                    .insert(Self::response_key(&r.caller, r.id), serde_json::to_vec(r)?)?;
-                Ok(())
+    /// Applies changes in order as one sled batch per tree (in sled's memory;
+    /// durable after the next flush). A record that cannot be encoded is skipped
+    /// and reported; the rest are applied.
+    pub fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut batches: Vec<(&'static str, sled::Batch)> = Vec::new();
+        let mut failed = None;
+        for w in writes {
+            let tree = match &w {
+                Write::Put(r) => r.tree(),
+                Write::Remove { tree, .. } => tree,
+            };
+            let i = match batches.iter().position(|(t, _)| *t == tree) {
+                Some(i) => i,
+                None => {
+                    batches.push((tree, sled::Batch::default()));
+                    batches.len() - 1
+                }
+            };
+            let batch = &mut batches[i].1;
+            match w {
+                Write::Put(r) => match r.encode() {
+                    Ok(v) => batch.insert(r.key(), v),
+                    Err(e) => failed = Some(StoreError::Encode(e)),
+                },
+                Write::Remove { key, .. } => batch.remove(key),
             }
         }
+        for (tree, batch) in batches {
+            self.tree(tree)?.apply_batch(batch)?;
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    fn binding_key(b: &Binding) -> Vec<u8> {
-        let mut k = b.aor.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(b.contact.as_bytes());
-        k
+    /// Stores one record at once (start-up paths and tools).
+    pub fn put<R: Record>(&self, record: R) -> Result<(), StoreError> {
+        self.apply(vec![Write::put(record)])
     }
 
-    pub fn put_binding(&self, b: &Binding) -> Result<(), StoreError> {
-        self.bindings
-            .insert(Self::binding_key(b), serde_json::to_vec(b)?)?;
-        Ok(())
+    /// Every record of a kind, in key order.
+    pub fn all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        decode(self.tree(R::TREE)?.iter())
     }
 
-    pub fn remove_binding(&self, b: &Binding) -> Result<(), StoreError> {
-        self.bindings.remove(Self::binding_key(b))?;
-        Ok(())
+    /// The records whose key starts with `prefix`, in key order.
+    pub fn with_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
+        decode(self.tree(R::TREE)?.scan_prefix(prefix))
     }
 
-    pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
-        decode_all(&self.bindings)
-    }
-
-    /// A new CDR id: time-ordered and unique within this database.
-    pub fn next_cdr_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
-    }
-
-    pub fn put_cdr(&self, cdr: &Cdr) -> Result<(), StoreError> {
-        self.cdrs
-            .insert(cdr.id.to_be_bytes(), serde_json::to_vec(cdr)?)?;
-        Ok(())
-    }
-
-    /// Every CDR in id order.
-    pub fn cdrs(&self) -> Result<Vec<Cdr>, StoreError> {
-        decode_all(&self.cdrs)
-    }
-
-    /// Response records are keyed by caller, then id: one caller's are adjacent.
-    fn response_key(caller: &str, id: u64) -> Vec<u8> {
-        let mut k = caller.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(&id.to_be_bytes());
-        k
-    }
-
-    /// The whole caller index.
-    pub fn caller_index(&self) -> Result<Vec<CallerAgents>, StoreError> {
-        decode_all(&self.callers)
-    }
-
-    /// One caller's response records, oldest first.
-    pub fn responses(&self, caller: &str) -> Result<Vec<ResponseRecord>, StoreError> {
-        let mut prefix = caller.as_bytes().to_vec();
-        prefix.push(0);
-        decode(self.responses.scan_prefix(prefix))
-    }
-
-    /// Every response record, by caller then time.
-    pub fn all_responses(&self) -> Result<Vec<ResponseRecord>, StoreError> {
-        decode_all(&self.responses)
-    }
-
-    /// A new id for a response record (time-ordered, unique in this database).
-    pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
-    }
-
-    pub fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {
-        self.users
-            .insert(u.extension.as_bytes(), serde_json::to_vec(u)?)?;
-        Ok(())
-    }
-
-    pub fn users(&self) -> Result<Vec<StoredUser>, StoreError> {
-        decode_all(&self.users)
+    /// The last key of a kind's tree (seeds id counters at start).
+    pub fn last_key<R: Record>(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(R::TREE)?.last()?.map(|(k, _)| k.to_vec()))
     }
 }
 
-fn decode_all<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
-    decode(tree.iter())
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
+fn decode<T: DeserializeOwned>(
     records: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
 ) -> Result<Vec<T>, StoreError> {
     records
@@ -222,4 +214,94 @@ fn decode<T: serde::de::DeserializeOwned>(
             })
         })
         .collect()
+}
+
+/// Unique ids without touching the disk: each shard counts from a base chosen at
+/// start (above every stored id, and time-ordered across restarts), in steps of
+/// the shard count, so shards never collide.
+#[derive(Debug, Clone)]
+pub struct IdGen {
+    next: u64,
+    step: u64,
+}
+
+impl IdGen {
+    /// The base for a start at `wall_ms` when `stored_max` is the highest id on
+    /// disk: room for 4096 ids per millisecond of uptime before the next start
+    /// could reuse one.
+    pub fn base(wall_ms: u64, stored_max: Option<u64>) -> u64 {
+        (wall_ms << 12).max(stored_max.map_or(0, |m| m + 1))
+    }
+
+    pub fn new(base: u64, shard: usize, shards: usize) -> IdGen {
+        IdGen {
+            next: base + shard as u64,
+            step: shards.max(1) as u64,
+        }
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next;
+        self.next += self.step;
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Note {
+        id: u64,
+        text: String,
+    }
+
+    impl Record for Note {
+        const TREE: &'static str = "notes.v1";
+        fn key(&self) -> Vec<u8> {
+            self.id.to_be_bytes().to_vec()
+        }
+    }
+
+    #[test]
+    fn records_round_trip_in_key_order_and_removals_apply_in_one_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        let n = |id, text: &str| Note {
+            id,
+            text: text.into(),
+        };
+        store
+            .apply(vec![
+                Write::put(n(2, "b")),
+                Write::put(n(1, "a")),
+                Write::put(n(3, "c")),
+                Write::remove(&n(3, "")),
+            ])
+            .expect("apply");
+        store.flush_now().expect("flush");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.all::<Note>().expect("all"),
+            vec![n(1, "a"), n(2, "b")]
+        );
+        assert_eq!(
+            store.last_key::<Note>().expect("last"),
+            Some(2u64.to_be_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn shard_ids_never_collide_and_start_above_what_is_stored() {
+        let base = IdGen::base(1_000, Some(9_000_000));
+        assert_eq!(base, 9_000_001);
+        let (mut a, mut b) = (IdGen::new(base, 0, 2), IdGen::new(base, 1, 2));
+        let ids: Vec<u64> = (0..4).flat_map(|_| [a.next_id(), b.next_id()]).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids.iter().all(|id| *id >= base));
+        assert_eq!(IdGen::base(1_000, None), 1_000 << 12);
+    }
 }

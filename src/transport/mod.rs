@@ -2,6 +2,7 @@
 //! messages, parse them, and hand each to the shard that owns its Call-ID; and the
 //! [`Outbound`] handle through which shards send, without ever awaiting.
 
+use crate::sip::call_id::shard_of;
 use crate::sip::message::frame::{Frame, Framer};
 use crate::sip::message::{parse, Limits};
 use crate::sip::transaction::Transmit;
@@ -34,16 +35,35 @@ pub enum TransportError {
     },
 }
 
-/// Routes parsed input to shards by Call-ID.
-#[derive(Debug, Clone)]
-pub struct Dispatcher {
-    shards: Arc<Vec<mpsc::Sender<crate::pbx::ShardInput>>>,
+/// A message as the transport hands it to a shard.
+#[derive(Debug)]
+pub struct Inbound {
+    pub parsed: Result<crate::sip::message::Message, crate::sip::SipError>,
+    pub remote: Remote,
+    /// When it was received (routing latency starts here).
+    pub at: std::time::Instant,
+}
+
+/// Routes parsed input to shards by Call-ID (`T` is what a shard's queue holds).
+#[derive(Debug)]
+pub struct Dispatcher<T> {
+    shards: Arc<Vec<mpsc::Sender<T>>>,
     limits: Limits,
     dropped_overload: Arc<AtomicU64>,
 }
 
-impl Dispatcher {
-    pub fn new(shards: Vec<mpsc::Sender<crate::pbx::ShardInput>>, limits: Limits) -> Self {
+impl<T> Clone for Dispatcher<T> {
+    fn clone(&self) -> Self {
+        Dispatcher {
+            shards: Arc::clone(&self.shards),
+            limits: self.limits,
+            dropped_overload: Arc::clone(&self.dropped_overload),
+        }
+    }
+}
+
+impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
+    pub fn new(shards: Vec<mpsc::Sender<T>>, limits: Limits) -> Self {
         Dispatcher {
             shards: Arc::new(shards),
             limits,
@@ -62,23 +82,20 @@ impl Dispatcher {
             return; // a keep-alive datagram
         }
         let parsed = parse(bytes, &self.limits);
-        let key = match &parsed {
-            Ok(m) => m.call_id().map_or(0, fnv1a),
-            Err(_) => fnv1a(remote.addr.to_string().as_bytes()),
+        let n = self.shards.len();
+        let shard = match &parsed {
+            Ok(m) => m.call_id().map_or(0, |c| shard_of(c, n)),
+            Err(_) => shard_of(remote.addr.to_string().as_bytes(), n),
         };
-        let shard = (key % self.shards.len() as u64) as usize;
-        let input = crate::pbx::ShardInput::Message(parsed, remote, std::time::Instant::now());
-        if self.shards[shard].try_send(input).is_err() {
+        let input = Inbound {
+            parsed,
+            remote,
+            at: std::time::Instant::now(),
+        };
+        if self.shards[shard].try_send(T::from(input)).is_err() {
             self.dropped_overload.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// The Call-ID hash that picks a shard (B legs choose Call-IDs that land with A).
-pub fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
-        (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Sends what shards produce. UDP goes out on the socket the request came in on;
@@ -164,9 +181,9 @@ impl Listeners {
     }
 
     /// Starts the receive loops; returns the send handle.
-    pub fn start(
+    pub fn start<T: From<Inbound> + Send + 'static>(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher<T>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Arc<Outbound> {
         let outbound = Arc::new(Outbound {
@@ -214,7 +231,11 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, local: ConnId, dispatcher: Dispatcher) {
+async fn udp_loop<T: From<Inbound> + Send + 'static>(
+    sock: Arc<UdpSocket>,
+    local: ConnId,
+    dispatcher: Dispatcher<T>,
+) {
     let mut buf = vec![0u8; 65_536];
     loop {
         if let Err(e) = sock.readable().await {
@@ -242,7 +263,11 @@ async fn udp_loop(sock: Arc<UdpSocket>, local: ConnId, dispatcher: Dispatcher) {
     }
 }
 
-async fn tcp_accept_loop(l: TcpListener, dispatcher: Dispatcher, outbound: Arc<Outbound>) {
+async fn tcp_accept_loop<T: From<Inbound> + Send + 'static>(
+    l: TcpListener,
+    dispatcher: Dispatcher<T>,
+    outbound: Arc<Outbound>,
+) {
     loop {
         let (stream, from) = match l.accept().await {
             Ok(x) => x,
@@ -270,11 +295,11 @@ async fn tcp_accept_loop(l: TcpListener, dispatcher: Dispatcher, outbound: Arc<O
     }
 }
 
-async fn tcp_connection(
+async fn tcp_connection<T: From<Inbound> + Send + 'static>(
     stream: TcpStream,
     from: SocketAddr,
     id: ConnId,
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher<T>,
     pong: mpsc::Sender<Bytes>,
     mut outgoing: mpsc::Receiver<Bytes>,
     max_message: usize,

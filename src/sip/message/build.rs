@@ -10,6 +10,12 @@ use std::net::SocketAddr;
 /// The `Server` / `User-Agent` value we send.
 pub const PRODUCT: &str = concat!("sipdesk/", env!("CARGO_PKG_VERSION"));
 
+/// A random token of 16 hex digits: dialog tags, branch suffixes, Call-IDs.
+pub fn random_tag() -> String {
+    let raw: [u8; 8] = rand::random();
+    hex::encode(raw)
+}
+
 /// Builds a message line by line.
 #[derive(Debug)]
 pub struct Builder {
@@ -25,6 +31,15 @@ impl Builder {
         buf.put_slice(uri);
         buf.put_slice(b" SIP/2.0\r\n");
         Builder { buf }
+    }
+
+    /// A response of ours to `req`: a fresh To tag (kept if the request's To has
+    /// one already) and our Server header.
+    pub fn reply(req: &Message, source: SocketAddr, code: u16, reason: &str) -> Builder {
+        let tag = random_tag();
+        let mut b = Builder::response(req, source, code, reason, Some(tag.as_bytes()));
+        b.header("Server", PRODUCT);
+        b
     }
 
     /// Starts a response to `req`, copying the headers RFC 3261 §8.2.6.2 requires.

@@ -44,6 +44,11 @@ pub fn parse(buf: Bytes, limits: &Limits) -> Result<Message, SipError> {
     }
     let (line_end, next) = line_at(b, pos).ok_or(SipError::Truncated("start line"))?;
     let start = start_line(b, pos, line_end)?;
+    // A defect leaves the request answerable: the receiver answers 400 naming it.
+    let mut defect = match &start {
+        StartLine::Request { uri, .. } if !is_bare_uri(uri.of(b)) => Some("Bad Request-URI"),
+        _ => None,
+    };
     pos = next;
 
     let mut headers: Vec<HeaderLine> = Vec::with_capacity(16);
@@ -71,14 +76,23 @@ pub fn parse(buf: Bytes, limits: &Limits) -> Result<Message, SipError> {
         if headers.len() >= limits.max_headers {
             return Err(SipError::TooManyHeaders);
         }
-        headers.push(header_line(b, pos, end)?);
+        match header_line(b, pos, end) {
+            Ok(h) => headers.push(h),
+            // The rest may still carry a Via to answer to: skip the line.
+            Err(SipError::Malformed(what)) => {
+                defect = defect.or(Some(what));
+            }
+            Err(e) => return Err(e),
+        }
         pos = next;
     }
+    defect = defect
+        .or_else(|| control_character(b, &headers))
+        .or_else(|| repeated_header(&headers));
 
     // A bad Content-Length still leaves an answerable request: keep the message
     // and record the defect so the caller can answer 400 naming it.
     let mut body_end = b.len();
-    let mut defect = None;
     let mut lengths = headers
         .iter()
         .filter(|h| h.name == HeaderName::ContentLength)
@@ -164,10 +178,6 @@ fn start_line(b: &[u8], pos: usize, end: usize) -> Result<StartLine, SipError> {
         if sp2 <= sp1 + 1 {
             return Err(SipError::Malformed("request line has no Request-URI"));
         }
-        let uri = &line[sp1 + 1..sp2];
-        if uri.iter().any(|c| *c == b' ' || *c < 0x21) {
-            return Err(SipError::Malformed("Request-URI contains whitespace"));
-        }
         let version = &line[sp2 + 1..];
         if version.is_empty() || version.iter().any(|c| !c.is_ascii_graphic()) {
             return Err(SipError::Malformed("request line has no SIP version"));
@@ -189,6 +199,9 @@ fn header_line(b: &[u8], pos: usize, end: usize) -> Result<HeaderLine, SipError>
         return Err(SipError::Malformed("header name is not a token"));
     }
     let name_end = i;
+    if i < end && !matches!(b[i], b' ' | b'\t' | b':') {
+        return Err(SipError::Malformed("header name is not a token"));
+    }
     i = skip_ws(b, i, end);
     if i >= end || b[i] != b':' {
         return Err(SipError::Malformed("header line has no colon"));
@@ -201,6 +214,61 @@ fn header_line(b: &[u8], pos: usize, end: usize) -> Result<HeaderLine, SipError>
         raw_name,
         value: Span::new(vstart, vend.max(vstart)),
     })
+}
+
+/// A Request-URI is a bare URI (RFC 3261 §25.1): no name-addr brackets,
+/// quotes, whitespace or control characters.
+fn is_bare_uri(uri: &[u8]) -> bool {
+    !uri.is_empty()
+        && !uri
+            .iter()
+            .any(|c| matches!(c, b'<' | b'>' | b'"' | b' ' | b'\t') || *c < 0x20 || *c == 0x7f)
+}
+
+/// The first header value with a control character (RFC 3261 §25: only HTAB,
+/// and CRLF as part of a fold, are allowed).
+fn control_character(b: &[u8], headers: &[HeaderLine]) -> Option<&'static str> {
+    for h in headers {
+        let v = h.value.of(b);
+        let bad = v.iter().enumerate().any(|(i, c)| match c {
+            b'\t' | b'\n' => false,
+            b'\r' => v.get(i + 1) != Some(&b'\n'),
+            c => *c < 0x20 || *c == 0x7f,
+        });
+        if bad {
+            return Some(match h.name {
+                HeaderName::Via => "Control Character In Via Header",
+                HeaderName::From => "Control Character In From Header",
+                HeaderName::To => "Control Character In To Header",
+                HeaderName::CallId => "Control Character In Call-ID Header",
+                HeaderName::CSeq => "Control Character In CSeq Header",
+                HeaderName::Contact => "Control Character In Contact Header",
+                _ => "Control Character In Header Value",
+            });
+        }
+    }
+    None
+}
+
+/// A header that may appear once (RFC 3261 §20) but appears again.
+fn repeated_header(headers: &[HeaderLine]) -> Option<&'static str> {
+    const SINGLE: [(HeaderName, &str); 6] = [
+        (HeaderName::To, "Repeated To Header"),
+        (HeaderName::From, "Repeated From Header"),
+        (HeaderName::CallId, "Repeated Call-ID Header"),
+        (HeaderName::CSeq, "Repeated CSeq Header"),
+        (HeaderName::MaxForwards, "Repeated Max-Forwards Header"),
+        (HeaderName::ContentType, "Repeated Content-Type Header"),
+    ];
+    let mut seen = [false; SINGLE.len()];
+    for h in headers {
+        if let Some(i) = SINGLE.iter().position(|(n, _)| *n == h.name) {
+            if std::mem::replace(&mut seen[i], true) {
+                return Some(SINGLE[i].1);
+            }
+        }
+    }
+    None
 }
 
 /// RFC 3261 `token` characters.
@@ -323,13 +391,72 @@ CSeq: 1\r\n OPTIONS\r\nl: 0\r\n\r\n")
             b"SIP/2.0 99 Low\r\n\r\n",
             b"SIP/2.0 2000 OK\r\n\r\n",
             b"INVITE  SIP/2.0\r\n\r\n",
-            b"INVITE sip:a SIP/2.0\r\n: novalue\r\n\r\n",
             b"INVITE sip:a SIP/2.0\r\n folded-first\r\n\r\n",
-            b"INVITE sip:a SIP/2.0\r\nVia x\r\n\r\n",
             b"INVITE sip:a SIP/2.0\r\nVia: y",
         ] {
             assert!(p(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn malformed_header_lines_and_bad_request_uris_leave_an_answerable_defect() {
+        let via = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
+        for (text, want) in [
+            (
+                format!("INVITE sip:a SIP/2.0\r\n{via}: novalue\r\n\r\n"),
+                "header name is not a token",
+            ),
+            (
+                format!("INVITE sip:a SIP/2.0\r\n{via}Via x\r\n\r\n"),
+                "header line has no colon",
+            ),
+            (
+                format!("INVITE <sip:a@b> SIP/2.0\r\n{via}\r\n"),
+                "Bad Request-URI",
+            ),
+            (
+                format!("INVITE sip:a b SIP/2.0\r\n{via}\r\n"),
+                "Bad Request-URI",
+            ),
+            (
+                format!("INVITE sip:a SIP/2.0\r\n{via}X-A\x01b: 1\r\n\r\n"),
+                "header name is not a token",
+            ),
+        ] {
+            let m = p(text.as_bytes()).expect("still readable");
+            assert_eq!(m.defect(), Some(want), "{text:?}");
+            assert!(m.top_via().is_some(), "the Via to answer to is kept");
+        }
+    }
+
+    #[test]
+    fn control_characters_and_repeated_single_headers_are_defects() {
+        let base = "OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n";
+        for (extra, want) in [
+            (
+                "From: <sip:x@y>\0;tag=1\r\n",
+                "Control Character In From Header",
+            ),
+            ("Call-ID: a\x7fb\r\n", "Control Character In Call-ID Header"),
+            ("Subject: bell\x07\r\n", "Control Character In Header Value"),
+            ("Subject: lone\rcr\r\n", "Control Character In Header Value"),
+            ("To: <sip:a@b>\r\nt: <sip:c@d>\r\n", "Repeated To Header"),
+            (
+                "CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\n",
+                "Repeated CSeq Header",
+            ),
+            (
+                "Max-Forwards: 70\r\nMax-Forwards: 69\r\n",
+                "Repeated Max-Forwards Header",
+            ),
+            ("i: a\r\nCall-ID: a\r\n", "Repeated Call-ID Header"),
+        ] {
+            let m = p(format!("{base}{extra}\r\n").as_bytes()).expect("parse");
+            assert_eq!(m.defect(), Some(want), "{extra:?}");
+        }
+        let fine =
+            p(format!("{base}Subject: a\r\n\tfolded\ttab\r\n\r\n").as_bytes()).expect("parse");
+        assert_eq!(fine.defect(), None, "a fold and a tab are allowed");
     }
 
     #[test]

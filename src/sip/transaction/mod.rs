@@ -212,6 +212,11 @@ impl TransactionLayer {
         self.txs.get(&tx).and_then(|t| t.request.as_ref())
     }
 
+    /// Where a transaction's messages come from and go to.
+    pub fn remote(&self, tx: TxId) -> Option<Remote> {
+        self.txs.get(&tx).map(|t| t.remote)
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }

@@ -61,6 +61,13 @@ pub struct Cdr {
     pub hangup_by: HangupBy,
 }
 
+impl crate::store::Record for Cdr {
+    const TREE: &'static str = "cdrs.v1";
+    fn key(&self) -> Vec<u8> {
+        self.id.to_be_bytes().to_vec()
+    }
+}
+
 impl Cdr {
     pub const CSV_HEADER: &'static str =
         "id,call_id,caller,callee,start_ms,answer_ms,end_ms,duration_s,disposition,hangup_by";

@@ -1,18 +1,23 @@
-//! The running PBX: builds the shared state from a [`Config`], binds the transports,
-//! and runs the shard tasks (one [`Endpoint`] each, fed by Call-ID), the group-commit
-//! flusher that makes store writes durable before they are acknowledged, and the
-//! sweeper that expires bindings. This is the embedding API (`sipdesk::Pbx`).
+//! The runtime and the embedding API (`sipdesk::Pbx`): builds the environment
+//! from a [`Config`], binds the transports, and runs the tasks that do I/O and
+//! nothing else — one task per [`Shard`] (fed by Call-ID), the store writer that
+//! group-commits before anything is acknowledged, and the sweeper that expires
+//! bindings and wrap-up.
 
+use crate::calls::OriginateError;
+use crate::clock::{UnixMillis, WallClock};
 use crate::config::{Config, ConfigError};
-use crate::endpoint::{Endpoint, Shared, Stats};
-use crate::media::Media;
-use crate::registrar::{Policy, Registrar, UnixMillis};
+use crate::media::{Media, MediaEngine, RtpEngine};
+use crate::registrar::{Policy, Registrar};
+use crate::routing::dialplan::Dialplan;
+use crate::shard::{Shard, ShardConfig};
 use crate::sip::auth::DigestAuthority;
 use crate::sip::message::{Limits, Message};
 use crate::sip::transaction::TransactionLayer;
-use crate::sip::{Remote, SipError};
-use crate::store::{Store, StoreError, Writer, WriterMsg};
-use crate::transport::{Dispatcher, Listeners, Outbound, TransportError};
+use crate::sip::{call_id::shard_of, CallId, Remote, SipError};
+use crate::store::{IdGen, Store, StoreError, Writer, WriterMsg};
+use crate::transport::{Dispatcher, Inbound, Listeners, Outbound, TransportError};
+use crate::tu::{CallSettings, Counters, Env, LocalAddrs, Stats};
 use crate::users::{DemoUser, Users};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
@@ -32,13 +37,19 @@ pub enum ShardInput {
     Originate {
         from: String,
         to: String,
-        reply: tokio::sync::oneshot::Sender<Result<String, crate::b2bua::OriginateError>>,
+        reply: tokio::sync::oneshot::Sender<Result<String, OriginateError>>,
     },
     /// A media session of this Call-ID saw no packet for the inactivity period.
-    MediaIdle(String),
+    MediaIdle(CallId),
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
+}
+
+impl From<Inbound> for ShardInput {
+    fn from(i: Inbound) -> ShardInput {
+        ShardInput::Message(i.parsed, i.remote, i.at)
+    }
 }
 
 /// Why the PBX could not start.
@@ -101,8 +112,7 @@ impl PbxBuilder {
         };
         let (wall, mono) = (UnixMillis::now(), Instant::now());
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-        let writer = Writer::Queued(writer_tx.clone());
-        let registrar = Registrar::load(&store, writer.clone(), policy, wall)?;
+        let registrar = Registrar::load(&store, Writer::Queued(writer_tx.clone()), policy, wall)?;
         let limits = Limits {
             max_message: *config.sip.max_message_bytes.get_ref(),
             max_headers: config.sip.max_headers,
@@ -117,10 +127,21 @@ impl PbxBuilder {
             .first()
             .or(tcp_addrs.first())
             .map_or(5060, |a| a.port());
-        let media = Media::new(
-            config.rtp.bind_ip,
-            *config.rtp.port_min.get_ref(),
-            *config.rtp.port_max.get_ref(),
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
+        let idle_to = senders.clone();
+        let on_idle: crate::media::IdleNotifier = Arc::new(move |call: CallId| {
+            let shard = call.shard(idle_to.len());
+            let _ = idle_to[shard].try_send(ShardInput::MediaIdle(call));
+        });
+        let media = RtpEngine::new(
+            Media::new(
+                config.rtp.bind_ip,
+                *config.rtp.port_min.get_ref(),
+                *config.rtp.port_max.get_ref(),
+            ),
+            Duration::from_secs(*config.rtp.inactivity_secs.get_ref()),
+            on_idle,
         );
         let presence =
             crate::presence::Presence::new(users.extensions().iter().map(String::as_str), wall);
@@ -129,7 +150,7 @@ impl PbxBuilder {
                 let _ = presence.set_registered(&ext, true, wall);
             }
         }
-        let shared = Arc::new(Shared {
+        let env = Arc::new(Env {
             presence,
             users,
             registrar,
@@ -139,64 +160,70 @@ impl PbxBuilder {
                 Duration::from_secs(config.sip.nonce_ttl_secs),
                 mono,
             ),
-            limits,
-            store: store.clone(),
-            writer,
-            timers: config.timers(),
-            media: Some(media),
-            test_numbers: config.test_numbers.clone(),
-            advertise_ip: config.advertise_ip(),
-            sip_port,
-            inactivity: Duration::from_secs(config.rtp.inactivity_secs),
-            ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
-            authenticate_calls: config.calls.authenticate,
-            domain: config.domain().to_string(),
-            shard_count: shards,
-            max_transactions_per_shard: config.sip.max_transactions.get_ref() / shards,
-            stats: Stats::default(),
             routing: crate::routing::Directory::from_config(&config)?,
             history: crate::history::History::load(&store)?,
-            features: config.features.clone(),
+            media: Some(Arc::new(media) as Arc<dyn MediaEngine>),
             hold_music: config
                 .calls
                 .music_on_hold
                 .then(|| Arc::new(crate::media::prompt::Prompt::hold_music())),
+            timers: config.timers(),
+            calls: CallSettings {
+                ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
+                authenticate: config.calls.authenticate,
+                min_session_expires: Duration::from_secs(
+                    *config.calls.min_session_expires_secs.get_ref(),
+                ),
+                test_numbers: config.test_numbers.clone(),
+            },
+            domain: config.domain().to_string(),
+            sip_port,
+            addrs: LocalAddrs::new(config.advertise_ip()),
+            shard_count: shards,
+            stats: Stats::default(),
         });
+        // Ids above every stored CDR, time-ordered across restarts; no disk access
+        // on the hot path afterwards.
+        let last_cdr = store
+            .last_key::<crate::calls::cdr::Cdr>()?
+            .and_then(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let id_base = IdGen::base(wall.0, last_cdr);
 
         let mut tasks = JoinSet::new();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
         let dispatcher = Dispatcher::new(senders.clone(), limits);
-        let senders_for_api = senders.clone();
         let outbound = listeners.start(dispatcher.clone(), &mut tasks);
+        let dialplan = Dialplan::from_config(&config);
         for (i, rx) in receivers.into_iter().enumerate() {
-            let layer = TransactionLayer::new(config.timers());
-            let shard = senders[i].clone();
-            let idle: crate::endpoint::IdleNotifier = Arc::new(move |call_id| {
-                let _ = shard.try_send(ShardInput::MediaIdle(call_id));
-            });
-            let endpoint = Endpoint::new(Arc::clone(&shared), layer, wall, mono, idle, i);
+            let shard = Shard::new(
+                Arc::clone(&env),
+                ShardConfig {
+                    index: i,
+                    max_transactions: config.sip.max_transactions.get_ref() / shards,
+                    dialplan: dialplan.clone(),
+                    clock: WallClock::new(wall, mono),
+                },
+                TransactionLayer::new(config.timers()),
+                Counters::new(IdGen::new(id_base, i, shards)),
+            );
             tasks.spawn(run_shard(
                 i,
-                endpoint,
+                shard,
                 rx,
-                shared.presence.clone(),
+                env.presence.clone(),
                 Arc::clone(&outbound),
                 writer_tx.clone(),
                 Arc::clone(&latency),
             ));
         }
-        tasks.spawn(run_writer(store.clone(), writer_rx, senders));
-        tasks.spawn(run_sweeper(
-            shared.registrar.clone(),
-            shared.presence.clone(),
-        ));
+        tasks.spawn(run_writer(store.clone(), writer_rx, senders.clone()));
+        tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
         Ok(Pbx {
             config,
             data_dir: dir,
             store,
-            shared,
+            env,
             dispatcher,
             outbound,
             udp_addrs,
@@ -204,7 +231,7 @@ impl PbxBuilder {
             demo_users,
             tasks,
             latency,
-            shard_inputs: senders_for_api,
+            shard_inputs: senders,
         })
     }
 }
@@ -215,8 +242,8 @@ pub struct Pbx {
     config: Config,
     data_dir: PathBuf,
     store: Store,
-    shared: Arc<Shared>,
-    dispatcher: Dispatcher,
+    env: Arc<Env>,
+    dispatcher: Dispatcher<ShardInput>,
     outbound: Arc<Outbound>,
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
@@ -252,32 +279,32 @@ impl Pbx {
         &self.demo_users
     }
     pub fn users(&self) -> &Users {
-        &self.shared.users
+        &self.env.users
     }
     /// Every extension's live state and its change stream.
     pub fn presence(&self) -> &crate::presence::Presence {
-        &self.shared.presence
+        &self.env.presence
     }
     /// The caller index (who answered whom) and response records.
     pub fn history(&self) -> &crate::history::History {
-        &self.shared.history
+        &self.env.history
     }
     /// Groups, queues and the queues' waiting lines.
     pub fn routing(&self) -> &crate::routing::Directory {
-        &self.shared.routing
+        &self.env.routing
     }
     /// One caller's response records (the customer's history), oldest first.
     pub fn responses(
         &self,
         caller: &str,
     ) -> Result<Vec<crate::history::ResponseRecord>, StoreError> {
-        self.store.responses(caller)
+        crate::history::responses(&self.store, caller)
     }
     pub fn registrar(&self) -> &Registrar {
-        &self.shared.registrar
+        &self.env.registrar
     }
     pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+        &self.env.stats
     }
     /// Messages dropped because a shard was overloaded, and sends that failed.
     pub fn drops(&self) -> (u64, u64) {
@@ -306,14 +333,8 @@ impl Pbx {
     /// Places a call between extension `from` and `to` (an extension or a number
     /// the PBX answers): `from`'s phone rings first; when it answers, `to` is called
     /// and the two are connected. Returns the call's id (leg A's Call-ID).
-    pub async fn originate(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<String, crate::b2bua::OriginateError> {
-        use crate::b2bua::OriginateError;
-        let shard =
-            crate::transport::fnv1a(from.as_bytes()) as usize % self.shard_inputs.len().max(1);
+    pub async fn originate(&self, from: &str, to: &str) -> Result<String, OriginateError> {
+        let shard = shard_of(from.as_bytes(), self.shard_inputs.len());
         let (reply, answer) = tokio::sync::oneshot::channel();
         let input = ShardInput::Originate {
             from: from.to_string(),
@@ -333,7 +354,7 @@ impl Pbx {
 
     /// Media port pairs leased right now.
     pub fn media_ports_in_use(&self) -> usize {
-        self.shared.media.as_ref().map_or(0, |m| m.ports_in_use())
+        self.env.media.as_ref().map_or(0, |m| m.ports_in_use())
     }
 
     /// Stops every task and flushes the store.
@@ -379,7 +400,7 @@ fn is_new_invite(input: &ShardInput) -> Option<Instant> {
 
 async fn run_shard(
     index: usize,
-    mut endpoint: Endpoint,
+    mut shard: Shard,
     mut rx: mpsc::Receiver<ShardInput>,
     presence: crate::presence::Presence,
     outbound: Arc<Outbound>,
@@ -395,47 +416,47 @@ async fn run_shard(
     // waiting queue call (most shards of a busy PBX have neither).
     let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
     loop {
-        match (endpoint.wants_presence(), changes.is_some()) {
+        match (shard.wants_presence(), changes.is_some()) {
             (true, false) => {
                 changes = Some(presence.subscribe());
                 // Whatever changed before listening: look at everything once.
-                endpoint.handle_presence_lag(Instant::now());
+                shard.handle_presence_lag(Instant::now());
             }
             (false, true) => changes = None,
             _ => {}
         }
-        if let Some(at) = endpoint.poll_timeout() {
+        let timeout = shard.poll_timeout();
+        if let Some(at) = timeout {
             sleep.as_mut().reset(tokio::time::Instant::from_std(at));
         }
-        let timer_armed = endpoint.poll_timeout().is_some();
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 let now = Instant::now();
                 invites.extend(is_new_invite(&input));
-                handle_input(&mut endpoint, now, input);
+                handle_input(&mut shard, now, input);
                 // Drain what else is queued before sending, to batch the wake-up.
                 for _ in 0..64 {
                     match rx.try_recv() {
                         Ok(input) => {
                             invites.extend(is_new_invite(&input));
-                            handle_input(&mut endpoint, now, input)
+                            handle_input(&mut shard, now, input)
                         }
                         Err(_) => break,
                     }
                 }
             }
-            () = &mut sleep, if timer_armed => endpoint.handle_timeout(Instant::now()),
+            () = &mut sleep, if timeout.is_some() => shard.handle_timeout(Instant::now()),
             change = recv_change(&mut changes), if changes.is_some() => match change {
-                Ok(change) => endpoint.handle_presence(Instant::now(), &change),
+                Ok(change) => shard.handle_presence(Instant::now(), &change),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(shard = index, "presence stream lagged by {n}");
-                    endpoint.handle_presence_lag(Instant::now());
+                    shard.handle_presence_lag(Instant::now());
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
         }
-        while let Some(t) = endpoint.poll_transmit() {
+        while let Some(t) = shard.poll_transmit() {
             outbound.send(&t);
         }
         if !invites.is_empty() {
@@ -452,7 +473,10 @@ async fn run_shard(
                 merged_at = sent;
             }
         }
-        if let Some(seq) = endpoint.poll_flush() {
+        for w in shard.poll_writes() {
+            let _ = writer.send(WriterMsg::Write(w));
+        }
+        if let Some(seq) = shard.poll_flush() {
             let _ = writer.send(WriterMsg::Flush { shard: index, seq });
         }
     }
@@ -468,15 +492,16 @@ async fn recv_change(
     }
 }
 
-fn handle_input(endpoint: &mut Endpoint, now: Instant, input: ShardInput) {
+fn handle_input(shard: &mut Shard, now: Instant, input: ShardInput) {
     match input {
-        ShardInput::Message(parsed, remote, _) => endpoint.handle_parsed(now, parsed, remote),
+        ShardInput::Message(parsed, remote, _) => shard.handle_message(now, parsed, remote),
         ShardInput::Originate { from, to, reply } => {
-            let _ = reply.send(endpoint.originate(now, &from, &to));
+            let placed = shard.originate(now, &from, &to).map(|c| c.to_string());
+            let _ = reply.send(placed);
         }
-        ShardInput::MediaIdle(call_id) => endpoint.handle_media_idle(now, &call_id),
-        ShardInput::Flushed(seq) => endpoint.handle_flushed(now, seq),
-        ShardInput::FlushFailed => endpoint.handle_flush_failed(now),
+        ShardInput::MediaIdle(call_id) => shard.handle_media_idle(now, &call_id),
+        ShardInput::Flushed(seq) => shard.handle_flushed(now, seq),
+        ShardInput::FlushFailed => shard.handle_flush_failed(now),
     }
 }
 
@@ -504,11 +529,11 @@ async fn run_writer(
                 next = rx.try_recv().ok();
             }
         }
+        // One sled batch per tree for everything queued, on a blocking thread.
         let st = store.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || writes.iter().try_for_each(|w| st.apply(w)))
-                .await
-                .unwrap_or(Err(StoreError::WriterGone));
+        let applied = tokio::task::spawn_blocking(move || st.apply(writes))
+            .await
+            .unwrap_or(Err(StoreError::WriterGone));
         if let Err(e) = &applied {
             tracing::error!("store write failed: {e}");
         }
@@ -555,5 +580,38 @@ async fn run_sweeper(registrar: Registrar, presence: crate::presence::Presence) 
                 let _ = presence.set_registered(&ext, false, now);
             }
         }
+    }
+}
+
+/// The records of a stopped PBX's data directory, read-only (exports and tools;
+/// the database is locked while the PBX runs).
+#[derive(Debug)]
+pub struct Archive {
+    store: Store,
+}
+
+impl Archive {
+    pub fn open(dir: &std::path::Path) -> Result<Archive, StoreError> {
+        Ok(Archive {
+            store: Store::open(dir)?,
+        })
+    }
+
+    /// Every CDR in id order.
+    pub fn cdrs(&self) -> Result<Vec<crate::calls::cdr::Cdr>, StoreError> {
+        self.store.all()
+    }
+
+    /// One caller's response records, oldest first.
+    pub fn responses(
+        &self,
+        caller: &str,
+    ) -> Result<Vec<crate::history::ResponseRecord>, StoreError> {
+        crate::history::responses(&self.store, caller)
+    }
+
+    /// Every response record, by caller then time.
+    pub fn all_responses(&self) -> Result<Vec<crate::history::ResponseRecord>, StoreError> {
+        self.store.all()
     }
 }

@@ -1,0 +1,1015 @@
+//! Calls between extensions: a back-to-back user agent. The caller's dialog (leg A)
+//! and one dialog per contact of the callee (legs B, forked in parallel, each with
+//! its own Call-ID, tags, CSeq and Via) are separate; media is anchored in a relay.
+//! The first 2xx wins and the other branches are cancelled; provisional answers
+//! (with early-media SDP) are relayed; final failures are mapped (404, 480, 486,
+//! 487, 603); BYE from either side ends both; re-INVITE, UPDATE and INFO are relayed
+//! to the other leg with its own CSeq and tags. A call to a queue is a bridge too,
+//! whose B legs are the ACD's offers to agents (see `queue`).
+
+use super::cdr::{Cdr, Disposition, HangupBy};
+use super::{
+    lossy, new_cdr, to_tag_is, write_cdr, Calls, Cx, Party, Pending, Refusal, Side, Timer, ALLOW,
+};
+use crate::media::{Peer, RelayControl};
+use crate::presence::{DialogState, Direction as Role, Presence};
+use crate::registrar::Binding;
+use crate::sip::message::{build::random_tag, parse, Builder, HeaderName, Message, Method};
+use crate::sip::sdp::{self, Direction};
+use crate::sip::transaction::{reply_remote, TxId};
+use crate::sip::{CallId, Dialog, Remote, StatusCode};
+use crate::tu::ReqId;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One forked branch toward a contact of the callee.
+#[derive(Debug)]
+pub(super) struct Branch {
+    pub id: ReqId,
+    /// Our INVITE (a CANCEL copies its Via, From, To, Call-ID and CSeq number).
+    pub invite: Message,
+    pub remote: Remote,
+    /// The final status, once there is one (a timeout counts as 408).
+    pub final_code: Option<u16>,
+    /// Set when this branch answered with 2xx.
+    pub dialog: Option<Dialog>,
+}
+
+/// The caller's side of a call, as it arrived.
+#[derive(Debug)]
+pub(super) struct ALeg {
+    pub tx: TxId,
+    /// A's INVITE (responses to it copy its headers).
+    pub invite: Message,
+    pub remote: Remote,
+    /// Our To tag toward A.
+    pub tag: String,
+}
+
+/// Where leg A stands; each phase holds its own deadlines.
+#[derive(Debug)]
+pub(super) enum APhase {
+    /// Ringing the callee's contacts until `ring_deadline`.
+    Calling { ring_deadline: Instant },
+    /// Our 200 is sent: retransmitted at `next` (RFC 3261 §13.3.1.4) until
+    /// A's ACK, or until `give_up` (64*T1).
+    Answered {
+        ok: Bytes,
+        to: Remote,
+        interval: Duration,
+        next: Instant,
+        give_up: Instant,
+    },
+    /// A's ACK came.
+    Confirmed,
+}
+
+/// A call between two extensions (or a caller and a queue).
+#[derive(Debug)]
+pub(super) struct Bridge {
+    pub phase: APhase,
+    pub a: ALeg,
+    /// Leg A's dialog (from our side), built when we answer.
+    pub a_dialog: Option<Dialog>,
+    pub branches: Vec<Branch>,
+    pub answered: Option<usize>,
+    pub relay: Box<dyn RelayControl>,
+    pub cdr: Cdr,
+    /// The negotiated session interval (RFC 4028), and when the session expires
+    /// unless a re-INVITE or UPDATE refreshes it.
+    pub session: Option<(Duration, Instant)>,
+    /// The caller's and the callee's dialogs in the presence map (extensions only;
+    /// for a queue call the callee is the agent being offered or talking).
+    pub caller_party: Option<Party>,
+    pub callee_party: Option<Party>,
+    /// Set for a call to a queue (the ACD state of the call).
+    pub queue: Option<super::queue::Queued>,
+}
+
+impl Bridge {
+    /// When the bridge's timer is due.
+    fn due(&self) -> Option<Instant> {
+        match &self.phase {
+            APhase::Calling { ring_deadline } => Some(*ring_deadline),
+            APhase::Answered { next, give_up, .. } => Some((*next).min(*give_up)),
+            APhase::Confirmed => self.session.map(|(_, at)| at),
+        }
+    }
+
+    /// The dialog toward the other side of `side`.
+    fn other_dialog(&mut self, side: Side) -> Option<&mut Dialog> {
+        match side {
+            Side::A => self.answered.and_then(|i| self.branches[i].dialog.as_mut()),
+            Side::B(_) => self.a_dialog.as_mut(),
+        }
+    }
+
+    /// Where `side`'s signalling comes from.
+    fn remote_of(&self, side: Side) -> Remote {
+        match side {
+            Side::A => self.a.remote,
+            Side::B(i) => self.branches.get(i).map_or(self.a.remote, |b| b.remote),
+        }
+    }
+}
+
+/// Who a branch INVITE is from and to.
+pub(super) struct BranchSpec<'a> {
+    pub caller: &'a str,
+    pub display: Option<&'a str>,
+    pub callee: &'a str,
+    pub max_forwards: u32,
+    /// The caller's INVITE, whose session-timer headers are copied (RFC 4028).
+    pub timers_from: Option<&'a Message>,
+}
+
+/// Who calls whom, and the callee's live contacts.
+#[derive(Debug)]
+pub(super) struct CallTarget {
+    pub caller: String,
+    pub callee: String,
+    pub bindings: Vec<Binding>,
+}
+
+/// The SDP direction of the first media line, as "does this phone receive".
+fn receives(s: &sdp::Session) -> bool {
+    s.media
+        .first()
+        .map(|m| matches!(m.direction, Direction::SendRecv | Direction::RecvOnly))
+        .unwrap_or(true)
+        && !s
+            .media
+            .first()
+            .and_then(|m| m.addr)
+            .is_some_and(|a| a.is_unspecified())
+}
+
+/// The G.711 payload type (0 or 8) an SDP lists first on its audio line, if any:
+/// what the PBX can play to that phone.
+fn g711_pt(s: &sdp::Session) -> Option<u8> {
+    let m = s.media.iter().find(|m| m.kind == "audio" && m.port != 0)?;
+    m.formats
+        .iter()
+        .filter_map(|f| f.parse::<u8>().ok())
+        .find(|pt| *pt == 0 || *pt == 8)
+}
+
+/// Media peer for the relay from a phone's SDP and SIP address.
+pub(super) fn peer_of(s: &sdp::Session, sip: SocketAddr) -> Peer {
+    let first = s.media.iter().find(|m| m.port != 0);
+    Peer {
+        rtp: first.and_then(|m| m.addr.map(|a| SocketAddr::new(a, m.port))),
+        sip_ip: Some(sip.ip()),
+        receives: receives(s),
+    }
+}
+
+/// Ports for rewriting: the relay port for the first audio line, 0 (refused) for
+/// any other stream (the relay carries one audio stream).
+fn relay_ports(s: &sdp::Session, port: u16) -> Vec<u16> {
+    let mut given = false;
+    s.media
+        .iter()
+        .map(|m| {
+            if !given && m.kind == "audio" && m.port != 0 {
+                given = true;
+                port
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// `body` with its media pointed at our relay `port`, as seen from `toward`.
+fn rewrite_for(cx: &Cx<'_>, body: &[u8], toward: Remote, port: u16) -> Option<Bytes> {
+    let parsed = sdp::parse(body).ok()?;
+    sdp::rewrite(body, cx.media_ip(toward), &relay_ports(&parsed, port)).ok()
+}
+
+/// A CANCEL for one of our INVITEs (RFC 3261 §9.1: its Via, From, To, Call-ID
+/// and CSeq number).
+pub(super) fn cancel(cx: &mut Cx<'_>, invite: &Message, remote: Remote) {
+    let uri = invite.request_uri_bytes().unwrap_or_default();
+    let mut b = Builder::request(&Method::Cancel, uri);
+    for (name, text) in [
+        (HeaderName::Via, "Via"),
+        (HeaderName::From, "From"),
+        (HeaderName::To, "To"),
+        (HeaderName::CallId, "Call-ID"),
+    ] {
+        if let Some(v) = invite.value(name) {
+            b.header(text, v);
+        }
+    }
+    let seq = invite.cseq().map_or(1, |c| c.seq);
+    b.header("CSeq", format!("{seq} CANCEL"))
+        .header("Max-Forwards", "70");
+    cx.send(b.finish(), remote);
+}
+
+/// The ACK for a 2xx of `dialog` (its CSeq number `seq`), outside any transaction.
+pub(super) fn ack(cx: &mut Cx<'_>, dialog: &Dialog, seq: u32) {
+    let bytes = dialog.request(&Method::Ack, seq, &cx.hostport(dialog.remote), None);
+    cx.transmit(dialog.remote, bytes);
+}
+
+/// A BYE on `dialog`.
+pub(super) fn bye(cx: &mut Cx<'_>, dialog: &mut Dialog) {
+    let bytes = dialog.next_request(&Method::Bye, &cx.hostport(dialog.remote), None);
+    cx.send(bytes, dialog.remote);
+}
+
+impl Calls {
+    /// What a bridge (or a queue call) needs before its B legs go out: the
+    /// caller's offer and a relay; or why the call is refused.
+    pub(super) fn prepare_bridge(
+        cx: &Cx<'_>,
+        req: &Message,
+        remote: Remote,
+        a: &CallId,
+    ) -> Result<(sdp::Session, Box<dyn RelayControl>), Refusal> {
+        let offer = sdp::parse(req.body()).map_err(|e| {
+            tracing::info!(%remote, "INVITE refused, SDP: {e}");
+            Refusal::failed(StatusCode::NOT_ACCEPTABLE_HERE)
+        })?;
+        let media = cx.env.media.as_ref().ok_or(Refusal::NO_MEDIA)?;
+        let relay = media.relay(a).map_err(|_| Refusal::NO_MEDIA)?;
+        relay.set_peer(0, peer_of(&offer, remote.addr));
+        Ok((offer, relay))
+    }
+
+    /// A new INVITE from `caller` to extension `callee` with these live bindings.
+    pub(super) fn invite_extension(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        target: CallTarget,
+    ) {
+        let CallTarget {
+            caller,
+            callee,
+            bindings,
+        } = target;
+        let Some(a) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        let a_leg = ALeg {
+            tx,
+            invite: req.clone(),
+            remote,
+            tag: random_tag(),
+        };
+        let cdr = new_cdr(cx, &a, &caller, &callee);
+        let prepared = if bindings.is_empty() {
+            Err(Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE))
+        } else {
+            Self::prepare_bridge(cx, req, remote, &a)
+        };
+        let relay = match prepared {
+            Ok((_, relay)) => relay,
+            Err(refusal) => return refuse(cx, &a_leg, cdr, refusal),
+        };
+        let display = req.from_header().and_then(|f| f.display).map(lossy);
+        let spec = BranchSpec {
+            caller: &caller,
+            display: display.as_deref(),
+            callee: &callee,
+            max_forwards: req
+                .max_forwards()
+                .and_then(Result::ok)
+                .unwrap_or(70)
+                .saturating_sub(1),
+            timers_from: Some(req),
+        };
+        let port = relay.ports()[1];
+        let branches = self.send_branches(cx, &a, &spec, bindings, 0, |cx, target| {
+            rewrite_for(cx, req.body(), target, port)
+        });
+        if branches.is_empty() {
+            return refuse(
+                cx,
+                &a_leg,
+                cdr,
+                Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE),
+            );
+        }
+        let presence = &cx.env.presence;
+        let b_call_id = branches[0]
+            .invite
+            .call_id()
+            .map(CallId::from_bytes)
+            .unwrap_or_else(|| a.clone());
+        let callee_party = super::start_party(
+            presence,
+            &callee,
+            &b_call_id,
+            Role::Recipient,
+            &caller,
+            cx.wall,
+        );
+        let caller_party =
+            super::start_party(presence, &caller, &a, Role::Initiator, &callee, cx.wall);
+        let bridge = Bridge {
+            phase: APhase::Calling {
+                ring_deadline: cx.now + cx.env.calls.ring_timeout,
+            },
+            a: a_leg,
+            a_dialog: None,
+            branches,
+            answered: None,
+            relay,
+            cdr,
+            session: None,
+            caller_party,
+            callee_party,
+            queue: None,
+        };
+        self.add_bridge(cx, a, bridge);
+    }
+
+    /// Sends one INVITE per binding (the fork), numbering the branches from
+    /// `first`; `body` gives the SDP offer toward each contact (none: skipped).
+    pub(super) fn send_branches(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        spec: &BranchSpec<'_>,
+        bindings: Vec<Binding>,
+        first: usize,
+        body: impl Fn(&Cx<'_>, Remote) -> Option<Bytes>,
+    ) -> Vec<Branch> {
+        let domain = cx.env.domain.as_str();
+        let caller = spec.caller;
+        let mut branches = Vec::new();
+        for binding in bindings {
+            let target = binding.remote();
+            let Some(body) = body(cx, target) else {
+                continue;
+            };
+            let b_call_id = cx.new_call_id();
+            let from = match spec.display {
+                Some(d) => format!("{d} <sip:{caller}@{domain}>;tag={}", random_tag()),
+                None => format!("<sip:{caller}@{domain}>;tag={}", random_tag()),
+            };
+            let hostport = cx.hostport(target);
+            let mut b = Builder::request(&Method::Invite, binding.contact.as_bytes());
+            b.header(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
+                    target.transport,
+                    random_tag()
+                ),
+            )
+            .header("Max-Forwards", spec.max_forwards.to_string())
+            .header("From", from)
+            .header("To", format!("<sip:{}@{domain}>", spec.callee))
+            .header("Call-ID", &b_call_id)
+            .header("CSeq", "1 INVITE")
+            .header(
+                "Contact",
+                format!(
+                    "<sip:{caller}@{hostport};transport={}>",
+                    target.transport.as_str().to_ascii_lowercase()
+                ),
+            )
+            .header("Allow", ALLOW)
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+            if let Some(req) = spec.timers_from {
+                copy_session_timer(&mut b, req);
+            }
+            let bytes = b.finish_with_body(Some("application/sdp"), &body);
+            let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
+                continue;
+            };
+            let id = cx.send(bytes, target);
+            let idx = first + branches.len();
+            self.pending.insert(id, Pending::Branch(a.clone(), idx));
+            self.legs.insert(b_call_id, (a.clone(), Side::B(idx)));
+            branches.push(Branch {
+                id,
+                invite,
+                remote: target,
+                final_code: None,
+                dialog: None,
+            });
+        }
+        branches
+    }
+
+    /// An answer on branch `idx` of call `a` (`code` 408 for a timeout).
+    pub(super) fn branch_response(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        idx: usize,
+        code: u16,
+        resp: Option<Message>,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return; // the call is gone (its branches were cancelled)
+        };
+        match code {
+            100 => {}
+            101..=199 => {
+                let presence = &cx.env.presence;
+                if let Some((ext, id)) = &bridge.callee_party {
+                    let _ = presence.dialog_state(ext, *id, DialogState::Early, cx.wall);
+                }
+                if bridge.queue.is_some() {
+                    return; // the caller hears music, not the agent's phone
+                }
+                if let Some((ext, id)) = &bridge.caller_party {
+                    let _ = presence.dialog_state(ext, *id, DialogState::Early, cx.wall);
+                }
+                if !matches!(bridge.phase, APhase::Calling { .. }) {
+                    return;
+                }
+                let early = resp.as_ref().filter(|r| !r.body().is_empty());
+                if let Some(s) = early.and_then(|r| sdp::parse(r.body()).ok()) {
+                    bridge
+                        .relay
+                        .set_peer(1, peer_of(&s, bridge.branches[idx].remote.addr));
+                }
+                let reason = if code == 180 {
+                    StatusCode::RINGING.reason()
+                } else {
+                    StatusCode::SESSION_PROGRESS.reason()
+                };
+                let a_leg = &bridge.a;
+                let mut b = Builder::response(
+                    &a_leg.invite,
+                    a_leg.remote.addr,
+                    code,
+                    reason,
+                    Some(a_leg.tag.as_bytes()),
+                );
+                b.header("Contact", format!("<sip:{}>", cx.hostport(a_leg.remote)));
+                let body = early
+                    .and_then(|r| rewrite_for(cx, r.body(), a_leg.remote, bridge.relay.ports()[0]));
+                let bytes = match body {
+                    Some(body) => b.finish_with_body(Some("application/sdp"), &body),
+                    None => b.finish(),
+                };
+                cx.respond(a_leg.tx, bytes);
+            }
+            200..=299 => {
+                let Some(r) = resp else { return };
+                self.branch_answered(cx, a, idx, &r);
+            }
+            _ => {
+                bridge.branches[idx].final_code = Some(code);
+                if let Some(q) = &bridge.queue {
+                    // An agent who declines or fails is skipped for this call.
+                    if q.offer_over(&bridge.branches, idx) {
+                        self.offer_failed(cx, a);
+                    }
+                    return;
+                }
+                let calling = matches!(bridge.phase, APhase::Calling { .. });
+                if calling && bridge.branches.iter().all(|b| b.final_code.is_some()) {
+                    let codes: Vec<u16> = bridge
+                        .branches
+                        .iter()
+                        .filter_map(|b| b.final_code)
+                        .collect();
+                    self.fail_call(cx, a, fork_result(&codes));
+                }
+            }
+        }
+    }
+
+    fn branch_answered(&mut self, cx: &mut Cx<'_>, a: &CallId, idx: usize, r: &Message) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let branch = &mut bridge.branches[idx];
+        let dialog = Dialog::from_uac(&branch.invite, r, branch.remote);
+        // ACK every 2xx (retransmissions too) on its own dialog.
+        if let Some(d) = &dialog {
+            ack(cx, d, 1);
+        }
+        if bridge.answered == Some(idx) || branch.dialog.is_some() {
+            return; // a retransmitted 2xx: acknowledged again above
+        }
+        let stale_offer = bridge.queue.as_ref().is_some_and(|q| !q.is_offered(idx));
+        let over = bridge.queue.is_none() && !matches!(bridge.phase, APhase::Calling { .. });
+        if bridge.answered.is_some() || stale_offer || over {
+            // Another branch won: end this one (its ACK went out above).
+            branch.final_code = Some(200);
+            if let Some(mut d) = dialog {
+                bye(cx, &mut d);
+            }
+            return;
+        }
+        if bridge.queue.is_some() {
+            return self.queue_answered(cx, a, idx, r, dialog);
+        }
+        bridge.answered = Some(idx);
+        branch.dialog = dialog;
+        branch.final_code = Some(200);
+        if let Ok(s) = sdp::parse(r.body()) {
+            bridge.relay.set_peer(1, peer_of(&s, branch.remote.addr));
+        }
+        cancel_ringing(cx, bridge, 0, Some(idx));
+        // Answer A with B's SDP pointed at the relay.
+        let body = rewrite_for(cx, r.body(), bridge.a.remote, bridge.relay.ports()[0]);
+        let callee = bridge.cdr.callee.clone();
+        answer_caller(cx, bridge, &callee, body.as_deref(), Some(r));
+        parties_step(&cx.env.presence, bridge, DialogState::Confirmed, cx.wall);
+        bridge.session = session_interval(r).map(|d| (d, cx.now + d));
+        self.arm_bridge(cx, a);
+    }
+
+    /// A final answer on a branch whose call is gone: a 2xx is acknowledged and
+    /// its dialog ended at once.
+    pub(super) fn orphan_answered(
+        &mut self,
+        cx: &mut Cx<'_>,
+        invite: &Message,
+        r: &Message,
+        remote: Remote,
+    ) {
+        if !r.status().is_some_and(|c| (200..300).contains(&c)) {
+            return;
+        }
+        let Some(mut d) = Dialog::from_uac(invite, r, remote) else {
+            return;
+        };
+        ack(cx, &d, d.cseq);
+        bye(cx, &mut d);
+    }
+
+    /// Ends a call that never connected: final answer to A, branches cancelled.
+    pub(super) fn fail_call(&mut self, cx: &mut Cx<'_>, a: &CallId, r: Refusal) {
+        let Some(bridge) = self.remove_bridge(cx, a) else {
+            return;
+        };
+        parties_end(&cx.env.presence, &bridge, cx.wall);
+        cancel_ringing(cx, &bridge, 0, None);
+        refuse(cx, &bridge.a, bridge.cdr, r);
+    }
+
+    /// A new call: counted live, reachable by leg A's Call-ID, its timer armed.
+    pub(super) fn add_bridge(&mut self, cx: &mut Cx<'_>, a: CallId, bridge: Bridge) {
+        Self::started(cx);
+        self.legs.insert(a.clone(), (a.clone(), Side::A));
+        self.bridges.insert(a.clone(), bridge);
+        self.arm_bridge(cx, &a);
+    }
+
+    /// Arms call `a`'s timer at its phase's next deadline.
+    pub(super) fn arm_bridge(&self, cx: &mut Cx<'_>, a: &CallId) {
+        if let Some(at) = self.bridges.get(a).and_then(Bridge::due) {
+            cx.timer(at, Timer::Bridge(a.clone()));
+        }
+    }
+
+    fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
+        let bridge = self.bridges.remove(a)?;
+        if let Some(q) = &bridge.queue {
+            q.leave_line(cx);
+        }
+        Self::ended(cx);
+        // Branches still ringing may answer anyway (a CANCEL/2xx race): keep what
+        // is needed to ACK and end them.
+        for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {
+            self.orphans.insert(b.id, (b.invite.clone(), b.remote));
+        }
+        self.legs.retain(|_, (owner, _)| owner != a);
+        self.pending.retain(|_, p| match p {
+            Pending::Branch(owner, _) | Pending::Relayed { owner, .. } => owner != a,
+            Pending::Origin(..) => true,
+        });
+        Some(bridge)
+    }
+
+    /// A's CANCEL: 487 to A's INVITE, CANCEL to every branch.
+    pub(super) fn cancel_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        if let Some(APhase::Calling { .. }) = self.bridges.get(a).map(|b| &b.phase) {
+            let r = Refusal {
+                disposition: Disposition::Cancelled,
+                by: HangupBy::Caller,
+                ..Refusal::failed(StatusCode::REQUEST_TERMINATED)
+            };
+            self.fail_call(cx, a, r);
+        }
+    }
+
+    /// The bridge timer: ring timeout while calling, 2xx retransmission after,
+    /// then session expiry.
+    pub(super) fn bridge_timer(&mut self, cx: &mut Cx<'_>, a: &CallId, at: Instant) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if bridge.due() != Some(at) {
+            return; // re-armed since
+        }
+        let t2 = cx.env.timers.t2;
+        match &mut bridge.phase {
+            APhase::Calling { .. } => {
+                let r = Refusal {
+                    disposition: Disposition::NoAnswer,
+                    ..Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE)
+                };
+                self.fail_call(cx, a, r)
+            }
+            APhase::Answered { give_up, .. } if cx.now >= *give_up => {
+                tracing::info!(call_id = %a, "no ACK from the caller; ending the call");
+                self.end_bridge(cx, a, None, HangupBy::System);
+            }
+            APhase::Answered {
+                ok,
+                to,
+                interval,
+                next,
+                ..
+            } => {
+                cx.transmit(*to, ok.clone());
+                *interval = (*interval * 2).min(t2);
+                *next = cx.now + *interval;
+                self.arm_bridge(cx, a);
+            }
+            APhase::Confirmed => {
+                tracing::info!(call_id = %a, "session not refreshed in time (RFC 4028); ending the call");
+                self.end_bridge(cx, a, None, HangupBy::System);
+            }
+        }
+    }
+
+    /// A's ACK for our 2xx.
+    pub(super) fn bridge_ack(&mut self, cx: &mut Cx<'_>, a: &CallId, req: &Message) {
+        let Some(b) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if matches!(b.phase, APhase::Answered { .. }) && to_tag_is(req, &b.a.tag) {
+            b.phase = APhase::Confirmed;
+            self.arm_bridge(cx, a);
+        }
+    }
+
+    /// Ends a connected call: BYE to every leg except `from` (which sent BYE), CDR.
+    pub(super) fn end_bridge(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        from: Option<Side>,
+        by: HangupBy,
+    ) {
+        let Some(mut bridge) = self.remove_bridge(cx, a) else {
+            return;
+        };
+        parties_end(&cx.env.presence, &bridge, cx.wall);
+        if bridge.queue.is_some() && bridge.answered.is_none() {
+            // The caller left the queue while an agent was being rung.
+            cancel_ringing(cx, &bridge, 0, None);
+        }
+        if from != Some(Side::A) {
+            if let Some(d) = bridge.a_dialog.as_mut() {
+                bye(cx, d);
+            }
+        }
+        if let Some(idx) = bridge.answered {
+            if from != Some(Side::B(idx)) {
+                if let Some(d) = bridge.branches[idx].dialog.as_mut() {
+                    bye(cx, d);
+                }
+            }
+        }
+        let disposition = super::queue::disposition(&bridge);
+        write_cdr(cx, bridge.cdr, disposition, by);
+    }
+
+    /// Media saw nothing for the inactivity period.
+    pub(super) fn bridge_idle(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        match self.bridges.get(a).map(|b| &b.phase) {
+            Some(APhase::Calling { .. }) | None => {}
+            Some(_) => self.end_bridge(cx, a, None, HangupBy::System),
+        }
+    }
+
+    /// A request inside one of the bridge's dialogs.
+    pub(super) fn bridge_in_dialog(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        a: &CallId,
+        side: Side,
+    ) {
+        let valid = self.bridges.get(a).is_some_and(|bridge| match side {
+            Side::A => to_tag_is(req, &bridge.a.tag) && bridge.a_dialog.is_some(),
+            Side::B(i) => Some(i) == bridge.answered,
+        });
+        if !valid {
+            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+        }
+        let waiting = self
+            .bridges
+            .get(a)
+            .is_some_and(|b| b.queue.is_some() && b.answered.is_none());
+        match req.method() {
+            Some(Method::Bye) => {
+                let by = if side == Side::A {
+                    HangupBy::Caller
+                } else {
+                    HangupBy::Callee
+                };
+                let answer = cx.response(req, remote, 200, "OK").finish();
+                self.end_bridge(cx, a, Some(side), by);
+                cx.respond_durable(tx, answer);
+            }
+            Some(Method::Invite | Method::Update | Method::Info) if waiting => {
+                self.queue_in_dialog(cx, tx, req, remote, a)
+            }
+            Some(m @ (Method::Invite | Method::Update | Method::Info)) => {
+                let m = m.clone();
+                self.relay_request(cx, tx, req, a, side, &m);
+            }
+            _ => cx.reply(tx, req, remote, StatusCode::OK),
+        }
+    }
+
+    /// Sends `req`'s equivalent on the other leg; its answer comes back to `tx`.
+    fn relay_request(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        a: &CallId,
+        side: Side,
+        method: &Method,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        // The requester's side of the relay (0: A) and the other side's.
+        let (from, to) = if side == Side::A { (0, 1) } else { (1, 0) };
+        if let Ok(s) = sdp::parse(req.body()) {
+            // The requester's new media state (hold, resume, new address).
+            bridge
+                .relay
+                .set_peer(from, peer_of(&s, bridge.remote_of(side).addr));
+            // Music on hold: the requester stops listening, the other side hears
+            // music until it resumes (and then hears it, as one RTP stream).
+            if let Some(music) = &cx.env.hold_music {
+                if receives(&s) {
+                    bridge.relay.stop_playing();
+                } else if let Some(pt) = g711_pt(&s) {
+                    bridge.relay.play(to, Arc::clone(music), pt, true);
+                }
+            }
+        }
+        let port = bridge.relay.ports()[to];
+        let Some(d) = bridge.other_dialog(side) else {
+            return;
+        };
+        let target = d.remote;
+        let body = rewrite_for(cx, req.body(), target, port);
+        let bytes = d.next_request(method, &cx.hostport(target), body.as_deref());
+        let id = cx.send(bytes, target);
+        self.pending.insert(
+            id,
+            Pending::Relayed {
+                owner: a.clone(),
+                tx,
+                request: req.clone(),
+                from: side,
+            },
+        );
+    }
+
+    /// The other leg answered a relayed request: the answer goes back to the
+    /// requester (a 2xx to a re-INVITE is ACKed toward the responder at once).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn relayed_response(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        server_tx: TxId,
+        req: &Message,
+        requester: Side,
+        code: u16,
+        resp: Option<Message>,
+    ) {
+        if code < 200 {
+            return;
+        }
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let remote = bridge.remote_of(requester);
+        let (requester_port, responder_side) = if requester == Side::A {
+            (bridge.relay.ports()[0], 1)
+        } else {
+            (bridge.relay.ports()[1], 0)
+        };
+        let success = (200..300).contains(&code);
+        if let (Some(r), true) = (&resp, success && req.method() == Some(&Method::Invite)) {
+            let responder = match requester {
+                Side::A => bridge.answered.map(Side::B).unwrap_or(Side::A),
+                Side::B(_) => Side::A,
+            };
+            let sip = bridge.remote_of(responder).addr;
+            if let Some(d) = bridge.other_dialog(requester) {
+                ack(cx, d, r.cseq().map_or(1, |c| c.seq));
+            }
+            if let Ok(s) = sdp::parse(r.body()) {
+                bridge.relay.set_peer(responder_side, peer_of(&s, sip));
+            }
+        }
+        if success && matches!(req.method(), Some(Method::Invite | Method::Update)) {
+            // A successful re-INVITE/UPDATE refreshed the session (RFC 4028 §10).
+            if let Some((interval, _)) = bridge.session {
+                let interval = resp.as_ref().and_then(session_interval).unwrap_or(interval);
+                bridge.session = Some((interval, cx.now + interval));
+                if matches!(bridge.phase, APhase::Confirmed) {
+                    self.arm_bridge(cx, a);
+                }
+            }
+        }
+        let Some(bridge) = self.bridges.get(a) else {
+            return;
+        };
+        let reason = resp
+            .as_ref()
+            .and_then(|r| r.reason())
+            .map(lossy)
+            .unwrap_or_else(|| StatusCode::REQUEST_TIMEOUT.reason().into());
+        let tag = (requester == Side::A).then_some(bridge.a.tag.as_bytes());
+        let mut b = Builder::response(req, remote.addr, code, &reason, tag);
+        b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+        let body = resp
+            .as_ref()
+            .filter(|r| !r.body().is_empty())
+            .and_then(|r| rewrite_for(cx, r.body(), remote, requester_port));
+        let bytes = match body {
+            Some(body) => b.finish_with_body(Some("application/sdp"), &body),
+            None => b.finish(),
+        };
+        cx.respond(server_tx, bytes);
+    }
+}
+
+/// The answer to the caller when every branch failed.
+fn fork_result(codes: &[u16]) -> Refusal {
+    let (code, reason, disposition) = if let Some(c) = codes.iter().find(|c| **c >= 600) {
+        let reason = if *c == 603 {
+            "Decline"
+        } else {
+            "Busy Everywhere"
+        };
+        (*c, reason, Disposition::Busy)
+    } else if codes.contains(&486) {
+        (486, "Busy Here", Disposition::Busy)
+    } else if codes.iter().all(|c| *c == 488) {
+        (488, "Not Acceptable Here", Disposition::Failed)
+    } else if codes.contains(&487) {
+        (487, "Request Terminated", Disposition::Cancelled)
+    } else {
+        (480, "Temporarily Unavailable", Disposition::NoAnswer)
+    };
+    Refusal {
+        code,
+        reason,
+        disposition,
+        by: HangupBy::Callee,
+    }
+}
+
+/// Refuses a call that never connected: the final answer waits for its CDR.
+pub(super) fn refuse(cx: &mut Cx<'_>, a: &ALeg, cdr: Cdr, r: Refusal) {
+    let mut answer = Builder::response(
+        &a.invite,
+        a.remote.addr,
+        r.code,
+        r.reason,
+        Some(a.tag.as_bytes()),
+    );
+    answer.header("Server", crate::sip::message::build::PRODUCT);
+    write_cdr(cx, cdr, r.disposition, r.by);
+    cx.respond_durable(a.tx, answer.finish());
+}
+
+/// Sends our 200 to A (as `user`, with `body`; retransmitted until A's ACK)
+/// and records leg A's dialog.
+pub(super) fn answer_caller(
+    cx: &mut Cx<'_>,
+    bridge: &mut Bridge,
+    user: &str,
+    body: Option<&[u8]>,
+    timers_from: Option<&Message>,
+) {
+    let a = &bridge.a;
+    let mut b = Builder::response(&a.invite, a.remote.addr, 200, "OK", Some(a.tag.as_bytes()));
+    b.header(
+        "Contact",
+        format!(
+            "<sip:{user}@{};transport={}>",
+            cx.hostport(a.remote),
+            a.remote.transport.as_str().to_ascii_lowercase()
+        ),
+    )
+    .header("Allow", ALLOW)
+    .header("Server", crate::sip::message::build::PRODUCT);
+    if let Some(r) = timers_from {
+        copy_session_timer(&mut b, r);
+    }
+    let ok = match body {
+        Some(body) => b.finish_with_body(Some("application/sdp"), body),
+        None => b.finish(),
+    };
+    cx.respond(a.tx, ok.clone());
+    bridge.a_dialog = parse(ok.clone(), &Default::default())
+        .ok()
+        .and_then(|m| Dialog::from_uas(&a.invite, &m, a.remote));
+    let t1 = cx.env.timers.t1;
+    bridge.phase = APhase::Answered {
+        ok,
+        to: reply_remote(&a.invite, a.remote),
+        interval: t1,
+        next: cx.now + t1,
+        give_up: cx.now + t1 * 64,
+    };
+    bridge.cdr.answer_ms = Some(cx.wall.0);
+}
+
+/// Cancels the bridge's branches from `first` on that are still ringing, all
+/// but `except` (the one that answered).
+pub(super) fn cancel_ringing(
+    cx: &mut Cx<'_>,
+    bridge: &Bridge,
+    first: usize,
+    except: Option<usize>,
+) {
+    for (i, b) in bridge.branches.iter().enumerate().skip(first) {
+        if Some(i) != except && b.final_code.is_none() {
+            cancel(cx, &b.invite, b.remote);
+        }
+    }
+}
+
+/// Moves both parties' presence dialogs to `state`.
+fn parties_step(
+    presence: &Presence,
+    bridge: &Bridge,
+    state: DialogState,
+    at: crate::clock::UnixMillis,
+) {
+    for (ext, id) in [&bridge.caller_party, &bridge.callee_party]
+        .into_iter()
+        .flatten()
+    {
+        let _ = presence.dialog_state(ext, *id, state, at);
+    }
+}
+
+/// Ends both parties' presence dialogs; the agent of an answered queue call
+/// goes into wrap-up.
+pub(super) fn parties_end(presence: &Presence, bridge: &Bridge, at: crate::clock::UnixMillis) {
+    if let Some((ext, id)) = &bridge.caller_party {
+        let _ = presence.dialog_ended(ext, *id, None, at);
+    }
+    if let Some((ext, id)) = &bridge.callee_party {
+        let wrap_up = bridge
+            .queue
+            .as_ref()
+            .filter(|_| bridge.answered.is_some())
+            .map(|q| q.wrap_up);
+        let _ = presence.dialog_ended(ext, *id, wrap_up, at);
+    }
+}
+
+/// Copies the session-timer headers (RFC 4028) from one leg's message to the
+/// other's: the endpoints negotiate and refresh, the B2BUA relays and polices.
+fn copy_session_timer(b: &mut Builder, from: &Message) {
+    for name in ["Session-Expires", "x", "Min-SE"] {
+        for v in from.other_values(name) {
+            b.header(name, v);
+        }
+    }
+    if from
+        .values(HeaderName::Supported)
+        .any(|v| v.eq_ignore_ascii_case(b"timer"))
+    {
+        b.header("Supported", "timer");
+    }
+    if from
+        .values(HeaderName::Require)
+        .any(|v| v.eq_ignore_ascii_case(b"timer"))
+    {
+        b.header("Require", "timer");
+    }
+}
+
+/// The session interval a message sets (`Session-Expires: N;refresher=…`).
+fn session_interval(m: &Message) -> Option<Duration> {
+    let secs = super::leading_u32(super::session_expires_value(m)?)?;
+    (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+}

@@ -1,0 +1,480 @@
+//! Calls: the transaction user for INVITE dialogs. It owns every call of its
+//! shard, by Call-ID:
+//!
+//! - local calls the PBX answers itself (test numbers, feature codes: `local`);
+//! - bridges between a caller and an extension, forked to every contact of the
+//!   callee, with media anchored in a relay (`bridge`);
+//! - queue calls, whose B legs are the ACD's offers to agents (`queue`);
+//! - calls the PBX places (originate, third-party call control: `originate`);
+//!
+//! and writes one CDR per call (`cdr`). Sans-IO like the core below it: every
+//! input comes with a [`Cx`] (the time, the environment, the outbox) and the
+//! module acts only by adding effects to it. Its timers are typed keys
+//! ([`Timer`]); a key that fires after its call moved on is recognised as stale
+//! by the deadline it carries.
+
+mod bridge;
+pub mod cdr;
+mod local;
+mod originate;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+pub use originate::OriginateError;
+
+use crate::clock::UnixMillis;
+use crate::presence::{DialogId, Direction, Presence};
+use crate::routing::dialplan::Target;
+use crate::sip::message::{HeaderName, Message, NameAddr, Uri};
+use crate::sip::transaction::TxId;
+use crate::sip::{sdp, CallId, Remote, StatusCode};
+use crate::store::Write;
+use crate::tu::ReqId;
+use cdr::{Cdr, Disposition, HangupBy};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The context of a call-module input.
+pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
+
+/// Methods a dialog of ours accepts.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE";
+
+/// The timers of calls, by the call they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// A local call: 2xx retransmission, or its hang-up.
+    Local(CallId),
+    /// A bridge: ring timeout, 2xx retransmission, session expiry.
+    Bridge(CallId),
+    /// A queue call: offer deadline, retry, overflow, hang-up after the announcement.
+    Queue(CallId),
+    /// An origination's ring timeout.
+    Origin(CallId),
+}
+
+/// Which side of a bridge or origination a dialog is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    A,
+    B(usize),
+}
+
+/// What one of our client transactions belongs to (requests whose answer
+/// changes nothing, such as a BYE, have no entry).
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A forked INVITE: (A's Call-ID, branch index).
+    Branch(CallId, usize),
+    /// A request relayed inside a bridge: its answer goes to server
+    /// transaction `tx` of the requester's leg.
+    Relayed {
+        owner: CallId,
+        tx: TxId,
+        request: Message,
+        from: Side,
+    },
+    /// An INVITE of an origination: (its key, which leg).
+    Origin(CallId, Side),
+}
+
+/// How a call that never connected is refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    pub code: u16,
+    pub reason: &'static str,
+    pub disposition: Disposition,
+    pub by: HangupBy,
+}
+
+impl Refusal {
+    /// A call the PBX could not set up (CDR: failed, ended by the system).
+    pub(crate) const fn failed(status: StatusCode) -> Refusal {
+        Refusal {
+            code: status.0,
+            reason: status.reason(),
+            disposition: Disposition::Failed,
+            by: HangupBy::System,
+        }
+    }
+
+    const NO_MEDIA: Refusal = Refusal {
+        code: 503,
+        reason: "Service Unavailable (No Media Ports)",
+        disposition: Disposition::Failed,
+        by: HangupBy::System,
+    };
+}
+
+/// An extension in a call: its dialog in the presence map.
+pub(crate) type Party = (String, DialogId);
+
+/// Every call of one shard.
+#[derive(Debug, Default)]
+pub struct Calls {
+    /// Calls answered by the PBX itself, by Call-ID.
+    local: HashMap<CallId, local::LocalCall>,
+    /// Bridged calls (and queue calls) by the Call-ID of leg A.
+    bridges: HashMap<CallId, bridge::Bridge>,
+    /// Calls the PBX placed, by the Call-ID of leg A.
+    originations: HashMap<CallId, originate::Origination>,
+    /// Every leg's Call-ID → (the call's key, which leg).
+    legs: HashMap<CallId, (CallId, Side)>,
+    /// Our client transactions, by the id their answers come back under.
+    pending: HashMap<ReqId, Pending>,
+    /// Branches of ended calls that may still answer (CANCEL/2xx races).
+    orphans: HashMap<ReqId, (Message, Remote)>,
+}
+
+impl Calls {
+    /// A new INVITE (no To tag), with the dialplan's target for its Request-URI.
+    pub fn on_invite(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        target: Target,
+    ) {
+        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        if let Err(r) = check_session_timer(cx, req) {
+            return self.refuse_new(cx, tx, req, remote, &call_id, r);
+        }
+        match target {
+            Target::Test(kind) => self.invite_local(cx, tx, req, remote, local::Kind::Test(kind)),
+            Target::Queue(queue) => {
+                let caller = caller_number(req);
+                self.invite_queue(cx, tx, req, remote, queue, caller)
+            }
+            Target::Feature(state) => {
+                let Some(caller) = self.authenticate(cx, tx, req, remote) else {
+                    return;
+                };
+                let caller = caller_of(req, caller);
+                if let Err(e) = cx.env.presence.choose(&caller, state, cx.wall) {
+                    tracing::info!(%caller, "feature code refused: {e}");
+                    return cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
+                }
+                tracing::info!(%caller, state = state.as_str(), "presence chosen from the phone");
+                self.invite_local(cx, tx, req, remote, local::Kind::Confirmation)
+            }
+            Target::Extension(callee) => {
+                let Some(caller) = self.authenticate(cx, tx, req, remote) else {
+                    return;
+                };
+                let caller = caller_of(req, caller);
+                let bindings = cx.env.registrar.lookup(&callee, cx.wall);
+                let target = bridge::CallTarget {
+                    caller,
+                    callee,
+                    bindings,
+                };
+                self.invite_extension(cx, tx, req, remote, target)
+            }
+            Target::Unknown => cx.reply(tx, req, remote, StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// The caller's credentials for a call that needs them (`[calls]
+    /// authenticate`): `Some(Some(user))` when they verify, `Some(None)` when
+    /// none are needed; `None` when the request was answered (407, 403).
+    fn authenticate(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+    ) -> Option<Option<String>> {
+        use crate::sip::auth::Verdict;
+        if !cx.env.calls.authenticate {
+            return Some(None);
+        }
+        let env = cx.env;
+        let verdict = env.auth.verify(
+            cx.now,
+            b"INVITE",
+            req.authorizations(HeaderName::ProxyAuthorization),
+            |u| env.users.ha1(u),
+        );
+        match verdict {
+            Verdict::Authenticated(user) => Some(Some(user)),
+            Verdict::Challenge { stale } => {
+                let status = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+                let mut b = cx.response(req, remote, status.0, status.reason());
+                for c in env.auth.challenges(cx.now, stale) {
+                    b.header("Proxy-Authenticate", c);
+                }
+                cx.respond(tx, b.finish());
+                None
+            }
+            Verdict::Forbidden => {
+                cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
+                None
+            }
+        }
+    }
+
+    /// A request inside a dialog (its To has a tag): BYE, re-INVITE, UPDATE, INFO.
+    pub fn on_in_dialog(&mut self, cx: &mut Cx<'_>, tx: TxId, req: &Message, remote: Remote) {
+        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        // A dialog we answered ourselves comes first: the PBX may be both ends of
+        // one Call-ID (an origination calling a test number).
+        if self.is_local_dialog(&call_id, req) {
+            return self.local_in_dialog(cx, tx, req, remote, &call_id);
+        }
+        match self.legs.get(&call_id).cloned() {
+            Some((key, side)) if self.originations.contains_key(&key) => {
+                self.origin_in_dialog(cx, tx, req, remote, &key, side)
+            }
+            Some((key, side)) => self.bridge_in_dialog(cx, tx, req, remote, &key, side),
+            None => cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST),
+        }
+    }
+
+    /// An ACK outside any transaction: for one of our 2xx answers.
+    pub fn on_ack(&mut self, cx: &mut Cx<'_>, req: &Message) {
+        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        if self.is_local_dialog(&call_id, req) {
+            return self.local_ack(cx, &call_id);
+        }
+        if let Some((a, Side::A)) = self.legs.get(&call_id).cloned() {
+            self.bridge_ack(cx, &a, req);
+        }
+    }
+
+    /// The caller CANCELled its INVITE (the shard answered the CANCEL): a call
+    /// still ringing ends with 487.
+    pub fn on_cancel(&mut self, cx: &mut Cx<'_>, call_id: &CallId) {
+        self.cancel_bridge(cx, call_id);
+    }
+
+    /// An answer to one of our requests (`None`: it timed out, or could not be sent).
+    pub fn on_response(&mut self, cx: &mut Cx<'_>, id: ReqId, resp: Option<Message>) {
+        let code = resp.as_ref().and_then(Message::status).unwrap_or(408);
+        let pending = if code >= 200 {
+            self.pending.remove(&id)
+        } else {
+            self.pending.get(&id).cloned()
+        };
+        match pending {
+            Some(Pending::Branch(a, idx)) => self.branch_response(cx, &a, idx, code, resp),
+            Some(Pending::Relayed {
+                owner,
+                tx,
+                request,
+                from,
+            }) => self.relayed_response(cx, &owner, tx, &request, from, code, resp),
+            Some(Pending::Origin(key, side)) => self.origin_response(cx, &key, side, code, resp),
+            None => {
+                if code >= 200 {
+                    if let (Some((invite, remote)), Some(r)) = (self.orphans.remove(&id), &resp) {
+                        self.orphan_answered(cx, &invite, r, remote);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A timer armed under `key` for `at` fired.
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>, key: &Timer, at: Instant) {
+        match key {
+            Timer::Local(c) => self.local_timer(cx, c, at),
+            Timer::Bridge(a) => self.bridge_timer(cx, a, at),
+            Timer::Queue(a) => self.queue_timer(cx, a, at),
+            Timer::Origin(k) => self.origin_timer(cx, k),
+        }
+    }
+
+    /// A media session of call `call_id` saw no packet for the inactivity period.
+    pub fn on_media_idle(&mut self, cx: &mut Cx<'_>, call_id: &CallId) {
+        if self.bridges.contains_key(call_id) {
+            return self.bridge_idle(cx, call_id);
+        }
+        if self.originations.contains_key(call_id) {
+            return self.end_origination(
+                cx,
+                call_id,
+                None,
+                Disposition::Answered,
+                HangupBy::System,
+            );
+        }
+        if self.local.contains_key(call_id) {
+            tracing::info!(%call_id, "no RTP: hanging up a dead call");
+            self.hang_up_local(cx, call_id, HangupBy::System);
+        }
+    }
+
+    /// Presence changed (or changes were missed): this shard's waiting queue
+    /// callers look for an agent again.
+    pub fn on_presence(&mut self, cx: &mut Cx<'_>) {
+        for a in cx.env.routing.waiting_on(cx.shard) {
+            self.route_queue_call(cx, &a);
+        }
+    }
+
+    /// Calls in progress on this shard (local, bridged, originated).
+    pub fn count(&self) -> usize {
+        self.local.len() + self.bridges.len() + self.originations.len()
+    }
+
+    /// A new call is live: counted, its CDR started.
+    fn started(cx: &Cx<'_>) {
+        cx.env.stats.live_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn ended(cx: &Cx<'_>) {
+        cx.env.stats.live_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Refuses a new call that never started: the answer waits for its CDR.
+    fn refuse_new(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        call_id: &CallId,
+        r: Refusal,
+    ) {
+        let callee = req
+            .request_uri()
+            .and_then(|u| u.user)
+            .map(lossy)
+            .unwrap_or_default();
+        let cdr = new_cdr(cx, call_id, &party_number(req.from_header()), &callee);
+        let mut b = cx.response(req, remote, r.code, r.reason);
+        if r.code == StatusCode::SESSION_INTERVAL_TOO_SMALL.0 {
+            b.header(
+                "Min-SE",
+                cx.env.calls.min_session_expires.as_secs().to_string(),
+            );
+        }
+        write_cdr(cx, cdr, r.disposition, r.by);
+        cx.respond_durable(tx, b.finish());
+    }
+}
+
+/// A CDR for a call starting now (finished by [`write_cdr`]).
+fn new_cdr(cx: &mut Cx<'_>, call_id: &CallId, caller: &str, callee: &str) -> Cdr {
+    Cdr {
+        id: cx.next_id(),
+        call_id: call_id.to_string(),
+        caller: caller.to_string(),
+        callee: callee.to_string(),
+        start_ms: cx.wall.0,
+        answer_ms: None,
+        end_ms: 0,
+        disposition: Disposition::Failed,
+        hangup_by: HangupBy::System,
+    }
+}
+
+/// Stores a finished call's CDR; its final answer is sent with
+/// `respond_durable` so that it waits for the flush.
+fn write_cdr(cx: &mut Cx<'_>, mut cdr: Cdr, disposition: Disposition, by: HangupBy) {
+    cdr.end_ms = cx.wall.0;
+    cdr.disposition = disposition;
+    cdr.hangup_by = by;
+    cx.store(Write::put(cdr));
+}
+
+/// RFC 4028: a Session-Expires below our Min-SE (or below the request's own
+/// Min-SE) is refused with 422; an unreadable one with 400.
+fn check_session_timer(cx: &Cx<'_>, req: &Message) -> Result<(), Refusal> {
+    let Some(v) = session_expires_value(req) else {
+        return Ok(());
+    };
+    let Some(secs) = leading_u32(v) else {
+        return Err(Refusal::failed(StatusCode::BAD_REQUEST));
+    };
+    let floor = cx.env.calls.min_session_expires.as_secs();
+    if u64::from(secs) < floor {
+        return Err(Refusal::failed(StatusCode::SESSION_INTERVAL_TOO_SMALL));
+    }
+    Ok(())
+}
+
+/// The Session-Expires header (or its compact form `x`) of a message.
+fn session_expires_value(m: &Message) -> Option<&[u8]> {
+    m.other_values("Session-Expires")
+        .next()
+        .or_else(|| m.other_values("x").next())
+}
+
+/// The number before any `;params` of a header value.
+fn leading_u32(v: &[u8]) -> Option<u32> {
+    crate::sip::message::headers::parse_u32(v.split(|c| *c == b';').next()?)
+}
+
+/// The payload type of an SDP answer of ours (its first format; PCMU if unreadable).
+fn answered_pt(answer: &[u8]) -> u8 {
+    sdp::parse(answer)
+        .ok()
+        .and_then(|s| s.media.first().and_then(|m| m.formats.first().cloned()))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The user part of a name-addr header's URI (the number), or "anonymous".
+fn party_number(v: Option<NameAddr<'_>>) -> String {
+    v.and_then(|n| Uri::parse(n.uri))
+        .and_then(|u| u.user)
+        .map_or_else(|| "anonymous".to_string(), lossy)
+}
+
+/// A queue caller's number (the caller index key): From's user part, or
+/// "anonymous" when withheld (no number, or `Privacy: id`).
+fn caller_number(req: &Message) -> String {
+    let withheld = req
+        .other_values("Privacy")
+        .flat_map(|v| v.split(|c| *c == b';'))
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"id"));
+    if withheld {
+        return "anonymous".into();
+    }
+    party_number(req.from_header())
+}
+
+/// For CDRs of bridged calls: the caller's number from an authenticated user or From.
+fn caller_of(req: &Message, authenticated: Option<String>) -> String {
+    authenticated.unwrap_or_else(|| party_number(req.from_header()))
+}
+
+/// Whether an in-dialog request's To tag is `tag`.
+fn to_tag_is(req: &Message, tag: &str) -> bool {
+    req.to_header()
+        .and_then(|t| t.tag())
+        .is_some_and(|t| t == tag.as_bytes())
+}
+
+/// `ext`'s new dialog (trying) in the presence map, if `ext` is an extension
+/// (callers from outside are not).
+fn start_party(
+    presence: &Presence,
+    ext: &str,
+    call_id: &CallId,
+    direction: Direction,
+    peer: &str,
+    at: UnixMillis,
+) -> Option<Party> {
+    if !presence.contains(ext) {
+        return None;
+    }
+    let id = presence
+        .dialog_started(ext, &call_id.to_string(), direction, peer, at)
+        .ok()?;
+    Some((ext.to_string(), id))
+}

@@ -1,0 +1,581 @@
+//! Queue calls: the ACD at work on a bridge. The caller is answered at once and
+//! hears the queue's music from the relay; the routing decision
+//! ([`crate::routing::Directory::choose`]) names an agent, who is reserved in the
+//! presence map and rung on every contact; the first agent to answer is bridged
+//! (the music stops) and remembered in the caller index. An agent who declines
+//! or does not answer within the queue's ring time is skipped for this call; the
+//! caller goes back to its place in the line. After the queue's longest wait the
+//! caller overflows: another queue, an extension, or an announcement and hang-up.
+//!
+//! Who waits, in which order, is kept in one place: the queue's waiting line in
+//! [`crate::routing::Directory`]; a call's [`Phase`] holds its own deadlines.
+
+use super::bridge::{
+    answer_caller, cancel_ringing, peer_of, refuse, ALeg, APhase, Branch, BranchSpec, Bridge,
+};
+use super::cdr::{Disposition, HangupBy};
+use super::{answered_pt, lossy, new_cdr, Calls, Cx, Party, Refusal, Timer};
+use crate::history::ResponseRecord;
+use crate::media::prompt::Prompt;
+use crate::presence::{DialogState, Direction};
+use crate::routing::{Overflow, QueueId};
+use crate::sip::message::{build::random_tag, Message};
+use crate::sip::sdp::{self, Origin};
+use crate::sip::transaction::TxId;
+use crate::sip::{CallId, Dialog, Remote, StatusCode};
+use crate::store::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a waiting caller looks for an agent even without presence news.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// After this many overflows from queue to queue the caller hears the
+/// announcement (a loop in the configuration must not keep a call forever).
+const MAX_HOPS: u8 = 4;
+
+/// Where a queue call stands; each phase holds its own deadlines.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// In the queue's waiting line until `give_up_at` (then it overflows); it
+    /// looks for an agent again at `retry_at` even without presence news.
+    Waiting {
+        give_up_at: Instant,
+        retry_at: Instant,
+    },
+    /// An agent (or the overflow extension) is being rung.
+    Offered(Offer),
+    /// An agent answered.
+    Connected,
+    /// Hearing the overflow announcement; hung up at `hang_up_at`.
+    Announcing { hang_up_at: Instant },
+}
+
+/// The agent (or overflow extension) being rung.
+#[derive(Debug)]
+pub(super) struct Offer {
+    pub agent: String,
+    /// The offer's branches are `branches[first_branch..]`.
+    pub first_branch: usize,
+    pub deadline: Instant,
+    /// An overflow extension: if it fails too, the caller hears the announcement.
+    pub last_resort: bool,
+    /// When the caller overflows if it goes back to waiting.
+    pub give_up_at: Instant,
+}
+
+/// The ACD state of one queue call.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub id: QueueId,
+    /// The caller's number (the caller index key).
+    pub caller: String,
+    /// Place in the queue's waiting line (kept when an offer fails).
+    pub ticket: u64,
+    /// Agents already offered this call: never rung again for it.
+    pub tried: Vec<String>,
+    pub phase: Phase,
+    pub wrap_up: Duration,
+    /// RTP payload type agreed with the caller (0 or 8).
+    pub pt: u8,
+    pub hops: u8,
+    /// The `o=` of our last SDP to the caller.
+    pub origin: Origin,
+}
+
+impl Queued {
+    fn due(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Waiting {
+                give_up_at,
+                retry_at,
+            } => Some((*give_up_at).min(*retry_at)),
+            Phase::Offered(o) => Some(o.deadline),
+            Phase::Connected => None,
+            Phase::Announcing { hang_up_at } => Some(*hang_up_at),
+        }
+    }
+
+    /// Whether branch `idx` belongs to the current offer.
+    pub(super) fn is_offered(&self, idx: usize) -> bool {
+        matches!(&self.phase, Phase::Offered(o) if idx >= o.first_branch)
+    }
+
+    /// Whether every branch of the current offer has failed (`idx` just did).
+    pub(super) fn offer_over(&self, branches: &[Branch], idx: usize) -> bool {
+        match &self.phase {
+            Phase::Offered(o) => {
+                idx >= o.first_branch
+                    && branches[o.first_branch..]
+                        .iter()
+                        .all(|b| b.final_code.is_some())
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the call out of the waiting line (if it is there).
+    pub(super) fn leave_line(&self, cx: &Cx<'_>) {
+        if matches!(self.phase, Phase::Waiting { .. }) {
+            cx.env.routing.leave(self.id, self.ticket);
+        }
+    }
+
+    /// Puts the call (back) in the waiting line, keeping its place.
+    fn wait(&mut self, cx: &Cx<'_>, a: &CallId, give_up_at: Instant) {
+        cx.env
+            .routing
+            .wait(self.id, self.ticket, &self.tried, cx.shard, a);
+        self.phase = Phase::Waiting {
+            give_up_at,
+            retry_at: cx.now,
+        };
+    }
+}
+
+impl Calls {
+    /// A new INVITE to queue `id` from `caller`.
+    pub(super) fn invite_queue(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        id: QueueId,
+        caller: String,
+    ) {
+        let Some(a) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        let env = cx.env;
+        let queue = env.routing.queue(id);
+        let a_leg = ALeg {
+            tx,
+            invite: req.clone(),
+            remote,
+            tag: random_tag(),
+        };
+        let cdr = new_cdr(cx, &a, &caller, &queue.number);
+        let origin = Origin::new(cdr.id);
+        let prepared = Self::prepare_bridge(cx, req, remote, &a).and_then(|(offer, relay)| {
+            let answer = sdp::local_answer(&offer, cx.media_ip(remote), relay.ports()[0], origin)
+                .ok_or(Refusal::failed(StatusCode::NOT_ACCEPTABLE_HERE))?;
+            Ok((relay, answer))
+        });
+        let (relay, answer) = match prepared {
+            Ok(p) => p,
+            Err(refusal) => return refuse(cx, &a_leg, cdr, refusal),
+        };
+        let pt = answered_pt(&answer);
+        match &queue.greeting {
+            Some(g) => relay.play_then(0, Arc::clone(g), Arc::clone(&queue.music), pt),
+            None => relay.play(0, Arc::clone(&queue.music), pt, true),
+        }
+        let caller_party = super::start_party(
+            &env.presence,
+            &caller,
+            &a,
+            Direction::Initiator,
+            &queue.number,
+            cx.wall,
+        );
+        let mut queued = Queued {
+            id,
+            caller,
+            ticket: env.routing.new_ticket(),
+            tried: Vec::new(),
+            phase: Phase::Connected,
+            wrap_up: queue.wrap_up,
+            pt,
+            hops: 0,
+            origin,
+        };
+        queued.wait(cx, &a, cx.now + queue.max_wait);
+        let mut bridge = Bridge {
+            phase: APhase::Confirmed,
+            a: a_leg,
+            a_dialog: None,
+            branches: Vec::new(),
+            answered: None,
+            relay,
+            cdr,
+            session: None,
+            caller_party,
+            callee_party: None,
+            queue: Some(queued),
+        };
+        answer_caller(cx, &mut bridge, &queue.number, Some(&answer), None);
+        self.add_bridge(cx, a.clone(), bridge);
+        self.route_queue_call(cx, &a);
+    }
+
+    /// Arms the queue timer of call `a` at its phase's next deadline.
+    fn arm_queue(&self, cx: &mut Cx<'_>, a: &CallId) {
+        let due = self
+            .bridges
+            .get(a)
+            .and_then(|b| b.queue.as_ref())
+            .and_then(Queued::due);
+        if let Some(at) = due {
+            cx.timer(at, Timer::Queue(a.clone()));
+        }
+    }
+
+    /// Offers waiting call `a` to the next agent, if it may take one now.
+    pub(super) fn route_queue_call(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let env = cx.env;
+        let Some(q) = self.bridges.get_mut(a).and_then(|b| b.queue.as_mut()) else {
+            return;
+        };
+        let Phase::Waiting { retry_at, .. } = &mut q.phase else {
+            return;
+        };
+        *retry_at = cx.now + RETRY;
+        let (id, ticket) = (q.id, q.ticket);
+        let recent = if crate::history::is_anonymous(&q.caller) {
+            Vec::new()
+        } else {
+            env.history.recent_agents(&q.caller)
+        };
+        let mut raced: Vec<String> = Vec::new();
+        // A few candidates at most: each failed reservation was a race just lost.
+        for _ in 0..8 {
+            let Some(passable) = env.routing.passable(id, ticket) else {
+                break; // someone ahead has first pick of every agent
+            };
+            let Some(q) = self.bridges.get(a).and_then(|b| b.queue.as_ref()) else {
+                return;
+            };
+            let skip = |e: &str| {
+                q.tried.iter().any(|t| t == e)
+                    || raced.iter().any(|t| t == e)
+                    || (!passable.is_empty() && !passable.iter().any(|t| t == e))
+            };
+            let Some((agent, reason)) = env
+                .routing
+                .choose(id, &recent, skip, |e| env.presence.state(e))
+            else {
+                break;
+            };
+            let agent = agent.to_string();
+            let Some(dialog) = env
+                .presence
+                .reserve(&agent, &a.to_string(), &q.caller, cx.wall)
+            else {
+                raced.push(agent);
+                continue;
+            };
+            tracing::debug!(call_id = %a, %agent, ?reason, "queue call offered");
+            if self.offer(cx, a, &agent, (agent.clone(), dialog), false) {
+                return;
+            }
+            raced.push(agent);
+        }
+        self.arm_queue(cx, a);
+    }
+
+    /// Rings `agent` on every contact for call `a`; `false` if it has none (its
+    /// presence dialog is ended and it counts as tried).
+    fn offer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        agent: &str,
+        party: Party,
+        last_resort: bool,
+    ) -> bool {
+        let env = cx.env;
+        let bindings = env.registrar.lookup(agent, cx.wall);
+        let Some(bridge) = self.bridges.get(a) else {
+            return false;
+        };
+        let Some(q) = bridge.queue.as_ref() else {
+            return false;
+        };
+        let queue = env.routing.queue(q.id);
+        let a_offer = sdp::parse(bridge.a.invite.body()).ok();
+        let port = bridge.relay.ports()[1];
+        let origin = Origin::new(bridge.cdr.id);
+        let caller = q.caller.clone();
+        let display = bridge
+            .a
+            .invite
+            .from_header()
+            .and_then(|f| f.display)
+            .map(lossy);
+        let spec = BranchSpec {
+            caller: &caller,
+            display: display.as_deref(),
+            callee: agent,
+            max_forwards: 69,
+            timers_from: None,
+        };
+        let first = bridge.branches.len();
+        // The agent is offered the one codec the caller already has.
+        let branches = self.send_branches(cx, a, &spec, bindings, first, |cx, target| {
+            a_offer
+                .as_ref()
+                .and_then(|o| sdp::local_answer(o, cx.media_ip(target), port, origin))
+        });
+        let ring = if last_resort {
+            env.calls.ring_timeout
+        } else {
+            queue.ring
+        };
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return false;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return false;
+        };
+        q.tried.push(agent.to_string());
+        if branches.is_empty() {
+            let _ = env.presence.dialog_ended(&party.0, party.1, None, cx.wall);
+            return false;
+        }
+        let give_up_at = match q.phase {
+            Phase::Waiting { give_up_at, .. } => give_up_at,
+            _ => cx.now,
+        };
+        q.leave_line(cx);
+        q.phase = Phase::Offered(Offer {
+            agent: agent.to_string(),
+            first_branch: first,
+            deadline: cx.now + ring,
+            last_resort,
+            give_up_at,
+        });
+        bridge.branches.extend(branches);
+        bridge.callee_party = Some(party);
+        self.arm_queue(cx, a);
+        true
+    }
+
+    /// Call `a`'s current offer, taken out of its phase (the offer is over:
+    /// answered, declined or timed out); the phase becomes `next`.
+    fn take_offer(&mut self, a: &CallId, next: Phase) -> Option<Offer> {
+        let q = self.bridges.get_mut(a)?.queue.as_mut()?;
+        match std::mem::replace(&mut q.phase, next) {
+            Phase::Offered(o) => Some(o),
+            other => {
+                q.phase = other;
+                None
+            }
+        }
+    }
+
+    /// The offered agent declined, failed or did not answer in time: the caller
+    /// goes back to its place in the line (or, after an overflow extension, hears
+    /// the announcement).
+    pub(super) fn offer_failed(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let Some(offer) = self.take_offer(a, Phase::Connected) else {
+            return;
+        };
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if let Some((ext, id)) = bridge.callee_party.take() {
+            let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+        }
+        tracing::debug!(call_id = %a, agent = %offer.agent, "queue call not taken; skipping the agent");
+        cancel_ringing(cx, bridge, offer.first_branch, None);
+        if offer.last_resort {
+            return self.announce_and_hang_up(cx, a);
+        }
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        q.wait(cx, a, offer.give_up_at);
+        self.route_queue_call(cx, a);
+    }
+
+    /// An agent answered call `a` on branch `idx`: bridge, stop the music,
+    /// remember the agent for this caller.
+    pub(super) fn queue_answered(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        idx: usize,
+        r: &Message,
+        dialog: Option<Dialog>,
+    ) {
+        let Some(offer) = self.take_offer(a, Phase::Connected) else {
+            return;
+        };
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        bridge.answered = Some(idx);
+        bridge.branches[idx].dialog = dialog;
+        bridge.branches[idx].final_code = Some(200);
+        if let Ok(s) = sdp::parse(r.body()) {
+            bridge
+                .relay
+                .set_peer(1, peer_of(&s, bridge.branches[idx].remote.addr));
+        }
+        bridge.relay.stop_playing();
+        bridge.cdr.callee = offer.agent.clone();
+        if let Some((ext, id)) = &bridge.callee_party {
+            let _ = cx
+                .env
+                .presence
+                .dialog_state(ext, *id, DialogState::Confirmed, cx.wall);
+        }
+        let caller = bridge
+            .queue
+            .as_ref()
+            .map(|q| q.caller.clone())
+            .unwrap_or_default();
+        cancel_ringing(cx, bridge, offer.first_branch, Some(idx));
+        tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
+        if let Some(w) = cx.env.history.answered(&caller, &offer.agent) {
+            let record = ResponseRecord {
+                id: cx.next_id(),
+                caller,
+                time_ms: cx.wall.0,
+                agent: offer.agent,
+                call_id: a.to_string(),
+                notes: String::new(),
+                outcome: "answered".into(),
+            };
+            // Made durable with the next group commit (nothing waits for it).
+            cx.store(w);
+            cx.store(Write::put(record));
+        }
+    }
+
+    /// The queue timer of call `a` fired (`at` is the deadline it was armed for).
+    pub(super) fn queue_timer(&mut self, cx: &mut Cx<'_>, a: &CallId, at: Instant) {
+        let Some(q) = self.bridges.get(a).and_then(|b| b.queue.as_ref()) else {
+            return;
+        };
+        if q.due() != Some(at) {
+            return; // re-armed since
+        }
+        match q.phase {
+            Phase::Announcing { .. } => self.end_bridge(cx, a, None, HangupBy::System),
+            Phase::Offered(_) => self.offer_failed(cx, a),
+            Phase::Waiting { give_up_at, .. } if cx.now >= give_up_at => self.overflow(cx, a),
+            Phase::Waiting { .. } => self.route_queue_call(cx, a),
+            Phase::Connected => {}
+        }
+    }
+
+    /// The caller waited the queue's longest wait.
+    fn overflow(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let env = cx.env;
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        q.leave_line(cx);
+        q.phase = Phase::Connected;
+        let overflow = env.routing.queue(q.id).overflow.clone();
+        tracing::info!(call_id = %a, "queue wait over; overflow: {overflow:?}");
+        match overflow {
+            Overflow::Queue(next) if q.hops < MAX_HOPS => {
+                let queue = env.routing.queue(next);
+                q.hops += 1;
+                q.id = next;
+                q.ticket = env.routing.new_ticket();
+                q.tried.clear();
+                q.wrap_up = queue.wrap_up;
+                q.wait(cx, a, cx.now + queue.max_wait);
+                bridge.relay.play(0, Arc::clone(&queue.music), q.pt, true);
+                self.route_queue_call(cx, a);
+            }
+            Overflow::Extension(ext) => {
+                let caller = q.caller.clone();
+                let party = super::start_party(
+                    &env.presence,
+                    &ext,
+                    a,
+                    Direction::Recipient,
+                    &caller,
+                    cx.wall,
+                );
+                let rung = match party {
+                    Some(p) => self.offer(cx, a, &ext, p, true),
+                    None => false,
+                };
+                if !rung {
+                    self.announce_and_hang_up(cx, a);
+                }
+            }
+            _ => self.announce_and_hang_up(cx, a),
+        }
+    }
+
+    /// Plays the overflow announcement, then hangs up.
+    fn announce_and_hang_up(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let env = cx.env;
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        let queue = env.routing.queue(q.id);
+        let prompt: Arc<Prompt> = match &queue.overflow {
+            Overflow::Announce(p) => Arc::clone(p),
+            _ => Arc::clone(&queue.sorry),
+        };
+        q.leave_line(cx);
+        q.phase = Phase::Announcing {
+            hang_up_at: cx.now + prompt.duration() + Duration::from_millis(200),
+        };
+        bridge.relay.play(0, prompt, q.pt, false);
+        self.arm_queue(cx, a);
+    }
+
+    /// A re-INVITE, UPDATE or INFO from a caller who is still waiting: answered
+    /// here (the relay keeps its port; the new SDP only moves the caller's media).
+    pub(super) fn queue_in_dialog(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        a: &CallId,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        let port = bridge.relay.ports()[0];
+        let offer = sdp::parse(req.body()).ok();
+        let origin = q.origin.next();
+        let answer = offer
+            .as_ref()
+            .and_then(|o| sdp::local_answer(o, cx.media_ip(remote), port, origin));
+        if let Some(o) = &offer {
+            bridge.relay.set_peer(0, peer_of(o, remote.addr));
+        }
+        let mut b = cx.response(req, remote, 200, "OK");
+        b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+        let bytes = match answer {
+            Some(body) => {
+                q.origin = origin;
+                b.finish_with_body(Some("application/sdp"), &body)
+            }
+            None if offer.is_some() => {
+                return cx.reply(tx, req, remote, StatusCode::NOT_ACCEPTABLE_HERE)
+            }
+            None => b.finish(),
+        };
+        cx.respond(tx, bytes);
+    }
+}
+
+/// The CDR disposition of a call that was connected (or, for a queue call,
+/// answered by the queue): a queue call no agent took counts as not answered.
+pub(super) fn disposition(bridge: &Bridge) -> Disposition {
+    match bridge.queue {
+        Some(_) if bridge.answered.is_none() => Disposition::NoAnswer,
+        _ => Disposition::Answered,
+    }
+}

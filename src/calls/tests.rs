@@ -1,0 +1,522 @@
+//! Calls driven through the shard with a fake clock and fake media: SIP text in,
+//! SIP text out, no sockets. Each test plays the phones' side by hand.
+
+use crate::routing::{Directory, Group, GroupId, Overflow, Queue};
+use crate::sip::{Remote, StatusCode};
+use crate::testkit::{Harness, Setup};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CALLER: &str = "10.0.0.1:5062";
+const PHONE_A: &str = "10.0.0.2:5060";
+const PHONE_B: &str = "10.0.0.3:5060";
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8\r\na=sendrecv\r\n";
+
+fn remote(addr: &str) -> Remote {
+    Remote::udp(addr.parse().expect("addr"))
+}
+
+/// One header's value in a message's text.
+fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+    msg.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+        .unwrap_or_else(|| panic!("no {name} in {msg}"))
+}
+
+fn with_body(head: String, body: &str) -> Bytes {
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".into()
+    };
+    Bytes::from(format!(
+        "{head}{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// The caller's INVITE for `to` (extra headers in `extra`).
+fn invite(call_id: &str, to: &str, extra: &str) -> Bytes {
+    with_body(
+        format!(
+            "INVITE sip:{to}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{call_id};rport\r\n\
+             From: \"Alice\" <sip:201@pbx>;tag=caller\r\nTo: <sip:{to}@pbx>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:201@{CALLER}>\r\nMax-Forwards: 70\r\n{extra}"
+        ),
+        SDP,
+    )
+}
+
+/// A phone's response to a request we sent it (its To tag `tag`).
+fn response(req: &str, code: u16, tag: &str, body: &str, extra: &str) -> Bytes {
+    let to = header(req, "To");
+    let to = if to.contains(";tag=") {
+        to.to_string()
+    } else {
+        format!("{to};tag={tag}")
+    };
+    with_body(
+        format!(
+            "SIP/2.0 {code} {}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+             Contact: <sip:phone@{PHONE_A}>\r\n{extra}",
+            StatusCode(code).reason(),
+            header(req, "Via"),
+            header(req, "From"),
+            header(req, "Call-ID"),
+            header(req, "CSeq"),
+        ),
+        body,
+    )
+}
+
+/// A request inside the caller's dialog with the PBX (`ok` is our 200).
+fn caller_request(ok: &str, method: &str, cseq: u32, body: &str, extra: &str) -> Bytes {
+    with_body(
+        format!(
+            "{method} sip:202@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{method}{cseq};rport\r\n\
+             From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{extra}",
+            header(ok, "From"),
+            header(ok, "To"),
+            header(ok, "Call-ID"),
+        ),
+        body,
+    )
+}
+
+/// The CANCEL of the caller's INVITE.
+fn caller_cancel(call_id: &str) -> Bytes {
+    with_body(
+        format!(
+            "CANCEL sip:202@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-{call_id};rport\r\n\
+             From: \"Alice\" <sip:201@pbx>;tag=caller\r\nTo: <sip:202@pbx>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n"
+        ),
+        "",
+    )
+}
+
+struct Lab {
+    h: Harness,
+    now: Instant,
+    /// CDRs written so far (what the writer was handed).
+    cdrs: usize,
+    /// Every store write so far, as text.
+    writes: Vec<String>,
+}
+
+impl Lab {
+    fn new(setup: Setup) -> Lab {
+        let h = Harness::new(setup);
+        let now = h.t0;
+        Lab {
+            h,
+            now,
+            cdrs: 0,
+            writes: Vec::new(),
+        }
+    }
+
+    /// 201 calls 202, which has phones at `phones`; calls need no digest.
+    fn two_phones(phones: &[&str]) -> Lab {
+        let lab = Lab::new(Setup {
+            users: vec!["201", "202"],
+            authenticate: false,
+            ..Setup::default()
+        });
+        for p in phones {
+            lab.h.bind("202", p);
+        }
+        lab
+    }
+
+    fn input(&mut self, bytes: Bytes, from: &str) -> Vec<String> {
+        self.h.shard.handle_bytes(self.now, bytes, remote(from));
+        self.out()
+    }
+
+    /// What the shard sends now, after making store writes durable (the
+    /// writer's group commit releases held answers).
+    fn out(&mut self) -> Vec<String> {
+        let mut out = self.h.sent_text();
+        for w in self.h.flush(self.now) {
+            let w = format!("{w:?}");
+            self.cdrs += usize::from(w.contains("Cdr {"));
+            self.writes.push(w);
+        }
+        out.extend(self.h.sent_text());
+        out
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<String> {
+        self.now += by;
+        self.h.run_until(self.now);
+        self.out()
+    }
+
+    fn idle(&self) -> bool {
+        self.h.shard.counts().0 == 0
+            && self
+                .h
+                .media
+                .leased
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+    }
+
+    fn media_log(&self) -> Vec<String> {
+        self.h
+            .media
+            .log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The messages starting with `prefix`, retransmissions left out.
+fn starting<'a>(out: &'a [String], prefix: &str) -> Vec<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    out.iter()
+        .filter(|m| m.starts_with(prefix))
+        .filter(|m| seen.insert(m.as_str()))
+        .collect()
+}
+
+fn one<'a>(out: &'a [String], prefix: &str) -> &'a String {
+    let found = starting(out, prefix);
+    assert_eq!(found.len(), 1, "one {prefix} in {out:#?}");
+    found[0]
+}
+
+/// The B-leg INVITE toward `phone` among what was sent.
+fn toward<'a>(out: &'a [String], phone: &str) -> &'a String {
+    out.iter()
+        .find(|m| m.starts_with(&format!("INVITE sip:202@{phone}")))
+        .unwrap_or_else(|| panic!("no INVITE to {phone} in {out:#?}"))
+}
+
+/// A connected call 201 → 202 on one phone: (our 200 to the caller, B's INVITE).
+fn connected(lab: &mut Lab, call_id: &str, extra: &str) -> (String, String) {
+    let out = lab.input(invite(call_id, "202", extra), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    let sdp_b = SDP.replace("10.0.0.1", "10.0.0.2");
+    let out = lab.input(response(&b, 200, "b", &sdp_b, extra), PHONE_A);
+    one(&out, "ACK sip:phone@");
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    (ok, b)
+}
+
+#[test]
+fn a_call_forks_to_every_phone_and_the_first_2xx_wins() {
+    let mut lab = Lab::two_phones(&[PHONE_A, PHONE_B]);
+    let out = lab.input(invite("fork@a", "202", ""), CALLER);
+    let (b1, b2) = (toward(&out, PHONE_A).clone(), toward(&out, PHONE_B).clone());
+    assert_ne!(
+        header(&b1, "Call-ID"),
+        header(&b2, "Call-ID"),
+        "each leg its own Call-ID"
+    );
+    assert_ne!(
+        header(&b1, "Call-ID"),
+        "fork@a",
+        "the callee never sees A's Call-ID"
+    );
+    assert!(b1.contains("c=IN IP4 192.0.2.100"), "media anchored: {b1}");
+
+    let out = lab.input(response(&b1, 180, "b1", "", ""), PHONE_A);
+    one(&out, "SIP/2.0 180 Ringing");
+    let sdp_b = SDP.replace("10.0.0.1", "10.0.0.3");
+    let out = lab.input(response(&b2, 200, "b2", &sdp_b, ""), PHONE_B);
+    one(&out, "ACK ");
+    let cancel = one(&out, "CANCEL sip:202@10.0.0.2");
+    assert_eq!(
+        header(cancel, "Call-ID"),
+        header(&b1, "Call-ID"),
+        "the loser is cancelled"
+    );
+    let ok = one(&out, "SIP/2.0 200 OK");
+    assert!(
+        ok.contains("c=IN IP4 192.0.2.100\r\n") && !ok.contains("c=IN IP4 10.0.0.3"),
+        "the caller's media goes to the relay: {ok}"
+    );
+    lab.input(response(&b1, 487, "b1", "", ""), PHONE_A);
+
+    let ok = ok.clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    one(&out, "BYE sip:phone@");
+    one(&out, "SIP/2.0 200 OK");
+    assert_eq!(lab.cdrs, 1, "exactly one CDR");
+    assert!(lab.idle(), "no call or media left");
+}
+
+#[test]
+fn a_cancelled_call_cancels_its_branches_and_answers_487() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    let out = lab.input(invite("cancel@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    let out = lab.input(caller_cancel("cancel@a"), CALLER);
+    one(&out, "SIP/2.0 200 OK");
+    one(&out, "CANCEL sip:202@10.0.0.2");
+    one(&out, "SIP/2.0 487 Request Terminated");
+    lab.input(response(&b, 487, "b", "", ""), PHONE_A);
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}
+
+#[test]
+fn busy_decline_and_no_answer_reach_the_caller() {
+    for (code, want) in [(486, "SIP/2.0 486 Busy Here"), (603, "SIP/2.0 603 Decline")] {
+        let mut lab = Lab::two_phones(&[PHONE_A]);
+        let out = lab.input(invite("busy@a", "202", ""), CALLER);
+        let b = toward(&out, PHONE_A).clone();
+        let out = lab.input(response(&b, code, "b", "", ""), PHONE_A);
+        one(&out, want);
+        assert!(lab.idle());
+    }
+    let mut lab = Lab::new(Setup {
+        users: vec!["201", "202"],
+        authenticate: false,
+        ring_timeout: Duration::from_secs(10),
+        ..Setup::default()
+    });
+    lab.h.bind("202", PHONE_A);
+    lab.input(invite("late@a", "202", ""), CALLER);
+    let out = lab.advance(Duration::from_secs(10));
+    one(&out, "CANCEL sip:202@10.0.0.2");
+    one(&out, "SIP/2.0 480 Temporarily Unavailable");
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_2xx_that_crosses_a_cancel_is_acked_and_ended() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    let out = lab.input(invite("race@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    lab.input(caller_cancel("race@a"), CALLER);
+    // The phone answered before it saw our CANCEL.
+    let out = lab.input(response(&b, 200, "b", SDP, ""), PHONE_A);
+    one(&out, "ACK sip:phone@");
+    let bye = one(&out, "BYE sip:phone@");
+    assert_eq!(header(bye, "Call-ID"), header(&b, "Call-ID"));
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_re_invite_is_relayed_to_the_other_leg_with_its_own_cseq() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    let (ok, b) = connected(&mut lab, "hold@a", "");
+    let hold = SDP.replace("sendrecv", "sendonly");
+    let out = lab.input(caller_request(&ok, "INVITE", 2, &hold, ""), CALLER);
+    let relayed = one(&out, "INVITE sip:phone@");
+    assert_eq!(header(relayed, "Call-ID"), header(&b, "Call-ID"));
+    assert_eq!(header(relayed, "CSeq"), "2 INVITE");
+    assert!(relayed.contains("a=sendonly") && relayed.contains("c=IN IP4 192.0.2.100"));
+    let answer = SDP.replace("sendrecv", "recvonly");
+    let out = lab.input(response(relayed, 200, "b", &answer, ""), PHONE_A);
+    let ack = one(&out, "ACK sip:phone@");
+    assert_eq!(header(ack, "CSeq"), "2 ACK");
+    let ok2 = one(&out, "SIP/2.0 200 OK");
+    assert_eq!(header(ok2, "CSeq"), "2 INVITE");
+    assert!(ok2.contains("a=recvonly") && ok2.contains("c=IN IP4 192.0.2.100"));
+    assert!(
+        lab.media_log()
+            .iter()
+            .any(|l| l.ends_with("receives=false")),
+        "the relay knows the caller holds: {:?}",
+        lab.media_log()
+    );
+}
+
+#[test]
+fn a_session_nobody_refreshes_ends_when_its_timer_expires() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    connected(
+        &mut lab,
+        "timer@a",
+        "Session-Expires: 120;refresher=uac\r\nSupported: timer\r\n",
+    );
+    assert!(lab
+        .advance(Duration::from_secs(119))
+        .iter()
+        .all(|m| !m.starts_with("BYE")));
+    let out = lab.advance(Duration::from_secs(2));
+    assert_eq!(starting(&out, "BYE ").len(), 2, "both legs: {out:#?}");
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_session_interval_below_min_se_is_refused_with_422() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    let out = lab.input(invite("short@a", "202", "Session-Expires: 30\r\n"), CALLER);
+    let refused = one(&out, "SIP/2.0 422 Session Interval Too Small");
+    assert_eq!(header(refused, "Min-SE"), "90");
+    assert!(starting(&out, "INVITE ").is_empty(), "nobody is rung");
+    let out = lab.input(invite("bad@a", "202", "Session-Expires: soon\r\n"), CALLER);
+    one(&out, "SIP/2.0 400");
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_re_invite_to_a_test_number_keeps_the_sdp_session_and_steps_its_version() {
+    let mut lab = Lab::two_phones(&[]);
+    let out = lab.input(invite("echo@a", "9000", ""), CALLER);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    let out = lab.input(caller_request(&ok, "INVITE", 2, SDP, ""), CALLER);
+    let again = one(&out, "SIP/2.0 200 OK");
+    let o = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("o="))
+            .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (first, second) = (o(&ok), o(again));
+    assert_eq!(first[1], second[1], "the same session id");
+    let version = |v: &[String]| v[2].parse::<u64>().expect("version");
+    assert_eq!(version(&second), version(&first) + 1, "the next version");
+}
+
+#[test]
+fn call_ids_that_differ_only_in_non_utf8_bytes_are_separate_calls() {
+    let mut lab = Lab::two_phones(&[]);
+    for (i, id) in [&b"dup\xff@a"[..], b"dup\xfe@a"].into_iter().enumerate() {
+        let text = invite(&format!("X{i}"), "9000", "");
+        let needle = format!("Call-ID: X{i}\r\n");
+        let at = text
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .expect("call-id");
+        let mut bytes = text[..at + 9].to_vec();
+        bytes.extend_from_slice(id);
+        bytes.extend_from_slice(&text[at + needle.len() - 2..]);
+        lab.input(Bytes::from(bytes), CALLER);
+    }
+    assert_eq!(lab.h.shard.counts().0, 2, "two calls, not one");
+}
+
+#[test]
+fn every_cdr_gets_its_own_id_without_touching_the_disk() {
+    let mut lab = Lab::two_phones(&[]);
+    for i in 0..5 {
+        lab.input(invite(&format!("busy{i}@a"), "9002", ""), CALLER);
+    }
+    let ids: std::collections::HashSet<&str> = lab
+        .writes
+        .iter()
+        .filter_map(|w| w.split("Cdr { id: ").nth(1)?.split(',').next())
+        .collect();
+    assert_eq!(ids.len(), 5, "{:?}", lab.writes);
+    assert!(!ids.contains("0"));
+}
+
+/// A queue 500 served by agents 301 and 302 (ringing 5 s each).
+fn queue_lab() -> Lab {
+    let mut routing = Directory::new(vec![Group {
+        name: "support".into(),
+        members: vec![("301".into(), 1), ("302".into(), 1)],
+    }]);
+    let music = Arc::new(crate::media::prompt::Prompt::confirm());
+    routing.add_queue(Queue {
+        number: "500".into(),
+        groups: vec![GroupId(0)],
+        ring: Duration::from_secs(5),
+        max_wait: Duration::from_secs(60),
+        wrap_up: Duration::ZERO,
+        greeting: None,
+        music: Arc::clone(&music),
+        overflow: Overflow::Announce(Arc::clone(&music)),
+        sorry: music,
+    });
+    let lab = Lab::new(Setup {
+        users: vec!["301", "302"],
+        routing,
+        ..Setup::default()
+    });
+    lab.h.bind("301", PHONE_A);
+    lab.h.bind("302", PHONE_B);
+    lab
+}
+
+#[test]
+fn a_queue_offer_that_is_not_answered_in_time_moves_to_the_next_agent() {
+    let mut lab = queue_lab();
+    let out = lab.input(invite("q@a", "500", ""), CALLER);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    assert!(ok.contains("m=audio"), "answered at once, with music");
+    let first = one(&out, "INVITE sip:301@").clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    let ringing = |lab: &Lab, e: &str| lab.h.env.presence.state(e).map(|s| s.0);
+    assert_eq!(ringing(&lab, "301"), Some(crate::presence::State::Ringing));
+
+    let out = lab.advance(Duration::from_secs(5));
+    one(&out, "CANCEL sip:301@");
+    let second = one(&out, "INVITE sip:302@").clone();
+    lab.input(response(&first, 487, "a1", "", ""), PHONE_A);
+    assert_eq!(
+        ringing(&lab, "301"),
+        Some(crate::presence::State::Available)
+    );
+
+    let out = lab.input(response(&second, 200, "a2", SDP, ""), PHONE_B);
+    one(&out, "ACK ");
+    assert!(
+        lab.media_log().iter().any(|l| l.ends_with("stop")),
+        "the music stops"
+    );
+    assert_eq!(ringing(&lab, "302"), Some(crate::presence::State::OnCall));
+    // 301 is never rung again for this call, however long it lasts.
+    let later = lab.advance(Duration::from_secs(30));
+    assert!(starting(&later, "INVITE sip:301@").is_empty());
+    assert_eq!(lab.h.env.history.recent_agents("201"), ["302"]);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    one(&out, "BYE ");
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}
+
+#[test]
+fn an_originated_call_rings_a_first_then_connects_b() {
+    let mut lab = Lab::two_phones(&[PHONE_B]);
+    lab.h.bind("201", PHONE_A);
+    let key = lab
+        .h
+        .shard
+        .originate(lab.now, "201", "202")
+        .expect("placed");
+    let out = lab.out();
+    let a = one(&out, "INVITE sip:201@").clone();
+    assert_eq!(header(&a, "Call-ID"), key.to_string());
+    assert!(
+        starting(&out, "INVITE sip:202@").is_empty(),
+        "B waits for A"
+    );
+    let out = lab.input(response(&a, 200, "a", SDP, ""), PHONE_A);
+    one(&out, "ACK ");
+    let b = one(&out, "INVITE sip:202@").clone();
+    assert!(
+        b.contains("m=audio") && b.contains("RTP/AVP 0 101"),
+        "A's codec only: {b}"
+    );
+    let out = lab.input(response(&b, 200, "b", SDP, ""), PHONE_B);
+    one(&out, "ACK ");
+    // A hangs up: B gets a BYE, one CDR.
+    let bye = with_body(
+        format!(
+            "BYE sip:sipdesk@192.0.2.100 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE_A};branch=z9hG4bKbye;rport\r\n\
+             From: {};tag=a\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n",
+            header(&a, "To"),
+            header(&a, "From"),
+            header(&a, "Call-ID")
+        ),
+        "",
+    );
+    let out = lab.input(bye, PHONE_A);
+    one(&out, "BYE sip:phone@");
+    one(&out, "SIP/2.0 200 OK");
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}

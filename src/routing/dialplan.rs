@@ -1,0 +1,149 @@
+//! The dialplan: where a new call goes, as one pure function of the dialled
+//! number over the configuration — a test number, a feature code, a queue, an
+//! extension, or nowhere (404). The trunk issue adds outside numbers here.
+
+use super::{Directory, QueueId};
+use crate::config::Config;
+use crate::presence::State;
+
+/// What a test number does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestNumber {
+    /// Answers and sends every RTP packet back.
+    Echo,
+    /// Answers, hangs up after a while.
+    Hangup,
+    /// Always busy.
+    Busy,
+}
+
+/// Where a dialled number goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Test(TestNumber),
+    /// A feature code: the caller chooses this presence state.
+    Feature(State),
+    Queue(QueueId),
+    Extension(String),
+    Unknown,
+}
+
+/// The numbers the PBX answers itself ("" disables one).
+#[derive(Debug, Clone, Default)]
+pub struct Dialplan {
+    tests: Vec<(String, TestNumber)>,
+    features: Vec<(String, State)>,
+}
+
+impl Dialplan {
+    pub fn from_config(config: &Config) -> Dialplan {
+        let t = &config.test_numbers;
+        let f = &config.features;
+        let keep = |n: &String| !n.is_empty();
+        Dialplan {
+            tests: [
+                (&t.echo, TestNumber::Echo),
+                (&t.hangup, TestNumber::Hangup),
+                (&t.busy, TestNumber::Busy),
+            ]
+            .into_iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(n, k)| (n.clone(), k))
+            .collect(),
+            features: [
+                (&f.available, State::Available),
+                (&f.away, State::Away),
+                (&f.busy, State::Busy),
+            ]
+            .into_iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(n, s)| (n.clone(), s))
+            .collect(),
+        }
+    }
+
+    /// The target of `number`: test numbers first, then queues, feature codes
+    /// and the extensions `is_user` knows.
+    pub fn route(
+        &self,
+        number: &[u8],
+        queues: &Directory,
+        is_user: impl Fn(&str) -> bool,
+    ) -> Target {
+        if let Some((_, t)) = self.tests.iter().find(|(n, _)| n.as_bytes() == number) {
+            return Target::Test(*t);
+        }
+        let Ok(number) = std::str::from_utf8(number) else {
+            return Target::Unknown;
+        };
+        if let Some(q) = queues.queue_by_number(number) {
+            return Target::Queue(q);
+        }
+        if let Some((_, s)) = self.features.iter().find(|(n, _)| n == number) {
+            return Target::Feature(*s);
+        }
+        if is_user(number) {
+            return Target::Extension(number.to_string());
+        }
+        Target::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Overflow, Queue};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn every_kind_of_number_goes_where_the_configuration_says() {
+        let plan = Dialplan::from_config(&Config::default());
+        let mut queues = Directory::default();
+        let music = Arc::new(crate::media::prompt::Prompt::confirm());
+        let q = queues.add_queue(Queue {
+            number: "500".into(),
+            groups: Vec::new(),
+            ring: Duration::from_secs(1),
+            max_wait: Duration::from_secs(1),
+            wrap_up: Duration::ZERO,
+            greeting: None,
+            music: Arc::clone(&music),
+            overflow: Overflow::Announce(Arc::clone(&music)),
+            sorry: music,
+        });
+        let users = |n: &str| n == "201" || n == "500";
+        let table: &[(&[u8], Target)] = &[
+            (b"9000", Target::Test(TestNumber::Echo)),
+            (b"9001", Target::Test(TestNumber::Hangup)),
+            (b"9002", Target::Test(TestNumber::Busy)),
+            (b"*40", Target::Feature(State::Available)),
+            (b"*41", Target::Feature(State::Away)),
+            (b"*42", Target::Feature(State::Busy)),
+            (b"500", Target::Queue(q)),
+            (b"201", Target::Extension("201".into())),
+            (b"202", Target::Unknown),
+            (b"20\xff", Target::Unknown),
+            (b"", Target::Unknown),
+        ];
+        for (number, want) in table {
+            assert_eq!(
+                &plan.route(number, &queues, users),
+                want,
+                "{}",
+                String::from_utf8_lossy(number)
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_number_is_not_routed() {
+        let mut config = Config::default();
+        config.test_numbers.echo = String::new();
+        config.features.away = String::new();
+        let plan = Dialplan::from_config(&config);
+        let none = Directory::default();
+        assert_eq!(plan.route(b"", &none, |_| false), Target::Unknown);
+        assert_eq!(plan.route(b"*41", &none, |_| false), Target::Unknown);
+    }
+}

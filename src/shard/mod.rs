@@ -1,0 +1,608 @@
+//! One shard of the PBX: the only owner of a [`TransactionLayer`] (the Call-IDs
+//! hashed to this shard). It checks every request against RFC 3261 §8.2
+//! (version, mandatory headers, Max-Forwards, Require, URI scheme, method), asks
+//! the dialplan where a new INVITE goes, and dispatches to the transaction users
+//! below it — the registrar, [`Calls`] and [`Blf`] — each of which returns its
+//! work as effects (`tu::Effect`) that the shard executes: answers (held until
+//! the store has flushed when they confirm a write), requests, transmissions,
+//! timers under typed keys, store writes.
+//!
+//! Sans-IO like the core below it: inputs carry `now`; outputs are polled
+//! (`poll_transmit`, `poll_timeout`, `poll_write`, `poll_flush`).
+//!
+//! Following one INVITE: [`Shard::handle_message`] → [`Shard::handle_request`]
+//! (checks, dialplan) → `Calls::on_invite` → `Calls::invite_extension` →
+//! `Calls::send_branches` → [`Shard::execute`] puts the B leg on the wire.
+
+use crate::blf::{self, Blf};
+use crate::calls::{self, Calls, OriginateError, ALLOW};
+use crate::clock::WallClock;
+use crate::presence::Change;
+use crate::routing::dialplan::Dialplan;
+use crate::sip::message::{Builder, Message, Method};
+use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxEvent, TxId};
+use crate::sip::{CallId, Remote, SipError, StatusCode};
+use crate::store::Write;
+use crate::tu::{Counters, Cx, Effect, Env, ReqId};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A module's timer, as the shard keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Calls(calls::Timer),
+    Blf(blf::Timer),
+}
+
+/// The transaction user a client transaction belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Calls,
+    Blf,
+}
+
+/// An answer that confirms a store write, waiting for the flush.
+#[derive(Debug)]
+struct Held {
+    /// The shard's write sequence number that must be durable first.
+    seq: u64,
+    tx: TxId,
+    answer: Bytes,
+}
+
+/// Settings of a shard beyond the shared environment.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub index: usize,
+    /// Beyond this many live transactions new requests get 503 (completed UDP
+    /// transactions stay 32 s: a flood must not grow memory unbounded).
+    pub max_transactions: usize,
+    pub dialplan: Dialplan,
+    /// Wall clock at the start (bindings need absolute time, the core only `now`).
+    pub clock: WallClock,
+}
+
+/// One shard's SIP state.
+pub struct Shard {
+    env: Arc<Env>,
+    config: ShardConfig,
+    layer: TransactionLayer,
+    calls: Calls,
+    blf: Blf,
+    counters: Counters,
+    /// The modules' client transactions, until they terminate.
+    requests: HashMap<TxId, (Owner, ReqId)>,
+    /// Requests that could not be sent: answered as timeouts after this input.
+    unsent: Vec<(Owner, ReqId)>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    /// Stateless answers and transmissions outside transactions.
+    out: VecDeque<Transmit>,
+    /// Store writes for the writer, in order.
+    writes: Vec<Write>,
+    /// Final answers waiting for the store write they confirm.
+    held: VecDeque<Held>,
+    /// Writes handed out so far, and the highest number known to be durable.
+    write_seq: u64,
+    flushed_seq: u64,
+    flush_wanted: bool,
+    /// Malformed input is logged at most once a second; the rest is counted.
+    last_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("index", &self.config.index)
+            .field("transactions", &self.layer.len())
+            .field("calls", &self.calls.count())
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+impl Shard {
+    pub fn new(
+        env: Arc<Env>,
+        config: ShardConfig,
+        layer: TransactionLayer,
+        counters: Counters,
+    ) -> Self {
+        Shard {
+            env,
+            config,
+            layer,
+            calls: Calls::default(),
+            blf: Blf::default(),
+            counters,
+            requests: HashMap::new(),
+            unsent: Vec::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            writes: Vec::new(),
+            held: VecDeque::new(),
+            write_seq: 0,
+            flushed_seq: 0,
+            flush_wanted: false,
+            last_warn: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Raw bytes from a datagram or a TCP frame.
+    #[cfg(test)]
+    pub fn handle_bytes(&mut self, now: Instant, bytes: Bytes, remote: Remote) {
+        let parsed = crate::sip::message::parse(bytes, &Default::default());
+        self.handle_message(now, parsed, remote);
+    }
+
+    /// A message parsed by the transport (which parses to pick the shard).
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        parsed: Result<Message, SipError>,
+        remote: Remote,
+    ) {
+        self.env.stats.received.fetch_add(1, Ordering::Relaxed);
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                self.env
+                    .stats
+                    .dropped_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.warn(
+                    now,
+                    format_args!("dropped unreadable message from {remote}: {e}"),
+                );
+                return;
+            }
+        };
+        if msg.is_request() {
+            if let Some(reason) = stateless_problem(&msg) {
+                self.answer_statelessly(now, &msg, remote, 400, reason);
+            } else if self.layer.len() >= self.config.max_transactions {
+                self.answer_statelessly(now, &msg, remote, 503, "Service Unavailable (Overloaded)");
+            } else {
+                self.layer.handle_request(now, msg, remote);
+            }
+        } else {
+            self.layer.handle_response(now, msg, remote);
+        }
+        self.process_events(now);
+    }
+
+    fn answer_statelessly(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        remote: Remote,
+        code: u16,
+        reason: &'static str,
+    ) {
+        self.env
+            .stats
+            .answered_statelessly
+            .fetch_add(1, Ordering::Relaxed);
+        self.warn(now, format_args!("{code} {reason} to {remote}"));
+        if req.top_via().is_none() || req.method() == Some(&Method::Ack) {
+            return; // nowhere to answer, or never answered
+        }
+        let mut b = Builder::reply(req, remote.addr, code, reason);
+        if code == 503 {
+            b.header("Retry-After", "5");
+        }
+        self.out.push_back(Transmit {
+            remote: reply_remote(req, remote),
+            payload: b.finish(),
+        });
+    }
+
+    fn warn(&mut self, now: Instant, what: std::fmt::Arguments<'_>) {
+        let due = self
+            .last_warn
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due {
+            if self.suppressed > 0 {
+                tracing::warn!("{what} (and {} more bad messages)", self.suppressed);
+            } else {
+                tracing::warn!("{what}");
+            }
+            self.last_warn = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+            tracing::debug!("{what}");
+        }
+    }
+
+    /// Runs a module input with a fresh context and executes what it returned.
+    fn with_calls(&mut self, now: Instant, f: impl FnOnce(&mut Calls, &mut calls::Cx<'_>)) {
+        let mut out = Vec::new();
+        let wall = self.config.clock.at(now);
+        let mut cx = Cx::new(
+            now,
+            wall,
+            &self.env,
+            self.config.index,
+            &mut self.counters,
+            &mut out,
+        );
+        f(&mut self.calls, &mut cx);
+        self.execute(now, Owner::Calls, out, TimerKey::Calls);
+    }
+
+    fn with_blf(&mut self, now: Instant, f: impl FnOnce(&mut Blf, &mut blf::Cx<'_>)) {
+        let mut out = Vec::new();
+        let wall = self.config.clock.at(now);
+        let mut cx = Cx::new(
+            now,
+            wall,
+            &self.env,
+            self.config.index,
+            &mut self.counters,
+            &mut out,
+        );
+        f(&mut self.blf, &mut cx);
+        self.execute(now, Owner::Blf, out, TimerKey::Blf);
+    }
+
+    /// Carries out a module's effects, in order.
+    fn execute<T>(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        effects: Vec<Effect<T>>,
+        key: fn(T) -> TimerKey,
+    ) {
+        for effect in effects {
+            match effect {
+                Effect::Respond { tx, bytes, durable } => {
+                    if durable && self.write_seq > self.flushed_seq {
+                        self.held.push_back(Held {
+                            seq: self.write_seq,
+                            tx,
+                            answer: bytes,
+                        });
+                    } else {
+                        self.send_final(now, tx, bytes);
+                    }
+                }
+                Effect::Send { id, bytes, remote } => {
+                    match self.layer.send_request(now, bytes, remote) {
+                        Ok(tx) => {
+                            self.requests.insert(tx, (owner, id));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%remote, "request not sent: {e}");
+                            self.unsent.push((owner, id));
+                        }
+                    }
+                }
+                Effect::Transmit(t) => self.out.push_back(t),
+                Effect::Timer { at, key: k } => self.timers.push(Reverse((at, key(k)))),
+                Effect::Store(w) => {
+                    self.writes.push(w);
+                    self.write_seq += 1;
+                    self.flush_wanted = true;
+                }
+            }
+        }
+    }
+
+    fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
+        if let Err(e) = self.layer.respond(now, tx, bytes) {
+            tracing::debug!(?tx, "answer not sent: {e}");
+        }
+    }
+
+    /// An answer (or `None`: a timeout) for a module's request.
+    fn deliver(&mut self, now: Instant, owner: Owner, id: ReqId, resp: Option<Message>) {
+        match owner {
+            Owner::Calls => self.with_calls(now, |c, cx| c.on_response(cx, id, resp)),
+            Owner::Blf => self.with_blf(now, |b, cx| b.on_response(cx, id, resp.as_ref())),
+        }
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        loop {
+            while let Some(ev) = self.layer.poll_event() {
+                match ev {
+                    TxEvent::Request {
+                        tx,
+                        request,
+                        remote,
+                    } => self.handle_request(now, tx, &request, remote),
+                    TxEvent::Ack { request, .. } => {
+                        self.with_calls(now, |c, cx| c.on_ack(cx, &request))
+                    }
+                    TxEvent::Response { tx, response } => {
+                        if let Some((owner, id)) = self.requests.get(&tx).copied() {
+                            self.deliver(now, owner, id, Some(response));
+                        }
+                    }
+                    TxEvent::Timeout { tx } => {
+                        if let Some((owner, id)) = self.requests.get(&tx).copied() {
+                            self.deliver(now, owner, id, None);
+                        }
+                    }
+                    TxEvent::Terminated { tx } => {
+                        self.requests.remove(&tx);
+                    }
+                    TxEvent::StrayResponse { .. } => {
+                        tracing::debug!("response matches nothing we sent; dropped");
+                    }
+                }
+            }
+            if self.unsent.is_empty() {
+                break;
+            }
+            for (owner, id) in std::mem::take(&mut self.unsent) {
+                self.deliver(now, owner, id, None);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
+        let Some(method) = req.method().cloned() else {
+            return;
+        };
+        let reply = |this: &mut Self, status: StatusCode| {
+            let b = Builder::reply(req, remote.addr, status.0, status.reason());
+            this.send_final(now, tx, b.finish());
+        };
+        if req.version() != b"SIP/2.0" {
+            return reply(self, StatusCode::VERSION_NOT_SUPPORTED);
+        }
+        if method == Method::Cancel {
+            // RFC 3261 §9.2: 481 without a matching INVITE; else 200, and a call
+            // still ringing ends with 487 (an answered one is not affected).
+            if self.layer.find_invite(req).is_none() {
+                return reply(self, StatusCode::CALL_DOES_NOT_EXIST);
+            }
+            reply(self, StatusCode::OK);
+            if let Some(call_id) = req.call_id().map(CallId::from_bytes) {
+                self.with_calls(now, |c, cx| c.on_cancel(cx, &call_id));
+            }
+            return;
+        }
+        match req.max_forwards() {
+            Some(Err(())) => {
+                let b = Builder::reply(req, remote.addr, 400, "Bad Max-Forwards");
+                return self.send_final(now, tx, b.finish());
+            }
+            Some(Ok(0)) => return reply(self, StatusCode::TOO_MANY_HOPS),
+            _ => {}
+        }
+        if req.request_uri().is_none() {
+            let status = StatusCode::UNSUPPORTED_URI_SCHEME;
+            let mut b = Builder::reply(req, remote.addr, status.0, status.reason());
+            b.header("Allow", ALLOW);
+            return self.send_final(now, tx, b.finish());
+        }
+        let unsupported: Vec<String> = req
+            .require()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        if !unsupported.is_empty() {
+            let status = StatusCode::BAD_EXTENSION;
+            let mut b = Builder::reply(req, remote.addr, status.0, status.reason());
+            b.header("Unsupported", unsupported.join(", "));
+            return self.send_final(now, tx, b.finish());
+        }
+        let in_dialog = req.to_header().is_some_and(|t| t.tag().is_some());
+        match method {
+            Method::Register => self.register(now, tx, req, remote),
+            Method::Subscribe => self.with_blf(now, |b, cx| b.on_subscribe(cx, tx, req, remote)),
+            Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
+                self.with_calls(now, |c, cx| c.on_in_dialog(cx, tx, req, remote))
+            }
+            Method::Invite => {
+                let number = req.request_uri().and_then(|u| u.user).unwrap_or_default();
+                let env = &self.env;
+                let target = self
+                    .config
+                    .dialplan
+                    .route(number, &env.routing, |n| env.users.contains(n));
+                self.with_calls(now, |c, cx| c.on_invite(cx, tx, req, remote, target))
+            }
+            Method::Bye | Method::Info | Method::Update => {
+                reply(self, StatusCode::CALL_DOES_NOT_EXIST)
+            }
+            Method::Options => {
+                let mut b = Builder::reply(req, remote.addr, 200, "OK");
+                b.header("Allow", ALLOW)
+                    .header("Allow-Events", blf::ALLOW_EVENTS)
+                    .header("Accept", "application/sdp")
+                    .header("Supported", "");
+                self.send_final(now, tx, b.finish());
+            }
+            Method::Extension(_) => reply(self, StatusCode::NOT_IMPLEMENTED),
+            _ => {
+                let status = StatusCode::METHOD_NOT_ALLOWED;
+                let mut b = Builder::reply(req, remote.addr, status.0, status.reason());
+                b.header("Allow", ALLOW);
+                self.send_final(now, tx, b.finish());
+            }
+        }
+    }
+
+    fn register(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
+        let env = Arc::clone(&self.env);
+        let wall = self.config.clock.at(now);
+        let a = env
+            .registrar
+            .on_register(now, wall, req, remote, &env.auth, &env.users);
+        if let Some((user, live)) = &a.registered {
+            let _ = env.presence.set_registered(user, *live, wall);
+        }
+        if a.durable {
+            env.stats.registrations.fetch_add(1, Ordering::Relaxed);
+            // The registrar queued its writes itself; one more sequence number
+            // makes the flush cover them.
+            self.write_seq += 1;
+            self.flush_wanted = true;
+            self.held.push_back(Held {
+                seq: self.write_seq,
+                tx,
+                answer: a.answer,
+            });
+        } else {
+            self.send_final(now, tx, a.answer);
+        }
+    }
+
+    /// An extension's presence changed (any shard's doing): its BLF subscribers
+    /// are notified, waiting queue calls look for an agent again.
+    pub fn handle_presence(&mut self, now: Instant, change: &Change) {
+        self.with_blf(now, |b, cx| b.on_presence_change(cx, change));
+        self.retry_waiting(now);
+        self.process_events(now);
+    }
+
+    /// Presence changes were missed (this shard fell behind the stream): look
+    /// at everything again.
+    pub fn handle_presence_lag(&mut self, now: Instant) {
+        self.with_blf(now, |b, cx| b.on_presence_lag(cx));
+        self.retry_waiting(now);
+        self.process_events(now);
+    }
+
+    fn retry_waiting(&mut self, now: Instant) {
+        if self.env.routing.has_waiting(self.config.index) {
+            self.with_calls(now, |c, cx| c.on_presence(cx));
+        }
+    }
+
+    /// Whether this shard needs presence changes: it has BLF subscriptions or
+    /// queue calls waiting for an agent.
+    pub fn wants_presence(&self) -> bool {
+        self.blf.count() > 0 || self.env.routing.has_waiting(self.config.index)
+    }
+
+    /// A media session of this Call-ID saw no packet for the inactivity period.
+    pub fn handle_media_idle(&mut self, now: Instant, call_id: &CallId) {
+        self.with_calls(now, |c, cx| c.on_media_idle(cx, call_id));
+        self.process_events(now);
+    }
+
+    /// Places a call (third-party call control): ring `from`, then connect `to`.
+    pub fn originate(
+        &mut self,
+        now: Instant,
+        from: &str,
+        to: &str,
+    ) -> Result<CallId, OriginateError> {
+        let mut result = Err(OriginateError::Stopped);
+        self.with_calls(now, |c, cx| result = c.originate(cx, from, to));
+        self.process_events(now);
+        result
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
+            match key {
+                TimerKey::Calls(k) => self.with_calls(now, |c, cx| c.on_timer(cx, &k, at)),
+                TimerKey::Blf(k) => self.with_blf(now, |b, cx| b.on_timer(cx, &k, at)),
+            }
+        }
+        self.process_events(now);
+    }
+
+    /// The store has flushed every write up to `seq`: release what they confirm.
+    pub fn handle_flushed(&mut self, now: Instant, seq: u64) {
+        self.flushed_seq = self.flushed_seq.max(seq);
+        while self.held.front().is_some_and(|h| h.seq <= seq) {
+            if let Some(h) = self.held.pop_front() {
+                self.send_final(now, h.tx, h.answer);
+            }
+        }
+        self.process_events(now);
+    }
+
+    /// The store failed to flush: what was held cannot be confirmed.
+    pub fn handle_flush_failed(&mut self, now: Instant) {
+        for h in std::mem::take(&mut self.held) {
+            let (Some(req), Some(remote)) = (self.layer.request(h.tx), self.layer.remote(h.tx))
+            else {
+                continue;
+            };
+            let b = Builder::reply(req, remote.addr, 500, "Server Internal Error (Storage)");
+            self.send_final(now, h.tx, b.finish());
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front().or_else(|| self.layer.poll_transmit())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let module = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (self.layer.poll_timeout(), module) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The store writes made since the last call, in order (for the writer).
+    pub fn poll_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// `Some(seq)` once: the runtime should flush the store and then call
+    /// `handle_flushed(seq)`.
+    pub fn poll_flush(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.flush_wanted).then_some(self.write_seq)
+    }
+
+    /// Live transactions and held answers.
+    #[cfg(test)]
+    pub fn load(&self) -> (usize, usize) {
+        (self.layer.len(), self.held.len())
+    }
+
+    /// Calls and subscriptions in progress.
+    #[cfg(test)]
+    pub fn counts(&self) -> (usize, usize) {
+        (self.calls.count(), self.blf.count())
+    }
+}
+
+/// Problems that stop a request from forming a transaction; answered with a
+/// stateless 400 (or dropped when there is no Via to answer to).
+fn stateless_problem(msg: &Message) -> Option<&'static str> {
+    if let Some(defect) = msg.defect() {
+        return Some(defect);
+    }
+    if msg.top_via().is_none() || msg.vias().any(|v| v.is_none()) {
+        return Some("Bad Via Header");
+    }
+    if msg.from_header().is_none() {
+        return Some("Missing Or Bad From Header");
+    }
+    if msg.to_header().is_none() {
+        return Some("Missing Or Bad To Header");
+    }
+    if msg.call_id().is_none_or(|c| c.is_empty()) {
+        return Some("Missing Call-ID Header");
+    }
+    match msg.cseq() {
+        None => Some("Missing Or Bad CSeq Header"),
+        Some(c) if Some(&c.method) != msg.method() => Some("CSeq Method Does Not Match"),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! What every transaction user shares: the modules above the transaction layer
+//! (calls, BLF) are driven by the shard with a [`Cx`] — the time, a read-only
+//! [`Env`] of hot-path state, and an outbox — and act only by adding
+//! [`Effect`]s to it: answer a server transaction (optionally held until the
+//! store has flushed), send a request, transmit bytes outside a transaction, arm
+//! a timer under a typed key, write to the store. The shard executes the effects
+//! in order after the module returns; a module never sees the transaction layer,
+//! a socket or a clock.
+
+mod addrs;
+
+pub use addrs::LocalAddrs;
+
+use crate::clock::UnixMillis;
+use crate::config::TestNumbersConfig;
+use crate::history::History;
+use crate::media::prompt::Prompt;
+use crate::media::MediaEngine;
+use crate::presence::Presence;
+use crate::registrar::Registrar;
+use crate::routing::Directory;
+use crate::sip::auth::DigestAuthority;
+use crate::sip::message::{build::random_tag, Builder, Message};
+use crate::sip::transaction::{TimerConfig, Transmit, TxId};
+use crate::sip::{CallId, Remote, StatusCode};
+use crate::store::{IdGen, Write};
+use crate::users::Users;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters shared by all shards.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    /// Requests answered without a transaction (400 for bad ones, 503 when overloaded).
+    pub answered_statelessly: AtomicU64,
+    pub registrations: AtomicU64,
+    /// Calls in progress (local and bridged), over all shards.
+    pub live_calls: AtomicI64,
+}
+
+/// Call settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// Unanswered calls give up after this long (480).
+    pub ring_timeout: Duration,
+    /// Whether INVITEs to extensions need digest credentials (407).
+    pub authenticate: bool,
+    /// The shortest session interval we accept (RFC 4028 Min-SE; below: 422).
+    pub min_session_expires: Duration,
+    pub test_numbers: TestNumbersConfig,
+}
+
+/// The read-only context of every shard: hot-path state behind shared handles
+/// (never held across an `.await`) and settings.
+#[derive(Debug)]
+pub struct Env {
+    pub users: Users,
+    pub registrar: Registrar,
+    /// Every extension's live state (one source of truth).
+    pub presence: Presence,
+    pub auth: DigestAuthority,
+    /// Groups and queues, and the queues' waiting lines (the ACD).
+    pub routing: Directory,
+    /// The caller index (sticky routing).
+    pub history: History,
+    /// Media sessions (test numbers, relays); `None` runs without media.
+    pub media: Option<Arc<dyn MediaEngine>>,
+    /// Played to a party the other one holds; `None`: no music on hold.
+    pub hold_music: Option<Arc<Prompt>>,
+    pub timers: TimerConfig,
+    pub calls: CallSettings,
+    /// Our SIP domain (From/To of the calls we place).
+    pub domain: String,
+    /// Our SIP port (Via and Contact of what we send).
+    pub sip_port: u16,
+    /// Our address toward each destination (SDP, Via, Contact).
+    pub addrs: LocalAddrs,
+    /// How many shards there are (dispatch is by Call-ID hash modulo this).
+    pub shard_count: usize,
+    pub stats: Stats,
+}
+
+/// Identifies a request a module sent (its answer comes back under it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u64);
+
+/// What a module asks the shard to do. `T` is the module's timer key.
+#[derive(Debug)]
+pub enum Effect<T> {
+    /// Answer server transaction `tx`; `durable`: only once every store write
+    /// made so far is on disk.
+    Respond {
+        tx: TxId,
+        bytes: Bytes,
+        durable: bool,
+    },
+    /// Send a request in a new client transaction.
+    Send {
+        id: ReqId,
+        bytes: Bytes,
+        remote: Remote,
+    },
+    /// Bytes outside any transaction (ACK for a 2xx, 2xx retransmissions).
+    Transmit(Transmit),
+    /// Call the module's `on_timer(key)` at `at` (a key may fire stale: the
+    /// module checks).
+    Timer { at: Instant, key: T },
+    /// A durable change (made durable by the next group commit).
+    Store(Write),
+}
+
+/// Per-shard counters the modules draw from.
+#[derive(Debug)]
+pub struct Counters {
+    next_req: u64,
+    /// CDR and response-record ids.
+    pub ids: IdGen,
+}
+
+impl Counters {
+    pub fn new(ids: IdGen) -> Counters {
+        Counters { next_req: 0, ids }
+    }
+}
+
+/// The context of one module call: the time, the environment, and the outbox.
+#[derive(Debug)]
+pub struct Cx<'a, T> {
+    pub now: Instant,
+    pub wall: UnixMillis,
+    pub env: &'a Env,
+    /// This shard's index (Call-IDs we choose hash here).
+    pub shard: usize,
+    counters: &'a mut Counters,
+    out: &'a mut Vec<Effect<T>>,
+}
+
+impl<'a, T> Cx<'a, T> {
+    pub fn new(
+        now: Instant,
+        wall: UnixMillis,
+        env: &'a Env,
+        shard: usize,
+        counters: &'a mut Counters,
+        out: &'a mut Vec<Effect<T>>,
+    ) -> Self {
+        Cx {
+            now,
+            wall,
+            env,
+            shard,
+            counters,
+            out,
+        }
+    }
+
+    /// Answers server transaction `tx` now.
+    pub fn respond(&mut self, tx: TxId, bytes: Bytes) {
+        self.out.push(Effect::Respond {
+            tx,
+            bytes,
+            durable: false,
+        });
+    }
+
+    /// Answers `tx` once every store write so far is durable.
+    pub fn respond_durable(&mut self, tx: TxId, bytes: Bytes) {
+        self.out.push(Effect::Respond {
+            tx,
+            bytes,
+            durable: true,
+        });
+    }
+
+    /// A response to `req` with our Server header and a To tag.
+    pub fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+        response(req, remote, code, reason)
+    }
+
+    /// Answers `req` with `status` and its standard reason phrase.
+    pub fn reply(&mut self, tx: TxId, req: &Message, remote: Remote, status: StatusCode) {
+        self.reply_with(tx, req, remote, status.0, status.reason());
+    }
+
+    /// Answers `req` with a reason of our own.
+    pub fn reply_with(&mut self, tx: TxId, req: &Message, remote: Remote, code: u16, reason: &str) {
+        let bytes = response(req, remote, code, reason).finish();
+        self.respond(tx, bytes);
+    }
+
+    /// Sends a request; its answers (or `None` for a timeout or a failed send)
+    /// come back to the module under the returned id.
+    pub fn send(&mut self, bytes: Bytes, remote: Remote) -> ReqId {
+        self.counters.next_req += 1;
+        let id = ReqId(self.counters.next_req);
+        self.out.push(Effect::Send { id, bytes, remote });
+        id
+    }
+
+    pub fn transmit(&mut self, remote: Remote, payload: Bytes) {
+        self.out
+            .push(Effect::Transmit(Transmit { remote, payload }));
+    }
+
+    pub fn timer(&mut self, at: Instant, key: T) {
+        self.out.push(Effect::Timer { at, key });
+    }
+
+    pub fn store(&mut self, w: Write) {
+        self.out.push(Effect::Store(w));
+    }
+
+    /// A new unique id (CDRs, response records).
+    pub fn next_id(&mut self) -> u64 {
+        self.counters.ids.next_id()
+    }
+
+    /// A new Call-ID that the dispatcher routes to this shard (B legs stay with A).
+    pub fn new_call_id(&self) -> CallId {
+        loop {
+            let id = CallId::from(format!("{}@sipdesk", random_tag()));
+            if id.shard(self.env.shard_count) == self.shard {
+                return id;
+            }
+        }
+    }
+
+    /// Our media address toward `remote`.
+    pub fn media_ip(&self, remote: Remote) -> std::net::IpAddr {
+        self.env.addrs.toward(remote.addr)
+    }
+
+    /// Our `host:port` toward `remote`, for Via and Contact.
+    pub fn hostport(&self, remote: Remote) -> String {
+        match self.media_ip(remote) {
+            std::net::IpAddr::V4(v4) => format!("{v4}:{}", self.env.sip_port),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", self.env.sip_port),
+        }
+    }
+}
+
+/// A response to `req` with our Server header and a fresh To tag (kept if the
+/// request's To already has one).
+pub fn response(req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+    Builder::reply(req, remote.addr, code, reason)
+}
