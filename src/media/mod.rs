@@ -18,7 +18,7 @@ use prompt::{Prompt, FRAME};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -36,6 +36,11 @@ pub enum MediaError {
 #[derive(Debug)]
 struct PortPool {
     free: Mutex<VecDeque<u16>>,
+    /// Pairs bound ahead of need (see [`Media::keep_ready`]): a call takes its
+    /// sockets without a bind on the signalling thread.
+    ready: Mutex<VecDeque<(u16, StdUdpSocket, StdUdpSocket)>>,
+    /// Wakes the binder when `ready` runs low.
+    low: Condvar,
     in_use: AtomicUsize,
 }
 
@@ -53,6 +58,16 @@ impl Drop for Lease {
         }
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Binds a non-blocking RTP/RTCP socket pair at `rtp` and `rtp + 1`.
+fn bind_std(ip: IpAddr, rtp: u16) -> std::io::Result<(StdUdpSocket, StdUdpSocket)> {
+    let bind = |port: u16| -> std::io::Result<StdUdpSocket> {
+        let s = StdUdpSocket::bind(SocketAddr::new(ip, port))?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    Ok((bind(rtp)?, bind(rtp + 1)?))
 }
 
 /// The media side of the PBX; cheap to clone.
@@ -84,9 +99,48 @@ impl Media {
         Media {
             pool: Arc::new(PortPool {
                 free: Mutex::new(free),
+                ready: Mutex::new(VecDeque::new()),
+                low: Condvar::new(),
                 in_use: AtomicUsize::new(0),
             }),
             bind_ip,
+        }
+    }
+
+    /// Keeps `n` port pairs bound ahead of need, from a thread of their own
+    /// (it stops when the last handle to this pool is gone).
+    pub fn keep_ready(&self, n: usize) {
+        let pool = Arc::downgrade(&self.pool);
+        let ip = self.bind_ip;
+        let spawned = std::thread::Builder::new()
+            .name("sipdesk-media-ports".into())
+            .spawn(move || loop {
+                let Some(pool) = pool.upgrade() else { return };
+                while pool.ready.lock().map_or(n, |r| r.len()) < n {
+                    let Some(rtp) = pool.free.lock().ok().and_then(|mut f| f.pop_front()) else {
+                        break;
+                    };
+                    match bind_std(ip, rtp) {
+                        Ok((a, b)) => {
+                            if let Ok(mut r) = pool.ready.lock() {
+                                r.push_back((rtp, a, b));
+                            }
+                        }
+                        // Held by some other program: to the back of the queue.
+                        Err(_) => {
+                            if let Ok(mut f) = pool.free.lock() {
+                                f.push_back(rtp);
+                            }
+                        }
+                    }
+                }
+                // Woken when a call takes a pair; rechecks now and then (shutdown).
+                let Ok(ready) = pool.ready.lock() else { return };
+                let waited = pool.low.wait_timeout(ready, Duration::from_millis(500));
+                drop(waited);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("media ports are bound on demand: {e}");
         }
     }
 
@@ -95,28 +149,32 @@ impl Media {
         self.pool.in_use.load(Ordering::Relaxed)
     }
 
-    /// Takes a free pair and binds RTP and RTCP sockets on it. A port some other
-    /// program holds is skipped (and put at the back of the queue).
+    /// A pair of RTP and RTCP sockets: one bound ahead if there is one, else a
+    /// free pair bound now. A port some other program holds is skipped (and put
+    /// at the back of the queue).
     fn bind_pair(&self) -> Result<(Lease, UdpSocket, UdpSocket), MediaError> {
+        let lease = |rtp| {
+            self.pool.in_use.fetch_add(1, Ordering::Relaxed);
+            Lease {
+                pool: Arc::clone(&self.pool),
+                rtp,
+            }
+        };
+        let ready = self.pool.ready.lock().ok().and_then(|mut r| r.pop_front());
+        self.pool.low.notify_one();
+        if let Some((rtp, a, b)) = ready {
+            let lease = lease(rtp);
+            return Ok((lease, UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
+        }
         let attempts = self.pool.free.lock().map(|f| f.len()).unwrap_or(0).min(64);
         for _ in 0..attempts {
             let Some(rtp) = self.pool.free.lock().ok().and_then(|mut f| f.pop_front()) else {
                 break;
             };
-            self.pool.in_use.fetch_add(1, Ordering::Relaxed);
-            let lease = Lease {
-                pool: Arc::clone(&self.pool),
-                rtp,
-            };
-            let bind = |port: u16| -> std::io::Result<UdpSocket> {
-                let s = StdUdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
-                s.set_nonblocking(true)?;
-                UdpSocket::from_std(s)
-            };
-            match (bind(rtp), bind(rtp + 1)) {
-                (Ok(a), Ok(b)) => return Ok((lease, a, b)),
-                _ => continue, // dropping the lease returns the port
-            }
+            let lease = lease(rtp);
+            if let Ok((a, b)) = bind_std(self.bind_ip, rtp) {
+                return Ok((lease, UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
+            } // else dropping the lease returns the port
         }
         Err(MediaError::NoPorts)
     }
@@ -139,8 +197,11 @@ impl Media {
             loop {
                 tokio::select! {
                     r = rtp.recv_from(&mut a) => if let Ok((n, from)) = r {
-                        last = tokio::time::Instant::now();
-                        let _ = rtp.try_send_to(&a[..n], from);
+                        // Only well-formed RTP is echoed.
+                        if rtp_header(&a[..n]).is_some() {
+                            last = tokio::time::Instant::now();
+                            let _ = rtp.try_send_to(&a[..n], from);
+                        }
                     },
                     r = rtcp.recv_from(&mut b) => if let Ok((n, from)) = r {
                         let _ = rtcp.try_send_to(&b[..n], from);
@@ -200,6 +261,10 @@ pub trait RelayControl: Send + std::fmt::Debug {
     fn stop_playing(&self);
 }
 
+/// Port pairs the engine keeps bound ahead of need (a burst of new calls takes
+/// these; the binder thread tops them up).
+const READY_PAIRS: usize = 256;
+
 /// The real engine: sockets from a [`Media`] pool, a tokio task per session.
 #[derive(Clone)]
 pub struct RtpEngine {
@@ -219,7 +284,9 @@ impl std::fmt::Debug for RtpEngine {
 }
 
 impl RtpEngine {
+    /// Also starts keeping port pairs bound ahead of need.
     pub fn new(media: Media, inactivity: Duration, on_idle: IdleNotifier) -> RtpEngine {
+        media.keep_ready(READY_PAIRS);
         RtpEngine {
             media,
             inactivity,
@@ -324,15 +391,18 @@ enum Continuation {
     Shift { ssrc: u32, seq: u16, ts: u32 },
 }
 
+/// The sequence number, timestamp and SSRC of a well-formed RTP packet: rtp-rs
+/// checks the version (2) and that the CSRC list, the header extension and the
+/// padding fit in the packet. `None` for anything else, which is not relayed.
+fn rtp_header(pkt: &[u8]) -> Option<(u16, u32, u32)> {
+    let r = rtp_rs::RtpReader::new(pkt).ok()?;
+    Some((r.sequence_number().into(), r.timestamp(), r.ssrc()))
+}
+
 impl Continuation {
-    /// Rewrites an RTP packet's header in place (checked: RTP version 2, whole
-    /// header); anything else passes untouched.
-    fn apply(&mut self, pkt: &mut [u8]) {
-        if pkt.len() < 12 || pkt[0] >> 6 != 2 {
-            return;
-        }
-        let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
-        let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+    /// Rewrites a validated RTP packet's header in place (`seq` and `ts` are
+    /// what it carries now).
+    fn apply(&mut self, pkt: &mut [u8], seq: u16, ts: u32) {
         if let Continuation::From {
             ssrc,
             seq: next_seq,
@@ -371,12 +441,9 @@ impl RelayState {
         self.playing = Some(p);
     }
 
-    /// Notes the header of an RTP packet sent toward `side`.
+    /// Notes the header of a (validated) RTP packet sent toward `side`.
     fn sent(&mut self, side: usize, pkt: &[u8]) {
-        if pkt.len() >= 12 && pkt[0] >> 6 == 2 {
-            let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
-            let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
-            let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        if let Some((seq, ts, ssrc)) = rtp_header(pkt) {
             self.last_sent[side] = Some((ssrc, seq, ts));
         }
     }
@@ -627,13 +694,21 @@ impl Media {
                     else {
                         break;
                     };
+                    let header = match rtcp {
+                        true => None,
+                        // A malformed RTP packet is not relayed (and latches nothing).
+                        false => match rtp_header(&buf[..n]) {
+                            Some(h) => Some(h),
+                            None => continue,
+                        },
+                    };
                     let now = tokio::time::Instant::now();
                     let dest = match shared.lock() {
                         Ok(mut st) => {
-                            if !rtcp {
+                            if let Some((seq, ts, _)) = header {
                                 last = now;
                                 latch(&mut st, side, from, now);
-                                st.continuation[other].apply(&mut buf[..n]);
+                                st.continuation[other].apply(&mut buf[..n], seq, ts);
                             }
                             let muted = st.playing.as_ref().is_some_and(|p| p.toward == other);
                             let dest = destination(&st, other, rtcp).filter(|_| !muted);
@@ -681,9 +756,11 @@ impl Media {
             let mut last = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    r = rtp.recv_from(&mut buf) => if let Ok((_, from)) = r {
-                        last = tokio::time::Instant::now();
-                        latch(&mut st, 0, from, last);
+                    r = rtp.recv_from(&mut buf) => if let Ok((n, from)) = r {
+                        if rtp_header(&buf[..n]).is_some() {
+                            last = tokio::time::Instant::now();
+                            latch(&mut st, 0, from, last);
+                        }
                     },
                     _ = pace.tick(), if st.playing.is_some() => {
                         match st.playing.as_mut().and_then(|p| p.next_packet(&mut frame)) {
@@ -709,6 +786,15 @@ mod tests {
     use super::prompt::linear_to_ulaw;
     use super::*;
 
+    /// A well-formed RTP packet (PCMU, SSRC 1) carrying `payload`.
+    fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend_from_slice(payload);
+        p
+    }
+
     #[tokio::test]
     async fn echo_returns_packets_and_frees_its_ports() {
         let media = Media::new("127.0.0.1".parse().expect("ip"), 41000, 41010);
@@ -716,8 +802,9 @@ mod tests {
         assert_eq!(media.ports_in_use(), 1);
         assert_eq!(s.port % 2, 0);
         let peer = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let packet = rtp(1, b"hello");
         for port in [s.port, s.port + 1] {
-            peer.send_to(b"\x80\x00hello", ("127.0.0.1", port))
+            peer.send_to(&packet, ("127.0.0.1", port))
                 .await
                 .expect("send");
             let mut buf = [0u8; 64];
@@ -725,7 +812,7 @@ mod tests {
                 .await
                 .expect("echo in time")
                 .expect("recv");
-            assert_eq!((&buf[..n], from.port()), (&b"\x80\x00hello"[..], port));
+            assert_eq!((&buf[..n], from.port()), (&packet[..], port));
         }
         drop(s);
         for _ in 0..100 {
@@ -770,17 +857,46 @@ mod tests {
                 .and_then(Result::ok)
                 .map(|(n, _)| buf[..n].to_vec())
         }
-        b.send_to(b"from-b", ("127.0.0.1", relay.ports[1]))
+        b.send_to(&rtp(1, b"from-b"), ("127.0.0.1", relay.ports[1]))
             .await
             .expect("send");
-        assert_eq!(recv(&a).await.as_deref(), Some(&b"from-b"[..]));
-        a.send_to(b"from-a", ("127.0.0.1", relay.ports[0]))
+        assert_eq!(recv(&a).await, Some(rtp(1, b"from-b")));
+        a.send_to(&rtp(1, b"from-a"), ("127.0.0.1", relay.ports[0]))
             .await
             .expect("send");
         assert_eq!(
-            recv(&b).await.as_deref(),
-            Some(&b"from-a"[..]),
+            recv(&b).await,
+            Some(rtp(1, b"from-a")),
             "latched to B's source"
+        );
+        // Malformed RTP is not relayed: a wrong version, a CSRC list, header
+        // extension or padding longer than the packet, a short header.
+        let mut bad_version = rtp(2, b"x");
+        bad_version[0] = 0x40;
+        let mut csrc = rtp(3, b"");
+        csrc[0] = 0x8f;
+        let mut extension = rtp(4, b"ab");
+        extension[0] = 0x90;
+        let mut padding = rtp(5, b"\x09");
+        padding[0] = 0xa0;
+        for bad in [
+            bad_version,
+            csrc,
+            extension,
+            padding,
+            b"\x80\x00short".to_vec(),
+        ] {
+            a.send_to(&bad, ("127.0.0.1", relay.ports[0]))
+                .await
+                .expect("send");
+        }
+        a.send_to(&rtp(6, b"fine"), ("127.0.0.1", relay.ports[0]))
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&b).await,
+            Some(rtp(6, b"fine")),
+            "only the good one passed"
         );
         // B puts the call on hold: nothing goes towards B.
         relay.set_peer(
@@ -791,7 +907,7 @@ mod tests {
                 receives: false,
             },
         );
-        a.send_to(b"held", ("127.0.0.1", relay.ports[0]))
+        a.send_to(&rtp(7, b"held"), ("127.0.0.1", relay.ports[0]))
             .await
             .expect("send");
         assert_eq!(recv(&b).await, None);
@@ -955,6 +1071,40 @@ mod tests {
             Some("192.0.2.1:4002".parse().expect("addr")),
             "too late to move"
         );
+    }
+
+    #[tokio::test]
+    async fn pairs_are_bound_ahead_and_a_relay_takes_them_without_binding() {
+        let media = Media::new("127.0.0.1".parse().expect("ip"), 41500, 41520);
+        media.keep_ready(4);
+        let ready = || media.pool.ready.lock().map(|r| r.len()).unwrap_or(0);
+        for _ in 0..100 {
+            if ready() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ready(), 4, "bound ahead");
+        let first: Vec<u16> = media
+            .pool
+            .ready
+            .lock()
+            .map(|r| r.iter().take(2).map(|(p, _, _)| *p).collect())
+            .unwrap_or_default();
+        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        assert_eq!(
+            relay.ports.to_vec(),
+            first,
+            "the relay took the ready pairs"
+        );
+        for _ in 0..100 {
+            if ready() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ready(), 4, "topped up again");
+        assert_eq!(media.ports_in_use(), 2);
     }
 
     #[tokio::test]

@@ -494,7 +494,9 @@ async fn recv_change(
 
 fn handle_input(shard: &mut Shard, now: Instant, input: ShardInput) {
     match input {
-        ShardInput::Message(parsed, remote, _) => shard.handle_message(now, parsed, remote),
+        ShardInput::Message(parsed, remote, received) => {
+            shard.handle_message(now, parsed, remote, received)
+        }
         ShardInput::Originate { from, to, reply } => {
             let placed = shard.originate(now, &from, &to).map(|c| c.to_string());
             let _ = reply.send(placed);

@@ -137,15 +137,20 @@ impl Shard {
     #[cfg(test)]
     pub fn handle_bytes(&mut self, now: Instant, bytes: Bytes, remote: Remote) {
         let parsed = crate::sip::message::parse(bytes, &Default::default());
-        self.handle_message(now, parsed, remote);
+        self.handle_message(now, parsed, remote, now);
     }
 
-    /// A message parsed by the transport (which parses to pick the shard).
+    /// A message parsed by the transport (which parses to pick the shard) and
+    /// received at `received`: a new request that has
+    /// waited longer than [`SHED_AFTER`] in the shard's queue is refused with
+    /// 503 and Retry-After (RFC 3261 §21.5.4) before any work is done for it, so
+    /// an overloaded PBX keeps finishing the calls it has instead of collapsing.
     pub fn handle_message(
         &mut self,
         now: Instant,
         parsed: Result<Message, SipError>,
         remote: Remote,
+        received: Instant,
     ) {
         self.env.stats.received.fetch_add(1, Ordering::Relaxed);
         let msg = match parsed {
@@ -163,9 +168,13 @@ impl Shard {
             }
         };
         if msg.is_request() {
+            let late = now.saturating_duration_since(received) > SHED_AFTER;
             if let Some(reason) = stateless_problem(&msg) {
                 self.answer_statelessly(now, &msg, remote, 400, reason);
-            } else if self.layer.len() >= self.config.max_transactions {
+            } else if self.layer.len() >= self.config.max_transactions
+                || (late && is_sheddable(&msg))
+            {
+                self.env.stats.shed.fetch_add(1, Ordering::Relaxed);
                 self.answer_statelessly(now, &msg, remote, 503, "Service Unavailable (Overloaded)");
             } else {
                 self.layer.handle_request(now, msg, remote);
@@ -577,6 +586,18 @@ impl Shard {
     pub fn counts(&self) -> (usize, usize) {
         (self.calls.count(), self.blf.count())
     }
+}
+
+/// How long a new request may wait in the shard's queue before it is shed: far
+/// above the normal queueing delay (under a millisecond), and well inside T1
+/// (500 ms), after which the client retransmits and the backlog only grows.
+pub const SHED_AFTER: Duration = Duration::from_millis(150);
+
+/// A request that starts something new (no To tag) and may be refused under
+/// load; ACK and CANCEL finish what exists and are never shed.
+fn is_sheddable(msg: &Message) -> bool {
+    !matches!(msg.method(), Some(Method::Ack | Method::Cancel))
+        && msg.to_header().is_some_and(|t| t.tag().is_none())
 }
 
 /// Problems that stop a request from forming a transaction; answered with a

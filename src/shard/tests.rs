@@ -227,6 +227,38 @@ fn requests_that_break_the_grammar_are_answered_400_naming_the_problem() {
     }
 }
 
+#[test]
+fn a_new_request_that_waited_too_long_is_shed_with_503_and_in_dialog_work_is_not() {
+    let Fixture { h, mut ep, t0 } = fixture();
+    let now = t0 + Duration::from_secs(1);
+    let queued = now - SHED_AFTER - Duration::from_millis(1);
+    let parse = |b: Bytes| crate::sip::message::parse(b, &Default::default());
+    ep.handle_message(
+        now,
+        parse(register(1, "z9hG4bKlate", None)),
+        phone(),
+        queued,
+    );
+    let out = sent(&mut ep);
+    assert!(
+        out[0].starts_with("SIP/2.0 503 Service Unavailable"),
+        "{out:?}"
+    );
+    assert!(out[0].contains("Retry-After: "), "{}", out[0]);
+    assert_eq!(ep.load(), (0, 0), "no transaction was made for it");
+    assert_eq!(h.env.stats.shed.load(Ordering::Relaxed), 1);
+    // A request inside a dialog finishes existing work: never shed.
+    let bye = String::from_utf8_lossy(&register(2, "z9hG4bKbye", None))
+        .replace("REGISTER sip:pbx", "BYE sip:pbx")
+        .replace("2 REGISTER", "2 BYE")
+        .replace("To: <sip:201@pbx>", "To: <sip:201@pbx>;tag=x");
+    ep.handle_message(now, parse(Bytes::from(bye)), phone(), queued);
+    assert!(sent(&mut ep)[0].starts_with("SIP/2.0 481"));
+    // In time, the same REGISTER is served.
+    ep.handle_message(now, parse(register(3, "z9hG4bKok", None)), phone(), now);
+    assert!(sent(&mut ep)[0].starts_with("SIP/2.0 401"));
+}
+
 fn subscribe(cseq: u32, event: &str, expires: u32, to_tag: &str, auth: Option<&str>) -> Bytes {
     let auth = auth
         .map(|a| format!("Authorization: {a}\r\n"))

@@ -37,6 +37,8 @@ pub struct Stats {
     pub dropped_malformed: AtomicU64,
     /// Requests answered without a transaction (400 for bad ones, 503 when overloaded).
     pub answered_statelessly: AtomicU64,
+    /// New requests refused with 503 because the shard was overloaded.
+    pub shed: AtomicU64,
     pub registrations: AtomicU64,
     /// Calls in progress (local and bridged), over all shards.
     pub live_calls: AtomicI64,
