@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(super) struct Branch {
     pub id: ReqId,
+    /// This leg's own Call-ID.
+    pub call_id: CallId,
     /// Our INVITE (a CANCEL copies its Via, From, To, Call-ID and CSeq number).
     pub invite: Message,
     pub remote: Remote,
@@ -299,11 +301,7 @@ impl Calls {
             );
         }
         let presence = &cx.env.presence;
-        let b_call_id = branches[0]
-            .invite
-            .call_id()
-            .map(CallId::from_bytes)
-            .unwrap_or_else(|| a.clone());
+        let b_call_id = branches[0].call_id.clone();
         let callee_party = super::start_party(
             presence,
             &callee,
@@ -390,9 +388,11 @@ impl Calls {
             let id = cx.send(bytes, target);
             let idx = first + branches.len();
             self.pending.insert(id, Pending::Branch(a.clone(), idx));
-            self.legs.insert(b_call_id, (a.clone(), Side::B(idx)));
+            self.legs
+                .insert(b_call_id.clone(), (a.clone(), Side::B(idx)));
             branches.push(Branch {
                 id,
+                call_id: b_call_id,
                 invite,
                 remote: target,
                 final_code: None,
@@ -576,16 +576,18 @@ impl Calls {
             q.leave_line(cx);
         }
         Self::ended(cx);
+        // Only this call's own entries are removed (no scan of the shard's calls).
         // Branches still ringing may answer anyway (a CANCEL/2xx race): keep what
-        // is needed to ACK and end them.
-        for b in bridge.branches.iter().filter(|b| b.final_code.is_none()) {
-            self.orphans.insert(b.id, (b.invite.clone(), b.remote));
+        // is needed to ACK and end them. A relayed request still in flight finds
+        // no call when its answer comes, and its entry goes then.
+        self.legs.remove(a);
+        for b in &bridge.branches {
+            self.legs.remove(&b.call_id);
+            self.pending.remove(&b.id);
+            if b.final_code.is_none() {
+                self.orphans.insert(b.id, (b.invite.clone(), b.remote));
+            }
         }
-        self.legs.retain(|_, (owner, _)| owner != a);
-        self.pending.retain(|_, p| match p {
-            Pending::Branch(owner, _) | Pending::Relayed { owner, .. } => owner != a,
-            Pending::Origin(..) => true,
-        });
         Some(bridge)
     }
 

@@ -39,6 +39,8 @@ enum Phase {
 #[derive(Debug)]
 struct Leg {
     id: ReqId,
+    /// This leg's Call-ID (leg A's names the call).
+    call_id: CallId,
     invite: Message,
     remote: Remote,
     dialog: Option<Dialog>,
@@ -176,6 +178,7 @@ impl Calls {
                 phase: Phase::CallingA { ring_deadline },
                 a: Leg {
                     id,
+                    call_id: key.clone(),
                     invite,
                     remote,
                     dialog: None,
@@ -306,6 +309,7 @@ impl Calls {
             o.phase = Phase::CallingB { ring_deadline };
             o.b = Some(Leg {
                 id,
+                call_id: call_id.clone(),
                 invite,
                 remote,
                 dialog: None,
@@ -343,11 +347,10 @@ impl Calls {
             return;
         };
         Self::ended(cx);
-        self.legs.retain(|_, (owner, _)| owner != key);
-        self.pending
-            .retain(|_, p| !matches!(p, Pending::Origin(owner, _) if owner == key));
         for (side, leg) in [(Side::A, Some(&mut o.a)), (Side::B(0), o.b.as_mut())] {
             let Some(leg) = leg else { continue };
+            self.legs.remove(&leg.call_id);
+            self.pending.remove(&leg.id);
             if let Some((ext, id)) = leg.party.take() {
                 let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
             }

@@ -41,22 +41,41 @@ struct PortPool {
     ready: Mutex<VecDeque<(u16, StdUdpSocket, StdUdpSocket)>>,
     /// Wakes the binder when `ready` runs low.
     low: Condvar,
+    /// Pairs a finished call gave back, still bound and registered: the next
+    /// call reuses them without a system call (oldest first).
+    idle: Mutex<VecDeque<Pair>>,
     in_use: AtomicUsize,
 }
 
-/// A port pair taken from the pool; given back when dropped.
+/// An RTP port and its bound RTP and RTCP sockets.
+type Pair = (u16, Arc<UdpSocket>, Arc<UdpSocket>);
+
+/// Idle pairs kept for reuse; beyond, a finished call's sockets are closed.
+const MAX_IDLE_PAIRS: usize = 512;
+
+/// A port pair taken from the pool; given back when dropped (its sockets with
+/// it, for reuse).
 #[derive(Debug)]
 struct Lease {
     pool: Arc<PortPool>,
     rtp: u16,
+    sockets: Option<(Arc<UdpSocket>, Arc<UdpSocket>)>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+        if let Some((a, b)) = self.sockets.take() {
+            if let Ok(mut idle) = self.pool.idle.lock() {
+                if idle.len() < MAX_IDLE_PAIRS {
+                    idle.push_back((self.rtp, a, b));
+                    return;
+                }
+            }
+        }
         if let Ok(mut free) = self.pool.free.lock() {
             free.push_back(self.rtp);
         }
-        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -101,9 +120,19 @@ impl Media {
                 free: Mutex::new(free),
                 ready: Mutex::new(VecDeque::new()),
                 low: Condvar::new(),
+                idle: Mutex::new(VecDeque::new()),
                 in_use: AtomicUsize::new(0),
             }),
             bind_ip,
+        }
+    }
+
+    /// Uses at most `pairs` port pairs (each holds two sockets: with the
+    /// process's open-file limit in mind, media runs out before the process
+    /// runs out of descriptors for its database and connections).
+    pub fn limit_pairs(&self, pairs: usize) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.truncate(pairs);
         }
     }
 
@@ -116,7 +145,12 @@ impl Media {
             .name("sipdesk-media-ports".into())
             .spawn(move || loop {
                 let Some(pool) = pool.upgrade() else { return };
-                while pool.ready.lock().map_or(n, |r| r.len()) < n {
+                // At most `n` attempts a round, and none after a failure: a
+                // port range that other programs hold must not make this spin.
+                for _ in 0..n {
+                    if pool.ready.lock().map_or(n, |r| r.len()) >= n {
+                        break;
+                    }
                     let Some(rtp) = pool.free.lock().ok().and_then(|mut f| f.pop_front()) else {
                         break;
                     };
@@ -131,6 +165,7 @@ impl Media {
                             if let Ok(mut f) = pool.free.lock() {
                                 f.push_back(rtp);
                             }
+                            break;
                         }
                     }
                 }
@@ -149,32 +184,57 @@ impl Media {
         self.pool.in_use.load(Ordering::Relaxed)
     }
 
-    /// A pair of RTP and RTCP sockets: one bound ahead if there is one, else a
-    /// free pair bound now. A port some other program holds is skipped (and put
-    /// at the back of the queue).
-    fn bind_pair(&self) -> Result<(Lease, UdpSocket, UdpSocket), MediaError> {
-        let lease = |rtp| {
+    /// A pair of RTP and RTCP sockets: one a finished call gave back (stale
+    /// packets drained), else one bound ahead, else a free pair bound now. A port
+    /// some other program holds is skipped (and put at the back of the queue).
+    fn bind_pair(&self) -> Result<(Lease, Arc<UdpSocket>, Arc<UdpSocket>), MediaError> {
+        let lease = |rtp, a: Arc<UdpSocket>, b: Arc<UdpSocket>| {
             self.pool.in_use.fetch_add(1, Ordering::Relaxed);
-            Lease {
+            let lease = Lease {
                 pool: Arc::clone(&self.pool),
                 rtp,
-            }
+                sockets: Some((Arc::clone(&a), Arc::clone(&b))),
+            };
+            (lease, a, b)
         };
+        let idle = self.pool.idle.lock().ok().and_then(|mut i| i.pop_front());
+        if let Some((rtp, a, b)) = idle {
+            let mut scratch = [0u8; 64];
+            for s in [&a, &b] {
+                for _ in 0..64 {
+                    if s.try_recv_from(&mut scratch).is_err() {
+                        break;
+                    }
+                }
+            }
+            return Ok(lease(rtp, a, b));
+        }
         let ready = self.pool.ready.lock().ok().and_then(|mut r| r.pop_front());
         self.pool.low.notify_one();
+        let registered = |(a, b): (StdUdpSocket, StdUdpSocket)| -> std::io::Result<_> {
+            Ok((
+                Arc::new(UdpSocket::from_std(a)?),
+                Arc::new(UdpSocket::from_std(b)?),
+            ))
+        };
         if let Some((rtp, a, b)) = ready {
-            let lease = lease(rtp);
-            return Ok((lease, UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
+            let (a, b) = registered((a, b))?;
+            return Ok(lease(rtp, a, b));
         }
         let attempts = self.pool.free.lock().map(|f| f.len()).unwrap_or(0).min(64);
         for _ in 0..attempts {
             let Some(rtp) = self.pool.free.lock().ok().and_then(|mut f| f.pop_front()) else {
                 break;
             };
-            let lease = lease(rtp);
-            if let Ok((a, b)) = bind_std(self.bind_ip, rtp) {
-                return Ok((lease, UdpSocket::from_std(a)?, UdpSocket::from_std(b)?));
-            } // else dropping the lease returns the port
+            match bind_std(self.bind_ip, rtp).and_then(registered) {
+                Ok((a, b)) => return Ok(lease(rtp, a, b)),
+                // Held by some other program: to the back of the queue.
+                Err(_) => {
+                    if let Ok(mut free) = self.pool.free.lock() {
+                        free.push_back(rtp);
+                    }
+                }
+            }
         }
         Err(MediaError::NoPorts)
     }
@@ -261,9 +321,20 @@ pub trait RelayControl: Send + std::fmt::Debug {
     fn stop_playing(&self);
 }
 
+/// Open files kept for everything but media (SIP sockets and connections, the
+/// database, logs).
+const FD_RESERVE: usize = 2048;
+
+/// The soft limit on open files (Linux `/proc/self/limits`), if known.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Port pairs the engine keeps bound ahead of need (a burst of new calls takes
 /// these; the binder thread tops them up).
-const READY_PAIRS: usize = 256;
+const READY_PAIRS: usize = 64;
 
 /// The real engine: sockets from a [`Media`] pool, a tokio task per session.
 #[derive(Clone)]
@@ -284,8 +355,14 @@ impl std::fmt::Debug for RtpEngine {
 }
 
 impl RtpEngine {
-    /// Also starts keeping port pairs bound ahead of need.
+    /// Also starts keeping port pairs bound ahead of need, and keeps media
+    /// within the open-file limit.
     pub fn new(media: Media, inactivity: Duration, on_idle: IdleNotifier) -> RtpEngine {
+        if let Some(limit) = open_files_limit() {
+            let pairs = limit.saturating_sub(FD_RESERVE) / 2;
+            media.limit_pairs(pairs);
+            tracing::info!("media: at most {pairs} port pairs (open-file limit {limit})");
+        }
         media.keep_ready(READY_PAIRS);
         RtpEngine {
             media,
@@ -1105,6 +1182,41 @@ mod tests {
         }
         assert_eq!(ready(), 4, "topped up again");
         assert_eq!(media.ports_in_use(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_finished_calls_sockets_are_reused_without_its_stale_packets() {
+        let media = Media::new("127.0.0.1".parse().expect("ip"), 41600, 41620);
+        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let ports = relay.ports;
+        drop(relay);
+        for _ in 0..100 {
+            if media.ports_in_use() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(media.pool.idle.lock().map(|i| i.len()).unwrap_or(0), 2);
+        // Late media of the finished call, queued on the idle socket.
+        let late = UdpSocket::bind("127.0.0.1:0").await.expect("late");
+        late.send_to(&rtp(9, b"stale"), ("127.0.0.1", ports[0]))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        assert_eq!(relay.ports, ports, "the same sockets, no new bind");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
+        relay.set_peer(
+            1,
+            Peer {
+                rtp: Some(b.local_addr().expect("b")),
+                sip_ip: None,
+                receives: true,
+            },
+        );
+        let mut buf = [0u8; 64];
+        let got = tokio::time::timeout(Duration::from_millis(200), b.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "the stale packet was drained, not relayed");
     }
 
     #[tokio::test]

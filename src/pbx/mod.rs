@@ -12,11 +12,11 @@ use crate::registrar::{Policy, Registrar};
 use crate::routing::dialplan::Dialplan;
 use crate::shard::{Shard, ShardConfig};
 use crate::sip::auth::DigestAuthority;
-use crate::sip::message::{Limits, Message};
+use crate::sip::message::Limits;
 use crate::sip::transaction::TransactionLayer;
-use crate::sip::{call_id::shard_of, CallId, Remote, SipError};
+use crate::sip::{call_id::shard_of, CallId};
 use crate::store::{IdGen, Store, StoreError, Writer, WriterMsg};
-use crate::transport::{Dispatcher, Inbound, Listeners, Outbound, TransportError};
+use crate::transport::{Dispatcher, Inbound, Listeners, Outbound, Readers, TransportError};
 use crate::tu::{CallSettings, Counters, Env, LocalAddrs, Stats};
 use crate::users::{DemoUser, Users};
 use hdrhistogram::Histogram;
@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// Inputs of a shard task.
+/// What a shard task is told besides SIP traffic. These come on a channel of
+/// their own, read before the SIP queue: a durability acknowledgement must
+/// never wait behind new requests (under overload that wait is what turns
+/// held answers into retransmission storms).
 #[derive(Debug)]
-pub enum ShardInput {
-    /// A message from the wire, with the time the transport received it.
-    Message(Result<Message, SipError>, Remote, Instant),
+pub enum Control {
     /// Place a call (third-party call control): ring `from`, then connect `to`.
     Originate {
         from: String,
@@ -44,12 +45,6 @@ pub enum ShardInput {
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
-}
-
-impl From<Inbound> for ShardInput {
-    fn from(i: Inbound) -> ShardInput {
-        ShardInput::Message(i.parsed, i.remote, i.at)
-    }
 }
 
 /// Why the PBX could not start.
@@ -129,10 +124,12 @@ impl PbxBuilder {
             .map_or(5060, |a| a.port());
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
-        let idle_to = senders.clone();
+        let (controls, control_rx): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+        let idle_to = controls.clone();
         let on_idle: crate::media::IdleNotifier = Arc::new(move |call: CallId| {
             let shard = call.shard(idle_to.len());
-            let _ = idle_to[shard].try_send(ShardInput::MediaIdle(call));
+            let _ = idle_to[shard].send(Control::MediaIdle(call));
         });
         let media = RtpEngine::new(
             Media::new(
@@ -193,9 +190,9 @@ impl PbxBuilder {
         let mut tasks = JoinSet::new();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let dispatcher = Dispatcher::new(senders.clone(), limits);
-        let outbound = listeners.start(dispatcher.clone(), &mut tasks);
+        let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         let dialplan = Dialplan::from_config(&config);
-        for (i, rx) in receivers.into_iter().enumerate() {
+        for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
             let shard = Shard::new(
                 Arc::clone(&env),
                 ShardConfig {
@@ -207,17 +204,27 @@ impl PbxBuilder {
                 TransactionLayer::new(config.timers()),
                 Counters::new(IdGen::new(id_base, i, shards)),
             );
-            tasks.spawn(run_shard(
-                i,
+            let task = ShardTask {
+                index: i,
                 shard,
                 rx,
-                env.presence.clone(),
-                Arc::clone(&outbound),
-                writer_tx.clone(),
-                Arc::clone(&latency),
-            ));
+                control: ctl,
+                dispatcher: dispatcher.clone(),
+                presence: env.presence.clone(),
+                outbound: Arc::clone(&outbound),
+                writer: writer_tx.clone(),
+                latency: Arc::clone(&latency),
+            };
+            tasks.spawn(task.run());
         }
-        tasks.spawn(run_writer(store.clone(), writer_rx, senders.clone()));
+        let (st, ctl) = (store.clone(), controls.clone());
+        let writer = std::thread::Builder::new()
+            .name("sipdesk-writer".into())
+            .spawn(move || run_writer(st, writer_rx, ctl))
+            .map_err(|source| PbxError::DataDir {
+                dir: dir.clone(),
+                source,
+            })?;
         tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
         Ok(Pbx {
             config,
@@ -230,8 +237,11 @@ impl PbxBuilder {
             tcp_addrs,
             demo_users,
             tasks,
+            readers,
+            writer: Some(writer),
+            writer_tx,
             latency,
-            shard_inputs: senders,
+            controls,
         })
     }
 }
@@ -243,15 +253,20 @@ pub struct Pbx {
     data_dir: PathBuf,
     store: Store,
     env: Arc<Env>,
-    dispatcher: Dispatcher<ShardInput>,
+    dispatcher: Dispatcher<Inbound>,
     outbound: Arc<Outbound>,
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
     demo_users: Vec<DemoUser>,
     tasks: JoinSet<()>,
+    /// The threads reading the UDP sockets.
+    readers: Readers,
+    /// The store writer's thread, and its queue (to stop it).
+    writer: Option<std::thread::JoinHandle<()>>,
+    writer_tx: mpsc::UnboundedSender<WriterMsg>,
     latency: LatencyHistogram,
     /// Where API requests enter the shards.
-    shard_inputs: Vec<mpsc::Sender<ShardInput>>,
+    controls: Vec<mpsc::UnboundedSender<Control>>,
 }
 
 impl Pbx {
@@ -316,6 +331,17 @@ impl Pbx {
         )
     }
 
+    /// New requests refused with 503 because the PBX was overloaded: at the
+    /// edge (their shard's queue was long) or in a shard (they waited too long).
+    pub fn shed(&self) -> u64 {
+        self.dispatcher.shed()
+            + self
+                .env
+                .stats
+                .shed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Routing latency so far (INVITE received → B-leg INVITE or answer sent), µs:
     /// (count, p50, p99, max). Samples reach it within ~200 ms.
     pub fn routing_latency(&self) -> (u64, u64, u64, u64) {
@@ -334,21 +360,15 @@ impl Pbx {
     /// the PBX answers): `from`'s phone rings first; when it answers, `to` is called
     /// and the two are connected. Returns the call's id (leg A's Call-ID).
     pub async fn originate(&self, from: &str, to: &str) -> Result<String, OriginateError> {
-        let shard = shard_of(from.as_bytes(), self.shard_inputs.len());
+        let shard = shard_of(from.as_bytes(), self.controls.len());
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let input = ShardInput::Originate {
+        let input = Control::Originate {
             from: from.to_string(),
             to: to.to_string(),
             reply,
         };
-        let sender = self
-            .shard_inputs
-            .get(shard)
-            .ok_or(OriginateError::Stopped)?;
-        sender
-            .send(input)
-            .await
-            .map_err(|_| OriginateError::Stopped)?;
+        let sender = self.controls.get(shard).ok_or(OriginateError::Stopped)?;
+        sender.send(input).map_err(|_| OriginateError::Stopped)?;
         answer.await.map_err(|_| OriginateError::Stopped)?
     }
 
@@ -363,6 +383,7 @@ impl Pbx {
         tracing::info!(
             "routing latency (INVITE received -> B-leg INVITE or answer sent): n={n} p50={p50}us p99={p99}us max={max}us"
         );
+        tracing::info!("new requests shed under overload (503): {}", self.shed());
         tracing::info!(
             "stopping with {} live calls and {} media port pairs in use",
             self.stats()
@@ -370,7 +391,14 @@ impl Pbx {
                 .load(std::sync::atomic::Ordering::Relaxed),
             self.media_ports_in_use()
         );
+        let readers = std::mem::take(&mut self.readers);
+        let _ = tokio::task::spawn_blocking(move || readers.stop()).await;
         self.tasks.shutdown().await;
+        // The writer applies what is queued before its stop, then ends.
+        let _ = self.writer_tx.send(WriterMsg::Stop);
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
         self.store.flush().await
     }
 }
@@ -386,98 +414,137 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// A new (out-of-dialog) INVITE: its handling is what the routing latency measures.
-fn is_new_invite(input: &ShardInput) -> Option<Instant> {
-    match input {
-        ShardInput::Message(Ok(m), _, at)
+fn is_new_invite(input: &Inbound) -> Option<Instant> {
+    match &input.parsed {
+        Ok(m)
             if m.method() == Some(&crate::sip::message::Method::Invite)
                 && m.to_header().is_some_and(|t| t.tag().is_none()) =>
         {
-            Some(*at)
+            Some(input.at)
         }
         _ => None,
     }
 }
 
-async fn run_shard(
+/// One shard's task: its queues in, the socket, the writer and the latency
+/// histogram out.
+struct ShardTask {
     index: usize,
-    mut shard: Shard,
-    mut rx: mpsc::Receiver<ShardInput>,
+    shard: Shard,
+    rx: mpsc::Receiver<Inbound>,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Told how far behind this shard is (the edge sheds on it).
+    dispatcher: Dispatcher<Inbound>,
     presence: crate::presence::Presence,
     outbound: Arc<Outbound>,
     writer: mpsc::UnboundedSender<WriterMsg>,
     latency: LatencyHistogram,
-) {
-    let sleep = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(sleep);
-    let mut local = new_histogram();
-    let mut invites: Vec<Instant> = Vec::new();
-    let mut merged_at = Instant::now();
-    // Presence changes are only read while this shard has a BLF subscription or a
-    // waiting queue call (most shards of a busy PBX have neither).
-    let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
-    loop {
-        match (shard.wants_presence(), changes.is_some()) {
-            (true, false) => {
-                changes = Some(presence.subscribe());
-                // Whatever changed before listening: look at everything once.
-                shard.handle_presence_lag(Instant::now());
-            }
-            (false, true) => changes = None,
-            _ => {}
-        }
-        let timeout = shard.poll_timeout();
-        if let Some(at) = timeout {
-            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
-        }
-        tokio::select! {
-            input = rx.recv() => {
-                let Some(input) = input else { break };
-                let now = Instant::now();
-                invites.extend(is_new_invite(&input));
-                handle_input(&mut shard, now, input);
-                // Drain what else is queued before sending, to batch the wake-up.
-                for _ in 0..64 {
-                    match rx.try_recv() {
-                        Ok(input) => {
-                            invites.extend(is_new_invite(&input));
-                            handle_input(&mut shard, now, input)
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            () = &mut sleep, if timeout.is_some() => shard.handle_timeout(Instant::now()),
-            change = recv_change(&mut changes), if changes.is_some() => match change {
-                Ok(change) => shard.handle_presence(Instant::now(), &change),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(shard = index, "presence stream lagged by {n}");
+}
+
+impl ShardTask {
+    async fn run(self) {
+        let ShardTask {
+            index,
+            mut shard,
+            mut rx,
+            mut control,
+            dispatcher,
+            presence,
+            outbound,
+            writer,
+            latency,
+        } = self;
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut local = new_histogram();
+        let mut invites: Vec<Instant> = Vec::new();
+        let mut merged_at = Instant::now();
+        // Presence changes are only read while this shard has a BLF subscription or a
+        // waiting queue call (most shards of a busy PBX have neither).
+        let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
+        loop {
+            match (shard.wants_presence(), changes.is_some()) {
+                (true, false) => {
+                    changes = Some(presence.subscribe());
+                    // Whatever changed before listening: look at everything once.
                     shard.handle_presence_lag(Instant::now());
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-        }
-        while let Some(t) = shard.poll_transmit() {
-            outbound.send(&t);
-        }
-        if !invites.is_empty() {
-            let sent = Instant::now();
-            for at in invites.drain(..) {
-                let micros = sent.saturating_duration_since(at).as_micros() as u64;
-                let _ = local.record(micros.clamp(1, 60_000_000));
+                (false, true) => changes = None,
+                _ => {}
             }
-            if sent.saturating_duration_since(merged_at) >= Duration::from_millis(200) {
-                if let Ok(mut h) = latency.lock() {
-                    let _ = h.add(&local);
+            let timeout = shard.poll_timeout();
+            if let Some(at) = timeout {
+                sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+            }
+            tokio::select! {
+                // Control first: flush results release held answers at once.
+                biased;
+                c = control.recv() => {
+                    let Some(c) = c else { break };
+                    let now = Instant::now();
+                    handle_control(&mut shard, now, c);
+                    while let Ok(c) = control.try_recv() {
+                        handle_control(&mut shard, now, c);
+                    }
                 }
-                local.reset();
-                merged_at = sent;
+                input = rx.recv() => {
+                    let Some(input) = input else { break };
+                    let now = Instant::now();
+                    let waited = now.saturating_duration_since(input.at);
+                    invites.extend(is_new_invite(&input));
+                    shard.handle_message(now, input.parsed, input.remote, input.at);
+                    // Drain what else is queued before sending, to batch the wake-up.
+                    for _ in 0..64 {
+                        match rx.try_recv() {
+                            Ok(input) => {
+                                invites.extend(is_new_invite(&input));
+                                shard.handle_message(now, input.parsed, input.remote, input.at);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    // How far behind this shard is (how long the head of its queue
+                    // waited; nothing once it has caught up): the edge refuses new
+                    // requests while it is too far.
+                    let lag = if rx.is_empty() { Duration::ZERO } else { waited };
+                    dispatcher.report_lag(index, lag);
+                    // One batch per turn: media tasks on this worker (RTP) must not
+                    // wait behind a long SIP backlog.
+                    tokio::task::yield_now().await;
+                }
+                () = &mut sleep, if timeout.is_some() => shard.handle_timeout(Instant::now()),
+                change = recv_change(&mut changes), if changes.is_some() => match change {
+                    Ok(change) => shard.handle_presence(Instant::now(), &change),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(shard = index, "presence stream lagged by {n}");
+                        shard.handle_presence_lag(Instant::now());
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
             }
-        }
-        for w in shard.poll_writes() {
-            let _ = writer.send(WriterMsg::Write(w));
-        }
-        if let Some(seq) = shard.poll_flush() {
-            let _ = writer.send(WriterMsg::Flush { shard: index, seq });
+            while let Some(t) = shard.poll_transmit() {
+                outbound.send(&t);
+            }
+            if !invites.is_empty() {
+                let sent = Instant::now();
+                for at in invites.drain(..) {
+                    let micros = sent.saturating_duration_since(at).as_micros() as u64;
+                    let _ = local.record(micros.clamp(1, 60_000_000));
+                }
+                if sent.saturating_duration_since(merged_at) >= Duration::from_millis(200) {
+                    if let Ok(mut h) = latency.lock() {
+                        let _ = h.add(&local);
+                    }
+                    local.reset();
+                    merged_at = sent;
+                }
+            }
+            for w in shard.poll_writes() {
+                let _ = writer.send(WriterMsg::Write(w));
+            }
+            if let Some(seq) = shard.poll_flush() {
+                let _ = writer.send(WriterMsg::Flush { shard: index, seq });
+            }
         }
     }
 }
@@ -492,30 +559,29 @@ async fn recv_change(
     }
 }
 
-fn handle_input(shard: &mut Shard, now: Instant, input: ShardInput) {
-    match input {
-        ShardInput::Message(parsed, remote, received) => {
-            shard.handle_message(now, parsed, remote, received)
-        }
-        ShardInput::Originate { from, to, reply } => {
+fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
+    match control {
+        Control::Originate { from, to, reply } => {
             let placed = shard.originate(now, &from, &to).map(|c| c.to_string());
             let _ = reply.send(placed);
         }
-        ShardInput::MediaIdle(call_id) => shard.handle_media_idle(now, &call_id),
-        ShardInput::Flushed(seq) => shard.handle_flushed(now, seq),
-        ShardInput::FlushFailed => shard.handle_flush_failed(now),
+        Control::MediaIdle(call_id) => shard.handle_media_idle(now, &call_id),
+        Control::Flushed(seq) => shard.handle_flushed(now, seq),
+        Control::FlushFailed => shard.handle_flush_failed(now),
     }
 }
 
-/// The writer: applies queued changes on a blocking thread (sled stays off the
-/// hot path) and group-commits: one flush covers every change queued before the
-/// flush requests it answers.
-async fn run_writer(
+/// The writer, on a thread of its own (durability must not wait for a turn on
+/// a runtime busy with SIP): applies everything queued as one sled batch per
+/// tree and group-commits, so one flush covers every change queued before the
+/// flush requests it answers. Ends when every sender is gone.
+fn run_writer(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
-    shards: Vec<mpsc::Sender<ShardInput>>,
+    shards: Vec<mpsc::UnboundedSender<Control>>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut stopping = false;
+    while let Some(first) = rx.blocking_recv() {
         let mut writes = Vec::new();
         let mut upto: HashMap<usize, u64> = HashMap::new();
         let mut next = Some(first);
@@ -526,37 +592,43 @@ async fn run_writer(
                     let e = upto.entry(shard).or_default();
                     *e = (*e).max(seq);
                 }
+                WriterMsg::Stop => {
+                    stopping = true;
+                    break;
+                }
             }
             if writes.len() < 50_000 {
                 next = rx.try_recv().ok();
             }
         }
-        // One sled batch per tree for everything queued, on a blocking thread.
-        let st = store.clone();
-        let applied = tokio::task::spawn_blocking(move || st.apply(writes))
-            .await
-            .unwrap_or(Err(StoreError::WriterGone));
+        let (count, started) = (writes.len(), Instant::now());
+        let applied = store.apply(writes);
+        tracing::trace!(count, elapsed = ?started.elapsed(), "store writes applied");
         if let Err(e) = &applied {
             tracing::error!("store write failed: {e}");
         }
         if upto.is_empty() {
+            if stopping {
+                break;
+            }
             continue;
         }
         let started = Instant::now();
-        let result = match applied {
-            Ok(()) => store.flush().await,
-            Err(e) => Err(e),
-        };
+        let result = applied.and_then(|()| store.flush_now());
         tracing::trace!(shards = upto.len(), elapsed = ?started.elapsed(), "store flushed");
         if let Err(e) = &result {
             tracing::error!("store flush failed: {e}");
         }
         for (shard, seq) in upto {
             let msg = match result {
-                Ok(()) => ShardInput::Flushed(seq),
-                Err(_) => ShardInput::FlushFailed,
+                Ok(()) => Control::Flushed(seq),
+                Err(_) => Control::FlushFailed,
             };
-            let _ = shards[shard].send(msg).await;
+            // Never waits: the control channel is not the SIP queue.
+            let _ = shards[shard].send(msg);
+        }
+        if stopping {
+            break;
         }
     }
 }

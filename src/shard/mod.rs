@@ -591,7 +591,7 @@ impl Shard {
 /// How long a new request may wait in the shard's queue before it is shed: far
 /// above the normal queueing delay (under a millisecond), and well inside T1
 /// (500 ms), after which the client retransmits and the backlog only grows.
-pub const SHED_AFTER: Duration = Duration::from_millis(150);
+pub const SHED_AFTER: Duration = Duration::from_millis(50);
 
 /// A request that starts something new (no To tag) and may be refused under
 /// load; ACK and CANCEL finish what exists and are never shed.

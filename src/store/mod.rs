@@ -82,7 +82,12 @@ impl Write {
 #[derive(Debug)]
 pub enum WriterMsg {
     Write(Write),
-    Flush { shard: usize, seq: u64 },
+    Flush {
+        shard: usize,
+        seq: u64,
+    },
+    /// Apply what came before, then stop (shutdown).
+    Stop,
 }
 
 /// Where changes go: straight into the store (tools, tests), or queued to the

@@ -27,6 +27,8 @@ const MAX_TCP_CONNECTIONS: usize = 10_000;
 /// A transport failure (local: binding or socket setup).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    #[error("cannot start reading a socket: {source}")]
+    Reader { source: std::io::Error },
     #[error("cannot listen on {transport} {addr}: {source}")]
     Bind {
         transport: Transport,
@@ -48,16 +50,22 @@ pub struct Inbound {
 #[derive(Debug)]
 pub struct Dispatcher<T> {
     shards: Arc<Vec<mpsc::Sender<T>>>,
+    /// How long each shard's last message waited in its queue (µs), as the
+    /// shard reports it: the overload signal.
+    lags: Arc<Vec<AtomicU64>>,
     limits: Limits,
     dropped_overload: Arc<AtomicU64>,
+    shed: Arc<AtomicU64>,
 }
 
 impl<T> Clone for Dispatcher<T> {
     fn clone(&self) -> Self {
         Dispatcher {
             shards: Arc::clone(&self.shards),
+            lags: Arc::clone(&self.lags),
             limits: self.limits,
             dropped_overload: Arc::clone(&self.dropped_overload),
+            shed: Arc::clone(&self.shed),
         }
     }
 }
@@ -65,9 +73,11 @@ impl<T> Clone for Dispatcher<T> {
 impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
     pub fn new(shards: Vec<mpsc::Sender<T>>, limits: Limits) -> Self {
         Dispatcher {
+            lags: Arc::new(shards.iter().map(|_| AtomicU64::new(0)).collect()),
             shards: Arc::new(shards),
             limits,
             dropped_overload: Arc::new(AtomicU64::new(0)),
+            shed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -76,10 +86,21 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         self.dropped_overload.load(Ordering::Relaxed)
     }
 
-    /// Parses `bytes` and queues it on its shard; never waits.
-    pub fn dispatch(&self, bytes: Bytes, remote: Remote) {
+    /// A shard reports how long the message it just took had waited.
+    pub fn report_lag(&self, shard: usize, waited: std::time::Duration) {
+        if let Some(l) = self.lags.get(shard) {
+            l.store(waited.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Parses `bytes` and queues it on its shard; never waits. Returns an
+    /// answer to send back at once: 503 with Retry-After (RFC 3261 §21.5.4) for
+    /// a new request while its shard is behind (its messages wait longer than
+    /// [`SHED_LAG`], or more than [`SHED_BACKLOG`] are queued) — the cheapest
+    /// refusal there is, and it keeps the shard for the calls it has taken.
+    pub fn dispatch(&self, bytes: Bytes, remote: Remote) -> Option<Transmit> {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return; // a keep-alive datagram
+            return None; // a keep-alive datagram
         }
         let parsed = parse(bytes, &self.limits);
         let n = self.shards.len();
@@ -87,15 +108,66 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
             Ok(m) => m.call_id().map_or(0, |c| shard_of(c, n)),
             Err(_) => shard_of(remote.addr.to_string().as_bytes(), n),
         };
+        let queue = &self.shards[shard];
+        let backlog = queue.max_capacity() - queue.capacity();
+        let lag = self.lags[shard].load(Ordering::Relaxed);
+        let behind = lag > SHED_LAG.as_micros() as u64 || backlog > SHED_BACKLOG;
+        if let Ok(m) = &parsed {
+            if behind && starts_something(m) {
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                return overloaded(m, remote);
+            }
+        }
         let input = Inbound {
             parsed,
             remote,
             at: std::time::Instant::now(),
         };
-        if self.shards[shard].try_send(T::from(input)).is_err() {
+        if queue.try_send(T::from(input)).is_err() {
             self.dropped_overload.fetch_add(1, Ordering::Relaxed);
         }
+        None
     }
+
+    /// New requests refused at the edge because their shard was overloaded.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+}
+
+/// A shard whose messages wait longer than this is behind: new requests are
+/// refused at the edge until it catches up (normal waits are well under 1 ms).
+pub const SHED_LAG: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Messages queued for a shard beyond which new requests are refused at the
+/// edge whatever the lag (a shard that has stalled reports none).
+pub const SHED_BACKLOG: usize = 256;
+
+/// A request that starts something new (no To tag; not ACK or CANCEL, which
+/// finish what exists).
+fn starts_something(m: &crate::sip::message::Message) -> bool {
+    m.is_request()
+        && !matches!(
+            m.method(),
+            Some(crate::sip::message::Method::Ack | crate::sip::message::Method::Cancel)
+        )
+        && m.to_header().is_some_and(|t| t.tag().is_none())
+}
+
+/// A stateless 503 with Retry-After for `req` (none without a Via to answer to).
+fn overloaded(req: &crate::sip::message::Message, remote: Remote) -> Option<Transmit> {
+    req.top_via()?;
+    let mut b = crate::sip::message::Builder::reply(
+        req,
+        remote.addr,
+        503,
+        "Service Unavailable (Overloaded)",
+    );
+    b.header("Retry-After", "5");
+    Some(Transmit {
+        remote: crate::sip::transaction::reply_remote(req, remote),
+        payload: b.finish(),
+    })
 }
 
 /// Sends what shards produce. UDP goes out on the socket the request came in on;
@@ -138,8 +210,27 @@ impl Outbound {
 /// Bound sockets, before their loops start.
 #[derive(Debug)]
 pub struct Listeners {
-    pub udp: Vec<Arc<UdpSocket>>,
+    pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<TcpListener>,
+}
+
+/// The threads that read the UDP sockets; dropping this stops them.
+#[derive(Debug, Default)]
+pub struct Readers {
+    threads: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Readers {
+    /// Stops the readers and waits until they have let go of their sockets.
+    pub fn stop(self) {
+        for (stop, thread) in self.threads {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Listeners {
@@ -154,7 +245,7 @@ impl Listeners {
                 addr: *addr,
                 source,
             })?;
-            out.udp.push(Arc::new(sock));
+            out.udp.push(sock);
         }
         for addr in tcp {
             let l = bind_tcp(*addr).map_err(|source| TransportError::Bind {
@@ -180,19 +271,33 @@ impl Listeners {
         )
     }
 
-    /// Starts the receive loops; returns the send handle.
+    /// Starts the receive loops; returns the send handle. Each UDP socket is read
+    /// by a thread of its own, so reading keeps pace with the kernel however
+    /// busy the shards are: overload then shows as queueing in the shards,
+    /// which shed it, instead of datagrams lost in the kernel.
     pub fn start<T: From<Inbound> + Send + 'static>(
         self,
         dispatcher: Dispatcher<T>,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> Arc<Outbound> {
+    ) -> Result<(Arc<Outbound>, Readers), TransportError> {
+        let mut senders = Vec::new();
+        let mut readers = Readers::default();
+        for (i, sock) in self.udp.into_iter().enumerate() {
+            let failed = |source| TransportError::Reader { source };
+            let reader = sock.try_clone().map_err(failed)?;
+            senders.push(Arc::new(UdpSocket::from_std(sock).map_err(failed)?));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let dispatcher = dispatcher.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sipdesk-udp-{i}"))
+                .spawn(move || udp_reader(reader, ConnId(i as u64), dispatcher, stopped))
+                .map_err(failed)?;
+            readers.threads.push((stop, thread));
+        }
         let outbound = Arc::new(Outbound {
-            udp: self.udp.clone(),
+            udp: senders,
             ..Outbound::default()
         });
-        for (i, sock) in self.udp.into_iter().enumerate() {
-            tasks.spawn(udp_loop(sock, ConnId(i as u64), dispatcher.clone()));
-        }
         for l in self.tcp {
             tasks.spawn(tcp_accept_loop(
                 l,
@@ -200,11 +305,39 @@ impl Listeners {
                 Arc::clone(&outbound),
             ));
         }
-        outbound
+        Ok((outbound, readers))
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// A reader thread: its own single-threaded runtime around [`udp_loop`], until
+/// `stopped` resolves (its sender is dropped).
+fn udp_reader<T: From<Inbound> + Send + 'static>(
+    sock: std::net::UdpSocket,
+    local: ConnId,
+    dispatcher: Dispatcher<T>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return tracing::error!("udp reader runtime: {e}"),
+    };
+    rt.block_on(async move {
+        let sock = match UdpSocket::from_std(sock) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!("udp reader socket: {e}"),
+        };
+        tokio::select! {
+            () = udp_loop(Arc::new(sock), local, dispatcher) => {}
+            _ = stopped => {}
+        }
+    });
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -215,7 +348,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -252,7 +385,10 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
                         addr: from,
                         conn: Some(local),
                     };
-                    dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote);
+                    if let Some(t) = dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote)
+                    {
+                        let _ = sock.try_send_to(&t.payload, t.remote.addr);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable and friends surface here on some systems.
@@ -331,7 +467,11 @@ async fn tcp_connection<T: From<Inbound> + Send + 'static>(
                 Ok(Some(Frame::Ping)) => {
                     let _ = pong.try_send(Bytes::from_static(b"\r\n"));
                 }
-                Ok(Some(Frame::Message(bytes))) => dispatcher.dispatch(bytes, remote),
+                Ok(Some(Frame::Message(bytes))) => {
+                    if let Some(t) = dispatcher.dispatch(bytes, remote) {
+                        let _ = pong.try_send(t.payload);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     failed = Some(e);
