@@ -7,7 +7,7 @@
 # open files, steal. Everything on 127.0.0.1:5070; every SIPp run bounded by
 # -m and timeout.
 #
-#   usage: benches/overload.sh      env: RATES (default "2000 4000"), SECS (10)
+#   usage: benches/overload.sh      env: RATES (default "2000 4000"), SECS (10), BIN
 #   output: target/overload/<timestamp>/<rate>/{uac.log,timeline.txt,pbx.log}
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,13 +15,16 @@ LAB="${LAB_SRC:-$ROOT/../shared/lab}"
 RATES="${RATES:-2000 4000}"; SECS="${SECS:-10}"
 OUT="$ROOT/target/overload/$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT"
 command -v sipp >/dev/null || { echo "sipp missing: apt-get install sip-tester" >&2; exit 1; }
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/sipdesk"
+# BIN=path/to/sipdesk measures another build (e.g. an older one) the same way.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  BIN="$ROOT/target/release/sipdesk"
+fi
 CONF="$OUT/sipdesk.toml"
 {
   printf '[sip]\nudp = ["127.0.0.1:5070"]\ntcp = []\nauth_algorithms = ["MD5"]\nshards = 1\n'
   printf '[rtp]\nbind_ip = "127.0.0.1"\nport_min = 10000\nport_max = 60000\n'
-  printf '[calls]\nauthenticate = false\n[log]\nlevel = "info,sipdesk::shard=warn"\n[demo]\nextensions = []\n'
+  printf '[calls]\nauthenticate = false\n[log]\nlevel = "info,sipdesk::shard=warn,sipdesk::endpoint=warn"\n[demo]\nextensions = []\n'
   printf '[[users]]\nextension = "2000"\npassword = "pw2000"\n'
 } > "$CONF"
 printf 'SEQUENTIAL\n2000;pw2000\n' > "$OUT/uas.csv"
@@ -57,7 +60,7 @@ for RATE in $RATES; do
   kill "$PBX"; wait "$PBX" 2>/dev/null || true
   ok=$(grep -a "Successful call" "$dir/uac.log" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
   failed=$(grep -a "Failed call" "$dir/uac.log" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
-  shed=$(grep -a "shed under overload" "$dir/pbx.log" | grep -o '[0-9]*$' | tail -1)
+  shed=$(grep -a "shed under overload" "$dir/pbx.log" | grep -o '[0-9]*$' | tail -1 || true)
   drops=$(awk 'NR==1 {p=$2} {printf "%s ", $2-p; p=$2}' "$dir/timeline.txt")
   peak=$(awk '$3>m {m=$3} END {print m}' "$dir/timeline.txt")
   hz=$(getconf CLK_TCK)

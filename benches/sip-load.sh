@@ -43,6 +43,8 @@ ss -Hlun "sport = :5070" | grep -q . && { echo "udp 5070 already in use" >&2; ex
 PBX=$!
 trap 'kill $PBX 2>/dev/null || true' EXIT
 for _ in $(seq 100); do ss -Hlun "sport = :5070" | grep -q . && break; sleep 0.1; done
+sleep 1
+echo "sipdesk RSS idle: $(awk '/VmRSS/ {print $2}' "/proc/$PBX/status") kB" | tee "$OUT/rss-idle.txt"
 echo "== sipdesk (pid $PBX)"
 SERVER_PIDS="$PBX" "$LAB/sip-load.sh" "$OUT/sipdesk" | tail -n 20
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PBX/status")
