@@ -65,6 +65,14 @@ pub enum PbxError {
     Routing(#[from] crate::routing::RoutingError),
 }
 
+/// How long the writer waits for the flush request that covers writes it has
+/// (they come together, from one shard turn): a group commit, not one per write.
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+
+/// The shortest time between two group commits under load (at most ~500
+/// flushes a second, each covering everything that came meanwhile).
+const FLUSH_PACE: Duration = Duration::from_millis(2);
+
 /// Messages a shard may have queued before new ones are dropped (bounded memory
 /// under a flood; SIP retransmits what was lost).
 const SHARD_QUEUE: usize = 16_384;
@@ -106,7 +114,7 @@ impl PbxBuilder {
             max_contacts: 16,
         };
         let (wall, mono) = (UnixMillis::now(), Instant::now());
-        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+        let (writer_tx, writer_rx) = std::sync::mpsc::channel();
         let registrar = Registrar::load(&store, Writer::Queued(writer_tx.clone()), policy, wall)?;
         let limits = Limits {
             max_message: *config.sip.max_message_bytes.get_ref(),
@@ -263,7 +271,7 @@ pub struct Pbx {
     readers: Readers,
     /// The store writer's thread, and its queue (to stop it).
     writer: Option<std::thread::JoinHandle<()>>,
-    writer_tx: mpsc::UnboundedSender<WriterMsg>,
+    writer_tx: std::sync::mpsc::Sender<WriterMsg>,
     latency: LatencyHistogram,
     /// Where API requests enter the shards.
     controls: Vec<mpsc::UnboundedSender<Control>>,
@@ -437,7 +445,7 @@ struct ShardTask {
     dispatcher: Dispatcher<Inbound>,
     presence: crate::presence::Presence,
     outbound: Arc<Outbound>,
-    writer: mpsc::UnboundedSender<WriterMsg>,
+    writer: std::sync::mpsc::Sender<WriterMsg>,
     latency: LatencyHistogram,
 }
 
@@ -577,14 +585,19 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
 /// flush requests it answers. Ends when every sender is gone.
 fn run_writer(
     store: Store,
-    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    rx: std::sync::mpsc::Receiver<WriterMsg>,
     shards: Vec<mpsc::UnboundedSender<Control>>,
 ) {
     let mut stopping = false;
-    while let Some(first) = rx.blocking_recv() {
+    // When the last flush ended: under load, flushes are paced (see below).
+    let mut flushed_at = Instant::now() - FLUSH_PACE;
+    while let Ok(first) = rx.recv() {
         let mut writes = Vec::new();
         let mut upto: HashMap<usize, u64> = HashMap::new();
         let mut next = Some(first);
+        // Group commit: writes come just before the flush request that covers
+        // them; wait for it a little rather than commit a batch of one.
+        let window = Instant::now() + GROUP_COMMIT_WINDOW;
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Write(w) => writes.push(w),
@@ -598,7 +611,26 @@ fn run_writer(
                 }
             }
             if writes.len() < 50_000 {
-                next = rx.try_recv().ok();
+                // Under load (the last flush was moments ago) one flush per
+                // FLUSH_PACE covers everything that came meanwhile; when idle,
+                // a flush goes at once.
+                let until = if upto.is_empty() {
+                    window
+                } else {
+                    flushed_at + FLUSH_PACE
+                };
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) if !upto.is_empty() || !writes.is_empty() => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            None
+                        } else {
+                            rx.recv_timeout(left).ok()
+                        }
+                    }
+                    Err(_) => None,
+                };
             }
         }
         let (count, started) = (writes.len(), Instant::now());
@@ -615,6 +647,7 @@ fn run_writer(
         }
         let started = Instant::now();
         let result = applied.and_then(|()| store.flush_now());
+        flushed_at = Instant::now();
         tracing::trace!(shards = upto.len(), elapsed = ?started.elapsed(), "store flushed");
         if let Err(e) = &result {
             tracing::error!("store flush failed: {e}");

@@ -95,7 +95,7 @@ pub enum WriterMsg {
 #[derive(Debug, Clone)]
 pub enum Writer {
     Direct(Store),
-    Queued(tokio::sync::mpsc::UnboundedSender<WriterMsg>),
+    Queued(std::sync::mpsc::Sender<WriterMsg>),
 }
 
 impl Writer {
