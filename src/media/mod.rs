@@ -476,6 +476,20 @@ fn rtp_header(pkt: &[u8]) -> Option<(u16, u32, u32)> {
     Some((r.sequence_number().into(), r.timestamp(), r.ssrc()))
 }
 
+/// What the relay does to one packet arriving from a phone after a prompt:
+/// validate it, then rewrite its header to continue the prompt's stream.
+/// Returns whether it would be relayed (for the `rtp` fuzz target).
+#[doc(hidden)]
+pub fn relay_packet(pkt: &mut [u8], ssrc: u32, seq: u16, ts: u32) -> bool {
+    let Some((pseq, pts, _)) = rtp_header(pkt) else {
+        return false;
+    };
+    let mut c = Continuation::From { ssrc, seq, ts };
+    c.apply(pkt, pseq, pts);
+    c.apply(pkt, pseq.wrapping_add(1), pts);
+    rtp_header(pkt).is_some()
+}
+
 impl Continuation {
     /// Rewrites a validated RTP packet's header in place (`seq` and `ts` are
     /// what it carries now).
