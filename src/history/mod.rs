@@ -166,7 +166,7 @@ mod tests {
         store.put(rec.clone()).expect("record");
         store.flush_now().expect("flush");
         drop(store);
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = Store::reopen(dir.path());
         let h = History::load(&store).expect("load");
         assert_eq!(h.recent_agents("5550001"), ["202"]);
         assert_eq!(responses(&store, "5550001").expect("read"), vec![rec]);

@@ -157,8 +157,7 @@ fn bindings_expire_and_are_purged_from_memory_and_store() {
     assert!(r.lookup("201", later).is_empty());
     assert_eq!(r.purge_expired(later).expect("purge"), 1);
     drop(r);
-    let again =
-        Registrar::direct(Store::open(dir.path()).expect("store"), POLICY, T).expect("load");
+    let again = Registrar::direct(Store::reopen(dir.path()), POLICY, T).expect("load");
     assert_eq!(again.count(T), 0);
 }
 
@@ -176,8 +175,7 @@ fn bindings_are_reloaded_with_absolute_expiry() {
         store.flush_now().expect("flush");
     }
     let later = UnixMillis(T.0 + 200_000);
-    let r =
-        Registrar::direct(Store::open(dir.path()).expect("store"), POLICY, later).expect("reload");
+    let r = Registrar::direct(Store::reopen(dir.path()), POLICY, later).expect("reload");
     let b = r.lookup("201", later);
     assert_eq!(b.len(), 1, "the expired one is dropped");
     assert_eq!(b[0].contact, "sip:201@b");

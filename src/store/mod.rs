@@ -132,6 +132,20 @@ impl Store {
         })
     }
 
+    /// Opens a database this process just closed: sled's IO threads may hold
+    /// its file lock for a moment after the last handle is dropped (a restart
+    /// is a new process and never waits here).
+    #[cfg(test)]
+    pub fn reopen(dir: &Path) -> Store {
+        for _ in 0..200 {
+            if let Ok(store) = Store::open(dir) {
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Store::open(dir).expect("reopen")
+    }
+
     fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         if let Some(t) = self.trees.get(name) {
             return Ok(t.clone());
@@ -287,7 +301,7 @@ mod tests {
             .expect("apply");
         store.flush_now().expect("flush");
         drop(store);
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = Store::reopen(dir.path());
         assert_eq!(
             store.all::<Note>().expect("all"),
             vec![n(1, "a"), n(2, "b")]
