@@ -885,18 +885,9 @@ fn fork_result(codes: &[u16]) -> Refusal {
     }
 }
 
-/// Refuses a call that never connected: the final answer waits for its CDR.
+/// Refuses a call that never connected, answering A with our tag.
 pub(super) fn refuse(cx: &mut Cx<'_>, a: &ALeg, cdr: Cdr, r: Refusal) {
-    let mut answer = Builder::response(
-        &a.invite,
-        a.remote.addr,
-        r.code,
-        r.reason,
-        Some(a.tag.as_bytes()),
-    );
-    answer.header("Server", crate::sip::message::build::PRODUCT);
-    write_cdr(cx, cdr, r.disposition, r.by);
-    cx.respond_durable(a.tx, answer.finish());
+    super::refuse(cx, a.tx, &a.invite, a.remote, Some(&a.tag), cdr, r);
 }
 
 /// Sends our 200 to A (as `user`, with `body`; retransmitted until A's ACK)

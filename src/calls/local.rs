@@ -146,11 +146,7 @@ impl Calls {
         let origin = Origin::new(cdr.id);
         let (media, body) = match Self::prepare_local(cx, req, remote, kind, &call_id, origin) {
             Ok(prepared) => prepared,
-            Err(r) => {
-                let answer = cx.response(req, remote, r.code, r.reason).finish();
-                write_cdr(cx, cdr, r.disposition, r.by);
-                return cx.respond_durable(tx, answer);
-            }
+            Err(r) => return super::refuse(cx, tx, req, remote, None, cdr, r),
         };
         let local_tag = random_tag();
         let mut b = Builder::response(req, remote.addr, 200, "OK", Some(local_tag.as_bytes()));

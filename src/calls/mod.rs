@@ -26,7 +26,7 @@ pub use originate::OriginateError;
 use crate::clock::UnixMillis;
 use crate::presence::{DialogId, Direction, Presence};
 use crate::routing::dialplan::Target;
-use crate::sip::message::{HeaderName, Message, NameAddr, Uri};
+use crate::sip::message::{Builder, HeaderName, Message, NameAddr, Uri};
 use crate::sip::transaction::TxId;
 use crate::sip::{sdp, CallId, Remote, StatusCode};
 use crate::store::Write;
@@ -335,7 +335,7 @@ impl Calls {
         cx.env.stats.live_calls.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Refuses a new call that never started: the answer waits for its CDR.
+    /// Refuses a new call before anything was set up for it.
     fn refuse_new(
         &mut self,
         cx: &mut Cx<'_>,
@@ -351,16 +351,33 @@ impl Calls {
             .map(lossy)
             .unwrap_or_default();
         let cdr = new_cdr(cx, call_id, &party_number(req.from_header()), &callee);
-        let mut b = cx.response(req, remote, r.code, r.reason);
-        if r.code == StatusCode::SESSION_INTERVAL_TOO_SMALL.0 {
-            b.header(
-                "Min-SE",
-                cx.env.calls.min_session_expires.as_secs().to_string(),
-            );
-        }
-        write_cdr(cx, cdr, r.disposition, r.by);
-        cx.respond_durable(tx, b.finish());
+        refuse(cx, tx, req, remote, None, cdr, r);
     }
+}
+
+/// Refuses a call that never connected (with our To tag `tag`, or a fresh
+/// one): the final answer waits until its CDR is durable; a 422 states our
+/// Min-SE (RFC 4028).
+fn refuse(
+    cx: &mut Cx<'_>,
+    tx: TxId,
+    req: &Message,
+    remote: Remote,
+    tag: Option<&str>,
+    cdr: Cdr,
+    r: Refusal,
+) {
+    let tag = tag.map_or_else(crate::sip::message::build::random_tag, str::to_string);
+    let mut b = Builder::response(req, remote.addr, r.code, r.reason, Some(tag.as_bytes()));
+    b.header("Server", crate::sip::message::build::PRODUCT);
+    if r.code == StatusCode::SESSION_INTERVAL_TOO_SMALL.0 {
+        b.header(
+            "Min-SE",
+            cx.env.calls.min_session_expires.as_secs().to_string(),
+        );
+    }
+    write_cdr(cx, cdr, r.disposition, r.by);
+    cx.respond_durable(tx, b.finish());
 }
 
 /// A CDR for a call starting now (finished by [`write_cdr`]).

@@ -178,9 +178,10 @@ impl<'a, T> Cx<'a, T> {
         });
     }
 
-    /// A response to `req` with our Server header and a To tag.
+    /// A response to `req` with our Server header and a To tag (kept if the
+    /// request's To already has one).
     pub fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
-        response(req, remote, code, reason)
+        Builder::reply(req, remote.addr, code, reason)
     }
 
     /// Answers `req` with `status` and its standard reason phrase.
@@ -190,7 +191,7 @@ impl<'a, T> Cx<'a, T> {
 
     /// Answers `req` with a reason of our own.
     pub fn reply_with(&mut self, tx: TxId, req: &Message, remote: Remote, code: u16, reason: &str) {
-        let bytes = response(req, remote, code, reason).finish();
+        let bytes = Builder::reply(req, remote.addr, code, reason).finish();
         self.respond(tx, bytes);
     }
 
@@ -243,10 +244,4 @@ impl<'a, T> Cx<'a, T> {
             std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", self.env.sip_port),
         }
     }
-}
-
-/// A response to `req` with our Server header and a fresh To tag (kept if the
-/// request's To already has one).
-pub fn response(req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
-    Builder::reply(req, remote.addr, code, reason)
 }
