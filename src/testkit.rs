@@ -289,7 +289,7 @@ impl Harness {
         let outcome = self
             .env
             .registrar
-            .register(self.wall0, &msg, remote, ext)
+            .register(self.wall0, &msg, remote, ext, false)
             .expect("bind");
         assert!(matches!(outcome, crate::registrar::Outcome::Ok { .. }));
         let _ = self.env.presence.set_registered(ext, true, self.wall0);

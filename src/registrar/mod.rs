@@ -89,6 +89,10 @@ pub enum Outcome {
         bindings: Vec<Binding>,
         changed: bool,
     },
+    /// Credentials that repeat the nonce count of an earlier copy of this
+    /// request, but no binding shows that copy was applied: not a retransmission
+    /// but a replay (answered with a fresh challenge).
+    Replayed,
     /// A final error response.
     Reject {
         code: u16,
@@ -189,12 +193,18 @@ impl Registrar {
     }
 
     /// Applies a REGISTER from `user` (already authenticated) arriving from `source`.
+    ///
+    /// The registrar is a stateless UAS (RFC 3261 §8.2.7): a retransmitted
+    /// REGISTER (the Call-ID and CSeq that wrote a binding) is answered again
+    /// with the current bindings and changes nothing. `repeated` says its
+    /// credentials repeated a nonce count: only such a retransmission may use them.
     pub fn register(
         &self,
         now: UnixMillis,
         req: &Message,
         source: Remote,
         user: &str,
+        repeated: bool,
     ) -> Result<Outcome, StoreError> {
         let Some(to) = req.to_header() else {
             return Ok(reject(400, "Bad To Header"));
@@ -219,6 +229,9 @@ impl Registrar {
             Some(Err(())) => return Ok(reject(400, "Bad Expires Header")),
         };
         let contacts = req.contacts();
+        if repeated && !self.wrote(&aor, &call_id, cseq.seq, now) {
+            return Ok(Outcome::Replayed);
+        }
         if contacts.is_empty() {
             return Ok(Outcome::Ok {
                 bindings: self.lookup(&aor, now),
@@ -282,12 +295,17 @@ impl Registrar {
             .map(|v| String::from_utf8_lossy(v).into_owned());
         let mut list = self.map.entry(aor.clone()).or_default();
         list.retain(|b| b.expires_at_ms > now.0);
+        let mut retransmission = false;
         for (contact, _, _) in &updates {
             if let Some(old) = list.iter().find(|b| contact_eq(&b.contact, contact)) {
-                if old.call_id == call_id && old.cseq >= cseq.seq {
+                if old.call_id == call_id && old.cseq > cseq.seq {
                     return Ok(reject(500, "Out Of Order REGISTER"));
                 }
+                retransmission |= old.call_id == call_id && old.cseq == cseq.seq;
             }
+        }
+        if retransmission || repeated {
+            updates.clear();
         }
         let mut changed = false;
         for (contact, expires, q) in updates {
@@ -332,11 +350,24 @@ impl Registrar {
     }
 }
 
+impl Registrar {
+    /// Whether a live binding of `aor` was written by this Call-ID and CSeq.
+    fn wrote(&self, aor: &str, call_id: &str, cseq: u32, now: UnixMillis) -> bool {
+        self.map.get(aor).is_some_and(|list| {
+            list.iter()
+                .any(|b| b.call_id == call_id && b.cseq == cseq && b.expires_at_ms > now.0)
+        })
+    }
+}
+
 /// What the shard sends back for a REGISTER.
 #[derive(Debug)]
 pub struct RegisterAnswer {
     pub answer: bytes::Bytes,
-    /// The answer confirms a store write: it waits for the flush.
+    /// Store writes were queued for this REGISTER.
+    pub wrote: bool,
+    /// The answer confirms bindings (written now or by the first copy of a
+    /// retransmission): it waits until every write so far is durable.
     pub durable: bool,
     /// The user whose bindings changed, and whether any remain.
     pub registered: Option<(String, bool)>,
@@ -354,33 +385,36 @@ impl Registrar {
         auth: &DigestAuthority,
         users: &Users,
     ) -> RegisterAnswer {
-        let reply = |code, reason: &str| Builder::reply(req, remote.addr, code, reason);
+        let reply = |code, reason: &str| Builder::stateless_reply(req, remote.addr, code, reason);
         let plain = |b: Builder| RegisterAnswer {
             answer: b.finish(),
+            wrote: false,
             durable: false,
             registered: None,
         };
-        let verdict = auth.verify(
+        let challenge = |stale| {
+            let mut b = reply(401, "Unauthorized");
+            for c in auth.challenges(now, stale) {
+                b.header("WWW-Authenticate", c);
+            }
+            plain(b)
+        };
+        let (verdict, repeated) = auth.verify_repeatable(
             now,
             b"REGISTER",
+            crate::sip::auth::request_key(req),
             req.authorizations(HeaderName::Authorization),
             |u| users.ha1(u),
         );
         let user = match verdict {
             Verdict::Authenticated(user) => user,
-            Verdict::Challenge { stale } => {
-                let mut b = reply(401, "Unauthorized");
-                for c in auth.challenges(now, stale) {
-                    b.header("WWW-Authenticate", c);
-                }
-                return plain(b);
-            }
+            Verdict::Challenge { stale } => return challenge(stale),
             Verdict::Forbidden => {
                 tracing::info!(%remote, "REGISTER refused: bad credentials");
                 return plain(reply(403, "Forbidden"));
             }
         };
-        match self.register(wall, req, remote, &user) {
+        match self.register(wall, req, remote, &user, repeated) {
             Err(e) => {
                 tracing::error!("registrar store: {e}");
                 plain(reply(500, "Server Internal Error"))
@@ -395,6 +429,10 @@ impl Registrar {
                     b.header("Min-Expires", m.to_string());
                 }
                 plain(b)
+            }
+            Ok(Outcome::Replayed) => {
+                tracing::info!(%remote, "REGISTER refused: replayed credentials");
+                challenge(true)
             }
             Ok(Outcome::Ok { bindings, changed }) => {
                 let mut b = reply(200, "OK");
@@ -411,7 +449,8 @@ impl Registrar {
                 }
                 RegisterAnswer {
                     answer: b.finish(),
-                    durable: changed,
+                    wrote: changed,
+                    durable: true,
                     registered: Some((user, !bindings.is_empty())),
                 }
             }

@@ -33,8 +33,10 @@ fn fixture() -> (tempfile::TempDir, Registrar) {
 /// A REGISTER from 201's phone (CSeq `cseq`, more header lines `extra`) at T
 /// that must be accepted: the bindings and whether they changed.
 fn accept(r: &Registrar, cseq: u32, extra: &str) -> (Vec<Binding>, bool) {
-    ok(r.register(T, &register(cseq, extra), source(), "201")
-        .expect("register"))
+    ok(
+        r.register(T, &register(cseq, extra), source(), "201", false)
+            .expect("register"),
+    )
 }
 
 fn ok(o: Outcome) -> (Vec<Binding>, bool) {
@@ -50,7 +52,7 @@ const T: UnixMillis = UnixMillis(1_000_000);
 fn several_contacts_are_bound_with_q_and_expiry_and_fetched() {
     let (_d, r) = fixture();
     let req = register(1, "Contact: <sip:201@10.0.0.1:5060>;q=0.5, <sip:201@10.0.0.2>;expires=120\r\nExpires: 600\r\n");
-    let (b, changed) = ok(r.register(T, &req, source(), "201").expect("reg"));
+    let (b, changed) = ok(r.register(T, &req, source(), "201", false).expect("reg"));
     assert!(changed);
     assert_eq!(b.len(), 2);
     assert_eq!(b[0].contact, "sip:201@10.0.0.2", "no q means 1.0, first");
@@ -71,6 +73,7 @@ fn too_brief_expiry_is_423_and_long_expiry_is_clamped() {
         &register(1, "Contact: <sip:201@h>;expires=10\r\n"),
         source(),
         "201",
+        false,
     );
     assert_eq!(
         brief.expect("reg"),
@@ -89,7 +92,7 @@ fn star_removes_everything_and_needs_expires_zero() {
     let (_d, r) = fixture();
     accept(&r, 1, "Contact: <sip:201@a>, <sip:201@b>\r\n");
     let bad = r
-        .register(T, &register(2, "Contact: *\r\n"), source(), "201")
+        .register(T, &register(2, "Contact: *\r\n"), source(), "201", false)
         .expect("reg");
     assert!(matches!(bad, Outcome::Reject { code: 400, .. }));
     let (b, changed) = accept(&r, 3, "Contact: *\r\nExpires: 0\r\n");
@@ -107,14 +110,74 @@ fn expires_zero_removes_one_contact() {
 }
 
 #[test]
+fn a_retransmitted_register_is_answered_again_and_changes_nothing() {
+    let (_d, r) = fixture();
+    let req = register(5, "Contact: <sip:201@a>\r\n");
+    let (first, changed) = ok(r.register(T, &req, source(), "201", false).expect("reg"));
+    assert!(changed);
+    let moved = Remote::udp("10.9.9.9:5060".parse().expect("addr"));
+    let later = UnixMillis(T.0 + 1_000);
+    for repeated in [false, true] {
+        let (again, changed) = ok(r
+            .register(later, &req, moved, "201", repeated)
+            .expect("reg"));
+        assert!(!changed, "a retransmission writes nothing");
+        assert_eq!(again, first, "same bindings, same source, same expiry");
+    }
+}
+
+#[test]
+fn repeated_credentials_without_the_binding_they_wrote_are_a_replay() {
+    let (_d, r) = fixture();
+    ok(r.register(
+        T,
+        &register(5, "Contact: <sip:201@a>\r\n"),
+        source(),
+        "201",
+        false,
+    )
+    .expect("reg"));
+    ok(r.register(
+        T,
+        &register(6, "Contact: <sip:201@a>;expires=0\r\n"),
+        source(),
+        "201",
+        false,
+    )
+    .expect("unreg"));
+    // The first REGISTER replayed after the phone unregistered must not bind again.
+    let replay = r
+        .register(
+            T,
+            &register(5, "Contact: <sip:201@a>\r\n"),
+            source(),
+            "201",
+            true,
+        )
+        .expect("reg");
+    assert_eq!(replay, Outcome::Replayed);
+    assert!(r.lookup("201", T).is_empty());
+}
+
+#[test]
 fn out_of_order_register_is_refused() {
     let (_d, r) = fixture();
-    ok(
-        r.register(T, &register(5, "Contact: <sip:201@a>\r\n"), source(), "201")
-            .expect("reg"),
-    );
+    ok(r.register(
+        T,
+        &register(5, "Contact: <sip:201@a>\r\n"),
+        source(),
+        "201",
+        false,
+    )
+    .expect("reg"));
     let late = r
-        .register(T, &register(4, "Contact: <sip:201@a>\r\n"), source(), "201")
+        .register(
+            T,
+            &register(4, "Contact: <sip:201@a>\r\n"),
+            source(),
+            "201",
+            false,
+        )
         .expect("reg");
     assert!(matches!(late, Outcome::Reject { code: 500, .. }));
 }
@@ -123,7 +186,13 @@ fn out_of_order_register_is_refused() {
 fn registering_someone_else_is_forbidden() {
     let (_d, r) = fixture();
     let o = r
-        .register(T, &register(1, "Contact: <sip:201@a>\r\n"), source(), "202")
+        .register(
+            T,
+            &register(1, "Contact: <sip:201@a>\r\n"),
+            source(),
+            "202",
+            false,
+        )
         .expect("reg");
     assert!(matches!(o, Outcome::Reject { code: 403, .. }));
     assert_eq!(r.count(T), 0);
@@ -139,7 +208,7 @@ fn bad_contacts_change_nothing() {
         "Contact: <sip:201@a>\r\nExpires: soon\r\n",
     ] {
         let o = r
-            .register(T, &register(1, extra), source(), "201")
+            .register(T, &register(1, extra), source(), "201", false)
             .expect("reg");
         assert!(
             matches!(o, Outcome::Reject { code: 400, .. }),

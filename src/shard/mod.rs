@@ -52,6 +52,8 @@ struct Held {
     seq: u64,
     tx: TxId,
     answer: Bytes,
+    /// A registrar answer: the transaction ends with it (no Timer J).
+    forget: bool,
 }
 
 /// Settings of a shard beyond the shared environment.
@@ -271,15 +273,7 @@ impl Shard {
         for effect in effects {
             match effect {
                 Effect::Respond { tx, bytes, durable } => {
-                    if durable && self.write_seq > self.flushed_seq {
-                        self.held.push_back(Held {
-                            seq: self.write_seq,
-                            tx,
-                            answer: bytes,
-                        });
-                    } else {
-                        self.send_final(now, tx, bytes);
-                    }
+                    self.answer(now, tx, bytes, durable, false)
                 }
                 Effect::Send { id, bytes, remote } => {
                     match self.layer.send_request(now, bytes, remote) {
@@ -303,10 +297,35 @@ impl Shard {
         }
     }
 
-    fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
-        if let Err(e) = self.layer.respond(now, tx, bytes) {
+    /// A final answer: at once, or once every store write so far is durable
+    /// when it confirms one. `forget` ends the transaction with it.
+    fn answer(&mut self, now: Instant, tx: TxId, answer: Bytes, durable: bool, forget: bool) {
+        if durable && self.write_seq > self.flushed_seq {
+            let seq = self.write_seq;
+            self.held.push_back(Held {
+                seq,
+                tx,
+                answer,
+                forget,
+            });
+        } else {
+            self.send(now, tx, answer, forget);
+        }
+    }
+
+    fn send(&mut self, now: Instant, tx: TxId, bytes: Bytes, forget: bool) {
+        let sent = if forget {
+            self.layer.respond_and_forget(now, tx, bytes)
+        } else {
+            self.layer.respond(now, tx, bytes)
+        };
+        if let Err(e) = sent {
             tracing::debug!(?tx, "answer not sent: {e}");
         }
+    }
+
+    fn send_final(&mut self, now: Instant, tx: TxId, bytes: Bytes) {
+        self.send(now, tx, bytes, false);
     }
 
     /// An answer (or `None`: a timeout) for a module's request.
@@ -449,20 +468,17 @@ impl Shard {
         if let Some((user, live)) = &a.registered {
             let _ = env.presence.set_registered(user, *live, wall);
         }
-        if a.durable {
+        if a.wrote {
             env.stats.registrations.fetch_add(1, Ordering::Relaxed);
             // The registrar queued its writes itself; one more sequence number
             // makes the flush cover them.
             self.write_seq += 1;
             self.flush_wanted = true;
-            self.held.push_back(Held {
-                seq: self.write_seq,
-                tx,
-                answer: a.answer,
-            });
-        } else {
-            self.send_final(now, tx, a.answer);
         }
+        // The registrar answers retransmissions itself (stateless, RFC 3261
+        // §8.2.7): its transactions end with the answer instead of holding it
+        // for Timer J's 32 s.
+        self.answer(now, tx, a.answer, a.durable, true);
     }
 
     /// An extension's presence changed (any shard's doing): its BLF subscribers
@@ -534,7 +550,7 @@ impl Shard {
         self.flushed_seq = self.flushed_seq.max(seq);
         while self.held.front().is_some_and(|h| h.seq <= seq) {
             if let Some(h) = self.held.pop_front() {
-                self.send_final(now, h.tx, h.answer);
+                self.send(now, h.tx, h.answer, h.forget);
             }
         }
         self.process_events(now);
@@ -548,7 +564,7 @@ impl Shard {
                 continue;
             };
             let b = Builder::reply(req, remote.addr, 500, "Server Internal Error (Storage)");
-            self.send_final(now, h.tx, b.finish());
+            self.send(now, h.tx, b.finish(), h.forget);
         }
     }
 

@@ -5,7 +5,7 @@
 //! Only HA1 values (`H(user:realm:password)`) are ever stored. An unknown user and a
 //! wrong password get the same answer, after the same amount of hashing.
 
-use crate::sip::message::Auth;
+use crate::sip::message::{Auth, Message};
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -95,6 +95,33 @@ pub enum Verdict {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// A nonce count, as the replay check sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NonceUse {
+    Fresh,
+    /// The count the same request used before: a retransmission.
+    Repeated,
+    Replayed,
+}
+
+/// What the replay check remembers of a nonce.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    nc: u32,
+    request: u32,
+    issued_secs: u64,
+}
+
+/// Tells a retransmission from a replay: the same request (Call-ID and CSeq)
+/// sent again may repeat the nonce count its first copy used (a registrar that
+/// answers retransmissions itself sees them; RFC 3261 §8.2.7), any other
+/// request must use a higher one.
+pub fn request_key(req: &Message) -> u32 {
+    let cseq = req.cseq().map(|c| c.seq).unwrap_or_default().to_be_bytes();
+    let hash = crate::sip::call_id::fnv1a_parts([req.call_id().unwrap_or_default(), &cseq]);
+    (hash >> 32) as u32 ^ hash as u32
+}
+
 /// Most nonce records kept for the replay check (about 100 bytes each).
 const SEEN_NC_CAP: usize = 1_000_000;
 /// How often expired nonce records are dropped.
@@ -110,8 +137,9 @@ pub struct DigestAuthority {
     /// Nonce timestamps count from here (a monotonic origin: the core never reads a clock).
     epoch: Instant,
     nonce_ttl: Duration,
-    /// Highest nonce-count seen per nonce, with the nonce's issue time (replay check).
-    seen_nc: DashMap<[u8; 16], (u32, u64)>,
+    /// Per nonce used: the highest nonce-count seen, the request that used it
+    /// (its [`request_key`]) and the nonce's issue time (replay check).
+    seen_nc: DashMap<[u8; 16], Seen>,
     /// When `seen_nc` was last pruned (seconds since `epoch`).
     last_prune_secs: AtomicU64,
     /// Nonces issued before this (seconds since `epoch`) are stale: their records
@@ -203,7 +231,8 @@ impl DigestAuthority {
     }
 
     /// Checks the credentials of a request. `lookup` returns a user's HA1s.
-    /// Only credentials for our realm are considered; none → a challenge.
+    /// Only credentials for our realm are considered; none → a challenge. A
+    /// nonce count must rise with every use (replay check).
     pub fn verify<'a>(
         &self,
         now: Instant,
@@ -211,16 +240,46 @@ impl DigestAuthority {
         credentials: impl Iterator<Item = Auth<'a>>,
         lookup: impl Fn(&str) -> Option<Ha1>,
     ) -> Verdict {
+        match self.check(now, method, None, credentials, lookup) {
+            (Verdict::Authenticated(_), true) => Verdict::Challenge { stale: true },
+            (verdict, _) => verdict,
+        }
+    }
+
+    /// [`verify`](Self::verify) for a TU that answers retransmissions itself (a
+    /// stateless registrar): the same request (`request`, its [`request_key`]) may
+    /// repeat the nonce count it used. The flag says it did: the TU must then
+    /// answer without changing anything.
+    pub fn verify_repeatable<'a>(
+        &self,
+        now: Instant,
+        method: &[u8],
+        request: u32,
+        credentials: impl Iterator<Item = Auth<'a>>,
+        lookup: impl Fn(&str) -> Option<Ha1>,
+    ) -> (Verdict, bool) {
+        self.check(now, method, Some(request), credentials, lookup)
+    }
+
+    fn check<'a>(
+        &self,
+        now: Instant,
+        method: &[u8],
+        request: Option<u32>,
+        credentials: impl Iterator<Item = Auth<'a>>,
+        lookup: impl Fn(&str) -> Option<Ha1>,
+    ) -> (Verdict, bool) {
+        let verdict = |v| (v, false);
         let ours = credentials.into_iter().find(|a| {
             a.scheme.eq_ignore_ascii_case(b"Digest")
                 && a.param("realm").as_deref() == Some(self.realm.as_bytes())
         });
         let Some(auth) = ours else {
-            return Verdict::Challenge { stale: false };
+            return verdict(Verdict::Challenge { stale: false });
         };
         let algorithm = Algorithm::from_param(auth.param("algorithm").as_deref());
         let Some(alg) = algorithm.filter(|a| self.algorithms.contains(a)) else {
-            return Verdict::Challenge { stale: false };
+            return verdict(Verdict::Challenge { stale: false });
         };
         let (Some(user), Some(nonce), Some(uri), Some(response)) = (
             auth.param("username"),
@@ -228,7 +287,7 @@ impl DigestAuthority {
             auth.param("uri"),
             auth.param("response"),
         ) else {
-            return Verdict::Forbidden;
+            return verdict(Verdict::Forbidden);
         };
         let user = String::from_utf8_lossy(&user).into_owned();
         let qop = auth.param("qop");
@@ -244,45 +303,63 @@ impl DigestAuthority {
             (None, _, _) if alg == Algorithm::Md5 => {
                 alg.hex(&[ha1.as_bytes(), &nonce, ha2.as_bytes()])
             }
-            _ => return Verdict::Forbidden,
+            _ => return verdict(Verdict::Forbidden),
         };
         let matches = bool::from(expected.as_bytes().ct_eq(&response.to_ascii_lowercase()));
         if !matches || known.is_none() {
-            return Verdict::Forbidden;
+            return verdict(Verdict::Forbidden);
         }
         let Some(body) = self.check_nonce(now, &nonce) else {
-            return Verdict::Challenge { stale: true };
+            return verdict(Verdict::Challenge { stale: true });
         };
         if let Some(nc) = nc {
             let Some(count) = std::str::from_utf8(&nc)
                 .ok()
                 .and_then(|s| u32::from_str_radix(s, 16).ok())
             else {
-                return Verdict::Forbidden;
+                return verdict(Verdict::Forbidden);
             };
-            if !self.note_nonce_count(now, body, count) {
-                return Verdict::Challenge { stale: true };
+            match self.note_nonce_count(now, body, count, request) {
+                NonceUse::Fresh => {}
+                NonceUse::Repeated => return (Verdict::Authenticated(user), true),
+                NonceUse::Replayed => return verdict(Verdict::Challenge { stale: true }),
             }
         }
-        Verdict::Authenticated(user)
+        verdict(Verdict::Authenticated(user))
     }
 
-    /// Records `nc` for a nonce; false if it is not above the last one seen (a replay).
-    fn note_nonce_count(&self, now: Instant, nonce: [u8; 16], nc: u32) -> bool {
+    /// Records `nc` for a nonce: fresh if it is above the last one seen; a
+    /// replay if not, unless the same request repeats its own count.
+    fn note_nonce_count(
+        &self,
+        now: Instant,
+        nonce: [u8; 16],
+        nc: u32,
+        request: Option<u32>,
+    ) -> NonceUse {
         let now_s = now.saturating_duration_since(self.epoch).as_secs();
         self.prune(now_s);
         let mut issued = [0u8; 8];
         issued.copy_from_slice(&nonce[..8]);
-        let issued = u64::from_be_bytes(issued);
-        if issued < self.floor_secs.load(Ordering::Relaxed) {
-            return false; // its record may have been evicted: treat as stale
+        let issued_secs = u64::from_be_bytes(issued);
+        if issued_secs < self.floor_secs.load(Ordering::Relaxed) {
+            return NonceUse::Replayed; // its record may have been evicted: treat as stale
         }
-        let mut entry = self.seen_nc.entry(nonce).or_insert((0, issued));
-        if nc <= entry.0 {
-            return false;
+        let request = request.unwrap_or_default();
+        let mut seen = self.seen_nc.entry(nonce).or_insert(Seen {
+            nc: 0,
+            request,
+            issued_secs,
+        });
+        if nc == seen.nc && request == seen.request {
+            return NonceUse::Repeated;
         }
-        entry.0 = nc;
-        true
+        if nc <= seen.nc {
+            return NonceUse::Replayed;
+        }
+        seen.nc = nc;
+        seen.request = request;
+        NonceUse::Fresh
     }
 
     /// Drops records of expired nonces, at most every few seconds (one caller does
@@ -305,7 +382,7 @@ impl DigestAuthority {
             .saturating_sub(ttl)
             .max(self.floor_secs.load(Ordering::Relaxed));
         loop {
-            self.seen_nc.retain(|_, (_, issued)| *issued >= floor);
+            self.seen_nc.retain(|_, seen| seen.issued_secs >= floor);
             if self.seen_nc.len() <= SEEN_NC_CAP / 2 || floor >= now_s {
                 break;
             }
@@ -352,9 +429,18 @@ mod tests {
         )
     }
 
+    /// Each call is a new request (a new CSeq).
     fn verify(a: &DigestAuthority, now: Instant, header: &str) -> Verdict {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        verify_request(a, now, header, NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn verify_request(a: &DigestAuthority, now: Instant, header: &str, request: u32) -> Verdict {
         let parsed = Auth::parse(header.as_bytes());
-        a.verify(now, b"REGISTER", parsed.into_iter(), lookup)
+        match a.verify_repeatable(now, b"REGISTER", request, parsed.into_iter(), lookup) {
+            (Verdict::Authenticated(u), true) => Verdict::Authenticated(format!("{u} (repeated)")),
+            (v, _) => v,
+        }
     }
 
     fn nonce_of(challenge: &str) -> String {
@@ -443,13 +529,38 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmitted_request_may_repeat_its_own_nonce_count_and_no_other_may() {
+        let t0 = Instant::now();
+        let a = authority(t0);
+        let nonce = a.nonce(t0);
+        let c1 = credentials(Algorithm::Md5, "201", "secret", &nonce, "00000001");
+        let first = verify_request(&a, t0, &c1, 41);
+        assert!(matches!(first, Verdict::Authenticated(_)));
+        let again = verify_request(&a, t0, &c1, 41);
+        assert_eq!(again, Verdict::Authenticated("201 (repeated)".into()));
+        let other = verify_request(&a, t0, &c1, 42);
+        assert_eq!(other, Verdict::Challenge { stale: true }, "replay");
+        let strict = a.verify(
+            t0,
+            b"REGISTER",
+            Auth::parse(c1.as_bytes()).into_iter(),
+            lookup,
+        );
+        assert_eq!(
+            strict,
+            Verdict::Challenge { stale: true },
+            "verify never repeats"
+        );
+    }
+
+    #[test]
     fn nonce_records_are_pruned_as_they_expire_and_bounded() {
         let t0 = Instant::now();
         let a = authority(t0);
         for i in 0..1000u64 {
             let mut body = [0u8; 16];
             body[8..].copy_from_slice(&i.to_be_bytes());
-            assert!(a.note_nonce_count(t0, body, 1));
+            assert_eq!(a.note_nonce_count(t0, body, 1, None), NonceUse::Fresh);
         }
         assert_eq!(a.seen_nc.len(), 1000);
         // Past the TTL, the next use prunes every expired record.

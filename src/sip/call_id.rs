@@ -33,9 +33,18 @@ pub fn shard_of(bytes: &[u8], shards: usize) -> usize {
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
-        (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    fnv1a_parts([b])
+}
+
+/// FNV-1a over several byte strings in turn: a fast, stable, not secret tag
+/// (shards, stateless To tags, the digest replay check's request key).
+pub(crate) fn fnv1a_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    parts
+        .into_iter()
+        .flatten()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+            (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 impl From<String> for CallId {

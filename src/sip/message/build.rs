@@ -42,6 +42,23 @@ impl Builder {
         b
     }
 
+    /// [`reply`](Self::reply) with a To tag derived from the request (its
+    /// Call-ID, From, CSeq and top Via), so a retransmitted request gets the same
+    /// tag again: how a stateless UAS tags its answers (RFC 3261 §8.2.7).
+    pub fn stateless_reply(req: &Message, source: SocketAddr, code: u16, reason: &str) -> Builder {
+        let parts = [
+            HeaderName::CallId,
+            HeaderName::From,
+            HeaderName::CSeq,
+            HeaderName::Via,
+        ]
+        .map(|name| req.value(name).unwrap_or_default());
+        let tag = format!("{:016x}", crate::sip::call_id::fnv1a_parts(parts));
+        let mut b = Builder::response(req, source, code, reason, Some(tag.as_bytes()));
+        b.header("Server", PRODUCT);
+        b
+    }
+
     /// Starts a response to `req`, copying the headers RFC 3261 §8.2.6.2 requires.
     /// `source` is where the request came from (for `received`/`rport`); `to_tag` is
     /// added to To when the request's To has no tag.

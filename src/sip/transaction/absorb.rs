@@ -70,6 +70,11 @@ impl Absorber {
                 gone.push(e.tx);
             }
         }
+        // After a burst, give the room back (the tables never shrink by themselves).
+        if self.map.capacity() > 4096 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to(self.map.len() * 2);
+            self.fifo.shrink_to(self.fifo.len() * 2);
+        }
         gone
     }
 }

@@ -286,7 +286,9 @@ impl TransactionLayer {
         let fingerprint = self.completed.fingerprint(&key);
         let entry = absorb::Entry {
             tx: id,
-            response,
+            // Its own allocation of its own size: the builder's buffer has room
+            // to spare, and 32 s × thousands a second of spare room adds up.
+            response: Bytes::copy_from_slice(&response),
             remote: tx.remote,
         };
         self.completed
@@ -400,6 +402,30 @@ impl TransactionLayer {
 
     /// The TU answers a server transaction.
     pub fn respond(&mut self, now: Instant, id: TxId, response: Bytes) -> Result<(), TxError> {
+        self.answer(now, id, response, false)
+    }
+
+    /// The TU answers a non-INVITE server transaction with a final response and
+    /// the transaction ends at once, without waiting out Timer J: for a TU that
+    /// regenerates the same answer when the request is retransmitted (a stateless
+    /// UAS, RFC 3261 §8.2.7, as a registrar may be). At thousands of REGISTERs a
+    /// second this is what keeps memory flat: nothing stays for 32 s.
+    pub fn respond_and_forget(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        response: Bytes,
+    ) -> Result<(), TxError> {
+        self.answer(now, id, response, true)
+    }
+
+    fn answer(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        response: Bytes,
+        forget: bool,
+    ) -> Result<(), TxError> {
         let code = status_of(&response);
         let tx = self.txs.get_mut(&id).ok_or(TxError::NoSuchTransaction)?;
         let invalid = TxError::InvalidState {
@@ -416,7 +442,7 @@ impl TransactionLayer {
                 if code < 200 {
                     tx.state = State::Proceeding;
                 } else {
-                    if reliable {
+                    if reliable || forget {
                         self.terminate(id);
                     } else {
                         self.complete_non_invite(now, id);
@@ -618,6 +644,23 @@ impl TransactionLayer {
                     self.fire_deadline(id, timer);
                 }
             }
+        }
+        self.shrink_after_burst();
+    }
+
+    /// Hash tables keep the room of their largest moment: after a burst (a
+    /// quarter full or less) they give it back.
+    fn shrink_after_burst(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+            if map.capacity() > 4096 && map.len() < map.capacity() / 4 {
+                map.shrink_to(map.len() * 2);
+            }
+        }
+        shrink(&mut self.txs);
+        shrink(&mut self.server_index);
+        shrink(&mut self.client_index);
+        if self.heap.capacity() > 4096 && self.heap.len() < self.heap.capacity() / 4 {
+            self.heap.shrink_to(self.heap.len() * 2);
         }
     }
 

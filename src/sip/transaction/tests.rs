@@ -116,6 +116,28 @@ fn server_non_invite_completed_resends_final_and_timer_j_terminates() {
 }
 
 #[test]
+fn server_non_invite_answered_and_forgotten_keeps_nothing_and_hands_a_retransmission_to_the_tu() {
+    let (mut l, t0) = (
+        TransactionLayer::new(TimerConfig::default()),
+        Instant::now(),
+    );
+    let tx = new_server(&mut l, t0, "REGISTER", udp());
+    let req = l.request(tx).expect("req").clone();
+    l.respond_and_forget(t0, tx, response_to(&req, 200))
+        .expect("final");
+    assert_eq!(first_line(&drain_tx(&mut l)[0]), "SIP/2.0 200 Reason");
+    assert_eq!(l.state(tx), None);
+    assert!(l.is_empty() && l.poll_timeout().is_none());
+    // The retransmission is a new request for the TU, which answers it again.
+    l.handle_request(t0 + ms(500), msg(&request("REGISTER", "z9hG4bKs1")), udp());
+    assert!(drain_tx(&mut l).is_empty());
+    assert!(matches!(
+        drain_ev(&mut l).as_slice(),
+        [TxEvent::Terminated { .. }, TxEvent::Request { .. }]
+    ));
+}
+
+#[test]
 fn server_non_invite_over_tcp_terminates_on_final_response() {
     let (mut l, t0) = (
         TransactionLayer::new(TimerConfig::default()),
