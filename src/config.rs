@@ -126,7 +126,12 @@ impl Default for TestNumbersConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// The desk (API, event stream, desktop); port 0 picks a free one.
     pub listen: SocketAddr,
+    /// How long a desk login lasts without renewal.
+    pub session_ttl_secs: u64,
+    /// Events kept for clients that reconnect (beyond this they resync).
+    pub event_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -145,6 +150,12 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
     pub extensions: Vec<String>,
+    /// While the demo users are the only users (no `[[users]]`, no `[[groups]]`,
+    /// no `[[queues]]`): a group of all of them, a queue it serves, and the one
+    /// of them who is a supervisor on the desk. "" leaves one out.
+    pub group: String,
+    pub queue: String,
+    pub supervisor: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -159,6 +170,18 @@ pub struct UserConfig {
     pub ha1_md5: Option<String>,
     #[serde(default)]
     pub ha1_sha256: Option<String>,
+    /// On the desk: `agent` (acts as themself) or `supervisor` (sees all).
+    #[serde(default)]
+    pub role: DeskRole,
+}
+
+/// A user's role on the desk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeskRole {
+    #[default]
+    Agent,
+    Supervisor,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -288,6 +311,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
+            session_ttl_secs: 28_800,
+            event_buffer: 4096,
         }
     }
 }
@@ -310,6 +335,9 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             extensions: ["201", "202", "203", "204"].map(String::from).to_vec(),
+            group: "support".into(),
+            queue: "500".into(),
+            supervisor: "204".into(),
         }
     }
 }
@@ -633,6 +661,61 @@ impl Config {
             t2: Duration::from_millis(*self.sip.t2_ms.get_ref()),
             t4: Duration::from_millis(self.sip.t4_ms),
         }
+    }
+
+    /// Whether the demo users are the whole phone system (nothing of the
+    /// office configured): then the demo group and queue exist too.
+    pub fn demo_desk(&self) -> bool {
+        !self.demo.extensions.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.queues.is_empty()
+    }
+
+    /// This configuration with the demo group (every demo extension, in order)
+    /// and the demo queue serving it, when [`demo_desk`](Self::demo_desk).
+    pub fn with_demo_desk(mut self) -> Config {
+        if !self.demo_desk() || self.demo.group.is_empty() {
+            return self;
+        }
+        let d = &self.demo;
+        self.groups.push(GroupConfig {
+            name: sp(d.group.clone()),
+            members: (d.extensions.iter().zip(1..))
+                .map(|(e, priority)| MemberConfig {
+                    extension: sp(e.clone()),
+                    priority,
+                })
+                .collect(),
+        });
+        if !d.queue.is_empty() {
+            self.queues.push(QueueConfig {
+                number: sp(d.queue.clone()),
+                groups: sp(vec![d.group.clone()]),
+                ring_secs: default_ring_secs(),
+                max_wait_secs: default_max_wait_secs(),
+                wrap_up_secs: default_wrap_up_secs(),
+                announcement: unset(),
+                music: unset(),
+                overflow_announcement: unset(),
+                overflow_to: unset(),
+            });
+        }
+        self
+    }
+
+    /// The desk's supervisors: users with `role = "supervisor"`, and the demo's.
+    pub fn supervisors(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .users
+            .iter()
+            .filter(|u| u.role == DeskRole::Supervisor)
+            .map(|u| u.extension.get_ref().clone())
+            .collect();
+        if self.demo_desk() && !self.demo.supervisor.is_empty() {
+            v.push(self.demo.supervisor.clone());
+        }
+        v
     }
 
     /// Configured users with their secrets reduced to HA1 values.

@@ -43,6 +43,7 @@ mod blf;
 mod calls;
 mod clock;
 pub mod config;
+mod cti;
 pub mod history;
 #[doc(hidden)]
 pub mod media;

@@ -274,13 +274,35 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
         pbx.users().len(),
         pbx.registrar().count(sipdesk::UnixMillis::now()),
     );
+    let desk = pbx.http_addr();
+    tracing::info!("desk: agent desktop http://{desk}/ wallboard http://{desk}/wallboard API http://{desk}/api/v1");
     if !pbx.demo_users().is_empty() {
         println!("\nDemo extensions were created (shown once; only their hashes are stored):");
         println!("  domain/realm: {}", c.domain());
         for u in pbx.demo_users() {
             println!("  extension {:<6} password {}", u.extension, u.password);
         }
-        println!();
+        let supervisor = &c.demo.supervisor;
+        if c.demo_desk() && !c.demo.group.is_empty() {
+            println!(
+                "  group {} (all of them){}{}",
+                c.demo.group,
+                if c.demo.queue.is_empty() {
+                    String::new()
+                } else {
+                    format!(", queue {} answered by it", c.demo.queue)
+                },
+                if supervisor.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {supervisor} is the desk's supervisor")
+                },
+            );
+        }
+        println!(
+            "\nThe agent desktop: http://{desk}/  (log in with an extension and its password)"
+        );
+        println!("The wallboard:     http://{desk}/wallboard\n");
     }
 }
 

@@ -63,6 +63,11 @@ pub enum PbxError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Routing(#[from] crate::routing::RoutingError),
+    #[error("desk HTTP address {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How long the writer waits for the flush request that covers writes it has
@@ -94,7 +99,7 @@ impl PbxBuilder {
     /// Opens the store, binds every listener and starts the tasks. Must be called
     /// inside a tokio runtime.
     pub async fn start(self) -> Result<Pbx, PbxError> {
-        let config = self.config;
+        let config = self.config.with_demo_desk();
         let dir = self.data_dir.unwrap_or_else(|| config.data.dir.clone());
         std::fs::create_dir_all(&dir).map_err(|source| PbxError::DataDir {
             dir: dir.clone(),
@@ -234,6 +239,15 @@ impl PbxBuilder {
                 source,
             })?;
         tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
+        let http_addr = start_desk(
+            &config,
+            &env,
+            &controls,
+            dialplan,
+            WallClock::new(wall, mono),
+            &mut tasks,
+        )
+        .await?;
         Ok(Pbx {
             config,
             data_dir: dir,
@@ -243,6 +257,7 @@ impl PbxBuilder {
             outbound,
             udp_addrs,
             tcp_addrs,
+            http_addr,
             demo_users,
             tasks,
             readers,
@@ -265,6 +280,8 @@ pub struct Pbx {
     outbound: Arc<Outbound>,
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
+    /// Where the desk (API, desktop) listens.
+    http_addr: SocketAddr,
     demo_users: Vec<DemoUser>,
     tasks: JoinSet<()>,
     /// The threads reading the UDP sockets.
@@ -296,6 +313,10 @@ impl Pbx {
     }
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
         &self.tcp_addrs
+    }
+    /// The desk's address: the agent desktop at `/`, the API under `/api/v1`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
     /// Demo users created by this start (their passwords are shown only now).
     pub fn demo_users(&self) -> &[DemoUser] {
@@ -368,16 +389,7 @@ impl Pbx {
     /// the PBX answers): `from`'s phone rings first; when it answers, `to` is called
     /// and the two are connected. Returns the call's id (leg A's Call-ID).
     pub async fn originate(&self, from: &str, to: &str) -> Result<String, OriginateError> {
-        let shard = shard_of(from.as_bytes(), self.controls.len());
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let input = Control::Originate {
-            from: from.to_string(),
-            to: to.to_string(),
-            reply,
-        };
-        let sender = self.controls.get(shard).ok_or(OriginateError::Stopped)?;
-        sender.send(input).map_err(|_| OriginateError::Stopped)?;
-        answer.await.map_err(|_| OriginateError::Stopped)?
+        originate(&self.controls, from, to).await
     }
 
     /// Media port pairs leased right now.
@@ -409,6 +421,107 @@ impl Pbx {
         }
         self.store.flush().await
     }
+}
+
+/// Asks the shard of `from` to place a call (the shard answers on a oneshot).
+fn originate(
+    controls: &[mpsc::UnboundedSender<Control>],
+    from: &str,
+    to: &str,
+) -> impl std::future::Future<Output = Result<String, OriginateError>> + Send + 'static {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let input = Control::Originate {
+        from: from.to_string(),
+        to: to.to_string(),
+        reply,
+    };
+    let sent = controls
+        .get(shard_of(from.as_bytes(), controls.len()))
+        .ok_or(OriginateError::Stopped)
+        .and_then(|c| c.send(input).map_err(|_| OriginateError::Stopped));
+    async move {
+        sent?;
+        answer.await.map_err(|_| OriginateError::Stopped)?
+    }
+}
+
+/// What the desk may ask of the PBX.
+#[derive(Debug)]
+struct DeskCommands {
+    controls: Vec<mpsc::UnboundedSender<Control>>,
+    dialplan: Dialplan,
+    env: Arc<Env>,
+}
+
+impl crate::cti::Commands for DeskCommands {
+    fn originate(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> crate::cti::Pending<Result<String, OriginateError>> {
+        Box::pin(originate(&self.controls, from, to))
+    }
+    fn routable(&self, number: &str) -> bool {
+        let env = &self.env;
+        let target = self
+            .dialplan
+            .route(number.as_bytes(), &env.routing, |n| env.users.contains(n));
+        !matches!(target, crate::routing::dialplan::Target::Unknown)
+    }
+}
+
+/// Binds the desk's HTTP address and starts it: the server, and the pump that
+/// turns presence changes into numbered events.
+async fn start_desk(
+    config: &Config,
+    env: &Arc<Env>,
+    controls: &[mpsc::UnboundedSender<Control>],
+    dialplan: Dialplan,
+    clock: WallClock,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr, PbxError> {
+    let addr = config.http.listen;
+    let failed = |source| PbxError::Http { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let http_addr = listener.local_addr().map_err(failed)?;
+    let names = config
+        .users
+        .iter()
+        .filter_map(|u| Some((u.extension.get_ref().clone(), u.name.clone()?)))
+        .collect();
+    let desk_config = crate::cti::DeskConfig {
+        realm: config.domain().to_string(),
+        session_ttl: Duration::from_secs(config.http.session_ttl_secs),
+        event_buffer: config.http.event_buffer,
+        supervisors: config.supervisors(),
+        groups: env
+            .routing
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.members.iter().map(|(e, _)| e.clone()).collect(),
+                )
+            })
+            .collect(),
+        names,
+    };
+    let commands = DeskCommands {
+        controls: controls.to_vec(),
+        dialplan,
+        env: Arc::clone(env),
+    };
+    let desk = crate::cti::Desk::new(
+        desk_config,
+        env.presence.clone(),
+        env.users.clone(),
+        Arc::new(commands),
+        clock,
+    );
+    tasks.spawn(Arc::clone(&desk).pump(env.presence.subscribe()));
+    tasks.spawn(crate::cti::serve(listener, desk));
+    Ok(http_addr)
 }
 
 /// Routing latency: a new INVITE received by the transport → what it caused (the

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// What the board shows for an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Available,
@@ -108,6 +108,8 @@ pub struct Change {
     pub extension: String,
     pub state: State,
     pub at_ms: u64,
+    /// Why the agent chose the state shown (away or busy), if they said.
+    pub reason: Option<Arc<str>>,
     /// The extension's dialogs after the change (a vanished one has terminated).
     pub dialogs: Arc<[DialogFact]>,
 }
@@ -130,11 +132,15 @@ struct Facts {
     shown_dialogs: Arc<[DialogFact]>,
     /// Wrap-up after a queue call lasts until then.
     wrap_up_until: Option<UnixMillis>,
-    /// What the agent chose: Available, Away or Busy.
+    /// What the agent chose: Available, Away or Busy, and why (a break, a
+    /// meeting: free text from the desktop).
     chosen: State,
+    reason: Option<Arc<str>>,
     /// The derived state last announced, and since when.
     shown: State,
     since: UnixMillis,
+    /// The reason last announced (a new reason for the same state is a change).
+    announced_reason: Option<Arc<str>>,
 }
 
 /// What a dialog adds to the (talking, ringing) counts.
@@ -217,6 +223,8 @@ impl Presence {
                     shown_dialogs: Arc::from([]),
                     wrap_up_until: None,
                     chosen: State::Available,
+                    reason: None,
+                    announced_reason: None,
                     shown: State::Offline,
                     since: now,
                 },
@@ -232,6 +240,13 @@ impl Presence {
     /// The current state and since when.
     pub fn state(&self, extension: &str) -> Option<(State, UnixMillis)> {
         self.map.get(extension).map(|f| (f.shown, f.since))
+    }
+
+    /// The current state, since when, and the reason given for it.
+    pub fn shown(&self, extension: &str) -> Option<(State, UnixMillis, Option<Arc<str>>)> {
+        self.map
+            .get(extension)
+            .map(|f| (f.shown, f.since, f.announced_reason.clone()))
     }
 
     /// Whether the extension is known here.
@@ -292,9 +307,14 @@ impl Presence {
                     .collect();
             }
             let state = facts.derive(now);
-            if state == facts.shown && !dialogs_changed {
+            // The reason shows while the state it was given for does.
+            let reason = (state == facts.chosen)
+                .then(|| facts.reason.clone())
+                .flatten();
+            if state == facts.shown && !dialogs_changed && reason == facts.announced_reason {
                 return Ok(());
             }
+            facts.announced_reason = reason.clone();
             if state != facts.shown {
                 facts.shown = state;
                 facts.since = now;
@@ -306,6 +326,7 @@ impl Presence {
                 extension: extension.to_string(),
                 state,
                 at_ms: now.0,
+                reason,
                 dialogs: Arc::clone(&facts.shown_dialogs),
             }
         };
@@ -327,11 +348,22 @@ impl Presence {
         })
     }
 
-    /// The agent's own choice (desktop or phone feature code).
+    /// The agent's own choice (phone feature code).
     pub fn choose(
         &self,
         extension: &str,
         state: State,
+        now: UnixMillis,
+    ) -> Result<(), PresenceError> {
+        self.choose_for(extension, state, None, now)
+    }
+
+    /// The agent's own choice with a reason (the desktop: "break", "meeting").
+    pub fn choose_for(
+        &self,
+        extension: &str,
+        state: State,
+        reason: Option<&str>,
         now: UnixMillis,
     ) -> Result<(), PresenceError> {
         if !matches!(state, State::Available | State::Away | State::Busy) {
@@ -339,6 +371,7 @@ impl Presence {
         }
         self.update(extension, now, |f| {
             f.chosen = state;
+            f.reason = reason.filter(|r| !r.is_empty()).map(Arc::from);
             None
         })
     }

@@ -1,0 +1,637 @@
+//! The HTTP surface of the desk: routes, the caller extractor that authorises
+//! every request, the JSON error body, and the event stream's WebSocket loop.
+//! Handlers are thin: they check who asks, then read shared state or send a
+//! command, and never hold a lock across an `.await`.
+
+use super::events::{Body, Replay, Seq};
+use super::session::{Admit, Role, Session, Token};
+use super::{lock, Desk};
+use crate::calls::OriginateError;
+use crate::presence::{PresenceError, State};
+use crate::sip::auth::Ha1;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::{AUTHORIZATION, COOKIE, RETRY_AFTER, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use utoipa::{OpenApi, ToSchema};
+
+/// The cookie that carries a browser's session token.
+pub const COOKIE_NAME: &str = "sipdesk_session";
+/// Request bodies above this are refused (413).
+const MAX_BODY: usize = 64 * 1024;
+/// A stream client that cannot take a message for this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events sent per look at the log (a reconnecting client catches up in steps).
+const BATCH: usize = 256;
+
+/// Every route of the desk.
+pub fn router(desk: Arc<Desk>) -> Router {
+    Router::new()
+        .route("/api/v1/session", post(login).delete(logout))
+        .route("/api/v1/session/renew", post(renew))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/board", get(board))
+        .route("/api/v1/agents/{extension}/state", put(set_state))
+        .route("/api/v1/calls", post(click_to_call))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(super::assets::routes())
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(desk)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sipdesk desk API",
+        description = "The agent desktop's API: sessions, the presence board, agent state, click-to-call and the numbered event stream."
+    ),
+    paths(login, logout, renew, me, board, set_state, click_to_call, events),
+    components(schemas(
+        Login,
+        SessionInfo,
+        Me,
+        Board,
+        BoardGroup,
+        Agent,
+        SetState,
+        Dial,
+        Dialled,
+        ErrorBody,
+        Body,
+        Role,
+        State
+    ))
+)]
+struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+// ---- errors -------------------------------------------------------------
+
+/// What every failed request gets back: a status and this body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
+    /// `too_many_requests`, `conflict`, `payload_too_large`, `unavailable`.
+    pub error: &'static str,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+/// The desk's errors (one per way a request can fail).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many failed logins; try again in {0} s")]
+    TooManyRequests(u64),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {MAX_BODY} bytes")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = self.status();
+        let body = ErrorBody {
+            error,
+            message: self.to_string(),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests(secs) = self {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+impl From<OriginateError> for ApiError {
+    fn from(e: OriginateError) -> Self {
+        match e {
+            OriginateError::UnknownExtension(_) => ApiError::NotFound(e.to_string()),
+            OriginateError::NotRegistered(_) => ApiError::Conflict(e.to_string()),
+            OriginateError::NoMedia | OriginateError::Stopped => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            PresenceError::NotChoosable(_) => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// A JSON body whose rejection is an [`ApiError`]: malformed JSON is a 400
+/// naming the field (serde's message), an oversized body a 413.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+                "send the body as JSON (Content-Type: application/json)".into(),
+            )),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+// ---- who is asking ------------------------------------------------------
+
+/// The authorised caller of a request: from the session cookie or an
+/// `Authorization: Bearer` token. Any other request is 401.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub session: Session,
+    pub token: Token,
+}
+
+impl Caller {
+    /// An agent may act only as themself; a supervisor for anyone.
+    fn may_act_for(&self, extension: &str) -> Result<(), ApiError> {
+        if self.session.role == Role::Supervisor || self.session.extension == extension {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "{} may not act for {extension}",
+                self.session.extension
+            )))
+        }
+    }
+}
+
+fn token_of(headers: &HeaderMap) -> Option<Token> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = || {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+    };
+    bearer.or_else(cookie).and_then(|t| Token::parse(t.trim()))
+}
+
+impl FromRequestParts<Arc<Desk>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, desk: &Arc<Desk>) -> Result<Self, ApiError> {
+        let token = token_of(&parts.headers).ok_or(ApiError::Unauthorized("log in first"))?;
+        let session =
+            lock(&desk.sessions)
+                .check(Instant::now(), &token)
+                .ok_or(ApiError::Unauthorized(
+                    "the session has expired or is unknown",
+                ))?;
+        Ok(Caller { session, token })
+    }
+}
+
+// ---- sessions -----------------------------------------------------------
+
+/// Extension and password, as configured for the phone.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub extension: String,
+    pub password: String,
+}
+
+/// A new or renewed session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// For tools: send as `Authorization: Bearer <token>` (browsers get a cookie).
+    pub token: String,
+    pub extension: String,
+    pub role: Role,
+    pub expires_at_ms: u64,
+}
+
+fn password_matches(stored: &Ha1, given: &Ha1) -> bool {
+    let eq = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => bool::from(a.as_bytes().ct_eq(b.as_bytes())),
+        _ => false,
+    };
+    eq(&stored.md5, &given.md5) || eq(&stored.sha256, &given.sha256)
+}
+
+fn session_cookie(token: &Token, max_age: Duration) -> HeaderValue {
+    let v = format!(
+        "{COOKIE_NAME}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        token.as_str(),
+        max_age.as_secs()
+    );
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Log in with extension and password.
+#[utoipa::path(post, path = "/api/v1/session", request_body = Login,
+    responses((status = 200, body = SessionInfo, description = "logged in; also sets the session cookie"),
+        (status = 401, body = ErrorBody, description = "wrong extension or password (the same answer for both)"),
+        (status = 429, body = ErrorBody, description = "too many failures from this source or for this extension")))]
+async fn login(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<Response, ApiError> {
+    let now = Instant::now();
+    let admit = lock(&desk.guard).admit(now, source.ip(), &body.extension);
+    match admit {
+        Admit::Blocked(d) => return Err(ApiError::TooManyRequests(d.as_secs())),
+        Admit::After(d) => tokio::time::sleep(d).await,
+        Admit::Now => {}
+    }
+    let given = Ha1::from_password(&body.extension, &desk.config.realm, &body.password);
+    // An unknown extension costs the same hashing and gets the same answer.
+    let known = desk.users.ha1(&body.extension);
+    let ok = known.as_ref().is_some_and(|h| password_matches(h, &given));
+    let now = Instant::now();
+    if !ok {
+        if lock(&desk.guard).failed(now, source.ip(), &body.extension) {
+            tracing::warn!(%source, extension = %body.extension, "desk login blocked after repeated failures");
+        } else {
+            tracing::info!(%source, extension = %body.extension, "desk login failed");
+        }
+        return Err(ApiError::Unauthorized("wrong extension or password"));
+    }
+    lock(&desk.guard).succeeded(source.ip(), &body.extension);
+    let role = desk.role(&body.extension);
+    let (token, session) = lock(&desk.sessions).open(now, &body.extension, role);
+    tracing::info!(%source, extension = %body.extension, ?role, "desk login");
+    let info = SessionInfo {
+        token: token.as_str().to_string(),
+        extension: session.extension,
+        role,
+        expires_at_ms: desk.wall(session.expires).0,
+    };
+    let ttl = lock(&desk.sessions).ttl();
+    Ok(([(SET_COOKIE, session_cookie(&token, ttl))], Json(info)).into_response())
+}
+
+/// Extend the session by its full lifetime (the same token; streams stay open).
+#[utoipa::path(post, path = "/api/v1/session/renew",
+    responses((status = 200, body = SessionInfo), (status = 401, body = ErrorBody)))]
+async fn renew(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let (session, ttl) = {
+        let mut sessions = lock(&desk.sessions);
+        let s = sessions.renew(Instant::now(), &caller.token);
+        (s, sessions.ttl())
+    };
+    let session = session.ok_or(ApiError::Unauthorized("the session has expired"))?;
+    let info = SessionInfo {
+        token: caller.token.as_str().to_string(),
+        extension: session.extension,
+        role: session.role,
+        expires_at_ms: desk.wall(session.expires).0,
+    };
+    Ok((
+        [(SET_COOKIE, session_cookie(&caller.token, ttl))],
+        Json(info),
+    )
+        .into_response())
+}
+
+/// Log out (the token stops working at once).
+#[utoipa::path(delete, path = "/api/v1/session",
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn logout(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+) -> Response {
+    lock(&desk.sessions).close(&caller.token);
+    let expired =
+        HeaderValue::from_static("sipdesk_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (StatusCode::NO_CONTENT, [(SET_COOKIE, expired)]).into_response()
+}
+
+// ---- the board and my state ---------------------------------------------
+
+/// One agent on the board.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Agent {
+    pub extension: String,
+    pub name: Option<String>,
+    pub state: State,
+    /// When the state began (ms since the UNIX epoch).
+    pub since_ms: u64,
+    /// Why, when the agent said (away: "break", "meeting").
+    pub reason: Option<String>,
+}
+
+fn agent(desk: &Desk, extension: &str) -> Option<Agent> {
+    let (state, since, reason) = desk.presence.shown(extension)?;
+    Some(Agent {
+        extension: extension.to_string(),
+        name: desk.name(extension).map(str::to_string),
+        state,
+        since_ms: since.0,
+        reason: reason.map(|r| r.to_string()),
+    })
+}
+
+/// Who I am on the desk.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    #[serde(flatten)]
+    pub agent: Agent,
+    pub role: Role,
+    pub expires_at_ms: u64,
+}
+
+/// Me: extension, name, role, state.
+#[utoipa::path(get, path = "/api/v1/me", responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+async fn me(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+) -> Result<Json<Me>, ApiError> {
+    let s = &caller.session;
+    let agent = agent(&desk, &s.extension)
+        .ok_or_else(|| ApiError::NotFound(format!("no extension {}", s.extension)))?;
+    Ok(Json(Me {
+        agent,
+        role: s.role,
+        expires_at_ms: desk.wall(s.expires).0,
+    }))
+}
+
+/// One group on the board, members in priority order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BoardGroup {
+    pub name: String,
+    pub agents: Vec<Agent>,
+}
+
+/// Every agent by group, and the extensions in no group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Board {
+    /// The event number this board is as of: stream from here
+    /// (`/api/v1/events?since=seq`) to miss nothing.
+    pub seq: Seq,
+    pub groups: Vec<BoardGroup>,
+    pub ungrouped: Vec<Agent>,
+}
+
+/// The presence board.
+#[utoipa::path(get, path = "/api/v1/board", responses((status = 200, body = Board), (status = 401, body = ErrorBody)))]
+async fn board(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    _caller: Caller,
+) -> Json<Board> {
+    // The number first: an event racing this read is sent again, never lost.
+    let seq = desk.latest();
+    let groups: Vec<BoardGroup> = desk
+        .config
+        .groups
+        .iter()
+        .map(|(name, members)| BoardGroup {
+            name: name.clone(),
+            agents: members.iter().filter_map(|m| agent(&desk, m)).collect(),
+        })
+        .collect();
+    let grouped: std::collections::HashSet<&str> = desk
+        .config
+        .groups
+        .iter()
+        .flat_map(|(_, m)| m.iter().map(String::as_str))
+        .collect();
+    let ungrouped = desk
+        .users
+        .extensions()
+        .iter()
+        .filter(|e| !grouped.contains(e.as_str()))
+        .filter_map(|e| agent(&desk, e))
+        .collect();
+    Json(Board {
+        seq,
+        groups,
+        ungrouped,
+    })
+}
+
+/// A state the agent chooses.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetState {
+    /// `available`, `away` or `busy`.
+    pub state: State,
+    /// Why (shown next to the state): "break", "meeting"…; at most 64 characters.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Set an agent's own state (a supervisor may set anyone's).
+#[utoipa::path(put, path = "/api/v1/agents/{extension}/state", request_body = SetState,
+    params(("extension" = String, Path, description = "the agent")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "another agent's state"),
+        (status = 404, body = ErrorBody)))]
+async fn set_state(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Path(extension): Path<String>,
+    ApiJson(body): ApiJson<SetState>,
+) -> Result<StatusCode, ApiError> {
+    caller.may_act_for(&extension)?;
+    let reason = body.reason.as_deref().map(str::trim);
+    if reason.is_some_and(|r| r.chars().count() > 64 || r.chars().any(char::is_control)) {
+        return Err(ApiError::BadRequest(
+            "reason: at most 64 characters, no control characters".into(),
+        ));
+    }
+    let now = desk.wall(Instant::now());
+    desk.presence
+        .choose_for(&extension, body.state, reason, now)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- calls --------------------------------------------------------------
+
+/// A number to call from my phone.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dial {
+    pub to: String,
+}
+
+/// The call placed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dialled {
+    /// The Call-ID of the leg to my phone.
+    pub call_id: String,
+}
+
+/// Click-to-call: my phone rings first; when I answer, the number is called.
+#[utoipa::path(post, path = "/api/v1/calls", request_body = Dial,
+    responses((status = 202, body = Dialled), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "the number goes nowhere"),
+        (status = 409, body = ErrorBody, description = "my phone is not registered")))]
+async fn click_to_call(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Dial>,
+) -> Result<(StatusCode, Json<Dialled>), ApiError> {
+    let to = body.to.trim();
+    if to.is_empty()
+        || !to
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
+    {
+        return Err(ApiError::BadRequest(format!("to: `{to}` is not a number")));
+    }
+    if !desk.commands.routable(to) {
+        return Err(ApiError::NotFound(format!(
+            "{to} is not a number this PBX can call"
+        )));
+    }
+    let call_id = desk
+        .commands
+        .originate(&caller.session.extension, to)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(Dialled { call_id })))
+}
+
+// ---- the event stream ---------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct Since {
+    since: Option<Seq>,
+}
+
+/// The event stream (WebSocket). Every message is one JSON event with its
+/// `seq`; reconnect with `?since=<last seq seen>` to get what was missed, or a
+/// `resync` event when that is no longer kept (then fetch the board).
+#[utoipa::path(get, path = "/api/v1/events",
+    params(("since" = Option<u64>, Query, description = "the last event number seen")),
+    responses((status = 101, description = "WebSocket: JSON events", body = Body), (status = 401, body = ErrorBody)))]
+async fn events(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Query(since): Query<Since>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let from = since.since.unwrap_or_else(|| desk.latest());
+    ws.max_message_size(4096)
+        .on_upgrade(move |socket| stream(desk, caller, from, socket))
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    seq: Seq,
+    #[serde(flatten)]
+    body: &'a Body,
+}
+
+async fn send_json(socket: &mut WebSocket, seq: Seq, body: &Body) -> bool {
+    let Ok(text) = serde_json::to_string(&Wire { seq, body }) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// One client's stream: reads the log from its position, waits for more, and
+/// ends when the client goes, stops draining, or its session ends.
+async fn stream(desk: Arc<Desk>, caller: Caller, mut pos: Seq, mut socket: WebSocket) {
+    let mut latest = desk.latest.subscribe();
+    loop {
+        let alive = lock(&desk.sessions).check(Instant::now(), &caller.token);
+        let Some(session) = alive else {
+            let close = CloseFrame {
+                code: 4001,
+                reason: "session expired".into(),
+            };
+            let _ = socket.send(Message::Close(Some(close))).await;
+            return;
+        };
+        let replay = lock(&desk.log).after(pos, BATCH);
+        match replay {
+            Replay::Resync { latest } => {
+                pos = latest;
+                if !send_json(&mut socket, latest, &Body::Resync).await {
+                    return;
+                }
+                continue;
+            }
+            Replay::Events(batch) if !batch.is_empty() => {
+                for e in batch {
+                    pos = e.seq;
+                    if e.audience.admits(&session) && !send_json(&mut socket, e.seq, &e.body).await
+                    {
+                        tracing::debug!(extension = %session.extension, "event stream dropped: not draining");
+                        return;
+                    }
+                }
+                continue;
+            }
+            Replay::Events(_) => {}
+        }
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { return },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by the library; the rest ignored
+            },
+            // Look at the session now and then even when nothing happens.
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}

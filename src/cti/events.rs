@@ -1,0 +1,190 @@
+//! The desk's event log: every event the desk shows, numbered in order, in a
+//! bounded ring. A client that reconnects with the last number it saw gets
+//! exactly what it missed, or — when that has left the ring — one `resync`
+//! telling it to fetch the snapshot again: never a silent gap.
+//!
+//! Clients do not get their own queues: each reads the shared ring from its
+//! own position, so a slow client costs nothing but its socket (and is dropped
+//! when that stops draining).
+
+use crate::cti::session::{Role, Session};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// An event's place in the log (starts at 1; 0 means "nothing seen yet").
+pub type Seq = u64;
+
+/// Who may see an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every logged-in user (the board).
+    Everyone,
+    /// One agent (and the supervisors). Call events (the screen pop) come next.
+    #[allow(dead_code)]
+    Agent(String),
+}
+
+impl Audience {
+    pub fn admits(&self, session: &Session) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::Agent(ext) => session.role == Role::Supervisor || *ext == session.extension,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// An agent's state on the board changed.
+    Presence {
+        extension: String,
+        state: crate::presence::State,
+        since_ms: u64,
+        reason: Option<String>,
+    },
+    /// Events were lost (the client asked for more than the ring holds, or the
+    /// desk itself fell behind the PBX): fetch the board again.
+    Resync,
+}
+
+/// One numbered event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub seq: Seq,
+    #[serde(flatten)]
+    pub body: Body,
+    #[serde(skip)]
+    pub audience: Audience,
+}
+
+/// What a client that last saw `seq` gets now.
+#[derive(Debug, PartialEq)]
+pub enum Replay {
+    /// These, in order (possibly none).
+    Events(Vec<Arc<Event>>),
+    /// Some of what followed is gone: start again from the snapshot, then from
+    /// this number.
+    Resync { latest: Seq },
+}
+
+/// The ring.
+#[derive(Debug)]
+pub struct EventLog {
+    cap: usize,
+    ring: VecDeque<Arc<Event>>,
+    /// The number of the last event pushed.
+    latest: Seq,
+}
+
+impl EventLog {
+    pub fn new(cap: usize) -> EventLog {
+        EventLog {
+            cap: cap.max(1),
+            ring: VecDeque::new(),
+            latest: 0,
+        }
+    }
+
+    pub fn latest(&self) -> Seq {
+        self.latest
+    }
+
+    pub fn push(&mut self, audience: Audience, body: Body) -> Seq {
+        self.latest += 1;
+        if self.ring.len() == self.cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(Arc::new(Event {
+            seq: self.latest,
+            body,
+            audience,
+        }));
+        self.latest
+    }
+
+    /// Everything after `seq`, at most `limit` of them.
+    pub fn after(&self, seq: Seq, limit: usize) -> Replay {
+        if seq > self.latest {
+            // A number we never gave out (an earlier run's): start over.
+            return Replay::Resync {
+                latest: self.latest,
+            };
+        }
+        let oldest = self.latest + 1 - self.ring.len() as u64;
+        if seq + 1 < oldest {
+            return Replay::Resync {
+                latest: self.latest,
+            };
+        }
+        let skip = (seq + 1 - oldest) as usize;
+        Replay::Events(self.ring.iter().skip(skip).take(limit).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(n: u64) -> Body {
+        Body::Presence {
+            extension: "201".into(),
+            state: crate::presence::State::Away,
+            since_ms: n,
+            reason: None,
+        }
+    }
+
+    fn seqs(r: Replay) -> Vec<Seq> {
+        match r {
+            Replay::Events(v) => v.iter().map(|e| e.seq).collect(),
+            Replay::Resync { .. } => panic!("unexpected resync"),
+        }
+    }
+
+    #[test]
+    fn a_client_gets_exactly_what_followed_its_last_number_in_order() {
+        let mut log = EventLog::new(100);
+        for n in 0..60 {
+            log.push(Audience::Everyone, change(n));
+        }
+        assert_eq!(
+            seqs(log.after(10, usize::MAX)),
+            (11..=60).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(log.after(0, usize::MAX)).len(), 60);
+        assert_eq!(seqs(log.after(60, usize::MAX)), Vec::<Seq>::new());
+        assert_eq!(seqs(log.after(10, 5)), vec![11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn a_number_older_than_the_ring_or_never_given_is_a_resync() {
+        let mut log = EventLog::new(100);
+        for n in 0..250 {
+            log.push(Audience::Everyone, change(n));
+        }
+        assert_eq!(
+            seqs(log.after(150, usize::MAX)).len(),
+            100,
+            "oldest kept is 151"
+        );
+        assert_eq!(log.after(149, usize::MAX), Replay::Resync { latest: 250 });
+        assert_eq!(log.after(999, usize::MAX), Replay::Resync { latest: 250 });
+    }
+
+    #[test]
+    fn an_agent_sees_their_own_events_and_supervisors_see_all() {
+        let agent = |ext: &str, role| Session {
+            extension: ext.into(),
+            role,
+            expires: std::time::Instant::now(),
+        };
+        let mine = Audience::Agent("201".into());
+        assert!(mine.admits(&agent("201", Role::Agent)));
+        assert!(!mine.admits(&agent("202", Role::Agent)));
+        assert!(mine.admits(&agent("202", Role::Supervisor)));
+        assert!(Audience::Everyone.admits(&agent("202", Role::Agent)));
+    }
+}

@@ -1,0 +1,161 @@
+//! The desk: the HTTP API under `/api/v1` (JSON, OpenAPI document at
+//! `/api/v1/openapi.json`), its numbered event stream (`/api/v1/events`,
+//! WebSocket), and the agent desktop and wallboard served from the binary.
+//!
+//! It reads the PBX's shared state (presence, users, groups) and sends
+//! commands (originate) through [`Commands`], which the runtime implements: the
+//! desk never reaches into a shard. Every endpoint but login authorises its
+//! caller ([`api::Caller`]); an agent acts only as themself, a supervisor may
+//! act for anyone.
+//!
+//! What it owns: the sessions ([`session`]), the login guard, and the event
+//! log ([`events`]), which the presence pump fills.
+
+pub mod api;
+mod assets;
+pub mod events;
+pub mod session;
+
+use crate::calls::OriginateError;
+use crate::clock::{UnixMillis, WallClock};
+use crate::presence::{Change, Presence};
+use crate::users::Users;
+use events::{Audience, Body, EventLog, Seq};
+use session::{LoginGuard, Role, Sessions};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// A command's answer, when it comes.
+pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the desk asks of the PBX (the runtime implements it).
+pub trait Commands: Send + Sync + std::fmt::Debug {
+    /// Rings `from`'s phone; when it answers, calls `to` and connects them.
+    fn originate(&self, from: &str, to: &str) -> Pending<Result<String, OriginateError>>;
+    /// Whether the dialplan has somewhere to send `number`.
+    fn routable(&self, number: &str) -> bool;
+}
+
+/// What the desk is set up with.
+#[derive(Debug, Clone)]
+pub struct DeskConfig {
+    /// The digest realm (passwords are checked against the stored HA1).
+    pub realm: String,
+    pub session_ttl: Duration,
+    pub event_buffer: usize,
+    pub supervisors: Vec<String>,
+    /// The board's groups: name and members, in order.
+    pub groups: Vec<(String, Vec<String>)>,
+    /// Display names by extension.
+    pub names: HashMap<String, String>,
+}
+
+/// The desk's shared state (one per PBX; handlers get an `Arc`).
+#[derive(Debug)]
+pub struct Desk {
+    config: DeskConfig,
+    supervisors: HashSet<String>,
+    presence: Presence,
+    users: Users,
+    commands: Arc<dyn Commands>,
+    clock: WallClock,
+    sessions: Mutex<Sessions>,
+    guard: Mutex<LoginGuard>,
+    log: Mutex<EventLog>,
+    /// The number of the last event logged: event streams wait on it.
+    latest: watch::Sender<Seq>,
+}
+
+/// A lock that a panicking holder poisoned is still usable: its data are
+/// plain maps, consistent at every statement.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Desk {
+    pub fn new(
+        config: DeskConfig,
+        presence: Presence,
+        users: Users,
+        commands: Arc<dyn Commands>,
+        clock: WallClock,
+    ) -> Arc<Desk> {
+        Arc::new(Desk {
+            supervisors: config.supervisors.iter().cloned().collect(),
+            sessions: Mutex::new(Sessions::new(config.session_ttl)),
+            guard: Mutex::new(LoginGuard::default()),
+            log: Mutex::new(EventLog::new(config.event_buffer)),
+            latest: watch::channel(0).0,
+            config,
+            presence,
+            users,
+            commands,
+            clock,
+        })
+    }
+
+    pub fn role(&self, extension: &str) -> Role {
+        if self.supervisors.contains(extension) {
+            Role::Supervisor
+        } else {
+            Role::Agent
+        }
+    }
+
+    pub fn name(&self, extension: &str) -> Option<&str> {
+        self.config.names.get(extension).map(String::as_str)
+    }
+
+    fn wall(&self, at: Instant) -> UnixMillis {
+        self.clock.at(at)
+    }
+
+    /// Logs an event and wakes the streams.
+    pub fn publish(&self, audience: Audience, body: Body) -> Seq {
+        let seq = lock(&self.log).push(audience, body);
+        self.latest.send_replace(seq);
+        seq
+    }
+
+    pub fn latest(&self) -> Seq {
+        lock(&self.log).latest()
+    }
+
+    /// Feeds presence changes into the event log until the PBX stops. If the
+    /// desk falls behind the presence stream, clients are told to resync.
+    pub async fn pump(self: Arc<Self>, mut changes: broadcast::Receiver<Change>) {
+        loop {
+            match changes.recv().await {
+                Ok(c) => {
+                    self.publish(
+                        Audience::Everyone,
+                        Body::Presence {
+                            extension: c.extension,
+                            state: c.state,
+                            since_ms: c.at_ms,
+                            reason: c.reason.map(|r| r.to_string()),
+                        },
+                    );
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("desk fell {n} presence changes behind; clients resync");
+                    self.publish(Audience::Everyone, Body::Resync);
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+}
+
+/// Serves the desk on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, desk: Arc<Desk>) {
+    let app = api::router(desk);
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).await {
+        tracing::error!("desk HTTP server stopped: {e}");
+    }
+}

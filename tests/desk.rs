@@ -1,0 +1,490 @@
+//! The desk over real HTTP and WebSocket against an in-process PBX: login,
+//! authorisation of every endpoint, the board and agent state, click-to-call's
+//! refusals, the OpenAPI document and the numbered event stream with replay.
+
+mod common;
+
+use common::{embedded_pbx, free_port, register_phone, users};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+const DESK: &str = "[[groups]]\nname = \"support\"\nmembers = [{ extension = \"user1000\" }, { extension = \"user1001\" }]\n\
+[[users]]\nextension = \"boss\"\npassword = \"pwboss\"\nrole = \"supervisor\"\n";
+
+struct Desk {
+    dir: tempfile::TempDir,
+    sip: std::net::SocketAddr,
+    pbx: sipdesk::Pbx,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn desk(extra: &str) -> Desk {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("{DESK}{extra}");
+    let (pbx, sip) = embedded_pbx(dir.path(), &users(3), &extra).await;
+    let base = format!("http://{}", pbx.http_addr());
+    Desk {
+        dir,
+        sip,
+        pbx,
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Desk {
+    async fn login(&self, ext: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/session", self.base))
+            .json(&json!({ "extension": ext, "password": password }))
+            .send()
+            .await
+            .expect("login")
+    }
+    async fn token(&self, ext: &str, password: &str) -> String {
+        let r = self.login(ext, password).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("json");
+        body["token"].as_str().expect("token").to_string()
+    }
+    fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+    }
+    async fn set_state(&self, token: &str, ext: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}/api/v1/agents/{ext}/state", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("put")
+    }
+    async fn board(&self, token: &str) -> Value {
+        let r = self
+            .get("/api/v1/board", token)
+            .send()
+            .await
+            .expect("board");
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.expect("json")
+    }
+    /// A phone registers the extension (SIPp, digest): the agent is online.
+    async fn register(&self, ext: &str) {
+        let password = ext.replace("user", "pw");
+        register_phone(self.sip, self.dir.path(), free_port(), ext, &password).await;
+    }
+    async fn stream(
+        &self,
+        token: &str,
+        since: Option<u64>,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let query = since.map_or(String::new(), |s| format!("?since={s}"));
+        let url = format!("ws://{}/api/v1/events{query}", self.pbx.http_addr());
+        let mut req = url.into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+        ws
+    }
+    /// Waits until the event log has reached `seq` (the pump is asynchronous).
+    async fn until_seq(&self, token: &str, seq: u64) {
+        for _ in 0..200 {
+            if self.board(token).await["seq"].as_u64().unwrap_or(0) >= seq {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the event log never reached {seq}");
+    }
+}
+
+async fn next_event<S>(ws: &mut S) -> Value
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("json event");
+        }
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    (status, r.json().await.expect("a JSON error body"))
+}
+
+#[tokio::test]
+async fn login_gives_a_cookie_and_a_token_and_wrong_credentials_the_same_401() {
+    let d = desk("").await;
+    let ok = d.login("user1000", "pw1000").await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let cookie = ok
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let body: Value = ok.json().await.expect("json");
+    assert_eq!(body["extension"], "user1000");
+    assert_eq!(body["role"], "agent");
+    // The cookie alone authenticates a browser.
+    let me = d
+        .http
+        .get(format!("{}/api/v1/me", d.base))
+        .header("cookie", cookie.split(';').next().expect("pair"))
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+
+    let wrong = error_of(d.login("user1000", "nope").await).await;
+    let unknown = error_of(d.login("nobody", "pw1000").await).await;
+    assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong, unknown,
+        "an unknown extension looks like a wrong password"
+    );
+    assert_eq!(wrong.1["error"], "unauthorized");
+
+    let boss: Value = d.login("boss", "pwboss").await.json().await.expect("json");
+    assert_eq!(boss["role"], "supervisor");
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
+    let d = desk("").await;
+    let forged = "ab".repeat(32);
+    let token = d.token("user1000", "pw1000").await;
+    let closed = d
+        .http
+        .delete(format!("{}/api/v1/session", d.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(closed.status(), StatusCode::NO_CONTENT);
+    for bad in [None, Some(forged.as_str()), Some(token.as_str())] {
+        let auth = |r: reqwest::RequestBuilder| match bad {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        let b = &d.base;
+        let requests = [
+            d.http.get(format!("{b}/api/v1/me")),
+            d.http.get(format!("{b}/api/v1/board")),
+            d.http.get(format!("{b}/api/v1/events")),
+            d.http.post(format!("{b}/api/v1/session/renew")),
+            d.http.delete(format!("{b}/api/v1/session")),
+            d.http
+                .put(format!("{b}/api/v1/agents/user1000/state"))
+                .json(&json!({"state": "away"})),
+            d.http
+                .post(format!("{b}/api/v1/calls"))
+                .json(&json!({"to": "user1001"})),
+        ];
+        for r in requests {
+            let (status, body) = error_of(auth(r).send().await.expect("send")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}: {body}");
+            assert_eq!(body["error"], "unauthorized");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_agent_sets_their_own_state_with_a_reason_and_nobody_elses() {
+    let d = desk("").await;
+    d.register("user1000").await;
+    d.register("user1001").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let boss = d.token("boss", "pwboss").await;
+
+    let r = d
+        .set_state(
+            &agent,
+            "user1000",
+            json!({"state": "away", "reason": "break"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let board = d.board(&agent).await;
+    assert_eq!(board["groups"][0]["name"], "support");
+    let me = &board["groups"][0]["agents"][0];
+    assert_eq!(
+        (me["extension"].as_str(), me["state"].as_str()),
+        (Some("user1000"), Some("away"))
+    );
+    assert_eq!(me["reason"], "break");
+    assert!(me["since_ms"].as_u64().is_some_and(|t| t > 0));
+    assert_eq!(board["groups"][0]["agents"][1]["state"], "available");
+    let ungrouped: Vec<&str> = board["ungrouped"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["extension"].as_str())
+        .collect();
+    assert_eq!(ungrouped, ["boss", "user1002"]);
+
+    let (status, body) = error_of(
+        d.set_state(&agent, "user1001", json!({"state": "away"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let r = d
+        .set_state(&boss, "user1001", json!({"state": "busy"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "a supervisor may");
+
+    let (status, body) = error_of(
+        d.set_state(&agent, "user1000", json!({"state": "on_call"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = error_of(
+        d.set_state(&agent, "user1000", json!({"stat": "away"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("stat")),
+        "{body}"
+    );
+    let (status, _) = error_of(d.set_state(&boss, "nobody", json!({"state": "away"})).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let huge = json!({"state": "away", "reason": "x".repeat(100_000)});
+    let (status, body) = error_of(d.set_state(&agent, "user1000", huge).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn click_to_call_refuses_unknown_numbers_and_an_unregistered_phone() {
+    let d = desk("").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let call = |to: &str| {
+        d.http
+            .post(format!("{}/api/v1/calls", d.base))
+            .bearer_auth(&agent)
+            .json(&json!({ "to": to }))
+            .send()
+    };
+    let (status, body) = error_of(call("77777").await.expect("send")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("77777")));
+    let (status, _) = error_of(call("bad number!").await.expect("send")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = error_of(call("user1001").await.expect("send")).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "my phone is not registered: {body}"
+    );
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_slowed_then_blocked_with_429() {
+    let d = desk("").await;
+    let mut last = StatusCode::OK;
+    for _ in 0..11 {
+        last = d.login("user1000", "wrong").await.status();
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    let r = d.login("user1000", "pw1000").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password"
+    );
+    assert!(r.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_gets_exactly_what_it_missed_or_a_resync() {
+    let d = desk("").await;
+    d.register("user1000").await;
+    let token = d.token("user1001", "pw1001").await;
+    let presence = d.pbx.presence().clone();
+    // Every flip changes the state: away, available, away…
+    let flips = std::sync::atomic::AtomicUsize::new(0);
+    let flip = |n: usize| {
+        for _ in 0..n {
+            let i = flips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let state = if i % 2 == 0 {
+                sipdesk::presence::State::Away
+            } else {
+                sipdesk::presence::State::Available
+            };
+            presence
+                .choose("user1000", state, sipdesk::UnixMillis::now())
+                .expect("choose");
+        }
+    };
+
+    let mut ws = d.stream(&token, None).await;
+    flip(1);
+    let first = next_event(&mut ws).await;
+    assert_eq!(
+        (first["type"].as_str(), first["state"].as_str()),
+        (Some("presence"), Some("away"))
+    );
+    let last_seen = first["seq"].as_u64().expect("seq");
+    ws.close(None).await.expect("close");
+
+    flip(50);
+    d.until_seq(&token, last_seen + 50).await;
+    let mut ws = d.stream(&token, Some(last_seen)).await;
+    for i in 1..=50 {
+        let e = next_event(&mut ws).await;
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(last_seen + i),
+            "in order, none missing"
+        );
+        assert_eq!(e["extension"], "user1000");
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(quiet.is_err(), "exactly those 50: {quiet:?}");
+    ws.close(None).await.expect("close");
+
+    let before = last_seen + 50;
+    for _ in 0..20 {
+        flip(500); // in steps the pump keeps up with
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.until_seq(&token, before + 10_000).await;
+    let mut ws = d.stream(&token, Some(before)).await;
+    let e = next_event(&mut ws).await;
+    assert_eq!(e["type"], "resync", "{e}");
+}
+
+#[tokio::test]
+async fn renewing_keeps_the_stream_and_logging_out_ends_it() {
+    let d = desk("").await;
+    d.register("user1000").await;
+    let token = d.token("user1000", "pw1000").await;
+    let mut ws = d.stream(&token, None).await;
+    let renewed = d
+        .http
+        .post(format!("{}/api/v1/session/renew", d.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("renew");
+    assert_eq!(renewed.status(), StatusCode::OK);
+    let body: Value = renewed.json().await.expect("json");
+    assert_eq!(body["token"].as_str(), Some(token.as_str()), "same token");
+    let r = d
+        .set_state(&token, "user1000", json!({"state": "busy"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let e = next_event(&mut ws).await;
+    assert_eq!(
+        (e["state"].as_str(), e["reason"].as_null()),
+        (Some("busy"), Some(()))
+    );
+
+    d.http
+        .delete(format!("{}/api/v1/session", d.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("logout");
+    // The next event wakes the stream, which finds the session gone.
+    let r = d
+        .set_state(
+            &d.token("boss", "pwboss").await,
+            "user1000",
+            json!({"state": "away"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("in time");
+    match end {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("expected a close with 4001, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_the_desktop_are_served_from_the_binary() {
+    let d = desk("").await;
+    let doc: Value = d
+        .http
+        .get(format!("{}/api/v1/openapi.json", d.base))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/api/v1/session",
+        "/api/v1/board",
+        "/api/v1/events",
+        "/api/v1/agents/{extension}/state",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    for page in ["/", "/wallboard"] {
+        let r = d
+            .http
+            .get(format!("{}{page}", d.base))
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(r.status(), StatusCode::OK);
+        let csp = r
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok());
+        assert!(csp.is_some_and(|c| c.contains("default-src 'self'")));
+        let html = r.text().await.expect("html");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "loads nothing from outside"
+        );
+    }
+    let (status, body) = error_of(
+        d.http
+            .get(format!("{}/api/v1/nothing", d.base))
+            .send()
+            .await
+            .expect("404"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
