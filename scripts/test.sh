@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of sipdesk. Installs the real peers the integration tests talk to
 # when they are missing: SIPp (Debian's sip-tester), baresip and sox for the audio
-# test, python3 for the independent digest client. Every server the tests start
-# listens on 127.0.0.1 only.
+# test, python3 for the independent digest client, Debian's chromium and npm's
+# playwright-core for the desktop test (node and npm come with the machine). Every
+# server the tests start listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +12,17 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v sox >/dev/null 2>&1 || need+=(sox)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "installing playwright-core (npm) for the desktop test"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cargo fmt --all -- --check

@@ -5,6 +5,9 @@
 //!
 //! ```text
 //!  face      lib.rs, main.rs, pbx/ (the runtime: tasks that do I/O, and `Pbx`)
+//!  desk      cti/ (HTTP API, sessions, numbered event log, desktop assets):
+//!            started by the runtime, reads shared state, sends commands
+//!            through `cti::Commands`; never reaches into a shard
 //!              │  inputs with `now`                    ▲ effects executed
 //!              ▼                                       │
 //!  shard/    owns the TransactionLayer of its Call-IDs; checks requests (§8.2);
@@ -28,7 +31,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = sipdesk::config::Config::embedded()?;
 //! let pbx = sipdesk::Pbx::builder(config).data_dir("/var/lib/sipdesk").start().await?;
-//! println!("SIP on {:?}", pbx.udp_addrs());
+//! println!("SIP on {:?}, desk at http://{}/", pbx.udp_addrs(), pbx.http_addr());
 //! pbx.shutdown().await?;
 //! # Ok(()) }
 //! ```

@@ -488,3 +488,43 @@ async fn the_openapi_document_and_the_desktop_are_served_from_the_binary() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+/// The desktop in headless Chromium (Playwright): two agents in two pages; A
+/// sets "away" with a reason by keyboard, B's board shows it as text.
+#[tokio::test]
+async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
+    common::require("chromium");
+    common::require("node");
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run ./scripts/test.sh (it installs it)"
+    );
+    let d = desk("").await;
+    d.register("user1000").await;
+    d.register("user1001").await;
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir.join("desk.mjs"))
+        .arg(&d.base)
+        .envs([
+            ("A_EXT", "user1000"),
+            ("A_PW", "pw1000"),
+            ("B_EXT", "user1001"),
+            ("B_PW", "pw1001"),
+        ])
+        .env("ARTIFACTS", &artifacts)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("the browser test ends in time")
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "browser test failed (screenshots in {}):\n{}\n{}",
+        artifacts.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -119,6 +119,17 @@ struct Failures {
     blocked_until: Option<Instant>,
 }
 
+impl Failures {
+    /// Still counts: blocking, or failures within the window (an ended block
+    /// starts over).
+    fn live(&self, now: Instant) -> bool {
+        match self.blocked_until {
+            Some(until) => until > now,
+            None => now.saturating_duration_since(self.first) < WINDOW,
+        }
+    }
+}
+
 /// What the guard says about a login attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -146,7 +157,7 @@ impl LoginGuard {
         ]
         .into_iter()
         .flatten()
-        .filter(|f| now.saturating_duration_since(f.first) < WINDOW || f.blocked_until.is_some())
+        .filter(|f| f.live(now))
         .map(|f| (f.count, f.blocked_until))
         .fold((0, None), |(c, b), (fc, fb)| (c.max(fc), b.max(fb)));
         match worst {
@@ -172,18 +183,14 @@ impl LoginGuard {
 
 fn note<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Failures>, key: K, now: Instant) -> bool {
     if map.len() >= MAX_TRACKED {
-        map.retain(|_, f| {
-            f.blocked_until.is_some_and(|u| u > now)
-                || now.saturating_duration_since(f.first) < WINDOW
-        });
+        map.retain(|_, f| f.live(now));
     }
     let f = map.entry(key).or_insert(Failures {
         count: 0,
         first: now,
         blocked_until: None,
     });
-    if f.blocked_until.is_some_and(|u| u <= now) || now.saturating_duration_since(f.first) >= WINDOW
-    {
+    if !f.live(now) {
         *f = Failures {
             count: 0,
             first: now,
@@ -269,6 +276,21 @@ mod tests {
             g.admit(t0 + BLOCK_FOR, ip(1), "201"),
             Admit::Now,
             "blocks end"
+        );
+    }
+
+    #[test]
+    fn a_block_outlasts_the_failure_window() {
+        let t0 = Instant::now();
+        let mut g = LoginGuard::default();
+        for _ in 0..BLOCK_AT {
+            g.failed(t0, ip(1), "201");
+        }
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        assert!(!g.failed(later, ip(1), "201"), "a failure while blocked");
+        assert_eq!(
+            g.admit(later, ip(1), "201"),
+            Admit::Blocked(BLOCK_FOR - WINDOW - Duration::from_secs(1))
         );
     }
 

@@ -1,0 +1,225 @@
+// The agent desktop: log in, the live presence board, my state, click-to-call.
+// Talks only to this PBX's /api/v1 (same origin; the session is an HttpOnly cookie).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const LABELS = {
+  available: "Available", away: "Away", busy: "Busy", ringing: "Ringing",
+  on_call: "On a call", wrap_up: "Wrap-up", offline: "Offline",
+};
+const desk = { me: null, agents: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null };
+
+async function api(method, path, body) {
+  const init = { method, headers: {}, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!r.ok) {
+    const err = new Error(data && data.message ? data.message : r.statusText);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+function show(view) {
+  $("login-view").hidden = view !== "login";
+  $("desk-view").hidden = view !== "desk";
+}
+
+function since(ms) {
+  const s = Math.max(0, Math.floor((Date.now() - ms) / 1000));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const mm = String(m).padStart(2, "0"), ss = String(r).padStart(2, "0");
+  return h > 0 ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
+}
+
+function agentRow(a) {
+  const li = document.createElement("li");
+  li.className = "agent";
+  li.dataset.extension = a.extension;
+  const swatch = document.createElement("span");
+  swatch.className = "swatch";
+  swatch.setAttribute("aria-hidden", "true");
+  const who = document.createElement("span");
+  who.className = "who";
+  const state = document.createElement("span");
+  state.className = "state";
+  const time = document.createElement("span");
+  time.className = "since";
+  li.append(swatch, who, state, time);
+  paint(li, a);
+  return li;
+}
+
+function paint(li, a) {
+  li.className = `agent s-${a.state}`;
+  li.querySelector(".who").textContent = a.name ? `${a.name} (${a.extension})` : a.extension;
+  const state = li.querySelector(".state");
+  state.textContent = "";
+  const label = document.createElement("span");
+  label.className = "state-label";
+  label.textContent = LABELS[a.state] || a.state;
+  state.append(label);
+  if (a.reason) {
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    reason.textContent = a.reason;
+    state.append(reason);
+  }
+  li.querySelector(".since").textContent = since(a.since_ms);
+  li.querySelector(".since").dataset.since = a.since_ms;
+}
+
+function renderBoard(board) {
+  const root = $("groups");
+  root.textContent = "";
+  desk.agents.clear();
+  const groups = board.groups.slice();
+  if (board.ungrouped.length) groups.push({ name: "Other extensions", agents: board.ungrouped });
+  for (const g of groups) {
+    const div = document.createElement("div");
+    div.className = "group";
+    const h = document.createElement("h3");
+    h.textContent = g.name;
+    const ul = document.createElement("ul");
+    ul.setAttribute("aria-label", `${g.name}: agents`);
+    for (const a of g.agents) {
+      const li = agentRow(a);
+      ul.append(li);
+      const rows = desk.agents.get(a.extension) || { data: a, rows: [] };
+      rows.data = a;
+      rows.rows.push(li);
+      desk.agents.set(a.extension, rows);
+    }
+    div.append(h, ul);
+    root.append(div);
+  }
+  paintMe();
+}
+
+function paintMe() {
+  if (!desk.me) return;
+  const mine = desk.agents.get(desk.me.extension);
+  const state = mine ? mine.data.state : desk.me.state;
+  const name = desk.me.name ? `${desk.me.name} (${desk.me.extension})` : desk.me.extension;
+  $("me").textContent = `${name} — ${LABELS[state] || state}${desk.me.role === "supervisor" ? " — supervisor" : ""}`;
+  for (const b of document.querySelectorAll("#my-state button")) {
+    b.setAttribute("aria-pressed", String(b.dataset.state === state));
+  }
+}
+
+function applyPresence(e) {
+  const entry = desk.agents.get(e.extension);
+  if (!entry) return;
+  entry.data = { ...entry.data, state: e.state, since_ms: e.since_ms, reason: e.reason };
+  for (const li of entry.rows) paint(li, entry.data);
+  if (desk.me && e.extension === desk.me.extension) paintMe();
+}
+
+async function loadBoard() {
+  const board = await api("GET", "/api/v1/board");
+  desk.seq = board.seq;
+  renderBoard(board);
+}
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/v1/events?since=${desk.seq}`);
+  desk.socket = ws;
+  ws.onopen = () => { desk.retry = 1000; $("connection").textContent = "Live."; };
+  ws.onmessage = async (m) => {
+    const e = JSON.parse(m.data);
+    if (e.type === "resync") {
+      await loadBoard();
+      return;
+    }
+    desk.seq = e.seq;
+    if (e.type === "presence") applyPresence(e);
+  };
+  ws.onclose = (ev) => {
+    if (desk.socket !== ws) return;
+    desk.socket = null;
+    if (ev.code === 4001) { loggedOut("Your session ended; please log in again."); return; }
+    $("connection").textContent = "Connection lost; reconnecting…";
+    setTimeout(() => { if (desk.me) connect(); }, desk.retry);
+    desk.retry = Math.min(desk.retry * 2, 15000);
+  };
+}
+
+async function start() {
+  try {
+    desk.me = await api("GET", "/api/v1/me");
+  } catch (e) {
+    show("login");
+    $("login-ext").focus();
+    return;
+  }
+  show("desk");
+  await loadBoard();
+  connect();
+  // Renew well before expiry; the event stream stays open.
+  const left = desk.me.expires_at_ms - Date.now();
+  clearInterval(desk.renewTimer);
+  desk.renewTimer = setInterval(() => api("POST", "/api/v1/session/renew").catch(() => {}),
+                                Math.max(60000, left / 2));
+}
+
+function loggedOut(message) {
+  desk.me = null;
+  clearInterval(desk.renewTimer);
+  if (desk.socket) { const s = desk.socket; desk.socket = null; s.close(); }
+  show("login");
+  $("login-error").textContent = message || "";
+}
+
+$("login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    await api("POST", "/api/v1/session", { extension: $("login-ext").value.trim(), password: $("login-pw").value });
+    $("login-pw").value = "";
+    await start();
+  } catch (e) {
+    $("login-error").textContent = e.message;
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await api("DELETE", "/api/v1/session").catch(() => {});
+  loggedOut("Logged out.");
+});
+
+for (const b of document.querySelectorAll("#my-state button")) {
+  b.addEventListener("click", async () => {
+    const body = { state: b.dataset.state };
+    if (b.dataset.state === "away" && $("away-reason").value) body.reason = $("away-reason").value;
+    try {
+      await api("PUT", `/api/v1/agents/${encodeURIComponent(desk.me.extension)}/state`, body);
+    } catch (e) {
+      $("connection").textContent = e.message;
+    }
+  });
+}
+
+$("dial-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const to = $("dial-to").value.trim();
+  $("dial-status").textContent = `Calling ${to}: your phone rings first…`;
+  try {
+    await api("POST", "/api/v1/calls", { to });
+    $("dial-status").textContent = `Answer your phone to call ${to}.`;
+  } catch (e) {
+    $("dial-status").textContent = `Could not call ${to}: ${e.message}`;
+  }
+});
+
+setInterval(() => {
+  for (const el of document.querySelectorAll(".since[data-since]")) el.textContent = since(Number(el.dataset.since));
+}, 1000);
+
+start();

@@ -1,0 +1,57 @@
+// The wallboard: agents per state in each group, live. Needs a desk login
+// (the desktop's cookie); without one it sends the viewer to the desktop.
+"use strict";
+
+const STATES = ["available", "ringing", "on_call", "wrap_up", "away", "busy", "offline"];
+const LABELS = { available: "Available", ringing: "Ringing", on_call: "On a call", wrap_up: "Wrap-up",
+                 away: "Away", busy: "Busy", offline: "Offline" };
+let board = null, seq = 0;
+
+async function load() {
+  const r = await fetch("/api/v1/board", { credentials: "same-origin" });
+  if (r.status === 401) { location.href = "/"; return; }
+  board = await r.json();
+  seq = board.seq;
+  render();
+}
+
+function render() {
+  const head = document.querySelector("#agents thead");
+  const body = document.querySelector("#agents tbody");
+  head.textContent = ""; body.textContent = "";
+  const tr = document.createElement("tr");
+  for (const h of ["Group", ...STATES.map((s) => LABELS[s])]) {
+    const th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.append(th);
+  }
+  head.append(tr);
+  for (const g of board.groups) {
+    const row = document.createElement("tr");
+    const th = document.createElement("th"); th.scope = "row"; th.textContent = g.name; row.append(th);
+    for (const s of STATES) {
+      const td = document.createElement("td");
+      td.textContent = String(g.agents.filter((a) => a.state === s).length);
+      row.append(td);
+    }
+    body.append(row);
+  }
+}
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/v1/events?since=${seq}`);
+  ws.onopen = () => { document.getElementById("status").textContent = "Live."; };
+  ws.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    if (e.type === "resync") { load(); return; }
+    seq = e.seq;
+    if (e.type !== "presence" || !board) return;
+    for (const g of board.groups) for (const a of g.agents) if (a.extension === e.extension) a.state = e.state;
+    render();
+  };
+  ws.onclose = () => {
+    document.getElementById("status").textContent = "Reconnecting…";
+    setTimeout(connect, 2000);
+  };
+}
+
+load().then(connect);
