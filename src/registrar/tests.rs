@@ -30,13 +30,17 @@ fn fixture() -> (tempfile::TempDir, Registrar) {
     (dir, r)
 }
 
-/// A REGISTER from 201's phone (CSeq `cseq`, more header lines `extra`) at T
-/// that must be accepted: the bindings and whether they changed.
+/// A REGISTER from 201's phone (CSeq `cseq`, more header lines `extra`) at T;
+/// `repeated`: its credentials repeated a nonce count.
+fn outcome(r: &Registrar, cseq: u32, extra: &str, repeated: bool) -> Outcome {
+    r.register(T, &register(cseq, extra), source(), "201", repeated)
+        .expect("register")
+}
+
+/// [`outcome`] of a REGISTER that must be accepted: the bindings and whether
+/// they changed.
 fn accept(r: &Registrar, cseq: u32, extra: &str) -> (Vec<Binding>, bool) {
-    ok(
-        r.register(T, &register(cseq, extra), source(), "201", false)
-            .expect("register"),
-    )
+    ok(outcome(r, cseq, extra, false))
 }
 
 fn ok(o: Outcome) -> (Vec<Binding>, bool) {
@@ -129,32 +133,10 @@ fn a_retransmitted_register_is_answered_again_and_changes_nothing() {
 #[test]
 fn repeated_credentials_without_the_binding_they_wrote_are_a_replay() {
     let (_d, r) = fixture();
-    ok(r.register(
-        T,
-        &register(5, "Contact: <sip:201@a>\r\n"),
-        source(),
-        "201",
-        false,
-    )
-    .expect("reg"));
-    ok(r.register(
-        T,
-        &register(6, "Contact: <sip:201@a>;expires=0\r\n"),
-        source(),
-        "201",
-        false,
-    )
-    .expect("unreg"));
+    accept(&r, 5, "Contact: <sip:201@a>\r\n");
+    accept(&r, 6, "Contact: <sip:201@a>;expires=0\r\n");
     // The first REGISTER replayed after the phone unregistered must not bind again.
-    let replay = r
-        .register(
-            T,
-            &register(5, "Contact: <sip:201@a>\r\n"),
-            source(),
-            "201",
-            true,
-        )
-        .expect("reg");
+    let replay = outcome(&r, 5, "Contact: <sip:201@a>\r\n", true);
     assert_eq!(replay, Outcome::Replayed);
     assert!(r.lookup("201", T).is_empty());
 }
@@ -162,23 +144,8 @@ fn repeated_credentials_without_the_binding_they_wrote_are_a_replay() {
 #[test]
 fn out_of_order_register_is_refused() {
     let (_d, r) = fixture();
-    ok(r.register(
-        T,
-        &register(5, "Contact: <sip:201@a>\r\n"),
-        source(),
-        "201",
-        false,
-    )
-    .expect("reg"));
-    let late = r
-        .register(
-            T,
-            &register(4, "Contact: <sip:201@a>\r\n"),
-            source(),
-            "201",
-            false,
-        )
-        .expect("reg");
+    accept(&r, 5, "Contact: <sip:201@a>\r\n");
+    let late = outcome(&r, 4, "Contact: <sip:201@a>\r\n", false);
     assert!(matches!(late, Outcome::Reject { code: 500, .. }));
 }
 
