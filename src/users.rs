@@ -45,6 +45,10 @@ impl Users {
     pub fn ha1(&self, extension: &str) -> Option<Ha1> {
         self.map.get(extension).map(|u| u.ha1.clone())
     }
+    /// The display name, if the user has one.
+    pub fn name(&self, extension: &str) -> Option<String> {
+        self.map.get(extension).and_then(|u| u.name.clone())
+    }
     pub fn contains(&self, extension: &str) -> bool {
         self.map.contains_key(extension)
     }

@@ -250,6 +250,7 @@ impl Calls {
         tx: TxId,
         req: &Message,
         remote: Remote,
+        a: CallId,
         target: CallTarget,
     ) {
         let CallTarget {
@@ -257,9 +258,6 @@ impl Calls {
             callee,
             bindings,
         } = target;
-        let Some(a) = req.call_id().map(CallId::from_bytes) else {
-            return;
-        };
         let a_leg = ALeg {
             tx,
             invite: req.clone(),

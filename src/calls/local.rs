@@ -127,11 +127,9 @@ impl Calls {
         tx: TxId,
         req: &Message,
         remote: Remote,
+        call_id: CallId,
         kind: Kind,
     ) {
-        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
-            return;
-        };
         let callee = req
             .request_uri()
             .and_then(|u| u.user)

@@ -145,11 +145,10 @@ impl Calls {
             return self.refuse_new(cx, tx, req, remote, &call_id, r);
         }
         match target {
-            Target::Test(kind) => self.invite_local(cx, tx, req, remote, local::Kind::Test(kind)),
-            Target::Queue(queue) => {
-                let caller = caller_number(req);
-                self.invite_queue(cx, tx, req, remote, queue, caller)
+            Target::Test(kind) => {
+                self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
             }
+            Target::Queue(queue) => self.invite_queue(cx, tx, req, remote, call_id, queue),
             Target::Feature(state) => {
                 let Some(caller) = self.authenticate(cx, tx, req, remote) else {
                     return;
@@ -160,7 +159,7 @@ impl Calls {
                     return cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
                 }
                 tracing::info!(%caller, state = state.as_str(), "presence chosen from the phone");
-                self.invite_local(cx, tx, req, remote, local::Kind::Confirmation)
+                self.invite_local(cx, tx, req, remote, call_id, local::Kind::Confirmation)
             }
             Target::Extension(callee) => {
                 let Some(caller) = self.authenticate(cx, tx, req, remote) else {
@@ -173,7 +172,7 @@ impl Calls {
                     callee,
                     bindings,
                 };
-                self.invite_extension(cx, tx, req, remote, target)
+                self.invite_extension(cx, tx, req, remote, call_id, target)
             }
             Target::Unknown => cx.reply(tx, req, remote, StatusCode::NOT_FOUND),
         }
@@ -454,7 +453,7 @@ fn party_number(v: Option<NameAddr<'_>>) -> String {
 
 /// A queue caller's number (the caller index key): From's user part, or
 /// "anonymous" when withheld (no number, or `Privacy: id`).
-fn caller_number(req: &Message) -> String {
+pub(super) fn caller_number(req: &Message) -> String {
     let withheld = req
         .other_values("Privacy")
         .flat_map(|v| v.split(|c| *c == b';'))

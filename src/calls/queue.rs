@@ -141,12 +141,10 @@ impl Calls {
         tx: TxId,
         req: &Message,
         remote: Remote,
+        a: CallId,
         id: QueueId,
-        caller: String,
     ) {
-        let Some(a) = req.call_id().map(CallId::from_bytes) else {
-            return;
-        };
+        let caller = super::caller_number(req);
         let env = cx.env;
         let queue = env.routing.queue(id);
         let a_leg = ALeg {

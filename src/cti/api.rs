@@ -379,7 +379,7 @@ fn agent(desk: &Desk, extension: &str) -> Option<Agent> {
     let (state, since, reason) = desk.presence.shown(extension)?;
     Some(Agent {
         extension: extension.to_string(),
-        name: desk.name(extension).map(str::to_string),
+        name: desk.name(extension),
         state,
         since_ms: since.0,
         reason: reason.map(|r| r.to_string()),

@@ -22,7 +22,7 @@ use crate::presence::{Change, Presence};
 use crate::users::Users;
 use events::{Audience, Body, EventLog, Seq};
 use session::{LoginGuard, Role, Sessions};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,8 +50,6 @@ pub struct DeskConfig {
     pub supervisors: Vec<String>,
     /// The board's groups: name and members, in order.
     pub groups: Vec<(String, Vec<String>)>,
-    /// Display names by extension.
-    pub names: HashMap<String, String>,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -106,8 +104,9 @@ impl Desk {
         }
     }
 
-    pub fn name(&self, extension: &str) -> Option<&str> {
-        self.config.names.get(extension).map(String::as_str)
+    /// The display name (from the user directory).
+    pub fn name(&self, extension: &str) -> Option<String> {
+        self.users.name(extension)
     }
 
     fn wall(&self, at: Instant) -> UnixMillis {

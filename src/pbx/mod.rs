@@ -484,11 +484,6 @@ async fn start_desk(
     let failed = |source| PbxError::Http { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
     let http_addr = listener.local_addr().map_err(failed)?;
-    let names = config
-        .users
-        .iter()
-        .filter_map(|u| Some((u.extension.get_ref().clone(), u.name.clone()?)))
-        .collect();
     let desk_config = crate::cti::DeskConfig {
         realm: config.domain().to_string(),
         session_ttl: Duration::from_secs(config.http.session_ttl_secs),
@@ -505,7 +500,6 @@ async fn start_desk(
                 )
             })
             .collect(),
-        names,
     };
     let commands = DeskCommands {
         controls: controls.to_vec(),

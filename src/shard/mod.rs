@@ -231,34 +231,27 @@ impl Shard {
         }
     }
 
-    /// Runs a module input with a fresh context and executes what it returned.
     fn with_calls(&mut self, now: Instant, f: impl FnOnce(&mut Calls, &mut calls::Cx<'_>)) {
-        let mut out = Vec::new();
-        let wall = self.config.clock.at(now);
-        let mut cx = Cx::new(
+        let out = run_module(
             now,
-            wall,
             &self.env,
-            self.config.index,
+            &self.config,
             &mut self.counters,
-            &mut out,
+            &mut self.calls,
+            f,
         );
-        f(&mut self.calls, &mut cx);
         self.execute(now, Owner::Calls, out, TimerKey::Calls);
     }
 
     fn with_blf(&mut self, now: Instant, f: impl FnOnce(&mut Blf, &mut blf::Cx<'_>)) {
-        let mut out = Vec::new();
-        let wall = self.config.clock.at(now);
-        let mut cx = Cx::new(
+        let out = run_module(
             now,
-            wall,
             &self.env,
-            self.config.index,
+            &self.config,
             &mut self.counters,
-            &mut out,
+            &mut self.blf,
+            f,
         );
-        f(&mut self.blf, &mut cx);
         self.execute(now, Owner::Blf, out, TimerKey::Blf);
     }
 
@@ -602,6 +595,22 @@ impl Shard {
     pub fn counts(&self) -> (usize, usize) {
         (self.calls.count(), self.blf.count())
     }
+}
+
+/// Runs one input of a module with a fresh context; returns what it asked for.
+fn run_module<M, T>(
+    now: Instant,
+    env: &Arc<Env>,
+    config: &ShardConfig,
+    counters: &mut Counters,
+    module: &mut M,
+    f: impl FnOnce(&mut M, &mut Cx<'_, T>),
+) -> Vec<Effect<T>> {
+    let mut out = Vec::new();
+    let wall = config.clock.at(now);
+    let mut cx = Cx::new(now, wall, env, config.index, counters, &mut out);
+    f(module, &mut cx);
+    out
 }
 
 /// How long a new request may wait in the shard's queue before it is shed: far

@@ -108,7 +108,9 @@ enum NonceUse {
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     nc: u32,
-    request: u32,
+    /// The [`request_key`] of the request that used `nc`, when its TU answers
+    /// retransmissions itself.
+    request: Option<u32>,
     issued_secs: u64,
 }
 
@@ -240,10 +242,8 @@ impl DigestAuthority {
         credentials: impl Iterator<Item = Auth<'a>>,
         lookup: impl Fn(&str) -> Option<Ha1>,
     ) -> Verdict {
-        match self.check(now, method, None, credentials, lookup) {
-            (Verdict::Authenticated(_), true) => Verdict::Challenge { stale: true },
-            (verdict, _) => verdict,
-        }
+        // Without a request key no count may repeat: the flag is never set.
+        self.check(now, method, None, credentials, lookup).0
     }
 
     /// [`verify`](Self::verify) for a TU that answers retransmissions itself (a
@@ -345,13 +345,12 @@ impl DigestAuthority {
         if issued_secs < self.floor_secs.load(Ordering::Relaxed) {
             return NonceUse::Replayed; // its record may have been evicted: treat as stale
         }
-        let request = request.unwrap_or_default();
         let mut seen = self.seen_nc.entry(nonce).or_insert(Seen {
             nc: 0,
-            request,
+            request: None,
             issued_secs,
         });
-        if nc == seen.nc && request == seen.request {
+        if nc == seen.nc && request.is_some() && request == seen.request {
             return NonceUse::Repeated;
         }
         if nc <= seen.nc {
