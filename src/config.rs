@@ -49,6 +49,10 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     pub queues: Vec<QueueConfig>,
     pub features: FeaturesConfig,
+    /// Set by [`Config::with_demo_desk`]: the demo group and queue were added
+    /// (so the groups and queues are the demo's own, not the office's).
+    #[serde(skip)]
+    demo_added: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -666,18 +670,20 @@ impl Config {
     /// Whether the demo users are the whole phone system (nothing of the
     /// office configured): then the demo group and queue exist too.
     pub fn demo_desk(&self) -> bool {
-        !self.demo.extensions.is_empty()
-            && self.users.is_empty()
-            && self.groups.is_empty()
-            && self.queues.is_empty()
+        self.demo_added
+            || (!self.demo.extensions.is_empty()
+                && self.users.is_empty()
+                && self.groups.is_empty()
+                && self.queues.is_empty())
     }
 
     /// This configuration with the demo group (every demo extension, in order)
     /// and the demo queue serving it, when [`demo_desk`](Self::demo_desk).
     pub fn with_demo_desk(mut self) -> Config {
-        if !self.demo_desk() || self.demo.group.is_empty() {
+        if self.demo_added || !self.demo_desk() || self.demo.group.is_empty() {
             return self;
         }
+        self.demo_added = true;
         let d = &self.demo;
         self.groups.push(GroupConfig {
             name: sp(d.group.clone()),
@@ -763,6 +769,36 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_default_has_the_demo_group_queue_and_supervisor() {
+        let config = Config::embedded().expect("valid").with_demo_desk();
+        assert!(
+            config.demo_desk(),
+            "still the demo's desk once its group is added"
+        );
+        assert_eq!(config.groups.len(), 1);
+        assert_eq!(config.groups[0].name.get_ref(), "support");
+        let members: Vec<&str> = config.groups[0]
+            .members
+            .iter()
+            .map(|m| m.extension.get_ref().as_str())
+            .collect();
+        assert_eq!(members, ["201", "202", "203", "204"]);
+        assert_eq!(config.queues[0].number.get_ref(), "500");
+        assert_eq!(config.queues[0].groups.get_ref(), &["support"]);
+        assert_eq!(config.supervisors(), ["204"]);
+        let again = config.clone().with_demo_desk();
+        assert_eq!(again.groups.len(), 1, "added once");
+        let office = Config::parse(
+            "[[users]]\nextension = \"301\"\npassword = \"x\"\nrole = \"supervisor\"\n",
+            "test",
+        )
+        .expect("valid")
+        .with_demo_desk();
+        assert!(!office.demo_desk() && office.groups.is_empty());
+        assert_eq!(office.supervisors(), ["301"]);
+    }
 
     #[test]
     fn the_embedded_file_equals_the_built_in_defaults() {
