@@ -380,10 +380,10 @@ impl Calls {
                 copy_session_timer(&mut b, req);
             }
             let bytes = b.finish_with_body(Some("application/sdp"), &body);
-            let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
+            let Ok(invite) = parse(bytes, &Default::default()) else {
                 continue;
             };
-            let id = cx.send(bytes, target);
+            let id = cx.send_parsed(invite.clone(), target);
             let idx = first + branches.len();
             self.pending.insert(id, Pending::Branch(a.clone(), idx));
             self.legs

@@ -155,9 +155,8 @@ impl Calls {
             remote,
             &offer,
         );
-        let invite =
-            parse(bytes.clone(), &Default::default()).map_err(|_| OriginateError::NoMedia)?;
-        let id = cx.send(bytes, remote);
+        let invite = parse(bytes, &Default::default()).map_err(|_| OriginateError::NoMedia)?;
+        let id = cx.send_parsed(invite.clone(), remote);
         self.pending
             .insert(id, Pending::Origin(key.clone(), Side::A));
         self.legs.insert(key.clone(), (key.clone(), Side::A));
@@ -289,10 +288,10 @@ impl Calls {
         let offer = local_offer(cx.media_ip(remote), port, codec);
         let call_id = cx.new_call_id();
         let bytes = uac_invite(cx, &call_id, &from, &target, uri.as_bytes(), remote, &offer);
-        let Ok(invite) = parse(bytes.clone(), &Default::default()) else {
+        let Ok(invite) = parse(bytes, &Default::default()) else {
             return self.end_origination(cx, key, None, Disposition::Failed, HangupBy::System);
         };
-        let id = cx.send(bytes, remote);
+        let id = cx.send_parsed(invite.clone(), remote);
         self.pending
             .insert(id, Pending::Origin(key.clone(), Side::B(0)));
         self.legs.insert(call_id.clone(), (key.clone(), Side::B(0)));

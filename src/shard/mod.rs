@@ -20,7 +20,7 @@ use crate::clock::WallClock;
 use crate::presence::Change;
 use crate::routing::dialplan::Dialplan;
 use crate::sip::message::{Builder, Message, Method};
-use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxEvent, TxId};
+use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxError, TxEvent, TxId};
 use crate::sip::{CallId, Remote, SipError, StatusCode};
 use crate::store::Write;
 use crate::tu::{Counters, Cx, Effect, Env, ReqId};
@@ -268,8 +268,15 @@ impl Shard {
                 Effect::Respond { tx, bytes, durable } => {
                     self.answer(now, tx, bytes, durable, false)
                 }
-                Effect::Send { id, bytes, remote } => {
-                    match self.layer.send_request(now, bytes, remote) {
+                Effect::Send {
+                    id,
+                    request,
+                    remote,
+                } => {
+                    let sent = request
+                        .map_err(|e| TxError::BadRequest(e.to_string()))
+                        .and_then(|r| self.layer.send_request(now, r, remote));
+                    match sent {
                         Ok(tx) => {
                             self.requests.insert(tx, (owner, id));
                         }

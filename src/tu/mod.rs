@@ -22,6 +22,7 @@ use crate::routing::Directory;
 use crate::sip::auth::DigestAuthority;
 use crate::sip::message::{build::random_tag, Builder, Message};
 use crate::sip::transaction::{TimerConfig, Transmit, TxId};
+use crate::sip::SipError;
 use crate::sip::{CallId, Remote, StatusCode};
 use crate::store::{IdGen, Write};
 use crate::users::Users;
@@ -100,10 +101,11 @@ pub enum Effect<T> {
         bytes: Bytes,
         durable: bool,
     },
-    /// Send a request in a new client transaction.
+    /// Send a request in a new client transaction: parsed once, by the
+    /// module that built it (an unreadable one is answered as a timeout).
     Send {
         id: ReqId,
-        bytes: Bytes,
+        request: Result<Message, SipError>,
         remote: Remote,
     },
     /// Bytes outside any transaction (ACK for a 2xx, 2xx retransmissions).
@@ -198,9 +200,24 @@ impl<'a, T> Cx<'a, T> {
     /// Sends a request; its answers (or `None` for a timeout or a failed send)
     /// come back to the module under the returned id.
     pub fn send(&mut self, bytes: Bytes, remote: Remote) -> ReqId {
+        let request = crate::sip::message::parse(bytes, &Default::default());
+        self.push_send(request, remote)
+    }
+
+    /// [`send`](Self::send) for a request the module has parsed already (it
+    /// keeps the `Message`: a B leg's INVITE, for its CANCEL and ACK).
+    pub fn send_parsed(&mut self, request: Message, remote: Remote) -> ReqId {
+        self.push_send(Ok(request), remote)
+    }
+
+    fn push_send(&mut self, request: Result<Message, SipError>, remote: Remote) -> ReqId {
         self.counters.next_req += 1;
         let id = ReqId(self.counters.next_req);
-        self.out.push(Effect::Send { id, bytes, remote });
+        self.out.push(Effect::Send {
+            id,
+            request,
+            remote,
+        });
         id
     }
 

@@ -481,11 +481,10 @@ impl TransactionLayer {
     pub fn send_request(
         &mut self,
         now: Instant,
-        request: Bytes,
+        parsed: Message,
         remote: Remote,
     ) -> Result<TxId, TxError> {
-        let parsed = crate::sip::message::parse(request.clone(), &Default::default())
-            .map_err(|e| TxError::BadRequest(e.to_string()))?;
+        let request = parsed.buf().clone();
         let method = parsed
             .method()
             .cloned()

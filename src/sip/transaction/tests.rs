@@ -307,10 +307,10 @@ fn new_client(
     method: &str,
     remote: Remote,
 ) -> (TxId, Message) {
-    let bytes = Bytes::from(request(method, "z9hG4bKc1"));
-    let tx = l.send_request(now, bytes.clone(), remote).expect("send");
+    let req = msg(&request(method, "z9hG4bKc1"));
+    let tx = l.send_request(now, req.clone(), remote).expect("send");
     assert_eq!(drain_tx(l).len(), 1, "sent at once");
-    (tx, parse(bytes, &Limits::default()).expect("parse"))
+    (tx, req)
 }
 
 #[test]
@@ -497,9 +497,9 @@ fn client_rejects_duplicate_branches_and_acks() {
         Instant::now(),
     );
     new_client(&mut l, t0, "OPTIONS", udp());
-    let again = l.send_request(t0, Bytes::from(request("OPTIONS", "z9hG4bKc1")), udp());
+    let again = l.send_request(t0, msg(&request("OPTIONS", "z9hG4bKc1")), udp());
     assert_eq!(again, Err(TxError::Duplicate));
-    let ack = l.send_request(t0, Bytes::from(request("ACK", "z9hG4bKc2")), udp());
+    let ack = l.send_request(t0, msg(&request("ACK", "z9hG4bKc2")), udp());
     assert!(matches!(ack, Err(TxError::BadRequest(_))));
 }
 
