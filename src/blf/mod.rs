@@ -200,7 +200,7 @@ impl Blf {
         };
         let refresh = req.to_header().and_then(|t| t.tag()).is_some();
         let Some(package) = req.value(HeaderName::Event).and_then(Package::parse) else {
-            let mut b = cx.response(req, remote, 489, "Bad Event");
+            let mut b = cx.response(req, remote, StatusCode::BAD_EVENT);
             b.header("Allow-Events", ALLOW_EVENTS);
             return cx.respond(tx, b.finish());
         };
@@ -217,7 +217,7 @@ impl Blf {
                 })
             })
         {
-            let mut b = cx.response(req, remote, 406, "Not Acceptable");
+            let mut b = cx.response(req, remote, StatusCode::NOT_ACCEPTABLE);
             b.header("Accept", package.content_type());
             return cx.respond(tx, b.finish());
         }
@@ -225,7 +225,7 @@ impl Blf {
             Some(Err(())) => return cx.reply_with(tx, req, remote, 400, "Bad Expires"),
             Some(Ok(0)) => 0,
             Some(Ok(e)) if e < MIN_EXPIRES => {
-                let mut b = cx.response(req, remote, 423, "Interval Too Brief");
+                let mut b = cx.response(req, remote, StatusCode::INTERVAL_TOO_BRIEF);
                 b.header("Min-Expires", MIN_EXPIRES.to_string());
                 return cx.respond(tx, b.finish());
             }
@@ -236,7 +236,7 @@ impl Blf {
             return self.refresh(cx, tx, req, remote, &call_id, expires);
         }
         if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-            let mut b = cx.response(
+            let mut b = cx.response_with(
                 req,
                 remote,
                 503,
@@ -263,7 +263,7 @@ impl Blf {
         {
             Verdict::Authenticated(_) => {}
             Verdict::Challenge { stale } => {
-                let mut b = cx.response(req, remote, 401, "Unauthorized");
+                let mut b = cx.response(req, remote, StatusCode::UNAUTHORIZED);
                 for c in env.auth.challenges(cx.now, stale) {
                     b.header("WWW-Authenticate", c);
                 }
@@ -271,7 +271,7 @@ impl Blf {
             }
             Verdict::Forbidden => return cx.reply(tx, req, remote, StatusCode::FORBIDDEN),
         }
-        let mut b = cx.response(req, remote, 200, "OK");
+        let mut b = cx.response(req, remote, StatusCode::OK);
         b.header("Expires", expires.to_string())
             .header("Contact", format!("<sip:{}>", cx.hostport(remote)))
             .header("Allow-Events", ALLOW_EVENTS);
@@ -325,7 +325,7 @@ impl Blf {
         sub.expires_at = end;
         sub.terminating = expires == 0;
         sub.pending = Some(snapshot(&cx.env.presence, &sub.extension));
-        let mut b = cx.response(req, remote, 200, "OK");
+        let mut b = cx.response(req, remote, StatusCode::OK);
         b.header("Expires", expires.to_string())
             .header("Contact", format!("<sip:{}>", cx.hostport(remote)));
         cx.respond(tx, b.finish());

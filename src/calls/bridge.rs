@@ -721,7 +721,7 @@ impl Calls {
                 } else {
                     HangupBy::Callee
                 };
-                let answer = cx.response(req, remote, 200, "OK").finish();
+                let answer = cx.response(req, remote, StatusCode::OK).finish();
                 self.end_bridge(cx, a, Some(side), by);
                 cx.respond_durable(tx, answer);
             }
@@ -859,25 +859,21 @@ impl Calls {
 
 /// The answer to the caller when every branch failed.
 fn fork_result(codes: &[u16]) -> Refusal {
-    let (code, reason, disposition) = if let Some(c) = codes.iter().find(|c| **c >= 600) {
-        let reason = if *c == 603 {
-            "Decline"
-        } else {
-            "Busy Everywhere"
-        };
-        (*c, reason, Disposition::Busy)
+    let (status, disposition) = if let Some(c) = codes.iter().find(|c| **c >= 600) {
+        // A global failure is passed on as it came.
+        (StatusCode(*c), Disposition::Busy)
     } else if codes.contains(&486) {
-        (486, "Busy Here", Disposition::Busy)
+        (StatusCode::BUSY_HERE, Disposition::Busy)
     } else if codes.iter().all(|c| *c == 488) {
-        (488, "Not Acceptable Here", Disposition::Failed)
+        (StatusCode::NOT_ACCEPTABLE_HERE, Disposition::Failed)
     } else if codes.contains(&487) {
-        (487, "Request Terminated", Disposition::Cancelled)
+        (StatusCode::REQUEST_TERMINATED, Disposition::Cancelled)
     } else {
-        (480, "Temporarily Unavailable", Disposition::NoAnswer)
+        (StatusCode::TEMPORARILY_UNAVAILABLE, Disposition::NoAnswer)
     };
     Refusal {
-        code,
-        reason,
+        code: status.0,
+        reason: status.reason(),
         disposition,
         by: HangupBy::Callee,
     }

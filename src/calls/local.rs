@@ -288,7 +288,7 @@ impl Calls {
                 let Some(call) = self.take_local(cx, call_id) else {
                     return;
                 };
-                let answer = cx.response(req, remote, 200, "OK").finish();
+                let answer = cx.response(req, remote, StatusCode::OK).finish();
                 write_cdr(cx, call.cdr, Disposition::Answered, HangupBy::Caller);
                 cx.respond_durable(tx, answer);
             }
@@ -306,7 +306,7 @@ impl Calls {
                 match body {
                     Some(body) => {
                         call.origin = origin;
-                        let mut b = cx.response(req, remote, 200, "OK");
+                        let mut b = cx.response(req, remote, StatusCode::OK);
                         b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
                         cx.respond(tx, b.finish_with_body(Some("application/sdp"), &body));
                     }

@@ -203,7 +203,7 @@ impl Calls {
             Verdict::Authenticated(user) => Some(Some(user)),
             Verdict::Challenge { stale } => {
                 let status = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
-                let mut b = cx.response(req, remote, status.0, status.reason());
+                let mut b = cx.response(req, remote, status);
                 for c in env.auth.challenges(cx.now, stale) {
                     b.header("Proxy-Authenticate", c);
                 }

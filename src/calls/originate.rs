@@ -385,7 +385,7 @@ impl Calls {
     ) {
         match req.method() {
             Some(Method::Bye) => {
-                let answer = cx.response(req, remote, 200, "OK").finish();
+                let answer = cx.response(req, remote, StatusCode::OK).finish();
                 let by = if side == Side::A {
                     HangupBy::Caller
                 } else {

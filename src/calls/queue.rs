@@ -553,7 +553,7 @@ impl Calls {
         if let Some(o) = &offer {
             bridge.relay.set_peer(0, peer_of(o, remote.addr));
         }
-        let mut b = cx.response(req, remote, 200, "OK");
+        let mut b = cx.response(req, remote, StatusCode::OK);
         b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
         let bytes = match answer {
             Some(body) => {

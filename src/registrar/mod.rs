@@ -11,7 +11,7 @@
 use crate::clock::UnixMillis;
 use crate::sip::auth::{DigestAuthority, Verdict};
 use crate::sip::message::{headers::parse_u32, Builder, HeaderName, Message, NameAddr, Uri};
-use crate::sip::{ConnId, Remote, Transport};
+use crate::sip::{ConnId, Remote, StatusCode, Transport};
 use crate::store::{Record, Store, StoreError, Write, Writer};
 use crate::users::Users;
 use dashmap::DashMap;
@@ -386,6 +386,7 @@ impl Registrar {
         users: &Users,
     ) -> RegisterAnswer {
         let reply = |code, reason: &str| Builder::stateless_reply(req, remote.addr, code, reason);
+        let standard = |status: StatusCode| reply(status.0, status.reason());
         let plain = |b: Builder| RegisterAnswer {
             answer: b.finish(),
             wrote: false,
@@ -393,7 +394,7 @@ impl Registrar {
             registered: None,
         };
         let challenge = |stale| {
-            let mut b = reply(401, "Unauthorized");
+            let mut b = standard(StatusCode::UNAUTHORIZED);
             for c in auth.challenges(now, stale) {
                 b.header("WWW-Authenticate", c);
             }
@@ -411,13 +412,13 @@ impl Registrar {
             Verdict::Challenge { stale } => return challenge(stale),
             Verdict::Forbidden => {
                 tracing::info!(%remote, "REGISTER refused: bad credentials");
-                return plain(reply(403, "Forbidden"));
+                return plain(standard(StatusCode::FORBIDDEN));
             }
         };
         match self.register(wall, req, remote, &user, repeated) {
             Err(e) => {
                 tracing::error!("registrar store: {e}");
-                plain(reply(500, "Server Internal Error"))
+                plain(standard(StatusCode::SERVER_INTERNAL_ERROR))
             }
             Ok(Outcome::Reject {
                 code,
@@ -435,7 +436,7 @@ impl Registrar {
                 challenge(true)
             }
             Ok(Outcome::Ok { bindings, changed }) => {
-                let mut b = reply(200, "OK");
+                let mut b = standard(StatusCode::OK);
                 for binding in &bindings {
                     let mut v = format!(
                         "<{}>;expires={}",

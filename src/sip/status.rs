@@ -51,6 +51,10 @@ codes! {
     VERSION_NOT_SUPPORTED = 505, "Version Not Supported";
     BUSY_EVERYWHERE = 600, "Busy Everywhere";
     DECLINE = 603, "Decline";
+    DOES_NOT_EXIST_ANYWHERE = 604, "Does Not Exist Anywhere";
+    NOT_ACCEPTABLE_GLOBALLY = 606, "Not Acceptable";
+    UNWANTED = 607, "Unwanted";
+    REJECTED = 608, "Rejected";
 }
 
 impl StatusCode {

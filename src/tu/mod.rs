@@ -182,7 +182,12 @@ impl<'a, T> Cx<'a, T> {
 
     /// A response to `req` with our Server header and a To tag (kept if the
     /// request's To already has one).
-    pub fn response(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
+    pub fn response(&self, req: &Message, remote: Remote, status: StatusCode) -> Builder {
+        Builder::reply(req, remote.addr, status.0, status.reason())
+    }
+
+    /// A response with a reason phrase of our own (one that names the problem).
+    pub fn response_with(&self, req: &Message, remote: Remote, code: u16, reason: &str) -> Builder {
         Builder::reply(req, remote.addr, code, reason)
     }
 
