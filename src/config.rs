@@ -136,6 +136,8 @@ pub struct HttpConfig {
     pub session_ttl_secs: u64,
     /// Events kept for clients that reconnect (beyond this they resync).
     pub event_buffer: usize,
+    /// The outcomes an agent picks for a conversation (response records).
+    pub dispositions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -317,6 +319,9 @@ impl Default for HttpConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             session_ttl_secs: 28_800,
             event_buffer: 4096,
+            dispositions: ["resolved", "call back", "escalated", "no action needed"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -489,34 +489,37 @@ async fn the_openapi_document_and_the_desktop_are_served_from_the_binary() {
     );
 }
 
-/// The desktop in headless Chromium (Playwright): two agents in two pages; A
-/// sets "away" with a reason by keyboard, B's board shows it as text.
-#[tokio::test]
-async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
+/// A desktop test script in headless Chromium (Playwright), started with its
+/// environment; screenshots go to the artifacts directory.
+fn browser_script(
+    script: &str,
+    base: &str,
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, std::path::PathBuf) {
     common::require("chromium");
     common::require("node");
-    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
+        dir.join("node_modules/playwright-core").exists(),
         "playwright-core missing: run ./scripts/test.sh (it installs it)"
     );
-    let d = desk("").await;
-    d.register("user1000").await;
-    d.register("user1001").await;
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir.join("desk.mjs"))
-        .arg(&d.base)
-        .envs([
-            ("A_EXT", "user1000"),
-            ("A_PW", "pw1000"),
-            ("B_EXT", "user1001"),
-            ("B_PW", "pw1001"),
-        ])
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .arg(base)
+        .envs(envs.iter().copied())
         .env("ARTIFACTS", &artifacts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .spawn()
+        .expect("node runs");
+    (child, artifacts)
+}
+
+/// Waits for a browser script's end and fails with its output if it failed.
+async fn browser_passed(child: tokio::process::Child, artifacts: &std::path::Path) {
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
         .await
         .expect("the browser test ends in time")
         .expect("node runs");
@@ -526,5 +529,293 @@ async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
         artifacts.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two agents in two pages; A sets "away" with a reason by keyboard, B's board
+/// shows it as text.
+#[tokio::test]
+async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
+    let d = desk("").await;
+    d.register("user1000").await;
+    d.register("user1001").await;
+    let envs = [
+        ("A_EXT", "user1000"),
+        ("A_PW", "pw1000"),
+        ("B_EXT", "user1001"),
+        ("B_PW", "pw1001"),
+    ];
+    let (child, artifacts) = browser_script("desk.mjs", &d.base, &envs);
+    browser_passed(child, &artifacts).await;
+}
+
+const QUEUE: &str = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nring_secs = 5\nmax_wait_secs = 30\nwrap_up_secs = 0\n";
+
+/// The next event of `kind` (others are skipped).
+async fn next_of<S>(ws: &mut S, kind: &str) -> Value
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let e = next_event(ws).await;
+        if e["type"] == kind {
+            return e;
+        }
+    }
+}
+
+/// A customer (SIPp, From user `number`) calls queue 500 and talks 1.5 s.
+async fn customer_call(d: &Desk, number: &str) {
+    let inf = common::injection_file(
+        d.dir.path(),
+        &format!("c{}.csv", free_port()),
+        &[number.to_string()],
+    );
+    let inf = inf.display().to_string();
+    let args = ["-inf", inf.as_str(), "-s", "500", "-d", "1500", "-m", "1"];
+    let out = common::sipp_scenario(d.sip, d.dir.path(), free_port(), "uac_queue.xml", &args)
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "customer call: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_record() {
+    let d = desk(QUEUE).await;
+    let phone_port = free_port();
+    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let colleague = d.token("user1001", "pw1001").await;
+    let mut ws = d.stream(&agent, None).await;
+    let mut other = d.stream(&colleague, None).await;
+    let phone = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        phone_port,
+        "uas_answer.xml",
+        &["-m", "2"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A first call: the pop knows the number but no history yet.
+    customer_call(&d, "5559001").await;
+    let ringing = next_of(&mut ws, "call").await;
+    assert_eq!(
+        (ringing["phase"].as_str(), ringing["peer"].as_str()),
+        (Some("ringing"), Some("5559001")),
+        "{ringing}"
+    );
+    assert_eq!(ringing["pop"]["caller"], "5559001");
+    assert_eq!(ringing["pop"]["history"], json!([]));
+    let call_id = ringing["call_id"].as_str().expect("call id").to_string();
+    let answered = next_of(&mut ws, "call").await;
+    assert_eq!(
+        (answered["phase"].as_str(), answered["call_id"].as_str()),
+        (Some("answered"), Some(call_id.as_str()))
+    );
+    let ended = next_of(&mut ws, "call").await;
+    assert_eq!(ended["phase"], "ended");
+
+    // The PBX opened the record of the answered call; the agent writes it.
+    let mut record = Value::Null;
+    for _ in 0..100 {
+        let list: Value = d
+            .get("/api/v1/customers/5559001/history", &agent)
+            .send()
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("json");
+        if let Some(r) = list.as_array().and_then(|l| l.first()) {
+            record = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (record["agent"].as_str(), record["outcome"].as_str()),
+        (Some("user1000"), Some("answered")),
+        "{record}"
+    );
+    let id = record["id"].as_u64().expect("id");
+    let put = |token: &str, body: Value| {
+        d.http
+            .put(format!("{}/api/v1/customers/5559001/records/{id}", d.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let edit = json!({"notes": "wants a refund", "outcome": "call back", "name": "Ms Tanaka"});
+    let (status, body) = error_of(put(&colleague, edit.clone()).await.expect("put")).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "another agent's record: {body}"
+    );
+    let (status, body) = error_of(
+        put(&agent, json!({"notes": "", "outcome": "maybe"}))
+            .await
+            .expect("put"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("outcome")),
+        "{body}"
+    );
+    let saved = put(&agent, edit).await.expect("put");
+    assert_eq!(saved.status(), StatusCode::OK);
+    let event = next_of(&mut ws, "record_saved").await;
+    assert_eq!(event["record"]["notes"], "wants a refund");
+
+    // The same customer again: the pop shows what was written.
+    customer_call(&d, "5559001").await;
+    let ringing = next_of(&mut ws, "call").await;
+    assert_eq!(ringing["phase"], "ringing");
+    assert_eq!(ringing["pop"]["name"], "Ms Tanaka");
+    assert_eq!(ringing["pop"]["history"][0]["notes"], "wants a refund");
+    assert_eq!(ringing["pop"]["history"][0]["outcome"], "call back");
+    assert!(
+        phone.await.expect("join").status.success(),
+        "the agent's phone took both calls"
+    );
+
+    // The colleague saw the board move, never the agent's calls or records.
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(300), other.next()).await
+    {
+        let e: Value = serde_json::from_str(&t).expect("json");
+        seen.push(e["type"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(seen.iter().any(|t| t == "presence"), "{seen:?}");
+    assert!(
+        seen.iter().all(|t| t == "presence"),
+        "only presence for a colleague: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn my_calls_dispositions_and_unknown_records_are_answered() {
+    let d = desk("").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let calls: Value = d
+        .get("/api/v1/me/calls", &agent)
+        .send()
+        .await
+        .expect("calls")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(calls, json!([]));
+    let dispositions: Value = d
+        .get("/api/v1/dispositions", &agent)
+        .send()
+        .await
+        .expect("d")
+        .json()
+        .await
+        .expect("json");
+    assert!(dispositions
+        .as_array()
+        .is_some_and(|l| l.iter().any(|v| v == "resolved")));
+    let r = d
+        .http
+        .put(format!("{}/api/v1/customers/5550000/records/42", d.base))
+        .bearer_auth(&agent)
+        .json(&json!({"notes": "x", "outcome": "resolved"}))
+        .send()
+        .await
+        .expect("put");
+    let (status, _) = error_of(r).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A customer who called before rings agent A (a SIPp phone answers for A);
+/// A's page shows the pop with the earlier record, and A saves today's record
+/// with a disposition from the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
+    use tokio::io::AsyncBufReadExt;
+    let d = desk(QUEUE).await;
+    let phone_port = free_port();
+    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let phone = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        phone_port,
+        "uas_answer.xml",
+        &["-m", "2"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An earlier call, and what the agent wrote about it (over the API).
+    customer_call(&d, "5559002").await;
+    let mut first = Value::Null;
+    for _ in 0..100 {
+        let list: Value = d
+            .get("/api/v1/customers/5559002/history", &agent)
+            .send()
+            .await
+            .expect("h")
+            .json()
+            .await
+            .expect("json");
+        if let Some(r) = list.as_array().and_then(|l| l.first()) {
+            first = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = first["id"].as_u64().expect("the first call's record");
+    let r = d
+        .http
+        .put(format!("{}/api/v1/customers/5559002/records/{id}", d.base))
+        .bearer_auth(&agent)
+        .json(&json!({"notes": "asked about a refund", "outcome": "call back"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let envs = [
+        ("A_EXT", "user1000"),
+        ("A_PW", "pw1000"),
+        ("CALLER", "5559002"),
+        ("EARLIER_NOTES", "asked about a refund"),
+    ];
+    let (mut child, artifacts) = browser_script("pop.mjs", &d.base, &envs);
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    assert!(
+        matches!(ready, Ok(Ok(Some(ref l))) if l == "READY"),
+        "the page is ready: {ready:?}"
+    );
+    customer_call(&d, "5559002").await;
+    let rest = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    browser_passed(child, &artifacts).await;
+    let _ = rest.await;
+    assert!(phone.await.expect("join").status.success());
+
+    let list: Value = d
+        .get("/api/v1/customers/5559002/history", &agent)
+        .send()
+        .await
+        .expect("h")
+        .json()
+        .await
+        .expect("json");
+    let today = &list[1];
+    assert_eq!(
+        (today["notes"].as_str(), today["outcome"].as_str()),
+        (Some("called back about the refund"), Some("resolved")),
+        "{list}"
     );
 }

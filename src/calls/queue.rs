@@ -435,6 +435,7 @@ impl Calls {
                 call_id: a.to_string(),
                 notes: String::new(),
                 outcome: "answered".into(),
+                name: String::new(),
             };
             // Made durable with the next group commit (nothing waits for it).
             cx.store(w);

@@ -43,6 +43,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/board", get(board))
         .route("/api/v1/agents/{extension}/state", put(set_state))
         .route("/api/v1/calls", post(click_to_call))
+        .route("/api/v1/me/calls", get(my_calls))
+        .route("/api/v1/dispositions", get(dispositions))
+        .route("/api/v1/customers/{number}/history", get(history))
+        .route("/api/v1/customers/{number}/records/{id}", put(edit_record))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(super::assets::routes())
@@ -55,9 +59,22 @@ pub fn router(desk: Arc<Desk>) -> Router {
 #[openapi(
     info(
         title = "sipdesk desk API",
-        description = "The agent desktop's API: sessions, the presence board, agent state, click-to-call and the numbered event stream."
+        description = "The agent desktop's API: sessions, the presence board, agent state, click-to-call, customers' history and response records, and the numbered event stream."
     ),
-    paths(login, logout, renew, me, board, set_state, click_to_call, events),
+    paths(
+        login,
+        logout,
+        renew,
+        me,
+        board,
+        set_state,
+        click_to_call,
+        my_calls,
+        dispositions,
+        history,
+        edit_record,
+        events
+    ),
     components(schemas(
         Login,
         SessionInfo,
@@ -68,6 +85,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         SetState,
         Dial,
         Dialled,
+        MyCall,
+        RecordEdit,
         ErrorBody,
         Body,
         Role,
@@ -86,7 +105,8 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
-    /// `too_many_requests`, `conflict`, `payload_too_large`, `unavailable`.
+    /// `too_many_requests`, `conflict`, `payload_too_large`, `unavailable`,
+    /// `storage`.
     pub error: &'static str,
     /// What was wrong, for a person.
     pub message: String,
@@ -111,6 +131,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     Unavailable(String),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::store::StoreError),
 }
 
 impl ApiError {
@@ -124,6 +146,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         }
     }
 }
@@ -545,6 +568,131 @@ async fn click_to_call(
         .originate(&caller.session.extension, to)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Dialled { call_id })))
+}
+
+/// One of my calls now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyCall {
+    pub call_id: String,
+    pub direction: crate::presence::Direction,
+    pub state: crate::presence::DialogState,
+    /// The other party (the caller's number when I am called).
+    pub peer: String,
+}
+
+/// My current calls (ringing and talking).
+#[utoipa::path(get, path = "/api/v1/me/calls",
+    responses((status = 200, body = Vec<MyCall>), (status = 401, body = ErrorBody)))]
+async fn my_calls(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+) -> Json<Vec<MyCall>> {
+    let calls = desk
+        .presence
+        .dialogs(&caller.session.extension)
+        .iter()
+        .map(|d| MyCall {
+            call_id: d.call_id.clone(),
+            direction: d.direction,
+            state: d.state,
+            peer: d.peer.clone(),
+        })
+        .collect();
+    Json(calls)
+}
+
+// ---- customers and response records -------------------------------------
+
+/// The outcomes an agent may pick for a conversation.
+#[utoipa::path(get, path = "/api/v1/dispositions",
+    responses((status = 200, body = Vec<String>), (status = 401, body = ErrorBody)))]
+async fn dispositions(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    _caller: Caller,
+) -> Json<Vec<String>> {
+    Json(desk.config.dispositions.clone())
+}
+
+/// A customer's history: every response record, oldest first.
+#[utoipa::path(get, path = "/api/v1/customers/{number}/history",
+    params(("number" = String, Path, description = "the customer's number, as the PBX saw it")),
+    responses((status = 200, body = Vec<crate::history::ResponseRecord>), (status = 401, body = ErrorBody)))]
+async fn history(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    _caller: Caller,
+    Path(number): Path<String>,
+) -> Result<Json<Vec<crate::history::ResponseRecord>>, ApiError> {
+    Ok(Json(crate::history::responses(&desk.store, &number)?))
+}
+
+/// What an agent writes on a response record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordEdit {
+    /// What was said and done; at most 4000 characters.
+    pub notes: String,
+    /// One of `/api/v1/dispositions`.
+    pub outcome: String,
+    /// The customer's name, if the agent learned it; at most 100 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Writes today's record of a conversation: notes, outcome, the customer's
+/// name. Answered once it is on disk.
+#[utoipa::path(put, path = "/api/v1/customers/{number}/records/{id}", request_body = RecordEdit,
+    params(("number" = String, Path), ("id" = u64, Path)),
+    responses((status = 200, body = crate::history::ResponseRecord, description = "saved durably"),
+        (status = 400, body = ErrorBody, description = "an unknown outcome, or too long"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "another agent's record"),
+        (status = 404, body = ErrorBody)))]
+async fn edit_record(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Path((number, id)): Path<(String, u64)>,
+    ApiJson(edit): ApiJson<RecordEdit>,
+) -> Result<Json<crate::history::ResponseRecord>, ApiError> {
+    let mut record = crate::history::responses(&desk.store, &number)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no record {id} of customer {number}")))?;
+    caller.may_act_for(&record.agent)?;
+    if !desk.config.dispositions.contains(&edit.outcome) {
+        return Err(ApiError::BadRequest(format!(
+            "outcome: `{}` is not one of {:?}",
+            edit.outcome, desk.config.dispositions
+        )));
+    }
+    if edit.notes.chars().count() > 4000 {
+        return Err(ApiError::BadRequest(
+            "notes: at most 4000 characters".into(),
+        ));
+    }
+    let name = edit.name.map(|n| n.trim().to_string());
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 100 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "name: at most 100 characters, no control characters".into(),
+        ));
+    }
+    record.notes = edit.notes;
+    record.outcome = edit.outcome;
+    if let Some(name) = name {
+        record.name = name;
+    }
+    desk.store.put(record.clone())?;
+    desk.store.flush().await?;
+    tracing::info!(agent = %caller.session.extension, customer = %number, id, "response record saved");
+    desk.publish(
+        super::events::Audience::Agent(record.agent.clone()),
+        Body::RecordSaved {
+            record: record.clone(),
+        },
+    );
+    Ok(Json(record))
 }
 
 // ---- the event stream ---------------------------------------------------

@@ -8,6 +8,7 @@
 //! when that stops draining).
 
 use crate::cti::session::{Role, Session};
+use crate::presence::{Change, DialogFact, DialogState, Direction};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,8 +21,7 @@ pub type Seq = u64;
 pub enum Audience {
     /// Every logged-in user (the board).
     Everyone,
-    /// One agent (and the supervisors). Call events (the screen pop) come next.
-    #[allow(dead_code)]
+    /// One agent (and the supervisors): their calls, their records.
     Agent(String),
 }
 
@@ -45,9 +45,102 @@ pub enum Body {
         since_ms: u64,
         reason: Option<String>,
     },
+    /// A call of an agent's: ringing (with the screen pop), answered, ended.
+    Call {
+        extension: String,
+        call_id: String,
+        phase: CallPhase,
+        direction: Direction,
+        /// The other party: the caller's number when the agent is called.
+        peer: String,
+        /// Only when a call rings at the agent: what the desk knows of the caller.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pop: Option<ScreenPop>,
+    },
+    /// A response record was saved (durably).
+    RecordSaved {
+        record: crate::history::ResponseRecord,
+    },
     /// Events were lost (the client asked for more than the ring holds, or the
     /// desk itself fell behind the PBX): fetch the board again.
     Resync,
+}
+
+/// Where a call of an agent's stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallPhase {
+    Ringing,
+    Answered,
+    Ended,
+}
+
+/// The screen pop: who is calling, and everything the desk wrote about them.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ScreenPop {
+    pub caller: String,
+    /// The name the agents last wrote down for this caller.
+    pub name: Option<String>,
+    /// Every response record of this caller, oldest first.
+    pub history: Vec<crate::history::ResponseRecord>,
+}
+
+/// What the desk last saw of the agents' calls, to tell ringing, answered and
+/// ended apart in the presence stream (which carries each extension's dialogs).
+#[derive(Debug, Default)]
+pub struct CallTracker {
+    /// By extension: each dialog as last seen, and whether it was talking.
+    seen: std::collections::HashMap<String, Vec<(DialogFact, bool)>>,
+}
+
+/// A call event found in a presence change (the pop is added by the caller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallChange {
+    pub fact: DialogFact,
+    pub phase: CallPhase,
+}
+
+/// Answered (or placed by the extension itself): the call is talking.
+fn talking(d: &DialogFact) -> bool {
+    d.state == DialogState::Confirmed || d.direction == Direction::Initiator
+}
+
+impl CallTracker {
+    /// The call events in `change`: new dialogs (ringing, or answered when they
+    /// start talking), dialogs that started talking, dialogs that vanished.
+    pub fn track(&mut self, change: &Change) -> Vec<CallChange> {
+        let before = self.seen.remove(&change.extension).unwrap_or_default();
+        let mut out = Vec::new();
+        for d in change.dialogs.iter() {
+            let was = before.iter().find(|(b, _)| b.id == d.id).map(|(_, t)| *t);
+            let phase = match (was, talking(d)) {
+                (None, false) => CallPhase::Ringing,
+                (None | Some(false), true) => CallPhase::Answered,
+                _ => continue,
+            };
+            out.push(CallChange {
+                fact: d.clone(),
+                phase,
+            });
+        }
+        for (b, _) in &before {
+            if !change.dialogs.iter().any(|d| d.id == b.id) {
+                out.push(CallChange {
+                    fact: b.clone(),
+                    phase: CallPhase::Ended,
+                });
+            }
+        }
+        let now: Vec<_> = change
+            .dialogs
+            .iter()
+            .map(|d| (d.clone(), talking(d)))
+            .collect();
+        if !now.is_empty() {
+            self.seen.insert(change.extension.clone(), now);
+        }
+        out
+    }
 }
 
 /// One numbered event.
@@ -172,6 +265,58 @@ mod tests {
         );
         assert_eq!(log.after(149, usize::MAX), Replay::Resync { latest: 250 });
         assert_eq!(log.after(999, usize::MAX), Replay::Resync { latest: 250 });
+    }
+
+    fn dialogs(ext: &str, list: &[(u64, DialogState)]) -> Change {
+        Change {
+            extension: ext.into(),
+            state: crate::presence::State::Ringing,
+            at_ms: 0,
+            reason: None,
+            dialogs: list
+                .iter()
+                .map(|(id, state)| DialogFact {
+                    id: crate::presence::DialogId(*id),
+                    call_id: format!("call-{id}"),
+                    direction: Direction::Recipient,
+                    state: *state,
+                    peer: "5550001".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn phases(t: &mut CallTracker, c: &Change) -> Vec<(String, CallPhase)> {
+        t.track(c)
+            .into_iter()
+            .map(|e| (e.fact.call_id, e.phase))
+            .collect()
+    }
+
+    #[test]
+    fn a_call_rings_is_answered_and_ends_once_each() {
+        let mut t = CallTracker::default();
+        let ring = |p| ("call-1".to_string(), p);
+        assert_eq!(
+            phases(&mut t, &dialogs("201", &[(1, DialogState::Trying)])),
+            [ring(CallPhase::Ringing)]
+        );
+        assert_eq!(
+            phases(&mut t, &dialogs("201", &[(1, DialogState::Early)])),
+            [],
+            "still ringing"
+        );
+        assert_eq!(
+            phases(&mut t, &dialogs("201", &[(1, DialogState::Confirmed)])),
+            [ring(CallPhase::Answered)]
+        );
+        assert_eq!(
+            phases(&mut t, &dialogs("201", &[(1, DialogState::Confirmed)])),
+            []
+        );
+        let ended = phases(&mut t, &dialogs("201", &[]));
+        assert_eq!(ended, [ring(CallPhase::Ended)], "with the call's own id");
+        assert!(t.seen.is_empty(), "nothing kept for an agent without calls");
     }
 
     #[test]

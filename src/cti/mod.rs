@@ -19,8 +19,9 @@ pub mod session;
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
 use crate::presence::{Change, Presence};
+use crate::store::Store;
 use crate::users::Users;
-use events::{Audience, Body, EventLog, Seq};
+use events::{Audience, Body, CallPhase, CallTracker, EventLog, ScreenPop, Seq};
 use session::{LoginGuard, Role, Sessions};
 use std::collections::HashSet;
 use std::future::Future;
@@ -48,8 +49,11 @@ pub struct DeskConfig {
     pub session_ttl: Duration,
     pub event_buffer: usize,
     pub supervisors: Vec<String>,
-    /// The board's groups: name and members, in order.
+    /// The board's groups: name and members, in order. Their members are the
+    /// agents: the desk follows their calls (screen pop).
     pub groups: Vec<(String, Vec<String>)>,
+    /// The outcomes an agent may pick for a response record.
+    pub dispositions: Vec<String>,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -57,8 +61,11 @@ pub struct DeskConfig {
 pub struct Desk {
     config: DeskConfig,
     supervisors: HashSet<String>,
+    agents: HashSet<String>,
     presence: Presence,
     users: Users,
+    /// Response records are read (screen pop, history) and saved here.
+    store: Store,
     commands: Arc<dyn Commands>,
     clock: WallClock,
     sessions: Mutex<Sessions>,
@@ -79,11 +86,18 @@ impl Desk {
         config: DeskConfig,
         presence: Presence,
         users: Users,
+        store: Store,
         commands: Arc<dyn Commands>,
         clock: WallClock,
     ) -> Arc<Desk> {
         Arc::new(Desk {
             supervisors: config.supervisors.iter().cloned().collect(),
+            agents: config
+                .groups
+                .iter()
+                .flat_map(|(_, m)| m.iter().cloned())
+                .collect(),
+            store,
             sessions: Mutex::new(Sessions::new(config.session_ttl)),
             guard: Mutex::new(LoginGuard::default()),
             log: Mutex::new(EventLog::new(config.event_buffer)),
@@ -124,12 +138,60 @@ impl Desk {
         lock(&self.log).latest()
     }
 
-    /// Feeds presence changes into the event log until the PBX stops. If the
-    /// desk falls behind the presence stream, clients are told to resync.
+    /// The screen pop for a call from `caller`: the caller's history.
+    fn pop(&self, caller: &str) -> Option<ScreenPop> {
+        if crate::history::is_anonymous(caller) {
+            return None;
+        }
+        let history = crate::history::responses(&self.store, caller)
+            .inspect_err(|e| tracing::error!("reading {caller}'s history: {e}"))
+            .unwrap_or_default();
+        let name = history
+            .iter()
+            .rev()
+            .find(|r| !r.name.is_empty())
+            .map(|r| r.name.clone());
+        Some(ScreenPop {
+            caller: caller.to_string(),
+            name,
+            history,
+        })
+    }
+
+    /// Feeds presence changes into the event log until the PBX stops: every
+    /// state change for everyone, and each agent's call events for that agent
+    /// (ringing with the screen pop, answered, ended). If the desk falls behind
+    /// the presence stream, clients are told to resync.
     pub async fn pump(self: Arc<Self>, mut changes: broadcast::Receiver<Change>) {
+        let mut calls = CallTracker::default();
         loop {
             match changes.recv().await {
                 Ok(c) => {
+                    let call_events = if self.agents.contains(&c.extension) {
+                        calls.track(&c)
+                    } else {
+                        Vec::new()
+                    };
+                    for e in call_events {
+                        let ringing_here = e.phase == CallPhase::Ringing
+                            && e.fact.direction == crate::presence::Direction::Recipient;
+                        let pop = if ringing_here {
+                            self.pop(&e.fact.peer)
+                        } else {
+                            None
+                        };
+                        self.publish(
+                            Audience::Agent(c.extension.clone()),
+                            Body::Call {
+                                extension: c.extension.clone(),
+                                call_id: e.fact.call_id,
+                                phase: e.phase,
+                                direction: e.fact.direction,
+                                peer: e.fact.peer,
+                                pop,
+                            },
+                        );
+                    }
                     self.publish(
                         Audience::Everyone,
                         Body::Presence {
@@ -142,6 +204,7 @@ impl Desk {
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("desk fell {n} presence changes behind; clients resync");
+                    calls = CallTracker::default();
                     self.publish(Audience::Everyone, Body::Resync);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,

@@ -29,7 +29,7 @@ pub struct CallerAgents {
 }
 
 /// What an agent wrote about one conversation with a customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResponseRecord {
     /// Unique, time-ordered.
     pub id: u64,
@@ -43,6 +43,10 @@ pub struct ResponseRecord {
     /// "answered" when the PBX opens the record; the agent sets the real outcome.
     #[serde(default)]
     pub outcome: String,
+    /// The customer's name, as the agent wrote it (the screen pop shows the
+    /// latest one).
+    #[serde(default)]
+    pub name: String,
 }
 
 impl Record for CallerAgents {
@@ -162,6 +166,7 @@ mod tests {
             call_id: "c1".into(),
             notes: "wants a refund".into(),
             outcome: "answered".into(),
+            name: String::new(),
         };
         store.put(rec.clone()).expect("record");
         store.flush_now().expect("flush");

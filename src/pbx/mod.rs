@@ -242,6 +242,7 @@ impl PbxBuilder {
         let http_addr = start_desk(
             &config,
             &env,
+            &store,
             &controls,
             dialplan,
             WallClock::new(wall, mono),
@@ -475,6 +476,7 @@ impl crate::cti::Commands for DeskCommands {
 async fn start_desk(
     config: &Config,
     env: &Arc<Env>,
+    store: &Store,
     controls: &[mpsc::UnboundedSender<Control>],
     dialplan: Dialplan,
     clock: WallClock,
@@ -500,6 +502,7 @@ async fn start_desk(
                 )
             })
             .collect(),
+        dispositions: config.http.dispositions.clone(),
     };
     let commands = DeskCommands {
         controls: controls.to_vec(),
@@ -510,6 +513,7 @@ async fn start_desk(
         desk_config,
         env.presence.clone(),
         env.users.clone(),
+        store.clone(),
         Arc::new(commands),
         clock,
     );

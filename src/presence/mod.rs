@@ -52,7 +52,7 @@ pub enum PresenceError {
 }
 
 /// Where a dialog stands (RFC 4235 §4.1.1; `proceeding` is folded into `early`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DialogState {
     /// INVITE sent to (or by) the phone, no ringing yet.
@@ -74,7 +74,7 @@ impl DialogState {
 }
 
 /// Whether the extension placed the call or is being called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Initiator,

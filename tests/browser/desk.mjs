@@ -1,35 +1,14 @@
 // Two agents in two pages of headless Chromium: A sets "away" with a reason,
 // B's board shows it as text (not only colour). Screenshots go to $ARTIFACTS.
 //   usage: node desk.mjs BASE_URL   env: A_EXT A_PW B_EXT B_PW ARTIFACTS
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { env, finish, launch, login } from "./lib.mjs";
 
 const base = process.argv[2];
-const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`${k} missing`); return v; };
 const artifacts = env("ARTIFACTS");
-mkdirSync(artifacts, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
+const browser = await launch();
 const failures = [];
-browser.on("disconnected", () => {});
 try {
-  const page = async (who) => {
-    const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 } });
-    const p = await ctx.newPage();
-    p.on("pageerror", (e) => failures.push(`${who}: page error ${e.message}`));
-    p.on("requestfailed", (r) => { if (!r.url().startsWith(base)) failures.push(`${who}: outside request ${r.url()}`); });
-    p.on("request", (r) => { if (!r.url().startsWith(base) && !r.url().startsWith("ws://")) failures.push(`${who}: outside request ${r.url()}`); });
-    await p.goto(base + "/");
-    await p.getByLabel("Extension", { exact: true }).fill(env(`${who}_EXT`));
-    await p.getByLabel("Password", { exact: true }).fill(env(`${who}_PW`));
-    await p.getByRole("button", { name: "Log in" }).click();
-    await p.getByRole("heading", { name: "Presence board" }).waitFor();
-    await p.getByText("Live.").waitFor();
-    return p;
-  };
+  const page = (who) => login(browser, base, env(`${who}_EXT`), env(`${who}_PW`), failures);
   const a = await page("A");
   const b = await page("B");
   const rowOf = (p, ext) => p.locator(`li.agent[data-extension="${ext}"]`);
@@ -64,8 +43,4 @@ try {
 } finally {
   await browser.close();
 }
-if (failures.length) {
-  console.error(failures.join("\n"));
-  process.exit(1);
-}
-console.log("desk browser test: ok");
+finish("desk browser test", failures);

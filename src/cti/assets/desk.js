@@ -7,7 +7,7 @@ const LABELS = {
   available: "Available", away: "Away", busy: "Busy", ringing: "Ringing",
   on_call: "On a call", wrap_up: "Wrap-up", offline: "Offline",
 };
-const desk = { me: null, agents: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null };
+const desk = { me: null, agents: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null };
 
 async function api(method, path, body) {
   const init = { method, headers: {}, credentials: "same-origin" };
@@ -140,6 +140,10 @@ function connect() {
     }
     desk.seq = e.seq;
     if (e.type === "presence") applyPresence(e);
+    if (e.type === "call" && desk.me && e.extension === desk.me.extension) onCall(e);
+    if (e.type === "record_saved" && desk.pop && desk.pop.record && e.record.id === desk.pop.record.id) {
+      $("record-status").textContent = "Saved.";
+    }
   };
   ws.onclose = (ev) => {
     if (desk.socket !== ws) return;
@@ -151,6 +155,101 @@ function connect() {
   };
 }
 
+// ---- the screen pop: one per call, replaced by the next call --------------
+
+function when(ms) {
+  return new Date(ms).toLocaleString();
+}
+
+function renderHistory(history) {
+  const ol = $("pop-history");
+  ol.textContent = "";
+  if (!history.length) {
+    const li = document.createElement("li");
+    li.textContent = "No earlier conversations.";
+    ol.append(li);
+    return;
+  }
+  for (const r of history) {
+    const li = document.createElement("li");
+    const head = document.createElement("strong");
+    head.textContent = `${when(r.time_ms)} — ${r.agent} — ${r.outcome}`;
+    li.append(head);
+    if (r.notes) {
+      const notes = document.createElement("div");
+      notes.textContent = r.notes;
+      li.append(notes);
+    }
+    ol.append(li);
+  }
+}
+
+async function onCall(e) {
+  if (e.phase === "ringing") {
+    if (e.direction !== "recipient") return;
+    const pop = e.pop || { caller: e.peer, name: null, history: [] };
+    desk.pop = { callId: e.call_id, caller: pop.caller, record: null };
+    $("pop").hidden = false;
+    $("pop-who").textContent = pop.name ? `${pop.name} (${pop.caller})` : pop.caller;
+    $("pop-state").textContent = "Ringing…";
+    $("record-form").hidden = true;
+    $("record-status").textContent = "";
+    $("record-name").value = pop.name || "";
+    $("record-notes").value = "";
+    renderHistory(pop.history);
+    return;
+  }
+  if (!desk.pop || desk.pop.callId !== e.call_id) return;
+  if (e.phase === "answered") {
+    $("pop-state").textContent = "On the call.";
+    await openRecord();
+  } else if (e.phase === "ended") {
+    $("pop-state").textContent = "Call ended.";
+  }
+}
+
+// The PBX opens the record of an answered queue call; find it by the call.
+async function openRecord() {
+  const pop = desk.pop;
+  for (let i = 0; i < 25 && desk.pop === pop; i++) {
+    const history = await api("GET", `/api/v1/customers/${encodeURIComponent(pop.caller)}/history`);
+    const record = history.find((r) => r.call_id === pop.callId);
+    if (record) {
+      pop.record = record;
+      $("record-form").hidden = false;
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+$("record-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const pop = desk.pop;
+  if (!pop || !pop.record) return;
+  const body = { notes: $("record-notes").value, outcome: $("record-outcome").value };
+  const name = $("record-name").value.trim();
+  if (name) body.name = name;
+  $("record-status").textContent = "Saving…";
+  try {
+    pop.record = await api("PUT", `/api/v1/customers/${encodeURIComponent(pop.caller)}/records/${pop.record.id}`, body);
+    $("record-status").textContent = "Saved.";
+  } catch (e) {
+    $("record-status").textContent = `Not saved: ${e.message}`;
+  }
+});
+
+async function loadDispositions() {
+  const list = await api("GET", "/api/v1/dispositions");
+  const select = $("record-outcome");
+  select.textContent = "";
+  for (const d of list) {
+    const o = document.createElement("option");
+    o.textContent = d;
+    select.append(o);
+  }
+}
+
 async function start() {
   try {
     desk.me = await api("GET", "/api/v1/me");
@@ -160,7 +259,7 @@ async function start() {
     return;
   }
   show("desk");
-  await loadBoard();
+  await Promise.all([loadBoard(), loadDispositions()]);
   connect();
   // Renew well before expiry; the event stream stays open.
   const left = desk.me.expires_at_ms - Date.now();
