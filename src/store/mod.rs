@@ -235,13 +235,17 @@ fn decode<T: DeserializeOwned>(
         .collect()
 }
 
-/// Unique ids without touching the disk: each shard counts from a base chosen at
-/// start (above every stored id, and time-ordered across restarts), in steps of
-/// the shard count, so shards never collide.
+/// Unique, time-ordered ids without touching the disk: an id is the wall time
+/// in milliseconds shifted by 12 bits, never below the shard's last id plus the
+/// shard count, and congruent to the shard's index modulo the shard count, so
+/// shards never collide and ids taken a millisecond apart on different shards
+/// sort in time order (records are listed by id). The base, chosen at start,
+/// is above every stored id.
 #[derive(Debug, Clone)]
 pub struct IdGen {
     next: u64,
     step: u64,
+    shard: u64,
 }
 
 impl IdGen {
@@ -253,15 +257,21 @@ impl IdGen {
     }
 
     pub fn new(base: u64, shard: usize, shards: usize) -> IdGen {
+        let step = shards.max(1) as u64;
+        let shard = shard as u64 % step;
         IdGen {
-            next: base + shard as u64,
-            step: shards.max(1) as u64,
+            next: base - base % step + shard + if base % step > shard { step } else { 0 },
+            step,
+            shard,
         }
     }
 
-    pub fn next_id(&mut self) -> u64 {
-        let id = self.next;
-        self.next += self.step;
+    /// The next id at wall time `now`.
+    pub fn next_id(&mut self, now: crate::clock::UnixMillis) -> u64 {
+        let t = now.0 << 12;
+        let at_time = t - t % self.step + self.shard;
+        let id = self.next.max(at_time);
+        self.next = id + self.step;
         id
     }
 }
@@ -317,10 +327,24 @@ mod tests {
         let base = IdGen::base(1_000, Some(9_000_000));
         assert_eq!(base, 9_000_001);
         let (mut a, mut b) = (IdGen::new(base, 0, 2), IdGen::new(base, 1, 2));
-        let ids: Vec<u64> = (0..4).flat_map(|_| [a.next_id(), b.next_id()]).collect();
+        let t = crate::clock::UnixMillis(1);
+        let ids: Vec<u64> = (0..4).flat_map(|_| [a.next_id(t), b.next_id(t)]).collect();
         let unique: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
         assert!(ids.iter().all(|id| *id >= base));
         assert_eq!(IdGen::base(1_000, None), 1_000 << 12);
+    }
+
+    #[test]
+    fn ids_taken_later_on_another_shard_sort_later() {
+        use crate::clock::UnixMillis;
+        let base = IdGen::base(1_000, None);
+        let (mut a, mut b) = (IdGen::new(base, 0, 2), IdGen::new(base, 1, 2));
+        // Shard a is busy: a thousand ids in the first millisecond.
+        let busy: Vec<u64> = (0..1000).map(|_| a.next_id(UnixMillis(1_000))).collect();
+        let later = b.next_id(UnixMillis(1_002));
+        assert!(busy.iter().all(|id| *id < later), "a later record sorts after");
+        assert_eq!(later % 2, 1, "still shard b's");
+        assert!(a.next_id(UnixMillis(1_003)) > later);
     }
 }

@@ -241,7 +241,7 @@ impl<'a, T> Cx<'a, T> {
 
     /// A new unique id (CDRs, response records).
     pub fn next_id(&mut self) -> u64 {
-        self.counters.ids.next_id()
+        self.counters.ids.next_id(self.wall)
     }
 
     /// A new Call-ID that the dispatcher routes to this shard (B legs stay with A).
