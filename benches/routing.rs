@@ -53,6 +53,7 @@ fn world() -> World {
         music: Arc::clone(&prompt),
         overflow: Overflow::Announce(Arc::clone(&prompt)),
         sorry: prompt,
+        service_level: Duration::from_secs(20),
     });
     let names: Vec<String> = (0..10_000).map(agent).collect();
     let presence = Presence::new(names.iter().map(String::as_str), UnixMillis(0));

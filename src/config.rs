@@ -222,6 +222,10 @@ pub struct QueueConfig {
     /// How long an agent stays in wrap-up after a call from this queue.
     #[serde(default = "default_wrap_up_secs")]
     pub wrap_up_secs: u64,
+    /// Callers answered within this many seconds count as served in time (the
+    /// wallboard's service level).
+    #[serde(default = "default_service_level_secs")]
+    pub service_level_secs: u64,
     /// WAV played once when a caller enters, before the music; "" = none.
     #[serde(default = "unset")]
     pub announcement: Spanned<String>,
@@ -249,6 +253,9 @@ fn default_max_wait_secs() -> u64 {
 }
 fn default_wrap_up_secs() -> u64 {
     10
+}
+fn default_service_level_secs() -> u64 {
+    20
 }
 
 /// Codes an agent dials from the phone to set presence ("" disables one).
@@ -706,6 +713,7 @@ impl Config {
                 ring_secs: default_ring_secs(),
                 max_wait_secs: default_max_wait_secs(),
                 wrap_up_secs: default_wrap_up_secs(),
+                service_level_secs: default_service_level_secs(),
                 announcement: unset(),
                 music: unset(),
                 overflow_announcement: unset(),

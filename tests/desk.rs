@@ -819,3 +819,125 @@ async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
         "{list}"
     );
 }
+
+/// Reads lines of a browser script until `want` (its own progress marks).
+async fn until_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    want: &str,
+) {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    assert!(
+        matches!(line, Ok(Ok(Some(ref l))) if l == want),
+        "expected {want} from the browser script: {line:?}"
+    );
+}
+
+/// The queue statistics over the API while a caller waits for nobody and
+/// hangs up (abandoned), then on the wallboard in Chromium: a caller waits,
+/// an agent comes, the call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_statistics_count_waiting_abandoned_and_answered_callers_live_on_the_wallboard() {
+    use tokio::io::AsyncBufReadExt;
+    let d = desk(QUEUE).await;
+    let boss = d.token("boss", "pwboss").await;
+    let stats = || async {
+        let v: Value = d
+            .get("/api/v1/queues", &boss)
+            .send()
+            .await
+            .expect("q")
+            .json()
+            .await
+            .expect("json");
+        v[0].clone()
+    };
+    let fresh = stats().await;
+    assert_eq!(
+        (fresh["number"].as_str(), fresh["waiting"].as_u64()),
+        (Some("500"), Some(0))
+    );
+    assert_eq!(fresh["service_level_pct"], 100);
+
+    // Nobody is logged in to answer: the caller waits, then hangs up.
+    let call = tokio::spawn({
+        let (sip, dir) = (d.sip, d.dir.path().to_path_buf());
+        async move {
+            let inf = common::injection_file(&dir, "abandon.csv", &["5559100".to_string()]);
+            let inf = inf.display().to_string();
+            let args = ["-inf", inf.as_str(), "-s", "500", "-d", "1500", "-m", "1"];
+            common::sipp_scenario(sip, &dir, free_port(), "uac_queue.xml", &args).await
+        }
+    });
+    let mut waited = Value::Null;
+    for _ in 0..100 {
+        let s = stats().await;
+        if s["waiting"] == 1 {
+            waited = s;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(waited["waiting"], 1, "the caller waits");
+    assert!(call.await.expect("join").expect("sipp").status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = stats().await;
+    assert_eq!(
+        (after["waiting"].as_u64(), after["abandoned_today"].as_u64()),
+        (Some(0), Some(1)),
+        "{after}"
+    );
+    assert_eq!(
+        (
+            after["answered_today"].as_u64(),
+            after["service_level_pct"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(
+        after["average_wait_ms"].as_u64().is_some_and(|w| w >= 1000),
+        "{after}"
+    );
+
+    // The wallboard: a caller waits, an agent registers and answers.
+    let envs = [("S_EXT", "boss"), ("S_PW", "pwboss")];
+    let (mut child, artifacts) = browser_script("wallboard.mjs", &d.base, &envs);
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    until_line(&mut lines, "READY").await;
+    let caller = tokio::spawn({
+        let (sip, dir) = (d.sip, d.dir.path().to_path_buf());
+        async move {
+            let inf = common::injection_file(&dir, "waits.csv", &["5559101".to_string()]);
+            let inf = inf.display().to_string();
+            let args = ["-inf", inf.as_str(), "-s", "500", "-d", "8000", "-m", "1"];
+            common::sipp_scenario(sip, &dir, free_port(), "uac_queue.xml", &args).await
+        }
+    });
+    until_line(&mut lines, "WAITING").await;
+    let phone_port = free_port();
+    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let phone = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        phone_port,
+        "uas_answer.xml",
+        &["-m", "1"],
+    );
+    let rest = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    browser_passed(child, &artifacts).await;
+    let _ = rest.await;
+    assert!(caller.await.expect("join").expect("sipp").status.success());
+    assert!(phone.await.expect("join").status.success());
+    let end = stats().await;
+    assert_eq!(
+        (
+            end["answered_today"].as_u64(),
+            end["abandoned_today"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{end}"
+    );
+    assert!(
+        end["average_talk_ms"].as_u64().is_some_and(|t| t > 0),
+        "{end}"
+    );
+}

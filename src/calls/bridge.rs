@@ -681,6 +681,7 @@ impl Calls {
                 }
             }
         }
+        super::queue::count_end(cx, &bridge, by);
         let disposition = super::queue::disposition(&bridge);
         write_cdr(cx, bridge.cdr, disposition, by);
     }

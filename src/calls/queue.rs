@@ -15,6 +15,7 @@ use super::bridge::{
 };
 use super::cdr::{Disposition, HangupBy};
 use super::{answered_pt, lossy, new_cdr, Calls, Cx, Party, Refusal, Timer};
+use crate::clock::UnixMillis;
 use crate::history::ResponseRecord;
 use crate::media::prompt::Prompt;
 use crate::presence::{DialogState, Direction};
@@ -81,6 +82,10 @@ pub(super) struct Queued {
     pub hops: u8,
     /// The `o=` of our last SDP to the caller.
     pub origin: Origin,
+    /// When the caller entered this queue, and when an agent answered
+    /// (the queue's statistics).
+    pub entered: UnixMillis,
+    pub taken_at: Option<UnixMillis>,
 }
 
 impl Queued {
@@ -123,9 +128,11 @@ impl Queued {
 
     /// Puts the call (back) in the waiting line, keeping its place.
     fn wait(&mut self, cx: &Cx<'_>, a: &CallId, give_up_at: Instant) {
-        cx.env
-            .routing
-            .wait(self.id, self.ticket, &self.tried, cx.shard, a);
+        cx.env.routing.wait(
+            self.id,
+            self.ticket,
+            (&self.tried, cx.shard, a, self.entered),
+        );
         self.phase = Phase::Waiting {
             give_up_at,
             retry_at: cx.now,
@@ -187,6 +194,8 @@ impl Calls {
             pt,
             hops: 0,
             origin,
+            entered: cx.wall,
+            taken_at: None,
         };
         queued.wait(cx, &a, cx.now + queue.max_wait);
         let mut bridge = Bridge {
@@ -419,11 +428,15 @@ impl Calls {
                 .presence
                 .dialog_state(ext, *id, DialogState::Confirmed, cx.wall);
         }
-        let caller = bridge
-            .queue
-            .as_ref()
-            .map(|q| q.caller.clone())
-            .unwrap_or_default();
+        let caller = match bridge.queue.as_mut() {
+            Some(q) => {
+                q.taken_at = Some(cx.wall);
+                let waited = Duration::from_millis(cx.wall.0.saturating_sub(q.entered.0));
+                cx.env.routing.answered(q.id, cx.wall, waited);
+                q.caller.clone()
+            }
+            None => String::new(),
+        };
         cancel_ringing(cx, bridge, offer.first_branch, Some(idx));
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
         if let Some(w) = cx.env.history.answered(&caller, &offer.agent) {
@@ -481,6 +494,7 @@ impl Calls {
                 q.ticket = env.routing.new_ticket();
                 q.tried.clear();
                 q.wrap_up = queue.wrap_up;
+                q.entered = cx.wall;
                 q.wait(cx, a, cx.now + queue.max_wait);
                 bridge.relay.play(0, Arc::clone(&queue.music), q.pt, true);
                 self.route_queue_call(cx, a);
@@ -567,6 +581,18 @@ impl Calls {
             None => b.finish(),
         };
         cx.respond(tx, bytes);
+    }
+}
+
+/// A queue call ended: its talk time, or an abandoned caller, for the queue's
+/// statistics (a caller sent away by the overflow did not abandon).
+pub(super) fn count_end(cx: &Cx<'_>, bridge: &Bridge, by: HangupBy) {
+    let Some(q) = &bridge.queue else { return };
+    let since = |t: UnixMillis| Duration::from_millis(cx.wall.0.saturating_sub(t.0));
+    match q.taken_at {
+        Some(t) => cx.env.routing.talked(q.id, cx.wall, since(t)),
+        None if by == HangupBy::Caller => cx.env.routing.abandoned(q.id, cx.wall, since(q.entered)),
+        None => {}
     }
 }
 

@@ -430,6 +430,7 @@ fn queue_lab() -> Lab {
         music: Arc::clone(&music),
         overflow: Overflow::Announce(Arc::clone(&music)),
         sorry: music,
+        service_level: Duration::from_secs(20),
     });
     let lab = Lab::new(Setup {
         users: vec!["301", "302"],

@@ -45,6 +45,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/calls", post(click_to_call))
         .route("/api/v1/me/calls", get(my_calls))
         .route("/api/v1/dispositions", get(dispositions))
+        .route("/api/v1/queues", get(queues))
         .route("/api/v1/customers/{number}/history", get(history))
         .route("/api/v1/customers/{number}/records/{id}", put(edit_record))
         .route("/api/v1/events", get(events))
@@ -70,6 +71,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         set_state,
         click_to_call,
         my_calls,
+        queues,
         dispositions,
         history,
         edit_record,
@@ -87,6 +89,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         Dialled,
         MyCall,
         RecordEdit,
+        crate::routing::stats::QueueStats,
         ErrorBody,
         Body,
         Role,
@@ -599,6 +602,17 @@ async fn my_calls(
         })
         .collect();
     Json(calls)
+}
+
+/// Every queue now: waiting callers, the longest wait, and today's answered
+/// and abandoned calls, service level, average wait and talk time.
+#[utoipa::path(get, path = "/api/v1/queues",
+    responses((status = 200, body = Vec<crate::routing::stats::QueueStats>), (status = 401, body = ErrorBody)))]
+async fn queues(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    _caller: Caller,
+) -> Json<Vec<crate::routing::stats::QueueStats>> {
+    Json(desk.queue_stats())
 }
 
 // ---- customers and response records -------------------------------------

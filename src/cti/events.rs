@@ -57,6 +57,10 @@ pub enum Body {
         #[serde(skip_serializing_if = "Option::is_none")]
         pop: Option<ScreenPop>,
     },
+    /// The queues' statistics changed (the wallboard).
+    Queues {
+        queues: Vec<crate::routing::stats::QueueStats>,
+    },
     /// A response record was saved (durably).
     RecordSaved {
         record: crate::history::ResponseRecord,

@@ -19,6 +19,7 @@ pub mod session;
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
 use crate::presence::{Change, Presence};
+use crate::routing::stats::QueueStats;
 use crate::store::Store;
 use crate::users::Users;
 use events::{Audience, Body, CallPhase, CallTracker, EventLog, ScreenPop, Seq};
@@ -39,6 +40,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn originate(&self, from: &str, to: &str) -> Pending<Result<String, OriginateError>>;
     /// Whether the dialplan has somewhere to send `number`.
     fn routable(&self, number: &str) -> bool;
+    /// Every queue's statistics as of `now`.
+    fn queue_stats(&self, now: UnixMillis) -> Vec<QueueStats>;
 }
 
 /// What the desk is set up with.
@@ -208,6 +211,33 @@ impl Desk {
                     self.publish(Audience::Everyone, Body::Resync);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+}
+
+impl Desk {
+    /// Every queue's statistics now.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        self.commands.queue_stats(self.wall(Instant::now()))
+    }
+
+    /// Publishes the queues' statistics whenever they changed (looked at once a
+    /// second: a waiting caller's wait grows by the second) until the PBX stops.
+    pub async fn tick_queues(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = Vec::new();
+        loop {
+            tick.tick().await;
+            let now = self.queue_stats();
+            if now != last && !now.is_empty() {
+                self.publish(
+                    Audience::Everyone,
+                    Body::Queues {
+                        queues: now.clone(),
+                    },
+                );
+                last = now;
             }
         }
     }

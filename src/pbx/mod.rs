@@ -469,6 +469,9 @@ impl crate::cti::Commands for DeskCommands {
             .route(number.as_bytes(), &env.routing, |n| env.users.contains(n));
         !matches!(target, crate::routing::dialplan::Target::Unknown)
     }
+    fn queue_stats(&self, now: UnixMillis) -> Vec<crate::routing::stats::QueueStats> {
+        self.env.routing.stats(now)
+    }
 }
 
 /// Binds the desk's HTTP address and starts it: the server, and the pump that
@@ -518,6 +521,7 @@ async fn start_desk(
         clock,
     );
     tasks.spawn(Arc::clone(&desk).pump(env.presence.subscribe()));
+    tasks.spawn(Arc::clone(&desk).tick_queues());
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
 }

@@ -111,6 +111,7 @@ mod tests {
             music: Arc::clone(&music),
             overflow: Overflow::Announce(Arc::clone(&music)),
             sorry: music,
+            service_level: Duration::from_secs(20),
         });
         let users = |n: &str| n == "201" || n == "500";
         let table: &[(&[u8], Target)] = &[

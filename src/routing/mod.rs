@@ -21,6 +21,7 @@
 //! queue, extension).
 
 pub mod dialplan;
+pub mod stats;
 
 use crate::clock::UnixMillis;
 use crate::presence::State;
@@ -71,6 +72,8 @@ pub struct Queue {
     pub overflow: Overflow,
     /// Played when overflow to a queue or extension fails too.
     pub sorry: Arc<crate::media::prompt::Prompt>,
+    /// Callers answered within this count as served in time (service level).
+    pub service_level: Duration,
 }
 
 /// Why an agent was chosen (logged, and asserted by tests).
@@ -94,6 +97,8 @@ pub struct Directory {
     memberships: HashMap<String, Vec<(GroupId, u32)>>,
     /// One waiting line per queue.
     lines: Vec<Line>,
+    /// Today's statistics per queue.
+    days: Vec<Mutex<stats::QueueDay>>,
     tickets: AtomicU64,
 }
 
@@ -109,6 +114,8 @@ struct Waiter {
     call: CallId,
     /// The agents this caller has already tried.
     tried: Vec<String>,
+    /// When the caller entered this queue.
+    since: UnixMillis,
 }
 
 /// A routing failure (local: the directory was asked about something it lacks).
@@ -203,6 +210,7 @@ impl Directory {
                     Prompt::sorry,
                 )?),
                 sorry: Arc::clone(&sorry),
+                service_level: Duration::from_secs(q.service_level_secs),
             });
         }
         for (i, q) in config.queues.iter().enumerate() {
@@ -235,6 +243,7 @@ impl Directory {
         self.by_number.insert(queue.number.clone(), id);
         self.queues.push(queue);
         self.lines.push(Line::default());
+        self.days.push(Mutex::default());
         id
     }
 
@@ -309,8 +318,14 @@ impl Directory {
 
     /// Puts call `call` of shard `shard` in `queue`'s waiting line at `ticket`
     /// (a call that comes back after an unanswered offer keeps its place), with
-    /// the agents it has tried.
-    pub fn wait(&self, queue: QueueId, ticket: u64, tried: &[String], shard: usize, call: &CallId) {
+    /// the agents it has tried and when it entered the queue.
+    pub fn wait(
+        &self,
+        queue: QueueId,
+        ticket: u64,
+        waiter: (&[String], usize, &CallId, UnixMillis),
+    ) {
+        let (tried, shard, call, since) = waiter;
         if let Ok(mut line) = self.lines[queue.0].0.lock() {
             line.insert(
                 ticket,
@@ -318,6 +333,7 @@ impl Directory {
                     shard,
                     call: call.clone(),
                     tried: tried.to_vec(),
+                    since,
                 },
             );
         }
@@ -374,6 +390,44 @@ impl Directory {
     pub fn waiting(&self, queue: QueueId) -> usize {
         self.lines[queue.0].0.lock().map(|l| l.len()).unwrap_or(0)
     }
+
+    fn day(&self, queue: QueueId) -> std::sync::MutexGuard<'_, stats::QueueDay> {
+        self.days[queue.0].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An agent answered a caller of `queue` who had waited `waited`.
+    pub fn answered(&self, queue: QueueId, now: UnixMillis, waited: Duration) {
+        let sl = self.queues[queue.0].service_level;
+        self.day(queue).answered(now, waited, sl);
+    }
+
+    /// A caller of `queue` hung up before an agent answered.
+    pub fn abandoned(&self, queue: QueueId, now: UnixMillis, waited: Duration) {
+        self.day(queue).abandoned(now, waited);
+    }
+
+    /// An answered call of `queue` ended after `talked`.
+    pub fn talked(&self, queue: QueueId, now: UnixMillis, talked: Duration) {
+        self.day(queue).talked(now, talked);
+    }
+
+    /// Every queue's statistics as of `now` (the wallboard).
+    pub fn stats(&self, now: UnixMillis) -> Vec<stats::QueueStats> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (waiting, oldest) = self.lines[i]
+                    .0
+                    .lock()
+                    .map(|l| (l.len(), l.values().map(|w| w.since).min()))
+                    .unwrap_or((0, None));
+                let longest = oldest.map_or(0, |t| now.0.saturating_sub(t.0));
+                self.day(QueueId(i))
+                    .stats(now, &q.number, waiting, longest, q.service_level)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +461,7 @@ mod tests {
             music: Arc::clone(&music),
             overflow: Overflow::Announce(Arc::clone(&music)),
             sorry: music,
+            service_level: Duration::from_secs(20),
         });
         (d, q)
     }
@@ -485,8 +540,8 @@ mod tests {
         let (d, q) = directory();
         let (ca, cb) = (CallId::from("a"), CallId::from("b"));
         let (a, b) = (d.new_ticket(), d.new_ticket());
-        d.wait(q, a, &[], 0, &ca);
-        d.wait(q, b, &[], 1, &cb);
+        d.wait(q, a, (&[], 0, &ca, UnixMillis(1)));
+        d.wait(q, b, (&[], 1, &cb, UnixMillis(1)));
         assert_eq!(d.passable(q, a), Some(vec![]), "first in line");
         assert_eq!(d.passable(q, b), None, "behind a caller who tried nobody");
         assert_eq!(
@@ -496,7 +551,7 @@ mod tests {
         d.leave(q, a); // offered to 202
         assert!(!d.has_waiting(0));
         assert_eq!(d.passable(q, b), Some(vec![]));
-        d.wait(q, a, &["202".to_string()], 0, &ca); // 202 declined: back in front
+        d.wait(q, a, (&["202".to_string()], 0, &ca, UnixMillis(1))); // 202 declined: back in front
         assert_eq!(
             d.passable(q, b),
             Some(vec!["202".to_string()]),

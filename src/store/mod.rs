@@ -343,7 +343,10 @@ mod tests {
         // Shard a is busy: a thousand ids in the first millisecond.
         let busy: Vec<u64> = (0..1000).map(|_| a.next_id(UnixMillis(1_000))).collect();
         let later = b.next_id(UnixMillis(1_002));
-        assert!(busy.iter().all(|id| *id < later), "a later record sorts after");
+        assert!(
+            busy.iter().all(|id| *id < later),
+            "a later record sorts after"
+        );
         assert_eq!(later % 2, 1, "still shard b's");
         assert!(a.next_id(UnixMillis(1_003)) > later);
     }

@@ -5,7 +5,45 @@
 const STATES = ["available", "ringing", "on_call", "wrap_up", "away", "busy", "offline"];
 const LABELS = { available: "Available", ringing: "Ringing", on_call: "On a call", wrap_up: "Wrap-up",
                  away: "Away", busy: "Busy", offline: "Offline" };
-let board = null, seq = 0;
+let board = null, seq = 0, queues = [];
+
+const COLUMNS = [
+  ["Queue", (q) => q.number],
+  ["Waiting", (q) => String(q.waiting)],
+  ["Longest wait", (q) => duration(q.longest_wait_ms)],
+  ["Answered", (q) => String(q.answered_today)],
+  ["Abandoned", (q) => String(q.abandoned_today)],
+  ["Service level", (q) => `${q.service_level_pct} % in ${q.service_level_secs} s`],
+  ["Average wait", (q) => duration(q.average_wait_ms)],
+  ["Average talk", (q) => duration(q.average_talk_ms)],
+];
+
+function duration(ms) {
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function renderQueues() {
+  const head = document.querySelector("#queues thead");
+  const body = document.querySelector("#queues tbody");
+  head.textContent = ""; body.textContent = "";
+  const tr = document.createElement("tr");
+  for (const [h] of COLUMNS) {
+    const th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.append(th);
+  }
+  head.append(tr);
+  for (const q of queues) {
+    const row = document.createElement("tr");
+    row.dataset.queue = q.number;
+    COLUMNS.forEach(([, cell], i) => {
+      const td = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) td.scope = "row";
+      td.textContent = cell(q);
+      row.append(td);
+    });
+    body.append(row);
+  }
+}
 
 async function load() {
   const r = await fetch("/api/v1/board", { credentials: "same-origin" });
@@ -13,6 +51,8 @@ async function load() {
   board = await r.json();
   seq = board.seq;
   render();
+  queues = await (await fetch("/api/v1/queues", { credentials: "same-origin" })).json();
+  renderQueues();
 }
 
 function render() {
@@ -44,6 +84,7 @@ function connect() {
     const e = JSON.parse(m.data);
     if (e.type === "resync") { load(); return; }
     seq = e.seq;
+    if (e.type === "queues") { queues = e.queues; renderQueues(); return; }
     if (e.type !== "presence" || !board) return;
     for (const g of board.groups) for (const a of g.agents) if (a.extension === e.extension) a.state = e.state;
     render();
