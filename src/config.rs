@@ -92,6 +92,8 @@ pub struct CallsConfig {
     pub authenticate: bool,
     pub music_on_hold: bool,
     pub min_session_expires_secs: Spanned<u64>,
+    /// Whose ringback tone a placed call's first party hears.
+    pub tone_zone: crate::media::prompt::ToneZone,
 }
 
 impl Default for CallsConfig {
@@ -101,6 +103,7 @@ impl Default for CallsConfig {
             authenticate: true,
             music_on_hold: true,
             min_session_expires_secs: sp(90),
+            tone_zone: Default::default(),
         }
     }
 }

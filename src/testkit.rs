@@ -218,6 +218,7 @@ impl Harness {
                 ring_timeout: setup.ring_timeout,
                 authenticate: setup.authenticate,
                 min_session_expires: Duration::from_secs(90),
+                ringback: Arc::new(Prompt::ringback(Default::default())),
                 test_numbers: crate::config::TestNumbersConfig::default(),
             },
             domain: REALM.into(),

@@ -941,3 +941,157 @@ async fn queue_statistics_count_waiting_abandoned_and_answered_callers_live_on_t
         "{end}"
     );
 }
+
+/// The power of `freq` in `samples` (Goertzel) as a share of the signal's.
+fn share_of(samples: &[i16], freq: f32) -> f32 {
+    let k = 2.0 * (std::f32::consts::TAU * freq / 8000.0).cos();
+    let (mut s1, mut s2, mut total) = (0.0f32, 0.0f32, 0.0f32);
+    for &x in samples {
+        let x = f32::from(x) / 32768.0;
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+        total += x * x;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    power / (total * samples.len() as f32 / 2.0).max(f32::MIN_POSITIVE)
+}
+
+/// A PCMU RTP packet carrying 160 bytes of `fill`.
+fn rtp_packet(seq: u16, fill: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend(std::iter::repeat_n(fill, 160));
+    p
+}
+
+/// The next RTP packet on `sock` (within `wait`): its source and payload.
+async fn next_rtp(
+    sock: &tokio::net::UdpSocket,
+    wait: Duration,
+) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    (n > 12).then(|| (from, buf[12..n].to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_to_call_rings_my_phone_plays_ringback_while_the_target_rings_then_connects() {
+    let d = desk("").await;
+    let (agent_port, target_port) = (free_port(), free_port());
+    register_phone(d.sip, d.dir.path(), agent_port, "user1000", "pw1000").await;
+    register_phone(d.sip, d.dir.path(), target_port, "user1001", "pw1001").await;
+    let agent_media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target_media = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let key = |s: &tokio::net::UdpSocket| s.local_addr().expect("addr").port().to_string();
+    let (agent_rtp, target_rtp) = (key(&agent_media), key(&target_media));
+    let phone = |port: u16, name: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::sipp_scenario(d.sip, d.dir.path(), port, name, &args)
+    };
+    let agent_phone = phone(
+        agent_port,
+        "uas_answer_media_at.xml",
+        ["-key", "rtp_port", &agent_rtp, "-m", "1"]
+            .map(String::from)
+            .to_vec(),
+    );
+    // The target rings for 3 s, then talks for 3 s and hangs up.
+    let target_phone = phone(
+        target_port,
+        "uas_ring_answer_hangup.xml",
+        ["-key", "rtp_port", &target_rtp, "-d", "3000", "-m", "1"]
+            .map(String::from)
+            .to_vec(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let agent = d.token("user1000", "pw1000").await;
+    let r = d
+        .http
+        .post(format!("{}/api/v1/calls", d.base))
+        .bearer_auth(&agent)
+        .json(&json!({ "to": "user1001" }))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+
+    // My phone answered; while the target rings I hear the ringback tone:
+    // 440 + 480 Hz, 2 s on (the "us" zone), in the codec my phone chose.
+    let mut tone = Vec::new();
+    let mut relay = None;
+    while tone.len() < 8000 {
+        let (from, payload) = next_rtp(&agent_media, Duration::from_secs(5))
+            .await
+            .expect("ringback RTP toward my phone");
+        relay = Some(from);
+        tone.extend(
+            payload
+                .iter()
+                .map(|u| sipdesk::media::prompt::ulaw_to_linear(*u)),
+        );
+    }
+    let relay = relay.expect("the relay's address");
+    assert!(
+        share_of(&tone, 440.0) > 0.3 && share_of(&tone, 480.0) > 0.3,
+        "ringback 440 + 480 Hz: {} {}",
+        share_of(&tone, 440.0),
+        share_of(&tone, 480.0)
+    );
+
+    // My phone talks all along; once the target answers it hears me...
+    let talking = tokio::spawn({
+        let sock = std::sync::Arc::new(agent_media);
+        let send = std::sync::Arc::clone(&sock);
+        let talk = tokio::spawn(async move {
+            for seq in 0..300u16 {
+                let _ = send.send_to(&rtp_packet(seq, 0x11), relay).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        async move {
+            // ...and I hear the target instead of the tone.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+            let mut heard_target = false;
+            while tokio::time::Instant::now() < deadline && !heard_target {
+                if let Some((_, payload)) = next_rtp(&sock, Duration::from_millis(500)).await {
+                    heard_target = payload.iter().all(|b| *b == 0x55);
+                }
+            }
+            talk.abort();
+            heard_target
+        }
+    });
+    let (from, payload) = next_rtp(&target_media, Duration::from_secs(8))
+        .await
+        .expect("the target hears my phone once it answers");
+    assert!(payload.iter().all(|b| *b == 0x11));
+    for seq in 0..50u16 {
+        let _ = target_media.send_to(&rtp_packet(seq, 0x55), from).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        talking.await.expect("join"),
+        "my phone hears the target, not the tone"
+    );
+
+    // The target hangs up: my phone gets the BYE; both SIPp phones pass.
+    for (who, out) in [("agent", agent_phone.await), ("target", target_phone.await)] {
+        let out = out.expect("join");
+        assert!(
+            out.status.success(),
+            "{who}'s phone: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.pbx.media_ports_in_use(), 0);
+}

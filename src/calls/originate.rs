@@ -1,17 +1,19 @@
 //! Calls the PBX places (third-party call control, `Pbx::originate`): ring
 //! extension A first; when A answers, call B (an extension at its phone, or any
 //! number the PBX answers itself, through our own address) with the codec A
-//! chose, and connect the two through a relay. Either side's BYE ends both.
+//! chose, and connect the two through a relay. While B rings, A hears B's early
+//! media when B sends some, else the ringback tone. Either side's BYE ends both.
 
 use super::cdr::{Disposition, HangupBy};
 use super::{new_cdr, write_cdr, Calls, Cx, Party, Pending, Side, Timer, ALLOW};
-use crate::media::{Peer, RelayControl};
+use crate::media::{prompt::Prompt, Peer, RelayControl};
 use crate::presence::{DialogState, Direction};
 use crate::sip::message::{build::random_tag, parse, Builder, Message, Method};
 use crate::sip::transaction::TxId;
 use crate::sip::{sdp, CallId, Dialog, Remote, StatusCode};
 use crate::tu::ReqId;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why an origination could not start (the API's error).
@@ -57,6 +59,10 @@ pub(super) struct Origination {
     /// Who leg B calls.
     target: String,
     relay: Box<dyn RelayControl>,
+    /// The payload type A chose (0 or 8): what the ringback is played in.
+    pt: u8,
+    /// B has rung: A hears the ringback or B's early media (not restarted).
+    rang: bool,
     cdr: super::cdr::Cdr,
 }
 
@@ -66,6 +72,33 @@ impl Origination {
             Side::A => Some(&mut self.a),
             Side::B(_) => self.b.as_mut(),
         }
+    }
+
+    /// Leg B rings: its early media, when it sends some, goes to A; otherwise A
+    /// hears the ringback tone until B answers.
+    fn b_ringing(&mut self, ringback: &Arc<Prompt>, resp: Option<&Message>, sip_ip: IpAddr) {
+        let early = resp
+            .and_then(|r| sdp::parse(r.body()).ok())
+            .filter(|s| s.media.iter().any(|m| m.port != 0));
+        match early {
+            Some(s) => {
+                self.relay.set_peer(1, peer_of(&s, sip_ip));
+                self.relay.stop_playing();
+            }
+            None if !self.rang => self.relay.play(0, Arc::clone(ringback), self.pt, true),
+            None => {}
+        }
+        self.rang = true;
+    }
+}
+
+/// Where a party receives media, from its SDP and its SIP source address.
+fn peer_of(s: &sdp::Session, sip_ip: IpAddr) -> Peer {
+    let first = s.media.iter().find(|m| m.port != 0);
+    Peer {
+        rtp: first.and_then(|m| m.addr.map(|a| SocketAddr::new(a, m.port))),
+        sip_ip: Some(sip_ip),
+        receives: true,
     }
 }
 
@@ -186,6 +219,8 @@ impl Calls {
                 b: None,
                 target: to.to_string(),
                 relay,
+                pt: 0,
+                rang: false,
                 cdr,
             },
         );
@@ -215,6 +250,10 @@ impl Calls {
             let _ = cx.env.presence.dialog_state(ext, *id, state, cx.wall);
         }
         if code < 200 {
+            if matches!(side, Side::B(_)) && code >= 180 {
+                let ip = leg.remote.addr.ip();
+                o.b_ringing(&cx.env.calls.ringback, resp.as_ref(), ip);
+            }
             return;
         }
         if code >= 300 {
@@ -242,15 +281,8 @@ impl Calls {
         let leg_ip = leg.remote.addr.ip();
         let answer = sdp::parse(r.body()).ok();
         if let Some(s) = &answer {
-            let first = s.media.iter().find(|m| m.port != 0);
-            o.relay.set_peer(
-                usize::from(side != Side::A),
-                Peer {
-                    rtp: first.and_then(|m| m.addr.map(|a| SocketAddr::new(a, m.port))),
-                    sip_ip: Some(leg_ip),
-                    receives: true,
-                },
-            );
+            o.relay
+                .set_peer(usize::from(side != Side::A), peer_of(s, leg_ip));
         }
         match side {
             Side::A => {
@@ -258,9 +290,11 @@ impl Calls {
                     .as_ref()
                     .and_then(|s| s.media.first())
                     .and_then(|m| m.formats.first().cloned());
+                o.pt = if codec.as_deref() == Some("8") { 8 } else { 0 };
                 self.call_leg_b(cx, key, codec.as_deref());
             }
             Side::B(_) => {
+                o.relay.stop_playing();
                 o.phase = Phase::Connected;
                 o.cdr.answer_ms = Some(cx.wall.0);
             }

@@ -502,8 +502,19 @@ fn an_originated_call_rings_a_first_then_connects_b() {
         b.contains("m=audio") && b.contains("RTP/AVP 0 101"),
         "A's codec only: {b}"
     );
+    // B rings: A hears the ringback tone (once, however often B says so), in
+    // A's codec, until B answers.
+    let before = lab.media_log().len();
+    lab.input(response(&b, 180, "b", "", ""), PHONE_B);
+    lab.input(response(&b, 180, "b", "", ""), PHONE_B);
+    assert_eq!(
+        lab.media_log()[before..],
+        [format!("{key} play 0 pt=0 looping=true")]
+    );
     let out = lab.input(response(&b, 200, "b", SDP, ""), PHONE_B);
     one(&out, "ACK ");
+    let log = lab.media_log();
+    assert!(log.ends_with(&[format!("{key} stop")]), "{log:?}");
     // A hangs up: B gets a BYE, one CDR.
     let bye = with_body(
         format!(
@@ -520,4 +531,32 @@ fn an_originated_call_rings_a_first_then_connects_b() {
     one(&out, "SIP/2.0 200 OK");
     assert_eq!(lab.cdrs, 1);
     assert!(lab.idle());
+}
+
+#[test]
+fn an_originated_call_passes_bs_early_media_to_a_instead_of_the_ringback() {
+    let mut lab = Lab::two_phones(&[PHONE_B]);
+    lab.h.bind("201", PHONE_A);
+    let key = lab
+        .h
+        .shard
+        .originate(lab.now, "201", "202")
+        .expect("placed");
+    let out = lab.out();
+    let a = one(&out, "INVITE sip:201@").clone();
+    let out = lab.input(response(&a, 200, "a", SDP, ""), PHONE_A);
+    let b = one(&out, "INVITE sip:202@").clone();
+    let before = lab.media_log().len();
+    lab.input(response(&b, 183, "b", SDP, ""), PHONE_B);
+    lab.input(response(&b, 180, "b", "", ""), PHONE_B);
+    let log = lab.media_log();
+    assert!(
+        log[before].starts_with(&format!("{key} peer 1 Some(")),
+        "{log:?}"
+    );
+    assert_eq!(
+        log[before + 1..],
+        [format!("{key} stop")],
+        "no ringback over early media"
+    );
 }

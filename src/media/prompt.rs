@@ -11,6 +11,21 @@ pub const FRAME: usize = 160;
 /// The longest WAV accepted (10 minutes at 8 kHz).
 const MAX_SAMPLES: usize = 8000 * 600;
 
+/// Whose telephone network's tones the PBX plays (`calls.tone_zone`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToneZone {
+    /// North America: 440 + 480 Hz, 2 s on, 4 s off.
+    #[default]
+    Us,
+    /// Most of Europe (CEPT): 425 Hz, 1 s on, 4 s off.
+    Eu,
+    /// The United Kingdom: 400 + 450 Hz, twice 0.4 s, then 2 s off.
+    Uk,
+    /// Japan: 400 Hz modulated at 16 Hz, 1 s on, 2 s off.
+    Jp,
+}
+
 /// Why a WAV file cannot be played.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WavError {
@@ -164,6 +179,35 @@ impl Prompt {
         ]))
     }
 
+    /// The ringback tone of `zone` (ITU-T E.180 Supplement 2), one cadence
+    /// long so it loops: what a caller hears while the other phone rings.
+    pub fn ringback(zone: ToneZone) -> Prompt {
+        let on = |freqs: &'static [f32], secs: f32| (freqs, secs);
+        let cadence: &[(&[f32], f32)] = match zone {
+            ToneZone::Us => &[on(&[440.0, 480.0], 2.0), on(&[], 4.0)],
+            ToneZone::Eu => &[on(&[425.0], 1.0), on(&[], 4.0)],
+            ToneZone::Uk => &[
+                on(&[400.0, 450.0], 0.4),
+                on(&[], 0.2),
+                on(&[400.0, 450.0], 0.4),
+                on(&[], 2.0),
+            ],
+            // 400 Hz amplitude-modulated at 16 Hz: the sum of 384 and 416 Hz.
+            ToneZone::Jp => &[on(&[384.0, 416.0], 1.0), on(&[], 2.0)],
+        };
+        let mut out = Vec::new();
+        for &(freqs, secs) in cadence {
+            let n = (secs * 8000.0) as usize;
+            let amp = 0.25 / freqs.len().max(1) as f32;
+            out.extend((0..n).map(|i| {
+                let t = i as f32 / 8000.0;
+                let v: f32 = freqs.iter().map(|f| (TAU * f * t).sin()).sum();
+                (v * amp * 32767.0) as i16
+            }));
+        }
+        Prompt::from_linear(&out)
+    }
+
     /// The sound as a WAV file (16-bit PCM), for admins who want to see or replace it.
     pub fn to_wav(&self) -> Vec<u8> {
         let pcm: Vec<u8> = self
@@ -270,6 +314,41 @@ pub fn alaw_to_linear(a: u8) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The power of `freq` in `samples` (Goertzel), relative to the signal's.
+    fn share_of(samples: &[i16], freq: f32) -> f32 {
+        let k = 2.0 * (TAU * freq / 8000.0).cos();
+        let (mut s1, mut s2, mut total) = (0.0f32, 0.0f32, 0.0f32);
+        for &x in samples {
+            let x = f32::from(x) / 32768.0;
+            let s0 = x + k * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+            total += x * x;
+        }
+        let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+        power / (total * samples.len() as f32 / 2.0).max(f32::MIN_POSITIVE)
+    }
+
+    #[test]
+    fn ringback_tones_follow_their_zones_frequencies_and_cadence() {
+        let us = Prompt::ringback(ToneZone::Us);
+        assert_eq!(us.duration(), std::time::Duration::from_secs(6));
+        let linear: Vec<i16> = us.payload(0).iter().map(|u| ulaw_to_linear(*u)).collect();
+        let (tone, quiet) = linear.split_at(16000);
+        assert!(share_of(tone, 440.0) > 0.3 && share_of(tone, 480.0) > 0.3);
+        assert!(share_of(tone, 425.0) < 0.1, "not the European tone");
+        assert!(quiet.iter().all(|s| s.abs() < 16), "4 s of silence");
+        let eu: Vec<i16> = Prompt::ringback(ToneZone::Eu)
+            .payload(8)
+            .iter()
+            .map(|a| alaw_to_linear(*a))
+            .collect();
+        assert_eq!(eu.len(), 5 * 8000);
+        assert!(share_of(&eu[..8000], 425.0) > 0.8);
+        assert_eq!(Prompt::ringback(ToneZone::Jp).frames(), 150);
+        assert_eq!(Prompt::ringback(ToneZone::Uk).frames(), 150);
+    }
 
     #[test]
     fn g711_round_trips_within_its_quantisation_step() {

@@ -184,6 +184,9 @@ impl PbxBuilder {
                 min_session_expires: Duration::from_secs(
                     *config.calls.min_session_expires_secs.get_ref(),
                 ),
+                ringback: Arc::new(crate::media::prompt::Prompt::ringback(
+                    config.calls.tone_zone,
+                )),
                 test_numbers: config.test_numbers.clone(),
             },
             domain: config.domain().to_string(),

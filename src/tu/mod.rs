@@ -54,6 +54,8 @@ pub struct CallSettings {
     pub authenticate: bool,
     /// The shortest session interval we accept (RFC 4028 Min-SE; below: 422).
     pub min_session_expires: Duration,
+    /// What the first party of a placed call hears while the second one rings.
+    pub ringback: Arc<Prompt>,
     pub test_numbers: TestNumbersConfig,
 }
 
