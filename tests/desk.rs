@@ -200,6 +200,14 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
             d.http
                 .post(format!("{b}/api/v1/calls"))
                 .json(&json!({"to": "user1001"})),
+            d.http.get(format!("{b}/api/v1/me/calls")),
+            d.http.get(format!("{b}/api/v1/queues")),
+            d.http.get(format!("{b}/api/v1/dispositions")),
+            d.http.get(format!("{b}/api/v1/customers?q=tanaka")),
+            d.http.get(format!("{b}/api/v1/customers/5559001/history")),
+            d.http
+                .put(format!("{b}/api/v1/customers/5559001/records/1"))
+                .json(&json!({"notes": "", "outcome": "answered"})),
         ];
         for r in requests {
             let (status, body) = error_of(auth(r).send().await.expect("send")).await;
@@ -682,6 +690,43 @@ async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_r
     assert_eq!(ringing["pop"]["name"], "Ms Tanaka");
     assert_eq!(ringing["pop"]["history"][0]["notes"], "wants a refund");
     assert_eq!(ringing["pop"]["history"][0]["outcome"], "call back");
+
+    // The customer is found by part of the name or of the number.
+    for q in ["tanaka", "MS TAN", "9001", "+5559001"] {
+        let found: Value = d
+            .get(
+                &format!(
+                    "/api/v1/customers?q={}",
+                    q.replace('+', "%2B").replace(' ', "+")
+                ),
+                &colleague,
+            )
+            .send()
+            .await
+            .expect("search")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(found[0]["number"], "5559001", "{q}: {found}");
+        assert_eq!(found[0]["name"], "Ms Tanaka", "{q}: {found}");
+    }
+    let none: Value = d
+        .get("/api/v1/customers?q=suzuki", &agent)
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none, json!([]));
+    let (status, body) = error_of(
+        d.get("/api/v1/customers?q=x", &agent)
+            .send()
+            .await
+            .expect("search"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
         phone.await.expect("join").status.success(),
         "the agent's phone took both calls"

@@ -450,6 +450,7 @@ impl Calls {
                 outcome: "answered".into(),
                 name: String::new(),
             };
+            cx.env.history.opened(&record);
             // Made durable with the next group commit (nothing waits for it).
             cx.store(w);
             cx.store(Write::put(record));

@@ -46,6 +46,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/me/calls", get(my_calls))
         .route("/api/v1/dispositions", get(dispositions))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/customers", get(search_customers))
         .route("/api/v1/customers/{number}/history", get(history))
         .route("/api/v1/customers/{number}/records/{id}", put(edit_record))
         .route("/api/v1/events", get(events))
@@ -73,6 +74,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         my_calls,
         queues,
         dispositions,
+        search_customers,
         history,
         edit_record,
         events
@@ -89,6 +91,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         Dialled,
         MyCall,
         RecordEdit,
+        crate::history::Customer,
         crate::routing::stats::QueueStats,
         ErrorBody,
         Body,
@@ -210,6 +213,19 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             )),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
+    }
+}
+
+/// A query string whose rejection is an [`ApiError`] (a 400 naming the field).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
 
@@ -627,6 +643,33 @@ async fn dispositions(
     Json(desk.config.dispositions.clone())
 }
 
+#[derive(Debug, Deserialize)]
+struct Search {
+    q: Option<String>,
+}
+
+/// Customers by name or number: a number (digits, `+`, spaces, dashes) matches
+/// the numbers that contain its digits; anything else the names that contain
+/// every word of it. Most recent first, at most 50.
+#[utoipa::path(get, path = "/api/v1/customers",
+    params(("q" = String, Query, description = "part of a name or a number, 2 to 100 characters")),
+    responses((status = 200, body = Vec<crate::history::Customer>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+async fn search_customers(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    _caller: Caller,
+    ApiQuery(search): ApiQuery<Search>,
+) -> Result<Json<Vec<crate::history::Customer>>, ApiError> {
+    let q = search.q.unwrap_or_default();
+    let q = q.trim();
+    if !(2..=100).contains(&q.chars().count()) {
+        return Err(ApiError::BadRequest(
+            "q: give 2 to 100 characters of a name or a number".into(),
+        ));
+    }
+    Ok(Json(desk.history.search(q)))
+}
+
 /// A customer's history: every response record, oldest first.
 #[utoipa::path(get, path = "/api/v1/customers/{number}/history",
     params(("number" = String, Path, description = "the customer's number, as the PBX saw it")),
@@ -699,6 +742,7 @@ async fn edit_record(
     }
     desk.store.put(record.clone())?;
     desk.store.flush().await?;
+    desk.history.named(&number, &record.name);
     tracing::info!(agent = %caller.session.extension, customer = %number, id, "response record saved");
     desk.publish(
         super::events::Audience::Agent(record.agent.clone()),
@@ -725,7 +769,7 @@ struct Since {
 async fn events(
     axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
     caller: Caller,
-    Query(since): Query<Since>,
+    ApiQuery(since): ApiQuery<Since>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let from = since.since.unwrap_or_else(|| desk.latest());

@@ -18,6 +18,7 @@ pub mod session;
 
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
+use crate::history::History;
 use crate::presence::{Change, Presence};
 use crate::routing::stats::QueueStats;
 use crate::store::Store;
@@ -67,6 +68,8 @@ pub struct Desk {
     agents: HashSet<String>,
     presence: Presence,
     users: Users,
+    /// The customer list the search reads.
+    history: History,
     /// Response records are read (screen pop, history) and saved here.
     store: Store,
     commands: Arc<dyn Commands>,
@@ -89,6 +92,7 @@ impl Desk {
         config: DeskConfig,
         presence: Presence,
         users: Users,
+        history: History,
         store: Store,
         commands: Arc<dyn Commands>,
         clock: WallClock,
@@ -108,6 +112,7 @@ impl Desk {
             config,
             presence,
             users,
+            history,
             commands,
             clock,
         })

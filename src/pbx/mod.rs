@@ -519,6 +519,7 @@ async fn start_desk(
         desk_config,
         env.presence.clone(),
         env.users.clone(),
+        env.history.clone(),
         store.clone(),
         Arc::new(commands),
         clock,

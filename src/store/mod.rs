@@ -210,6 +210,17 @@ impl Store {
         decode(self.tree(R::TREE)?.iter())
     }
 
+    /// Hands every record of a kind to `f`, in key order, without collecting
+    /// them (start-up scans, exports); `f` returns `false` to stop.
+    pub fn each<R: Record>(&self, mut f: impl FnMut(R) -> bool) -> Result<(), StoreError> {
+        for kv in self.tree(R::TREE)?.iter() {
+            if !f(decode_one(kv?)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The records whose key starts with `prefix`, in key order.
     pub fn with_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
         decode(self.tree(R::TREE)?.scan_prefix(prefix))
@@ -224,15 +235,14 @@ impl Store {
 fn decode<T: DeserializeOwned>(
     records: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
 ) -> Result<Vec<T>, StoreError> {
-    records
-        .map(|kv| {
-            let (k, v) = kv?;
-            serde_json::from_slice(&v).map_err(|source| StoreError::Decode {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                source,
-            })
-        })
-        .collect()
+    records.map(|kv| decode_one(kv?)).collect()
+}
+
+fn decode_one<T: DeserializeOwned>((k, v): (sled::IVec, sled::IVec)) -> Result<T, StoreError> {
+    serde_json::from_slice(&v).map_err(|source| StoreError::Decode {
+        key: String::from_utf8_lossy(&k).into_owned(),
+        source,
+    })
 }
 
 /// Unique, time-ordered ids without touching the disk: an id is the wall time

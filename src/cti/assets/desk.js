@@ -161,8 +161,7 @@ function when(ms) {
   return new Date(ms).toLocaleString();
 }
 
-function renderHistory(history) {
-  const ol = $("pop-history");
+function renderHistory(ol, history) {
   ol.textContent = "";
   if (!history.length) {
     const li = document.createElement("li");
@@ -196,7 +195,7 @@ async function onCall(e) {
     $("record-status").textContent = "";
     $("record-name").value = pop.name || "";
     $("record-notes").value = "";
-    renderHistory(pop.history);
+    renderHistory($("pop-history"), pop.history);
     return;
   }
   if (!desk.pop || desk.pop.callId !== e.call_id) return;
@@ -305,9 +304,53 @@ for (const b of document.querySelectorAll("#my-state button")) {
   });
 }
 
-$("dial-form").addEventListener("submit", async (ev) => {
+// ---- customer history search ------------------------------------------------
+
+function who(c) {
+  return c.name ? `${c.name} (${c.number})` : c.number;
+}
+
+async function showCustomer(c) {
+  const history = await api("GET", `/api/v1/customers/${encodeURIComponent(c.number)}/history`);
+  $("customer").hidden = false;
+  $("customer").dataset.number = c.number;
+  $("customer-who").textContent = who(c);
+  renderHistory($("customer-history"), history);
+}
+
+$("search-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const to = $("dial-to").value.trim();
+  const q = $("search-q").value.trim();
+  const list = $("search-results");
+  list.textContent = "";
+  $("customer").hidden = true;
+  try {
+    const found = await api("GET", `/api/v1/customers?q=${encodeURIComponent(q)}`);
+    $("search-status").textContent = found.length
+      ? `${found.length} customer${found.length === 1 ? "" : "s"} found.`
+      : `No customer matches “${q}”.`;
+    for (const c of found) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${who(c)} — ${c.records} record${c.records === 1 ? "" : "s"}, last ${when(c.last_ms)}`;
+      b.addEventListener("click", () => showCustomer(c));
+      li.append(b);
+      list.append(li);
+    }
+  } catch (e) {
+    $("search-status").textContent = `Search failed: ${e.message}`;
+  }
+});
+
+$("customer-call").addEventListener("click", () => dial($("customer").dataset.number));
+
+$("dial-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  dial($("dial-to").value.trim());
+});
+
+async function dial(to) {
   $("dial-status").textContent = `Calling ${to}: your phone rings first…`;
   try {
     await api("POST", "/api/v1/calls", { to });
@@ -315,7 +358,7 @@ $("dial-form").addEventListener("submit", async (ev) => {
   } catch (e) {
     $("dial-status").textContent = `Could not call ${to}: ${e.message}`;
   }
-});
+}
 
 setInterval(() => {
   for (const el of document.querySelectorAll(".since[data-since]")) el.textContent = since(Number(el.dataset.since));
