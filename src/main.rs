@@ -166,9 +166,16 @@ fn export_cdr(format: Format, at: RunArgs) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let written = match format {
-        Format::Csv => std::iter::once(sipdesk::Cdr::CSV_HEADER.to_string())
-            .chain(cdrs.iter().map(|c| c.csv_line()))
-            .try_for_each(|line| writeln!(out, "{line}")),
+        Format::Csv => {
+            let mut csv = csv::Writer::from_writer(&mut out);
+            cdrs.iter()
+                .try_for_each(|c| csv.serialize(c.csv_row()))
+                .and_then(|()| Ok(csv.flush()?))
+                .map_err(|e| match e.into_kind() {
+                    csv::ErrorKind::Io(io) => io,
+                    other => std::io::Error::other(format!("{other:?}")),
+                })
+        }
         Format::Json => serde_json::to_writer_pretty(&mut out, &cdrs)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),

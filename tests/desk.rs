@@ -205,6 +205,9 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
             d.http.get(format!("{b}/api/v1/dispositions")),
             d.http.get(format!("{b}/api/v1/customers?q=tanaka")),
             d.http.get(format!("{b}/api/v1/customers/5559001/history")),
+            d.http.get(format!("{b}/api/v1/exports/cdrs")),
+            d.http
+                .get(format!("{b}/api/v1/exports/records?format=json")),
             d.http
                 .put(format!("{b}/api/v1/customers/5559001/records/1"))
                 .json(&json!({"notes": "", "outcome": "answered"})),
@@ -1139,4 +1142,122 @@ async fn click_to_call_rings_my_phone_plays_ringback_while_the_target_rings_then
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.pbx.media_ports_in_use(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stream_everything_to_supervisors_and_their_own_to_agents_while_running() {
+    let d = desk(QUEUE).await;
+    let phone_port = free_port();
+    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let phone = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        phone_port,
+        "uas_answer.xml",
+        &["-m", "1"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    customer_call(&d, "5559003").await;
+    assert!(phone.await.expect("join").status.success());
+    let (boss, agent, colleague) = (
+        d.token("boss", "pwboss").await,
+        d.token("user1000", "pw1000").await,
+        d.token("user1001", "pw1001").await,
+    );
+    let export = |path: &str, token: &str| d.get(path, token).send();
+    let json_of = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.expect("a JSON array")
+    };
+    // The record and the CDR are written as the call ends: wait for the record.
+    let mut records = json!([]);
+    for _ in 0..100 {
+        records = json_of(
+            export("/api/v1/exports/records?format=json", &agent)
+                .await
+                .expect("get"),
+        )
+        .await;
+        if records.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.as_array().map(Vec::len), Some(1), "{records}");
+    assert_eq!(
+        (records[0]["caller"].as_str(), records[0]["agent"].as_str()),
+        (Some("5559003"), Some("user1000"))
+    );
+    let theirs = json_of(
+        export("/api/v1/exports/records?format=json", &colleague)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(
+        theirs,
+        json!([]),
+        "a colleague's export holds only their own records"
+    );
+    let all = json_of(
+        export("/api/v1/exports/records?format=json", &boss)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(all, records);
+
+    // CDRs: CSV by default, as a download.
+    let r = export("/api/v1/exports/cdrs", &boss).await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"sipdesk-cdrs.csv\""
+    );
+    let csv = r.text().await.expect("csv");
+    let mut lines = csv.lines();
+    assert!(lines
+        .next()
+        .is_some_and(|h| h.starts_with("id,call_id,caller,callee,")));
+    assert!(
+        lines.any(|l| l.contains(",5559003,user1000,") && l.contains(",answered,")),
+        "{csv}"
+    );
+    let cdrs = json_of(
+        export("/api/v1/exports/cdrs?format=json", &boss)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert!(cdrs
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["caller"] == "5559003")));
+    let later = json_of(
+        export("/api/v1/exports/cdrs?format=json&from=4102444800000", &boss)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(later, json!([]), "nothing started after 2100");
+    let mine = json_of(
+        export("/api/v1/exports/cdrs?format=json", &agent)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(mine, cdrs, "the agent answered the only call");
+    let theirs = json_of(
+        export("/api/v1/exports/cdrs?format=json", &colleague)
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(theirs, json!([]));
+    for bad in ["format=xml", "from=5&to=5", "from=soon"] {
+        let path = format!("/api/v1/exports/records?{bad}");
+        let (status, body) = error_of(export(&path, &boss).await.expect("get")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request");
+    }
 }

@@ -68,37 +68,41 @@ impl crate::store::Record for Cdr {
     }
 }
 
-impl Cdr {
-    pub const CSV_HEADER: &'static str =
-        "id,call_id,caller,callee,start_ms,answer_ms,end_ms,duration_s,disposition,hangup_by";
+/// A CDR as one CSV row: its fields and the billable seconds.
+#[derive(Debug, Serialize)]
+pub struct CsvRow<'a> {
+    pub id: u64,
+    pub call_id: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub start_ms: u64,
+    pub answer_ms: Option<u64>,
+    pub end_ms: u64,
+    pub duration_s: u64,
+    pub disposition: Disposition,
+    pub hangup_by: HangupBy,
+}
 
+impl Cdr {
     /// Billable seconds (answer to end).
     pub fn duration_secs(&self) -> u64 {
         self.answer_ms
             .map_or(0, |a| self.end_ms.saturating_sub(a) / 1000)
     }
 
-    /// One CSV line (RFC 4180 quoting where needed).
-    pub fn csv_line(&self) -> String {
-        fn q(s: &str) -> String {
-            if s.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s.to_string()
-            }
+    /// The row a CSV export writes (with a `csv::Writer`, which quotes per RFC 4180).
+    pub fn csv_row(&self) -> CsvRow<'_> {
+        CsvRow {
+            id: self.id,
+            call_id: &self.call_id,
+            caller: &self.caller,
+            callee: &self.callee,
+            start_ms: self.start_ms,
+            answer_ms: self.answer_ms,
+            end_ms: self.end_ms,
+            duration_s: self.duration_secs(),
+            disposition: self.disposition,
+            hangup_by: self.hangup_by,
         }
-        format!(
-            "{},{},{},{},{},{},{},{},{},{}",
-            self.id,
-            q(&self.call_id),
-            q(&self.caller),
-            q(&self.callee),
-            self.start_ms,
-            self.answer_ms.map(|a| a.to_string()).unwrap_or_default(),
-            self.end_ms,
-            self.duration_secs(),
-            self.disposition.as_str(),
-            self.hangup_by.as_str(),
-        )
     }
 }

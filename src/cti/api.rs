@@ -49,6 +49,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/customers", get(search_customers))
         .route("/api/v1/customers/{number}/history", get(history))
         .route("/api/v1/customers/{number}/records/{id}", put(edit_record))
+        .route("/api/v1/exports/cdrs", get(export_cdrs))
+        .route("/api/v1/exports/records", get(export_records))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(super::assets::routes())
@@ -77,6 +79,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         search_customers,
         history,
         edit_record,
+        export_cdrs,
+        export_records,
         events
     ),
     components(schemas(
@@ -92,6 +96,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         MyCall,
         RecordEdit,
         crate::history::Customer,
+        super::export::Format,
         crate::routing::stats::QueueStats,
         ErrorBody,
         Body,
@@ -751,6 +756,78 @@ async fn edit_record(
         },
     );
     Ok(Json(record))
+}
+
+// ---- exports ------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    format: super::export::Format,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// Streams one kind of record as a file download (`name`.csv or .json).
+fn export<R: super::export::Exported + 'static>(
+    desk: &Desk,
+    caller: &Caller,
+    q: ExportQuery,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let (from_ms, to_ms) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+    if from_ms >= to_ms {
+        return Err(ApiError::BadRequest("from: must be before to".into()));
+    }
+    let owner = (caller.session.role != Role::Supervisor).then(|| caller.session.extension.clone());
+    let filter = super::export::Filter {
+        from_ms,
+        to_ms,
+        owner,
+    };
+    let body = super::export::stream::<R>(desk.store.clone(), q.format, filter);
+    let disposition = format!(
+        "attachment; filename=\"sipdesk-{name}.{}\"",
+        q.format.extension()
+    );
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            q.format.content_type().to_string(),
+        ),
+        (axum::http::header::CONTENT_DISPOSITION, disposition),
+        (axum::http::header::CACHE_CONTROL, "no-store".to_string()),
+    ];
+    Ok((headers, body).into_response())
+}
+
+/// The CDRs of calls started in `[from, to)` (Unix ms), as CSV (default) or
+/// JSON, streamed while the PBX runs: a supervisor's export has every call, an
+/// agent's the calls they made or answered.
+#[utoipa::path(get, path = "/api/v1/exports/cdrs",
+    params(("format" = Option<super::export::Format>, Query), ("from" = Option<u64>, Query), ("to" = Option<u64>, Query)),
+    responses((status = 200, description = "CSV or JSON file", content_type = "text/csv"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn export_cdrs(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    export::<crate::calls::cdr::Cdr>(&desk, &caller, q, "cdrs")
+}
+
+/// The response records opened in `[from, to)` (Unix ms), as CSV (default) or
+/// JSON: a supervisor's export has everyone's, an agent's their own.
+#[utoipa::path(get, path = "/api/v1/exports/records",
+    params(("format" = Option<super::export::Format>, Query), ("from" = Option<u64>, Query), ("to" = Option<u64>, Query)),
+    responses((status = 200, description = "CSV or JSON file", content_type = "text/csv"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn export_records(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    export::<crate::history::ResponseRecord>(&desk, &caller, q, "records")
 }
 
 // ---- the event stream ---------------------------------------------------

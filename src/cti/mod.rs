@@ -14,6 +14,7 @@
 pub mod api;
 mod assets;
 pub mod events;
+pub mod export;
 pub mod session;
 
 use crate::calls::OriginateError;
