@@ -141,6 +141,9 @@ pub struct HttpConfig {
     pub event_buffer: usize,
     /// The outcomes an agent picks for a conversation (response records).
     pub dispositions: Vec<String>,
+    /// A bearer token that may read `/metrics` (for Prometheus); "" leaves it
+    /// to supervisors' sessions.
+    pub metrics_token: Spanned<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +156,18 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -332,6 +347,7 @@ impl Default for HttpConfig {
             dispositions: ["resolved", "call back", "escalated", "no action needed"]
                 .map(String::from)
                 .to_vec(),
+            metrics_token: sp(String::new()),
         }
     }
 }
@@ -346,6 +362,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -407,6 +424,17 @@ impl Config {
                 s.domain.span(),
                 "sip.domain",
                 "must be a non-empty host name".into(),
+            ));
+        }
+        let token = &self.http.metrics_token;
+        if !token.get_ref().is_empty()
+            && (token.get_ref().len() < 16
+                || !token.get_ref().bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bad(
+                token.span(),
+                "http.metrics_token",
+                "use at least 16 printable characters, no spaces (or \"\" for none)".into(),
             ));
         }
         if s.auth_algorithms.get_ref().is_empty() {

@@ -226,7 +226,8 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let json = config.log.format == sipdesk::config::LogFormat::Json;
+    init_logs(filter, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -249,7 +250,7 @@ fn run(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        banner(&pbx, args.config.as_deref());
+        banner(&pbx, args.config.as_deref(), json);
         wait_for_signal().await;
         tracing::info!("shutting down");
         match pbx.shutdown().await {
@@ -262,7 +263,22 @@ fn run(args: RunArgs) -> ExitCode {
     })
 }
 
-fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
+/// Logs go to standard output: JSON lines with `log.format = "json"`, else
+/// text, coloured only on a terminal (and never with `NO_COLOR` set).
+fn init_logs(filter: tracing_subscriber::EnvFilter, json: bool) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        logs.with_ansi(colour).init();
+    }
+}
+
+/// The start-up banner; the demo passwords go to standard error when standard
+/// output carries JSON logs (it stays one JSON object per line).
+fn banner(pbx: &Pbx, config: Option<&std::path::Path>, json: bool) {
     let c = pbx.config();
     let list = |v: &[std::net::SocketAddr]| {
         v.iter()
@@ -284,14 +300,24 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
     let desk = pbx.http_addr();
     tracing::info!("desk: agent desktop http://{desk}/ wallboard http://{desk}/wallboard API http://{desk}/api/v1");
     if !pbx.demo_users().is_empty() {
-        println!("\nDemo extensions were created (shown once; only their hashes are stored):");
-        println!("  domain/realm: {}", c.domain());
+        use std::fmt::Write;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "\nDemo extensions were created (shown once; only their hashes are stored):"
+        );
+        let _ = writeln!(text, "  domain/realm: {}", c.domain());
         for u in pbx.demo_users() {
-            println!("  extension {:<6} password {}", u.extension, u.password);
+            let _ = writeln!(
+                text,
+                "  extension {:<6} password {}",
+                u.extension, u.password
+            );
         }
         let supervisor = &c.demo.supervisor;
         if c.demo_desk() && !c.demo.group.is_empty() {
-            println!(
+            let _ = writeln!(
+                text,
                 "  group {} (all of them){}{}",
                 c.demo.group,
                 if c.demo.queue.is_empty() {
@@ -306,10 +332,15 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>) {
                 },
             );
         }
-        println!(
+        let _ = writeln!(
+            text,
             "\nThe agent desktop: http://{desk}/  (log in with an extension and its password)"
         );
-        println!("The wallboard:     http://{desk}/wallboard\n");
+        let _ = writeln!(text, "The wallboard:     http://{desk}/wallboard\n");
+        match json {
+            true => eprint!("{text}"),
+            false => print!("{text}"),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The command line: `check-config` errors, a refused config starting nothing, and
-//! demo extensions printed once with random passwords.
+//! demo extensions printed once with random passwords, and the log formats.
 
 mod common;
 
@@ -103,6 +103,66 @@ fn demo_extensions_get_random_passwords_printed_only_on_the_first_start() {
         1,
         "printed once only:\n{again}"
     );
+}
+
+#[test]
+fn logs_off_a_terminal_are_plain_text_and_json_lines_when_asked() {
+    // Text: the server's output goes to a file, so no colour codes.
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let mut server = Server::start(dir.path(), port, &config(port, "[\"MD5\"]", &users(1)));
+    server.stop();
+    let text = server.log();
+    assert!(
+        text.contains(" INFO ") && text.contains("started"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no ANSI escapes off a terminal:\n{text}"
+    );
+
+    // JSON: every line of standard output is one JSON object with level and
+    // message; the demo passwords go to standard error.
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let conf = format!(
+        "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [log]\nformat = \"json\"\n"
+    );
+    let file = dir.path().join("sipdesk.toml");
+    std::fs::write(&file, conf).expect("config");
+    let child = sipdesk()
+        .args(["run", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let up = (0..100)
+        .any(|_| options_ping(([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_some());
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    assert!(up, "the PBX answered OPTIONS");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{stdout}");
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(lines
+        .iter()
+        .any(|l| l["message"].as_str().is_some_and(|m| m.contains("started"))));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Demo extensions were created"), "{stderr}");
 }
 
 #[test]

@@ -206,6 +206,7 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
             d.http.get(format!("{b}/api/v1/customers?q=tanaka")),
             d.http.get(format!("{b}/api/v1/customers/5559001/history")),
             d.http.get(format!("{b}/api/v1/exports/cdrs")),
+            d.http.get(format!("{b}/metrics")),
             d.http
                 .get(format!("{b}/api/v1/exports/records?format=json")),
             d.http
@@ -1260,4 +1261,83 @@ async fn exports_stream_everything_to_supervisors_and_their_own_to_agents_while_
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"], "bad_request");
     }
+}
+
+/// The value of the metric line `name` (with its labels) in a scrape.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_registrations_calls_latency_queues_and_agents_to_supervisors_and_the_token() {
+    let token = "prometheus-scrape-token-1";
+    let d = desk(&format!("{QUEUE}[http]\nmetrics_token = \"{token}\"\n")).await;
+    let phone_port = free_port();
+    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let phone = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        phone_port,
+        "uas_answer.xml",
+        &["-m", "1"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    customer_call(&d, "5559004").await;
+    assert!(phone.await.expect("join").status.success());
+    let (boss, agent) = (
+        d.token("boss", "pwboss").await,
+        d.token("user1000", "pw1000").await,
+    );
+    let _ws = d.stream(&agent, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one rate sample or more
+
+    let scrape = |t: &str| d.get("/metrics", t).send();
+    let r = scrape(token).await.expect("scrape");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|c| c.starts_with("application/openmetrics-text")));
+    let text = r.text().await.expect("text");
+    assert_eq!(metric(&text, "sipdesk_registrations"), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "sipdesk_live_calls"), Some(0.0));
+    assert!(
+        metric(&text, "sipdesk_calls_started_total") >= Some(1.0),
+        "{text}"
+    );
+    assert!(metric(&text, "sipdesk_calls_per_second").is_some());
+    assert!(
+        metric(&text, "sipdesk_routing_latency_seconds_count") >= Some(1.0),
+        "{text}"
+    );
+    assert!(metric(&text, "sipdesk_routing_latency_seconds_bucket{le=\"+Inf\"}") >= Some(1.0));
+    assert_eq!(
+        metric(&text, "sipdesk_queue_waiting{queue=\"500\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "sipdesk_queue_answered_today{queue=\"500\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "sipdesk_agents{state=\"available\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "sipdesk_agents{state=\"offline\"}"),
+        Some(3.0),
+        "user1001, user1002, boss"
+    );
+    assert_eq!(metric(&text, "sipdesk_event_stream_clients"), Some(1.0));
+    assert!(text.trim_end().ends_with("# EOF"));
+
+    // A supervisor's session reads them too; an agent's does not; a wrong token is 401.
+    assert_eq!(
+        scrape(&boss).await.expect("scrape").status(),
+        StatusCode::OK
+    );
+    let (status, body) = error_of(scrape(&agent).await.expect("scrape")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = error_of(scrape("prometheus-scrape-token-2").await.expect("scrape")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -328,6 +328,7 @@ impl Calls {
     /// A new call is live: counted, its CDR started.
     fn started(cx: &Cx<'_>) {
         cx.env.stats.live_calls.fetch_add(1, Ordering::Relaxed);
+        cx.env.stats.calls_started.fetch_add(1, Ordering::Relaxed);
     }
 
     fn ended(cx: &Cx<'_>) {

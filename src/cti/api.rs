@@ -53,6 +53,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/exports/records", get(export_records))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .merge(super::assets::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -81,6 +82,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         edit_record,
         export_cdrs,
         export_records,
+        metrics,
         events
     ),
     components(schemas(
@@ -830,6 +832,35 @@ async fn export_records(
     export::<crate::history::ResponseRecord>(&desk, &caller, q, "records")
 }
 
+// ---- metrics ------------------------------------------------------------
+
+/// The PBX's figures in the Prometheus text format (OpenMetrics): for a
+/// supervisor's session or the configured `http.metrics_token`.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn metrics(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Result<Response, ApiError> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let by_token = match (&desk.config.metrics_token, bearer) {
+        (Some(want), Some(given)) => bool::from(want.as_bytes().ct_eq(given.trim().as_bytes())),
+        _ => false,
+    };
+    if !by_token && caller?.session.role != Role::Supervisor {
+        return Err(ApiError::Forbidden("metrics are for supervisors".into()));
+    }
+    let text = super::metrics::encode(desk.scrape())
+        .map_err(|_| ApiError::Unavailable("the metrics could not be written".into()))?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
 // ---- the event stream ---------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -873,7 +904,19 @@ async fn send_json(socket: &mut WebSocket, seq: Seq, body: &Body) -> bool {
 
 /// One client's stream: reads the log from its position, waits for more, and
 /// ends when the client goes, stops draining, or its session ends.
+/// Counts a stream client while it is connected.
+struct Connected<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn stream(desk: Arc<Desk>, caller: Caller, mut pos: Seq, mut socket: WebSocket) {
+    desk.stream_clients
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _connected = Connected(&desk.stream_clients);
     let mut latest = desk.latest.subscribe();
     loop {
         let alive = lock(&desk.sessions).check(Instant::now(), &caller.token);

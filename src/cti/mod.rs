@@ -15,12 +15,13 @@ pub mod api;
 mod assets;
 pub mod events;
 pub mod export;
+pub mod metrics;
 pub mod session;
 
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
 use crate::history::History;
-use crate::presence::{Change, Presence};
+use crate::presence::{Change, Presence, State};
 use crate::routing::stats::QueueStats;
 use crate::store::Store;
 use crate::users::Users;
@@ -29,6 +30,7 @@ use session::{LoginGuard, Role, Sessions};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -44,6 +46,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn routable(&self, number: &str) -> bool;
     /// Every queue's statistics as of `now`.
     fn queue_stats(&self, now: UnixMillis) -> Vec<QueueStats>;
+    /// The PBX's own figures for `/metrics`.
+    fn figures(&self, now: UnixMillis) -> metrics::PbxFigures;
 }
 
 /// What the desk is set up with.
@@ -59,6 +63,8 @@ pub struct DeskConfig {
     pub groups: Vec<(String, Vec<String>)>,
     /// The outcomes an agent may pick for a response record.
     pub dispositions: Vec<String>,
+    /// A bearer token that may read `/metrics` besides supervisors' sessions.
+    pub metrics_token: Option<String>,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -80,6 +86,10 @@ pub struct Desk {
     log: Mutex<EventLog>,
     /// The number of the last event logged: event streams wait on it.
     latest: watch::Sender<Seq>,
+    /// Sampled by the tick for `/metrics`.
+    call_rate: Mutex<metrics::CallRate>,
+    /// Event stream clients connected now.
+    stream_clients: AtomicU64,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -110,6 +120,8 @@ impl Desk {
             guard: Mutex::new(LoginGuard::default()),
             log: Mutex::new(EventLog::new(config.event_buffer)),
             latest: watch::channel(0).0,
+            call_rate: Mutex::default(),
+            stream_clients: AtomicU64::new(0),
             config,
             presence,
             users,
@@ -228,13 +240,35 @@ impl Desk {
         self.commands.queue_stats(self.wall(Instant::now()))
     }
 
-    /// Publishes the queues' statistics whenever they changed (looked at once a
-    /// second: a waiting caller's wait grows by the second) until the PBX stops.
-    pub async fn tick_queues(self: Arc<Self>) {
+    /// What `/metrics` shows now.
+    pub fn scrape(&self) -> metrics::Scrape {
+        let now = self.wall(Instant::now());
+        let mut agents: Vec<(State, u64)> = State::ALL.iter().map(|s| (*s, 0)).collect();
+        for (_, state) in self.presence.snapshot() {
+            if let Some(slot) = agents.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 += 1;
+            }
+        }
+        metrics::Scrape {
+            pbx: self.commands.figures(now),
+            calls_per_second: lock(&self.call_rate).per_second(),
+            queues: self.commands.queue_stats(now),
+            agents,
+            stream_clients: self.stream_clients.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Samples the call rate, and publishes the queues' statistics whenever
+    /// they changed (looked at once a second: a waiting caller's wait grows by
+    /// the second) until the PBX stops.
+    pub async fn tick(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last = Vec::new();
         loop {
             tick.tick().await;
+            let at = Instant::now();
+            let started = self.commands.figures(self.wall(at)).calls_started;
+            lock(&self.call_rate).sample(at, started);
             let now = self.queue_stats();
             if now != last && !now.is_empty() {
                 self.publish(

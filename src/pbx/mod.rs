@@ -242,12 +242,17 @@ impl PbxBuilder {
                 source,
             })?;
         tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
+        let commands = DeskCommands {
+            controls: controls.clone(),
+            dialplan,
+            env: Arc::clone(&env),
+            latency: Arc::clone(&latency),
+        };
         let http_addr = start_desk(
             &config,
             &env,
             &store,
-            &controls,
-            dialplan,
+            commands,
             WallClock::new(wall, mono),
             &mut tasks,
         )
@@ -455,6 +460,7 @@ struct DeskCommands {
     controls: Vec<mpsc::UnboundedSender<Control>>,
     dialplan: Dialplan,
     env: Arc<Env>,
+    latency: LatencyHistogram,
 }
 
 impl crate::cti::Commands for DeskCommands {
@@ -475,6 +481,44 @@ impl crate::cti::Commands for DeskCommands {
     fn queue_stats(&self, now: UnixMillis) -> Vec<crate::routing::stats::QueueStats> {
         self.env.routing.stats(now)
     }
+    fn figures(&self, now: UnixMillis) -> crate::cti::metrics::PbxFigures {
+        let stats = &self.env.stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        crate::cti::metrics::PbxFigures {
+            registrations: self.env.registrar.count(now) as u64,
+            live_calls: stats.live_calls.load(Relaxed),
+            calls_started: read(&stats.calls_started),
+            sip_received: read(&stats.received),
+            sip_malformed: read(&stats.dropped_malformed),
+            sip_shed: read(&stats.shed),
+            routing_latency: self
+                .latency
+                .lock()
+                .map(|h| latency_buckets(&h))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The routing latency histogram (µs) in the `/metrics` buckets (seconds).
+fn latency_buckets(h: &Histogram<u64>) -> crate::cti::metrics::Buckets {
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = crate::cti::metrics::LATENCY_BUCKETS
+        .iter()
+        .map(|&secs| {
+            let upto = h.count_between(0, (secs * 1e6) as u64);
+            let n = upto.saturating_sub(below);
+            below = upto;
+            (secs, n)
+        })
+        .collect();
+    buckets.push((f64::MAX, h.len().saturating_sub(below)));
+    crate::cti::metrics::Buckets {
+        buckets,
+        count: h.len(),
+        sum_secs: h.mean() * h.len() as f64 / 1e6,
+    }
 }
 
 /// Binds the desk's HTTP address and starts it: the server, and the pump that
@@ -483,8 +527,7 @@ async fn start_desk(
     config: &Config,
     env: &Arc<Env>,
     store: &Store,
-    controls: &[mpsc::UnboundedSender<Control>],
-    dialplan: Dialplan,
+    commands: DeskCommands,
     clock: WallClock,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, PbxError> {
@@ -509,11 +552,7 @@ async fn start_desk(
             })
             .collect(),
         dispositions: config.http.dispositions.clone(),
-    };
-    let commands = DeskCommands {
-        controls: controls.to_vec(),
-        dialplan,
-        env: Arc::clone(env),
+        metrics_token: Some(config.http.metrics_token.get_ref().clone()).filter(|t| !t.is_empty()),
     };
     let desk = crate::cti::Desk::new(
         desk_config,
@@ -525,7 +564,7 @@ async fn start_desk(
         clock,
     );
     tasks.spawn(Arc::clone(&desk).pump(env.presence.subscribe()));
-    tasks.spawn(Arc::clone(&desk).tick_queues());
+    tasks.spawn(Arc::clone(&desk).tick());
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
 }

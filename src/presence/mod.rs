@@ -29,6 +29,17 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the board's order.
+    pub const ALL: [State; 7] = [
+        State::Available,
+        State::Away,
+        State::Busy,
+        State::Ringing,
+        State::OnCall,
+        State::WrapUp,
+        State::Offline,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Available => "available",

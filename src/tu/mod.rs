@@ -43,6 +43,8 @@ pub struct Stats {
     pub registrations: AtomicU64,
     /// Calls in progress (local and bridged), over all shards.
     pub live_calls: AtomicI64,
+    /// Calls started since the PBX started.
+    pub calls_started: AtomicU64,
 }
 
 /// Call settings from the configuration.

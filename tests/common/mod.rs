@@ -30,8 +30,9 @@ pub fn config(port: u16, algorithms: &str, users: &[(String, String)]) -> String
     config_with(port, algorithms, users, "")
 }
 
-/// Like [`config`], with more TOML tables appended (not `[sip]`, `[rtp]`, `[http]`).
-/// Media listens on 127.0.0.1, on a port window of its own.
+/// Like [`config`], with more TOML tables appended (not `[sip]` or `[rtp]`; an
+/// `[http]` table's keys join the one written here). Media listens on
+/// 127.0.0.1, on a port window of its own.
 pub fn config_with(port: u16, algorithms: &str, users: &[(String, String)], extra: &str) -> String {
     config_with_rtp(port, algorithms, users, "", extra)
 }
@@ -49,10 +50,18 @@ pub fn config_with_rtp(
     // ephemeral range so that `free_port` never hands out a media port.
     static WINDOW: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let rtp = 10_000 + (WINDOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20) * 1000;
+    // TOML allows a table once: the keys of an `[http]` table in `extra` go into ours.
+    let (http_extra, extra) = match extra.split_once("[http]\n") {
+        Some((before, rest)) => {
+            let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
+            (&rest[..end], format!("{before}{}", &rest[end..]))
+        }
+        None => ("", extra.to_string()),
+    };
     let mut s = format!(
         "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nauth_algorithms = {algorithms}\nshards = 2\n\
          [rtp]\nbind_ip = \"127.0.0.1\"\nport_min = {rtp}\nport_max = {}\n{rtp_extra}\
-         [http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
+         [http]\nlisten = \"127.0.0.1:0\"\n{http_extra}[log]\nlevel = \"info\"\n[demo]\nextensions = []\n{extra}\n",
         rtp + 1000
     );
     for (ext, pw) in users {
