@@ -10,7 +10,7 @@ use crate::calls::OriginateError;
 use crate::presence::{PresenceError, State};
 use crate::sip::auth::Ha1;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::{AUTHORIZATION, COOKIE, RETRY_AFTER, SET_COOKIE};
 use axum::http::request::Parts;
@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use futures_util::SinkExt;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -885,21 +886,16 @@ async fn events(
         .on_upgrade(move |socket| stream(desk, caller, from, socket))
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    seq: Seq,
-    #[serde(flatten)]
-    body: &'a Body,
-}
-
-async fn send_json(socket: &mut WebSocket, seq: Seq, body: &Body) -> bool {
-    let Ok(text) = serde_json::to_string(&Wire { seq, body }) else {
-        return false;
+/// Sends these events' texts in one write; `false` when the client did not
+/// take them within [`SEND_TIMEOUT`] (or is gone).
+async fn send_all(socket: &mut WebSocket, texts: impl Iterator<Item = Utf8Bytes>) -> bool {
+    let send = async {
+        for text in texts {
+            socket.feed(Message::Text(text)).await?;
+        }
+        socket.flush().await
     };
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(SEND_TIMEOUT, send).await, Ok(Ok(())))
 }
 
 /// One client's stream: reads the log from its position, waits for more, and
@@ -932,19 +928,21 @@ async fn stream(desk: Arc<Desk>, caller: Caller, mut pos: Seq, mut socket: WebSo
         match replay {
             Replay::Resync { latest } => {
                 pos = latest;
-                if !send_json(&mut socket, latest, &Body::Resync).await {
+                let resync = super::events::wire(latest, &Body::Resync);
+                if !send_all(&mut socket, std::iter::once(resync)).await {
                     return;
                 }
                 continue;
             }
             Replay::Events(batch) if !batch.is_empty() => {
-                for e in batch {
-                    pos = e.seq;
-                    if e.audience.admits(&session) && !send_json(&mut socket, e.seq, &e.body).await
-                    {
-                        tracing::debug!(extension = %session.extension, "event stream dropped: not draining");
-                        return;
-                    }
+                pos = batch.last().map_or(pos, |e| e.seq);
+                let mine = batch
+                    .iter()
+                    .filter(|e| e.audience.admits(&session))
+                    .map(|e| e.wire.clone());
+                if !send_all(&mut socket, mine).await {
+                    tracing::debug!(extension = %session.extension, "event stream dropped: not draining");
+                    return;
                 }
                 continue;
             }

@@ -8,7 +8,8 @@
 //! when that stops draining).
 
 use crate::cti::session::{Role, Session};
-use crate::presence::{Change, DialogFact, DialogState, Direction};
+use crate::presence::{Change, DialogFact, DialogState, Direction, State};
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -89,6 +90,31 @@ pub struct ScreenPop {
     pub history: Vec<crate::history::ResponseRecord>,
 }
 
+/// What the board was last told of each extension: a presence change that
+/// only moves calls (a load tester's phone in a thousand) is no board event.
+#[derive(Debug, Default)]
+pub struct BoardTracker {
+    told: std::collections::HashMap<String, (State, u64, Option<Arc<str>>)>,
+}
+
+impl BoardTracker {
+    /// The board's event for `change`, if what it shows (state, since, reason)
+    /// is new.
+    pub fn track(&mut self, change: &Change) -> Option<Body> {
+        let shown = (change.state, change.since_ms, change.reason.clone());
+        if self.told.get(&change.extension) == Some(&shown) {
+            return None;
+        }
+        self.told.insert(change.extension.clone(), shown);
+        Some(Body::Presence {
+            extension: change.extension.clone(),
+            state: change.state,
+            since_ms: change.since_ms,
+            reason: change.reason.as_deref().map(str::to_string),
+        })
+    }
+}
+
 /// What the desk last saw of the agents' calls, to tell ringing, answered and
 /// ended apart in the presence stream (which carries each extension's dialogs).
 #[derive(Debug, Default)]
@@ -155,6 +181,23 @@ pub struct Event {
     pub body: Body,
     #[serde(skip)]
     pub audience: Audience,
+    /// The event as sent (JSON text), written once for every stream.
+    #[serde(skip)]
+    pub wire: Utf8Bytes,
+}
+
+/// An event's JSON text: its `seq` and its body's fields.
+pub fn wire(seq: Seq, body: &Body) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        seq: Seq,
+        #[serde(flatten)]
+        body: &'a Body,
+    }
+    // Bodies are plain data: serialising one cannot fail.
+    serde_json::to_string(&Wire { seq, body })
+        .unwrap_or_default()
+        .into()
 }
 
 /// What a client that last saw `seq` gets now.
@@ -196,6 +239,7 @@ impl EventLog {
         }
         self.ring.push_back(Arc::new(Event {
             seq: self.latest,
+            wire: wire(self.latest, &body),
             body,
             audience,
         }));
@@ -242,6 +286,31 @@ mod tests {
     }
 
     #[test]
+    fn the_board_hears_of_state_since_and_reason_changes_but_not_of_calls_alone() {
+        let mut board = BoardTracker::default();
+        let mut c = dialogs("2000", &[(1, DialogState::Early)]);
+        assert!(board.track(&c).is_some(), "first sight");
+        c.dialogs = dialogs("2000", &[(1, DialogState::Early), (2, DialogState::Early)]).dialogs;
+        assert_eq!(board.track(&c), None, "another call, still ringing");
+        c.state = State::OnCall;
+        c.since_ms = 5;
+        assert!(matches!(
+            board.track(&c),
+            Some(Body::Presence {
+                state: State::OnCall,
+                since_ms: 5,
+                ..
+            })
+        ));
+        c.reason = Some(Arc::from("meeting"));
+        assert!(board.track(&c).is_some(), "a new reason is shown");
+        assert!(
+            board.track(&dialogs("2001", &[])).is_some(),
+            "per extension"
+        );
+    }
+
+    #[test]
     fn a_client_gets_exactly_what_followed_its_last_number_in_order() {
         let mut log = EventLog::new(100);
         for n in 0..60 {
@@ -275,7 +344,7 @@ mod tests {
         Change {
             extension: ext.into(),
             state: crate::presence::State::Ringing,
-            at_ms: 0,
+            since_ms: 0,
             reason: None,
             dialogs: list
                 .iter()

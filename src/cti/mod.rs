@@ -25,7 +25,7 @@ use crate::presence::{Change, Presence, State};
 use crate::routing::stats::QueueStats;
 use crate::store::Store;
 use crate::users::Users;
-use events::{Audience, Body, CallPhase, CallTracker, EventLog, ScreenPop, Seq};
+use events::{Audience, BoardTracker, Body, CallPhase, CallTracker, EventLog, ScreenPop, Seq};
 use session::{LoginGuard, Role, Sessions};
 use std::collections::HashSet;
 use std::future::Future;
@@ -185,6 +185,7 @@ impl Desk {
     /// the presence stream, clients are told to resync.
     pub async fn pump(self: Arc<Self>, mut changes: broadcast::Receiver<Change>) {
         let mut calls = CallTracker::default();
+        let mut board = BoardTracker::default();
         loop {
             match changes.recv().await {
                 Ok(c) => {
@@ -213,19 +214,14 @@ impl Desk {
                             },
                         );
                     }
-                    self.publish(
-                        Audience::Everyone,
-                        Body::Presence {
-                            extension: c.extension,
-                            state: c.state,
-                            since_ms: c.at_ms,
-                            reason: c.reason.map(|r| r.to_string()),
-                        },
-                    );
+                    if let Some(body) = board.track(&c) {
+                        self.publish(Audience::Everyone, body);
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!("desk fell {n} presence changes behind; clients resync");
                     calls = CallTracker::default();
+                    board = BoardTracker::default();
                     self.publish(Audience::Everyone, Body::Resync);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,

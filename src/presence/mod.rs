@@ -118,7 +118,8 @@ pub const SHOWN_DIALOGS: usize = 8;
 pub struct Change {
     pub extension: String,
     pub state: State,
-    pub at_ms: u64,
+    /// Since when the state shown has held (Unix ms).
+    pub since_ms: u64,
     /// Why the agent chose the state shown (away or busy), if they said.
     pub reason: Option<Arc<str>>,
     /// The extension's dialogs after the change (a vanished one has terminated).
@@ -336,7 +337,7 @@ impl Presence {
             Change {
                 extension: extension.to_string(),
                 state,
-                at_ms: now.0,
+                since_ms: facts.since.0,
                 reason,
                 dialogs: Arc::clone(&facts.shown_dialogs),
             }

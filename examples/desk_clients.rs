@@ -1,0 +1,267 @@
+//! Desk load for `benches/desk-load.sh`: N agents log in to a running sipdesk
+//! and hold its event stream open, reading every event.
+//!
+//!   desk_clients measure BASE_URL PBX_PID N CHANGES
+//!     logs in user1000.. (password pw1000..), connects N streams, prints the
+//!     PBX's RSS before and after; then one agent changes state CHANGES times
+//!     (20 a second) and every stream times each presence event from the
+//!     request that caused it (p50/p99 over all streams); then the board
+//!     endpoint is fetched by 16 concurrent clients for 5 s (requests/s).
+//!   desk_clients hold BASE_URL N SECS RATE
+//!     connects N streams and reads events for SECS seconds (at most 600)
+//!     while one agent changes state RATE times a second, printing each
+//!     second how many events arrived so far.
+//!
+//! Everything it talks to is the BASE_URL given (a loopback address in the
+//! benchmark); every loop is bounded in count and time.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+async fn login(http: &reqwest::Client, base: &str, i: usize) -> Result<String, Failure> {
+    let body =
+        json!({ "extension": format!("user{}", 1000 + i), "password": format!("pw{}", 1000 + i) });
+    let r: Value = http
+        .post(format!("{base}/api/v1/session"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(r["token"].as_str().ok_or("no token")?.to_string())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(base: &str, token: &str) -> Result<Ws, Failure> {
+    let url = format!("{}/api/v1/events", base.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Logs in `n` agents and opens their streams.
+async fn streams(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> Result<Vec<(String, Ws)>, Failure> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = login(http, base, i).await?;
+        let ws = connect(base, &token).await?;
+        out.push((token, ws));
+    }
+    Ok(out)
+}
+
+fn rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn measure(base: &str, pid: &str, n: usize, changes: usize) -> Result<(), Failure> {
+    let http = reqwest::Client::new();
+    let before = rss_kb(pid);
+    let clients = streams(&http, base, n).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kb(pid);
+    println!(
+        "RSS: {before} kB with no stream, {after} kB with {n} streams ({:.1} kB per stream)",
+        (after.saturating_sub(before)) as f64 / n.max(1) as f64
+    );
+    let driver = clients
+        .first()
+        .map(|(t, _)| t.clone())
+        .ok_or("no clients")?;
+    // Every stream notes when each presence event of user1000 arrives.
+    let arrivals: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::new(Mutex::new(vec![Vec::new(); n]));
+    let mut readers = Vec::new();
+    for (i, (_, mut ws)) in clients.into_iter().enumerate() {
+        let arrivals = Arc::clone(&arrivals);
+        readers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while mine.len() < changes && Instant::now() < deadline {
+                let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+                else {
+                    break;
+                };
+                let at = Instant::now();
+                if let Message::Text(t) = msg {
+                    let e: Value = serde_json::from_str(&t).unwrap_or_default();
+                    if e["type"] == "presence" && e["extension"] == "user1000" {
+                        mine.push(at);
+                    }
+                }
+            }
+            arrivals.lock().await[i] = mine;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut sent = Vec::with_capacity(changes);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for k in 0..changes {
+        pace.tick().await;
+        let state = if k % 2 == 0 { "away" } else { "available" };
+        sent.push(Instant::now());
+        http.put(format!("{base}/api/v1/agents/user1000/state"))
+            .bearer_auth(&driver)
+            .json(&json!({ "state": state }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    for r in readers {
+        r.await?;
+    }
+    let arrivals = arrivals.lock().await;
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut missing = 0;
+    for mine in arrivals.iter() {
+        missing += changes.saturating_sub(mine.len());
+        latencies.extend(
+            mine.iter()
+                .zip(&sent)
+                .map(|(a, s)| a.saturating_duration_since(*s)),
+        );
+    }
+    latencies.sort();
+    println!(
+        "event latency (state change request sent -> event received), {} events over {n} streams: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {missing}",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+
+    // The board, fetched by 16 clients at once for 5 s.
+    let done = Instant::now() + Duration::from_secs(5);
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (http, base, token) = (http.clone(), base.to_string(), driver.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            while Instant::now() < done {
+                let r = http
+                    .get(format!("{base}/api/v1/board"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    if r.status().is_success() && r.bytes().await.is_ok() {
+                        ok += 1;
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await?;
+    }
+    println!(
+        "board: {:.0} requests/s (16 concurrent clients, 5 s)",
+        total as f64 / 5.0
+    );
+    Ok(())
+}
+
+async fn hold(base: &str, n: usize, secs: u64, rate: u64) -> Result<(), Failure> {
+    let http = reqwest::Client::new();
+    let clients = streams(&http, base, n).await?;
+    let driver = clients
+        .first()
+        .map(|(t, _)| t.clone())
+        .ok_or("no clients")?;
+    println!("CONNECTED {n}");
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs.min(600));
+    let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for (_, mut ws) in clients {
+        let events = Arc::clone(&events);
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+                if matches!(msg, Message::Text(_)) {
+                    events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // user1000 changes state `rate` times a second: every stream has events.
+    if rate > 0 {
+        let (http, base) = (http.clone(), base.to_string());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            for k in 0u64.. {
+                pace.tick().await;
+                if Instant::now() >= until {
+                    break;
+                }
+                let state = if k % 2 == 0 { "away" } else { "available" };
+                let _ = http
+                    .put(format!("{base}/api/v1/agents/user1000/state"))
+                    .bearer_auth(&driver)
+                    .json(&json!({ "state": state }))
+                    .send()
+                    .await;
+            }
+        });
+    }
+    // A running total each second: the benchmark may stop this early.
+    while Instant::now() < until && readers.iter().any(|r| !r.is_finished()) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let total = events.load(std::sync::atomic::Ordering::Relaxed);
+        let open = readers.iter().filter(|r| !r.is_finished()).count();
+        println!(
+            "{open} of {n} streams open after {:.0} s: {total} events received",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
+    match arg(1)? {
+        "measure" => measure(arg(2)?, arg(3)?, arg(4)?.parse()?, arg(5)?.parse()?).await,
+        "hold" => {
+            hold(
+                arg(2)?,
+                arg(3)?.parse()?,
+                arg(4)?.parse()?,
+                arg(5)?.parse()?,
+            )
+            .await
+        }
+        _ => Err("usage: desk_clients measure BASE PID N CHANGES | hold BASE N SECS RATE".into()),
+    }
+}
