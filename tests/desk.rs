@@ -208,6 +208,9 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
             d.http.get(format!("{b}/api/v1/exports/cdrs")),
             d.http.get(format!("{b}/metrics")),
             d.http
+                .post(format!("{b}/api/v1/customers/5559001/records"))
+                .json(&json!({"notes": "", "outcome": "resolved"})),
+            d.http
                 .get(format!("{b}/api/v1/exports/records?format=json")),
             d.http
                 .put(format!("{b}/api/v1/customers/5559001/records/1"))
@@ -1340,4 +1343,100 @@ async fn metrics_show_registrations_calls_latency_queues_and_agents_to_superviso
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, _) = error_of(scrape("prometheus-scrape-token-2").await.expect("scrape")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_agent_opens_a_record_for_a_call_the_pbx_opened_none_for_once_per_call() {
+    let d = desk("").await;
+    let agent = d.token("user1000", "pw1000").await;
+    let colleague = d.token("user1001", "pw1001").await;
+    let create = |token: &str, number: &str, body: Value| {
+        d.http
+            .post(format!("{}/api/v1/customers/{number}/records", d.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"call_id": "direct-1@phone", "notes": "asked for the invoice", "outcome": "resolved", "name": "Jiro Ito"});
+    let r = create(&agent, "+81455550100", body.clone())
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let first: Value = r.json().await.expect("json");
+    assert_eq!(
+        (
+            first["agent"].as_str(),
+            first["call_id"].as_str(),
+            first["name"].as_str()
+        ),
+        (Some("user1000"), Some("direct-1@phone"), Some("Jiro Ito"))
+    );
+    // The same call again (a retry, or more notes): the same record, written.
+    let again =
+        json!({"call_id": "direct-1@phone", "notes": "invoice sent", "outcome": "resolved"});
+    let r = create(&agent, "+81455550100", again).await.expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    let second: Value = r.json().await.expect("json");
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["notes"], "invoice sent");
+    // A colleague's record of the same call is theirs; a record without a call is new.
+    let r = create(&colleague, "+81455550100", body.clone())
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = create(
+        &agent,
+        "+81455550100",
+        json!({"notes": "", "outcome": "resolved"}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let history: Value = d
+        .get("/api/v1/customers/+81455550100/history", &agent)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(history.as_array().map(Vec::len), Some(3), "{history}");
+    let found: Value = d
+        .get("/api/v1/customers?q=ito", &agent)
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(found[0]["records"], 3, "{found}");
+    for (number, body, field) in [
+        (
+            "anonymous",
+            json!({"notes": "", "outcome": "resolved"}),
+            "number",
+        ),
+        (
+            "bad%20number",
+            json!({"notes": "", "outcome": "resolved"}),
+            "number",
+        ),
+        (
+            "5550101",
+            json!({"notes": "", "outcome": "maybe"}),
+            "outcome",
+        ),
+        (
+            "5550101",
+            json!({"notes": "", "outcome": "resolved", "agent": "user1001"}),
+            "agent",
+        ),
+    ] {
+        let (status, e) = error_of(create(&agent, number, body).await.expect("post")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{number}: {e}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains(field)),
+            "{e}"
+        );
+    }
 }

@@ -49,6 +49,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/customers", get(search_customers))
         .route("/api/v1/customers/{number}/history", get(history))
+        .route("/api/v1/customers/{number}/records", post(create_record))
         .route("/api/v1/customers/{number}/records/{id}", put(edit_record))
         .route("/api/v1/exports/cdrs", get(export_cdrs))
         .route("/api/v1/exports/records", get(export_records))
@@ -81,6 +82,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         search_customers,
         history,
         edit_record,
+        create_record,
         export_cdrs,
         export_records,
         metrics,
@@ -98,6 +100,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         Dialled,
         MyCall,
         RecordEdit,
+        RecordNew,
         crate::history::Customer,
         super::export::Format,
         crate::routing::stats::QueueStats,
@@ -703,26 +706,12 @@ pub struct RecordEdit {
     pub name: Option<String>,
 }
 
-/// Writes today's record of a conversation: notes, outcome, the customer's
-/// name. Answered once it is on disk.
-#[utoipa::path(put, path = "/api/v1/customers/{number}/records/{id}", request_body = RecordEdit,
-    params(("number" = String, Path), ("id" = u64, Path)),
-    responses((status = 200, body = crate::history::ResponseRecord, description = "saved durably"),
-        (status = 400, body = ErrorBody, description = "an unknown outcome, or too long"),
-        (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "another agent's record"),
-        (status = 404, body = ErrorBody)))]
-async fn edit_record(
-    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
-    caller: Caller,
-    Path((number, id)): Path<(String, u64)>,
-    ApiJson(edit): ApiJson<RecordEdit>,
-) -> Result<Json<crate::history::ResponseRecord>, ApiError> {
-    let mut record = crate::history::responses(&desk.store, &number)?
-        .into_iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| ApiError::NotFound(format!("no record {id} of customer {number}")))?;
-    caller.may_act_for(&record.agent)?;
+/// Checks an agent's edit and writes it on `record`.
+fn apply(
+    desk: &Desk,
+    edit: RecordEdit,
+    record: &mut crate::history::ResponseRecord,
+) -> Result<(), ApiError> {
     if !desk.config.dispositions.contains(&edit.outcome) {
         return Err(ApiError::BadRequest(format!(
             "outcome: `{}` is not one of {:?}",
@@ -748,17 +737,139 @@ async fn edit_record(
     if let Some(name) = name {
         record.name = name;
     }
+    Ok(())
+}
+
+/// Writes a record durably, then tells the customer list and the agent's
+/// streams (`opened`: it is a new record).
+async fn save(
+    desk: &Desk,
+    caller: &Caller,
+    record: &crate::history::ResponseRecord,
+    opened: bool,
+) -> Result<(), ApiError> {
     desk.store.put(record.clone())?;
     desk.store.flush().await?;
-    desk.history.named(&number, &record.name);
-    tracing::info!(agent = %caller.session.extension, customer = %number, id, "response record saved");
+    match opened {
+        true => desk.history.opened(record),
+        false => desk.history.named(&record.caller, &record.name),
+    }
+    tracing::info!(agent = %caller.session.extension, customer = %record.caller, id = record.id, opened, "response record saved");
     desk.publish(
         super::events::Audience::Agent(record.agent.clone()),
         Body::RecordSaved {
             record: record.clone(),
         },
     );
+    Ok(())
+}
+
+/// Writes today's record of a conversation: notes, outcome, the customer's
+/// name. Answered once it is on disk.
+#[utoipa::path(put, path = "/api/v1/customers/{number}/records/{id}", request_body = RecordEdit,
+    params(("number" = String, Path), ("id" = u64, Path)),
+    responses((status = 200, body = crate::history::ResponseRecord, description = "saved durably"),
+        (status = 400, body = ErrorBody, description = "an unknown outcome, or too long"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "another agent's record"),
+        (status = 404, body = ErrorBody)))]
+async fn edit_record(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Path((number, id)): Path<(String, u64)>,
+    ApiJson(edit): ApiJson<RecordEdit>,
+) -> Result<Json<crate::history::ResponseRecord>, ApiError> {
+    let mut record = crate::history::responses(&desk.store, &number)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no record {id} of customer {number}")))?;
+    caller.may_act_for(&record.agent)?;
+    apply(&desk, edit, &mut record)?;
+    save(&desk, &caller, &record, false).await?;
     Ok(Json(record))
+}
+
+/// A record an agent opens for a conversation the PBX opened none for (a
+/// call straight to the agent's extension, one the agent placed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordNew {
+    /// The conversation's Call-ID, when there was a call: a second create for
+    /// the same call and agent edits the first record instead.
+    #[serde(default)]
+    pub call_id: Option<String>,
+    pub notes: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Opens my record of a conversation with a customer (201), or, when I have
+/// one for this call already, writes it (200). Answered once it is on disk.
+#[utoipa::path(post, path = "/api/v1/customers/{number}/records", request_body = RecordNew,
+    params(("number" = String, Path, description = "the customer's number")),
+    responses((status = 201, body = crate::history::ResponseRecord, description = "opened, durably"),
+        (status = 200, body = crate::history::ResponseRecord, description = "my record of this call, written"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn create_record(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Path(number): Path<String>,
+    ApiJson(new): ApiJson<RecordNew>,
+) -> Result<(StatusCode, Json<crate::history::ResponseRecord>), ApiError> {
+    let number = number.trim();
+    if crate::history::is_anonymous(number)
+        || number.len() > 64
+        || !number
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "number: `{number}` is not a customer's number"
+        )));
+    }
+    let call_id = new.call_id.unwrap_or_default();
+    if call_id.len() > 256 || call_id.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "call_id: at most 256 characters, no control characters".into(),
+        ));
+    }
+    let me = &caller.session.extension;
+    let edit = RecordEdit {
+        notes: new.notes,
+        outcome: new.outcome,
+        name: new.name,
+    };
+    let mut ids = desk.record_ids.lock().await;
+    let earlier = match call_id.is_empty() {
+        true => None,
+        false => crate::history::responses(&desk.store, number)?
+            .into_iter()
+            .find(|r| r.call_id == call_id && &r.agent == me),
+    };
+    let opened = earlier.is_none();
+    let mut record = earlier.unwrap_or_else(|| {
+        let now = desk.wall(Instant::now());
+        crate::history::ResponseRecord {
+            id: ids.next_id(now),
+            caller: number.to_string(),
+            time_ms: now.0,
+            agent: me.clone(),
+            call_id,
+            notes: String::new(),
+            outcome: String::new(),
+            name: String::new(),
+        }
+    });
+    apply(&desk, edit, &mut record)?;
+    save(&desk, &caller, &record, opened).await?;
+    drop(ids);
+    let status = if opened {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)))
 }
 
 // ---- exports ------------------------------------------------------------

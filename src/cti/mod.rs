@@ -65,6 +65,8 @@ pub struct DeskConfig {
     pub dispositions: Vec<String>,
     /// A bearer token that may read `/metrics` besides supervisors' sessions.
     pub metrics_token: Option<String>,
+    /// The desk's own lane of record ids (the shards have theirs).
+    pub record_ids: crate::store::IdGen,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -90,6 +92,9 @@ pub struct Desk {
     call_rate: Mutex<metrics::CallRate>,
     /// Event stream clients connected now.
     stream_clients: AtomicU64,
+    /// Ids of the records agents create; held while a create looks for an
+    /// earlier record of the same call, so two creates make one record.
+    record_ids: tokio::sync::Mutex<crate::store::IdGen>,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -122,6 +127,7 @@ impl Desk {
             latest: watch::channel(0).0,
             call_rate: Mutex::default(),
             stream_clients: AtomicU64::new(0),
+            record_ids: tokio::sync::Mutex::new(config.record_ids.clone()),
             config,
             presence,
             users,

@@ -202,6 +202,8 @@ impl PbxBuilder {
             .and_then(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
             .map(u64::from_be_bytes);
         let id_base = IdGen::base(wall.0, last_cdr);
+        // One id lane per shard, and one for the records the desk creates.
+        let id_lanes = shards + 1;
 
         let mut tasks = JoinSet::new();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
@@ -218,7 +220,7 @@ impl PbxBuilder {
                     clock: WallClock::new(wall, mono),
                 },
                 TransactionLayer::new(config.timers()),
-                Counters::new(IdGen::new(id_base, i, shards)),
+                Counters::new(IdGen::new(id_base, i, id_lanes)),
             );
             let task = ShardTask {
                 index: i,
@@ -242,6 +244,7 @@ impl PbxBuilder {
                 source,
             })?;
         tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
+        let record_ids = IdGen::new(id_base, shards, id_lanes);
         let commands = DeskCommands {
             controls: controls.clone(),
             dialplan,
@@ -253,6 +256,7 @@ impl PbxBuilder {
             &env,
             &store,
             commands,
+            record_ids,
             WallClock::new(wall, mono),
             &mut tasks,
         )
@@ -528,6 +532,7 @@ async fn start_desk(
     env: &Arc<Env>,
     store: &Store,
     commands: DeskCommands,
+    record_ids: IdGen,
     clock: WallClock,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, PbxError> {
@@ -553,6 +558,7 @@ async fn start_desk(
             .collect(),
         dispositions: config.http.dispositions.clone(),
         metrics_token: Some(config.http.metrics_token.get_ref().clone()).filter(|t| !t.is_empty()),
+        record_ids,
     };
     let desk = crate::cti::Desk::new(
         desk_config,

@@ -201,37 +201,28 @@ async function onCall(e) {
   if (!desk.pop || desk.pop.callId !== e.call_id) return;
   if (e.phase === "answered") {
     $("pop-state").textContent = "On the call.";
-    await openRecord();
+    openRecord();
   } else if (e.phase === "ended") {
     $("pop-state").textContent = "Call ended.";
   }
 }
 
-// The PBX opens the record of an answered queue call; find it by the call.
-async function openRecord() {
-  const pop = desk.pop;
-  for (let i = 0; i < 25 && desk.pop === pop; i++) {
-    const history = await api("GET", `/api/v1/customers/${encodeURIComponent(pop.caller)}/history`);
-    const record = history.find((r) => r.call_id === pop.callId);
-    if (record) {
-      pop.record = record;
-      $("record-form").hidden = false;
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
+// Today's record of the call: the PBX opened one for a queue call; saving
+// writes that one, or opens the agent's own for any other call.
+function openRecord() {
+  $("record-form").hidden = false;
 }
 
 $("record-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const pop = desk.pop;
-  if (!pop || !pop.record) return;
-  const body = { notes: $("record-notes").value, outcome: $("record-outcome").value };
+  if (!pop) return;
+  const body = { call_id: pop.callId, notes: $("record-notes").value, outcome: $("record-outcome").value };
   const name = $("record-name").value.trim();
   if (name) body.name = name;
   $("record-status").textContent = "Saving…";
   try {
-    pop.record = await api("PUT", `/api/v1/customers/${encodeURIComponent(pop.caller)}/records/${pop.record.id}`, body);
+    pop.record = await api("POST", `/api/v1/customers/${encodeURIComponent(pop.caller)}/records`, body);
     $("record-status").textContent = "Saved.";
   } catch (e) {
     $("record-status").textContent = `Not saved: ${e.message}`;
