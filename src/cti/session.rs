@@ -46,6 +46,9 @@ pub struct Session {
     pub expires: Instant,
 }
 
+/// Sessions one extension may hold at once (browsers, tools, phones' apps).
+pub const MAX_PER_EXTENSION: usize = 16;
+
 /// The live sessions.
 #[derive(Debug)]
 pub struct Sessions {
@@ -65,9 +68,22 @@ impl Sessions {
         self.ttl
     }
 
-    /// A new session for a user whose password was just verified.
+    /// A new session for a user whose password was just verified; beyond
+    /// [`MAX_PER_EXTENSION`] of theirs, the one renewed longest ago ends.
     pub fn open(&mut self, now: Instant, extension: &str, role: Role) -> (Token, Session) {
         self.purge(now);
+        let mut theirs: Vec<(Instant, Token)> = self
+            .map
+            .iter()
+            .filter(|(_, s)| s.extension == extension)
+            .map(|(t, s)| (s.expires, t.clone()))
+            .collect();
+        if theirs.len() >= MAX_PER_EXTENSION {
+            theirs.sort_by_key(|(expires, _)| *expires);
+            for (_, t) in &theirs[..=theirs.len() - MAX_PER_EXTENSION] {
+                self.map.remove(t);
+            }
+        }
         let session = Session {
             extension: extension.to_string(),
             role,
@@ -228,6 +244,21 @@ mod tests {
             s.renew(t0 + Duration::from_secs(111), &token).is_none(),
             "too late"
         );
+    }
+
+    #[test]
+    fn an_extension_holds_at_most_sixteen_sessions_and_the_stalest_goes() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(Duration::from_secs(60));
+        let tokens: Vec<Token> = (0..MAX_PER_EXTENSION as u64)
+            .map(|i| s.open(t0 + Duration::from_secs(i), "201", Role::Agent).0)
+            .collect();
+        let other = s.open(t0, "202", Role::Agent).0;
+        let newest = s.open(t0 + Duration::from_secs(30), "201", Role::Agent).0;
+        let now = t0 + Duration::from_secs(31);
+        assert!(s.check(now, &tokens[0]).is_none(), "the stalest one ended");
+        assert!(tokens[1..].iter().all(|t| s.check(now, t).is_some()));
+        assert!(s.check(now, &newest).is_some() && s.check(now, &other).is_some());
     }
 
     #[test]
