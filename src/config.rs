@@ -214,6 +214,22 @@ pub struct GroupConfig {
     pub name: Spanned<String>,
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// A personal call-back to a member left unclaimed this long is offered
+    /// to the whole group.
+    #[serde(default = "default_callback_escalate")]
+    pub callback_escalate_secs: u64,
+    /// A call-back still open this long is flagged on the group's desktops and
+    /// the wallboard.
+    #[serde(default = "default_callback_flag")]
+    pub callback_flag_secs: u64,
+}
+
+fn default_callback_escalate() -> u64 {
+    900
+}
+
+fn default_callback_flag() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -736,6 +752,8 @@ impl Config {
                     priority,
                 })
                 .collect(),
+            callback_escalate_secs: default_callback_escalate(),
+            callback_flag_secs: default_callback_flag(),
         });
         if !d.queue.is_empty() {
             self.queues.push(QueueConfig {

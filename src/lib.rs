@@ -43,6 +43,7 @@
 //! CDRs ([`Cdr`]).
 
 mod blf;
+mod callbacks;
 mod calls;
 mod clock;
 pub mod config;

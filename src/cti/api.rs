@@ -56,6 +56,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .merge(super::callbacks::routes())
         .merge(super::assets::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -86,6 +87,12 @@ pub fn router(desk: Arc<Desk>) -> Router {
         export_cdrs,
         export_records,
         metrics,
+        super::callbacks::list,
+        super::callbacks::create,
+        super::callbacks::claim,
+        super::callbacks::release,
+        super::callbacks::close,
+        super::callbacks::reopen,
         events
     ),
     components(schemas(
@@ -101,6 +108,9 @@ pub fn router(desk: Arc<Desk>) -> Router {
         MyCall,
         RecordEdit,
         RecordNew,
+        super::callbacks::Write,
+        super::callbacks::Close,
+        crate::callbacks::Callback,
         crate::history::Customer,
         super::export::Format,
         crate::routing::stats::QueueStats,
@@ -748,8 +758,10 @@ async fn save(
     record: &crate::history::ResponseRecord,
     opened: bool,
 ) -> Result<(), ApiError> {
-    desk.store.put(record.clone())?;
-    desk.store.flush().await?;
+    desk.config
+        .writer
+        .commit(vec![crate::store::Write::put(record.clone())])
+        .await?;
     match opened {
         true => desk.history.opened(record),
         false => desk.history.named(&record.caller, &record.name),
@@ -789,6 +801,23 @@ async fn edit_record(
     Ok(Json(record))
 }
 
+/// A customer's number as given in `field`, trimmed: not anonymous, at most
+/// 64 characters of digits, letters and `*#+-_.`.
+pub fn customer_number<'a>(number: &'a str, field: &str) -> Result<&'a str, ApiError> {
+    let number = number.trim();
+    if crate::history::is_anonymous(number)
+        || number.len() > 64
+        || !number
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: `{number}` is not a customer's number"
+        )));
+    }
+    Ok(number)
+}
+
 /// A record an agent opens for a conversation the PBX opened none for (a
 /// call straight to the agent's extension, one the agent placed).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -817,17 +846,7 @@ async fn create_record(
     Path(number): Path<String>,
     ApiJson(new): ApiJson<RecordNew>,
 ) -> Result<(StatusCode, Json<crate::history::ResponseRecord>), ApiError> {
-    let number = number.trim();
-    if crate::history::is_anonymous(number)
-        || number.len() > 64
-        || !number
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "number: `{number}` is not a customer's number"
-        )));
-    }
+    let number = customer_number(&number, "number")?;
     let call_id = new.call_id.unwrap_or_default();
     if call_id.len() > 256 || call_id.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(

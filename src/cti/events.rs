@@ -24,6 +24,8 @@ pub enum Audience {
     Everyone,
     /// One agent (and the supervisors): their calls, their records.
     Agent(String),
+    /// These extensions (and the supervisors): a call-back's addressees.
+    Extensions(Arc<[String]>),
 }
 
 impl Audience {
@@ -31,6 +33,9 @@ impl Audience {
         match self {
             Audience::Everyone => true,
             Audience::Agent(ext) => session.role == Role::Supervisor || *ext == session.extension,
+            Audience::Extensions(list) => {
+                session.role == Role::Supervisor || list.contains(&session.extension)
+            }
         }
     }
 }
@@ -65,6 +70,11 @@ pub enum Body {
     /// A response record was saved (durably).
     RecordSaved {
         record: crate::history::ResponseRecord,
+    },
+    /// A call-back was written, claimed, released, closed, re-opened,
+    /// escalated or flagged (durably); to its addressees and supervisors.
+    Callback {
+        callback: crate::callbacks::Callback,
     },
     /// Events were lost (the client asked for more than the ring holds, or the
     /// desk itself fell behind the PBX): fetch the board again.

@@ -13,6 +13,7 @@
 
 pub mod api;
 mod assets;
+mod callbacks;
 pub mod events;
 pub mod export;
 pub mod metrics;
@@ -51,7 +52,7 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
 }
 
 /// What the desk is set up with.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeskConfig {
     /// The digest realm (passwords are checked against the stored HA1).
     pub realm: String,
@@ -67,6 +68,11 @@ pub struct DeskConfig {
     pub metrics_token: Option<String>,
     /// The desk's own lane of record ids (the shards have theirs).
     pub record_ids: crate::store::IdGen,
+    /// The call-back box as stored.
+    pub callbacks: crate::callbacks::CallbackBox,
+    /// Where the desk's changes go: [`Writer::commit`](crate::store::Writer::commit)
+    /// answers once they are durable.
+    pub writer: crate::store::Writer,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -95,6 +101,11 @@ pub struct Desk {
     /// Ids of the records agents create; held while a create looks for an
     /// earlier record of the same call, so two creates make one record.
     record_ids: tokio::sync::Mutex<crate::store::IdGen>,
+    /// The call-back box (one source of truth for open items; a std lock,
+    /// never held across an `.await`).
+    callbacks: Mutex<crate::callbacks::CallbackBox>,
+    /// Each group's members, for call-back audiences and visibility.
+    members: std::collections::HashMap<String, Arc<[String]>>,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -105,7 +116,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Desk {
     pub fn new(
-        config: DeskConfig,
+        mut config: DeskConfig,
         presence: Presence,
         users: Users,
         history: History,
@@ -128,6 +139,12 @@ impl Desk {
             call_rate: Mutex::default(),
             stream_clients: AtomicU64::new(0),
             record_ids: tokio::sync::Mutex::new(config.record_ids.clone()),
+            callbacks: Mutex::new(std::mem::take(&mut config.callbacks)),
+            members: config
+                .groups
+                .iter()
+                .map(|(g, m)| (g.clone(), Arc::from(m.as_slice())))
+                .collect(),
             config,
             presence,
             users,
@@ -271,6 +288,7 @@ impl Desk {
             let at = Instant::now();
             let started = self.commands.figures(self.wall(at)).calls_started;
             lock(&self.call_rate).sample(at, started);
+            self.escalate_callbacks().await;
             let now = self.queue_stats();
             if now != last && !now.is_empty() {
                 self.publish(

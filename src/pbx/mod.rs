@@ -256,7 +256,10 @@ impl PbxBuilder {
             &env,
             &store,
             commands,
-            record_ids,
+            DeskWrites {
+                record_ids,
+                writer: Writer::Queued(writer_tx.clone()),
+            },
             WallClock::new(wall, mono),
             &mut tasks,
         )
@@ -525,6 +528,12 @@ fn latency_buckets(h: &Histogram<u64>) -> crate::cti::metrics::Buckets {
     }
 }
 
+/// What the desk writes with: its lane of ids and the store writer.
+struct DeskWrites {
+    record_ids: IdGen,
+    writer: Writer,
+}
+
 /// Binds the desk's HTTP address and starts it: the server, and the pump that
 /// turns presence changes into numbered events.
 async fn start_desk(
@@ -532,7 +541,7 @@ async fn start_desk(
     env: &Arc<Env>,
     store: &Store,
     commands: DeskCommands,
-    record_ids: IdGen,
+    writes: DeskWrites,
     clock: WallClock,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, PbxError> {
@@ -540,6 +549,18 @@ async fn start_desk(
     let failed = |source| PbxError::Http { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
     let http_addr = listener.local_addr().map_err(failed)?;
+    let limits: Vec<_> = config
+        .groups
+        .iter()
+        .map(|g| {
+            let members = g.members.iter().map(|m| m.extension.get_ref().clone());
+            let limits = crate::callbacks::Limits {
+                escalate_after: Duration::from_secs(g.callback_escalate_secs),
+                flag_after: Duration::from_secs(g.callback_flag_secs),
+            };
+            (g.name.get_ref().clone(), members.collect(), limits)
+        })
+        .collect();
     let desk_config = crate::cti::DeskConfig {
         realm: config.domain().to_string(),
         session_ttl: Duration::from_secs(config.http.session_ttl_secs),
@@ -558,7 +579,9 @@ async fn start_desk(
             .collect(),
         dispositions: config.http.dispositions.clone(),
         metrics_token: Some(config.http.metrics_token.get_ref().clone()).filter(|t| !t.is_empty()),
-        record_ids,
+        record_ids: writes.record_ids,
+        callbacks: crate::callbacks::CallbackBox::load(store, &limits)?,
+        writer: writes.writer,
     };
     let desk = crate::cti::Desk::new(
         desk_config,
@@ -758,6 +781,7 @@ fn run_writer(
     while let Ok(first) = rx.recv() {
         let mut writes = Vec::new();
         let mut upto: HashMap<usize, u64> = HashMap::new();
+        let mut commits = Vec::new();
         let mut next = Some(first);
         // Group commit: writes come just before the flush request that covers
         // them; wait for it a little rather than commit a batch of one.
@@ -769,23 +793,28 @@ fn run_writer(
                     let e = upto.entry(shard).or_default();
                     *e = (*e).max(seq);
                 }
+                WriterMsg::Commit { writes: w, done } => {
+                    writes.extend(w);
+                    commits.push(done);
+                }
                 WriterMsg::Stop => {
                     stopping = true;
                     break;
                 }
             }
+            let flush_asked = !upto.is_empty() || !commits.is_empty();
             if writes.len() < 50_000 {
                 // Under load (the last flush was moments ago) one flush per
                 // FLUSH_PACE covers everything that came meanwhile; when idle,
                 // a flush goes at once.
-                let until = if upto.is_empty() {
-                    window
-                } else {
+                let until = if flush_asked {
                     flushed_at + FLUSH_PACE
+                } else {
+                    window
                 };
                 next = match rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(_) if !upto.is_empty() || !writes.is_empty() => {
+                    Err(_) if flush_asked || !writes.is_empty() => {
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             None
@@ -803,7 +832,7 @@ fn run_writer(
         if let Err(e) = &applied {
             tracing::error!("store write failed: {e}");
         }
-        if upto.is_empty() {
+        if upto.is_empty() && commits.is_empty() {
             if stopping {
                 break;
             }
@@ -823,6 +852,9 @@ fn run_writer(
             };
             // Never waits: the control channel is not the SIP queue.
             let _ = shards[shard].send(msg);
+        }
+        for done in commits {
+            let _ = done.send(result.is_ok());
         }
         if stopping {
             break;

@@ -28,6 +28,8 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("the store could not make the change durable")]
+    NotDurable,
 }
 
 /// A domain record the store can keep.
@@ -86,6 +88,13 @@ pub enum WriterMsg {
         shard: usize,
         seq: u64,
     },
+    /// Apply these with the next group commit, flush, then answer whether
+    /// they are durable (the desk's writes: nothing else flushes, because
+    /// sled 0.34 can deadlock when a flush runs beside a batch apply).
+    Commit {
+        writes: Vec<Write>,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
     /// Apply what came before, then stop (shutdown).
     Stop,
 }
@@ -105,6 +114,27 @@ impl Writer {
             Writer::Queued(tx) => tx
                 .send(WriterMsg::Write(w))
                 .map_err(|_| StoreError::WriterGone),
+        }
+    }
+
+    /// Writes `writes` and returns once they are on disk (none: once what
+    /// was committed before is).
+    pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        match self {
+            Writer::Direct(store) => {
+                store.apply(writes)?;
+                store.flush().await
+            }
+            Writer::Queued(tx) => {
+                let (done, durable) = tokio::sync::oneshot::channel();
+                tx.send(WriterMsg::Commit { writes, done })
+                    .map_err(|_| StoreError::WriterGone)?;
+                match durable.await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(StoreError::NotDurable),
+                    Err(_) => Err(StoreError::WriterGone),
+                }
+            }
         }
     }
 }
@@ -219,6 +249,14 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The record of a kind stored at `key`.
+    pub fn get<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
+        match self.tree(R::TREE)?.get(key)? {
+            Some(v) => decode_one((sled::IVec::from(key), v)).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The records whose key starts with `prefix`, in key order.
