@@ -305,6 +305,32 @@ async fn only_addressees_see_and_handle_an_item_and_bad_requests_name_the_proble
         !ids(&api.list(&b).await).contains(&id),
         "done items leave the list"
     );
+    let history: Value = api
+        .http
+        .get(format!(
+            "{}/api/v1/customers/+81312345678/history",
+            api.base
+        ))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let joined = history
+        .as_array()
+        .and_then(|h| h.iter().find(|r| r["call_id"] == format!("callback-{id}")))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (joined["outcome"].as_str(), joined["agent"].as_str()),
+        (Some("call-back failed"), Some("user1000")),
+        "the closed call-back joins the customer's history: {history}"
+    );
+    assert!(joined["notes"]
+        .as_str()
+        .is_some_and(|n| n.contains("no answer")));
     let (status, e) = api.post(&b, &path("claim"), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "a done item: {e}");
     let (status, again) = api.post(&b, &path("reopen"), json!({})).await;
@@ -476,4 +502,17 @@ fn every_acknowledged_operation_survives_kill_9_and_no_refused_one_appears() {
         }
     });
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_group_call_back_lights_g_is_claimed_by_one_and_joins_the_history() {
+    let (_dir, _pbx, api) = desk().await;
+    let envs = [
+        ("A_EXT", "user1003"),
+        ("B_EXT", "user1001"),
+        ("C_EXT", "user1002"),
+        ("GROUP", "support"),
+    ];
+    let (child, artifacts) = common::browser_script("callbacks.mjs", &api.base, &envs);
+    common::browser_passed(child, &artifacts).await;
 }

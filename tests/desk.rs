@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{embedded_pbx, free_port, register_phone, users};
+use common::{browser_passed, browser_script, embedded_pbx, free_port, register_phone, users};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -501,49 +501,6 @@ async fn the_openapi_document_and_the_desktop_are_served_from_the_binary() {
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-}
-
-/// A desktop test script in headless Chromium (Playwright), started with its
-/// environment; screenshots go to the artifacts directory.
-fn browser_script(
-    script: &str,
-    base: &str,
-    envs: &[(&str, &str)],
-) -> (tokio::process::Child, std::path::PathBuf) {
-    common::require("chromium");
-    common::require("node");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run ./scripts/test.sh (it installs it)"
-    );
-    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
-    let child = tokio::process::Command::new("node")
-        .arg(dir.join(script))
-        .arg(base)
-        .envs(envs.iter().copied())
-        .env("ARTIFACTS", &artifacts)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    (child, artifacts)
-}
-
-/// Waits for a browser script's end and fails with its output if it failed.
-async fn browser_passed(child: tokio::process::Child, artifacts: &std::path::Path) {
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("the browser test ends in time")
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "browser test failed (screenshots in {}):\n{}\n{}",
-        artifacts.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

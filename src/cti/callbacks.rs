@@ -9,7 +9,8 @@ use super::api::{customer_number, ApiError, ApiJson, Caller, ErrorBody};
 use super::events::{Audience, Body};
 use super::session::Role;
 use super::{lock, Desk};
-use crate::callbacks::{Callback, CallbackError, CallbackId, NewCallback, Outcome, Target};
+use crate::callbacks::{Callback, CallbackError, CallbackId, NewCallback, Outcome, Status, Target};
+use crate::clock::UnixMillis;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -69,12 +70,45 @@ impl Desk {
         Audience::Extensions(list.into())
     }
 
-    /// Makes `c` durable, then announces it.
+    /// Makes `c` durable, then announces it. A done one joins the customer's
+    /// history as a response record (in the same commit).
     async fn store_callback(&self, c: &Callback) -> Result<(), ApiError> {
-        self.config
-            .writer
-            .commit(vec![crate::store::Write::put(c.clone())])
-            .await?;
+        let mut writes = vec![crate::store::Write::put(c.clone())];
+        let record = match &c.status {
+            Status::Done {
+                outcome,
+                by,
+                at_ms,
+                note,
+            } => {
+                let id = self.record_ids.lock().await.next_id(UnixMillis(*at_ms));
+                let outcome = match outcome {
+                    Outcome::Succeeded => "call-back succeeded",
+                    Outcome::Failed => "call-back failed",
+                };
+                let notes = match note.is_empty() {
+                    true => format!("Call-back: {}", c.message),
+                    false => format!("Call-back: {}\n{note}", c.message),
+                };
+                let r = crate::history::ResponseRecord {
+                    id,
+                    caller: c.customer.clone(),
+                    time_ms: *at_ms,
+                    agent: by.clone(),
+                    call_id: format!("callback-{}", c.id.0),
+                    notes,
+                    outcome: outcome.to_string(),
+                    name: c.name.clone(),
+                };
+                writes.push(crate::store::Write::put(r.clone()));
+                Some(r)
+            }
+            _ => None,
+        };
+        self.config.writer.commit(writes).await?;
+        if let Some(r) = &record {
+            self.history.opened(r);
+        }
         self.publish(
             self.addressees(c),
             Body::Callback {

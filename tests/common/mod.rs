@@ -453,3 +453,46 @@ pub async fn register_phone(target: SocketAddr, dir: &Path, lport: u16, ext: &st
     let stderr = failed.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
     panic!("{ext} does not register: {}", stderr.unwrap_or_default());
 }
+
+/// A desktop test script in headless Chromium (Playwright), started with its
+/// environment; screenshots go to the artifacts directory.
+pub fn browser_script(
+    script: &str,
+    base: &str,
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, std::path::PathBuf) {
+    require("chromium");
+    require("node");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run ./scripts/test.sh (it installs it)"
+    );
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .arg(base)
+        .envs(envs.iter().copied())
+        .env("ARTIFACTS", &artifacts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    (child, artifacts)
+}
+
+/// Waits for a browser script's end and fails with its output if it failed.
+pub async fn browser_passed(child: tokio::process::Child, artifacts: &std::path::Path) {
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the browser test ends in time")
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "browser test failed (screenshots in {}):\n{}\n{}",
+        artifacts.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,7 @@ const LABELS = {
   available: "Available", away: "Away", busy: "Busy", ringing: "Ringing",
   on_call: "On a call", wrap_up: "Wrap-up", offline: "Offline",
 };
-const desk = { me: null, agents: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null };
+const desk = { me: null, agents: new Map(), groups: [], callbacks: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null };
 
 async function api(method, path, body) {
   const init = { method, headers: {}, credentials: "same-origin" };
@@ -124,7 +124,12 @@ function applyPresence(e) {
 async function loadBoard() {
   const board = await api("GET", "/api/v1/board");
   desk.seq = board.seq;
+  desk.groups = board.groups.map((g) => ({ name: g.name, members: g.agents.map((a) => a.extension) }));
   renderBoard(board);
+  fillTargets(board);
+  const list = await api("GET", "/api/v1/callbacks");
+  desk.callbacks = new Map(list.map((c) => [c.id, c]));
+  renderCallbacks();
 }
 
 function connect() {
@@ -141,6 +146,7 @@ function connect() {
     desk.seq = e.seq;
     if (e.type === "presence") applyPresence(e);
     if (e.type === "call" && desk.me && e.extension === desk.me.extension) onCall(e);
+    if (e.type === "callback") applyCallback(e.callback);
     if (e.type === "record_saved" && desk.pop && desk.pop.record && e.record.id === desk.pop.record.id) {
       $("record-status").textContent = "Saved.";
     }
@@ -194,6 +200,8 @@ async function onCall(e) {
     $("record-form").hidden = true;
     $("record-status").textContent = "";
     $("record-name").value = pop.name || "";
+    $("cb-customer").value = pop.caller;
+    $("cb-name").value = pop.name || "";
     $("record-notes").value = "";
     renderHistory($("pop-history"), pop.history);
     return;
@@ -294,6 +302,134 @@ for (const b of document.querySelectorAll("#my-state button")) {
     }
   });
 }
+
+// ---- the call-back box: P (mine) and G (my groups'), oldest first -------------
+
+function fillTargets(board) {
+  const sel = $("cb-target");
+  sel.textContent = "";
+  for (const g of board.groups) {
+    const o = document.createElement("option");
+    o.value = `group:${g.name}`;
+    o.textContent = `Group ${g.name}`;
+    sel.append(o);
+  }
+  for (const a of board.groups.flatMap((g) => g.agents).concat(board.ungrouped)) {
+    if ([...sel.options].some((o) => o.value === `agent:${a.extension}`)) continue;
+    const o = document.createElement("option");
+    o.value = `agent:${a.extension}`;
+    o.textContent = a.name ? `${a.name} (${a.extension})` : a.extension;
+    sel.append(o);
+  }
+}
+
+function applyCallback(c) {
+  if (c.status.state === "done") desk.callbacks.delete(c.id);
+  else desk.callbacks.set(c.id, c);
+  renderCallbacks();
+}
+
+function isPersonal(c) {
+  return c.target.agent !== undefined && desk.me && c.target.agent === desk.me.extension;
+}
+
+function lamp(id, textId, label, items) {
+  const mine = items.filter((c) => c.status.state === "in_progress" && c.status.by === desk.me.extension);
+  const waiting = items.filter((c) => c.status.state === "open");
+  const el = $(id);
+  el.className = "lamp";
+  let text = `${label}: none`;
+  if (mine.length) {
+    el.classList.add("handling");
+    text = `${label}: you are handling ${mine.length}` + (waiting.length ? `, ${waiting.length} waiting` : "");
+  } else if (waiting.length) {
+    el.classList.add("waiting");
+    text = `${label}: ${waiting.length} waiting`;
+  }
+  $(textId).textContent = text;
+}
+
+function renderCallbacks() {
+  if (!desk.me) return;
+  const all = [...desk.callbacks.values()].sort((a, b) => a.id - b.id);
+  lamp("lamp-p", "lamp-p-text", "Personal", all.filter(isPersonal));
+  lamp("lamp-g", "lamp-g-text", "Group", all.filter((c) => !isPersonal(c)));
+  const ol = $("cb-list");
+  ol.textContent = "";
+  for (const c of all) {
+    const li = document.createElement("li");
+    li.dataset.id = c.id;
+    if (c.flagged_ms) li.classList.add("flagged");
+    const head = document.createElement("strong");
+    const kind = isPersonal(c) ? "P" : "G";
+    const who = c.name ? `${c.name} (${c.customer})` : c.customer;
+    head.textContent = `${kind} · ${who}`;
+    const msg = document.createElement("div");
+    msg.textContent = c.message;
+    const state = document.createElement("span");
+    state.className = "cb-state";
+    const target = c.target.group ? `group ${c.target.group}` : `${c.target.agent}`;
+    const flags = (c.escalated_ms ? " · offered to the group" : "") + (c.flagged_ms ? " · waiting too long" : "");
+    state.textContent = c.status.state === "in_progress"
+      ? `In progress by ${c.status.by} since ${new Date(c.status.since_ms).toLocaleTimeString()} · for ${target}${flags}`
+      : `Open since ${when(c.created_ms)} · written by ${c.written_by} · for ${target}${flags}`;
+    li.append(head, msg, state);
+    const act = (label, path, body) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.setAttribute("aria-label", `${label}: call-back for ${who}`);
+      b.addEventListener("click", async () => {
+        try {
+          applyCallback(await api("POST", `/api/v1/callbacks/${c.id}/${path}`, body ? body() : {}));
+        } catch (e) {
+          $("cb-status").textContent = `${label} failed: ${e.message}`;
+        }
+      });
+      li.append(b);
+    };
+    if (c.status.state === "open") act("Claim", "claim");
+    if (c.status.state === "in_progress" && c.status.by === desk.me.extension) {
+      const call = document.createElement("button");
+      call.type = "button";
+      call.textContent = "Call";
+      call.setAttribute("aria-label", `Call ${who}`);
+      call.addEventListener("click", () => { showCustomer({ number: c.customer, name: c.name }); dial(c.customer); });
+      li.append(call);
+      const note = document.createElement("input");
+      note.setAttribute("aria-label", `Note for the call-back to ${who}`);
+      note.placeholder = "note";
+      li.append(note);
+      act("Succeeded", "close", () => ({ outcome: "succeeded", note: note.value }));
+      act("Failed", "close", () => ({ outcome: "failed", note: note.value }));
+      act("Release", "release");
+    }
+    ol.append(li);
+  }
+}
+
+$("cb-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const [kind, name] = $("cb-target").value.split(/:(.*)/s);
+  // One key per call-back written: a retry after a lost answer is the same one.
+  desk.cbKey = desk.cbKey || `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const body = {
+    request_key: desk.cbKey,
+    customer: $("cb-customer").value.trim(),
+    name: $("cb-name").value.trim(),
+    message: $("cb-message").value.trim(),
+    target: { [kind]: name },
+  };
+  $("cb-status").textContent = "Saving…";
+  try {
+    await api("POST", "/api/v1/callbacks", body);
+    $("cb-status").textContent = "Call-back saved.";
+    $("cb-message").value = "";
+    desk.cbKey = null;
+  } catch (e) {
+    $("cb-status").textContent = `Not saved: ${e.message}`;
+  }
+});
 
 // ---- customer history search ------------------------------------------------
 
