@@ -2,14 +2,16 @@
 # Desk load against a release sipdesk on 127.0.0.1: CLIENTS agents log in and
 # hold the event stream open; event latency (state change request -> event
 # received on every stream, p50/p99), the board's requests/s, the PBX's RSS
-# with and without the streams; then whether the desk slows the telephone:
+# with and without the streams; call-backs (create -> event on every stream,
+# claims/s on distinct items); then whether the desk slows the telephone:
 # the peer lab's call step at CALL_RATE calls/s without desktops and with
 # CLIENTS desktops connected and receiving events (an agent changes state
 # EVENT_RATE times a second, besides the calls' own), back to back in one run
 # (server CPU, achieved rate, failures, steal from the lab's summary).
 #
 #   usage: benches/desk-load.sh   env: CLIENTS (200), CHANGES (200), CALL_RATE (1000),
-#          STEP_SECS (10), EVENT_RATE (20 agent state changes/s while the desktops are held)
+#          STEP_SECS (10), EVENT_RATE (20 agent state changes/s while the desktops are held),
+#          CALLBACKS (200 call-backs written to the streams' group: create -> event, claims/s)
 #   output: target/desk-load/<timestamp>/{desk.txt,calls-alone,calls-with-desk}
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,6 +19,7 @@ LAB_SRC="${LAB_SRC:-$ROOT/../shared/lab}"
 [ -d "$LAB_SRC" ] || { echo "peer lab not found at $LAB_SRC" >&2; exit 1; }
 CLIENTS="${CLIENTS:-200}" CHANGES="${CHANGES:-200}" CALL_RATE="${CALL_RATE:-1000}"
 EVENT_RATE="${EVENT_RATE:-20}"
+CALLBACKS="${CALLBACKS:-200}"
 export STEP_SECS="${STEP_SECS:-10}"
 HTTP=127.0.0.1:8090
 
@@ -61,6 +64,8 @@ timeout 20 sipp 127.0.0.1:5070 -sf "$LAB/scenarios/register_auth.xml" -inf "$OUT
 
 echo "== desk: $CLIENTS streams, $CHANGES state changes"
 timeout 180 "$CLIENT_BIN" measure "http://$HTTP" "$PBX" "$CLIENTS" "$CHANGES" | tee "$OUT/desk.txt"
+echo "== call-back box: $CALLBACKS call-backs to the group of the $CLIENTS streams"
+timeout 180 "$CLIENT_BIN" callbacks "http://$HTTP" "$CLIENTS" "$CALLBACKS" | tee -a "$OUT/desk.txt"
 
 run_calls() {   # name
   REG_RATES="" CALL_RATES="$CALL_RATE" DIRECT_RATES="" SERVER_PIDS="$PBX" \

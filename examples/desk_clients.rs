@@ -7,6 +7,10 @@
 //!     (20 a second) and every stream times each presence event from the
 //!     request that caused it (p50/p99 over all streams); then the board
 //!     endpoint is fetched by 16 concurrent clients for 5 s (requests/s).
+//!   desk_clients callbacks BASE_URL N ITEMS
+//!     connects N streams (members of group `bench`), writes ITEMS call-backs
+//!     to the group (20 a second) and times each one's event on every stream
+//!     from its create request; then claims them all, 16 at a time (claims/s).
 //!   desk_clients hold BASE_URL N SECS RATE
 //!     connects N streams and reads events for SECS seconds (at most 600)
 //!     while one agent changes state RATE times a second, printing each
@@ -83,6 +87,139 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// One task per stream: the arrival times of the first `want` events that
+/// `wanted` picks (within a minute).
+fn readers(
+    clients: Vec<(String, Ws)>,
+    want: usize,
+    wanted: fn(&Value) -> bool,
+) -> Vec<tokio::task::JoinHandle<Vec<Instant>>> {
+    clients
+        .into_iter()
+        .map(|(_, mut ws)| {
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while mine.len() < want && Instant::now() < deadline {
+                    let Ok(Some(Ok(msg))) =
+                        tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+                    else {
+                        break;
+                    };
+                    let at = Instant::now();
+                    if let Message::Text(t) = msg {
+                        let e: Value = serde_json::from_str(&t).unwrap_or_default();
+                        if wanted(&e) {
+                            mine.push(at);
+                        }
+                    }
+                }
+                mine
+            })
+        })
+        .collect()
+}
+
+/// Prints p50/p99/max of (k-th arrival on each stream - k-th `sent`).
+async fn report(
+    from: &str,
+    n: usize,
+    readers: Vec<tokio::task::JoinHandle<Vec<Instant>>>,
+    sent: &[Instant],
+) -> Result<(), Failure> {
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut missing = 0;
+    for r in readers {
+        let mine = r.await?;
+        missing += sent.len().saturating_sub(mine.len());
+        latencies.extend(
+            mine.iter()
+                .zip(sent)
+                .map(|(a, s)| a.saturating_duration_since(*s)),
+        );
+    }
+    latencies.sort();
+    println!(
+        "event latency ({from} -> event received), {} events over {n} streams: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {missing}",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Call-backs to group `bench`: create → event on every stream, then claims/s
+/// on distinct items.
+async fn callbacks(base: &str, n: usize, items: usize) -> Result<(), Failure> {
+    let http = reqwest::Client::new();
+    let clients = streams(&http, base, n).await?;
+    let writer = clients
+        .first()
+        .map(|(t, _)| t.clone())
+        .ok_or("no clients")?;
+    let readers = readers(clients, items, |e| {
+        e["type"] == "callback" && e["callback"]["status"]["state"] == "open"
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut sent = Vec::with_capacity(items);
+    let mut ids = Vec::with_capacity(items);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for k in 0..items {
+        pace.tick().await;
+        let body = json!({ "customer": format!("555{k:04}"), "message": "please call back", "target": { "group": "bench" } });
+        sent.push(Instant::now());
+        let c: Value = http
+            .post(format!("{base}/api/v1/callbacks"))
+            .bearer_auth(&writer)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(c["id"].as_u64().ok_or("no id")?);
+    }
+    report("call-back create request sent", n, readers, &sent).await?;
+    // Claims of distinct items, 16 at a time.
+    let started = Instant::now();
+    let ids = Arc::new(Mutex::new(ids));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (http, base, token, ids) = (
+            http.clone(),
+            base.to_string(),
+            writer.clone(),
+            Arc::clone(&ids),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            loop {
+                let Some(id) = ids.lock().await.pop() else {
+                    break;
+                };
+                let r = http
+                    .post(format!("{base}/api/v1/callbacks/{id}/claim"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                ok += u64::from(r.is_ok_and(|r| r.status().is_success()));
+            }
+            ok
+        }));
+    }
+    let mut claimed = 0;
+    for w in workers {
+        claimed += w.await?;
+    }
+    println!(
+        "claims: {claimed} of {items} distinct items in {:.2} s: {:.0} claims/s (16 concurrent clients)",
+        started.elapsed().as_secs_f64(),
+        claimed as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn measure(base: &str, pid: &str, n: usize, changes: usize) -> Result<(), Failure> {
     let http = reqwest::Client::new();
     let before = rss_kb(pid);
@@ -98,30 +235,9 @@ async fn measure(base: &str, pid: &str, n: usize, changes: usize) -> Result<(), 
         .map(|(t, _)| t.clone())
         .ok_or("no clients")?;
     // Every stream notes when each presence event of user1000 arrives.
-    let arrivals: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::new(Mutex::new(vec![Vec::new(); n]));
-    let mut readers = Vec::new();
-    for (i, (_, mut ws)) in clients.into_iter().enumerate() {
-        let arrivals = Arc::clone(&arrivals);
-        readers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while mine.len() < changes && Instant::now() < deadline {
-                let Ok(Some(Ok(msg))) =
-                    tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-                else {
-                    break;
-                };
-                let at = Instant::now();
-                if let Message::Text(t) = msg {
-                    let e: Value = serde_json::from_str(&t).unwrap_or_default();
-                    if e["type"] == "presence" && e["extension"] == "user1000" {
-                        mine.push(at);
-                    }
-                }
-            }
-            arrivals.lock().await[i] = mine;
-        }));
-    }
+    let readers = readers(clients, changes, |e| {
+        e["type"] == "presence" && e["extension"] == "user1000"
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut sent = Vec::with_capacity(changes);
     let mut pace = tokio::time::interval(Duration::from_millis(50));
@@ -136,28 +252,7 @@ async fn measure(base: &str, pid: &str, n: usize, changes: usize) -> Result<(), 
             .await?
             .error_for_status()?;
     }
-    for r in readers {
-        r.await?;
-    }
-    let arrivals = arrivals.lock().await;
-    let mut latencies: Vec<Duration> = Vec::new();
-    let mut missing = 0;
-    for mine in arrivals.iter() {
-        missing += changes.saturating_sub(mine.len());
-        latencies.extend(
-            mine.iter()
-                .zip(&sent)
-                .map(|(a, s)| a.saturating_duration_since(*s)),
-        );
-    }
-    latencies.sort();
-    println!(
-        "event latency (state change request sent -> event received), {} events over {n} streams: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {missing}",
-        latencies.len(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
+    report("state change request sent", n, readers, &sent).await?;
 
     // The board, fetched by 16 clients at once for 5 s.
     let done = Instant::now() + Duration::from_secs(5);
@@ -262,6 +357,7 @@ async fn main() -> Result<(), Failure> {
             )
             .await
         }
-        _ => Err("usage: desk_clients measure BASE PID N CHANGES | hold BASE N SECS RATE".into()),
+        "callbacks" => callbacks(arg(2)?, arg(3)?.parse()?, arg(4)?.parse()?).await,
+        _ => Err("usage: desk_clients measure BASE PID N CHANGES | hold BASE N SECS RATE | callbacks BASE N ITEMS".into()),
     }
 }
