@@ -558,19 +558,11 @@ async fn customer_call(d: &Desk, number: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_record() {
     let d = desk(QUEUE).await;
-    let phone_port = free_port();
-    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let phone = agent_phone(&d, "2").await;
     let agent = d.token("user1000", "pw1000").await;
     let colleague = d.token("user1001", "pw1001").await;
     let mut ws = d.stream(&agent, None).await;
     let mut other = d.stream(&colleague, None).await;
-    let phone = common::sipp_scenario(
-        d.sip,
-        d.dir.path(),
-        phone_port,
-        "uas_answer.xml",
-        &["-m", "2"],
-    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A first call: the pop knows the number but no history yet.
@@ -754,16 +746,8 @@ async fn my_calls_dispositions_and_unknown_records_are_answered() {
 async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
     use tokio::io::AsyncBufReadExt;
     let d = desk(QUEUE).await;
-    let phone_port = free_port();
-    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
+    let phone = agent_phone(&d, "2").await;
     let agent = d.token("user1000", "pw1000").await;
-    let phone = common::sipp_scenario(
-        d.sip,
-        d.dir.path(),
-        phone_port,
-        "uas_answer.xml",
-        &["-m", "2"],
-    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // An earlier call, and what the agent wrote about it (over the API).
     customer_call(&d, "5559002").await;
@@ -922,15 +906,7 @@ async fn queue_statistics_count_waiting_abandoned_and_answered_callers_live_on_t
         }
     });
     until_line(&mut lines, "WAITING").await;
-    let phone_port = free_port();
-    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
-    let phone = common::sipp_scenario(
-        d.sip,
-        d.dir.path(),
-        phone_port,
-        "uas_answer.xml",
-        &["-m", "1"],
-    );
+    let phone = agent_phone(&d, "1").await;
     let rest = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     browser_passed(child, &artifacts).await;
     let _ = rest.await;
@@ -1105,21 +1081,31 @@ async fn click_to_call_rings_my_phone_plays_ringback_while_the_target_rings_then
     assert_eq!(d.pbx.media_ports_in_use(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_stream_everything_to_supervisors_and_their_own_to_agents_while_running() {
-    let d = desk(QUEUE).await;
+/// user1000's phone: registered now, then SIPp answering `calls` calls.
+async fn agent_phone(d: &Desk, calls: &str) -> tokio::task::JoinHandle<std::process::Output> {
     let phone_port = free_port();
     register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
-    let phone = common::sipp_scenario(
+    common::sipp_scenario(
         d.sip,
         d.dir.path(),
         phone_port,
         "uas_answer.xml",
-        &["-m", "1"],
-    );
+        &["-m", calls],
+    )
+}
+
+/// `number` calls queue 500 and user1000's phone (SIPp, registered now) answers.
+async fn answered_queue_call(d: &Desk, number: &str) {
+    let phone = agent_phone(d, "1").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    customer_call(&d, "5559003").await;
+    customer_call(d, number).await;
     assert!(phone.await.expect("join").status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stream_everything_to_supervisors_and_their_own_to_agents_while_running() {
+    let d = desk(QUEUE).await;
+    answered_queue_call(&d, "5559003").await;
     let (boss, agent, colleague) = (
         d.token("boss", "pwboss").await,
         d.token("user1000", "pw1000").await,
@@ -1233,18 +1219,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 async fn metrics_show_registrations_calls_latency_queues_and_agents_to_supervisors_and_the_token() {
     let token = "prometheus-scrape-token-1";
     let d = desk(&format!("{QUEUE}[http]\nmetrics_token = \"{token}\"\n")).await;
-    let phone_port = free_port();
-    register_phone(d.sip, d.dir.path(), phone_port, "user1000", "pw1000").await;
-    let phone = common::sipp_scenario(
-        d.sip,
-        d.dir.path(),
-        phone_port,
-        "uas_answer.xml",
-        &["-m", "1"],
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    customer_call(&d, "5559004").await;
-    assert!(phone.await.expect("join").status.success());
+    answered_queue_call(&d, "5559004").await;
     let (boss, agent) = (
         d.token("boss", "pwboss").await,
         d.token("user1000", "pw1000").await,
