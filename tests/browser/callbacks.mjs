@@ -17,8 +17,8 @@ try {
 
   // A writes it (keyboard and labels only).
   await a.getByText("Write a call-back").click();
-  await a.getByLabel("Customer's number").fill("5559100");
-  await a.getByLabel("Customer's name", { exact: true }).last().fill("Aiko Mori");
+  await a.getByLabel("Number to call back").fill("5559100");
+  await a.getByLabel("Whom to call back (name)").fill("Aiko Mori");
   await a.getByLabel("Message").fill("wants a quote for ten phones");
   await a.getByLabel("For", { exact: true }).selectOption(`group:${group}`);
   await a.getByRole("button", { name: "Save call-back" }).click();
