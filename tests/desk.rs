@@ -8,6 +8,7 @@ use common::{browser_passed, browser_script, embedded_pbx, free_port, register_p
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sipdesk::media::prompt::share_of;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
@@ -94,6 +95,25 @@ impl Desk {
         );
         let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
         ws
+    }
+    /// A customer's first record, once the PBX has written it (with the
+    /// group commit after the call); `Null` if it never comes.
+    async fn first_record(&self, token: &str, number: &str) -> Value {
+        for _ in 0..100 {
+            let list: Value = self
+                .get(&format!("/api/v1/customers/{number}/history"), token)
+                .send()
+                .await
+                .expect("history")
+                .json()
+                .await
+                .expect("json");
+            if let Some(r) = list.as_array().and_then(|l| l.first()) {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Value::Null
     }
     /// Waits until the event log has reached `seq` (the pump is asynchronous).
     async fn until_seq(&self, token: &str, seq: u64) {
@@ -585,22 +605,7 @@ async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_r
     assert_eq!(ended["phase"], "ended");
 
     // The PBX opened the record of the answered call; the agent writes it.
-    let mut record = Value::Null;
-    for _ in 0..100 {
-        let list: Value = d
-            .get("/api/v1/customers/5559001/history", &agent)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        if let Some(r) = list.as_array().and_then(|l| l.first()) {
-            record = r.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let record = d.first_record(&agent, "5559001").await;
     assert_eq!(
         (record["agent"].as_str(), record["outcome"].as_str()),
         (Some("user1000"), Some("answered")),
@@ -751,22 +756,7 @@ async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // An earlier call, and what the agent wrote about it (over the API).
     customer_call(&d, "5559002").await;
-    let mut first = Value::Null;
-    for _ in 0..100 {
-        let list: Value = d
-            .get("/api/v1/customers/5559002/history", &agent)
-            .send()
-            .await
-            .expect("h")
-            .json()
-            .await
-            .expect("json");
-        if let Some(r) = list.as_array().and_then(|l| l.first()) {
-            first = r.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first = d.first_record(&agent, "5559002").await;
     let id = first["id"].as_u64().expect("the first call's record");
     let r = d
         .http
@@ -925,21 +915,6 @@ async fn queue_statistics_count_waiting_abandoned_and_answered_callers_live_on_t
         end["average_talk_ms"].as_u64().is_some_and(|t| t > 0),
         "{end}"
     );
-}
-
-/// The power of `freq` in `samples` (Goertzel) as a share of the signal's.
-fn share_of(samples: &[i16], freq: f32) -> f32 {
-    let k = 2.0 * (std::f32::consts::TAU * freq / 8000.0).cos();
-    let (mut s1, mut s2, mut total) = (0.0f32, 0.0f32, 0.0f32);
-    for &x in samples {
-        let x = f32::from(x) / 32768.0;
-        let s0 = x + k * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-        total += x * x;
-    }
-    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-    power / (total * samples.len() as f32 / 2.0).max(f32::MIN_POSITIVE)
 }
 
 /// A PCMU RTP packet carrying 160 bytes of `fill`.

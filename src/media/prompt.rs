@@ -256,6 +256,22 @@ fn synth(notes: &[(f32, f32, f32)]) -> Vec<i16> {
     out
 }
 
+/// How much of the power of `samples` (8 kHz linear) lies at `freq`, from 0
+/// to 1 (the Goertzel filter): tone checks and, later, in-band tone detection.
+pub fn share_of(samples: &[i16], freq: f32) -> f32 {
+    let k = 2.0 * (TAU * freq / 8000.0).cos();
+    let (mut s1, mut s2, mut total) = (0.0f32, 0.0f32, 0.0f32);
+    for &x in samples {
+        let x = f32::from(x) / 32768.0;
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+        total += x * x;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    power / (total * samples.len() as f32 / 2.0).max(f32::MIN_POSITIVE)
+}
+
 /// ITU-T G.711 mu-law (the classic Sun reference algorithm).
 pub fn linear_to_ulaw(sample: i16) -> u8 {
     const BIAS: i32 = 0x84;
@@ -314,21 +330,6 @@ pub fn alaw_to_linear(a: u8) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The power of `freq` in `samples` (Goertzel), relative to the signal's.
-    fn share_of(samples: &[i16], freq: f32) -> f32 {
-        let k = 2.0 * (TAU * freq / 8000.0).cos();
-        let (mut s1, mut s2, mut total) = (0.0f32, 0.0f32, 0.0f32);
-        for &x in samples {
-            let x = f32::from(x) / 32768.0;
-            let s0 = x + k * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-            total += x * x;
-        }
-        let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-        power / (total * samples.len() as f32 / 2.0).max(f32::MIN_POSITIVE)
-    }
 
     #[test]
     fn ringback_tones_follow_their_zones_frequencies_and_cadence() {
