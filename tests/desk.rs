@@ -96,18 +96,23 @@ impl Desk {
         let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
         ws
     }
+    /// GET `path` as `token`: the JSON body.
+    async fn json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
     /// A customer's first record, once the PBX has written it (with the
     /// group commit after the call); `Null` if it never comes.
     async fn first_record(&self, token: &str, number: &str) -> Value {
         for _ in 0..100 {
-            let list: Value = self
-                .get(&format!("/api/v1/customers/{number}/history"), token)
-                .send()
-                .await
-                .expect("history")
-                .json()
-                .await
-                .expect("json");
+            let list = self
+                .json(&format!("/api/v1/customers/{number}/history"), token)
+                .await;
             if let Some(r) = list.as_array().and_then(|l| l.first()) {
                 return r.clone();
             }
@@ -671,14 +676,7 @@ async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_r
         assert_eq!(found[0]["number"], "5559001", "{q}: {found}");
         assert_eq!(found[0]["name"], "Ms Tanaka", "{q}: {found}");
     }
-    let none: Value = d
-        .get("/api/v1/customers?q=suzuki", &agent)
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
+    let none: Value = d.json("/api/v1/customers?q=suzuki", &agent).await;
     assert_eq!(none, json!([]));
     let (status, body) = error_of(
         d.get("/api/v1/customers?q=x", &agent)
@@ -712,23 +710,9 @@ async fn a_queue_call_pops_up_with_the_callers_history_and_the_agent_saves_its_r
 async fn my_calls_dispositions_and_unknown_records_are_answered() {
     let d = desk("").await;
     let agent = d.token("user1000", "pw1000").await;
-    let calls: Value = d
-        .get("/api/v1/me/calls", &agent)
-        .send()
-        .await
-        .expect("calls")
-        .json()
-        .await
-        .expect("json");
+    let calls: Value = d.json("/api/v1/me/calls", &agent).await;
     assert_eq!(calls, json!([]));
-    let dispositions: Value = d
-        .get("/api/v1/dispositions", &agent)
-        .send()
-        .await
-        .expect("d")
-        .json()
-        .await
-        .expect("json");
+    let dispositions: Value = d.json("/api/v1/dispositions", &agent).await;
     assert!(dispositions
         .as_array()
         .is_some_and(|l| l.iter().any(|v| v == "resolved")));
@@ -787,14 +771,7 @@ async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
     let _ = rest.await;
     assert!(phone.await.expect("join").status.success());
 
-    let list: Value = d
-        .get("/api/v1/customers/5559002/history", &agent)
-        .send()
-        .await
-        .expect("h")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = d.json("/api/v1/customers/5559002/history", &agent).await;
     let today = &list[1];
     assert_eq!(
         (today["notes"].as_str(), today["outcome"].as_str()),
@@ -824,14 +801,7 @@ async fn queue_statistics_count_waiting_abandoned_and_answered_callers_live_on_t
     let d = desk(QUEUE).await;
     let boss = d.token("boss", "pwboss").await;
     let stats = || async {
-        let v: Value = d
-            .get("/api/v1/queues", &boss)
-            .send()
-            .await
-            .expect("q")
-            .json()
-            .await
-            .expect("json");
+        let v: Value = d.json("/api/v1/queues", &boss).await;
         v[0].clone()
     };
     let fresh = stats().await;
@@ -1300,22 +1270,10 @@ async fn an_agent_opens_a_record_for_a_call_the_pbx_opened_none_for_once_per_cal
     .expect("post");
     assert_eq!(r.status(), StatusCode::CREATED);
     let history: Value = d
-        .get("/api/v1/customers/+81455550100/history", &agent)
-        .send()
-        .await
-        .expect("history")
-        .json()
-        .await
-        .expect("json");
+        .json("/api/v1/customers/+81455550100/history", &agent)
+        .await;
     assert_eq!(history.as_array().map(Vec::len), Some(3), "{history}");
-    let found: Value = d
-        .get("/api/v1/customers?q=ito", &agent)
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
+    let found: Value = d.json("/api/v1/customers?q=ito", &agent).await;
     assert_eq!(found[0]["records"], 3, "{found}");
     for (number, body, field) in [
         (

@@ -2,7 +2,7 @@
 //! SIP text out, no sockets. Each test plays the phones' side by hand.
 
 use crate::routing::{Directory, Group, GroupId, Overflow, Queue};
-use crate::sip::{Remote, StatusCode};
+use crate::sip::{CallId, Remote, StatusCode};
 use crate::testkit::{Harness, Setup};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -479,8 +479,9 @@ fn a_queue_offer_that_is_not_answered_in_time_moves_to_the_next_agent() {
     assert!(lab.idle());
 }
 
-#[test]
-fn an_originated_call_rings_a_first_then_connects_b() {
+/// 201 places a call to 202 (both registered): the lab, the call's key and
+/// what was sent first.
+fn originated() -> (Lab, CallId, Vec<String>) {
     let mut lab = Lab::two_phones(&[PHONE_B]);
     lab.h.bind("201", PHONE_A);
     let key = lab
@@ -489,6 +490,12 @@ fn an_originated_call_rings_a_first_then_connects_b() {
         .originate(lab.now, "201", "202")
         .expect("placed");
     let out = lab.out();
+    (lab, key, out)
+}
+
+#[test]
+fn an_originated_call_rings_a_first_then_connects_b() {
+    let (mut lab, key, out) = originated();
     let a = one(&out, "INVITE sip:201@").clone();
     assert_eq!(header(&a, "Call-ID"), key.to_string());
     assert!(
@@ -535,14 +542,7 @@ fn an_originated_call_rings_a_first_then_connects_b() {
 
 #[test]
 fn an_originated_call_passes_bs_early_media_to_a_instead_of_the_ringback() {
-    let mut lab = Lab::two_phones(&[PHONE_B]);
-    lab.h.bind("201", PHONE_A);
-    let key = lab
-        .h
-        .shard
-        .originate(lab.now, "201", "202")
-        .expect("placed");
-    let out = lab.out();
+    let (mut lab, key, out) = originated();
     let a = one(&out, "INVITE sip:201@").clone();
     let out = lab.input(response(&a, 200, "a", SDP, ""), PHONE_A);
     let b = one(&out, "INVITE sip:202@").clone();

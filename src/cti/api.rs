@@ -274,11 +274,15 @@ impl Caller {
     }
 }
 
-fn token_of(headers: &HeaderMap) -> Option<Token> {
-    let bearer = headers
+/// The `Authorization: Bearer` credential, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn token_of(headers: &HeaderMap) -> Option<Token> {
     let cookie = || {
         headers
             .get_all(COOKIE)
@@ -287,7 +291,9 @@ fn token_of(headers: &HeaderMap) -> Option<Token> {
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
     };
-    bearer.or_else(cookie).and_then(|t| Token::parse(t.trim()))
+    bearer(headers)
+        .or_else(cookie)
+        .and_then(|t| Token::parse(t.trim()))
 }
 
 impl FromRequestParts<Arc<Desk>> for Caller {
@@ -975,11 +981,7 @@ async fn metrics(
     headers: HeaderMap,
     caller: Result<Caller, ApiError>,
 ) -> Result<Response, ApiError> {
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let by_token = match (&desk.config.metrics_token, bearer) {
+    let by_token = match (&desk.config.metrics_token, bearer(&headers)) {
         (Some(want), Some(given)) => bool::from(want.as_bytes().ct_eq(given.trim().as_bytes())),
         _ => false,
     };

@@ -129,13 +129,17 @@ impl Desk {
         }
     }
 
+    /// A call-back as stored (done ones live only there).
+    fn stored_callback(
+        &self,
+        id: CallbackId,
+    ) -> Result<Option<Callback>, crate::store::StoreError> {
+        self.store.get::<Callback>(&id.0.to_be_bytes())
+    }
+
     /// An item that is not open: done (409 when I may see it) or unknown.
     fn not_open(&self, caller: &Caller, id: CallbackId) -> ApiError {
-        let stored = self
-            .store
-            .get::<Callback>(&id.0.to_be_bytes())
-            .ok()
-            .flatten();
+        let stored = self.stored_callback(id).ok().flatten();
         match stored {
             Some(c) if c.is_done() && self.sees(caller, &c) => CallbackError::Done(id.0).into(),
             _ => CallbackError::NotFound(id.0).into(),
@@ -263,8 +267,7 @@ pub async fn create(
             let c = match open {
                 Some(c) => c,
                 None => desk
-                    .store
-                    .get::<Callback>(&first.0.to_be_bytes())?
+                    .stored_callback(first)?
                     .ok_or_else(|| ApiError::NotFound(format!("no call-back {}", first.0)))?,
             };
             Ok((StatusCode::OK, Json(c)))
@@ -351,8 +354,7 @@ pub async fn reopen(
 ) -> Result<Json<Callback>, ApiError> {
     let id = CallbackId(id);
     let stored = desk
-        .store
-        .get::<Callback>(&id.0.to_be_bytes())?
+        .stored_callback(id)?
         .filter(|c| desk.sees(&caller, c))
         .ok_or_else(|| ApiError::from(CallbackError::NotFound(id.0)))?;
     if !stored.is_done() {

@@ -488,6 +488,12 @@ impl crate::cti::Commands for DeskCommands {
     fn queue_stats(&self, now: UnixMillis) -> Vec<crate::routing::stats::QueueStats> {
         self.env.routing.stats(now)
     }
+    fn calls_started(&self) -> u64 {
+        self.env
+            .stats
+            .calls_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
     fn figures(&self, now: UnixMillis) -> crate::cti::metrics::PbxFigures {
         let stats = &self.env.stats;
         use std::sync::atomic::Ordering::Relaxed;
@@ -495,7 +501,7 @@ impl crate::cti::Commands for DeskCommands {
         crate::cti::metrics::PbxFigures {
             registrations: self.env.registrar.count(now) as u64,
             live_calls: stats.live_calls.load(Relaxed),
-            calls_started: read(&stats.calls_started),
+            calls_started: self.calls_started(),
             sip_received: read(&stats.received),
             sip_malformed: read(&stats.dropped_malformed),
             sip_shed: read(&stats.shed),
