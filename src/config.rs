@@ -197,6 +197,11 @@ pub struct UserConfig {
     /// On the desk: `agent` (acts as themself) or `supervisor` (sees all).
     #[serde(default)]
     pub role: DeskRole,
+    /// The phone gets its message lamp by NOTIFY without subscribing to
+    /// `message-summary` (as some phones expect): on every change and when it
+    /// registers.
+    #[serde(default)]
+    pub unsolicited_mwi: bool,
 }
 
 /// A user's role on the desk.
@@ -773,6 +778,15 @@ impl Config {
     }
 
     /// The desk's supervisors: users with `role = "supervisor"`, and the demo's.
+    /// The users whose phones get unsolicited message-summary NOTIFYs.
+    pub fn unsolicited_mwi(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .filter(|u| u.unsolicited_mwi)
+            .map(|u| u.extension.get_ref().clone())
+            .collect()
+    }
+
     pub fn supervisors(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .users

@@ -18,7 +18,8 @@
 //!              │  read
 //!              ▼
 //!  kinds     tu/ (Env, Cx, Effect, typed timer keys) · clock (UnixMillis)
-//!  state     presence/ (one map, change stream) · routing/ (dialplan + ACD,
+//!  state     presence/ (one map, change stream) · mwi/ (message lamps) ·
+//!            callbacks/ (the call-back box, sans-IO) · routing/ (dialplan + ACD,
 //!            pure) · history/ (caller index) · users · media/ (behind
 //!            MediaEngine) · store/ (generic sled trees) · transport/
 //!  core      sip/ (sans-IO: parser, builder, transactions, digest, SDP, CallId,
@@ -51,6 +52,7 @@ mod cti;
 pub mod history;
 #[doc(hidden)]
 pub mod media;
+mod mwi;
 mod pbx;
 pub mod presence;
 mod registrar;

@@ -202,6 +202,7 @@ impl Harness {
         let env = Arc::new(Env {
             presence: crate::presence::Presence::new(setup.users.iter().copied(), UnixMillis(0)),
             users,
+            mwi: crate::mwi::Mwi::new(["201".to_string()]),
             registrar: Registrar::direct(store, policy, wall0).expect("registrar"),
             auth: DigestAuthority::new(
                 REALM,

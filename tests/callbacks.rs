@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{config_with, embedded_pbx, free_port, users, Server};
+use common::{
+    config_with, embedded_pbx, free_port, injection_file, register_phone, sipp_scenario, users,
+    Server,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -195,6 +198,97 @@ async fn a_thousand_concurrent_creates_list_in_creation_order_also_after_a_resta
         ids(&api.list(&boss).await),
         order,
         "the same order after a restart"
+    );
+    pbx.shutdown().await.expect("stop");
+}
+
+/// SIPp's errors, when it failed.
+fn sipp_errors(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_message_lamps_light_for_a_group_call_back_and_go_out_when_it_is_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // user1000's phone subscribes to its message-summary; user1009's phone
+    // expects it unsolicited.
+    let groups = GROUPS.replace(
+        "{ extension = \"user1002\" }]",
+        "{ extension = \"user1002\" }, { extension = \"user1009\" }]",
+    );
+    let extra = format!("{groups}[[users]]\nextension = \"user1009\"\npassword = \"pw1009\"\nunsolicited_mwi = true\n");
+    let (pbx, target) = embedded_pbx(dir.path(), &users(5), &extra).await;
+    let api = Api::new(format!("http://{}", pbx.http_addr()));
+    let rows = ["user1000;pw1000".to_string()];
+    let inf = injection_file(dir.path(), "user1000.csv", &rows)
+        .display()
+        .to_string();
+    let subscriber = sipp_scenario(
+        target,
+        dir.path(),
+        free_port(),
+        "subscribe_mwi.xml",
+        &["-inf", &inf, "-m", "1"],
+    );
+    // user1009's phone registers, then takes NOTIFYs on the same port: its
+    // lamp 2 s after registering, then every change.
+    let port = free_port();
+    register_phone(target, dir.path(), port, "user1009", "pw1009").await;
+    let phone = sipp_scenario(
+        target,
+        dir.path(),
+        port,
+        "uas_mwi.xml",
+        &["-m", "3", "-trace_logs"],
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let writer = api.token("user1003").await;
+    let (status, item) = api
+        .write(&writer, json!({ "group": "support" }), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{item}");
+    let id = item["id"].as_u64().expect("id");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let member = api.token("user1000").await;
+    let (status, _) = api
+        .post(&member, &format!("/api/v1/callbacks/{id}/claim"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let close = json!({ "outcome": "succeeded" });
+    let (status, _) = api
+        .post(&member, &format!("/api/v1/callbacks/{id}/close"), close)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for (what, sipp) in [
+        ("the subscriber", subscriber),
+        ("the unsolicited phone", phone),
+    ] {
+        let out = sipp.await.expect("join");
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sipp_errors(dir.path())
+        );
+    }
+    let logged: String = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("uas_mwi_"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_logs.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let lamps: Vec<&str> = logged.lines().filter(|l| l.contains("lamp")).collect();
+    assert_eq!(
+        lamps,
+        ["lamp no", "lamp yes", "lamp no"],
+        "the unsolicited lamp: {logged}"
     );
     pbx.shutdown().await.expect("stop");
 }

@@ -95,6 +95,8 @@ fn modules_below_the_shard_never_import_the_shard_runtime_or_transport() {
         "registrar",
         "routing",
         "presence",
+        "mwi",
+        "callbacks",
         "tu",
         "media",
         "store",
@@ -108,7 +110,7 @@ fn modules_below_the_shard_never_import_the_shard_runtime_or_transport() {
             );
         }
     }
-    for pure in ["routing", "presence"] {
+    for pure in ["routing", "presence", "mwi", "callbacks"] {
         for above in ["calls", "blf", "registrar", "tu", "shard", "pbx"] {
             assert!(!reaches(&arrows, pure, above), "{pure} reaches {above}");
         }

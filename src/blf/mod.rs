@@ -1,8 +1,12 @@
 //! BLF: subscriptions to an extension's state (RFC 6665) for the lamps of desk
-//! phones, in two event packages: `dialog` (RFC 4235: the extension's calls,
-//! trying → early → confirmed → terminated) and `presence` (PIDF, RFC 3863, with
-//! the board's state as an RPID activity and a note). Every change in the
-//! presence map sends a NOTIFY with the full state.
+//! phones, in three event packages: `dialog` (RFC 4235: the extension's calls,
+//! trying → early → confirmed → terminated), `presence` (PIDF, RFC 3863, with
+//! the board's state as an RPID activity and a note) and `message-summary`
+//! (RFC 3842: the message lamp, from [`crate::mwi`]; only the extension's own
+//! user may subscribe to it). Every change in the presence map or the message
+//! counts sends a NOTIFY with the full state. Phones configured for it get
+//! their message lamp by unsolicited NOTIFY to every registered contact, on
+//! each change and when they register.
 //!
 //! A transaction user of its own: a subscription is a dialog of the shard that
 //! received its SUBSCRIBE, and the module acts only through its [`Cx`]. At most
@@ -11,9 +15,10 @@
 //! subscription whose NOTIFY fails (481, a timeout, any error) or that runs out
 //! without a refresh is removed.
 
-use crate::presence::{Change, DialogFact, Direction, Presence, State};
+use crate::mwi::Summary;
+use crate::presence::{Change, DialogFact, Direction, State};
 use crate::sip::auth::Verdict;
-use crate::sip::message::{parse, HeaderName, Message, Method};
+use crate::sip::message::{build::random_tag, parse, Builder, HeaderName, Message, Method};
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
 use crate::tu::ReqId;
@@ -25,12 +30,22 @@ use std::time::{Duration, Instant};
 /// The context of a BLF input.
 pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
 
-/// A subscription's expiry timer, by the subscription's Call-ID.
+/// The module's timers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timer(pub CallId);
+pub enum Timer {
+    /// A subscription's expiry, by the subscription's Call-ID.
+    Expiry(CallId),
+    /// An extension's phones get their lamp unsolicited (after registering:
+    /// once the REGISTER has its answer).
+    Lamp(String),
+}
+
+/// How long after a registration its phone gets the unsolicited lamp: after
+/// the REGISTER's answer (held until durable), once a booting phone listens.
+const LAMP_AFTER_REGISTER: Duration = Duration::from_secs(2);
 
 /// The event packages we notify.
-pub const ALLOW_EVENTS: &str = "dialog, presence";
+pub const ALLOW_EVENTS: &str = "dialog, presence, message-summary";
 
 /// Most subscriptions one shard keeps (a phone with 100 BLF keys holds 100); new
 /// ones beyond get 503, so a misbehaving client cannot grow memory unbounded.
@@ -44,6 +59,7 @@ const MAX_EXPIRES: u32 = 3600;
 enum Package {
     Dialog,
     Presence,
+    MessageSummary,
 }
 
 impl Package {
@@ -53,6 +69,8 @@ impl Package {
             Some(Package::Dialog)
         } else if name.eq_ignore_ascii_case(b"presence") {
             Some(Package::Presence)
+        } else if name.eq_ignore_ascii_case(b"message-summary") {
+            Some(Package::MessageSummary)
         } else {
             None
         }
@@ -62,6 +80,7 @@ impl Package {
         match self {
             Package::Dialog => "dialog",
             Package::Presence => "presence",
+            Package::MessageSummary => "message-summary",
         }
     }
 
@@ -69,6 +88,7 @@ impl Package {
         match self {
             Package::Dialog => "application/dialog-info+xml",
             Package::Presence => "application/pidf+xml",
+            Package::MessageSummary => "application/simple-message-summary",
         }
     }
 }
@@ -78,6 +98,7 @@ impl Package {
 struct Snapshot {
     state: State,
     dialogs: Arc<[DialogFact]>,
+    messages: Summary,
 }
 
 /// One subscription (a dialog of ours, we are the notifier).
@@ -96,8 +117,9 @@ struct Subscription {
     pending: Option<Snapshot>,
     /// The dialogs of the last NOTIFY: one that vanished is reported terminated.
     reported: Vec<DialogFact>,
-    /// The state of the last NOTIFY.
+    /// The state and the messages of the last NOTIFY.
     reported_state: Option<State>,
+    reported_messages: Option<Summary>,
     /// The subscription ends once this NOTIFY is sent (expiry, unsubscribe).
     terminating: bool,
     timer_at: Option<Instant>,
@@ -114,11 +136,15 @@ pub struct Blf {
     notifies: HashMap<ReqId, CallId>,
 }
 
-/// The extension's state and calls now, from the presence map.
-fn snapshot(presence: &Presence, extension: &str) -> Snapshot {
+/// The extension's state, calls and messages now.
+fn snapshot(env: &crate::tu::Env, extension: &str) -> Snapshot {
     Snapshot {
-        state: presence.state(extension).map_or(State::Offline, |s| s.0),
-        dialogs: presence.dialogs(extension),
+        state: env
+            .presence
+            .state(extension)
+            .map_or(State::Offline, |s| s.0),
+        dialogs: env.presence.dialogs(extension),
+        messages: env.mwi.summary(extension),
     }
 }
 
@@ -261,6 +287,13 @@ impl Blf {
             .auth
             .verify(cx.now, b"SUBSCRIBE", credentials, |u| env.users.ha1(u))
         {
+            // Anyone may watch a colleague's lamps; only I see my messages.
+            Verdict::Authenticated(user)
+                if package == Package::MessageSummary && user != extension =>
+            {
+                tracing::info!(%user, %extension, "message-summary of another user refused");
+                return cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
+            }
             Verdict::Authenticated(_) => {}
             Verdict::Challenge { stale } => {
                 let mut b = cx.response(req, remote, StatusCode::UNAUTHORIZED);
@@ -289,9 +322,10 @@ impl Blf {
             expires_at: subscription_end(cx, expires),
             version: 0,
             in_flight: None,
-            pending: Some(snapshot(&env.presence, &extension)),
+            pending: Some(snapshot(env, &extension)),
             reported: Vec::new(),
             reported_state: None,
+            reported_messages: None,
             terminating: expires == 0,
             timer_at: None,
         };
@@ -324,7 +358,7 @@ impl Blf {
         };
         sub.expires_at = end;
         sub.terminating = expires == 0;
-        sub.pending = Some(snapshot(&cx.env.presence, &sub.extension));
+        sub.pending = Some(snapshot(cx.env, &sub.extension));
         let mut b = cx.response(req, remote, StatusCode::OK);
         b.header("Expires", expires.to_string())
             .header("Contact", format!("<sip:{}>", cx.hostport(remote)));
@@ -361,9 +395,11 @@ impl Blf {
                 )
             }
             Package::Presence => pidf(&sub.entity, snap.state),
+            Package::MessageSummary => snap.messages.body(&sub.entity),
         };
         sub.reported = snap.dialogs.to_vec();
         sub.reported_state = Some(snap.state);
+        sub.reported_messages = Some(snap.messages);
         let remaining = sub.expires_at.saturating_duration_since(cx.now).as_secs();
         let state = if sub.terminating || remaining == 0 {
             "terminated;reason=timeout".to_string()
@@ -434,13 +470,27 @@ impl Blf {
             return;
         }
         sub.timer_at = Some(sub.expires_at);
-        cx.timer(sub.expires_at, Timer(key.clone()));
+        cx.timer(sub.expires_at, Timer::Expiry(key.clone()));
+    }
+
+    /// `extension` registered a phone: it gets its lamp shortly.
+    pub fn on_registered(&mut self, cx: &mut Cx<'_>, extension: &str) {
+        cx.timer(
+            cx.now + LAMP_AFTER_REGISTER,
+            Timer::Lamp(extension.to_string()),
+        );
+    }
+
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>, key: &Timer, at: Instant) {
+        match key {
+            Timer::Expiry(call_id) => self.expired(cx, call_id, at),
+            Timer::Lamp(extension) => self.notify_unsolicited(cx, extension),
+        }
     }
 
     /// A subscription's expiry timer fired: unless refreshed since, a last NOTIFY
     /// (terminated) and it is gone.
-    pub fn on_timer(&mut self, cx: &mut Cx<'_>, key: &Timer, at: Instant) {
-        let key = &key.0;
+    fn expired(&mut self, cx: &mut Cx<'_>, key: &CallId, at: Instant) {
         let last_call = subscription_end(cx, 0);
         let Some(sub) = self.subscriptions.get_mut(key) else {
             return;
@@ -458,7 +508,7 @@ impl Blf {
         }
         sub.terminating = true;
         sub.expires_at = last_call;
-        sub.pending = Some(snapshot(&cx.env.presence, &sub.extension));
+        sub.pending = Some(snapshot(cx.env, &sub.extension));
         self.notify(cx, key);
     }
 
@@ -469,15 +519,68 @@ impl Blf {
         };
         for key in keys {
             if let Some(sub) = self.subscriptions.get_mut(&key) {
-                if sub.terminating {
+                if sub.terminating || sub.package == Package::MessageSummary {
                     continue;
                 }
                 sub.pending = Some(Snapshot {
                     state: change.state,
                     dialogs: Arc::clone(&change.dialogs),
+                    messages: cx.env.mwi.summary(&change.extension),
                 });
                 self.notify(cx, &key);
             }
+        }
+    }
+
+    /// `extension`'s message counts changed: its message-summary subscribers
+    /// are notified.
+    pub fn on_messages_change(&mut self, cx: &mut Cx<'_>, extension: &str) {
+        let Some(keys) = self.by_extension.get(extension).cloned() else {
+            return;
+        };
+        for key in keys {
+            if let Some(sub) = self.subscriptions.get_mut(&key) {
+                if !sub.terminating && sub.package == Package::MessageSummary {
+                    sub.pending = Some(snapshot(cx.env, extension));
+                    self.notify(cx, &key);
+                }
+            }
+        }
+    }
+
+    /// An unsolicited message-summary NOTIFY (outside any dialog, as phones
+    /// configured for it expect) to every registered contact of `extension`.
+    /// Their answers are not waited for: the next change sends the state again.
+    pub fn notify_unsolicited(&mut self, cx: &mut Cx<'_>, extension: &str) {
+        let env = cx.env;
+        let account = format!("sip:{extension}@{}", env.domain);
+        let body = env.mwi.summary(extension).body(&account);
+        for binding in env.registrar.lookup(extension, cx.wall) {
+            let remote = binding.remote();
+            let hostport = cx.hostport(remote);
+            let mut b = Builder::request(&Method::Notify, binding.contact.as_bytes());
+            b.header(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
+                    remote.transport,
+                    random_tag()
+                ),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", format!("<{account}>;tag={}", random_tag()))
+            .header("To", format!("<{account}>"))
+            .header("Call-ID", cx.new_call_id().to_string())
+            .header("CSeq", "1 NOTIFY")
+            .header("Contact", format!("<sip:{hostport}>"))
+            .header("Event", "message-summary")
+            .header("Subscription-State", "active")
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+            let bytes = b.finish_with_body(
+                Some(Package::MessageSummary.content_type()),
+                body.as_bytes(),
+            );
+            cx.send(bytes, remote);
         }
     }
 
@@ -489,10 +592,18 @@ impl Blf {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            let snap = snapshot(&cx.env.presence, &sub.extension);
+            let snap = snapshot(cx.env, &sub.extension);
             let known = match &sub.pending {
-                Some(p) => p.state == snap.state && p.dialogs == snap.dialogs,
-                None => sub.reported_state == Some(snap.state) && *sub.reported == *snap.dialogs,
+                Some(p) => {
+                    p.state == snap.state
+                        && p.dialogs == snap.dialogs
+                        && p.messages == snap.messages
+                }
+                None => {
+                    sub.reported_state == Some(snap.state)
+                        && *sub.reported == *snap.dialogs
+                        && sub.reported_messages == Some(snap.messages)
+                }
             };
             if !known && !sub.terminating {
                 sub.pending = Some(snap);
@@ -560,6 +671,10 @@ mod tests {
     fn event_headers_name_a_package_or_nothing() {
         assert_eq!(Package::parse(b"dialog"), Some(Package::Dialog));
         assert_eq!(Package::parse(b"Presence;id=1"), Some(Package::Presence));
-        assert_eq!(Package::parse(b"message-summary"), None);
+        assert_eq!(
+            Package::parse(b"message-summary"),
+            Some(Package::MessageSummary)
+        );
+        assert_eq!(Package::parse(b"conference"), None);
     }
 }

@@ -115,6 +115,16 @@ impl Callback {
         let mine = matches!(&self.target, Target::Agent(a) if a == extension);
         mine || self.groups.iter().any(|g| member_of(g))
     }
+
+    /// Whether it waits for `extension` (lights their message lamp): open and
+    /// theirs to see, or handled by them.
+    pub fn waits_for(&self, extension: &str, member_of: impl Fn(&str) -> bool) -> bool {
+        match &self.status {
+            Status::Open => self.visible_to(extension, member_of),
+            Status::InProgress { by, .. } => by == extension,
+            Status::Done { .. } => false,
+        }
+    }
 }
 
 /// Why an operation was refused (the caller's mistake, or a lost race).
@@ -216,6 +226,16 @@ impl CallbackBox {
 
     pub fn get(&self, id: CallbackId) -> Option<&Callback> {
         self.open.get(&id)
+    }
+
+    /// How many items wait for `extension` (see [`Callback::waits_for`]).
+    pub fn waiting_for(&self, extension: &str, member_of: impl Fn(&str) -> bool) -> u32 {
+        let n = self
+            .open
+            .values()
+            .filter(|c| c.waits_for(extension, &member_of))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The item a retried create (same writer, same key) made, if open.
@@ -562,6 +582,31 @@ mod tests {
         let due = b.tick(at(3600));
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].id, due[0].escalated_ms), (CallbackId(2), None));
+    }
+
+    #[test]
+    fn a_lamp_counts_open_items_for_me_and_the_ones_i_handle_not_others_claims() {
+        let mut b = boxed();
+        fn support(ext: &str) -> impl Fn(&str) -> bool + '_ {
+            move |g| g == "support" && (ext == "202" || ext == "203")
+        }
+        b.create(
+            T0,
+            CallbackId(1),
+            new(Target::Group("support".into()), None),
+        )
+        .expect("new");
+        b.create(T0, CallbackId(2), new(Target::Agent("202".into()), None))
+            .expect("new");
+        assert_eq!(b.waiting_for("202", support("202")), 2);
+        assert_eq!(b.waiting_for("203", support("203")), 1, "not 202's own");
+        assert_eq!(b.waiting_for("299", support("299")), 0, "not a member");
+        b.claim(at(1), CallbackId(1), "203").expect("claim");
+        assert_eq!(b.waiting_for("202", support("202")), 1, "203 handles it");
+        assert_eq!(b.waiting_for("203", support("203")), 1, "mine to finish");
+        b.close(at(2), CallbackId(1), "203", Outcome::Succeeded, "")
+            .expect("close");
+        assert_eq!(b.waiting_for("203", support("203")), 0);
     }
 
     #[test]

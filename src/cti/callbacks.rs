@@ -47,12 +47,18 @@ impl Desk {
     /// Whether the session may see `c`.
     fn sees(&self, caller: &Caller, c: &Callback) -> bool {
         let me = &caller.session.extension;
-        caller.session.role == Role::Supervisor
-            || c.visible_to(me, |g| self.members.get(g).is_some_and(|m| m.contains(me)))
+        caller.session.role == Role::Supervisor || c.visible_to(me, |g| self.member(g, me))
+    }
+
+    /// Whether `extension` is in `group`.
+    fn member(&self, group: &str, extension: &str) -> bool {
+        self.members
+            .get(group)
+            .is_some_and(|m| m.iter().any(|e| e == extension))
     }
 
     /// Who hears of `c`: its agent and the members of its groups.
-    fn addressees(&self, c: &Callback) -> Audience {
+    fn addressees(&self, c: &Callback) -> Vec<String> {
         let mut list: Vec<String> = match &c.target {
             Target::Agent(a) => vec![a.clone()],
             Target::Group(_) => Vec::new(),
@@ -67,7 +73,16 @@ impl Desk {
         }
         list.sort();
         list.dedup();
-        Audience::Extensions(list.into())
+        list
+    }
+
+    /// Sets the message lamps of `extensions` to the items waiting for each.
+    pub(super) fn light_lamps<'a>(&self, extensions: impl IntoIterator<Item = &'a String>) {
+        let b = lock(&self.callbacks);
+        for ext in extensions {
+            let n = b.waiting_for(ext, |g| self.member(g, ext));
+            self.commands.messages_waiting(ext, n);
+        }
     }
 
     /// Makes `c` durable, then announces it. A done one joins the customer's
@@ -109,8 +124,10 @@ impl Desk {
         if let Some(r) = &record {
             self.history.opened(r);
         }
+        let addressees = self.addressees(c);
+        self.light_lamps(&addressees);
         self.publish(
-            self.addressees(c),
+            Audience::Extensions(addressees.into()),
             Body::Callback {
                 callback: c.clone(),
             },

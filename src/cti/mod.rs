@@ -51,6 +51,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn figures(&self, now: UnixMillis) -> metrics::PbxFigures;
     /// Calls started so far (the call rate's counter; cheap, read each second).
     fn calls_started(&self) -> u64;
+    /// Sets how many call-backs wait for `extension` (its phone's message lamp).
+    fn messages_waiting(&self, extension: &str, callbacks: u32);
 }
 
 /// What the desk is set up with.
@@ -285,6 +287,8 @@ impl Desk {
     pub async fn tick(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last = Vec::new();
+        // The lamps as stored: the items that waited before a restart.
+        self.light_lamps(&self.users.extensions());
         loop {
             tick.tick().await;
             let at = Instant::now();

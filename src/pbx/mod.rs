@@ -42,6 +42,8 @@ pub enum Control {
     },
     /// A media session of this Call-ID saw no packet for the inactivity period.
     MediaIdle(CallId),
+    /// An extension's message counts changed (the message lamp).
+    Messages(String),
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
@@ -162,6 +164,7 @@ impl PbxBuilder {
         }
         let env = Arc::new(Env {
             presence,
+            mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
             users,
             registrar,
             auth: DigestAuthority::new(
@@ -488,6 +491,13 @@ impl crate::cti::Commands for DeskCommands {
     fn queue_stats(&self, now: UnixMillis) -> Vec<crate::routing::stats::QueueStats> {
         self.env.routing.stats(now)
     }
+    fn messages_waiting(&self, extension: &str, callbacks: u32) {
+        if self.env.mwi.set_callbacks(extension, callbacks) {
+            for c in &self.controls {
+                let _ = c.send(Control::Messages(extension.to_string()));
+            }
+        }
+    }
     fn calls_started(&self) -> u64 {
         self.env
             .stats
@@ -767,6 +777,7 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
             let _ = reply.send(placed);
         }
         Control::MediaIdle(call_id) => shard.handle_media_idle(now, &call_id),
+        Control::Messages(extension) => shard.handle_messages(now, &extension),
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),
     }

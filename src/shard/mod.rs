@@ -479,6 +479,12 @@ impl Shard {
         // §8.2.7): its transactions end with the answer instead of holding it
         // for Timer J's 32 s.
         self.answer(now, tx, a.answer, a.durable, true);
+        if let Some((user, true)) = &a.registered {
+            // A phone that wants its lamp unsolicited learns it as it (re)registers.
+            if env.mwi.unsolicited(user) {
+                self.with_blf(now, |b, cx| b.on_registered(cx, user));
+            }
+        }
     }
 
     /// An extension's presence changed (any shard's doing): its BLF subscribers
@@ -501,6 +507,19 @@ impl Shard {
         if self.env.routing.has_waiting(self.config.index) {
             self.with_calls(now, |c, cx| c.on_presence(cx));
         }
+    }
+
+    /// `extension`'s message counts changed: its message-summary subscribers
+    /// are notified, and shard 0 notifies its phones unsolicited if they want
+    /// that (one shard, so each change is sent once).
+    pub fn handle_messages(&mut self, now: Instant, extension: &str) {
+        let unsolicited = self.config.index == 0 && self.env.mwi.unsolicited(extension);
+        self.with_blf(now, |b, cx| {
+            b.on_messages_change(cx, extension);
+            if unsolicited {
+                b.notify_unsolicited(cx, extension);
+            }
+        });
     }
 
     /// Whether this shard needs presence changes: it has BLF subscriptions or

@@ -400,10 +400,10 @@ fn a_subscriber_that_refuses_a_notify_is_dropped() {
 #[test]
 fn unknown_events_users_and_short_intervals_are_refused() {
     let Fixture { h: _h, mut ep, t0 } = fixture();
-    ep.handle_bytes(t0, subscribe(1, "message-summary", 600, "", None), phone());
+    ep.handle_bytes(t0, subscribe(1, "conference", 600, "", None), phone());
     let out = sent(&mut ep);
     assert!(out[0].starts_with("SIP/2.0 489 Bad Event"), "{out:?}");
-    assert!(out[0].contains("Allow-Events: dialog, presence"));
+    assert!(out[0].contains("Allow-Events: dialog, presence, message-summary"));
     ep.handle_bytes(t0, subscribe(2, "dialog", 10, "", None), phone());
     let out = sent(&mut ep);
     assert!(
@@ -414,4 +414,60 @@ fn unknown_events_users_and_short_intervals_are_refused() {
         .replace("SUBSCRIBE sip:201@pbx", "SUBSCRIBE sip:999@pbx");
     ep.handle_bytes(t0, Bytes::from(unknown), phone());
     assert!(sent(&mut ep)[0].starts_with("SIP/2.0 404"));
+}
+
+#[test]
+fn a_phone_that_wants_its_lamp_unsolicited_gets_it_after_registering_and_on_each_change() {
+    let Fixture { h, mut ep, t0 } = fixture();
+    h.env.mwi.set_callbacks("201", 2);
+    ep.handle_bytes(t0, register(1, "z9hG4bK1", None), phone());
+    let auth = credentials(&sent(&mut ep)[0], "secret");
+    ep.handle_bytes(t0, register(2, "z9hG4bK2", Some(&auth)), phone());
+    let seq = ep.poll_flush().expect("flush");
+    ep.handle_flushed(t0, seq);
+    assert!(sent(&mut ep)[0].starts_with("SIP/2.0 200 OK"));
+    ep.handle_timeout(t0 + Duration::from_millis(1999));
+    assert!(sent(&mut ep).is_empty(), "not before 2 s");
+    ep.handle_timeout(t0 + Duration::from_secs(2));
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let notify = &out[0];
+    assert!(
+        notify.starts_with("NOTIFY sip:201@10.1.1.1:5062 SIP/2.0"),
+        "{notify}"
+    );
+    assert!(notify.contains("Event: message-summary\r\n"), "{notify}");
+    assert!(notify.contains("Content-Type: application/simple-message-summary\r\n"));
+    assert!(notify.contains("Messages-Waiting: yes\r\nMessage-Account: sip:201@"));
+    assert!(notify.contains("Text-Message: 2/0\r\n"), "{notify}");
+    // A change: the lamp goes out.
+    h.env.mwi.set_callbacks("201", 0);
+    ep.handle_messages(t0 + Duration::from_secs(3), "201");
+    let out = sent(&mut ep);
+    assert!(out[0].contains("Messages-Waiting: no\r\n"), "{out:?}");
+}
+
+#[test]
+fn my_message_summary_subscription_is_notified_with_my_counts_and_their_changes() {
+    let Fixture { h, mut ep, t0 } = fixture();
+    h.env.mwi.set_callbacks("201", 1);
+    ep.handle_bytes(t0, subscribe(1, "message-summary", 600, "", None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    let auth = credentials_for(&challenge, "secret", "SUBSCRIBE", "sip:201@pbx");
+    ep.handle_bytes(
+        t0,
+        subscribe(2, "message-summary", 600, "", Some(&auth)),
+        phone(),
+    );
+    let out = sent(&mut ep);
+    assert!(out[0].starts_with("SIP/2.0 200 OK"), "{out:?}");
+    assert!(out[1].starts_with("NOTIFY ") && out[1].contains("Event: message-summary\r\n"));
+    assert!(out[1].contains("Messages-Waiting: yes\r\n"), "{}", out[1]);
+    ep.handle_bytes(t0, answer(&out[1], 200), phone());
+    // Presence changes do not concern it; message changes do.
+    h.env.mwi.set_callbacks("201", 0);
+    ep.handle_messages(t0 + Duration::from_secs(1), "201");
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].contains("Messages-Waiting: no\r\n"), "{}", out[0]);
 }

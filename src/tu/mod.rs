@@ -69,6 +69,8 @@ pub struct Env {
     pub registrar: Registrar,
     /// Every extension's live state (one source of truth).
     pub presence: Presence,
+    /// What each extension has waiting (the message lamp).
+    pub mwi: crate::mwi::Mwi,
     pub auth: DigestAuthority,
     /// Groups and queues, and the queues' waiting lines (the ACD).
     pub routing: Directory,
