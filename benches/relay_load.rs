@@ -31,7 +31,7 @@ async fn step(media: &Media, n: usize, secs: u64) -> (u64, u64, f64) {
     for _ in 0..n {
         relays.push(
             media
-                .relay(Duration::from_secs(60), || {})
+                .relay(Duration::from_secs(60), |_| {})
                 .expect("relay ports"),
         );
     }

@@ -278,6 +278,29 @@ pub struct QueueConfig {
     /// "" = play the overflow announcement and hang up.
     #[serde(default = "unset")]
     pub overflow_to: Spanned<String>,
+    /// After `max_wait_secs`, offer a call-back instead: the caller hears
+    /// `callback_prompt`, may leave a voice message and/or press 1, and the
+    /// PBX writes a call-back to `callback_group`.
+    #[serde(default)]
+    pub overflow_callback: bool,
+    /// Whom the call-back is for; "" = the queue's first group.
+    #[serde(default = "unset")]
+    pub callback_group: Spanned<String>,
+    /// WAV: "leave a message after the tone, or press 1 to be called back"
+    /// (ending in a tone); "" = a built-in chime and beep.
+    #[serde(default = "unset")]
+    pub callback_prompt: Spanned<String>,
+    /// WAV played after "1" or when the message is cut at its limit; "" =
+    /// two short beeps.
+    #[serde(default = "unset")]
+    pub callback_thanks: Spanned<String>,
+    /// The longest voice message, 5 to 600 seconds.
+    #[serde(default = "default_callback_message_secs")]
+    pub callback_message_secs: u64,
+}
+
+fn default_callback_message_secs() -> u64 {
+    120
 }
 
 fn unset() -> Spanned<String> {
@@ -675,10 +698,34 @@ impl Config {
                     format!("queue {n}: must be at least 1"),
                 ));
             }
+            if q.overflow_callback && !q.overflow_to.get_ref().is_empty() {
+                return Err(bad(
+                    q.overflow_to.span(),
+                    "queues.overflow_to",
+                    format!("queue {n}: overflow_to and overflow_callback: choose one"),
+                ));
+            }
+            let cb = q.callback_group.get_ref();
+            if !cb.is_empty() && !groups.contains(cb) {
+                return Err(bad(
+                    q.callback_group.span(),
+                    "queues.callback_group",
+                    format!("queue {n}: no group {cb}"),
+                ));
+            }
+            if !(5..=600).contains(&q.callback_message_secs) {
+                return Err(bad(
+                    q.number.span(),
+                    "queues.callback_message_secs",
+                    format!("queue {n}: 5 to 600 seconds"),
+                ));
+            }
             for (key, file) in [
                 ("queues.announcement", &q.announcement),
                 ("queues.music", &q.music),
                 ("queues.overflow_announcement", &q.overflow_announcement),
+                ("queues.callback_prompt", &q.callback_prompt),
+                ("queues.callback_thanks", &q.callback_thanks),
             ] {
                 if file.get_ref().is_empty() {
                     continue;
@@ -772,6 +819,12 @@ impl Config {
                 music: unset(),
                 overflow_announcement: unset(),
                 overflow_to: unset(),
+                // The demo shows the call-back box filled by the PBX too.
+                overflow_callback: true,
+                callback_group: unset(),
+                callback_prompt: unset(),
+                callback_thanks: unset(),
+                callback_message_secs: default_callback_message_secs(),
             });
         }
         self

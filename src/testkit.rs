@@ -143,6 +143,15 @@ impl RelayControl for FakeRelay {
     fn stop_playing(&self) {
         self.note("stop".into());
     }
+    fn record(&self, side: usize, id: u64, max: Duration) {
+        self.note(format!("record {side} voice={id} max={}s", max.as_secs()));
+    }
+    fn stop_recording(&self) {
+        self.note("stop_recording".into());
+    }
+    fn listen_digits(&self, side: usize, pt: u8) {
+        self.note(format!("digits {side} pt={pt}"));
+    }
 }
 
 /// A shard over a temporary store, with fake media, at a fake time `t0`.

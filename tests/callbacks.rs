@@ -610,3 +610,88 @@ async fn in_chromium_a_group_call_back_lights_g_is_claimed_by_one_and_joins_the_
     let (child, artifacts) = common::browser_script("callbacks.mjs", &api.base, &envs);
     common::browser_passed(child, &artifacts).await;
 }
+
+/// The open call-backs `token` sees, polled until one appears (10 s).
+async fn first_listed(api: &Api, token: &str) -> Value {
+    for _ in 0..100 {
+        if let Some(c) = api.list(token).await.into_iter().next() {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no call-back appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a_playable_wav() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nobody of support is registered: callers wait 2 s, then hear the offer.
+    let queue = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 2\noverflow_callback = true\ncallback_message_secs = 30\n";
+    let (pbx, target) = embedded_pbx(dir.path(), &users(5), &format!("{GROUPS}{queue}")).await;
+    let api = Api::new(format!("http://{}", pbx.http_addr()));
+    let rows = ["+81312345678".to_string()];
+    let inf = injection_file(dir.path(), "caller.csv", &rows)
+        .display()
+        .to_string();
+    // 2 s of waiting and the 2.2 s prompt: the caller speaks into the recording.
+    let caller = sipp_scenario(
+        target,
+        dir.path(),
+        free_port(),
+        "uac_queue_callback.xml",
+        &["-s", "500", "-inf", &inf, "-d", "4500", "-m", "1"],
+    );
+    let out = caller.await.expect("join");
+    assert!(
+        out.status.success(),
+        "the caller was thanked and hung up: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sipp_errors(dir.path())
+    );
+    let member = api.token("user1001").await;
+    let c = first_listed(&api, &member).await;
+    assert_eq!(c["target"], json!({ "group": "support" }), "{c}");
+    assert_eq!(c["written_by"], "pbx");
+    assert_eq!(c["customer"], "+81312345678");
+    let message = c["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("queue 500")
+            && message.contains("voice message")
+            && message.contains("pressed 1"),
+        "{message}"
+    );
+    let (id, voice) = (
+        c["id"].as_u64().expect("id"),
+        c["voice"][0]["id"].as_u64().expect("a voice message"),
+    );
+    let ms = c["voice"][0]["ms"].as_u64().unwrap_or(0);
+    assert!(
+        (3_000..=9_000).contains(&ms),
+        "about the 7 s the caller spoke, less the prompt: {ms} ms"
+    );
+    let wav = api
+        .http
+        .get(format!("{}/api/v1/callbacks/{id}/voice/{voice}", api.base))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .expect("voice");
+    assert_eq!(wav.status(), StatusCode::OK);
+    assert_eq!(wav.headers()["content-type"], "audio/wav");
+    let bytes = wav.bytes().await.expect("bytes");
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..12], b"WAVE");
+    let data = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as u64;
+    assert_eq!(data / 16, ms, "16-bit samples at 8 kHz: the length it says");
+    // Somebody outside the group hears nothing of it.
+    let outsider = api.token("user1003").await;
+    let r = api
+        .http
+        .get(format!("{}/api/v1/callbacks/{id}/voice/{voice}", api.base))
+        .bearer_auth(&outsider)
+        .send()
+        .await
+        .expect("voice");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    pbx.shutdown().await.expect("stop");
+}

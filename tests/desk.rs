@@ -240,6 +240,18 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
             d.http
                 .put(format!("{b}/api/v1/customers/5559001/records/1"))
                 .json(&json!({"notes": "", "outcome": "answered"})),
+            d.http.get(format!("{b}/api/v1/callbacks")),
+            d.http.post(format!("{b}/api/v1/callbacks")).json(
+                &json!({"customer": "5559001", "message": "x", "target": {"group": "support"}}),
+            ),
+            d.http.get(format!("{b}/api/v1/callbacks/1")),
+            d.http.get(format!("{b}/api/v1/callbacks/1/voice/1")),
+            d.http.post(format!("{b}/api/v1/callbacks/1/claim")),
+            d.http.post(format!("{b}/api/v1/callbacks/1/release")),
+            d.http
+                .post(format!("{b}/api/v1/callbacks/1/close"))
+                .json(&json!({"outcome": "succeeded"})),
+            d.http.post(format!("{b}/api/v1/callbacks/1/reopen")),
         ];
         for r in requests {
             let (status, body) = error_of(auth(r).send().await.expect("send")).await;

@@ -6,6 +6,10 @@
 //! claims is offered to the agent's groups after the groups' escalation time,
 //! and any item still open after their flag time is flagged.
 //!
+//! The PBX writes call-backs too: a queue caller who waited too long leaves a
+//! voice message or presses 1 ([`Request`]); for a customer and target that
+//! already have an open item, the PBX adds to it instead of writing a second.
+//!
 //! What it owns: the open items (in memory, in creation order; done ones live
 //! only in the store) and the request keys that make a retried create return
 //! the first item. Sans-IO: every operation takes `now`, changes the box and
@@ -71,6 +75,48 @@ pub enum Status {
     },
 }
 
+/// A voice message a caller left (a WAV file kept by the PBX).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Voice {
+    pub id: u64,
+    /// Its length.
+    pub ms: u64,
+}
+
+/// A call-back the PBX asks for: a queue caller who waited too long and left
+/// a voice message (already durable) or pressed 1, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The caller's number, as the caller index knows it.
+    pub customer: String,
+    /// The queue they waited in.
+    pub queue: String,
+    /// The group the queue offers call-backs to.
+    pub group: String,
+    pub voice: Option<Voice>,
+    /// They pressed 1 to be called back.
+    pub asked: bool,
+}
+
+impl Request {
+    /// The item's message: what the caller did.
+    pub fn message(&self) -> String {
+        let q = &self.queue;
+        let voice = self.voice.map(|v| {
+            let secs = v.ms.div_ceil(1000);
+            format!("left a voice message ({}:{:02})", secs / 60, secs % 60)
+        });
+        match (voice, self.asked) {
+            (Some(v), true) => format!("Waited in queue {q}, {v} and pressed 1 to be called back"),
+            (Some(v), false) => format!("Waited in queue {q} and {v}"),
+            (None, _) => format!("Waited in queue {q} and pressed 1 to be called back"),
+        }
+    }
+}
+
+/// The writer of the call-backs the PBX writes.
+pub const PBX: &str = "pbx";
+
 /// One call-back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Callback {
@@ -94,6 +140,9 @@ pub struct Callback {
     /// The writer's key for this create (a retry with it returns this item).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// Voice messages the customer left, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voice: Vec<Voice>,
 }
 
 impl Record for Callback {
@@ -173,6 +222,7 @@ pub struct NewCallback {
     pub written_by: String,
     pub target: Target,
     pub request_key: Option<String>,
+    pub voice: Option<Voice>,
 }
 
 /// The box: open items and the request keys seen.
@@ -258,6 +308,10 @@ impl CallbackBox {
                 return Err(first);
             }
         }
+        Ok(self.insert(now, id, new))
+    }
+
+    fn insert(&mut self, now: UnixMillis, id: CallbackId, new: NewCallback) -> Callback {
         let groups = match &new.target {
             Target::Group(g) => vec![g.clone()],
             Target::Agent(_) => Vec::new(),
@@ -275,10 +329,31 @@ impl CallbackBox {
             flagged_ms: None,
             groups,
             request_key: new.request_key,
+            voice: new.voice.into_iter().collect(),
         };
         self.remember(&c);
         self.open.insert(id, c.clone());
-        Ok(c)
+        c
+    }
+
+    /// What the PBX writes: added to the open item for the same customer and
+    /// target when there is one (`true`), else a new item with `id`.
+    pub fn create_or_add(
+        &mut self,
+        now: UnixMillis,
+        id: CallbackId,
+        new: NewCallback,
+    ) -> (Callback, bool) {
+        let open = self
+            .open
+            .values_mut()
+            .find(|c| c.customer == new.customer && c.target == new.target);
+        if let Some(c) = open {
+            c.message = format!("{}\nAgain: {}", c.message, new.message);
+            c.voice.extend(new.voice);
+            return (c.clone(), true);
+        }
+        (self.insert(now, id, new), false)
     }
 
     fn item(&mut self, id: CallbackId) -> Result<&mut Callback, CallbackError> {
@@ -444,6 +519,7 @@ mod tests {
             written_by: "201".into(),
             target,
             request_key: key.map(str::to_string),
+            voice: None,
         }
     }
 
@@ -607,6 +683,44 @@ mod tests {
         b.close(at(2), CallbackId(1), "203", Outcome::Succeeded, "")
             .expect("close");
         assert_eq!(b.waiting_for("203", support("203")), 0);
+    }
+
+    #[test]
+    fn the_pbx_adds_to_the_open_item_for_the_same_customer_and_target_instead_of_a_second() {
+        let mut b = boxed();
+        let request = Request {
+            customer: "+81312345678".into(),
+            queue: "500".into(),
+            group: "support".into(),
+            voice: Some(Voice { id: 9, ms: 42_000 }),
+            asked: false,
+        };
+        assert_eq!(
+            request.message(),
+            "Waited in queue 500 and left a voice message (0:42)"
+        );
+        let pbx = |voice| NewCallback {
+            written_by: PBX.into(),
+            message: "Waited in queue 500 and pressed 1 to be called back".into(),
+            voice,
+            ..new(Target::Group("support".into()), None)
+        };
+        let (first, added) = b.create_or_add(T0, CallbackId(1), pbx(request.voice));
+        assert!(!added);
+        assert_eq!(first.voice, [Voice { id: 9, ms: 42_000 }]);
+        let (again, added) = b.create_or_add(at(60), CallbackId(2), pbx(None));
+        assert!(added, "the same customer and group: added");
+        assert_eq!(again.id, CallbackId(1));
+        assert!(again.message.contains("\nAgain: Waited in queue 500"));
+        let mut other = pbx(None);
+        other.customer = "+81300000000".into();
+        assert!(!b.create_or_add(at(61), CallbackId(3), other).1);
+        assert_eq!(b.open().count(), 2);
+        // Once it is done, the next request makes a new item.
+        b.claim(at(62), CallbackId(1), "202").expect("claim");
+        b.close(at(63), CallbackId(1), "202", Outcome::Succeeded, "")
+            .expect("close");
+        assert!(!b.create_or_add(at(64), CallbackId(4), pbx(None)).1);
     }
 
     #[test]

@@ -665,6 +665,7 @@ impl Calls {
             return;
         };
         parties_end(&cx.env.presence, &bridge, cx.wall);
+        self.forget_message(&bridge);
         if bridge.queue.is_some() && bridge.answered.is_none() {
             // The caller left the queue while an agent was being rung.
             cancel_ringing(cx, &bridge, 0, None);

@@ -24,6 +24,7 @@ mod tests;
 pub use originate::OriginateError;
 
 use crate::clock::UnixMillis;
+use crate::media::MediaEvent;
 use crate::presence::{DialogId, Direction, Presence};
 use crate::routing::dialplan::Target;
 use crate::sip::message::{Builder, HeaderName, Message, NameAddr, Uri};
@@ -126,6 +127,9 @@ pub struct Calls {
     pending: HashMap<ReqId, Pending>,
     /// Branches of ended calls that may still answer (CANCEL/2xx races).
     orphans: HashMap<ReqId, (Message, Remote)>,
+    /// Call-backs queue callers are asking for, by their voice message's id,
+    /// until the message is saved.
+    messages: HashMap<u64, queue::LeftMessage>,
 }
 
 impl Calls {
@@ -292,8 +296,20 @@ impl Calls {
         }
     }
 
+    /// A media session of call `call_id` reports something.
+    pub fn on_media(&mut self, cx: &mut Cx<'_>, call_id: &CallId, event: MediaEvent) {
+        match event {
+            MediaEvent::Idle => self.on_media_idle(cx, call_id),
+            MediaEvent::Digit(d) => self.queue_digit(cx, call_id, d),
+            MediaEvent::Recorded { id, saved, ms } => {
+                let voice = saved.then_some(crate::callbacks::Voice { id, ms });
+                self.message_recorded(cx, call_id, id, voice)
+            }
+        }
+    }
+
     /// A media session of call `call_id` saw no packet for the inactivity period.
-    pub fn on_media_idle(&mut self, cx: &mut Cx<'_>, call_id: &CallId) {
+    fn on_media_idle(&mut self, cx: &mut Cx<'_>, call_id: &CallId) {
         if self.bridges.contains_key(call_id) {
             return self.bridge_idle(cx, call_id);
         }
@@ -439,6 +455,16 @@ fn answered_pt(answer: &[u8]) -> u8 {
         .and_then(|s| s.media.first().and_then(|m| m.formats.first().cloned()))
         .and_then(|f| f.parse().ok())
         .unwrap_or(0)
+}
+
+/// The telephone-event payload type of our SDP answer, if it kept one.
+fn answered_event_pt(answer: &[u8]) -> Option<u8> {
+    let s = sdp::parse(answer).ok()?;
+    let m = s.media.first()?;
+    m.rtpmaps
+        .iter()
+        .find(|(_, e)| e.to_ascii_lowercase().starts_with("telephone-event/"))
+        .and_then(|(pt, _)| pt.parse().ok())
 }
 
 fn lossy(b: &[u8]) -> String {

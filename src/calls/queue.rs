@@ -5,7 +5,11 @@
 //! (the music stops) and remembered in the caller index. An agent who declines
 //! or does not answer within the queue's ring time is skipped for this call; the
 //! caller goes back to its place in the line. After the queue's longest wait the
-//! caller overflows: another queue, an extension, or an announcement and hang-up.
+//! caller overflows: another queue, an extension, an announcement and hang-up,
+//! or a call-back offer: the caller hears a prompt, may leave a voice message
+//! (recorded by the relay, saved before anyone hears of it) and/or press 1
+//! (RFC 4733 telephone-event, or SIP INFO), and the desk gets a
+//! [`crate::callbacks::Request`] once the message is on disk.
 //!
 //! Who waits, in which order, is kept in one place: the queue's waiting line in
 //! [`crate::routing::Directory`]; a call's [`Phase`] holds its own deadlines.
@@ -15,12 +19,13 @@ use super::bridge::{
 };
 use super::cdr::{Disposition, HangupBy};
 use super::{answered_pt, lossy, new_cdr, Calls, Cx, Party, Refusal, Timer};
+use crate::callbacks::{Request, Voice};
 use crate::clock::UnixMillis;
 use crate::history::ResponseRecord;
 use crate::media::prompt::Prompt;
 use crate::presence::{DialogState, Direction};
-use crate::routing::{Overflow, QueueId};
-use crate::sip::message::{build::random_tag, Message};
+use crate::routing::{CallbackOffer, Overflow, QueueId};
+use crate::sip::message::{build::random_tag, HeaderName, Message, Method};
 use crate::sip::sdp::{self, Origin};
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
@@ -50,6 +55,24 @@ pub(super) enum Phase {
     Connected,
     /// Hearing the overflow announcement; hung up at `hang_up_at`.
     Announcing { hang_up_at: Instant },
+    /// Offered a call-back: hearing the prompt until `record_at` (then the
+    /// relay records voice message `voice`; `None` while it does).
+    Message {
+        record_at: Option<Instant>,
+        voice: u64,
+        offer: Arc<CallbackOffer>,
+    },
+}
+
+/// A call-back a queue caller is asking for, until their voice message is
+/// saved (or they pressed 1 before it began).
+#[derive(Debug)]
+pub(super) struct LeftMessage {
+    pub customer: String,
+    pub queue: String,
+    pub group: String,
+    /// They pressed 1.
+    pub asked: bool,
 }
 
 /// The agent (or overflow extension) being rung.
@@ -79,6 +102,8 @@ pub(super) struct Queued {
     pub wrap_up: Duration,
     /// RTP payload type agreed with the caller (0 or 8).
     pub pt: u8,
+    /// The caller's telephone-event payload type, if they offered one.
+    pub event_pt: Option<u8>,
     pub hops: u8,
     /// The `o=` of our last SDP to the caller.
     pub origin: Origin,
@@ -98,6 +123,7 @@ impl Queued {
             Phase::Offered(o) => Some(o.deadline),
             Phase::Connected => None,
             Phase::Announcing { hang_up_at } => Some(*hang_up_at),
+            Phase::Message { record_at, .. } => *record_at,
         }
     }
 
@@ -172,6 +198,7 @@ impl Calls {
             Err(refusal) => return refuse(cx, &a_leg, cdr, refusal),
         };
         let pt = answered_pt(&answer);
+        let event_pt = super::answered_event_pt(&answer);
         match &queue.greeting {
             Some(g) => relay.play_then(0, Arc::clone(g), Arc::clone(&queue.music), pt),
             None => relay.play(0, Arc::clone(&queue.music), pt, true),
@@ -192,6 +219,7 @@ impl Calls {
             phase: Phase::Connected,
             wrap_up: queue.wrap_up,
             pt,
+            event_pt,
             hops: 0,
             origin,
             entered: cx.wall,
@@ -466,6 +494,7 @@ impl Calls {
             return; // re-armed since
         }
         match q.phase {
+            Phase::Message { .. } => self.start_message(a),
             Phase::Announcing { .. } => self.end_bridge(cx, a, None, HangupBy::System),
             Phase::Offered(_) => self.offer_failed(cx, a),
             Phase::Waiting { give_up_at, .. } if cx.now >= give_up_at => self.overflow(cx, a),
@@ -518,7 +547,166 @@ impl Calls {
                     self.announce_and_hang_up(cx, a);
                 }
             }
+            Overflow::Callback(offer) if !crate::history::is_anonymous(&q.caller) => {
+                self.offer_callback(cx, a, offer)
+            }
             _ => self.announce_and_hang_up(cx, a),
+        }
+    }
+
+    /// Offers waiting call `a` a call-back: the prompt, then the recording.
+    fn offer_callback(&mut self, cx: &mut Cx<'_>, a: &CallId, offer: Arc<CallbackOffer>) {
+        let voice = cx.next_id();
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        bridge.relay.play(0, Arc::clone(&offer.prompt), q.pt, false);
+        if let Some(pt) = q.event_pt {
+            bridge.relay.listen_digits(0, pt);
+        }
+        self.messages.insert(
+            voice,
+            LeftMessage {
+                customer: q.caller.clone(),
+                queue: cx.env.routing.queue(q.id).number.clone(),
+                group: offer.group.clone(),
+                asked: false,
+            },
+        );
+        q.phase = Phase::Message {
+            record_at: Some(cx.now + offer.prompt.duration()),
+            voice,
+            offer,
+        };
+        self.arm_queue(cx, a);
+    }
+
+    /// The prompt is over: the caller's voice message is recorded.
+    fn start_message(&mut self, a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if let Some(Queued {
+            phase:
+                Phase::Message {
+                    record_at,
+                    voice,
+                    offer,
+                    ..
+                },
+            ..
+        }) = bridge.queue.as_mut()
+        {
+            *record_at = None;
+            bridge.relay.record(0, *voice, offer.max_message);
+            tracing::debug!(call_id = %a, voice = *voice, "recording a voice message");
+        }
+    }
+
+    /// Queue caller `a` sent a DTMF digit: "1" while offered a call-back asks
+    /// for one (the message so far is kept); they hear the thanks.
+    pub(super) fn queue_digit(&mut self, cx: &mut Cx<'_>, a: &CallId, digit: char) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(Queued {
+            phase: Phase::Message {
+                record_at, voice, ..
+            },
+            ..
+        }) = &bridge.queue
+        else {
+            return;
+        };
+        if digit != '1' {
+            return;
+        }
+        let (recording, voice) = (record_at.is_none(), *voice);
+        tracing::info!(call_id = %a, "queue caller pressed 1 for a call-back");
+        match recording {
+            true => {
+                if let Some(m) = self.messages.get_mut(&voice) {
+                    m.asked = true;
+                }
+                // Saved and reported: the request goes with the message.
+                bridge.relay.stop_recording();
+            }
+            false => {
+                if let Some(m) = self.messages.remove(&voice) {
+                    cx.callback(request(m, true, None));
+                }
+            }
+        }
+        self.thank_and_hang_up(cx, a);
+    }
+
+    /// Voice message `id` was recorded (`saved`: it held audio and is on
+    /// disk): the call-back is asked for if there is a message or the caller
+    /// pressed 1. A caller still on the line (the message hit its limit) hears
+    /// the thanks.
+    pub(super) fn message_recorded(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        id: u64,
+        saved: Option<Voice>,
+    ) {
+        let Some(m) = self.messages.remove(&id) else {
+            return;
+        };
+        if saved.is_some() || m.asked {
+            cx.callback(request(m, false, saved));
+        } else {
+            tracing::info!(call_id = %a, "no call-back: an empty message");
+        }
+        let still_recording = self
+            .bridges
+            .get(a)
+            .and_then(|b| b.queue.as_ref())
+            .is_some_and(
+                |q| matches!(q.phase, Phase::Message { record_at: None, voice, .. } if voice == id),
+            );
+        if still_recording {
+            self.thank_and_hang_up(cx, a);
+        }
+    }
+
+    /// The caller hears the offer's thanks, then is hung up.
+    fn thank_and_hang_up(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(q) = bridge.queue.as_mut() else {
+            return;
+        };
+        let Phase::Message { offer, .. } = &q.phase else {
+            return;
+        };
+        let thanks = Arc::clone(&offer.thanks);
+        q.phase = Phase::Announcing {
+            hang_up_at: cx.now + thanks.duration() + Duration::from_millis(200),
+        };
+        bridge.relay.play(0, thanks, q.pt, false);
+        self.arm_queue(cx, a);
+    }
+
+    /// A queue call ended: a call-back offer whose recording never began
+    /// asks for nothing (one that began reports when its message is saved).
+    pub(super) fn forget_message(&mut self, bridge: &Bridge) {
+        if let Some(Queued {
+            phase:
+                Phase::Message {
+                    record_at: Some(_),
+                    voice,
+                    ..
+                },
+            ..
+        }) = &bridge.queue
+        {
+            self.messages.remove(voice);
         }
     }
 
@@ -560,6 +748,15 @@ impl Calls {
         let Some(q) = bridge.queue.as_mut() else {
             return;
         };
+        if req.method() == Some(&Method::Info) {
+            let ct = req.value(HeaderName::ContentType).unwrap_or_default();
+            let digit = crate::media::dtmf::info_digit(ct, req.body());
+            cx.reply(tx, req, remote, StatusCode::OK);
+            if let Some(d) = digit {
+                self.queue_digit(cx, a, d);
+            }
+            return;
+        }
         let port = bridge.relay.ports()[0];
         let offer = sdp::parse(req.body()).ok();
         let origin = q.origin.next();
@@ -603,5 +800,16 @@ pub(super) fn disposition(bridge: &Bridge) -> Disposition {
     match bridge.queue {
         Some(_) if bridge.answered.is_none() => Disposition::NoAnswer,
         _ => Disposition::Answered,
+    }
+}
+
+/// The call-back to ask the desk for.
+fn request(m: LeftMessage, asked: bool, voice: Option<Voice>) -> Request {
+    Request {
+        customer: m.customer,
+        queue: m.queue,
+        group: m.group,
+        voice,
+        asked: m.asked || asked,
     }
 }

@@ -560,3 +560,166 @@ fn an_originated_call_passes_bs_early_media_to_a_instead_of_the_ringback() {
         "no ringback over early media"
     );
 }
+
+/// A queue whose agents are all away, offering a call-back at overflow (after
+/// 60 s): the prompt and thanks last 0.8 s each.
+fn callback_lab() -> Lab {
+    let mut routing = Directory::new(vec![Group {
+        name: "support".into(),
+        members: vec![("301".into(), 1)],
+    }]);
+    let beep = Arc::new(crate::media::prompt::Prompt::confirm());
+    routing.add_queue(Queue {
+        number: "500".into(),
+        groups: vec![GroupId(0)],
+        ring: Duration::from_secs(5),
+        max_wait: Duration::from_secs(60),
+        wrap_up: Duration::ZERO,
+        greeting: None,
+        music: Arc::clone(&beep),
+        overflow: Overflow::Callback(Arc::new(crate::routing::CallbackOffer {
+            group: "support".into(),
+            prompt: Arc::clone(&beep),
+            thanks: Arc::clone(&beep),
+            max_message: Duration::from_secs(30),
+        })),
+        sorry: beep,
+        service_level: Duration::from_secs(20),
+    });
+    Lab::new(Setup {
+        users: vec!["301"],
+        routing,
+        ..Setup::default()
+    })
+}
+
+/// The caller's SDP with RFC 4733 events as payload type 101.
+const SDP_DTMF: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+/// A queue caller who waited until the call-back offer: (our 200, the voice
+/// message's id once the prompt is over).
+fn offered_callback(lab: &mut Lab) -> (String, u64) {
+    let head = String::from_utf8_lossy(&invite("cb@a", "500", "")).replace(SDP, SDP_DTMF);
+    let head = head.replace(
+        &format!("Content-Length: {}", SDP.len()),
+        &format!("Content-Length: {}", SDP_DTMF.len()),
+    );
+    let out = lab.input(Bytes::from(head), CALLER);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    assert!(ok.contains("telephone-event/8000"), "{ok}");
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    lab.advance(Duration::from_secs(60));
+    let log = lab.media_log();
+    assert!(
+        log.iter().any(|l| l.ends_with("play 0 pt=0 looping=false")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.ends_with("digits 0 pt=101")),
+        "{log:?}"
+    );
+    lab.advance(Duration::from_millis(900));
+    let log = lab.media_log();
+    let voice = log
+        .iter()
+        .find_map(|l| l.split("record 0 voice=").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("recording after the prompt: {log:?}"));
+    assert!(log.iter().any(|l| l.ends_with("max=30s")));
+    (ok, voice)
+}
+
+fn dtmf_info(ok: &str, cseq: u32, digit: char) -> Bytes {
+    let body = format!("Signal={digit}\r\nDuration=160\r\n");
+    Bytes::from(format!(
+        "INFO sip:500@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-info{cseq};rport\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INFO\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+        header(ok, "From"),
+        header(ok, "To"),
+        header(ok, "Call-ID"),
+        body.len()
+    ))
+}
+
+#[test]
+fn a_queue_caller_who_leaves_a_message_and_presses_1_gets_one_call_back_with_it() {
+    let mut lab = callback_lab();
+    let (ok, voice) = offered_callback(&mut lab);
+    // Digits other than 1 change nothing; "1" by SIP INFO ends the recording.
+    let out = lab.input(dtmf_info(&ok, 2, '5'), CALLER);
+    one(&out, "SIP/2.0 200 OK");
+    assert!(!lab
+        .media_log()
+        .iter()
+        .any(|l| l.ends_with("stop_recording")));
+    let out = lab.input(dtmf_info(&ok, 3, '1'), CALLER);
+    one(&out, "SIP/2.0 200 OK");
+    assert!(lab
+        .media_log()
+        .iter()
+        .any(|l| l.ends_with("stop_recording")));
+    assert!(
+        lab.h.shard.poll_callbacks().is_empty(),
+        "not before the message is saved"
+    );
+    let saved = crate::media::MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 4200,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("cb@a"), saved);
+    assert_eq!(
+        lab.h.shard.poll_callbacks(),
+        [crate::callbacks::Request {
+            customer: "201".into(),
+            queue: "500".into(),
+            group: "support".into(),
+            voice: Some(crate::callbacks::Voice {
+                id: voice,
+                ms: 4200
+            }),
+            asked: true,
+        }]
+    );
+    // The thanks, then the PBX hangs up.
+    let out = lab.advance(Duration::from_secs(1));
+    one(&out, "BYE sip:201@");
+    assert!(lab.idle());
+}
+
+#[test]
+fn pressing_1_during_the_prompt_asks_at_once_and_a_caller_who_hangs_up_silent_asks_nothing() {
+    let mut lab = callback_lab();
+    let head = invite("p@a", "500", "");
+    let out = lab.input(head, CALLER);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    lab.advance(Duration::from_secs(60));
+    lab.input(dtmf_info(&ok, 2, '1'), CALLER);
+    let asked = lab.h.shard.poll_callbacks();
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].voice, asked[0].asked), (None, true));
+    assert!(
+        !lab.media_log().iter().any(|l| l.contains("record 0")),
+        "nothing recorded"
+    );
+
+    // A second caller stays silent and hangs up mid-recording: the relay's
+    // report says nothing was saved, and no call-back is asked for.
+    let (ok, voice) = offered_callback(&mut lab);
+    lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    let empty = crate::media::MediaEvent::Recorded {
+        id: voice,
+        saved: false,
+        ms: 3000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("cb@a"), empty);
+    assert!(lab.h.shard.poll_callbacks().is_empty());
+    assert!(lab.idle());
+}

@@ -1,9 +1,11 @@
 //! The call-back box over HTTP: list what I may see, write one to an agent or
-//! a group, claim, release, close and re-open. Every change is on disk before
-//! the answer and is announced to the item's addressees (the target agent, the
-//! members of its groups) and the supervisors. An agent outside an item's
-//! groups never sees it: it is a 404 to them, and absent from their list and
-//! their events.
+//! a group, claim, release, close and re-open, hear its voice messages. Every
+//! change is on disk before the answer and is announced to the item's
+//! addressees (the target agent, the members of its groups) and the
+//! supervisors. An agent outside an item's groups never sees it: it is a 404
+//! to them, and absent from their list and their events. The call-backs the
+//! PBX asks for (queue callers) are written here too, added to an open item
+//! for the same customer and group when there is one.
 
 use super::api::{customer_number, ApiError, ApiJson, Caller, ErrorBody};
 use super::events::{Audience, Body};
@@ -23,6 +25,8 @@ use utoipa::ToSchema;
 pub fn routes() -> Router<Arc<Desk>> {
     Router::new()
         .route("/api/v1/callbacks", get(list).post(create))
+        .route("/api/v1/callbacks/{id}", get(one))
+        .route("/api/v1/callbacks/{id}/voice/{voice}", get(voice))
         .route("/api/v1/callbacks/{id}/claim", post(claim))
         .route("/api/v1/callbacks/{id}/release", post(release))
         .route("/api/v1/callbacks/{id}/close", post(close))
@@ -146,6 +150,51 @@ impl Desk {
         }
     }
 
+    /// The call-backs the calls ask for, as they come: written by the PBX, or
+    /// added to the open item for the same customer and group.
+    pub async fn write_requested(
+        self: Arc<Self>,
+        mut requests: tokio::sync::mpsc::UnboundedReceiver<crate::callbacks::Request>,
+    ) {
+        while let Some(r) = requests.recv().await {
+            let new = NewCallback {
+                name: self.history.name(&r.customer),
+                message: r.message(),
+                written_by: crate::callbacks::PBX.to_string(),
+                target: Target::Group(r.group.clone()),
+                request_key: None,
+                voice: r.voice,
+                customer: r.customer,
+            };
+            let (id, now) = {
+                let mut ids = self.record_ids.lock().await;
+                let now = self.wall(Instant::now());
+                (CallbackId(ids.next_id(now)), now)
+            };
+            let (c, added) = lock(&self.callbacks).create_or_add(now, id, new);
+            match self.store_callback(&c).await {
+                Ok(()) if added => {
+                    tracing::info!(id = c.id.0, customer = %c.customer, "queue caller's call-back added to the open one")
+                }
+                Ok(()) => {
+                    tracing::info!(id = c.id.0, customer = %c.customer, group = %r.group, "call-back written for a queue caller")
+                }
+                Err(e) => tracing::error!("storing call-back {}: {e:?}", c.id.0),
+            }
+        }
+    }
+
+    /// An item I may see, open or done.
+    fn visible(&self, caller: &Caller, id: CallbackId) -> Result<Callback, ApiError> {
+        let open = lock(&self.callbacks).get(id).cloned();
+        let c = match open {
+            Some(c) => Some(c),
+            None => self.stored_callback(id)?,
+        };
+        c.filter(|c| self.sees(caller, c))
+            .ok_or_else(|| CallbackError::NotFound(id.0).into())
+    }
+
     /// A call-back as stored (done ones live only there).
     fn stored_callback(
         &self,
@@ -195,6 +244,57 @@ pub async fn list(State(desk): State<Arc<Desk>>, caller: Caller) -> Json<Vec<Cal
             .cloned()
             .collect(),
     )
+}
+
+/// One call-back I may see, open or done (a done one from the customer's
+/// history, for its voice messages).
+#[utoipa::path(get, path = "/api/v1/callbacks/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = Callback), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn one(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<Json<Callback>, ApiError> {
+    desk.visible(&caller, CallbackId(id)).map(Json)
+}
+
+/// A voice message of a call-back I may see, as a WAV file.
+#[utoipa::path(get, path = "/api/v1/callbacks/{id}/voice/{voice}", params(("id" = u64, Path), ("voice" = u64, Path)),
+    responses((status = 200, content_type = "audio/wav", description = "8 kHz mono 16-bit PCM"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn voice(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path((id, voice)): Path<(u64, u64)>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let c = desk.visible(&caller, CallbackId(id))?;
+    if !c.voice.iter().any(|v| v.id == voice) {
+        return Err(ApiError::NotFound(format!(
+            "call-back {id} has no voice message {voice}"
+        )));
+    }
+    let path = crate::media::recorder::path(&desk.config.voice_dir, voice);
+    let read = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || std::fs::read(path)
+    });
+    let bytes = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::error!("voice message {}: {e}", path.display());
+            return Err(ApiError::NotFound(format!(
+                "voice message {voice} is missing"
+            )));
+        }
+        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "audio/wav"),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        bytes,
+    ))
 }
 
 /// A call-back to write.
@@ -261,6 +361,7 @@ pub async fn create(
         written_by: caller.session.extension.clone(),
         target: w.target,
         request_key: w.request_key,
+        voice: None,
     };
     // Ids come from the desk's lane, taken with the time under its lock (so
     // later ids are never older); the box decides under its own lock, so two

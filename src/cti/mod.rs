@@ -77,6 +77,8 @@ pub struct DeskConfig {
     /// Where the desk's changes go: [`Writer::commit`](crate::store::Writer::commit)
     /// answers once they are durable.
     pub writer: crate::store::Writer,
+    /// Where voice messages are kept (`<id>.wav`).
+    pub voice_dir: std::path::PathBuf,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).

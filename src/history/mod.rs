@@ -141,6 +141,14 @@ impl History {
         }
     }
 
+    /// The customer's latest name ("" when none is known).
+    pub fn name(&self, caller: &str) -> String {
+        self.customers
+            .get(caller)
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+
     /// An agent wrote `name` on one of `caller`'s records: the latest name.
     pub fn named(&self, caller: &str, name: &str) {
         if let Some(mut c) = self.customers.get_mut(caller) {

@@ -5,12 +5,16 @@
 //! the task ends, and it reports RTP inactivity so dead calls get cleaned up.
 //! A relay can also play a [`prompt::Prompt`] to one side (hold music, an
 //! announcement), paced at 20 ms, and a player session plays one to a phone.
+//! A relay also records one side (a voice message, [`recorder`]) and reports
+//! the DTMF digits a side sends as RFC 4733 telephone-events ([`dtmf`]).
 //!
 //! Calls use media only through [`MediaEngine`] (allocate a relay, an echo or a
 //! player; play and stop on a relay), so they run in unit tests with a fake engine
 //! and no sockets. [`RtpEngine`] is the real one.
 
+pub mod dtmf;
 pub mod prompt;
+pub mod recorder;
 
 use crate::sip::CallId;
 use prompt::{Prompt, FRAME};
@@ -94,6 +98,8 @@ fn bind_std(ip: IpAddr, rtp: u16) -> std::io::Result<(StdUdpSocket, StdUdpSocket
 pub struct Media {
     pool: Arc<PortPool>,
     bind_ip: IpAddr,
+    /// Where relays save voice messages (`None`: not kept).
+    voice_dir: Option<Arc<std::path::Path>>,
 }
 
 /// A running media session; dropping it stops the task and frees its ports.
@@ -124,7 +130,14 @@ impl Media {
                 in_use: AtomicUsize::new(0),
             }),
             bind_ip,
+            voice_dir: None,
         }
+    }
+
+    /// Relays save voice messages in `dir`.
+    pub fn voice_dir(mut self, dir: &std::path::Path) -> Media {
+        self.voice_dir = Some(Arc::from(dir));
+        self
     }
 
     /// Uses at most `pairs` port pairs (each holds two sockets: with the
@@ -278,8 +291,23 @@ impl Media {
     }
 }
 
-/// Reports a media session's inactivity, by the Call-ID it was allocated for.
-pub type IdleNotifier = Arc<dyn Fn(CallId) + Send + Sync>;
+/// What a media session reports to the call it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No RTP for the inactivity period (the call is probably dead).
+    Idle,
+    /// A side a relay listens to sent this DTMF digit.
+    Digit(char),
+    /// A recording ended (stopped, full, or its relay gone): `saved` when it
+    /// held audio and its WAV file is durable; `ms` is how long it is.
+    Recorded { id: u64, saved: bool, ms: u64 },
+}
+
+/// Reports media events, by the Call-ID the session was allocated for.
+pub type MediaNotifier = Arc<dyn Fn(CallId, MediaEvent) + Send + Sync>;
+
+/// A session's own reporter.
+type Events = Arc<dyn Fn(MediaEvent) + Send + Sync>;
 
 /// What calls need from media. Dropping a returned handle stops the session and
 /// gives its ports back.
@@ -319,6 +347,13 @@ pub trait RelayControl: Send + std::fmt::Debug {
     fn play_then(&self, side: usize, first: Arc<Prompt>, then: Arc<Prompt>, pt: u8);
     /// Stops any prompt: the two sides hear each other again.
     fn stop_playing(&self);
+    /// Records what `side` sends as voice message `id`, at most `max` long;
+    /// [`MediaEvent::Recorded`] reports the end (also when the relay is dropped).
+    fn record(&self, side: usize, id: u64, max: Duration);
+    /// Ends the recording (if any): it is saved and reported.
+    fn stop_recording(&self);
+    /// Reports the digits `side` sends as telephone-events of payload type `pt`.
+    fn listen_digits(&self, side: usize, pt: u8);
 }
 
 /// Open files kept for everything but media (SIP sockets and connections, the
@@ -342,7 +377,7 @@ pub struct RtpEngine {
     media: Media,
     /// A session without RTP for this long is reported idle.
     inactivity: Duration,
-    on_idle: IdleNotifier,
+    events: MediaNotifier,
 }
 
 impl std::fmt::Debug for RtpEngine {
@@ -357,7 +392,7 @@ impl std::fmt::Debug for RtpEngine {
 impl RtpEngine {
     /// Also starts keeping port pairs bound ahead of need, and keeps media
     /// within the open-file limit.
-    pub fn new(media: Media, inactivity: Duration, on_idle: IdleNotifier) -> RtpEngine {
+    pub fn new(media: Media, inactivity: Duration, events: MediaNotifier) -> RtpEngine {
         if let Some(limit) = open_files_limit() {
             let pairs = limit.saturating_sub(FD_RESERVE) / 2;
             media.limit_pairs(pairs);
@@ -367,19 +402,26 @@ impl RtpEngine {
         RtpEngine {
             media,
             inactivity,
-            on_idle,
+            events,
         }
     }
 
+    /// The reporter of a session of `call`.
+    fn events(&self, call: &CallId) -> Events {
+        let (events, call) = (Arc::clone(&self.events), call.clone());
+        Arc::new(move |e| events(call.clone(), e))
+    }
+
     fn notifier(&self, call: &CallId) -> impl Fn() + Send + 'static {
-        let (on_idle, call) = (Arc::clone(&self.on_idle), call.clone());
-        move || on_idle(call.clone())
+        let events = self.events(call);
+        move || events(MediaEvent::Idle)
     }
 }
 
 impl MediaEngine for RtpEngine {
     fn relay(&self, call: &CallId) -> Result<Box<dyn RelayControl>, MediaError> {
-        let relay = self.media.relay(self.inactivity, self.notifier(call))?;
+        let events = self.events(call);
+        let relay = self.media.relay(self.inactivity, move |e| events(e))?;
         Ok(Box::new(relay))
     }
     fn echo(&self, call: &CallId) -> Result<Box<dyn MediaSession>, MediaError> {
@@ -426,6 +468,15 @@ impl RelayControl for Relay {
     fn stop_playing(&self) {
         Relay::stop_playing(self)
     }
+    fn record(&self, side: usize, id: u64, max: Duration) {
+        Relay::record(self, side, id, max)
+    }
+    fn stop_recording(&self) {
+        Relay::stop_recording(self)
+    }
+    fn listen_digits(&self, side: usize, pt: u8) {
+        Relay::listen_digits(self, side, pt)
+    }
 }
 
 /// What signalling tells a relay about one side (from that side's SDP and SIP).
@@ -455,6 +506,10 @@ struct RelayState {
     /// The RTP header (SSRC, sequence, timestamp) last sent toward each side: a
     /// prompt starts where that stream left off, so music on hold does not jump.
     last_sent: [Option<(u32, u16, u32)>; 2],
+    /// A voice message being recorded, and the side it records.
+    recording: Option<(usize, recorder::Recording)>,
+    /// The telephone-event payload type of each side whose digits are reported.
+    digits: [Option<(u8, dtmf::EventFilter)>; 2],
 }
 
 /// How RTP toward one side is rewritten after a prompt.
@@ -474,6 +529,13 @@ enum Continuation {
 fn rtp_header(pkt: &[u8]) -> Option<(u16, u32, u32)> {
     let r = rtp_rs::RtpReader::new(pkt).ok()?;
     Some((r.sequence_number().into(), r.timestamp(), r.ssrc()))
+}
+
+/// What a well-formed RTP packet carries: its payload type, timestamp and
+/// payload.
+fn rtp_payload(pkt: &[u8]) -> Option<(u8, u32, &[u8])> {
+    let r = rtp_rs::RtpReader::new(pkt).ok()?;
+    Some((r.payload_type(), r.timestamp(), r.payload()))
 }
 
 /// What the relay does to one packet arriving from a phone after a prompt:
@@ -631,8 +693,8 @@ fn pacer() -> tokio::time::Interval {
 /// How long after its first packet a side may still move its media source.
 const LATCH_WINDOW: Duration = Duration::from_secs(3);
 
-/// A running relay between two phones; dropping it frees its two port pairs.
-#[derive(Debug)]
+/// A running relay between two phones; dropping it frees its two port pairs
+/// (and saves what it was recording).
 pub struct Relay {
     /// Our RTP port facing side A (the caller) and side B.
     pub ports: [u16; 2],
@@ -640,11 +702,45 @@ pub struct Relay {
     /// Wakes the task when a prompt starts (its pacer only runs while playing).
     wake: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
+    events: Events,
+    /// Where voice messages are saved (`None`: recordings are not kept).
+    voice_dir: Option<Arc<std::path::Path>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("ports", &self.ports).finish()
+    }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop_recording();
+    }
+}
+
+/// Saves a finished recording off the runtime's threads (a sync per file),
+/// then reports it.
+fn finish_recording(rec: recorder::Recording, dir: Option<Arc<std::path::Path>>, events: Events) {
+    let save = move || {
+        let saved = match &dir {
+            Some(dir) => rec.save(dir).unwrap_or_else(|e| {
+                tracing::error!("saving voice message {}: {e}", rec.id);
+                false
+            }),
+            None => false,
+        };
+        let ms = rec.duration().as_millis() as u64;
+        events(MediaEvent::Recorded {
+            id: rec.id,
+            saved,
+            ms,
+        });
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(save)),
+        Err(_) => save(),
     }
 }
 
@@ -682,6 +778,62 @@ impl Relay {
         if let Ok(mut st) = self.state.lock() {
             st.stop_playing();
         }
+    }
+
+    /// Records what `side` sends as voice message `id`, at most `max` long
+    /// (then it is saved and reported by itself).
+    pub fn record(&self, side: usize, id: u64, max: Duration) {
+        let old = self.state.lock().ok().and_then(|mut st| {
+            st.recording
+                .replace((side.min(1), recorder::Recording::new(id, max)))
+        });
+        if let Some((_, rec)) = old {
+            finish_recording(rec, self.voice_dir.clone(), Arc::clone(&self.events));
+        }
+    }
+
+    /// Ends the recording, if any: it is saved and reported.
+    pub fn stop_recording(&self) {
+        let rec = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut st| st.recording.take());
+        if let Some((_, rec)) = rec {
+            finish_recording(rec, self.voice_dir.clone(), Arc::clone(&self.events));
+        }
+    }
+
+    /// Reports the digits `side` sends as telephone-events of type `pt`.
+    pub fn listen_digits(&self, side: usize, pt: u8) {
+        if let Ok(mut st) = self.state.lock() {
+            st.digits[side.min(1)] = Some((pt, dtmf::EventFilter::default()));
+        }
+    }
+}
+
+impl RelayState {
+    /// What a packet from `side` means to a recording or a digit listener: a
+    /// digit to report, and a recording that is full (taken out: to be saved).
+    fn listen(&mut self, side: usize, pkt: &[u8]) -> (Option<char>, Option<recorder::Recording>) {
+        let recording = matches!(&self.recording, Some((s, _)) if *s == side);
+        if !recording && self.digits[side].is_none() {
+            return (None, None);
+        }
+        let Some((pt, ts, payload)) = rtp_payload(pkt) else {
+            return (None, None);
+        };
+        let digit = match &mut self.digits[side] {
+            Some((event_pt, filter)) if *event_pt == pt => filter.digit(ts, payload),
+            _ => None,
+        };
+        let full = recording
+            && self
+                .recording
+                .as_mut()
+                .is_some_and(|(_, r)| !r.push(pt, payload));
+        let full = full.then(|| self.recording.take()).flatten();
+        (digit, full.map(|(_, r)| r))
     }
 }
 
@@ -722,8 +874,11 @@ impl Media {
     pub fn relay(
         &self,
         inactivity: Duration,
-        on_idle: impl Fn() + Send + 'static,
+        events: impl Fn(MediaEvent) + Send + Sync + 'static,
     ) -> Result<Relay, MediaError> {
+        let events: Events = Arc::new(events);
+        let reporter = Arc::clone(&events);
+        let voice_dir = self.voice_dir.clone();
         let (lease_a, a_rtp, a_rtcp) = self.bind_pair()?;
         let (lease_b, b_rtp, b_rtcp) = self.bind_pair()?;
         let ports = [lease_a.rtp, lease_b.rtp];
@@ -772,7 +927,7 @@ impl Media {
                     _ = check.tick() => {
                         if last.elapsed() >= inactivity {
                             // Reported once per silent period; the call decides.
-                            on_idle();
+                            reporter(MediaEvent::Idle);
                             last = tokio::time::Instant::now();
                         }
                         continue;
@@ -794,11 +949,13 @@ impl Media {
                         },
                     };
                     let now = tokio::time::Instant::now();
+                    let mut heard = (None, None);
                     let dest = match shared.lock() {
                         Ok(mut st) => {
                             if let Some((seq, ts, _)) = header {
                                 last = now;
                                 latch(&mut st, side, from, now);
+                                heard = st.listen(side, &buf[..n]);
                                 st.continuation[other].apply(&mut buf[..n], seq, ts);
                             }
                             let muted = st.playing.as_ref().is_some_and(|p| p.toward == other);
@@ -813,6 +970,12 @@ impl Media {
                     if let Some(dest) = dest {
                         let _ = socks[other][usize::from(rtcp)].try_send_to(&buf[..n], dest);
                     }
+                    if let Some(d) = heard.0 {
+                        reporter(MediaEvent::Digit(d));
+                    }
+                    if let Some(rec) = heard.1 {
+                        finish_recording(rec, voice_dir.clone(), Arc::clone(&reporter));
+                    }
                 }
             }
         });
@@ -821,6 +984,8 @@ impl Media {
             state,
             wake,
             task,
+            events,
+            voice_dir: self.voice_dir.clone(),
         })
     }
 
@@ -918,7 +1083,7 @@ mod tests {
     #[tokio::test]
     async fn relay_forwards_both_ways_latches_and_respects_hold() {
         let media = Media::new("127.0.0.1".parse().expect("ip"), 41200, 41220);
-        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let relay = media.relay(Duration::from_secs(5), |_| {}).expect("relay");
         assert_eq!(media.ports_in_use(), 2);
         let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
         let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
@@ -1031,7 +1196,7 @@ mod tests {
     #[tokio::test]
     async fn a_relay_plays_a_prompt_paced_and_mutes_the_other_side_meanwhile() {
         let media = Media::new("127.0.0.1".parse().expect("ip"), 41300, 41320);
-        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let relay = media.relay(Duration::from_secs(5), |_| {}).expect("relay");
         let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
         let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
         for (side, s) in [(0, &a), (1, &b)] {
@@ -1182,7 +1347,7 @@ mod tests {
             .lock()
             .map(|r| r.iter().take(2).map(|(p, _, _)| *p).collect())
             .unwrap_or_default();
-        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let relay = media.relay(Duration::from_secs(5), |_| {}).expect("relay");
         assert_eq!(
             relay.ports.to_vec(),
             first,
@@ -1199,9 +1364,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_relay_reports_digits_once_and_saves_a_recording_when_it_is_dropped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let media =
+            Media::new("127.0.0.1".parse().expect("ip"), 41700, 41720).voice_dir(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let relay = media
+            .relay(Duration::from_secs(5), move |e| {
+                let _ = tx.send(e);
+            })
+            .expect("relay");
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
+        relay.set_peer(
+            0,
+            Peer {
+                rtp: Some(a.local_addr().expect("a")),
+                sip_ip: None,
+                receives: true,
+            },
+        );
+        relay.listen_digits(0, 101);
+        relay.record(0, 42, Duration::from_secs(60));
+        // One second of a loud tone (PCMU), then "1" as three packets of one event.
+        for i in 0..50u16 {
+            let payload: Vec<u8> = (0..160)
+                .map(|n| {
+                    let t = f32::from(i * 160 + n) / 8000.0;
+                    linear_to_ulaw(((t * 440.0 * std::f32::consts::TAU).sin() * 8000.0) as i16)
+                })
+                .collect();
+            a.send_to(&rtp(i, &payload), ("127.0.0.1", relay.ports[0]))
+                .await
+                .expect("send");
+        }
+        for end in [0x0a, 0x8a, 0x8a] {
+            let mut pkt = rtp(60, &[1, end, 0, 160]);
+            pkt[1] = 101;
+            a.send_to(&pkt, ("127.0.0.1", relay.ports[0]))
+                .await
+                .expect("send");
+        }
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(first.ok().flatten(), Some(MediaEvent::Digit('1')));
+        drop(relay);
+        let saved = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(
+            saved.ok().flatten(),
+            Some(MediaEvent::Recorded {
+                id: 42,
+                saved: true,
+                ms: 1000
+            }),
+            "one report: the digit was not repeated"
+        );
+        let wav = std::fs::read(recorder::path(dir.path(), 42)).expect("the WAV");
+        assert_eq!(
+            Prompt::from_wav(&wav).expect("valid").duration(),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[tokio::test]
     async fn a_finished_calls_sockets_are_reused_without_its_stale_packets() {
         let media = Media::new("127.0.0.1".parse().expect("ip"), 41600, 41620);
-        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let relay = media.relay(Duration::from_secs(5), |_| {}).expect("relay");
         let ports = relay.ports;
         drop(relay);
         for _ in 0..100 {
@@ -1217,7 +1443,7 @@ mod tests {
             .await
             .expect("send");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let relay = media.relay(Duration::from_secs(5), || {}).expect("relay");
+        let relay = media.relay(Duration::from_secs(5), |_| {}).expect("relay");
         assert_eq!(relay.ports, ports, "the same sockets, no new bind");
         let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
         relay.set_peer(

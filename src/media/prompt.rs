@@ -179,6 +179,20 @@ impl Prompt {
         ]))
     }
 
+    /// The built-in call-back offer: a rising three-note chime ("leave a
+    /// message, or press 1 to be called back"; a queue's `callback_prompt`
+    /// WAV says it in words), then the long beep after which the caller speaks.
+    pub fn leave_message() -> Prompt {
+        Prompt::from_linear(&synth(&[
+            (523.25, 0.25, 0.25),
+            (659.25, 0.25, 0.25),
+            (783.99, 0.4, 0.25),
+            (0.0, 0.6, 0.0),
+            (1000.0, 0.6, 0.3),
+            (0.0, 0.1, 0.0),
+        ]))
+    }
+
     /// The ringback tone of `zone` (ITU-T E.180 Supplement 2), one cadence
     /// long so it loops: what a caller hears while the other phone rings.
     pub fn ringback(zone: ToneZone) -> Prompt {
@@ -210,29 +224,31 @@ impl Prompt {
 
     /// The sound as a WAV file (16-bit PCM), for admins who want to see or replace it.
     pub fn to_wav(&self) -> Vec<u8> {
-        let pcm: Vec<u8> = self
-            .ulaw
-            .iter()
-            .flat_map(|u| ulaw_to_linear(*u).to_le_bytes())
-            .collect();
-        let mut out = Vec::with_capacity(44 + pcm.len());
-        out.extend_from_slice(b"RIFF");
-        out.extend_from_slice(&(36 + pcm.len() as u32).to_le_bytes());
-        out.extend_from_slice(b"WAVEfmt ");
-        out.extend_from_slice(&16u32.to_le_bytes());
-        for v in [1u16, 1] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&8000u32.to_le_bytes());
-        out.extend_from_slice(&16000u32.to_le_bytes());
-        for v in [2u16, 16] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(b"data");
-        out.extend_from_slice(&(pcm.len() as u32).to_le_bytes());
-        out.extend_from_slice(&pcm);
-        out
+        let samples: Vec<i16> = self.ulaw.iter().map(|u| ulaw_to_linear(*u)).collect();
+        wav_pcm16(&samples)
     }
+}
+
+/// A WAV file (8 kHz mono 16-bit PCM) of `samples`.
+pub fn wav_pcm16(samples: &[i16]) -> Vec<u8> {
+    let len = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX - 36);
+    let mut out = Vec::with_capacity(44 + samples.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    for v in [1u16, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    for v in [2u16, 16] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    out
 }
 
 /// Tones (frequency Hz, seconds, amplitude 0..1; 0 Hz is silence), each with a

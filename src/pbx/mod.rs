@@ -40,8 +40,9 @@ pub enum Control {
         to: String,
         reply: tokio::sync::oneshot::Sender<Result<String, OriginateError>>,
     },
-    /// A media session of this Call-ID saw no packet for the inactivity period.
-    MediaIdle(CallId),
+    /// A media session of this Call-ID reports something (inactivity, a
+    /// digit, a saved recording).
+    Media(CallId, crate::media::MediaEvent),
     /// An extension's message counts changed (the message lamp).
     Messages(String),
     /// The store flushed everything this shard wrote up to this sequence number.
@@ -141,19 +142,20 @@ impl PbxBuilder {
             (0..shards).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
         let (controls, control_rx): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
-        let idle_to = controls.clone();
-        let on_idle: crate::media::IdleNotifier = Arc::new(move |call: CallId| {
-            let shard = call.shard(idle_to.len());
-            let _ = idle_to[shard].send(Control::MediaIdle(call));
+        let events_to = controls.clone();
+        let events: crate::media::MediaNotifier = Arc::new(move |call: CallId, event| {
+            let shard = call.shard(events_to.len());
+            let _ = events_to[shard].send(Control::Media(call, event));
         });
         let media = RtpEngine::new(
             Media::new(
                 config.rtp.bind_ip,
                 *config.rtp.port_min.get_ref(),
                 *config.rtp.port_max.get_ref(),
-            ),
+            )
+            .voice_dir(&dir.join(VOICE_DIR)),
             Duration::from_secs(*config.rtp.inactivity_secs.get_ref()),
-            on_idle,
+            events,
         );
         let presence =
             crate::presence::Presence::new(users.extensions().iter().map(String::as_str), wall);
@@ -209,6 +211,7 @@ impl PbxBuilder {
         let id_lanes = shards + 1;
 
         let mut tasks = JoinSet::new();
+        let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let dispatcher = Dispatcher::new(senders.clone(), limits);
         let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
@@ -235,6 +238,7 @@ impl PbxBuilder {
                 outbound: Arc::clone(&outbound),
                 writer: writer_tx.clone(),
                 latency: Arc::clone(&latency),
+                callbacks: callbacks_tx.clone(),
             };
             tasks.spawn(task.run());
         }
@@ -262,6 +266,8 @@ impl PbxBuilder {
             DeskWrites {
                 record_ids,
                 writer: Writer::Queued(writer_tx.clone()),
+                voice_dir: dir.join(VOICE_DIR),
+                requests: callbacks_rx,
             },
             WallClock::new(wall, mono),
             &mut tasks,
@@ -544,11 +550,17 @@ fn latency_buckets(h: &Histogram<u64>) -> crate::cti::metrics::Buckets {
     }
 }
 
-/// What the desk writes with: its lane of ids and the store writer.
+/// What the desk writes with: its lane of ids and the store writer; where
+/// voice messages are, and the call-backs the calls ask for.
 struct DeskWrites {
     record_ids: IdGen,
     writer: Writer,
+    voice_dir: PathBuf,
+    requests: mpsc::UnboundedReceiver<crate::callbacks::Request>,
 }
+
+/// Voice messages live in this directory of the data directory.
+const VOICE_DIR: &str = "voice";
 
 /// Binds the desk's HTTP address and starts it: the server, and the pump that
 /// turns presence changes into numbered events.
@@ -598,6 +610,7 @@ async fn start_desk(
         record_ids: writes.record_ids,
         callbacks: crate::callbacks::CallbackBox::load(store, &limits)?,
         writer: writes.writer,
+        voice_dir: writes.voice_dir,
     };
     let desk = crate::cti::Desk::new(
         desk_config,
@@ -610,6 +623,7 @@ async fn start_desk(
     );
     tasks.spawn(Arc::clone(&desk).pump(env.presence.subscribe()));
     tasks.spawn(Arc::clone(&desk).tick());
+    tasks.spawn(Arc::clone(&desk).write_requested(writes.requests));
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
 }
@@ -650,6 +664,8 @@ struct ShardTask {
     outbound: Arc<Outbound>,
     writer: std::sync::mpsc::Sender<WriterMsg>,
     latency: LatencyHistogram,
+    /// Call-backs the calls ask for go to the desk.
+    callbacks: mpsc::UnboundedSender<crate::callbacks::Request>,
 }
 
 impl ShardTask {
@@ -664,6 +680,7 @@ impl ShardTask {
             outbound,
             writer,
             latency,
+            callbacks,
         } = self;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -753,6 +770,9 @@ impl ShardTask {
             for w in shard.poll_writes() {
                 let _ = writer.send(WriterMsg::Write(w));
             }
+            for r in shard.poll_callbacks() {
+                let _ = callbacks.send(r);
+            }
             if let Some(seq) = shard.poll_flush() {
                 let _ = writer.send(WriterMsg::Flush { shard: index, seq });
             }
@@ -776,7 +796,7 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
             let placed = shard.originate(now, &from, &to).map(|c| c.to_string());
             let _ = reply.send(placed);
         }
-        Control::MediaIdle(call_id) => shard.handle_media_idle(now, &call_id),
+        Control::Media(call_id, event) => shard.handle_media(now, &call_id, event),
         Control::Messages(extension) => shard.handle_messages(now, &extension),
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),

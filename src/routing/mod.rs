@@ -55,6 +55,21 @@ pub enum Overflow {
     Queue(QueueId),
     /// Ring an extension (no ACD rules; it is rung even if busy).
     Extension(String),
+    /// Offer a call-back: a voice message and/or "press 1".
+    Callback(Arc<CallbackOffer>),
+}
+
+/// How a queue offers a call-back to a caller who waited too long.
+#[derive(Debug, Clone)]
+pub struct CallbackOffer {
+    /// Whom the call-back is for.
+    pub group: String,
+    /// Played first ("leave a message after the tone, or press 1").
+    pub prompt: Arc<crate::media::prompt::Prompt>,
+    /// Played after "1" or at the message limit, before hanging up.
+    pub thanks: Arc<crate::media::prompt::Prompt>,
+    /// The longest voice message.
+    pub max_message: Duration,
 }
 
 /// A queue as the ACD runs it.
@@ -214,6 +229,19 @@ impl Directory {
             });
         }
         for (i, q) in config.queues.iter().enumerate() {
+            if q.overflow_callback {
+                let group = match q.callback_group.get_ref().as_str() {
+                    "" => q.groups.get_ref().first().cloned().unwrap_or_default(),
+                    g => g.to_string(),
+                };
+                d.queues[i].overflow = Overflow::Callback(Arc::new(CallbackOffer {
+                    group,
+                    prompt: sound(q.callback_prompt.get_ref(), Prompt::leave_message)?,
+                    thanks: sound(q.callback_thanks.get_ref(), Prompt::confirm)?,
+                    max_message: Duration::from_secs(q.callback_message_secs),
+                }));
+                continue;
+            }
             let to = q.overflow_to.get_ref();
             if to.is_empty() {
                 continue;

@@ -17,6 +17,7 @@
 use crate::blf::{self, Blf};
 use crate::calls::{self, Calls, OriginateError, ALLOW};
 use crate::clock::WallClock;
+use crate::media::MediaEvent;
 use crate::presence::Change;
 use crate::routing::dialplan::Dialplan;
 use crate::sip::message::{Builder, Message, Method};
@@ -85,6 +86,8 @@ pub struct Shard {
     out: VecDeque<Transmit>,
     /// Store writes for the writer, in order.
     writes: Vec<Write>,
+    /// Call-backs asked for, not yet handed to the desk.
+    callbacks: Vec<crate::callbacks::Request>,
     /// Final answers waiting for the store write they confirm.
     held: VecDeque<Held>,
     /// Writes handed out so far, and the highest number known to be durable.
@@ -126,6 +129,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             writes: Vec::new(),
+            callbacks: Vec::new(),
             held: VecDeque::new(),
             write_seq: 0,
             flushed_seq: 0,
@@ -293,6 +297,7 @@ impl Shard {
                     self.write_seq += 1;
                     self.flush_wanted = true;
                 }
+                Effect::Callback(r) => self.callbacks.push(r),
             }
         }
     }
@@ -528,9 +533,10 @@ impl Shard {
         self.blf.count() > 0 || self.env.routing.has_waiting(self.config.index)
     }
 
-    /// A media session of this Call-ID saw no packet for the inactivity period.
-    pub fn handle_media_idle(&mut self, now: Instant, call_id: &CallId) {
-        self.with_calls(now, |c, cx| c.on_media_idle(cx, call_id));
+    /// A media session of this Call-ID reports an event (inactivity, a digit,
+    /// a saved recording).
+    pub fn handle_media(&mut self, now: Instant, call_id: &CallId, event: MediaEvent) {
+        self.with_calls(now, |c, cx| c.on_media(cx, call_id, event));
         self.process_events(now);
     }
 
@@ -602,6 +608,11 @@ impl Shard {
     /// The store writes made since the last call, in order (for the writer).
     pub fn poll_writes(&mut self) -> Vec<Write> {
         std::mem::take(&mut self.writes)
+    }
+
+    /// The call-backs the calls asked for, for the desk.
+    pub fn poll_callbacks(&mut self) -> Vec<crate::callbacks::Request> {
+        std::mem::take(&mut self.callbacks)
     }
 
     /// `Some(seq)` once: the runtime should flush the store and then call

@@ -121,6 +121,8 @@ pub enum Effect<T> {
     Timer { at: Instant, key: T },
     /// A durable change (made durable by the next group commit).
     Store(Write),
+    /// A call-back the PBX asks the desk to write.
+    Callback(crate::callbacks::Request),
 }
 
 /// Per-shard counters the modules draw from.
@@ -243,6 +245,11 @@ impl<'a, T> Cx<'a, T> {
 
     pub fn store(&mut self, w: Write) {
         self.out.push(Effect::Store(w));
+    }
+
+    /// Asks the desk for a call-back.
+    pub fn callback(&mut self, r: crate::callbacks::Request) {
+        self.out.push(Effect::Callback(r));
     }
 
     /// A new unique id (CDRs, response records).
