@@ -627,7 +627,12 @@ async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a
     let dir = tempfile::tempdir().expect("tempdir");
     // Nobody of support is registered: callers wait 2 s, then hear the offer.
     let queue = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 2\noverflow_callback = true\ncallback_message_secs = 30\n";
-    let (pbx, target) = embedded_pbx(dir.path(), &users(5), &format!("{GROUPS}{queue}")).await;
+    // Flagged after 4 s, for the wallboard.
+    let groups = GROUPS.replace(
+        "name = \"support\"\n",
+        "name = \"support\"\ncallback_flag_secs = 4\n",
+    );
+    let (pbx, target) = embedded_pbx(dir.path(), &users(5), &format!("{groups}{queue}")).await;
     let api = Api::new(format!("http://{}", pbx.http_addr()));
     let rows = ["+81312345678".to_string()];
     let inf = injection_file(dir.path(), "caller.csv", &rows)
@@ -693,5 +698,16 @@ async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a
         .await
         .expect("voice");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // In Chromium: the member plays it, the wallboard lists it once flagged,
+    // and it plays from the customer's history once closed.
+    let ms = ms.to_string();
+    let envs = [
+        ("MEMBER_EXT", "user1001"),
+        ("BOSS_EXT", "boss"),
+        ("CUSTOMER", "+81312345678"),
+        ("VOICE_MS", ms.as_str()),
+    ];
+    let (child, artifacts) = common::browser_script("voice.mjs", &api.base, &envs);
+    common::browser_passed(child, &artifacts).await;
     pbx.shutdown().await.expect("stop");
 }

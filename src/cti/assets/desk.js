@@ -185,6 +185,11 @@ function renderHistory(ol, history) {
       notes.textContent = r.notes;
       li.append(notes);
     }
+    // A closed call-back: its voice messages, playable here too.
+    const cb = /^callback-(\d+)$/.exec(r.call_id);
+    if (cb) {
+      api("GET", `/api/v1/callbacks/${cb[1]}`).then((c) => li.append(...voicePlayers(c))).catch(() => {});
+    }
     ol.append(li);
   }
 }
@@ -324,9 +329,36 @@ function fillTargets(board) {
 }
 
 function applyCallback(c) {
+  const before = desk.callbacks.get(c.id);
+  if (c.flagged_ms && c.status.state === "open" && !(before && before.flagged_ms)) {
+    const who = c.name ? `${c.name} (${c.customer})` : c.customer;
+    const target = c.target.group ? `group ${c.target.group}` : c.target.agent;
+    $("cb-alert").textContent = `Waiting too long: the call-back to ${who} for ${target}, open since ${when(c.created_ms)}.`;
+  }
   if (c.status.state === "done") desk.callbacks.delete(c.id);
   else desk.callbacks.set(c.id, c);
   renderCallbacks();
+}
+
+function length(ms) {
+  const s = Math.ceil(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+// A player per voice message of call-back `c` (same origin: the session cookie
+// authorises the audio request).
+function voicePlayers(c) {
+  return (c.voice || []).map((v, i) => {
+    const label = document.createElement("label");
+    label.className = "voice";
+    label.textContent = `Voice message ${i + 1} (${length(v.ms)}) `;
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "none";
+    audio.src = `/api/v1/callbacks/${c.id}/voice/${v.id}`;
+    label.append(audio);
+    return label;
+  });
 }
 
 function isPersonal(c) {
@@ -373,7 +405,7 @@ function renderCallbacks() {
     state.textContent = c.status.state === "in_progress"
       ? `In progress by ${c.status.by} since ${new Date(c.status.since_ms).toLocaleTimeString()} · for ${target}${flags}`
       : `Open since ${when(c.created_ms)} · written by ${c.written_by} · for ${target}${flags}`;
-    li.append(head, msg, state);
+    li.append(head, msg, ...voicePlayers(c), state);
     const act = (label, path, body) => {
       const b = document.createElement("button");
       b.type = "button";

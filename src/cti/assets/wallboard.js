@@ -6,6 +6,38 @@ const STATES = ["available", "ringing", "on_call", "wrap_up", "away", "busy", "o
 const LABELS = { available: "Available", ringing: "Ringing", on_call: "On a call", wrap_up: "Wrap-up",
                  away: "Away", busy: "Busy", offline: "Offline" };
 let board = null, seq = 0, queues = [];
+// The open call-backs this session sees (a supervisor: all), by id.
+const callbacks = new Map();
+
+function renderFlagged() {
+  const body = document.querySelector("#flagged tbody");
+  body.textContent = "";
+  const flagged = [...callbacks.values()].filter((c) => c.flagged_ms).sort((a, b) => a.id - b.id);
+  document.getElementById("flagged-none").hidden = flagged.length > 0;
+  for (const c of flagged) {
+    const row = document.createElement("tr");
+    row.dataset.id = c.id;
+    const cells = [
+      c.target.group ? `group ${c.target.group}` : c.target.agent,
+      c.name ? `${c.name} (${c.customer})` : c.customer,
+      new Date(c.created_ms).toLocaleString(),
+      c.status.state === "in_progress" ? `in progress by ${c.status.by}` : "open",
+    ];
+    cells.forEach((text, i) => {
+      const td = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) td.scope = "row";
+      td.textContent = text;
+      row.append(td);
+    });
+    body.append(row);
+  }
+}
+
+function applyCallback(c) {
+  if (c.status.state === "done") callbacks.delete(c.id);
+  else callbacks.set(c.id, c);
+  renderFlagged();
+}
 
 const COLUMNS = [
   ["Queue", (q) => q.number],
@@ -53,6 +85,9 @@ async function load() {
   render();
   queues = await (await fetch("/api/v1/queues", { credentials: "same-origin" })).json();
   renderQueues();
+  callbacks.clear();
+  for (const c of await (await fetch("/api/v1/callbacks", { credentials: "same-origin" })).json()) callbacks.set(c.id, c);
+  renderFlagged();
 }
 
 function render() {
@@ -85,6 +120,7 @@ function connect() {
     if (e.type === "resync") { load(); return; }
     seq = e.seq;
     if (e.type === "queues") { queues = e.queues; renderQueues(); return; }
+    if (e.type === "callback") { applyCallback(e.callback); return; }
     if (e.type !== "presence" || !board) return;
     for (const g of board.groups) for (const a of g.agents) if (a.extension === e.extension) a.state = e.state;
     render();
