@@ -61,14 +61,16 @@ impl Api {
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
-    async fn list(&self, token: &str) -> Vec<Value> {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/callbacks", self.base))
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
             .bearer_auth(token)
             .send()
             .await
-            .expect("list");
+            .expect("get")
+    }
+    async fn list(&self, token: &str) -> Vec<Value> {
+        let r = self.get(token, "/api/v1/callbacks").await;
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.expect("json")
     }
@@ -622,37 +624,83 @@ async fn first_listed(api: &Api, token: &str) -> Value {
     panic!("no call-back appeared");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a_playable_wav() {
+/// A PBX whose queue 500 offers a call-back to group support (nobody of
+/// which is registered: callers wait 2 s, then hear the offer); support's
+/// items are flagged after 4 s, for the wallboard.
+async fn callback_queue() -> (tempfile::TempDir, sipdesk::Pbx, std::net::SocketAddr, Api) {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Nobody of support is registered: callers wait 2 s, then hear the offer.
     let queue = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nmax_wait_secs = 2\noverflow_callback = true\ncallback_message_secs = 30\n";
-    // Flagged after 4 s, for the wallboard.
     let groups = GROUPS.replace(
         "name = \"support\"\n",
         "name = \"support\"\ncallback_flag_secs = 4\n",
     );
     let (pbx, target) = embedded_pbx(dir.path(), &users(5), &format!("{groups}{queue}")).await;
     let api = Api::new(format!("http://{}", pbx.http_addr()));
+    (dir, pbx, target, api)
+}
+
+/// Customer +81312345678 calls queue 500 and plays `scenario` (after 2 s of
+/// waiting and the 2.2 s prompt it speaks into the recording).
+async fn queue_caller(target: std::net::SocketAddr, dir: &std::path::Path, scenario: &str) {
     let rows = ["+81312345678".to_string()];
-    let inf = injection_file(dir.path(), "caller.csv", &rows)
+    let inf = injection_file(dir, "caller.csv", &rows)
         .display()
         .to_string();
-    // 2 s of waiting and the 2.2 s prompt: the caller speaks into the recording.
-    let caller = sipp_scenario(
-        target,
-        dir.path(),
-        free_port(),
-        "uac_queue_callback.xml",
-        &["-s", "500", "-inf", &inf, "-d", "4500", "-m", "1"],
-    );
-    let out = caller.await.expect("join");
+    let args = ["-s", "500", "-inf", &inf, "-d", "4500", "-m", "1"];
+    let out = sipp_scenario(target, dir, free_port(), scenario, &args)
+        .await
+        .expect("join");
     assert!(
         out.status.success(),
-        "the caller was thanked and hung up: {}\n{}",
+        "{scenario}: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        sipp_errors(dir.path())
+        sipp_errors(dir)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_mid_message_leaves_it_and_calling_again_adds_to_the_same_item() {
+    let (dir, pbx, target, api) = callback_queue().await;
+    queue_caller(target, dir.path(), "uac_queue_message_hangup.xml").await;
+    let member = api.token("user1000").await;
+    let c = first_listed(&api, &member).await;
+    let message = c["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("voice message") && !message.contains("pressed 1"),
+        "{message}"
+    );
+    let ms = c["voice"][0]["ms"].as_u64().unwrap_or(0);
+    assert!(
+        (2_000..=6_000).contains(&ms),
+        "the part before the hang-up: {ms} ms"
+    );
+    // The same customer again, this time pressing 1: the same item, two messages.
+    queue_caller(target, dir.path(), "uac_queue_callback.xml").await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = api.list(&member).await;
+        if listed
+            .first()
+            .is_some_and(|c| c["voice"].as_array().map_or(0, Vec::len) == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed.len(), 1, "no second item: {listed:?}");
+    assert_eq!(listed[0]["id"], c["id"]);
+    let again = listed[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        again.starts_with(&message) && again.contains("\nAgain: ") && again.contains("pressed 1"),
+        "{again}"
+    );
+    pbx.shutdown().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a_playable_wav() {
+    let (dir, pbx, target, api) = callback_queue().await;
+    queue_caller(target, dir.path(), "uac_queue_callback.xml").await;
     let member = api.token("user1001").await;
     let c = first_listed(&api, &member).await;
     assert_eq!(c["target"], json!({ "group": "support" }), "{c}");
@@ -674,13 +722,8 @@ async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a
         (3_000..=9_000).contains(&ms),
         "about the 7 s the caller spoke, less the prompt: {ms} ms"
     );
-    let wav = api
-        .http
-        .get(format!("{}/api/v1/callbacks/{id}/voice/{voice}", api.base))
-        .bearer_auth(&member)
-        .send()
-        .await
-        .expect("voice");
+    let path = format!("/api/v1/callbacks/{id}/voice/{voice}");
+    let wav = api.get(&member, &path).await;
     assert_eq!(wav.status(), StatusCode::OK);
     assert_eq!(wav.headers()["content-type"], "audio/wav");
     let bytes = wav.bytes().await.expect("bytes");
@@ -690,14 +733,10 @@ async fn a_queue_caller_who_speaks_and_presses_1_leaves_a_group_call_back_with_a
     assert_eq!(data / 16, ms, "16-bit samples at 8 kHz: the length it says");
     // Somebody outside the group hears nothing of it.
     let outsider = api.token("user1003").await;
-    let r = api
-        .http
-        .get(format!("{}/api/v1/callbacks/{id}/voice/{voice}", api.base))
-        .bearer_auth(&outsider)
-        .send()
-        .await
-        .expect("voice");
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&outsider, &path).await.status(),
+        StatusCode::NOT_FOUND
+    );
     // In Chromium: the member plays it, the wallboard lists it once flagged,
     // and it plays from the customer's history once closed.
     let ms = ms.to_string();

@@ -559,23 +559,16 @@ impl Blf {
             let remote = binding.remote();
             let hostport = cx.hostport(remote);
             let mut b = Builder::request(&Method::Notify, binding.contact.as_bytes());
-            b.header(
-                "Via",
-                format!(
-                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
-                    remote.transport,
-                    random_tag()
-                ),
-            )
-            .header("Max-Forwards", "70")
-            .header("From", format!("<{account}>;tag={}", random_tag()))
-            .header("To", format!("<{account}>"))
-            .header("Call-ID", cx.new_call_id().to_string())
-            .header("CSeq", "1 NOTIFY")
-            .header("Contact", format!("<sip:{hostport}>"))
-            .header("Event", "message-summary")
-            .header("Subscription-State", "active")
-            .header("User-Agent", crate::sip::message::build::PRODUCT);
+            b.header("Via", cx.via(remote))
+                .header("Max-Forwards", "70")
+                .header("From", format!("<{account}>;tag={}", random_tag()))
+                .header("To", format!("<{account}>"))
+                .header("Call-ID", cx.new_call_id().to_string())
+                .header("CSeq", "1 NOTIFY")
+                .header("Contact", format!("<sip:{hostport}>"))
+                .header("Event", "message-summary")
+                .header("Subscription-State", "active")
+                .header("User-Agent", crate::sip::message::build::PRODUCT);
             let bytes = b.finish_with_body(
                 Some(Package::MessageSummary.content_type()),
                 body.as_bytes(),

@@ -354,28 +354,21 @@ impl Calls {
             };
             let hostport = cx.hostport(target);
             let mut b = Builder::request(&Method::Invite, binding.contact.as_bytes());
-            b.header(
-                "Via",
-                format!(
-                    "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
-                    target.transport,
-                    random_tag()
-                ),
-            )
-            .header("Max-Forwards", spec.max_forwards.to_string())
-            .header("From", from)
-            .header("To", format!("<sip:{}@{domain}>", spec.callee))
-            .header("Call-ID", &b_call_id)
-            .header("CSeq", "1 INVITE")
-            .header(
-                "Contact",
-                format!(
-                    "<sip:{caller}@{hostport};transport={}>",
-                    target.transport.as_str().to_ascii_lowercase()
-                ),
-            )
-            .header("Allow", ALLOW)
-            .header("User-Agent", crate::sip::message::build::PRODUCT);
+            b.header("Via", cx.via(target))
+                .header("Max-Forwards", spec.max_forwards.to_string())
+                .header("From", from)
+                .header("To", format!("<sip:{}@{domain}>", spec.callee))
+                .header("Call-ID", &b_call_id)
+                .header("CSeq", "1 INVITE")
+                .header(
+                    "Contact",
+                    format!(
+                        "<sip:{caller}@{hostport};transport={}>",
+                        target.transport.as_str().to_ascii_lowercase()
+                    ),
+                )
+                .header("Allow", ALLOW)
+                .header("User-Agent", crate::sip::message::build::PRODUCT);
             if let Some(req) = spec.timers_from {
                 copy_session_timer(&mut b, req);
             }

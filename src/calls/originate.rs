@@ -133,25 +133,18 @@ fn uac_invite(
     let domain = &cx.env.domain;
     let hostport = cx.hostport(remote);
     let mut b = Builder::request(&Method::Invite, uri);
-    b.header(
-        "Via",
-        format!(
-            "SIP/2.0/{} {hostport};branch=z9hG4bK{};rport",
-            remote.transport,
-            random_tag()
-        ),
-    )
-    .header("Max-Forwards", "70")
-    .header(
-        "From",
-        format!("<sip:{shown}@{domain}>;tag={}", random_tag()),
-    )
-    .header("To", format!("<sip:{callee}@{domain}>"))
-    .header("Call-ID", call_id)
-    .header("CSeq", "1 INVITE")
-    .header("Contact", format!("<sip:{shown}@{hostport}>"))
-    .header("Allow", ALLOW)
-    .header("User-Agent", crate::sip::message::build::PRODUCT);
+    b.header("Via", cx.via(remote))
+        .header("Max-Forwards", "70")
+        .header(
+            "From",
+            format!("<sip:{shown}@{domain}>;tag={}", random_tag()),
+        )
+        .header("To", format!("<sip:{callee}@{domain}>"))
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 INVITE")
+        .header("Contact", format!("<sip:{shown}@{hostport}>"))
+        .header("Allow", ALLOW)
+        .header("User-Agent", crate::sip::message::build::PRODUCT);
     b.finish_with_body(Some("application/sdp"), sdp)
 }
 

@@ -1,6 +1,7 @@
 //! Calls driven through the shard with a fake clock and fake media: SIP text in,
 //! SIP text out, no sockets. Each test plays the phones' side by hand.
 
+use crate::media::prompt::Prompt;
 use crate::routing::{Directory, Group, GroupId, Overflow, Queue};
 use crate::sip::{CallId, Remote, StatusCode};
 use crate::testkit::{Harness, Setup};
@@ -414,12 +415,14 @@ fn every_cdr_gets_its_own_id_without_touching_the_disk() {
 }
 
 /// A queue 500 served by agents 301 and 302 (ringing 5 s each).
-fn queue_lab() -> Lab {
+/// Queue 500 of group support (`members`), ringing agents 5 s, overflowing
+/// after 60 s to `overflow`; its sounds are 0.8 s beeps.
+fn queue_lab_with(members: &[&'static str], overflow: impl FnOnce(Arc<Prompt>) -> Overflow) -> Lab {
     let mut routing = Directory::new(vec![Group {
         name: "support".into(),
-        members: vec![("301".into(), 1), ("302".into(), 1)],
+        members: members.iter().map(|m| (m.to_string(), 1)).collect(),
     }]);
-    let music = Arc::new(crate::media::prompt::Prompt::confirm());
+    let beep = Arc::new(Prompt::confirm());
     routing.add_queue(Queue {
         number: "500".into(),
         groups: vec![GroupId(0)],
@@ -427,16 +430,20 @@ fn queue_lab() -> Lab {
         max_wait: Duration::from_secs(60),
         wrap_up: Duration::ZERO,
         greeting: None,
-        music: Arc::clone(&music),
-        overflow: Overflow::Announce(Arc::clone(&music)),
-        sorry: music,
+        music: Arc::clone(&beep),
+        overflow: overflow(Arc::clone(&beep)),
+        sorry: beep,
         service_level: Duration::from_secs(20),
     });
-    let lab = Lab::new(Setup {
-        users: vec!["301", "302"],
+    Lab::new(Setup {
+        users: members.to_vec(),
         routing,
         ..Setup::default()
-    });
+    })
+}
+
+fn queue_lab() -> Lab {
+    let lab = queue_lab_with(&["301", "302"], Overflow::Announce);
     lab.h.bind("301", PHONE_A);
     lab.h.bind("302", PHONE_B);
     lab
@@ -561,35 +568,16 @@ fn an_originated_call_passes_bs_early_media_to_a_instead_of_the_ringback() {
     );
 }
 
-/// A queue whose agents are all away, offering a call-back at overflow (after
+/// A queue whose agent is offline, offering a call-back at overflow (after
 /// 60 s): the prompt and thanks last 0.8 s each.
 fn callback_lab() -> Lab {
-    let mut routing = Directory::new(vec![Group {
-        name: "support".into(),
-        members: vec![("301".into(), 1)],
-    }]);
-    let beep = Arc::new(crate::media::prompt::Prompt::confirm());
-    routing.add_queue(Queue {
-        number: "500".into(),
-        groups: vec![GroupId(0)],
-        ring: Duration::from_secs(5),
-        max_wait: Duration::from_secs(60),
-        wrap_up: Duration::ZERO,
-        greeting: None,
-        music: Arc::clone(&beep),
-        overflow: Overflow::Callback(Arc::new(crate::routing::CallbackOffer {
+    queue_lab_with(&["301"], |beep| {
+        Overflow::Callback(Arc::new(crate::routing::CallbackOffer {
             group: "support".into(),
             prompt: Arc::clone(&beep),
-            thanks: Arc::clone(&beep),
+            thanks: beep,
             max_message: Duration::from_secs(30),
-        })),
-        sorry: beep,
-        service_level: Duration::from_secs(20),
-    });
-    Lab::new(Setup {
-        users: vec!["301"],
-        routing,
-        ..Setup::default()
+        }))
     })
 }
 
@@ -721,5 +709,35 @@ fn pressing_1_during_the_prompt_asks_at_once_and_a_caller_who_hangs_up_silent_as
         .shard
         .handle_media(lab.now, &CallId::from("cb@a"), empty);
     assert!(lab.h.shard.poll_callbacks().is_empty());
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_message_cut_at_its_limit_is_kept_and_the_caller_hears_the_thanks_then_is_hung_up() {
+    let mut lab = callback_lab();
+    let (_ok, voice) = offered_callback(&mut lab);
+    // The relay stopped at the limit by itself and saved what it had.
+    let full = crate::media::MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 30_000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("cb@a"), full);
+    let asked = lab.h.shard.poll_callbacks();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (asked[0].voice.map(|v| v.ms), asked[0].asked),
+        (Some(30_000), false)
+    );
+    assert!(
+        lab.media_log()
+            .last()
+            .is_some_and(|l| l.ends_with("play 0 pt=0 looping=false")),
+        "the thanks"
+    );
+    let out = lab.advance(Duration::from_secs(1));
+    one(&out, "BYE sip:201@");
     assert!(lab.idle());
 }

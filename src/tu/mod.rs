@@ -272,6 +272,17 @@ impl<'a, T> Cx<'a, T> {
         self.env.addrs.toward(remote.addr)
     }
 
+    /// A Via for a new request of ours toward `remote` (a fresh branch, and
+    /// rport: answers come back to where we sent from).
+    pub fn via(&self, remote: Remote) -> String {
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{};rport",
+            remote.transport,
+            self.hostport(remote),
+            random_tag()
+        )
+    }
+
     /// Our `host:port` toward `remote`, for Via and Contact.
     pub fn hostport(&self, remote: Remote) -> String {
         match self.media_ip(remote) {
