@@ -87,6 +87,9 @@ pub struct Voice {
 /// a voice message (already durable) or pressed 1, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The queue call: told when the call-back is stored (the caller hears
+    /// the thanks only then).
+    pub call: crate::sip::CallId,
     /// The caller's number, as the caller index knows it.
     pub customer: String,
     /// The queue they waited in.
@@ -689,6 +692,7 @@ mod tests {
     fn the_pbx_adds_to_the_open_item_for_the_same_customer_and_target_instead_of_a_second() {
         let mut b = boxed();
         let request = Request {
+            call: "q@a".into(),
             customer: "+81312345678".into(),
             queue: "500".into(),
             group: "support".into(),

@@ -308,6 +308,11 @@ impl Calls {
         }
     }
 
+    /// The desk stored (`saved`) the call-back queue call `call_id` asked for.
+    pub fn on_callback_saved(&mut self, cx: &mut Cx<'_>, call_id: &CallId, saved: bool) {
+        self.callback_saved(cx, call_id, saved);
+    }
+
     /// A media session of call `call_id` saw no packet for the inactivity period.
     fn on_media_idle(&mut self, cx: &mut Cx<'_>, call_id: &CallId) {
         if self.bridges.contains_key(call_id) {

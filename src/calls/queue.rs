@@ -62,7 +62,17 @@ pub(super) enum Phase {
         voice: u64,
         offer: Arc<CallbackOffer>,
     },
+    /// Asked for a call-back: waiting until the desk has it on disk (at most
+    /// until `until`), then the thanks.
+    Saving {
+        until: Instant,
+        offer: Arc<CallbackOffer>,
+    },
 }
+
+/// The longest a caller waits for their call-back to be stored before hearing
+/// the sorry announcement instead of the thanks.
+const SAVING: Duration = Duration::from_secs(10);
 
 /// A call-back a queue caller is asking for, until their voice message is
 /// saved (or they pressed 1 before it began).
@@ -124,6 +134,7 @@ impl Queued {
             Phase::Connected => None,
             Phase::Announcing { hang_up_at } => Some(*hang_up_at),
             Phase::Message { record_at, .. } => *record_at,
+            Phase::Saving { until, .. } => Some(*until),
         }
     }
 
@@ -495,6 +506,10 @@ impl Calls {
         }
         match q.phase {
             Phase::Message { .. } => self.start_message(a),
+            Phase::Saving { .. } => {
+                tracing::error!(call_id = %a, "the call-back was not stored in time");
+                self.end_offer(cx, a, false)
+            }
             Phase::Announcing { .. } => self.end_bridge(cx, a, None, HangupBy::System),
             Phase::Offered(_) => self.offer_failed(cx, a),
             Phase::Waiting { give_up_at, .. } if cx.now >= give_up_at => self.overflow(cx, a),
@@ -607,7 +622,8 @@ impl Calls {
     }
 
     /// Queue caller `a` sent a DTMF digit: "1" while offered a call-back asks
-    /// for one (the message so far is kept); they hear the thanks.
+    /// for one (the message so far is kept). They hear the thanks once the
+    /// call-back is on disk.
     pub(super) fn queue_digit(&mut self, cx: &mut Cx<'_>, a: &CallId, digit: char) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
@@ -626,6 +642,7 @@ impl Calls {
         }
         let (recording, voice) = (record_at.is_none(), *voice);
         tracing::info!(call_id = %a, "queue caller pressed 1 for a call-back");
+        bridge.relay.stop_playing();
         match recording {
             true => {
                 if let Some(m) = self.messages.get_mut(&voice) {
@@ -636,17 +653,17 @@ impl Calls {
             }
             false => {
                 if let Some(m) = self.messages.remove(&voice) {
-                    cx.callback(request(m, true, None));
+                    cx.callback(request(a, m, true, None));
                 }
             }
         }
-        self.thank_and_hang_up(cx, a);
+        self.await_saving(cx, a);
     }
 
     /// Voice message `id` was recorded (`saved`: it held audio and is on
     /// disk): the call-back is asked for if there is a message or the caller
-    /// pressed 1. A caller still on the line (the message hit its limit) hears
-    /// the thanks.
+    /// pressed 1. A caller still recording (the message hit its limit) waits
+    /// for it to be saved, or hears the sorry announcement if there is none.
     pub(super) fn message_recorded(
         &mut self,
         cx: &mut Cx<'_>,
@@ -657,39 +674,83 @@ impl Calls {
         let Some(m) = self.messages.remove(&id) else {
             return;
         };
-        if saved.is_some() || m.asked {
-            cx.callback(request(m, false, saved));
+        let asks = saved.is_some() || m.asked;
+        if asks {
+            cx.callback(request(a, m, false, saved));
         } else {
             tracing::info!(call_id = %a, "no call-back: an empty message");
         }
-        let still_recording = self
+        let at_limit = self
             .bridges
             .get(a)
             .and_then(|b| b.queue.as_ref())
             .is_some_and(
                 |q| matches!(q.phase, Phase::Message { record_at: None, voice, .. } if voice == id),
             );
-        if still_recording {
-            self.thank_and_hang_up(cx, a);
+        match (at_limit, asks) {
+            (true, true) => self.await_saving(cx, a),
+            (true, false) => self.end_offer(cx, a, false),
+            (false, _) => {}
         }
     }
 
-    /// The caller hears the offer's thanks, then is hung up.
-    fn thank_and_hang_up(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+    /// The caller asked: they wait (in silence, briefly) until the desk has
+    /// the call-back on disk.
+    fn await_saving(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let Some(q) = self.bridges.get_mut(a).and_then(|b| b.queue.as_mut()) else {
+            return;
+        };
+        let Phase::Message { offer, .. } = &q.phase else {
+            return;
+        };
+        q.phase = Phase::Saving {
+            until: cx.now + SAVING,
+            offer: Arc::clone(offer),
+        };
+        self.arm_queue(cx, a);
+    }
+
+    /// The desk stored (or failed to store) the call-back of queue caller `a`:
+    /// they hear the thanks (or the sorry announcement) and are hung up.
+    pub(super) fn callback_saved(&mut self, cx: &mut Cx<'_>, a: &CallId, saved: bool) {
+        let saving = self
+            .bridges
+            .get(a)
+            .and_then(|b| b.queue.as_ref())
+            .is_some_and(|q| matches!(q.phase, Phase::Saving { .. }));
+        if saving {
+            self.end_offer(cx, a, saved);
+        }
+    }
+
+    /// A call-back offer is over: the thanks (`saved`) or the sorry
+    /// announcement, then the PBX hangs up.
+    fn end_offer(&mut self, cx: &mut Cx<'_>, a: &CallId, saved: bool) {
+        let Some(q) = self.bridges.get(a).and_then(|b| b.queue.as_ref()) else {
+            return;
+        };
+        let prompt = match (&q.phase, saved) {
+            (Phase::Message { offer, .. } | Phase::Saving { offer, .. }, true) => {
+                Arc::clone(&offer.thanks)
+            }
+            _ => Arc::clone(&cx.env.routing.queue(q.id).sorry),
+        };
+        self.play_and_hang_up(cx, a, prompt);
+    }
+
+    /// Plays `prompt` to caller `a`, then hangs up.
+    fn play_and_hang_up(&mut self, cx: &mut Cx<'_>, a: &CallId, prompt: Arc<Prompt>) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
         let Some(q) = bridge.queue.as_mut() else {
             return;
         };
-        let Phase::Message { offer, .. } = &q.phase else {
-            return;
-        };
-        let thanks = Arc::clone(&offer.thanks);
+        q.leave_line(cx);
         q.phase = Phase::Announcing {
-            hang_up_at: cx.now + thanks.duration() + Duration::from_millis(200),
+            hang_up_at: cx.now + prompt.duration() + Duration::from_millis(200),
         };
-        bridge.relay.play(0, thanks, q.pt, false);
+        bridge.relay.play(0, prompt, q.pt, false);
         self.arm_queue(cx, a);
     }
 
@@ -712,24 +773,15 @@ impl Calls {
 
     /// Plays the overflow announcement, then hangs up.
     fn announce_and_hang_up(&mut self, cx: &mut Cx<'_>, a: &CallId) {
-        let env = cx.env;
-        let Some(bridge) = self.bridges.get_mut(a) else {
+        let Some(q) = self.bridges.get(a).and_then(|b| b.queue.as_ref()) else {
             return;
         };
-        let Some(q) = bridge.queue.as_mut() else {
-            return;
-        };
-        let queue = env.routing.queue(q.id);
+        let queue = cx.env.routing.queue(q.id);
         let prompt: Arc<Prompt> = match &queue.overflow {
             Overflow::Announce(p) => Arc::clone(p),
             _ => Arc::clone(&queue.sorry),
         };
-        q.leave_line(cx);
-        q.phase = Phase::Announcing {
-            hang_up_at: cx.now + prompt.duration() + Duration::from_millis(200),
-        };
-        bridge.relay.play(0, prompt, q.pt, false);
-        self.arm_queue(cx, a);
+        self.play_and_hang_up(cx, a, prompt);
     }
 
     /// A re-INVITE, UPDATE or INFO from a caller who is still waiting: answered
@@ -803,9 +855,10 @@ pub(super) fn disposition(bridge: &Bridge) -> Disposition {
     }
 }
 
-/// The call-back to ask the desk for.
-fn request(m: LeftMessage, asked: bool, voice: Option<Voice>) -> Request {
+/// The call-back of queue call `a` to ask the desk for.
+fn request(a: &CallId, m: LeftMessage, asked: bool, voice: Option<Voice>) -> Request {
     Request {
+        call: a.clone(),
         customer: m.customer,
         queue: m.queue,
         group: m.group,

@@ -663,6 +663,7 @@ fn a_queue_caller_who_leaves_a_message_and_presses_1_gets_one_call_back_with_it(
     assert_eq!(
         lab.h.shard.poll_callbacks(),
         [crate::callbacks::Request {
+            call: CallId::from("cb@a"),
             customer: "201".into(),
             queue: "500".into(),
             group: "support".into(),
@@ -673,7 +674,11 @@ fn a_queue_caller_who_leaves_a_message_and_presses_1_gets_one_call_back_with_it(
             asked: true,
         }]
     );
-    // The thanks, then the PBX hangs up.
+    // The thanks only once the desk has stored it; then the PBX hangs up.
+    let out = lab.advance(Duration::from_secs(2));
+    assert!(starting(&out, "BYE ").is_empty(), "waiting for the store");
+    let call = CallId::from("cb@a");
+    lab.h.shard.handle_callback_saved(lab.now, &call, true);
     let out = lab.advance(Duration::from_secs(1));
     one(&out, "BYE sip:201@");
     assert!(lab.idle());
@@ -731,6 +736,8 @@ fn a_message_cut_at_its_limit_is_kept_and_the_caller_hears_the_thanks_then_is_hu
         (asked[0].voice.map(|v| v.ms), asked[0].asked),
         (Some(30_000), false)
     );
+    let call = CallId::from("cb@a");
+    lab.h.shard.handle_callback_saved(lab.now, &call, true);
     assert!(
         lab.media_log()
             .last()
@@ -738,6 +745,31 @@ fn a_message_cut_at_its_limit_is_kept_and_the_caller_hears_the_thanks_then_is_hu
         "the thanks"
     );
     let out = lab.advance(Duration::from_secs(1));
+    one(&out, "BYE sip:201@");
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_caller_whose_call_back_is_not_stored_hears_the_sorry_announcement_not_the_thanks() {
+    let mut lab = callback_lab();
+    let call = CallId::from("cb@a");
+    let (ok, _voice) = offered_callback(&mut lab);
+    lab.input(dtmf_info(&ok, 2, '1'), CALLER);
+    // The desk refuses (its store failed): sorry, then hang up.
+    lab.h.shard.handle_callback_saved(lab.now, &call, false);
+    let out = lab.advance(Duration::from_secs(3));
+    one(&out, "BYE sip:201@");
+    // A desk that never answers: sorry after 10 s.
+    let (ok, voice) = offered_callback(&mut lab);
+    lab.input(dtmf_info(&ok, 2, '1'), CALLER);
+    let saved = crate::media::MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 1000,
+    };
+    lab.h.shard.handle_media(lab.now, &call, saved);
+    assert!(starting(&lab.advance(Duration::from_secs(9)), "BYE ").is_empty());
+    let out = lab.advance(Duration::from_secs(4));
     one(&out, "BYE sip:201@");
     assert!(lab.idle());
 }

@@ -172,7 +172,8 @@ impl Desk {
                 (CallbackId(ids.next_id(now)), now)
             };
             let (c, added) = lock(&self.callbacks).create_or_add(now, id, new);
-            match self.store_callback(&c).await {
+            let stored = self.store_callback(&c).await;
+            match &stored {
                 Ok(()) if added => {
                     tracing::info!(id = c.id.0, customer = %c.customer, "queue caller's call-back added to the open one")
                 }
@@ -181,6 +182,7 @@ impl Desk {
                 }
                 Err(e) => tracing::error!("storing call-back {}: {e:?}", c.id.0),
             }
+            self.commands.callback_saved(&r.call, stored.is_ok());
         }
     }
 

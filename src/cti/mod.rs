@@ -53,6 +53,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn calls_started(&self) -> u64;
     /// Sets how many call-backs wait for `extension` (its phone's message lamp).
     fn messages_waiting(&self, extension: &str, callbacks: u32);
+    /// Tells queue call `call` its call-back is stored (`saved`) or is not.
+    fn callback_saved(&self, call: &crate::sip::CallId, saved: bool);
 }
 
 /// What the desk is set up with.

@@ -45,6 +45,8 @@ pub enum Control {
     Media(CallId, crate::media::MediaEvent),
     /// An extension's message counts changed (the message lamp).
     Messages(String),
+    /// The desk stored (or failed to store) the call-back a queue call asked for.
+    CallbackSaved(CallId, bool),
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
@@ -504,6 +506,12 @@ impl crate::cti::Commands for DeskCommands {
             }
         }
     }
+    fn callback_saved(&self, call: &CallId, saved: bool) {
+        let shard = call.shard(self.controls.len());
+        if let Some(c) = self.controls.get(shard) {
+            let _ = c.send(Control::CallbackSaved(call.clone(), saved));
+        }
+    }
     fn calls_started(&self) -> u64 {
         self.env
             .stats
@@ -798,6 +806,7 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         }
         Control::Media(call_id, event) => shard.handle_media(now, &call_id, event),
         Control::Messages(extension) => shard.handle_messages(now, &extension),
+        Control::CallbackSaved(call, saved) => shard.handle_callback_saved(now, &call, saved),
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),
     }

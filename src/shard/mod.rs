@@ -540,6 +540,12 @@ impl Shard {
         self.process_events(now);
     }
 
+    /// The desk stored (`saved`) the call-back a queue call asked for.
+    pub fn handle_callback_saved(&mut self, now: Instant, call_id: &CallId, saved: bool) {
+        self.with_calls(now, |c, cx| c.on_callback_saved(cx, call_id, saved));
+        self.process_events(now);
+    }
+
     /// Places a call (third-party call control): ring `from`, then connect `to`.
     pub fn originate(
         &mut self,
