@@ -605,6 +605,11 @@ impl Blf {
         }
     }
 
+    /// Whether this shard has subscriptions to `extension`.
+    pub fn watches(&self, extension: &str) -> bool {
+        self.by_extension.contains_key(extension)
+    }
+
     /// Live subscriptions of this shard.
     pub fn count(&self) -> usize {
         self.subscriptions.len()

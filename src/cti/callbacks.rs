@@ -58,7 +58,7 @@ impl Desk {
     fn member(&self, group: &str, extension: &str) -> bool {
         self.members
             .get(group)
-            .is_some_and(|m| m.iter().any(|e| e == extension))
+            .is_some_and(|m| m.contains(extension))
     }
 
     /// Who hears of `c`: its agent and the members of its groups.
@@ -81,12 +81,9 @@ impl Desk {
     }
 
     /// Sets the message lamps of `extensions` to the items waiting for each.
-    pub(super) fn light_lamps<'a>(&self, extensions: impl IntoIterator<Item = &'a String>) {
-        let b = lock(&self.callbacks);
-        for ext in extensions {
-            let n = b.waiting_for(ext, |g| self.member(g, ext));
-            self.commands.messages_waiting(ext, n);
-        }
+    pub(super) fn light_lamps(&self, extensions: &[String]) {
+        let counts = lock(&self.callbacks).waiting(extensions);
+        self.commands.messages_waiting(&counts);
     }
 
     /// Makes `c` durable, then announces it. A done one joins the customer's
@@ -129,13 +126,13 @@ impl Desk {
             self.history.opened(r);
         }
         let addressees = self.addressees(c);
-        self.light_lamps(&addressees);
         self.publish(
-            Audience::Extensions(addressees.into()),
+            Audience::Extensions(addressees.clone().into()),
             Body::Callback {
                 callback: c.clone(),
             },
         );
+        self.light_lamps(&addressees);
         Ok(())
     }
 

@@ -51,8 +51,9 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn figures(&self, now: UnixMillis) -> metrics::PbxFigures;
     /// Calls started so far (the call rate's counter; cheap, read each second).
     fn calls_started(&self) -> u64;
-    /// Sets how many call-backs wait for `extension` (its phone's message lamp).
-    fn messages_waiting(&self, extension: &str, callbacks: u32);
+    /// Sets how many call-backs wait for each extension (its phone's message
+    /// lamp).
+    fn messages_waiting(&self, callbacks: &[(String, u32)]);
     /// Tells queue call `call` its call-back is stored (`saved`) or is not.
     fn callback_saved(&self, call: &crate::sip::CallId, saved: bool);
 }
@@ -113,7 +114,7 @@ pub struct Desk {
     /// never held across an `.await`).
     callbacks: Mutex<crate::callbacks::CallbackBox>,
     /// Each group's members, for call-back audiences and visibility.
-    members: std::collections::HashMap<String, Arc<[String]>>,
+    members: std::collections::HashMap<String, HashSet<String>>,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -151,7 +152,7 @@ impl Desk {
             members: config
                 .groups
                 .iter()
-                .map(|(g, m)| (g.clone(), Arc::from(m.as_slice())))
+                .map(|(g, m)| (g.clone(), m.iter().cloned().collect()))
                 .collect(),
             config,
             presence,

@@ -43,8 +43,8 @@ pub enum Control {
     /// A media session of this Call-ID reports something (inactivity, a
     /// digit, a saved recording).
     Media(CallId, crate::media::MediaEvent),
-    /// An extension's message counts changed (the message lamp).
-    Messages(String),
+    /// Extensions whose message counts changed (their message lamps).
+    Messages(Arc<[String]>),
     /// The desk stored (or failed to store) the call-back a queue call asked for.
     CallbackSaved(CallId, bool),
     /// The store flushed everything this shard wrote up to this sequence number.
@@ -499,10 +499,15 @@ impl crate::cti::Commands for DeskCommands {
     fn queue_stats(&self, now: UnixMillis) -> Vec<crate::routing::stats::QueueStats> {
         self.env.routing.stats(now)
     }
-    fn messages_waiting(&self, extension: &str, callbacks: u32) {
-        if self.env.mwi.set_callbacks(extension, callbacks) {
+    fn messages_waiting(&self, callbacks: &[(String, u32)]) {
+        let changed: Arc<[String]> = callbacks
+            .iter()
+            .filter(|(ext, n)| self.env.mwi.set_callbacks(ext, *n))
+            .map(|(ext, _)| ext.clone())
+            .collect();
+        if !changed.is_empty() {
             for c in &self.controls {
-                let _ = c.send(Control::Messages(extension.to_string()));
+                let _ = c.send(Control::Messages(Arc::clone(&changed)));
             }
         }
     }
@@ -805,7 +810,11 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
             let _ = reply.send(placed);
         }
         Control::Media(call_id, event) => shard.handle_media(now, &call_id, event),
-        Control::Messages(extension) => shard.handle_messages(now, &extension),
+        Control::Messages(extensions) => {
+            for ext in extensions.iter() {
+                shard.handle_messages(now, ext);
+            }
+        }
         Control::CallbackSaved(call, saved) => shard.handle_callback_saved(now, &call, saved),
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),

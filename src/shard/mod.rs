@@ -519,6 +519,9 @@ impl Shard {
     /// that (one shard, so each change is sent once).
     pub fn handle_messages(&mut self, now: Instant, extension: &str) {
         let unsolicited = self.config.index == 0 && self.env.mwi.unsolicited(extension);
+        if !unsolicited && !self.blf.watches(extension) {
+            return;
+        }
         self.with_blf(now, |b, cx| {
             b.on_messages_change(cx, extension);
             if unsolicited {
