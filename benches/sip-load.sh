@@ -8,7 +8,8 @@
 # stops. Everything listens on 127.0.0.1:5070; every SIPp run is bounded by a call
 # count and a timeout.
 #
-#   usage: benches/sip-load.sh   env: REG_RATES, CALL_RATES, STEP_SECS, HOLD_MS, SKIP_KAMAILIO=1
+#   usage: benches/sip-load.sh   env: REG_RATES, CALL_RATES, STEP_SECS, HOLD_MS, SKIP_KAMAILIO=1,
+#          BIN (another sipdesk binary to measure)
 #   output: target/sip-load/<timestamp>/{sipdesk,kamailio}/summary.md and the ratio
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,7 +26,11 @@ LAB="$OUT/lab"; cp -r "$LAB_SRC" "$LAB"; chmod -R u+w "$LAB"
 command -v sipp >/dev/null || { echo "sipp missing: apt-get install sip-tester" >&2; exit 1; }
 "$LAB/gen-users.sh" >/dev/null
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+# BIN= measures another build (an old one, for old-vs-new figures in one run).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  BIN="$ROOT/target/release/sipdesk"
+fi
 CONF="$OUT/sipdesk.toml"
 {
   printf '[sip]\nudp = ["127.0.0.1:5070"]\ntcp = []\nauth_algorithms = ["MD5"]\n'
@@ -39,7 +44,7 @@ CONF="$OUT/sipdesk.toml"
 } > "$CONF"
 
 ss -Hlun "sport = :5070" | grep -q . && { echo "udp 5070 already in use" >&2; exit 1; }
-"$ROOT/target/release/sipdesk" run --config "$CONF" --data-dir "$OUT/data" > "$OUT/sipdesk.log" 2>&1 &
+"$BIN" run --config "$CONF" --data-dir "$OUT/data" > "$OUT/sipdesk.log" 2>&1 &
 PBX=$!
 trap 'kill $PBX 2>/dev/null || true' EXIT
 for _ in $(seq 100); do ss -Hlun "sport = :5070" | grep -q . && break; sleep 0.1; done

@@ -2,8 +2,9 @@
 # Runs every test of sipdesk. Installs the real peers the integration tests talk to
 # when they are missing: SIPp (Debian's sip-tester), baresip and sox for the audio
 # test, python3 for the independent digest client, Debian's chromium and npm's
-# playwright-core for the desktop test (node and npm come with the machine). Every
-# server the tests start listens on 127.0.0.1 only.
+# playwright-core for the desktop test (node and npm come with the machine),
+# fail2ban for its fail2ban-regex (the shipped filter is checked). Every
+# server and peer the tests start listens on loopback addresses only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v sox >/dev/null 2>&1 || need+=(sox)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

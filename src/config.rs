@@ -49,6 +49,7 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     pub queues: Vec<QueueConfig>,
     pub features: FeaturesConfig,
+    pub security: SecurityConfig,
     /// Set by [`Config::with_demo_desk`]: the demo group and queue were added
     /// (so the groups and queues are the demo's own, not the office's).
     #[serde(skip)]
@@ -94,6 +95,62 @@ pub struct CallsConfig {
     pub min_session_expires_secs: Spanned<u64>,
     /// Whose ringback tone a placed call's first party hears.
     pub tone_zone: crate::media::prompt::ToneZone,
+}
+
+/// Who may talk to the PBX (see the guard): rate limits, bans, allow-list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Networks (CIDR) never limited or banned: the office's own.
+    pub allow: Spanned<Vec<String>>,
+    /// Requests a second one source may send, sustained, and at once.
+    pub rate: Spanned<u32>,
+    pub burst: Spanned<u32>,
+    /// Failed authentications from one source (or against one user) within
+    /// `window_secs` before a ban (or the user's lock).
+    pub max_auth_failures: Spanned<u32>,
+    pub window_secs: u64,
+    pub ban_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        let p = crate::guard::Policy::default();
+        SecurityConfig {
+            allow: sp(vec!["127.0.0.0/8".into(), "::1/128".into()]),
+            rate: sp(p.rate),
+            burst: sp(p.burst),
+            max_auth_failures: sp(p.max_auth_failures),
+            window_secs: p.window.as_secs(),
+            ban_secs: p.ban.as_secs(),
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The guard's rules (`allow` holds only valid networks once validated).
+    pub fn policy(&self) -> crate::guard::Policy {
+        crate::guard::Policy {
+            allow: self
+                .allow
+                .get_ref()
+                .iter()
+                .filter_map(|n| parse_net(n).ok())
+                .collect(),
+            rate: *self.rate.get_ref(),
+            burst: *self.burst.get_ref(),
+            max_auth_failures: *self.max_auth_failures.get_ref(),
+            window: std::time::Duration::from_secs(self.window_secs),
+            ban: std::time::Duration::from_secs(self.ban_secs),
+        }
+    }
+}
+
+/// A network in CIDR form, or one address (a /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s} is not a network (CIDR) or an address"))
 }
 
 impl Default for CallsConfig {
@@ -480,6 +537,19 @@ impl Config {
                 "http.metrics_token",
                 "use at least 16 printable characters, no spaces (or \"\" for none)".into(),
             ));
+        }
+        let sec = &self.security;
+        if let Some(e) = sec.allow.get_ref().iter().find_map(|n| parse_net(n).err()) {
+            return Err(bad(sec.allow.span(), "security.allow", e));
+        }
+        for (key, v) in [
+            ("security.rate", &sec.rate),
+            ("security.burst", &sec.burst),
+            ("security.max_auth_failures", &sec.max_auth_failures),
+        ] {
+            if *v.get_ref() == 0 {
+                return Err(bad(v.span(), key, "must be at least 1".into()));
+            }
         }
         if s.auth_algorithms.get_ref().is_empty() {
             return Err(bad(

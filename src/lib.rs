@@ -49,6 +49,7 @@ mod calls;
 mod clock;
 pub mod config;
 mod cti;
+mod guard;
 pub mod history;
 #[doc(hidden)]
 pub mod media;

@@ -212,6 +212,7 @@ impl Harness {
             presence: crate::presence::Presence::new(setup.users.iter().copied(), UnixMillis(0)),
             users,
             mwi: crate::mwi::Mwi::new(["201".to_string()]),
+            guard: crate::guard::Guard::default(),
             registrar: Registrar::direct(store, policy, wall0).expect("registrar"),
             auth: DigestAuthority::new(
                 REALM,

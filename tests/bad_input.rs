@@ -49,9 +49,10 @@ fn each_kind_of_bad_request_gets_its_status_and_the_server_keeps_serving() {
             "SIP/2.0 416 ",
         ),
         (request("FROB sip:x SIP/2.0", "", "FROB"), "SIP/2.0 501 "),
+        // Challenged like a real extension: no enumeration.
         (
             request("INVITE sip:x SIP/2.0", "", "INVITE"),
-            "SIP/2.0 404 ",
+            "SIP/2.0 407 ",
         ),
         (request("REFER sip:x SIP/2.0", "", "REFER"), "SIP/2.0 405 "),
         (
@@ -65,7 +66,7 @@ fn each_kind_of_bad_request_gets_its_status_and_the_server_keeps_serving() {
 ",
                 "SUBSCRIBE",
             ),
-            "SIP/2.0 404 ",
+            "SIP/2.0 401 ",
         ),
         (request("BYE sip:x SIP/2.0", "", "BYE"), "SIP/2.0 481 "),
         (

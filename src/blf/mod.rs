@@ -272,6 +272,28 @@ impl Blf {
             return cx.respond(tx, b.finish());
         }
         let env = cx.env;
+        let credentials = req
+            .authorizations(HeaderName::Authorization)
+            .chain(req.authorizations(HeaderName::ProxyAuthorization));
+        let verdict = env
+            .auth
+            .verify(cx.now, b"SUBSCRIBE", credentials, |u| env.users.ha1(u));
+        // Authenticated first: an unauthenticated subscriber cannot tell the
+        // extensions that exist from those that do not.
+        let user = match env
+            .guard
+            .verdict(cx.now, remote.addr.ip(), "SUBSCRIBE", verdict)
+        {
+            Verdict::Authenticated(user) => user,
+            Verdict::Challenge { stale } => {
+                let mut b = cx.response(req, remote, StatusCode::UNAUTHORIZED);
+                for c in env.auth.challenges(cx.now, stale) {
+                    b.header("WWW-Authenticate", c);
+                }
+                return cx.respond(tx, b.finish());
+            }
+            Verdict::Forbidden { .. } => return cx.reply(tx, req, remote, StatusCode::FORBIDDEN),
+        };
         let Some(extension) = req
             .request_uri()
             .and_then(|u| u.user)
@@ -280,29 +302,10 @@ impl Blf {
         else {
             return cx.reply(tx, req, remote, StatusCode::NOT_FOUND);
         };
-        let credentials = req
-            .authorizations(HeaderName::Authorization)
-            .chain(req.authorizations(HeaderName::ProxyAuthorization));
-        match env
-            .auth
-            .verify(cx.now, b"SUBSCRIBE", credentials, |u| env.users.ha1(u))
-        {
-            // Anyone may watch a colleague's lamps; only I see my messages.
-            Verdict::Authenticated(user)
-                if package == Package::MessageSummary && user != extension =>
-            {
-                tracing::info!(%user, %extension, "message-summary of another user refused");
-                return cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
-            }
-            Verdict::Authenticated(_) => {}
-            Verdict::Challenge { stale } => {
-                let mut b = cx.response(req, remote, StatusCode::UNAUTHORIZED);
-                for c in env.auth.challenges(cx.now, stale) {
-                    b.header("WWW-Authenticate", c);
-                }
-                return cx.respond(tx, b.finish());
-            }
-            Verdict::Forbidden => return cx.reply(tx, req, remote, StatusCode::FORBIDDEN),
+        // Anyone may watch a colleague's lamps; only I see my messages.
+        if package == Package::MessageSummary && user != extension {
+            tracing::info!(%user, %extension, "message-summary of another user refused");
+            return cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
         }
         let mut b = cx.response(req, remote, StatusCode::OK);
         b.header("Expires", expires.to_string())

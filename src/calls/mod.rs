@@ -178,7 +178,13 @@ impl Calls {
                 };
                 self.invite_extension(cx, tx, req, remote, call_id, target)
             }
-            Target::Unknown => cx.reply(tx, req, remote, StatusCode::NOT_FOUND),
+            // Challenged like an extension first: an unauthenticated caller
+            // cannot tell the numbers that exist from those that do not.
+            Target::Unknown => {
+                if self.authenticate(cx, tx, req, remote).is_some() {
+                    cx.reply(tx, req, remote, StatusCode::NOT_FOUND)
+                }
+            }
         }
     }
 
@@ -203,6 +209,9 @@ impl Calls {
             req.authorizations(HeaderName::ProxyAuthorization),
             |u| env.users.ha1(u),
         );
+        let verdict = env
+            .guard
+            .verdict(cx.now, remote.addr.ip(), "INVITE", verdict);
         match verdict {
             Verdict::Authenticated(user) => Some(Some(user)),
             Verdict::Challenge { stale } => {
@@ -214,7 +223,7 @@ impl Calls {
                 cx.respond(tx, b.finish());
                 None
             }
-            Verdict::Forbidden => {
+            Verdict::Forbidden { .. } => {
                 cx.reply(tx, req, remote, StatusCode::FORBIDDEN);
                 None
             }

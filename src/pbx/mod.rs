@@ -169,6 +169,7 @@ impl PbxBuilder {
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
+            guard: crate::guard::Guard::new(config.security.policy()),
             users,
             registrar,
             auth: DigestAuthority::new(
@@ -215,7 +216,7 @@ impl PbxBuilder {
         let mut tasks = JoinSet::new();
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
-        let dispatcher = Dispatcher::new(senders.clone(), limits);
+        let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
         let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         let dialplan = Dialplan::from_config(&config);
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
@@ -252,7 +253,11 @@ impl PbxBuilder {
                 dir: dir.clone(),
                 source,
             })?;
-        tasks.spawn(run_sweeper(env.registrar.clone(), env.presence.clone()));
+        tasks.spawn(run_sweeper(
+            env.registrar.clone(),
+            env.presence.clone(),
+            env.guard.clone(),
+        ));
         let record_ids = IdGen::new(id_base, shards, id_lanes);
         let commands = DeskCommands {
             controls: controls.clone(),
@@ -919,7 +924,11 @@ fn run_writer(
 
 /// Once a second: wrap-up deadlines; every five: expired bindings, and the
 /// extensions they leave without a registration go offline.
-async fn run_sweeper(registrar: Registrar, presence: crate::presence::Presence) {
+async fn run_sweeper(
+    registrar: Registrar,
+    presence: crate::presence::Presence,
+    guard: crate::guard::Guard,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     for n in 0u64.. {
         tick.tick().await;
@@ -928,6 +937,7 @@ async fn run_sweeper(registrar: Registrar, presence: crate::presence::Presence) 
         if n % 5 != 0 {
             continue;
         }
+        guard.sweep(Instant::now());
         match registrar.purge_expired(now) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("{n} expired bindings removed"),

@@ -373,6 +373,15 @@ pub struct RegisterAnswer {
     pub registered: Option<(String, bool)>,
 }
 
+/// What checks a REGISTER's credentials: the digest authority, the users'
+/// secrets, and the guard (failures counted, locked users refused).
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub auth: &'a DigestAuthority,
+    pub users: &'a Users,
+    pub guard: &'a crate::guard::Guard,
+}
+
 impl Registrar {
     /// A REGISTER: challenged (401) until its digest credentials verify, then
     /// applied to the user's bindings and answered with all of them.
@@ -382,9 +391,9 @@ impl Registrar {
         wall: UnixMillis,
         req: &Message,
         remote: Remote,
-        auth: &DigestAuthority,
-        users: &Users,
+        credentials: Credentials<'_>,
     ) -> RegisterAnswer {
+        let Credentials { auth, users, guard } = credentials;
         let reply = |code, reason: &str| Builder::stateless_reply(req, remote.addr, code, reason);
         let standard = |status: StatusCode| reply(status.0, status.reason());
         let plain = |b: Builder| RegisterAnswer {
@@ -407,10 +416,11 @@ impl Registrar {
             req.authorizations(HeaderName::Authorization),
             |u| users.ha1(u),
         );
+        let verdict = guard.verdict(now, remote.addr.ip(), "REGISTER", verdict);
         let user = match verdict {
             Verdict::Authenticated(user) => user,
             Verdict::Challenge { stale } => return challenge(stale),
-            Verdict::Forbidden => {
+            Verdict::Forbidden { .. } => {
                 tracing::info!(%remote, "REGISTER refused: bad credentials");
                 return plain(standard(StatusCode::FORBIDDEN));
             }

@@ -467,9 +467,17 @@ impl Shard {
     fn register(&mut self, now: Instant, tx: TxId, req: &Message, remote: Remote) {
         let env = Arc::clone(&self.env);
         let wall = self.config.clock.at(now);
-        let a = env
-            .registrar
-            .on_register(now, wall, req, remote, &env.auth, &env.users);
+        let a = env.registrar.on_register(
+            now,
+            wall,
+            req,
+            remote,
+            crate::registrar::Credentials {
+                auth: &env.auth,
+                users: &env.users,
+                guard: &env.guard,
+            },
+        );
         if let Some((user, live)) = &a.registered {
             let _ = env.presence.set_registered(user, *live, wall);
         }

@@ -410,9 +410,18 @@ fn unknown_events_users_and_short_intervals_are_refused() {
         out[0].starts_with("SIP/2.0 423") && out[0].contains("Min-Expires: 60"),
         "{out:?}"
     );
-    let unknown = String::from_utf8_lossy(&subscribe(3, "dialog", 600, "", None))
-        .replace("SUBSCRIBE sip:201@pbx", "SUBSCRIBE sip:999@pbx");
-    ep.handle_bytes(t0, Bytes::from(unknown), phone());
+    // An unknown extension is challenged like a known one (no enumeration);
+    // only an authenticated subscriber learns it does not exist.
+    let to_999 = |cseq, auth: Option<&str>| {
+        let text = String::from_utf8_lossy(&subscribe(cseq, "dialog", 600, "", auth))
+            .replace("SUBSCRIBE sip:201@pbx", "SUBSCRIBE sip:999@pbx");
+        Bytes::from(text)
+    };
+    ep.handle_bytes(t0, to_999(3, None), phone());
+    let challenge = sent(&mut ep).remove(0);
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let auth = credentials_for(&challenge, "secret", "SUBSCRIBE", "sip:999@pbx");
+    ep.handle_bytes(t0, to_999(4, Some(&auth)), phone());
     assert!(sent(&mut ep)[0].starts_with("SIP/2.0 404"));
 }
 

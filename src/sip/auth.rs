@@ -89,8 +89,9 @@ pub enum Verdict {
     /// Answer 401/407 with fresh challenges; `stale` when the credentials were right
     /// but the nonce had expired or was replayed.
     Challenge { stale: bool },
-    /// Answer 403: wrong password or unknown user (indistinguishable on purpose).
-    Forbidden,
+    /// Answer 403: wrong password or unknown user (indistinguishable on purpose);
+    /// `user` is the name the credentials claimed, if they named one.
+    Forbidden { user: Option<String> },
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -287,9 +288,14 @@ impl DigestAuthority {
             auth.param("uri"),
             auth.param("response"),
         ) else {
-            return verdict(Verdict::Forbidden);
+            return verdict(Verdict::Forbidden { user: None });
         };
         let user = String::from_utf8_lossy(&user).into_owned();
+        let forbidden = |user: &str| {
+            verdict(Verdict::Forbidden {
+                user: Some(user.to_string()),
+            })
+        };
         let qop = auth.param("qop");
         let (nc, cnonce) = (auth.param("nc"), auth.param("cnonce"));
         let known = lookup(&user).and_then(|h| h.get(alg).map(str::to_string));
@@ -303,11 +309,11 @@ impl DigestAuthority {
             (None, _, _) if alg == Algorithm::Md5 => {
                 alg.hex(&[ha1.as_bytes(), &nonce, ha2.as_bytes()])
             }
-            _ => return verdict(Verdict::Forbidden),
+            _ => return forbidden(&user),
         };
         let matches = bool::from(expected.as_bytes().ct_eq(&response.to_ascii_lowercase()));
         if !matches || known.is_none() {
-            return verdict(Verdict::Forbidden);
+            return forbidden(&user);
         }
         let Some(body) = self.check_nonce(now, &nonce) else {
             return verdict(Verdict::Challenge { stale: true });
@@ -317,7 +323,7 @@ impl DigestAuthority {
                 .ok()
                 .and_then(|s| u32::from_str_radix(s, 16).ok())
             else {
-                return verdict(Verdict::Forbidden);
+                return forbidden(&user);
             };
             match self.note_nonce_count(now, body, count, request) {
                 NonceUse::Fresh => {}
@@ -490,8 +496,19 @@ mod tests {
             t0,
             &credentials(Algorithm::Md5, "999", "secret", &nonce, "00000001"),
         );
-        assert_eq!(wrong, Verdict::Forbidden);
-        assert_eq!(unknown, wrong);
+        // The same verdict: it names the claimed user, known or not.
+        assert_eq!(
+            wrong,
+            Verdict::Forbidden {
+                user: Some("201".into())
+            }
+        );
+        assert_eq!(
+            unknown,
+            Verdict::Forbidden {
+                user: Some("999".into())
+            }
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Dispatcher<T> {
     limits: Limits,
     dropped_overload: Arc<AtomicU64>,
     shed: Arc<AtomicU64>,
+    /// Asked about every datagram's source before it is parsed.
+    guard: crate::guard::Guard,
 }
 
 impl<T> Clone for Dispatcher<T> {
@@ -66,18 +68,20 @@ impl<T> Clone for Dispatcher<T> {
             limits: self.limits,
             dropped_overload: Arc::clone(&self.dropped_overload),
             shed: Arc::clone(&self.shed),
+            guard: self.guard.clone(),
         }
     }
 }
 
 impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
-    pub fn new(shards: Vec<mpsc::Sender<T>>, limits: Limits) -> Self {
+    pub fn new(shards: Vec<mpsc::Sender<T>>, limits: Limits, guard: crate::guard::Guard) -> Self {
         Dispatcher {
             lags: Arc::new(shards.iter().map(|_| AtomicU64::new(0)).collect()),
             shards: Arc::new(shards),
             limits,
             dropped_overload: Arc::new(AtomicU64::new(0)),
             shed: Arc::new(AtomicU64::new(0)),
+            guard,
         }
     }
 
@@ -98,11 +102,24 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
     /// a new request while its shard is behind (its messages wait longer than
     /// [`SHED_LAG`], or more than [`SHED_BACKLOG`] are queued) — the cheapest
     /// refusal there is, and it keeps the shard for the calls it has taken.
+    /// A banned source's datagrams are dropped unparsed (or, from a known
+    /// phone's address, its requests refused with 503).
     pub fn dispatch(&self, bytes: Bytes, remote: Remote) -> Option<Transmit> {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return None; // a keep-alive datagram
         }
+        let request = !bytes.starts_with(b"SIP/");
+        let now = std::time::Instant::now();
+        let refuse = match self.guard.admit(now, remote.addr.ip(), request) {
+            crate::guard::Admit::Pass => None,
+            crate::guard::Admit::Drop => return None,
+            crate::guard::Admit::Refuse { retry_after } => Some(retry_after),
+        };
         let parsed = parse(bytes, &self.limits);
+        if let (Some(secs), Ok(m)) = (refuse, &parsed) {
+            // A banned phone's address: the ban's remaining seconds.
+            return unavailable(m, remote, "Service Unavailable (Banned)", secs);
+        }
         let n = self.shards.len();
         let shard = match &parsed {
             Ok(m) => m.call_id().map_or(0, |c| shard_of(c, n)),
@@ -115,7 +132,7 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         if let Ok(m) = &parsed {
             if behind && starts_something(m) {
                 self.shed.fetch_add(1, Ordering::Relaxed);
-                return overloaded(m, remote);
+                return unavailable(m, remote, "Service Unavailable (Overloaded)", 5);
             }
         }
         let input = Inbound {
@@ -154,16 +171,20 @@ fn starts_something(m: &crate::sip::message::Message) -> bool {
         && m.to_header().is_some_and(|t| t.tag().is_none())
 }
 
-/// A stateless 503 with Retry-After for `req` (none without a Via to answer to).
-fn overloaded(req: &crate::sip::message::Message, remote: Remote) -> Option<Transmit> {
+/// A stateless 503 with Retry-After (seconds) for request `req`; none for an
+/// ACK, a response, or without a Via to answer to.
+fn unavailable(
+    req: &crate::sip::message::Message,
+    remote: Remote,
+    reason: &str,
+    retry_after: u64,
+) -> Option<Transmit> {
     req.top_via()?;
-    let mut b = crate::sip::message::Builder::reply(
-        req,
-        remote.addr,
-        503,
-        "Service Unavailable (Overloaded)",
-    );
-    b.header("Retry-After", "5");
+    if !req.is_request() || req.method() == Some(&crate::sip::message::Method::Ack) {
+        return None;
+    }
+    let mut b = crate::sip::message::Builder::reply(req, remote.addr, 503, reason);
+    b.header("Retry-After", retry_after.to_string());
     Some(Transmit {
         remote: crate::sip::transaction::reply_remote(req, remote),
         payload: b.finish(),

@@ -71,6 +71,8 @@ pub struct Env {
     pub presence: Presence,
     /// What each extension has waiting (the message lamp).
     pub mwi: crate::mwi::Mwi,
+    /// Who may talk to us: rate limits, bans, failed-authentication counts.
+    pub guard: crate::guard::Guard,
     pub auth: DigestAuthority,
     /// Groups and queues, and the queues' waiting lines (the ACD).
     pub routing: Directory,

@@ -279,9 +279,21 @@ pub fn sipp(server: &Server, extra: &[&str], limit: Duration) -> Output {
 
 /// Like [`sipp`], with SIPp's own SIP port given (a UAS registered from it).
 pub fn sipp_at(server: &Server, lport: u16, extra: &[&str], limit: Duration) -> Output {
-    sipp_command(server, lport, extra, limit)
+    sipp_command(server, "127.0.0.1", lport, extra, limit)
         .output()
         .expect("run sipp")
+}
+
+/// Like [`sipp`], in the background, from another loopback address (`ip`,
+/// e.g. 127.0.0.2: a distinct host to the PBX).
+pub fn sipp_from(
+    server: &Server,
+    ip: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> std::thread::JoinHandle<Output> {
+    let mut cmd = sipp_command(server, ip, free_port(), extra, limit);
+    std::thread::spawn(move || cmd.output().expect("run sipp"))
 }
 
 /// A SIPp UAS in the background on `lport` (returns when it exits).
@@ -291,11 +303,11 @@ pub fn sipp_uas(
     extra: &[&str],
     limit: Duration,
 ) -> std::thread::JoinHandle<Output> {
-    let mut cmd = sipp_command(server, lport, extra, limit);
+    let mut cmd = sipp_command(server, "127.0.0.1", lport, extra, limit);
     std::thread::spawn(move || cmd.output().expect("run sipp uas"))
 }
 
-fn sipp_command(server: &Server, lport: u16, extra: &[&str], limit: Duration) -> Command {
+fn sipp_command(server: &Server, ip: &str, lport: u16, extra: &[&str], limit: Duration) -> Command {
     require("sipp");
     let mport = free_port();
     let target = server.addr().to_string();
@@ -306,7 +318,7 @@ fn sipp_command(server: &Server, lport: u16, extra: &[&str], limit: Duration) ->
         .arg(&target)
         .args([
             "-i",
-            "127.0.0.1",
+            ip,
             "-p",
             &lport.to_string(),
             "-mp",
