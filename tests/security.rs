@@ -161,3 +161,67 @@ fn a_password_guesser_is_banned_while_real_phones_keep_registering_and_calling()
         panic!("fail2ban-regex is not installed: run the test command from README.md");
     }
 }
+
+/// SIPVicious (PyPI `sipvicious`), installed by the test command into
+/// `target/peers/sipvicious`.
+fn svwar() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/peers/sipvicious/bin/sipvicious_svwar");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the test command from README.md",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn an_extension_scan_by_register_invite_and_options_cannot_tell_real_extensions_from_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // user1000..user1004 exist; the scan covers user995..user1009.
+    let server = Server::start(
+        dir.path(),
+        port,
+        &config_with(port, "[\"MD5\"]", &users(5), SECURITY),
+    );
+    for method in ["REGISTER", "INVITE", "OPTIONS"] {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(svwar())
+            .args([
+                "-m",
+                method,
+                "-e",
+                "995-1009",
+                "--template",
+                "user%d",
+                "-b",
+                ATTACKER,
+            ])
+            .args(["-P", &free_port().to_string()])
+            .args(["-p", &port.to_string(), "127.0.0.1", "--force"])
+            .output()
+            .expect("svwar");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // svwar's table rows: "| user1001 | reqauth |".
+        let found: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('|'))
+            .filter_map(|l| l.split('|').next())
+            .map(str::trim)
+            .filter(|e| e.starts_with("user"))
+            .collect();
+        let real = found
+            .iter()
+            .filter(|e| ("user1000".."user1005").contains(*e))
+            .count();
+        assert!(
+            found.is_empty() || found.len() == 15,
+            "{method}: the scan told {real} real extensions apart: {found:?}\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
