@@ -52,6 +52,12 @@ pub struct PbxFigures {
     pub sip_malformed: u64,
     /// New requests refused with 503 under overload.
     pub sip_shed: u64,
+    /// The guard: datagrams of banned sources dropped, requests of banned
+    /// phones' addresses refused (503), bans, failed authentications.
+    pub guard_dropped: u64,
+    pub guard_refused: u64,
+    pub guard_bans: u64,
+    pub auth_failures: u64,
     /// INVITE received → B-leg INVITE or answer sent.
     pub routing_latency: Buckets,
 }
@@ -172,6 +178,26 @@ impl prometheus_client::collector::Collector for Scrape {
             "New SIP requests refused with 503 under overload",
             p.sip_shed,
         )?;
+        for (name, help, v) in [
+            (
+                "sipdesk_guard_dropped",
+                "Datagrams of banned sources dropped unread",
+                p.guard_dropped,
+            ),
+            (
+                "sipdesk_guard_refused",
+                "Requests of banned known phones' addresses refused with 503",
+                p.guard_refused,
+            ),
+            ("sipdesk_guard_bans", "Sources banned", p.guard_bans),
+            (
+                "sipdesk_auth_failures",
+                "Failed authentications (wrong password, unknown user)",
+                p.auth_failures,
+            ),
+        ] {
+            counter(&mut e, name, help, v)?;
+        }
         p.routing_latency.encode(e.encode_descriptor(
             "sipdesk_routing_latency_seconds",
             "New INVITE received to B-leg INVITE or answer sent",

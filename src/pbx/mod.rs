@@ -539,6 +539,10 @@ impl crate::cti::Commands for DeskCommands {
             sip_received: read(&stats.received),
             sip_malformed: read(&stats.dropped_malformed),
             sip_shed: read(&stats.shed),
+            guard_dropped: read(&self.env.guard.stats.dropped),
+            guard_refused: read(&self.env.guard.stats.refused),
+            guard_bans: read(&self.env.guard.stats.bans),
+            auth_failures: read(&self.env.guard.stats.auth_failures),
             routing_latency: self
                 .latency
                 .lock()

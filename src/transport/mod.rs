@@ -2,6 +2,7 @@
 //! messages, parse them, and hand each to the shard that owns its Call-ID; and the
 //! [`Outbound`] handle through which shards send, without ever awaiting.
 
+use crate::guard::Admit;
 use crate::sip::call_id::shard_of;
 use crate::sip::message::frame::{Frame, Framer};
 use crate::sip::message::{parse, Limits};
@@ -105,20 +106,38 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
     /// A banned source's datagrams are dropped unparsed (or, from a known
     /// phone's address, its requests refused with 503).
     pub fn dispatch(&self, bytes: Bytes, remote: Remote) -> Option<Transmit> {
+        match self.screen(&bytes, remote) {
+            Admit::Drop => None,
+            admit => self.route(bytes, remote, admit),
+        }
+    }
+
+    /// [`dispatch`](Self::dispatch) for a datagram still in the socket's
+    /// buffer: copied only once the guard has let it in (a flood from a banned
+    /// source costs a lookup, not an allocation).
+    pub fn dispatch_datagram(&self, buf: &[u8], remote: Remote) -> Option<Transmit> {
+        match self.screen(buf, remote) {
+            Admit::Drop => None,
+            admit => self.route(Bytes::copy_from_slice(buf), remote, admit),
+        }
+    }
+
+    /// What the guard says of these bytes from `remote` (a keep-alive is
+    /// dropped: there is nothing to answer).
+    fn screen(&self, bytes: &[u8], remote: Remote) -> Admit {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return None; // a keep-alive datagram
+            return Admit::Drop;
         }
         let request = !bytes.starts_with(b"SIP/");
-        let now = std::time::Instant::now();
-        let refuse = match self.guard.admit(now, remote.addr.ip(), request) {
-            crate::guard::Admit::Pass => None,
-            crate::guard::Admit::Drop => return None,
-            crate::guard::Admit::Refuse { retry_after } => Some(retry_after),
-        };
+        self.guard
+            .admit(std::time::Instant::now(), remote.addr.ip(), request)
+    }
+
+    fn route(&self, bytes: Bytes, remote: Remote, admit: Admit) -> Option<Transmit> {
         let parsed = parse(bytes, &self.limits);
-        if let (Some(secs), Ok(m)) = (refuse, &parsed) {
+        if let (Admit::Refuse { retry_after }, Ok(m)) = (admit, &parsed) {
             // A banned phone's address: the ban's remaining seconds.
-            return unavailable(m, remote, "Service Unavailable (Banned)", secs);
+            return unavailable(m, remote, "Service Unavailable (Banned)", retry_after);
         }
         let n = self.shards.len();
         let shard = match &parsed {
@@ -406,8 +425,7 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
                         addr: from,
                         conn: Some(local),
                     };
-                    if let Some(t) = dispatcher.dispatch(Bytes::copy_from_slice(&buf[..n]), remote)
-                    {
+                    if let Some(t) = dispatcher.dispatch_datagram(&buf[..n], remote) {
                         let _ = sock.try_send_to(&t.payload, t.remote.addr);
                     }
                 }
