@@ -50,6 +50,7 @@ pub struct Config {
     pub queues: Vec<QueueConfig>,
     pub features: FeaturesConfig,
     pub security: SecurityConfig,
+    pub trunks: Vec<TrunkConfig>,
     /// Set by [`Config::with_demo_desk`]: the demo group and queue were added
     /// (so the groups and queues are the demo's own, not the office's).
     #[serde(skip)]
@@ -377,6 +378,50 @@ fn default_service_level_secs() -> u64 {
     20
 }
 
+/// A connection to a SIP provider (`[[trunks]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: Spanned<String>,
+    /// The provider's host name or address (its domain, too, unless `domain`).
+    pub host: Spanned<String>,
+    #[serde(default = "default_sip_port")]
+    pub port: u16,
+    /// `udp` (TCP trunks are not supported yet).
+    #[serde(default = "default_trunk_transport")]
+    pub transport: Spanned<String>,
+    /// The provider's SIP domain; "" = `host`.
+    #[serde(default = "unset")]
+    pub domain: Spanned<String>,
+    /// Whether sipdesk registers with the provider (needs `username` and
+    /// `password`).
+    #[serde(default = "yes")]
+    pub register: bool,
+    #[serde(default = "unset")]
+    pub username: Spanned<String>,
+    /// The digest user name, if not `username`.
+    #[serde(default = "unset")]
+    pub auth_username: Spanned<String>,
+    #[serde(default = "unset")]
+    pub password: Spanned<String>,
+    /// The registration expiry asked for (60 to 86400 seconds).
+    #[serde(default = "default_trunk_expires")]
+    pub expires: Spanned<u32>,
+}
+
+fn default_sip_port() -> u16 {
+    5060
+}
+fn default_trunk_transport() -> Spanned<String> {
+    sp("udp".to_string())
+}
+fn yes() -> bool {
+    true
+}
+fn default_trunk_expires() -> Spanned<u32> {
+    sp(300)
+}
+
 /// Codes an agent dials from the phone to set presence ("" disables one).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -537,6 +582,45 @@ impl Config {
                 "http.metrics_token",
                 "use at least 16 printable characters, no spaces (or \"\" for none)".into(),
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.trunks {
+            let n = t.name.get_ref();
+            if n.is_empty() || !names.insert(n.clone()) {
+                return Err(bad(
+                    t.name.span(),
+                    "trunks.name",
+                    format!("\"{n}\": empty or used twice"),
+                ));
+            }
+            if t.host.get_ref().trim().is_empty() {
+                return Err(bad(
+                    t.host.span(),
+                    "trunks.host",
+                    format!("trunk {n}: needs a host"),
+                ));
+            }
+            if t.transport.get_ref() != "udp" {
+                return Err(bad(
+                    t.transport.span(),
+                    "trunks.transport",
+                    format!("trunk {n}: only \"udp\" for now"),
+                ));
+            }
+            if t.register && (t.username.get_ref().is_empty() || t.password.get_ref().is_empty()) {
+                return Err(bad(
+                    t.name.span(),
+                    "trunks.username",
+                    format!("trunk {n}: registering needs username and password"),
+                ));
+            }
+            if !(60..=86_400).contains(t.expires.get_ref()) {
+                return Err(bad(
+                    t.expires.span(),
+                    "trunks.expires",
+                    format!("trunk {n}: 60 to 86400 seconds"),
+                ));
+            }
         }
         let sec = &self.security;
         if let Some(e) = sec.allow.get_ref().iter().find_map(|n| parse_net(n).err()) {

@@ -65,6 +65,7 @@ mod store;
 #[cfg(test)]
 mod testkit;
 mod transport;
+mod trunk;
 mod tu;
 mod users;
 

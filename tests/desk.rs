@@ -227,6 +227,7 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
                 .json(&json!({"to": "user1001"})),
             d.http.get(format!("{b}/api/v1/me/calls")),
             d.http.get(format!("{b}/api/v1/queues")),
+            d.http.get(format!("{b}/api/v1/trunks")),
             d.http.get(format!("{b}/api/v1/dispositions")),
             d.http.get(format!("{b}/api/v1/customers?q=tanaka")),
             d.http.get(format!("{b}/api/v1/customers/5559001/history")),

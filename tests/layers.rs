@@ -92,6 +92,7 @@ fn modules_below_the_shard_never_import_the_shard_runtime_or_transport() {
     for module in [
         "calls",
         "blf",
+        "trunk",
         "registrar",
         "routing",
         "presence",
@@ -110,7 +111,7 @@ fn modules_below_the_shard_never_import_the_shard_runtime_or_transport() {
             );
         }
     }
-    for pure in ["routing", "presence", "mwi", "callbacks"] {
+    for pure in ["routing", "presence", "mwi", "callbacks", "guard"] {
         for above in ["calls", "blf", "registrar", "tu", "shard", "pbx"] {
             assert!(!reaches(&arrows, pure, above), "{pure} reaches {above}");
         }

@@ -47,6 +47,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/me/calls", get(my_calls))
         .route("/api/v1/dispositions", get(dispositions))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/trunks", get(trunks))
         .route("/api/v1/customers", get(search_customers))
         .route("/api/v1/customers/{number}/history", get(history))
         .route("/api/v1/customers/{number}/records", post(create_record))
@@ -87,6 +88,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         export_cdrs,
         export_records,
         metrics,
+        trunks,
         super::callbacks::list,
         super::callbacks::create,
         super::callbacks::one,
@@ -110,6 +112,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         MyCall,
         RecordEdit,
         RecordNew,
+        TrunkStatus,
         super::callbacks::Write,
         super::callbacks::Close,
         crate::callbacks::Callback,
@@ -659,6 +662,33 @@ async fn queues(
     _caller: Caller,
 ) -> Json<Vec<crate::routing::stats::QueueStats>> {
     Json(desk.queue_stats())
+}
+
+/// A trunk's registration with its provider.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct TrunkStatus {
+    pub name: String,
+    /// `registering`, `up` (with `expires_in_secs`) or `down` (with `reason`).
+    #[schema(value_type = Object)]
+    pub status: crate::trunk::Status,
+}
+
+/// Every registering trunk's status (supervisors).
+#[utoipa::path(get, path = "/api/v1/trunks",
+    responses((status = 200, body = Vec<TrunkStatus>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn trunks(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+) -> Result<Json<Vec<TrunkStatus>>, ApiError> {
+    if caller.session.role != Role::Supervisor {
+        return Err(ApiError::Forbidden("trunks: for supervisors".into()));
+    }
+    let all = desk.commands.trunks();
+    Ok(Json(
+        all.into_iter()
+            .map(|(name, status)| TrunkStatus { name, status })
+            .collect(),
+    ))
 }
 
 // ---- customers and response records -------------------------------------

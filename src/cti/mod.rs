@@ -54,6 +54,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     /// Sets how many call-backs wait for each extension (its phone's message
     /// lamp).
     fn messages_waiting(&self, callbacks: &[(String, u32)]);
+    /// Every trunk's registration status, by name.
+    fn trunks(&self) -> Vec<(String, crate::trunk::Status)>;
     /// Tells queue call `call` its call-back is stored (`saved`) or is not.
     fn callback_saved(&self, call: &crate::sip::CallId, saved: bool);
 }

@@ -219,8 +219,10 @@ impl PbxBuilder {
         let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
         let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         let dialplan = Dialplan::from_config(&config);
+        let trunk_status = crate::trunk::Board::default();
+        let trunks = registering_trunks(&config);
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
-            let shard = Shard::new(
+            let mut shard = Shard::new(
                 Arc::clone(&env),
                 ShardConfig {
                     index: i,
@@ -231,6 +233,10 @@ impl PbxBuilder {
                 TransactionLayer::new(config.timers()),
                 Counters::new(IdGen::new(id_base, i, id_lanes)),
             );
+            if i == 0 {
+                // Shard 0 registers the trunks (their Call-IDs hash there).
+                shard = shard.registering(&trunks, trunk_status.clone());
+            }
             let task = ShardTask {
                 index: i,
                 shard,
@@ -261,6 +267,7 @@ impl PbxBuilder {
         let record_ids = IdGen::new(id_base, shards, id_lanes);
         let commands = DeskCommands {
             controls: controls.clone(),
+            trunks: trunk_status,
             dialplan,
             env: Arc::clone(&env),
             latency: Arc::clone(&latency),
@@ -481,6 +488,8 @@ fn originate(
 #[derive(Debug)]
 struct DeskCommands {
     controls: Vec<mpsc::UnboundedSender<Control>>,
+    /// Every registering trunk's status (shard 0 keeps it).
+    trunks: crate::trunk::Board,
     dialplan: Dialplan,
     env: Arc<Env>,
     latency: LatencyHistogram,
@@ -521,6 +530,9 @@ impl crate::cti::Commands for DeskCommands {
         if let Some(c) = self.controls.get(shard) {
             let _ = c.send(Control::CallbackSaved(call.clone(), saved));
         }
+    }
+    fn trunks(&self) -> Vec<(String, crate::trunk::Status)> {
+        self.trunks.all()
     }
     fn calls_started(&self) -> u64 {
         self.env
@@ -650,6 +662,45 @@ async fn start_desk(
     Ok(http_addr)
 }
 
+/// The trunks that register, with their provider's address resolved (at
+/// start, A/AAAA; one that does not resolve is logged and left out).
+fn registering_trunks(config: &Config) -> Vec<crate::trunk::Spec> {
+    use std::net::ToSocketAddrs;
+    config
+        .trunks
+        .iter()
+        .filter(|t| t.register)
+        .filter_map(|t| {
+            let (name, host) = (t.name.get_ref(), t.host.get_ref());
+            let addr = (host.as_str(), t.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next());
+            let Some(addr) = addr else {
+                tracing::error!(trunk = %name, %host, "trunk down: the provider's host does not resolve");
+                return None;
+            };
+            let domain = match t.domain.get_ref().as_str() {
+                "" => host.clone(),
+                d => d.to_string(),
+            };
+            let user = t.username.get_ref().clone();
+            Some(crate::trunk::Spec {
+                name: name.clone(),
+                registrar: crate::sip::Remote::udp(addr),
+                domain,
+                auth_username: match t.auth_username.get_ref().as_str() {
+                    "" => user.clone(),
+                    a => a.to_string(),
+                },
+                username: user,
+                password: t.password.get_ref().clone(),
+                expires: *t.expires.get_ref(),
+            })
+        })
+        .collect()
+}
+
 /// Routing latency: a new INVITE received by the transport → what it caused (the
 /// B-leg INVITE, or the answer of a test number) handed to the socket. Shards
 /// record locally and merge here a few times a second.
@@ -712,6 +763,7 @@ impl ShardTask {
         // Presence changes are only read while this shard has a BLF subscription or a
         // waiting queue call (most shards of a busy PBX have neither).
         let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
+        shard.start(Instant::now());
         loop {
             match (shard.wants_presence(), changes.is_some()) {
                 (true, false) => {

@@ -24,6 +24,7 @@ use crate::sip::message::{Builder, Message, Method};
 use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxError, TxEvent, TxId};
 use crate::sip::{CallId, Remote, SipError, StatusCode};
 use crate::store::Write;
+use crate::trunk::{self, Trunks};
 use crate::tu::{Counters, Cx, Effect, Env, ReqId};
 use bytes::Bytes;
 use std::cmp::Reverse;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 enum TimerKey {
     Calls(calls::Timer),
     Blf(blf::Timer),
+    Trunk(trunk::Timer),
 }
 
 /// The transaction user a client transaction belongs to.
@@ -44,6 +46,7 @@ enum TimerKey {
 enum Owner {
     Calls,
     Blf,
+    Trunk,
 }
 
 /// An answer that confirms a store write, waiting for the flush.
@@ -76,6 +79,8 @@ pub struct Shard {
     layer: TransactionLayer,
     calls: Calls,
     blf: Blf,
+    /// Trunk registrations (shard 0 only).
+    trunks: Trunks,
     counters: Counters,
     /// The modules' client transactions, until they terminate.
     requests: HashMap<TxId, (Owner, ReqId)>,
@@ -123,6 +128,7 @@ impl Shard {
             layer,
             calls: Calls::default(),
             blf: Blf::default(),
+            trunks: Trunks::default(),
             counters,
             requests: HashMap::new(),
             unsent: Vec::new(),
@@ -247,6 +253,31 @@ impl Shard {
         self.execute(now, Owner::Calls, out, TimerKey::Calls);
     }
 
+    fn with_trunks(&mut self, now: Instant, f: impl FnOnce(&mut Trunks, &mut trunk::Cx<'_>)) {
+        let out = run_module(
+            now,
+            &self.env,
+            &self.config,
+            &mut self.counters,
+            &mut self.trunks,
+            f,
+        );
+        self.execute(now, Owner::Trunk, out, TimerKey::Trunk);
+    }
+
+    /// This shard registers these trunks (shard 0 does), reporting on `board`.
+    pub fn registering(mut self, trunks: &[trunk::Spec], board: trunk::Board) -> Self {
+        self.trunks = Trunks::new(trunks, board);
+        self
+    }
+
+    /// The shard starts: its trunks register.
+    pub fn start(&mut self, now: Instant) {
+        if !self.trunks.is_empty() {
+            self.with_trunks(now, |t, cx| t.on_start(cx));
+        }
+    }
+
     fn with_blf(&mut self, now: Instant, f: impl FnOnce(&mut Blf, &mut blf::Cx<'_>)) {
         let out = run_module(
             now,
@@ -338,6 +369,7 @@ impl Shard {
         match owner {
             Owner::Calls => self.with_calls(now, |c, cx| c.on_response(cx, id, resp)),
             Owner::Blf => self.with_blf(now, |b, cx| b.on_response(cx, id, resp.as_ref())),
+            Owner::Trunk => self.with_trunks(now, |t, cx| t.on_response(cx, id, resp.as_ref())),
         }
     }
 
@@ -582,6 +614,7 @@ impl Shard {
             match key {
                 TimerKey::Calls(k) => self.with_calls(now, |c, cx| c.on_timer(cx, &k, at)),
                 TimerKey::Blf(k) => self.with_blf(now, |b, cx| b.on_timer(cx, &k, at)),
+                TimerKey::Trunk(k) => self.with_trunks(now, |t, cx| t.on_timer(cx, &k, at)),
             }
         }
         self.process_events(now);

@@ -94,6 +94,65 @@ pub enum Verdict {
     Forbidden { user: Option<String> },
 }
 
+/// A UAC's answer to a digest challenge (RFC 7616 §3.4, RFC 2617 §3.2.2):
+/// the `Authorization` (or `Proxy-Authorization`) value for `method` to
+/// `uri` as `user` with `password`, the `nc`-th use of the challenge's nonce,
+/// with our `cnonce`. `qop=auth` when offered (else RFC 2069 form, MD5 only);
+/// the challenge's opaque is returned. `None` for what we cannot answer
+/// (another scheme, an unknown or `-sess` algorithm, only `auth-int`).
+pub fn answer_challenge(
+    challenge: &Auth<'_>,
+    method: &str,
+    uri: &str,
+    (user, password): (&str, &str),
+    nc: u32,
+    cnonce: &str,
+) -> Option<String> {
+    if !challenge.scheme.eq_ignore_ascii_case(b"Digest") {
+        return None;
+    }
+    let text = |name| {
+        challenge
+            .param(name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    let (realm, nonce) = (text("realm")?, text("nonce")?);
+    let alg = Algorithm::from_param(challenge.param("algorithm").as_deref())?;
+    let qops = text("qop");
+    let auth_qop = qops
+        .as_deref()
+        .map(|q| q.split(',').any(|t| t.trim().eq_ignore_ascii_case("auth")));
+    let ha1 = alg.hex(&[user.as_bytes(), realm.as_bytes(), password.as_bytes()]);
+    let ha2 = alg.hex(&[method.as_bytes(), uri.as_bytes()]);
+    let nc = format!("{nc:08x}");
+    let response = match auth_qop {
+        Some(true) => alg.hex(&[
+            ha1.as_bytes(),
+            nonce.as_bytes(),
+            nc.as_bytes(),
+            cnonce.as_bytes(),
+            b"auth",
+            ha2.as_bytes(),
+        ]),
+        Some(false) => return None,
+        None if alg == Algorithm::Md5 => {
+            alg.hex(&[ha1.as_bytes(), nonce.as_bytes(), ha2.as_bytes()])
+        }
+        None => return None,
+    };
+    let mut v = format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm={}",
+        alg.name()
+    );
+    if auth_qop == Some(true) {
+        v.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
+    }
+    if let Some(opaque) = text("opaque") {
+        v.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    Some(v)
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// A nonce count, as the replay check sees it.
@@ -479,6 +538,63 @@ mod tests {
             );
             assert_eq!(v, Verdict::Authenticated("201".into()), "{alg:?}");
         }
+    }
+
+    #[test]
+    fn a_uac_answers_a_challenge_as_rfc_2617_computes_it() {
+        // RFC 2617 §3.5's example.
+        let challenge = Auth::parse(
+            b"Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"",
+        )
+        .expect("challenge");
+        let v = answer_challenge(
+            &challenge,
+            "GET",
+            "/dir/index.html",
+            ("Mufasa", "Circle Of Life"),
+            1,
+            "0a4f113b",
+        )
+        .expect("answer");
+        assert!(
+            v.contains("response=\"6629fae49393a05397450978507c4ef1\""),
+            "{v}"
+        );
+        assert!(
+            v.contains("qop=auth, nc=00000001, cnonce=\"0a4f113b\""),
+            "{v}"
+        );
+        assert!(
+            v.ends_with("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""),
+            "{v}"
+        );
+        // Our own authority accepts what the UAC computes, in both algorithms.
+        let t0 = Instant::now();
+        let a = authority(t0);
+        // (Both challenges carry one nonce: each use counts up.)
+        for (nc, c) in (1..).zip(a.challenges(t0, false)) {
+            let challenge = Auth::parse(c.as_bytes()).expect("ours");
+            let v = answer_challenge(
+                &challenge,
+                "REGISTER",
+                "sip:pbx",
+                ("201", "secret"),
+                nc,
+                "c0ffee",
+            )
+            .expect("answer");
+            let header = Auth::parse(v.as_bytes()).expect("answer parses");
+            let verdict = a.verify(t0, b"REGISTER", std::iter::once(header), |u| {
+                (u == "201").then(|| Ha1::from_password("201", REALM, "secret"))
+            });
+            assert_eq!(verdict, Verdict::Authenticated("201".into()), "{c}");
+        }
+        let only_int =
+            Auth::parse(b"Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"").expect("c");
+        assert_eq!(
+            answer_challenge(&only_int, "INVITE", "sip:x", ("a", "b"), 1, "c"),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,480 @@
+//! Trunks: the PBX's connections to SIP providers. This part is registration:
+//! for each trunk that registers, sipdesk is a UAC (RFC 3261 §10) — it sends
+//! REGISTER, answers the provider's 401/407 digest challenge, refreshes at
+//! three quarters of the granted expiry, takes a 423's Min-Expires, and when
+//! the provider is unreachable or refuses retries with a backoff (5 s doubling
+//! to 5 minutes), never in a tight loop. Each change of a trunk's status is
+//! one log line, and the status is shared ([`Board`]) for the API and
+//! `/metrics`.
+//!
+//! A transaction user of shard 0 (its Call-IDs hash there): it acts only
+//! through its [`Cx`].
+
+use crate::sip::message::{build::random_tag, Auth, Builder, HeaderName, Message, Method};
+use crate::sip::{CallId, Remote};
+use crate::tu::ReqId;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The context of a trunk input.
+pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
+
+/// A trunk's registration timer (refresh or retry), by the trunk's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer(pub usize);
+
+/// The first retry after a failure; doubled per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A trunk that registers, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub name: String,
+    /// Where REGISTERs go (the provider, or its outbound proxy), resolved.
+    pub registrar: Remote,
+    /// The provider's domain: the Request-URI and the account's AOR.
+    pub domain: String,
+    pub username: String,
+    pub auth_username: String,
+    pub password: String,
+    /// The expiry asked for.
+    pub expires: u32,
+}
+
+/// A trunk's registration, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    Registering,
+    Up { expires_in_secs: u32 },
+    Down { reason: String },
+}
+
+/// Every trunk's status (shared: shard 0 writes, the desk reads).
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<DashMap<String, Status>>);
+
+impl Board {
+    /// Every trunk's status, by name.
+    pub fn all(&self) -> Vec<(String, Status)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// One trunk's registration dialog state.
+#[derive(Debug)]
+struct Registration {
+    spec: Spec,
+    call_id: CallId,
+    tag: String,
+    cseq: u32,
+    /// The expiry asked for now (a 423 raises it).
+    expires: u32,
+    /// Our REGISTER in flight, and whether it answered a challenge.
+    in_flight: Option<(ReqId, bool)>,
+    /// Failures in a row (the backoff doubles with each).
+    failures: u32,
+    /// When the timer is armed for (a stale firing is ignored).
+    timer_at: Option<Instant>,
+}
+
+/// The registrations of shard 0's trunks.
+#[derive(Debug, Default)]
+pub struct Trunks {
+    regs: Vec<Registration>,
+    board: Board,
+}
+
+impl Trunks {
+    pub fn new(specs: &[Spec], board: Board) -> Trunks {
+        let regs = specs
+            .iter()
+            .map(|spec| Registration {
+                expires: spec.expires,
+                spec: spec.clone(),
+                call_id: CallId::from(format!("{}@trunk", random_tag())),
+                tag: random_tag(),
+                cseq: 0,
+                in_flight: None,
+                failures: 0,
+                timer_at: None,
+            })
+            .collect();
+        Trunks { regs, board }
+    }
+
+    /// The shard started: every trunk registers.
+    pub fn on_start(&mut self, cx: &mut Cx<'_>) {
+        for i in 0..self.regs.len() {
+            // Our Call-IDs must come back to this shard.
+            self.regs[i].call_id = cx.new_call_id();
+            self.set(i, Status::Registering);
+            self.register(cx, i, None);
+        }
+    }
+
+    fn set(&self, i: usize, status: Status) {
+        let name = &self.regs[i].spec.name;
+        let old = self.board.0.insert(name.clone(), status.clone());
+        let changed = !matches!(
+            (&old, &status),
+            (Some(Status::Up { .. }), Status::Up { .. })
+        ) && old.as_ref() != Some(&status);
+        if changed {
+            match &status {
+                Status::Up { expires_in_secs } => {
+                    tracing::info!(trunk = %name, expires_in_secs, "trunk up: registered")
+                }
+                Status::Down { reason } => tracing::warn!(trunk = %name, %reason, "trunk down"),
+                Status::Registering => tracing::info!(trunk = %name, "trunk registering"),
+            }
+        }
+    }
+
+    /// Sends trunk `i`'s REGISTER (with `authorization`: a challenge's answer).
+    fn register(&mut self, cx: &mut Cx<'_>, i: usize, authorization: Option<(&str, String)>) {
+        let r = &mut self.regs[i];
+        r.cseq += 1;
+        let remote = r.spec.registrar;
+        let (user, domain) = (&r.spec.username, &r.spec.domain);
+        let mut b = Builder::request(&Method::Register, format!("sip:{domain}").as_bytes());
+        b.header("Via", cx.via(remote))
+            .header("Max-Forwards", "70")
+            .header("From", format!("<sip:{user}@{domain}>;tag={}", r.tag))
+            .header("To", format!("<sip:{user}@{domain}>"))
+            .header("Call-ID", r.call_id.to_string())
+            .header("CSeq", format!("{} REGISTER", r.cseq))
+            .header(
+                "Contact",
+                format!(
+                    "<sip:{user}@{};transport={}>",
+                    cx.hostport(remote),
+                    remote.transport.as_str().to_ascii_lowercase()
+                ),
+            )
+            .header("Expires", r.expires.to_string())
+            .header("User-Agent", crate::sip::message::build::PRODUCT);
+        let answered = authorization.is_some();
+        if let Some((name, value)) = authorization {
+            b.header(name, value);
+        }
+        let id = cx.send(b.finish(), remote);
+        r.in_flight = Some((id, answered));
+    }
+
+    /// The answer to one of our REGISTERs (`None`: it timed out or was not sent).
+    pub fn on_response(&mut self, cx: &mut Cx<'_>, id: ReqId, resp: Option<&Message>) {
+        let Some(i) = self
+            .regs
+            .iter()
+            .position(|r| r.in_flight.is_some_and(|(f, _)| f == id))
+        else {
+            return;
+        };
+        let code = resp.and_then(Message::status).unwrap_or(408);
+        if code < 200 {
+            return;
+        }
+        let answered = self.regs[i].in_flight.take().is_some_and(|(_, a)| a);
+        match (code, resp) {
+            (200..=299, Some(resp)) => self.registered(cx, i, resp),
+            (401 | 407, Some(resp)) if !answered || stale(resp, code) => {
+                match self.answer(i, resp, code) {
+                    Some(auth) => self.register(cx, i, Some(auth)),
+                    None => self.failed(cx, i, "a challenge we cannot answer".into()),
+                }
+            }
+            (401 | 407, Some(_)) => self.failed(cx, i, "credentials refused".into()),
+            (423, Some(resp)) if !answered => {
+                let min = resp.value(HeaderName::MinExpires).and_then(parse_u32);
+                match min {
+                    Some(min) if min > self.regs[i].expires => {
+                        self.regs[i].expires = min;
+                        self.register(cx, i, None);
+                    }
+                    _ => self.failed(cx, i, "423 without a usable Min-Expires".into()),
+                }
+            }
+            (408, _) | (_, None) => self.failed(cx, i, "no answer".into()),
+            (code, Some(resp)) => {
+                let reason = String::from_utf8_lossy(resp.reason().unwrap_or_default());
+                self.failed(cx, i, format!("{code} {reason}"));
+            }
+        }
+    }
+
+    /// The Authorization (401) or Proxy-Authorization (407) answering `resp`'s
+    /// challenge.
+    fn answer(&self, i: usize, resp: &Message, code: u16) -> Option<(&'static str, String)> {
+        let r = &self.regs[i];
+        let (challenge_header, header) = match code {
+            401 => (HeaderName::WwwAuthenticate, "Authorization"),
+            _ => (HeaderName::ProxyAuthenticate, "Proxy-Authorization"),
+        };
+        let uri = format!("sip:{}", r.spec.domain);
+        let creds = (r.spec.auth_username.as_str(), r.spec.password.as_str());
+        resp.values(challenge_header)
+            .filter_map(Auth::parse)
+            .find_map(|c| {
+                crate::sip::auth::answer_challenge(&c, "REGISTER", &uri, creds, 1, &random_tag())
+            })
+            .map(|v| (header, v))
+    }
+
+    fn registered(&mut self, cx: &mut Cx<'_>, i: usize, resp: &Message) {
+        let asked = self.regs[i].expires;
+        let granted = resp
+            .value(HeaderName::Expires)
+            .and_then(parse_u32)
+            .unwrap_or(asked)
+            .max(1);
+        let r = &mut self.regs[i];
+        r.failures = 0;
+        self.set(
+            i,
+            Status::Up {
+                expires_in_secs: granted,
+            },
+        );
+        let refresh = Duration::from_secs(u64::from(granted) * 3 / 4).max(Duration::from_secs(1));
+        self.arm(cx, i, cx.now + refresh);
+    }
+
+    fn failed(&mut self, cx: &mut Cx<'_>, i: usize, reason: String) {
+        let r = &mut self.regs[i];
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << r.failures.min(10))
+            .min(MAX_BACKOFF);
+        r.failures = r.failures.saturating_add(1);
+        self.set(i, Status::Down { reason });
+        self.arm(cx, i, cx.now + backoff);
+    }
+
+    fn arm(&mut self, cx: &mut Cx<'_>, i: usize, at: Instant) {
+        self.regs[i].timer_at = Some(at);
+        cx.timer(at, Timer(i));
+    }
+
+    /// A refresh or retry is due.
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>, t: &Timer, at: Instant) {
+        let Some(r) = self.regs.get_mut(t.0) else {
+            return;
+        };
+        if r.timer_at != Some(at) || r.in_flight.is_some() {
+            return;
+        }
+        r.timer_at = None;
+        self.register(cx, t.0, None);
+    }
+
+    /// Whether shard 0 has trunks to register.
+    pub fn is_empty(&self) -> bool {
+        self.regs.is_empty()
+    }
+}
+
+/// Whether a challenge says our credentials were right but the nonce old.
+fn stale(resp: &Message, code: u16) -> bool {
+    let name = match code {
+        401 => HeaderName::WwwAuthenticate,
+        _ => HeaderName::ProxyAuthenticate,
+    };
+    resp.values(name).filter_map(Auth::parse).any(|c| {
+        c.param("stale")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"true"))
+    })
+}
+
+fn parse_u32(v: &[u8]) -> Option<u32> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::auth::{Algorithm, DigestAuthority, Ha1, Verdict};
+    use crate::testkit::{Harness, Setup};
+    use crate::tu::{Counters, Effect};
+
+    const PROVIDER: &str = "192.0.2.50:5060";
+
+    fn spec() -> Spec {
+        Spec {
+            name: "carrier".into(),
+            registrar: Remote::udp(PROVIDER.parse().expect("addr")),
+            domain: "carrier.example".into(),
+            username: "office".into(),
+            auth_username: "office".into(),
+            password: "s3cret".into(),
+            expires: 120,
+        }
+    }
+
+    /// The trunks driven with a fake clock; effects collected per input.
+    struct Lab {
+        h: Harness,
+        trunks: Trunks,
+        board: Board,
+        counters: Counters,
+        now: Instant,
+    }
+
+    impl Lab {
+        fn new() -> Lab {
+            let h = Harness::new(Setup::default());
+            let board = Board::default();
+            let now = h.t0;
+            Lab {
+                trunks: Trunks::new(&[spec()], board.clone()),
+                h,
+                board,
+                counters: Counters::new(crate::store::IdGen::new(1, 0, 1)),
+                now,
+            }
+        }
+        fn run(&mut self, f: impl FnOnce(&mut Trunks, &mut Cx<'_>)) -> Vec<Effect<Timer>> {
+            let mut out = Vec::new();
+            let env = std::sync::Arc::clone(&self.h.env);
+            let mut cx = Cx::new(
+                self.now,
+                self.h.wall0,
+                &env,
+                0,
+                &mut self.counters,
+                &mut out,
+            );
+            f(&mut self.trunks, &mut cx);
+            out
+        }
+        fn status(&self) -> Option<Status> {
+            self.board.all().into_iter().next().map(|(_, s)| s)
+        }
+    }
+
+    /// The REGISTER among `out`, and its id.
+    fn sent(out: &[Effect<Timer>]) -> (ReqId, Message) {
+        out.iter()
+            .find_map(|e| match e {
+                Effect::Send {
+                    id,
+                    request: Ok(m),
+                    remote,
+                } => {
+                    assert_eq!(remote.addr.to_string(), PROVIDER);
+                    Some((*id, m.clone()))
+                }
+                _ => None,
+            })
+            .expect("a REGISTER")
+    }
+
+    fn timer(out: &[Effect<Timer>]) -> Instant {
+        out.iter()
+            .find_map(|e| match e {
+                Effect::Timer { at, .. } => Some(*at),
+                _ => None,
+            })
+            .expect("a timer")
+    }
+
+    fn answer(req: &Message, code: u16, headers: &[(&str, String)]) -> Message {
+        let mut b = Builder::reply(req, PROVIDER.parse().expect("addr"), code, "Reason");
+        for (n, v) in headers {
+            b.header(n, v.as_str());
+        }
+        crate::sip::message::parse(b.finish(), &Default::default()).expect("response")
+    }
+
+    #[test]
+    fn a_trunk_registers_with_digest_and_refreshes_at_three_quarters_of_its_expiry() {
+        let mut lab = Lab::new();
+        let provider = DigestAuthority::new(
+            "carrier.example",
+            vec![Algorithm::Md5],
+            Duration::from_secs(300),
+            lab.now,
+        );
+        let (id, first) = sent(&lab.run(|t, cx| t.on_start(cx)));
+        assert_eq!(lab.status(), Some(Status::Registering));
+        assert_eq!(first.request_uri_bytes(), Some(&b"sip:carrier.example"[..]));
+        assert_eq!(first.value(HeaderName::Expires), Some(&b"120"[..]));
+        let challenge: Vec<_> = provider
+            .challenges(lab.now, false)
+            .into_iter()
+            .map(|c| ("WWW-Authenticate", c))
+            .collect();
+        let out = lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&first, 401, &challenge))));
+        let (id, second) = sent(&out);
+        assert_eq!(second.call_id(), first.call_id(), "one registration dialog");
+        let creds = second.authorizations(HeaderName::Authorization);
+        let verdict = provider.verify(lab.now, b"REGISTER", creds, |u| {
+            (u == "office").then(|| Ha1::from_password("office", "carrier.example", "s3cret"))
+        });
+        assert_eq!(verdict, Verdict::Authenticated("office".into()));
+        let ok = answer(&second, 200, &[("Expires", "100".into())]);
+        let out = lab.run(|t, cx| t.on_response(cx, id, Some(&ok)));
+        assert_eq!(
+            lab.status(),
+            Some(Status::Up {
+                expires_in_secs: 100
+            })
+        );
+        let refresh = timer(&out);
+        assert_eq!(refresh, lab.now + Duration::from_secs(75));
+        lab.now = refresh;
+        let (_, third) = sent(&lab.run(|t, cx| t.on_timer(cx, &Timer(0), refresh)));
+        assert_eq!(third.cseq().map(|c| c.seq), Some(3));
+    }
+
+    #[test]
+    fn refused_credentials_and_silence_take_the_trunk_down_with_a_growing_backoff() {
+        let mut lab = Lab::new();
+        let (id, first) = sent(&lab.run(|t, cx| t.on_start(cx)));
+        let challenge = [(
+            "WWW-Authenticate",
+            "Digest realm=\"c\", nonce=\"n1\", qop=\"auth\"".to_string(),
+        )];
+        let (id, second) =
+            sent(&lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&first, 401, &challenge)))));
+        // Challenged again though we answered: the password is wrong.
+        let out = lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&second, 401, &challenge))));
+        assert_eq!(
+            lab.status(),
+            Some(Status::Down {
+                reason: "credentials refused".into()
+            })
+        );
+        assert_eq!(timer(&out), lab.now + Duration::from_secs(5));
+        // Then no answer at all, again and again: 10 s, 20 s, ... at most 5 min.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let at = lab.now + Duration::from_secs(600);
+            lab.now = at;
+            let _ = lab.run(|t, cx| {
+                t.regs[0].timer_at = Some(at);
+                t.on_timer(cx, &Timer(0), at)
+            });
+            let id = lab.trunks.regs[0]
+                .in_flight
+                .map(|(id, _)| id)
+                .expect("sent");
+            let out = lab.run(|t, cx| t.on_response(cx, id, None));
+            waits.push(timer(&out).duration_since(lab.now).as_secs());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(
+            lab.status(),
+            Some(Status::Down {
+                reason: "no answer".into()
+            })
+        );
+    }
+}
