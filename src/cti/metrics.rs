@@ -58,6 +58,8 @@ pub struct PbxFigures {
     pub guard_refused: u64,
     pub guard_bans: u64,
     pub auth_failures: u64,
+    /// Each registering trunk: whether it is registered now.
+    pub trunks_up: Vec<(String, bool)>,
     /// INVITE received → B-leg INVITE or answer sent.
     pub routing_latency: Buckets,
 }
@@ -239,6 +241,16 @@ impl prometheus_client::collector::Collector for Scrape {
             }
         }
         let mut family = e.encode_descriptor(
+            "sipdesk_trunk_up",
+            "1 while the trunk is registered with its provider",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (trunk, up) in &p.trunks_up {
+            ConstGauge::new(i64::from(*up))
+                .encode(family.encode_family(&Label("trunk", trunk))?)?;
+        }
+        let mut family = e.encode_descriptor(
             "sipdesk_agents",
             "Extensions per presence state",
             None,
@@ -300,6 +312,8 @@ mod tests {
                     count: 8,
                     sum_secs: 0.5,
                 },
+                guard_bans: 2,
+                trunks_up: vec![("carrier".into(), true), ("backup".into(), false)],
                 ..PbxFigures::default()
             },
             calls_per_second: 1.5,
@@ -320,6 +334,9 @@ mod tests {
             "sipdesk_agents{state=\"available\"} 2",
             "sipdesk_agents{state=\"away\"} 1",
             "sipdesk_event_stream_clients 4",
+            "sipdesk_guard_bans_total 2",
+            "sipdesk_trunk_up{trunk=\"carrier\"} 1",
+            "sipdesk_trunk_up{trunk=\"backup\"} 0",
             "# TYPE sipdesk_queue_waiting gauge",
             "# EOF",
         ] {

@@ -555,6 +555,12 @@ impl crate::cti::Commands for DeskCommands {
             guard_refused: read(&self.env.guard.stats.refused),
             guard_bans: read(&self.env.guard.stats.bans),
             auth_failures: read(&self.env.guard.stats.auth_failures),
+            trunks_up: self
+                .trunks
+                .all()
+                .into_iter()
+                .map(|(name, s)| (name, matches!(s, crate::trunk::Status::Up { .. })))
+                .collect(),
             routing_latency: self
                 .latency
                 .lock()
