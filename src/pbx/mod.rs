@@ -166,10 +166,19 @@ impl PbxBuilder {
                 let _ = presence.set_registered(&ext, true, wall);
             }
         }
+        let trunks = registering_trunks(&config);
+        // The providers are never limited or banned: a busy carrier sends
+        // many requests from one address.
+        let mut policy = config.security.policy();
+        policy.allow.extend(
+            trunks
+                .iter()
+                .map(|t| ipnet::IpNet::from(t.registrar.addr.ip())),
+        );
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
-            guard: crate::guard::Guard::new(config.security.policy()),
+            guard: crate::guard::Guard::new(policy),
             users,
             registrar,
             auth: DigestAuthority::new(
@@ -220,7 +229,6 @@ impl PbxBuilder {
         let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         let dialplan = Dialplan::from_config(&config);
         let trunk_status = crate::trunk::Board::default();
-        let trunks = registering_trunks(&config);
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
             let mut shard = Shard::new(
                 Arc::clone(&env),
