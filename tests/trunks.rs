@@ -82,11 +82,20 @@ impl Carrier {
     }
 }
 
-fn trunk(carrier: &Carrier, password: &str) -> String {
-    format!(
+/// The PBX with a trunk to `carrier` for the account office / `password`.
+fn pbx_on_trunk(carrier: &Carrier, password: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let trunk = format!(
         "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"{password}\"\nexpires = 60\n",
         carrier.addr.port()
-    )
+    );
+    let server = Server::start(
+        dir.path(),
+        port,
+        &config_with(port, "[\"MD5\"]", &users(2), &trunk),
+    );
+    (dir, server)
 }
 
 /// Waits until the PBX's log has `line` (10 s).
@@ -105,13 +114,7 @@ fn wait_for_log(server: &Server, line: &str) {
 #[test]
 fn the_pbx_registers_with_the_providers_digest_and_calls_for_its_account_reach_it() {
     let carrier = carrier();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let server = Server::start(
-        dir.path(),
-        port,
-        &config_with(port, "[\"MD5\"]", &users(2), &trunk(&carrier, "s3cret")),
-    );
+    let (dir, server) = pbx_on_trunk(&carrier, "s3cret");
     wait_for_log(&server, "trunk up: registered");
     // Kamailio routes a call for the account to sipdesk's contact; sipdesk
     // answers it (an unauthenticated INVITE to no extension of ours: 407), and
@@ -154,13 +157,7 @@ fn the_pbx_registers_with_the_providers_digest_and_calls_for_its_account_reach_i
 #[test]
 fn a_wrong_password_takes_the_trunk_down_once_and_it_retries_with_a_backoff() {
     let carrier = carrier();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let server = Server::start(
-        dir.path(),
-        port,
-        &config_with(port, "[\"MD5\"]", &users(2), &trunk(&carrier, "wrong")),
-    );
+    let (_dir, server) = pbx_on_trunk(&carrier, "wrong");
     wait_for_log(&server, "trunk down");
     std::thread::sleep(Duration::from_secs(3));
     let log = server.log();
