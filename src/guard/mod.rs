@@ -331,7 +331,8 @@ impl Guard {
     }
 
     /// Whether `ip` is banned right now.
-    pub fn banned(&self, now: Instant, ip: IpAddr) -> bool {
+    #[cfg(test)]
+    fn banned(&self, now: Instant, ip: IpAddr) -> bool {
         self.sources
             .get(&ip)
             .and_then(|s| s.banned_until)
