@@ -51,6 +51,8 @@ pub struct Config {
     pub features: FeaturesConfig,
     pub security: SecurityConfig,
     pub trunks: Vec<TrunkConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub outbound: OutboundConfig,
     /// Set by [`Config::with_demo_desk`]: the demo group and queue were added
     /// (so the groups and queues are the demo's own, not the office's).
     #[serde(skip)]
@@ -125,6 +127,155 @@ impl Default for SecurityConfig {
             window_secs: p.window.as_secs(),
             ban_secs: p.ban.as_secs(),
         }
+    }
+}
+
+impl Config {
+    /// The outside line's rules: trunks (their hosts resolved with
+    /// `resolve`; one that does not resolve is left out, with an error line),
+    /// routes, dialing classes, caller IDs and the toll-fraud caps.
+    pub fn outside(
+        &self,
+        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+    ) -> crate::outside::Outside {
+        use crate::outside::{Caps, Class, DidFrom, Failover, Line, Outside, Route, TrunkId};
+        let mut ids: Vec<Option<TrunkId>> = Vec::new();
+        let mut lines = Vec::new();
+        for t in &self.trunks {
+            let (name, host) = (t.name.get_ref(), t.host.get_ref());
+            let Some(addr) = resolve(host, t.port) else {
+                tracing::error!(trunk = %name, %host, "trunk down: the provider's host does not resolve");
+                ids.push(None);
+                continue;
+            };
+            let proxy = t.outbound_proxy.get_ref();
+            let remote = if proxy.is_empty() {
+                addr
+            } else {
+                let (h, port) = match proxy.rsplit_once(':') {
+                    Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse().unwrap_or(5060)),
+                    _ => (proxy.as_str(), 5060),
+                };
+                match resolve(h.trim_matches(['[', ']']), port) {
+                    Some(a) => a,
+                    None => {
+                        tracing::error!(trunk = %name, proxy = %proxy, "trunk down: the outbound proxy does not resolve");
+                        ids.push(None);
+                        continue;
+                    }
+                }
+            };
+            let domain = match t.domain.get_ref().as_str() {
+                "" => host.clone(),
+                d => d.to_string(),
+            };
+            let mut line = Line::new(name.clone(), crate::sip::Remote::udp(remote), domain);
+            line.sources.push(ipnet::IpNet::from(addr.ip()));
+            line.sources
+                .extend(t.allow.get_ref().iter().filter_map(|n| parse_net(n).ok()));
+            line.username = t.username.get_ref().clone();
+            line.auth_username = match t.auth_username.get_ref().as_str() {
+                "" => line.username.clone(),
+                a => a.to_string(),
+            };
+            line.password = t.password.get_ref().clone();
+            line.numbering = crate::outside::Numbering {
+                country_code: t.country_code.get_ref().clone(),
+                national_prefix: t.national_prefix.get_ref().clone(),
+                international_prefix: t.international_prefix.get_ref().clone(),
+            };
+            line.did_from = match t.did_from {
+                Some(DidSource::To) => DidFrom::To,
+                Some(DidSource::RequestUri) => DidFrom::RequestUri,
+                None if t.register => DidFrom::To,
+                None => DidFrom::RequestUri,
+            };
+            line.dids = t
+                .dids
+                .get_ref()
+                .iter()
+                .map(|(did, to)| {
+                    let key = line.numbering.to_e164(did).unwrap_or(did.clone());
+                    (key, to.clone())
+                })
+                .collect();
+            line.did_default = Some(t.did_default.get_ref().clone()).filter(|d| !d.is_empty());
+            line.max_channels = t.max_channels;
+            line.codecs = t.codecs.get_ref().clone();
+            line.caller_id = t.caller_id.get_ref().clone();
+            line.send_pai = t.send_pai;
+            line.trying_timeout = Duration::from_millis(t.trying_timeout_ms.max(200));
+            ids.push(Some(TrunkId(lines.len())));
+            lines.push(line);
+        }
+        let names: Vec<&str> = self
+            .trunks
+            .iter()
+            .map(|t| t.name.get_ref().as_str())
+            .collect();
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some(Route {
+                    name: r.name.get_ref().clone(),
+                    pattern: crate::outside::pattern(r.pattern.get_ref()).ok()?,
+                    class: r.class,
+                    trunks: r
+                        .trunks
+                        .get_ref()
+                        .iter()
+                        .filter_map(|t| names.iter().position(|n| n == t).and_then(|i| ids[i]))
+                        .collect(),
+                    strip: r.strip,
+                    prepend: r.prepend.clone(),
+                    e164: r.e164,
+                    failover: r
+                        .failover
+                        .get_ref()
+                        .iter()
+                        .filter_map(|f| Failover::parse(f))
+                        .collect(),
+                    caller_id: r.caller_id.clone(),
+                })
+            })
+            .collect();
+        let o = &self.outbound;
+        let caps = Caps {
+            max_calls: o.max_calls,
+            max_calls_per_user: o.max_calls_per_user,
+            max_calls_per_user_per_hour: o.max_calls_per_user_per_hour,
+            blocked_prefixes: o.blocked_prefixes.clone(),
+        };
+        let mut classes = std::collections::HashMap::new();
+        let mut caller_ids = std::collections::HashMap::new();
+        for u in &self.users {
+            let ext = u.extension.get_ref();
+            let mut mine = u
+                .dialing_classes
+                .clone()
+                .unwrap_or(o.dialing_classes.clone());
+            mine.push(Class::Internal);
+            let groups = self
+                .groups
+                .iter()
+                .filter(|g| g.members.iter().any(|m| m.extension.get_ref() == ext));
+            for g in groups.clone() {
+                mine.extend(g.dialing_classes.iter().copied());
+            }
+            classes.insert(ext.clone(), mine);
+            let id = Some(u.caller_id.clone())
+                .filter(|c| !c.is_empty())
+                .or_else(|| groups.map(|g| g.caller_id.clone()).find(|c| !c.is_empty()));
+            if let Some(id) = id {
+                caller_ids.insert(ext.clone(), id);
+            }
+        }
+        Outside::new(lines, routes, caps).with_classes(
+            o.dialing_classes.clone(),
+            classes,
+            caller_ids,
+        )
     }
 }
 
@@ -260,6 +411,12 @@ pub struct UserConfig {
     /// registers.
     #[serde(default)]
     pub unsolicited_mwi: bool,
+    /// What this user may dial outside; absent = `[outbound] dialing_classes`.
+    #[serde(default)]
+    pub dialing_classes: Option<Vec<crate::outside::Class>>,
+    /// The caller ID of this user's outside calls; "" = the group's, route's or trunk's.
+    #[serde(default)]
+    pub caller_id: String,
 }
 
 /// A user's role on the desk.
@@ -277,6 +434,12 @@ pub struct GroupConfig {
     pub name: Spanned<String>,
     #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// Dialing classes every member has besides their own.
+    #[serde(default)]
+    pub dialing_classes: Vec<crate::outside::Class>,
+    /// The caller ID of members' outside calls, unless they have their own.
+    #[serde(default)]
+    pub caller_id: String,
     /// A personal call-back to a member left unclaimed this long is offered
     /// to the whole group.
     #[serde(default = "default_callback_escalate")]
@@ -407,6 +570,136 @@ pub struct TrunkConfig {
     /// The registration expiry asked for (60 to 86400 seconds).
     #[serde(default = "default_trunk_expires")]
     pub expires: Spanned<u32>,
+    /// `host[:port]` every request of this trunk goes to instead of the
+    /// provider's address; "" = none.
+    #[serde(default = "unset")]
+    pub outbound_proxy: Spanned<String>,
+    /// More networks (CIDR) this provider's INVITEs come from, besides its own
+    /// address (IP authentication: inbound calls are taken only from these).
+    #[serde(default = "no_networks")]
+    pub allow: Spanned<Vec<String>>,
+    /// Calls in and out at once at most (0: no limit); beyond, inbound gets 503
+    /// and outbound tries the next trunk.
+    #[serde(default)]
+    pub max_channels: u32,
+    /// The codecs offered to this provider (`PCMU`, `PCMA`, `G722`…, in the
+    /// order of preference); [] = whatever the phone offers.
+    #[serde(default = "no_networks")]
+    pub codecs: Spanned<Vec<String>>,
+    /// A provider that sends no answer at all this long is treated as down:
+    /// the call tries the next trunk.
+    #[serde(default = "default_trying_timeout")]
+    pub trying_timeout_ms: u64,
+    /// How this provider writes numbers: the office's country code (no `+`),
+    /// national prefix and international prefix. Callers' numbers are turned
+    /// into E.164 with them.
+    #[serde(default = "unset")]
+    pub country_code: Spanned<String>,
+    #[serde(default = "unset")]
+    pub national_prefix: Spanned<String>,
+    #[serde(default = "unset")]
+    pub international_prefix: Spanned<String>,
+    /// Where the called number (DID) of an inbound call is read: `to` or
+    /// `request_uri` (default: `to` when registering, else `request_uri`).
+    #[serde(default)]
+    pub did_from: Option<DidSource>,
+    /// Called number (as the provider sends it, or in E.164) → where it
+    /// goes: a queue, an extension, or `group:NAME`.
+    #[serde(default = "no_dids")]
+    pub dids: Spanned<std::collections::BTreeMap<String, String>>,
+    /// Where other called numbers go; "" = 404.
+    #[serde(default = "unset")]
+    pub did_default: Spanned<String>,
+    /// The caller ID sent on outside calls when neither the user, their group
+    /// nor the route sets one; "" = the account's `username`.
+    #[serde(default = "unset")]
+    pub caller_id: Spanned<String>,
+    /// Whether outside calls carry the caller ID in P-Asserted-Identity
+    /// (RFC 3325) as well as From.
+    #[serde(default = "yes")]
+    pub send_pai: bool,
+}
+
+/// Where a trunk's called number is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DidSource {
+    To,
+    RequestUri,
+}
+
+fn no_dids() -> Spanned<std::collections::BTreeMap<String, String>> {
+    sp(std::collections::BTreeMap::new())
+}
+fn no_networks() -> Spanned<Vec<String>> {
+    sp(Vec::new())
+}
+fn default_trying_timeout() -> u64 {
+    2000
+}
+
+/// An outbound route (`[[routes]]`): the numbers matching `pattern` (a
+/// regular expression over the whole dialled number) go out through `trunks`,
+/// in order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    pub pattern: Spanned<String>,
+    /// What these numbers are: `emergency`, `national`, `international`,
+    /// `premium` (users need the class to dial them; emergency always goes).
+    pub class: crate::outside::Class,
+    pub trunks: Spanned<Vec<String>>,
+    /// Leading digits removed, then `prepend` added, before sending.
+    #[serde(default)]
+    pub strip: usize,
+    #[serde(default)]
+    pub prepend: String,
+    /// Send the number in E.164 (with the trunk's numbering), after `strip`
+    /// and `prepend`.
+    #[serde(default)]
+    pub e164: bool,
+    /// Final answers on which the next trunk is tried: codes (`503`) or
+    /// classes (`5xx`). Never once the callee rang or answered.
+    #[serde(default = "default_failover")]
+    pub failover: Spanned<Vec<String>>,
+    /// The caller ID for this route (below the user's and group's); "" = the
+    /// trunk's.
+    #[serde(default)]
+    pub caller_id: String,
+}
+
+fn default_failover() -> Spanned<Vec<String>> {
+    sp(vec!["408".into(), "5xx".into(), "6xx".into()])
+}
+
+/// The toll-fraud rules (`[outbound]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// What users may dial unless their own `dialing_classes` say otherwise
+    /// (groups' classes are added; emergency is always allowed).
+    pub dialing_classes: Vec<crate::outside::Class>,
+    /// Outside calls at once, in total and per user; outside calls a user
+    /// may start in one hour (0: no cap).
+    pub max_calls: u32,
+    pub max_calls_per_user: u32,
+    pub max_calls_per_user_per_hour: u32,
+    /// Numbers starting with one of these (as dialled or in E.164) are never called.
+    pub blocked_prefixes: Vec<String>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        use crate::outside::Class;
+        OutboundConfig {
+            dialing_classes: vec![Class::Internal, Class::National],
+            max_calls: 30,
+            max_calls_per_user: 2,
+            max_calls_per_user_per_hour: 30,
+            blocked_prefixes: Vec::new(),
+        }
+    }
 }
 
 fn default_sip_port() -> u16 {
@@ -784,12 +1077,154 @@ impl Config {
             }
         }
         self.validate_queues(&seen, &groups, &bad)?;
+        self.validate_outside(&seen, &groups, &bad)?;
         if s.udp.is_empty() && s.tcp.is_empty() {
             return Err(bad(
                 0..0,
                 "sip.udp",
                 "listen on at least one UDP or TCP address".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Trunks' networks, numbering and DIDs, and the routes' patterns,
+    /// trunks and failover codes must be usable.
+    fn validate_outside(
+        &self,
+        users: &HashSet<String>,
+        groups: &HashSet<String>,
+        bad: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let digits = |v: &str| v.bytes().all(|c| c.is_ascii_digit());
+        let queues: HashSet<&str> = self
+            .queues
+            .iter()
+            .map(|q| q.number.get_ref().as_str())
+            .collect();
+        let reachable = |target: &str| match target.strip_prefix("group:") {
+            Some(g) => groups.contains(g),
+            None => {
+                queues.contains(target)
+                    || users.contains(target)
+                    || self.demo.extensions.iter().any(|e| e == target)
+                    || (target == self.demo.queue && !target.is_empty())
+            }
+        };
+        for t in &self.trunks {
+            let n = t.name.get_ref();
+            if let Some(e) = t.allow.get_ref().iter().find_map(|a| parse_net(a).err()) {
+                return Err(bad(
+                    t.allow.span(),
+                    "trunks.allow",
+                    format!("trunk {n}: {e}"),
+                ));
+            }
+            let proxy = t.outbound_proxy.get_ref();
+            if proxy.contains([' ', '"', '/']) {
+                return Err(bad(
+                    t.outbound_proxy.span(),
+                    "trunks.outbound_proxy",
+                    format!("trunk {n}: `{proxy}` is not host[:port]"),
+                ));
+            }
+            for (key, v) in [
+                ("trunks.country_code", &t.country_code),
+                ("trunks.national_prefix", &t.national_prefix),
+                ("trunks.international_prefix", &t.international_prefix),
+            ] {
+                if !digits(v.get_ref()) {
+                    return Err(bad(v.span(), key, format!("trunk {n}: digits only")));
+                }
+            }
+            if let Some(c) = t.codecs.get_ref().iter().find(|c| {
+                c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }) {
+                return Err(bad(
+                    t.codecs.span(),
+                    "trunks.codecs",
+                    format!("trunk {n}: `{c}` is not a codec name"),
+                ));
+            }
+            for (did, target) in t.dids.get_ref() {
+                let number = did.strip_prefix('+').unwrap_or(did);
+                if number.is_empty() || !digits(number) {
+                    return Err(bad(
+                        t.dids.span(),
+                        "trunks.dids",
+                        format!("trunk {n}: `{did}` is not a number"),
+                    ));
+                }
+                if !reachable(target) {
+                    return Err(bad(
+                        t.dids.span(),
+                        "trunks.dids",
+                        format!("trunk {n}: {did} goes to `{target}`: no such queue, extension or group"),
+                    ));
+                }
+            }
+            let default = t.did_default.get_ref();
+            if !default.is_empty() && !reachable(default) {
+                return Err(bad(
+                    t.did_default.span(),
+                    "trunks.did_default",
+                    format!("trunk {n}: `{default}`: no such queue, extension or group"),
+                ));
+            }
+        }
+        let trunks: HashSet<&str> = self
+            .trunks
+            .iter()
+            .map(|t| t.name.get_ref().as_str())
+            .collect();
+        let mut names = HashSet::new();
+        for r in &self.routes {
+            let n = r.name.get_ref();
+            if n.is_empty() || !names.insert(n.clone()) {
+                return Err(bad(
+                    r.name.span(),
+                    "routes.name",
+                    format!("\"{n}\": empty or used twice"),
+                ));
+            }
+            if let Err(e) = crate::outside::pattern(r.pattern.get_ref()) {
+                return Err(bad(
+                    r.pattern.span(),
+                    "routes.pattern",
+                    format!("route {n}: {e}"),
+                ));
+            }
+            if r.trunks.get_ref().is_empty() {
+                return Err(bad(
+                    r.trunks.span(),
+                    "routes.trunks",
+                    format!("route {n}: name at least one trunk"),
+                ));
+            }
+            if let Some(t) = r
+                .trunks
+                .get_ref()
+                .iter()
+                .find(|t| !trunks.contains(t.as_str()))
+            {
+                return Err(bad(
+                    r.trunks.span(),
+                    "routes.trunks",
+                    format!("route {n}: no trunk {t}"),
+                ));
+            }
+            if let Some(f) = r
+                .failover
+                .get_ref()
+                .iter()
+                .find(|f| crate::outside::Failover::parse(f).is_none())
+            {
+                return Err(bad(
+                    r.failover.span(),
+                    "routes.failover",
+                    format!("route {n}: `{f}` is neither a code (503) nor a class (5xx)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -960,6 +1395,8 @@ impl Config {
                 .collect(),
             callback_escalate_secs: default_callback_escalate(),
             callback_flag_secs: default_callback_flag(),
+            dialing_classes: Vec::new(),
+            caller_id: String::new(),
         });
         if !d.queue.is_empty() {
             self.queues.push(QueueConfig {

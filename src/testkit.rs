@@ -173,6 +173,7 @@ pub struct Setup {
     pub routing: crate::routing::Directory,
     pub ring_timeout: Duration,
     pub hold_music: bool,
+    pub outside: crate::outside::Outside,
 }
 
 impl Default for Setup {
@@ -183,6 +184,7 @@ impl Default for Setup {
             routing: crate::routing::Directory::default(),
             ring_timeout: Duration::from_secs(30),
             hold_music: false,
+            outside: crate::outside::Outside::default(),
         }
     }
 }
@@ -213,6 +215,7 @@ impl Harness {
             users,
             mwi: crate::mwi::Mwi::new(["201".to_string()]),
             guard: crate::guard::Guard::default(),
+            outside: setup.outside,
             registrar: Registrar::direct(store, policy, wall0).expect("registrar"),
             auth: DigestAuthority::new(
                 REALM,

@@ -88,13 +88,20 @@ pub(super) struct Bridge {
     pub callee_party: Option<Party>,
     /// Set for a call to a queue (the ACD state of the call).
     pub queue: Option<super::queue::Queued>,
+    /// The trunk an inbound call came in on (holding one of its channels).
+    pub trunk: Option<crate::outside::TrunkId>,
+    /// Set for an outside call (its trunks, permit and tries).
+    pub outbound: Option<super::outbound::Outbound>,
 }
 
 impl Bridge {
     /// When the bridge's timer is due.
     fn due(&self) -> Option<Instant> {
         match &self.phase {
-            APhase::Calling { ring_deadline } => Some(*ring_deadline),
+            APhase::Calling { ring_deadline } => {
+                let silent = self.outbound.as_ref().and_then(|o| o.silent_until);
+                Some(silent.map_or(*ring_deadline, |s| s.min(*ring_deadline)))
+            }
             APhase::Answered { next, give_up, .. } => Some((*next).min(*give_up)),
             APhase::Confirmed => self.session.map(|(_, at)| at),
         }
@@ -131,8 +138,12 @@ pub(super) struct BranchSpec<'a> {
 #[derive(Debug)]
 pub(super) struct CallTarget {
     pub caller: String,
+    /// The caller's name, if known (else From's display name).
+    pub display: Option<String>,
     pub callee: String,
     pub bindings: Vec<Binding>,
+    /// The trunk an inbound call came in on (its channel is held).
+    pub trunk: Option<crate::outside::TrunkId>,
 }
 
 /// The SDP direction of the first media line, as "does this phone receive".
@@ -170,7 +181,7 @@ pub(super) fn peer_of(s: &sdp::Session, sip: SocketAddr) -> Peer {
 
 /// Ports for rewriting: the relay port for the first audio line, 0 (refused) for
 /// any other stream (the relay carries one audio stream).
-fn relay_ports(s: &sdp::Session, port: u16) -> Vec<u16> {
+pub(super) fn relay_ports(s: &sdp::Session, port: u16) -> Vec<u16> {
     let mut given = false;
     s.media
         .iter()
@@ -255,8 +266,10 @@ impl Calls {
     ) {
         let CallTarget {
             caller,
+            display,
             callee,
             bindings,
+            trunk,
         } = target;
         let a_leg = ALeg {
             tx,
@@ -272,9 +285,12 @@ impl Calls {
         };
         let relay = match prepared {
             Ok((_, relay)) => relay,
-            Err(refusal) => return refuse(cx, &a_leg, cdr, refusal),
+            Err(refusal) => {
+                super::release_trunk(cx, trunk);
+                return refuse(cx, &a_leg, cdr, refusal);
+            }
         };
-        let display = req.from_header().and_then(|f| f.display).map(lossy);
+        let display = display.or_else(|| req.from_header().and_then(|f| f.display).map(lossy));
         let spec = BranchSpec {
             caller: &caller,
             display: display.as_deref(),
@@ -291,6 +307,7 @@ impl Calls {
             rewrite_for(cx, req.body(), target, port)
         });
         if branches.is_empty() {
+            super::release_trunk(cx, trunk);
             return refuse(
                 cx,
                 &a_leg,
@@ -324,6 +341,8 @@ impl Calls {
             caller_party,
             callee_party,
             queue: None,
+            trunk,
+            outbound: None,
         };
         self.add_bridge(cx, a, bridge);
     }
@@ -402,6 +421,11 @@ impl Calls {
         code: u16,
         resp: Option<Message>,
     ) {
+        if self.bridges.get(a).is_some_and(|b| b.outbound.is_some())
+            && self.outbound_response(cx, a, idx, code, resp.as_ref())
+        {
+            return;
+        }
         let Some(bridge) = self.bridges.get_mut(a) else {
             return; // the call is gone (its branches were cancelled)
         };
@@ -452,6 +476,7 @@ impl Calls {
             200..=299 => {
                 let Some(r) = resp else { return };
                 self.branch_answered(cx, a, idx, &r);
+                self.outbound_answered(a);
             }
             _ => {
                 bridge.branches[idx].final_code = Some(code);
@@ -562,9 +587,15 @@ impl Calls {
     }
 
     fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
-        let bridge = self.bridges.remove(a)?;
+        let mut bridge = self.bridges.remove(a)?;
         if let Some(q) = &bridge.queue {
             q.leave_line(cx);
+        }
+        if let Some(out) = bridge.outbound.as_mut() {
+            out.release(cx);
+        }
+        if let Some(t) = bridge.trunk {
+            cx.env.outside.line(t).release();
         }
         Self::ended(cx);
         // Only this call's own entries are removed (no scan of the shard's calls).
@@ -604,7 +635,11 @@ impl Calls {
             return; // re-armed since
         }
         let t2 = cx.env.timers.t2;
+        let silent = bridge.outbound.as_ref().and_then(|o| o.silent_until);
         match &mut bridge.phase {
+            APhase::Calling { .. } if silent.is_some_and(|s| s <= cx.now) => {
+                self.outbound_silent(cx, a)
+            }
             APhase::Calling { .. } => {
                 let r = Refusal {
                     disposition: Disposition::NoAnswer,

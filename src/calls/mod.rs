@@ -17,6 +17,7 @@ mod bridge;
 pub mod cdr;
 mod local;
 mod originate;
+mod outbound;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -152,9 +153,16 @@ impl Calls {
             Target::Test(kind) => {
                 self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
             }
-            Target::Queue(queue) => self.invite_queue(cx, tx, req, remote, call_id, queue),
+            Target::Queue(queue) => {
+                let entry = queue::Entry {
+                    queue,
+                    caller: caller_number(req),
+                    trunk: None,
+                };
+                self.invite_queue(cx, tx, req, remote, call_id, entry)
+            }
             Target::Feature(state) => {
-                let Some(caller) = self.authenticate(cx, tx, req, remote) else {
+                let Some(caller) = self.authenticate(cx, tx, req, remote, false) else {
                     return;
                 };
                 let caller = caller_of(req, caller);
@@ -166,26 +174,147 @@ impl Calls {
                 self.invite_local(cx, tx, req, remote, call_id, local::Kind::Confirmation)
             }
             Target::Extension(callee) => {
-                let Some(caller) = self.authenticate(cx, tx, req, remote) else {
+                let Some(caller) = self.authenticate(cx, tx, req, remote, false) else {
                     return;
                 };
                 let caller = caller_of(req, caller);
                 let bindings = cx.env.registrar.lookup(&callee, cx.wall);
                 let target = bridge::CallTarget {
                     caller,
+                    display: None,
                     callee,
                     bindings,
+                    trunk: None,
                 };
                 self.invite_extension(cx, tx, req, remote, call_id, target)
             }
+            // Never without credentials, whatever `[calls] authenticate` says:
+            // an outside call costs money.
+            Target::Outside(route) => {
+                let Some(Some(user)) = self.authenticate(cx, tx, req, remote, true) else {
+                    return;
+                };
+                let number = req
+                    .request_uri()
+                    .and_then(|u| u.user)
+                    .map(lossy)
+                    .unwrap_or_default();
+                let checked =
+                    cx.env
+                        .outside
+                        .check(cx.now, remote.addr.ip(), Some(&user), route, &number);
+                match checked {
+                    Ok(permit) => {
+                        let call = outbound::OutsideCall {
+                            user,
+                            number,
+                            route,
+                            permit,
+                        };
+                        self.invite_outside(cx, tx, req, remote, call_id, call)
+                    }
+                    Err(_) => {
+                        let r = Refusal {
+                            reason: "Forbidden (Outside Call Not Allowed)",
+                            ..Refusal::failed(StatusCode::FORBIDDEN)
+                        };
+                        self.refuse_new(cx, tx, req, remote, &call_id, r)
+                    }
+                }
+            }
             // Challenged like an extension first: an unauthenticated caller
             // cannot tell the numbers that exist from those that do not.
-            Target::Unknown => {
-                if self.authenticate(cx, tx, req, remote).is_some() {
+            Target::Unknown | Target::Group(_) => {
+                if self.authenticate(cx, tx, req, remote, false).is_some() {
                     cx.reply(tx, req, remote, StatusCode::NOT_FOUND)
                 }
             }
         }
+    }
+
+    /// A new INVITE from trunk `trunk`'s provider (trusted by its address),
+    /// read by the trunk's rules (`inbound`) and going to `target` (where its
+    /// DID leads). The caller is known by their E.164 number from here on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_trunk_invite(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        trunk: crate::outside::TrunkId,
+        inbound: crate::outside::Inbound,
+        target: Target,
+    ) {
+        let Some(call_id) = req.call_id().map(CallId::from_bytes) else {
+            return;
+        };
+        let line = cx.env.outside.line(trunk);
+        tracing::info!(
+            %call_id, trunk = %line.name, did = %inbound.did, caller = %inbound.caller,
+            to = inbound.target.as_deref().unwrap_or("-"), "inbound call"
+        );
+        if let Err(r) = check_session_timer(cx, req) {
+            return self.refuse_new(cx, tx, req, remote, &call_id, r);
+        }
+        let refusal = match &target {
+            Target::Unknown | Target::Feature(_) => Some(Refusal::failed(StatusCode::NOT_FOUND)),
+            Target::Outside(_) => {
+                // Calls from one provider are never sent out again (transit).
+                tracing::warn!(
+                    target: crate::guard::SECURITY,
+                    "SECURITY toll-denied source={} user=- number={} reason=\"a call from a trunk to an outside number\"",
+                    remote.addr.ip(),
+                    crate::guard::sanitize(&inbound.did)
+                );
+                Some(Refusal::failed(StatusCode::FORBIDDEN))
+            }
+            Target::Test(_) => None,
+            _ if !line.seize() => Some(Refusal {
+                reason: "Service Unavailable (Trunk Channels In Use)",
+                ..Refusal::failed(StatusCode::SERVICE_UNAVAILABLE)
+            }),
+            _ => None,
+        };
+        if let Some(r) = refusal {
+            return self.refuse_new(cx, tx, req, remote, &call_id, r);
+        }
+        let caller = inbound.caller;
+        let env = cx.env;
+        let (callee, bindings) = match target {
+            Target::Test(kind) => {
+                return self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
+            }
+            Target::Queue(q) => {
+                let entry = queue::Entry {
+                    queue: q,
+                    caller,
+                    trunk: Some(trunk),
+                };
+                return self.invite_queue(cx, tx, req, remote, call_id, entry);
+            }
+            Target::Extension(ext) => {
+                let bindings = env.registrar.lookup(&ext, cx.wall);
+                (ext, bindings)
+            }
+            Target::Group(group) => {
+                let members = env.routing.group_members(&group).unwrap_or_default();
+                let bindings = members
+                    .iter()
+                    .flat_map(|m| env.registrar.lookup(m, cx.wall))
+                    .collect();
+                (group, bindings)
+            }
+            Target::Unknown | Target::Feature(_) | Target::Outside(_) => return,
+        };
+        let target = bridge::CallTarget {
+            caller,
+            display: inbound.display,
+            callee,
+            bindings,
+            trunk: Some(trunk),
+        };
+        self.invite_extension(cx, tx, req, remote, call_id, target)
     }
 
     /// The caller's credentials for a call that needs them (`[calls]
@@ -197,9 +326,10 @@ impl Calls {
         tx: TxId,
         req: &Message,
         remote: Remote,
+        always: bool,
     ) -> Option<Option<String>> {
         use crate::sip::auth::Verdict;
-        if !cx.env.calls.authenticate {
+        if !cx.env.calls.authenticate && !always {
             return Some(None);
         }
         let env = cx.env;
@@ -382,6 +512,13 @@ impl Calls {
             .unwrap_or_default();
         let cdr = new_cdr(cx, call_id, &party_number(req.from_header()), &callee);
         refuse(cx, tx, req, remote, None, cdr, r);
+    }
+}
+
+/// Gives back the channel an inbound call held on its trunk.
+fn release_trunk(cx: &Cx<'_>, trunk: Option<crate::outside::TrunkId>) {
+    if let Some(t) = trunk {
+        cx.env.outside.line(t).release();
     }
 }
 

@@ -177,8 +177,18 @@ impl Queued {
     }
 }
 
+/// Who enters which queue.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub queue: QueueId,
+    /// The caller's number (the caller index key).
+    pub caller: String,
+    /// The trunk the call came in on (its channel is held).
+    pub trunk: Option<crate::outside::TrunkId>,
+}
+
 impl Calls {
-    /// A new INVITE to queue `id` from `caller`.
+    /// A new INVITE entering a queue.
     pub(super) fn invite_queue(
         &mut self,
         cx: &mut Cx<'_>,
@@ -186,9 +196,13 @@ impl Calls {
         req: &Message,
         remote: Remote,
         a: CallId,
-        id: QueueId,
+        entry: Entry,
     ) {
-        let caller = super::caller_number(req);
+        let Entry {
+            queue: id,
+            caller,
+            trunk,
+        } = entry;
         let env = cx.env;
         let queue = env.routing.queue(id);
         let a_leg = ALeg {
@@ -206,7 +220,10 @@ impl Calls {
         });
         let (relay, answer) = match prepared {
             Ok(p) => p,
-            Err(refusal) => return refuse(cx, &a_leg, cdr, refusal),
+            Err(refusal) => {
+                super::release_trunk(cx, trunk);
+                return refuse(cx, &a_leg, cdr, refusal);
+            }
         };
         let pt = answered_pt(&answer);
         let event_pt = super::answered_event_pt(&answer);
@@ -249,6 +266,8 @@ impl Calls {
             caller_party,
             callee_party: None,
             queue: Some(queued),
+            trunk,
+            outbound: None,
         };
         answer_caller(cx, &mut bridge, &queue.number, Some(&answer), None);
         self.add_bridge(cx, a.clone(), bridge);

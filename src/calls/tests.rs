@@ -773,3 +773,278 @@ fn a_caller_whose_call_back_is_not_stored_hears_the_sorry_announcement_not_the_t
     one(&out, "BYE sip:201@");
     assert!(lab.idle());
 }
+
+// Outside calls and trunks: two providers, a national route over both.
+
+const FIRST: &str = "192.0.2.10:5060";
+const SECOND: &str = "192.0.2.20:5060";
+const NATIONAL: &str = "0312345678";
+
+fn outside() -> crate::outside::Outside {
+    use crate::outside::{
+        Caps, Class, DidFrom, Failover, Line, Numbering, Outside, Route, TrunkId,
+    };
+    let numbering = Numbering {
+        country_code: "81".into(),
+        national_prefix: "0".into(),
+        international_prefix: "010".into(),
+    };
+    let mut lines = Vec::new();
+    for (name, addr) in [("first", FIRST), ("second", SECOND)] {
+        let mut line = Line::new(name.into(), remote(addr), format!("{name}.example"));
+        line.username = "office".into();
+        line.auth_username = "office".into();
+        line.password = "pw".into();
+        line.numbering = numbering.clone();
+        line.did_from = DidFrom::To;
+        line.dids.insert("+81311110000".into(), "202".into());
+        line.max_channels = 1;
+        lines.push(line);
+    }
+    let route = |name: &str, pattern: &str, class| Route {
+        name: name.into(),
+        pattern: crate::outside::pattern(pattern).expect("pattern"),
+        class,
+        trunks: vec![TrunkId(0), TrunkId(1)],
+        strip: 0,
+        prepend: String::new(),
+        e164: false,
+        failover: ["408", "5xx", "6xx"]
+            .iter()
+            .filter_map(|f| Failover::parse(f))
+            .collect(),
+        caller_id: "+81312340000".into(),
+    };
+    let routes = vec![
+        route("national", "0[1-9][0-9]{8,9}", Class::National),
+        route("international", "010[1-9][0-9]{6,14}", Class::International),
+    ];
+    let caps = Caps {
+        max_calls: 10,
+        max_calls_per_user: 5,
+        max_calls_per_user_per_hour: 3,
+        blocked_prefixes: vec!["0990".into()],
+    };
+    Outside::new(lines, routes, caps).with_classes(
+        vec![Class::Internal, Class::National],
+        Default::default(),
+        Default::default(),
+    )
+}
+
+fn outside_lab() -> Lab {
+    let lab = Lab::new(Setup {
+        users: vec!["201", "202"],
+        authenticate: false,
+        outside: outside(),
+        ..Setup::default()
+    });
+    lab.h.bind("202", PHONE_A);
+    lab
+}
+
+/// 201's INVITE to `to`, answered with its credentials after our 407:
+/// what the PBX sent then.
+fn authorized(lab: &mut Lab, call_id: &str, to: &str) -> Vec<String> {
+    let out = lab.input(invite(call_id, to, ""), CALLER);
+    let challenge = one(&out, "SIP/2.0 407").clone();
+    let parsed =
+        crate::sip::message::parse(Bytes::from(challenge), &Default::default()).expect("407");
+    let uri = format!("sip:{to}@pbx");
+    let (name, value) =
+        crate::sip::auth::authorization(&parsed, "INVITE", &uri, ("201", "secret"), "c0ffee")
+            .expect("an answer");
+    let again = String::from_utf8_lossy(&invite(call_id, to, &format!("{name}: {value}\r\n")))
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            &format!("z9hG4bK-{call_id}"),
+            &format!("z9hG4bK-{call_id}-2"),
+        );
+    lab.input(Bytes::from(again), CALLER)
+}
+
+/// The INVITE sent to a provider (`domain`) among what was sent.
+fn to_provider<'a>(out: &'a [String], domain: &str) -> &'a String {
+    let start = format!("INVITE sip:{NATIONAL}@{domain}");
+    out.iter()
+        .find(|m| m.starts_with(&start))
+        .unwrap_or_else(|| panic!("no {start} in {out:#?}"))
+}
+
+fn no_provider_invite(out: &[String]) -> bool {
+    !out.iter().any(|m| m.starts_with("INVITE sip:0"))
+}
+
+#[test]
+fn an_outside_call_fails_over_on_503_and_connects_through_the_second_trunk() {
+    let mut lab = outside_lab();
+    let out = authorized(&mut lab, "out@a", NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    assert!(
+        header(&first, "From").starts_with("<sip:+81312340000@first.example>"),
+        "the route's caller ID: {first}"
+    );
+    assert_eq!(
+        header(&first, "P-Asserted-Identity"),
+        "<sip:+81312340000@first.example>"
+    );
+    assert!(
+        first.contains("c=IN IP4 192.0.2.100"),
+        "media anchored: {first}"
+    );
+    let out = lab.input(response(&first, 503, "p1", "", ""), FIRST);
+    let second = to_provider(&out, "second.example").clone();
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.21");
+    let out = lab.input(response(&second, 200, "p2", &sdp, ""), SECOND);
+    one(&out, "ACK ");
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 2, "", ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 3, "", ""), CALLER);
+    one(&out, "BYE sip:phone@");
+    assert!(lab.idle());
+    assert_eq!(
+        lab.h.env.outside.fraud.live(),
+        0,
+        "the permit is given back"
+    );
+    assert!(
+        lab.h.env.outside.line(crate::outside::TrunkId(1)).seize(),
+        "the channel is given back"
+    );
+}
+
+#[test]
+fn a_providers_challenge_is_answered_with_the_trunks_credentials_once() {
+    let mut lab = outside_lab();
+    let out = authorized(&mut lab, "auth@a", NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    let challenge = "Proxy-Authenticate: Digest realm=\"first.example\", nonce=\"n1\", qop=\"auth\", algorithm=MD5\r\n";
+    let out = lab.input(response(&first, 407, "p1", "", challenge), FIRST);
+    let again = to_provider(&out, "first.example").clone();
+    assert_eq!(header(&again, "Call-ID"), header(&first, "Call-ID"));
+    assert_eq!(header(&again, "CSeq"), "2 INVITE");
+    assert!(
+        header(&again, "Proxy-Authorization").contains("username=\"office\""),
+        "{again}"
+    );
+    // Refused again: the credentials are wrong there; the next trunk is tried.
+    let out = lab.input(response(&again, 407, "p1", "", challenge), FIRST);
+    to_provider(&out, "second.example");
+}
+
+#[test]
+fn once_the_callee_rang_a_failure_is_passed_on_and_no_other_trunk_is_tried() {
+    let mut lab = outside_lab();
+    let out = authorized(&mut lab, "rang@a", NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    let out = lab.input(response(&first, 180, "p1", "", ""), FIRST);
+    one(&out, "SIP/2.0 180 Ringing");
+    let out = lab.input(response(&first, 503, "p1", "", ""), FIRST);
+    one(&out, "SIP/2.0 503");
+    assert!(no_provider_invite(&out));
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_silent_provider_is_skipped_after_its_trying_timeout() {
+    let mut lab = outside_lab();
+    let out = authorized(&mut lab, "silent@a", NATIONAL);
+    to_provider(&out, "first.example");
+    let retransmitted = lab.advance(Duration::from_millis(1900));
+    assert!(!retransmitted
+        .iter()
+        .any(|m| m.contains("@second.example SIP")));
+    let out = lab.advance(Duration::from_millis(200));
+    to_provider(&out, "second.example");
+    // Both silent: the caller hears 503.
+    let out = lab.advance(Duration::from_secs(3));
+    one(&out, "SIP/2.0 503");
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_reliable_183_is_acknowledged_with_prack_and_its_early_media_reaches_the_caller() {
+    let mut lab = outside_lab();
+    let out = authorized(&mut lab, "prack@a", NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    assert!(header(&first, "Supported").contains("100rel"));
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.11");
+    let reliable = "Require: 100rel\r\nRSeq: 7\r\n";
+    let out = lab.input(response(&first, 183, "p1", &sdp, reliable), FIRST);
+    let prack = one(&out, "PRACK sip:phone@");
+    assert_eq!(header(prack, "RAck"), "7 1 INVITE");
+    assert_eq!(header(prack, "CSeq"), "2 PRACK");
+    let early = one(&out, "SIP/2.0 183");
+    assert!(
+        early.contains("c=IN IP4 192.0.2.100"),
+        "early media via the relay: {early}"
+    );
+    // A retransmission is not acknowledged twice.
+    let out = lab.input(response(&first, 183, "p1", &sdp, reliable), FIRST);
+    assert!(starting(&out, "PRACK").is_empty());
+    let out = lab.input(response(&first, 200, "p1", &sdp, ""), FIRST);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 2, "", ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 3, "", ""), CALLER);
+    let bye = one(&out, "BYE sip:phone@");
+    assert_eq!(header(bye, "CSeq"), "3 BYE", "above the PRACK's CSeq");
+}
+
+#[test]
+fn outside_calls_need_credentials_the_class_and_room_under_the_caps() {
+    let mut lab = outside_lab();
+    // No credentials (even with `[calls] authenticate = false`): 407, nothing sent.
+    let out = lab.input(invite("anon@a", NATIONAL, ""), CALLER);
+    one(&out, "SIP/2.0 407");
+    assert!(no_provider_invite(&out));
+    // No international class: 403.
+    let out = authorized(&mut lab, "intl@a", "0104420794601");
+    one(&out, "SIP/2.0 403");
+    assert!(out.iter().all(|m| !m.starts_with("INVITE sip:010")));
+    // A blocked prefix: 403.
+    let out = authorized(&mut lab, "premium@a", "0990123456");
+    one(&out, "SIP/2.0 403");
+    // Three calls an hour, then 403.
+    for i in 0..3 {
+        let out = authorized(&mut lab, &format!("hour{i}@a"), NATIONAL);
+        let first = to_provider(&out, "first.example").clone();
+        lab.input(response(&first, 486, "p", "", ""), FIRST);
+    }
+    let out = authorized(&mut lab, "hour3@a", NATIONAL);
+    one(&out, "SIP/2.0 403");
+    assert!(no_provider_invite(&out));
+    assert!(lab.idle());
+}
+
+/// An INVITE from a provider for DID `did` from `caller`.
+fn from_provider(call_id: &str, did: &str, caller: &str) -> Bytes {
+    with_body(
+        format!(
+            "INVITE sip:office@192.0.2.100 SIP/2.0\r\nVia: SIP/2.0/UDP {FIRST};branch=z9hG4bK-{call_id}\r\n\
+             From: <sip:{caller}@first.example>;tag=p\r\nTo: <sip:{did}@first.example>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:gw@{FIRST}>\r\nMax-Forwards: 70\r\n"
+        ),
+        SDP,
+    )
+}
+
+#[test]
+fn a_call_from_a_trunk_reaches_its_dids_extension_with_the_caller_in_e164() {
+    let mut lab = outside_lab();
+    let out = lab.input(from_provider("in@p", "0311110000", "0399998888"), FIRST);
+    let b = toward(&out, PHONE_A);
+    assert!(
+        header(b, "From").starts_with("<sip:+81399998888@"),
+        "the caller's E.164 number: {b}"
+    );
+    // The trunk's one channel is taken: a second call gets 503.
+    let out = lab.input(from_provider("in2@p", "0311110000", "0399998888"), FIRST);
+    one(&out, "SIP/2.0 503");
+    // A DID that goes nowhere: 404, without a challenge.
+    let mut lab = outside_lab();
+    let out = lab.input(
+        from_provider("nowhere@p", "0311119999", "0399998888"),
+        FIRST,
+    );
+    one(&out, "SIP/2.0 404");
+}

@@ -343,7 +343,7 @@ impl Guard {
 /// A claimed user name as it may appear in a log line: printable ASCII
 /// without spaces or `=`, at most 64 characters (an attacker cannot forge
 /// another field or line).
-fn sanitize(user: &str) -> String {
+pub(crate) fn sanitize(user: &str) -> String {
     user.chars()
         .take(64)
         .map(|c| {

@@ -166,19 +166,22 @@ impl PbxBuilder {
                 let _ = presence.set_registered(&ext, true, wall);
             }
         }
-        let trunks = registering_trunks(&config);
+        let outside = config.outside(&|host, port| {
+            use std::net::ToSocketAddrs;
+            (host, port).to_socket_addrs().ok()?.next()
+        });
+        let trunks = registering_trunks(&config, &outside);
         // The providers are never limited or banned: a busy carrier sends
         // many requests from one address.
         let mut policy = config.security.policy();
-        policy.allow.extend(
-            trunks
-                .iter()
-                .map(|t| ipnet::IpNet::from(t.registrar.addr.ip())),
-        );
+        policy
+            .allow
+            .extend(outside.lines.iter().flat_map(|l| l.sources.iter().copied()));
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
             guard: crate::guard::Guard::new(policy),
+            outside,
             users,
             registrar,
             auth: DigestAuthority::new(
@@ -676,39 +679,26 @@ async fn start_desk(
     Ok(http_addr)
 }
 
-/// The trunks that register, with their provider's address resolved (at
-/// start, A/AAAA; one that does not resolve is logged and left out).
-fn registering_trunks(config: &Config) -> Vec<crate::trunk::Spec> {
-    use std::net::ToSocketAddrs;
-    config
-        .trunks
+/// The trunks that register (each toward its outbound proxy, or its provider).
+fn registering_trunks(
+    config: &Config,
+    outside: &crate::outside::Outside,
+) -> Vec<crate::trunk::Spec> {
+    outside
+        .lines
         .iter()
-        .filter(|t| t.register)
-        .filter_map(|t| {
-            let (name, host) = (t.name.get_ref(), t.host.get_ref());
-            let addr = (host.as_str(), t.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next());
-            let Some(addr) = addr else {
-                tracing::error!(trunk = %name, %host, "trunk down: the provider's host does not resolve");
-                return None;
-            };
-            let domain = match t.domain.get_ref().as_str() {
-                "" => host.clone(),
-                d => d.to_string(),
-            };
-            let user = t.username.get_ref().clone();
-            Some(crate::trunk::Spec {
-                name: name.clone(),
-                registrar: crate::sip::Remote::udp(addr),
-                domain,
-                auth_username: match t.auth_username.get_ref().as_str() {
-                    "" => user.clone(),
-                    a => a.to_string(),
-                },
-                username: user,
-                password: t.password.get_ref().clone(),
+        .filter_map(|line| {
+            let t = config
+                .trunks
+                .iter()
+                .find(|t| t.name.get_ref() == &line.name)?;
+            t.register.then(|| crate::trunk::Spec {
+                name: line.name.clone(),
+                registrar: line.remote,
+                domain: line.domain.clone(),
+                username: line.username.clone(),
+                auth_username: line.auth_username.clone(),
+                password: line.password.clone(),
                 expires: *t.expires.get_ref(),
             })
         })

@@ -25,6 +25,10 @@ pub enum Target {
     Feature(State),
     Queue(QueueId),
     Extension(String),
+    /// A DID's target: every member of the group rings.
+    Group(String),
+    /// An outside number, by the route it takes.
+    Outside(crate::outside::RouteId),
     Unknown,
 }
 

@@ -19,7 +19,7 @@ use crate::calls::{self, Calls, OriginateError, ALLOW};
 use crate::clock::WallClock;
 use crate::media::MediaEvent;
 use crate::presence::Change;
-use crate::routing::dialplan::Dialplan;
+use crate::routing::dialplan::{Dialplan, Target};
 use crate::sip::message::{Builder, Message, Method};
 use crate::sip::transaction::{reply_remote, TransactionLayer, Transmit, TxError, TxEvent, TxId};
 use crate::sip::{CallId, Remote, SipError, StatusCode};
@@ -467,12 +467,22 @@ impl Shard {
                 self.with_calls(now, |c, cx| c.on_in_dialog(cx, tx, req, remote))
             }
             Method::Invite => {
+                let env = Arc::clone(&self.env);
+                if let Some(trunk) = env.outside.trunk_from(remote.addr.ip()) {
+                    let inbound = env.outside.inbound(trunk, req);
+                    let target = match inbound.target.as_deref() {
+                        Some(t) => match t.strip_prefix("group:") {
+                            Some(group) => Target::Group(group.to_string()),
+                            None => self.target(t.as_bytes()),
+                        },
+                        None => Target::Unknown,
+                    };
+                    return self.with_calls(now, |c, cx| {
+                        c.on_trunk_invite(cx, tx, req, remote, trunk, inbound, target)
+                    });
+                }
                 let number = req.request_uri().and_then(|u| u.user).unwrap_or_default();
-                let env = &self.env;
-                let target = self
-                    .config
-                    .dialplan
-                    .route(number, &env.routing, |n| env.users.contains(n));
+                let target = self.target(number);
                 self.with_calls(now, |c, cx| c.on_invite(cx, tx, req, remote, target))
             }
             Method::Bye | Method::Info | Method::Update => {
@@ -493,6 +503,24 @@ impl Shard {
                 b.header("Allow", ALLOW);
                 self.send_final(now, tx, b.finish());
             }
+        }
+    }
+
+    /// Where a dialled number goes: the dialplan's numbers first, then the
+    /// outside routes.
+    fn target(&self, number: &[u8]) -> Target {
+        let env = &self.env;
+        let target = self
+            .config
+            .dialplan
+            .route(number, &env.routing, |n| env.users.contains(n));
+        let outside = || {
+            let number = std::str::from_utf8(number).ok()?;
+            env.outside.route(number)
+        };
+        match target {
+            Target::Unknown => outside().map_or(Target::Unknown, Target::Outside),
+            t => t,
         }
     }
 

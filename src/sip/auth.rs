@@ -94,6 +94,28 @@ pub enum Verdict {
     Forbidden { user: Option<String> },
 }
 
+/// The header answering a 401 (`Authorization`) or 407
+/// (`Proxy-Authorization`) challenge in `resp` for `method` to `uri` with
+/// `creds`: the first challenge we can answer, or `None`.
+pub fn authorization(
+    resp: &super::message::Message,
+    method: &str,
+    uri: &str,
+    creds: (&str, &str),
+    cnonce: &str,
+) -> Option<(&'static str, String)> {
+    use super::message::HeaderName;
+    let (challenge, header) = match resp.status() {
+        Some(401) => (HeaderName::WwwAuthenticate, "Authorization"),
+        Some(407) => (HeaderName::ProxyAuthenticate, "Proxy-Authorization"),
+        _ => return None,
+    };
+    resp.values(challenge)
+        .filter_map(Auth::parse)
+        .find_map(|c| answer_challenge(&c, method, uri, creds, 1, cnonce))
+        .map(|v| (header, v))
+}
+
 /// A UAC's answer to a digest challenge (RFC 7616 §3.4, RFC 2617 §3.2.2):
 /// the `Authorization` (or `Proxy-Authorization`) value for `method` to
 /// `uri` as `user` with `password`, the `nc`-th use of the challenge's nonce,

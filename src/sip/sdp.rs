@@ -224,6 +224,83 @@ pub fn rewrite(body: &[u8], addr: IpAddr, ports: &[u16]) -> Result<Bytes, SdpErr
     Ok(out.freeze())
 }
 
+/// `body` offering only the codecs named in `keep` (in that order of
+/// preference, by encoding name, case-insensitive) on its audio lines;
+/// telephone-event stays. The attribute lines of dropped payload types go too.
+/// `None` when an audio line would be left without a codec.
+pub fn keep_codecs(body: &[u8], keep: &[String]) -> Option<Bytes> {
+    let text = std::str::from_utf8(body).ok()?;
+    // Payload type → encoding name, from rtpmap lines and the static table.
+    let mut names: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for line in lines(text) {
+        if let Some(map) = line.strip_prefix("a=rtpmap:") {
+            if let Some((pt, enc)) = map.split_once(' ') {
+                let name = enc.split('/').next().unwrap_or_default();
+                names.insert(pt, name.to_ascii_lowercase());
+            }
+        }
+    }
+    let name_of = |pt: &str| -> Option<String> {
+        names.get(pt).cloned().or_else(|| {
+            let name = match pt {
+                "0" => "pcmu",
+                "3" => "gsm",
+                "8" => "pcma",
+                "9" => "g722",
+                "18" => "g729",
+                _ => return None,
+            };
+            Some(name.to_string())
+        })
+    };
+    let rank = |pt: &str| -> Option<usize> {
+        let name = name_of(pt)?;
+        if name == "telephone-event" {
+            return Some(usize::MAX);
+        }
+        keep.iter().position(|k| k.eq_ignore_ascii_case(&name))
+    };
+    let mut dropped: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    let mut audio = false;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[content.len()..];
+        if let Some(m) = content.strip_prefix("m=") {
+            let parts: Vec<&str> = m.split(' ').collect();
+            audio = parts.first() == Some(&"audio") && parts.get(1) != Some(&"0");
+            if audio && parts.len() > 3 {
+                let mut kept: Vec<(usize, &str)> = Vec::new();
+                for pt in &parts[3..] {
+                    match rank(pt) {
+                        Some(r) => kept.push((r, pt)),
+                        None => dropped.push(pt.to_string()),
+                    }
+                }
+                kept.sort_by_key(|(r, _)| *r);
+                if kept.iter().all(|(r, _)| *r == usize::MAX) {
+                    return None;
+                }
+                let formats: Vec<&str> = kept.into_iter().map(|(_, pt)| pt).collect();
+                out.push_str(&format!("m={} {}", parts[..3].join(" "), formats.join(" ")));
+                out.push_str(ending);
+                continue;
+            }
+        }
+        let attribute_of_dropped = audio
+            && ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|a| {
+                content
+                    .strip_prefix(a)
+                    .and_then(|rest| rest.split([' ', ':']).next())
+                    .is_some_and(|pt| dropped.iter().any(|d| d == pt))
+            });
+        if !attribute_of_dropped {
+            out.push_str(line);
+        }
+    }
+    Some(Bytes::from(out))
+}
+
 /// The answer of a local endpoint at `addr`:`port` to `offer` (RFC 3264 §6): the
 /// first audio stream with a G.711 codec is accepted (telephone-event kept when
 /// offered), every other stream is refused with port 0. `None` when nothing can be
@@ -289,6 +366,23 @@ pub fn local_answer(offer: &Session, addr: IpAddr, port: u16, origin: Origin) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_trunks_codecs_are_offered_in_its_order_with_telephone_event() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+                     m=audio 4000 RTP/AVP 9 0 8 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+                     a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n";
+        let keep = vec!["PCMA".to_string(), "pcmu".to_string()];
+        let out = keep_codecs(offer.as_bytes(), &keep).expect("codecs left");
+        let out = std::str::from_utf8(&out).expect("text");
+        assert!(out.contains("m=audio 4000 RTP/AVP 8 0 101\r\n"), "{out}");
+        assert!(!out.contains("G722"), "{out}");
+        assert!(
+            out.contains("a=fmtp:101 0-16\r\n") && out.contains("a=sendrecv"),
+            "{out}"
+        );
+        assert!(keep_codecs(offer.as_bytes(), &["G729".to_string()]).is_none());
+    }
+
     use super::*;
 
     const OFFER: &[u8] = b"v=0\r\no=- 20518 0 IN IP4 192.0.2.20\r\ns=SDP\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\

@@ -187,7 +187,7 @@ impl Trunks {
         match (code, resp) {
             (200..=299, Some(resp)) => self.registered(cx, i, resp),
             (401 | 407, Some(resp)) if !answered || stale(resp, code) => {
-                match self.answer(i, resp, code) {
+                match self.answer(i, resp) {
                     Some(auth) => self.register(cx, i, Some(auth)),
                     None => self.failed(cx, i, "a challenge we cannot answer".into()),
                 }
@@ -213,20 +213,11 @@ impl Trunks {
 
     /// The Authorization (401) or Proxy-Authorization (407) answering `resp`'s
     /// challenge.
-    fn answer(&self, i: usize, resp: &Message, code: u16) -> Option<(&'static str, String)> {
+    fn answer(&self, i: usize, resp: &Message) -> Option<(&'static str, String)> {
         let r = &self.regs[i];
-        let (challenge_header, header) = match code {
-            401 => (HeaderName::WwwAuthenticate, "Authorization"),
-            _ => (HeaderName::ProxyAuthenticate, "Proxy-Authorization"),
-        };
         let uri = format!("sip:{}", r.spec.domain);
         let creds = (r.spec.auth_username.as_str(), r.spec.password.as_str());
-        resp.values(challenge_header)
-            .filter_map(Auth::parse)
-            .find_map(|c| {
-                crate::sip::auth::answer_challenge(&c, "REGISTER", &uri, creds, 1, &random_tag())
-            })
-            .map(|v| (header, v))
+        crate::sip::auth::authorization(resp, "REGISTER", &uri, creds, &random_tag())
     }
 
     fn registered(&mut self, cx: &mut Cx<'_>, i: usize, resp: &Message) {

@@ -73,6 +73,8 @@ pub struct Env {
     pub mwi: crate::mwi::Mwi,
     /// Who may talk to us: rate limits, bans, failed-authentication counts.
     pub guard: crate::guard::Guard,
+    /// Trunks, DIDs, outbound routes and the toll-fraud guard.
+    pub outside: crate::outside::Outside,
     pub auth: DigestAuthority,
     /// Groups and queues, and the queues' waiting lines (the ACD).
     pub routing: Directory,

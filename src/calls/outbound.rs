@@ -1,0 +1,486 @@
+//! Outside calls: a bridge whose B leg goes to a provider through the route's
+//! trunks, one at a time. The caller was authenticated and passed the
+//! toll-fraud guard before anything is sent (see `Calls::on_invite`). Each try
+//! takes one of the trunk's channels and sends the number in the trunk's form
+//! with the caller ID the rules choose (From, and P-Asserted-Identity where the
+//! trunk wants it), offering only the trunk's codecs.
+//!
+//! - a 401/407 challenge is answered once per try with the trunk's credentials
+//!   (RFC 3261 §22.2), as a new INVITE of the same dialog attempt;
+//! - a reliable provisional answer (`Require: 100rel`) is acknowledged with
+//!   PRACK (RFC 3262); early media (183 + SDP) reaches the phone through the
+//!   relay like any other bridge's;
+//! - the next trunk is tried on the final answers the route names (408, 5xx,
+//!   6xx by default), and when the provider sends nothing at all within the
+//!   trunk's `trying_timeout` — never once the callee rang or answered.
+//!
+//! The permit and the channel are given back when the call ends, however it ends.
+
+use super::bridge::{refuse, ALeg, APhase, Branch, Bridge};
+use super::{lossy, new_cdr, Calls, Cx, Pending, Refusal, Side};
+use crate::outside::{Attempt, Permit, RouteId, TrunkId};
+use crate::presence::Direction;
+use crate::sip::message::{build::random_tag, parse, Builder, HeaderName, Message, Method};
+use crate::sip::transaction::TxId;
+use crate::sip::{sdp, CallId, Dialog, Remote, StatusCode};
+use std::time::Instant;
+
+/// The outside part of a bridge.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    pub permit: Permit,
+    pub user: String,
+    pub route: RouteId,
+    pub attempts: Vec<Attempt>,
+    /// The next attempt to make.
+    pub next: usize,
+    /// The trunk of the try in progress (holding one of its channels) and its branch.
+    pub current: Option<(TrunkId, usize)>,
+    /// The callee rang (or sent early media): no failover after this.
+    pub rang: bool,
+    /// The current try answered a challenge already.
+    pub challenged: bool,
+    /// Nothing heard from the current try's provider yet: it counts as down at this time.
+    pub silent_until: Option<Instant>,
+    /// The highest CSeq we used in the callee's early dialog (PRACKs), so the
+    /// confirmed dialog's requests go above it.
+    pub cseq: u32,
+    /// The last RSeq acknowledged with PRACK.
+    pub rseq: Option<u32>,
+}
+
+impl Outbound {
+    /// Gives back the channel of the current try (if any).
+    fn release_channel(&mut self, cx: &Cx<'_>) {
+        if let Some((t, _)) = self.current.take() {
+            cx.env.outside.line(t).release();
+        }
+    }
+
+    /// Gives back everything the call holds.
+    pub fn release(&mut self, cx: &Cx<'_>) {
+        self.release_channel(cx);
+        cx.env.outside.fraud.release(&self.permit);
+    }
+}
+
+/// What an outside call is, before it is placed.
+pub(super) struct OutsideCall {
+    pub user: String,
+    pub number: String,
+    pub route: RouteId,
+    pub permit: Permit,
+}
+
+impl Calls {
+    /// A new INVITE from authenticated `call.user` to an outside number,
+    /// allowed by the guard (`call.permit`).
+    pub(super) fn invite_outside(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        a: CallId,
+        call: OutsideCall,
+    ) {
+        let a_leg = ALeg {
+            tx,
+            invite: req.clone(),
+            remote,
+            tag: random_tag(),
+        };
+        let mut cdr = new_cdr(cx, &a, &call.user, &call.number);
+        let relay = match Self::prepare_bridge(cx, req, remote, &a) {
+            Ok((_, relay)) => relay,
+            Err(refusal) => {
+                cx.env.outside.fraud.release(&call.permit);
+                return refuse(cx, &a_leg, cdr, refusal);
+            }
+        };
+        let attempts = cx.env.outside.attempts(call.route, &call.number);
+        let route = cx.env.outside.route_of(call.route);
+        tracing::info!(call_id = %a, user = %call.user, number = %call.number, route = %route.name, "outside call");
+        cdr.callee = call.number.clone();
+        let caller_party = super::start_party(
+            &cx.env.presence,
+            &call.user,
+            &a,
+            Direction::Initiator,
+            &call.number,
+            cx.wall,
+        );
+        let bridge = Bridge {
+            phase: APhase::Calling {
+                ring_deadline: cx.now + cx.env.calls.ring_timeout,
+            },
+            a: a_leg,
+            a_dialog: None,
+            branches: Vec::new(),
+            answered: None,
+            relay,
+            cdr,
+            session: None,
+            caller_party,
+            callee_party: None,
+            queue: None,
+            trunk: None,
+            outbound: Some(Outbound {
+                permit: call.permit,
+                user: call.user,
+                route: call.route,
+                attempts,
+                next: 0,
+                current: None,
+                rang: false,
+                challenged: false,
+                silent_until: None,
+                cseq: 1,
+                rseq: None,
+            }),
+        };
+        self.add_bridge(cx, a.clone(), bridge);
+        if !self.try_next_trunk(cx, &a) {
+            self.fail_call(cx, &a, no_trunk());
+        }
+    }
+
+    /// Sends the outside call to its next trunk with a free channel; `false`
+    /// when none is left.
+    fn try_next_trunk(&mut self, cx: &mut Cx<'_>, a: &CallId) -> bool {
+        let env = cx.env;
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return false;
+        };
+        loop {
+            let Some(out) = bridge.outbound.as_mut() else {
+                return false;
+            };
+            out.release_channel(cx);
+            let Some(attempt) = out.attempts.get(out.next).cloned() else {
+                return false;
+            };
+            out.next += 1;
+            let line = env.outside.line(attempt.trunk);
+            if !line.seize() {
+                tracing::info!(call_id = %a, trunk = %line.name, "trunk busy (max_channels); next");
+                continue;
+            }
+            out.current = Some((attempt.trunk, bridge.branches.len()));
+            out.challenged = false;
+            out.rseq = None;
+            out.cseq = 1;
+            out.silent_until = Some(cx.now + line.trying_timeout);
+            let caller_id = env.outside.caller_id(out.route, attempt.trunk, &out.user);
+            let Some(invite) = trunk_invite(cx, bridge, &attempt, &caller_id) else {
+                tracing::warn!(call_id = %a, trunk = %line.name, "no INVITE for this trunk (no codec in common?)");
+                continue;
+            };
+            let idx = bridge.branches.len();
+            let call_id = CallId::from_bytes(invite.call_id().unwrap_or_default());
+            let id = cx.send_parsed(invite.clone(), line.remote);
+            tracing::debug!(call_id = %a, trunk = %line.name, number = %attempt.number, "outside call sent");
+            self.pending.insert(id, Pending::Branch(a.clone(), idx));
+            self.legs.insert(call_id.clone(), (a.clone(), Side::B(idx)));
+            bridge.branches.push(Branch {
+                id,
+                call_id,
+                invite,
+                remote: line.remote,
+                final_code: None,
+                dialog: None,
+            });
+            self.arm_bridge(cx, a);
+            return true;
+        }
+    }
+
+    /// An answer on branch `idx` of outside call `a`: `true` when handled here
+    /// (challenges, failover, PRACK bookkeeping stay out of the bridge).
+    pub(super) fn outbound_response(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        idx: usize,
+        code: u16,
+        resp: Option<&Message>,
+    ) -> bool {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return true;
+        };
+        let Some(out) = bridge.outbound.as_mut() else {
+            return false;
+        };
+        if out.current.map(|(_, i)| i) != Some(idx) {
+            return code < 200; // an old try: its final answers are nobody's business
+        }
+        out.silent_until = None;
+        match (code, resp) {
+            (101..=199, Some(r)) => {
+                out.rang |= code == 180 || code == 183 || !r.body().is_empty();
+                prack(cx, bridge, idx, r);
+                false
+            }
+            (401 | 407, Some(r)) if !out.challenged => {
+                out.challenged = true;
+                let Some((trunk, _)) = out.current else {
+                    return true;
+                };
+                let line = cx.env.outside.line(trunk);
+                let uri = lossy(
+                    bridge.branches[idx]
+                        .invite
+                        .request_uri_bytes()
+                        .unwrap_or_default(),
+                );
+                let creds = (line.auth_username.as_str(), line.password.as_str());
+                let auth = crate::sip::auth::authorization(r, "INVITE", &uri, creds, &random_tag());
+                let Some(auth) = auth else {
+                    tracing::warn!(call_id = %a, trunk = %line.name, "a challenge we cannot answer");
+                    return self.trunk_failed(cx, a, code);
+                };
+                let old = &bridge.branches[idx].invite;
+                let Some(invite) = rechallenged(old, auth) else {
+                    return self.trunk_failed(cx, a, code);
+                };
+                let id = cx.send_parsed(invite.clone(), line.remote);
+                self.pending.insert(id, Pending::Branch(a.clone(), idx));
+                let branch = &mut bridge.branches[idx];
+                branch.id = id;
+                branch.invite = invite;
+                true
+            }
+            (200..=299, _) => false,
+            _ => self.trunk_failed(cx, a, code),
+        }
+    }
+
+    /// The current try of outside call `a` failed with `code`: the next trunk
+    /// when the route says so and the callee never rang; else the call fails.
+    fn trunk_failed(&mut self, cx: &mut Cx<'_>, a: &CallId, code: u16) -> bool {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return true;
+        };
+        let Some(out) = bridge.outbound.as_mut() else {
+            return true;
+        };
+        // The provider refused our credentials: another provider may take them.
+        let code = match code {
+            401 | 407 => StatusCode::SERVICE_UNAVAILABLE.0,
+            c => c,
+        };
+        if let Some((trunk, idx)) = out.current {
+            bridge.branches[idx].final_code = Some(code);
+            let line = cx.env.outside.line(trunk);
+            tracing::info!(call_id = %a, trunk = %line.name, code, "outside call failed on trunk");
+        }
+        let failover = !out.rang && cx.env.outside.fails_over(out.route, code);
+        if failover && self.try_next_trunk(cx, a) {
+            return true;
+        }
+        let r = if failover {
+            no_trunk()
+        } else {
+            passed_on(code)
+        };
+        self.fail_call(cx, a, r);
+        true
+    }
+
+    /// The provider of outside call `a`'s current try sent nothing in time:
+    /// the try is abandoned (a late 2xx is acknowledged and ended) and the
+    /// next trunk tried.
+    pub(super) fn outbound_silent(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some((_, idx)) = bridge.outbound.as_ref().and_then(|o| o.current) else {
+            return;
+        };
+        let branch = &bridge.branches[idx];
+        self.pending.remove(&branch.id);
+        self.orphans
+            .insert(branch.id, (branch.invite.clone(), branch.remote));
+        self.trunk_failed(cx, a, StatusCode::REQUEST_TIMEOUT.0);
+    }
+
+    /// The 2xx of outside call `a` made its dialog: its requests go above
+    /// the early dialog's PRACKs.
+    pub(super) fn outbound_answered(&mut self, a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let (Some(out), Some(idx)) = (bridge.outbound.as_ref(), bridge.answered) else {
+            return;
+        };
+        if let Some(d) = bridge.branches[idx].dialog.as_mut() {
+            d.cseq = d.cseq.max(out.cseq);
+        }
+    }
+}
+
+/// No trunk could take the call (all busy, failed or silent).
+fn no_trunk() -> Refusal {
+    Refusal::failed(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// The callee's final answer, passed on to the caller.
+fn passed_on(code: u16) -> Refusal {
+    use super::cdr::{Disposition, HangupBy};
+    let disposition = match code {
+        486 | 600 => Disposition::Busy,
+        487 => Disposition::Cancelled,
+        408 | 480 => Disposition::NoAnswer,
+        _ => Disposition::Failed,
+    };
+    let status = StatusCode(code);
+    Refusal {
+        code,
+        reason: match status.reason() {
+            "" => "Call Failed",
+            r => r,
+        },
+        disposition,
+        by: HangupBy::Callee,
+    }
+}
+
+/// The INVITE of one try: the number at the provider's domain, our caller ID,
+/// the caller's offer pointed at the relay (with the trunk's codecs only).
+fn trunk_invite(
+    cx: &mut Cx<'_>,
+    bridge: &Bridge,
+    attempt: &Attempt,
+    caller_id: &str,
+) -> Option<Message> {
+    let line = cx.env.outside.line(attempt.trunk);
+    let target = line.remote;
+    let offer = bridge.a.invite.body();
+    let parsed = sdp::parse(offer).ok()?;
+    let ports = super::bridge::relay_ports(&parsed, bridge.relay.ports()[1]);
+    let body = sdp::rewrite(offer, cx.media_ip(target), &ports).ok()?;
+    let body = match line.codecs.is_empty() {
+        true => body,
+        false => sdp::keep_codecs(&body, &line.codecs)?,
+    };
+    let (number, domain) = (&attempt.number, &line.domain);
+    let call_id = cx.new_call_id();
+    let hostport = cx.hostport(target);
+    let mut b = Builder::request(&Method::Invite, format!("sip:{number}@{domain}").as_bytes());
+    b.header("Via", cx.via(target))
+        .header("Max-Forwards", "70")
+        .header(
+            "From",
+            format!("<sip:{caller_id}@{domain}>;tag={}", random_tag()),
+        )
+        .header("To", format!("<sip:{number}@{domain}>"))
+        .header("Call-ID", &call_id)
+        .header("CSeq", "1 INVITE")
+        .header(
+            "Contact",
+            format!(
+                "<sip:{}@{hostport};transport=udp>",
+                contact_user(line, caller_id)
+            ),
+        )
+        .header("Allow", super::ALLOW)
+        .header("Supported", "100rel")
+        .header("User-Agent", crate::sip::message::build::PRODUCT);
+    if line.send_pai {
+        b.header("P-Asserted-Identity", format!("<sip:{caller_id}@{domain}>"));
+    }
+    parse(
+        b.finish_with_body(Some("application/sdp"), &body),
+        &Default::default(),
+    )
+    .ok()
+}
+
+/// Our Contact's user toward a trunk: the account's (where the provider
+/// routes calls by it), else the caller ID.
+fn contact_user<'a>(line: &'a crate::outside::Line, caller_id: &'a str) -> &'a str {
+    match line.username.as_str() {
+        "" => caller_id,
+        u => u,
+    }
+}
+
+/// `old` again with the next CSeq and `auth` (same Call-ID, From tag, body).
+fn rechallenged(old: &Message, (name, value): (&str, String)) -> Option<Message> {
+    let uri = old.request_uri_bytes()?;
+    let seq = old.cseq().map_or(1, |c| c.seq) + 1;
+    let mut b = Builder::request(&Method::Invite, uri);
+    // A new transaction: a fresh branch on the same sent-by.
+    let via = lossy(old.value(HeaderName::Via)?);
+    let via = match via.split_once(";branch=") {
+        Some((sent_by, rest)) => {
+            let after = rest
+                .split_once(';')
+                .map_or(String::new(), |(_, p)| format!(";{p}"));
+            format!("{sent_by};branch=z9hG4bK{}{after}", random_tag())
+        }
+        None => via,
+    };
+    b.header("Via", via);
+    for (header, text) in [
+        (HeaderName::From, "From"),
+        (HeaderName::To, "To"),
+        (HeaderName::CallId, "Call-ID"),
+        (HeaderName::Contact, "Contact"),
+    ] {
+        b.header(text, old.value(header)?);
+    }
+    b.header("CSeq", format!("{seq} INVITE"))
+        .header("Max-Forwards", "70")
+        .header("Allow", super::ALLOW)
+        .header("Supported", "100rel")
+        .header("User-Agent", crate::sip::message::build::PRODUCT);
+    for v in old.other_values("P-Asserted-Identity") {
+        b.header("P-Asserted-Identity", v);
+    }
+    b.header(name, value);
+    parse(
+        b.finish_with_body(Some("application/sdp"), old.body()),
+        &Default::default(),
+    )
+    .ok()
+}
+
+/// RFC 3262: a provisional answer with `Require: 100rel` and a new RSeq is
+/// acknowledged with PRACK in its early dialog.
+fn prack(cx: &mut Cx<'_>, bridge: &mut Bridge, idx: usize, r: &Message) {
+    let reliable = r
+        .values(HeaderName::Require)
+        .any(|v| v.eq_ignore_ascii_case(b"100rel"));
+    let rseq = r
+        .other_values("RSeq")
+        .next()
+        .and_then(crate::sip::message::headers::parse_u32);
+    let (true, Some(rseq)) = (reliable, rseq) else {
+        return;
+    };
+    let Some(out) = bridge.outbound.as_mut() else {
+        return;
+    };
+    if out.rseq.is_some_and(|last| rseq <= last) {
+        return; // a retransmission of one we acknowledged
+    }
+    let branch = &bridge.branches[idx];
+    let Some(mut early) = Dialog::from_uac(&branch.invite, r, branch.remote) else {
+        return;
+    };
+    let invite_seq = branch.invite.cseq().map_or(1, |c| c.seq);
+    early.cseq = out.cseq.max(invite_seq);
+    out.rseq = Some(rseq);
+    let rack = format!("{rseq} {invite_seq} INVITE");
+    early.cseq += 1;
+    out.cseq = early.cseq;
+    let bytes = early.request_with(
+        &Method::Prack,
+        early.cseq,
+        &cx.hostport(early.remote),
+        &[("RAck", &rack)],
+        None,
+    );
+    cx.send(bytes, early.remote);
+}
