@@ -1,14 +1,24 @@
 //! Trunks against a real provider: Kamailio (Debian package; the peer lab's
-//! registrar with digest) plays the carrier on 127.0.0.5. sipdesk registers
-//! with it as a UAC, answering its digest challenge, and a call Kamailio routes
-//! to the trunk's account reaches sipdesk through that registration; a wrong
-//! password takes the trunk down once, without a tight loop.
+//! registrar with digest, plus routing to an "outside world") plays the
+//! carrier on 127.0.0.5 (and a second one on 127.0.0.7), and SIPp on
+//! 127.0.0.6 plays the outside world behind it. sipdesk registers with the
+//! carrier as a UAC; customers calling the office's number reach the queue's
+//! agent, by their E.164 number whatever format the carrier sends; extensions
+//! dial national numbers out through the carrier, which challenges the
+//! INVITE; a dead carrier is failed over; and calls nobody may make never
+//! reach the carrier at all.
 
 mod common;
 
+use common::baresip::*;
 use common::*;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where the outside world (SIPp behind the carrier) lives.
+const WORLD: &str = "127.0.0.6";
 
 /// Kamailio as the provider, with one account: office / s3cret.
 struct Carrier {
@@ -18,20 +28,29 @@ struct Carrier {
 }
 
 impl Drop for Carrier {
+    /// Kills Kamailio and its worker processes (its own process group).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn carrier() -> Carrier {
+/// A carrier on `ip` that sends the office's calls out to `outside` (and
+/// challenges them when `challenge`); the office's numbers start with 031111.
+fn carrier_at(ip: &str, outside: &str, challenge: bool) -> Carrier {
     require("kamailio");
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr: std::net::SocketAddr = format!("127.0.0.5:{}", free_port()).parse().expect("addr");
+    let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
     let db = dir.path().join("kamailio/db");
     std::fs::create_dir_all(&db).expect("db dir");
     let cfg = include_str!("peers/kamailio-carrier.cfg")
         .replace("LISTEN_ADDR", &addr.to_string())
+        .replace("PBX_IP", "127.0.0.1")
+        .replace("OUTSIDE_ADDR", outside)
+        .replace("DID_PREFIX", "031111")
         .replace("text://./kamailio/db", &format!("text://{}", db.display()));
     std::fs::write(dir.path().join("kamailio/kamailio.cfg"), cfg).expect("cfg");
     std::fs::write(
@@ -45,19 +64,24 @@ fn carrier() -> Carrier {
     )
     .expect("subscriber");
     let log = std::fs::File::create(dir.path().join("kamailio.log")).expect("log");
+    let mut args = vec![
+        "-f",
+        "kamailio/kamailio.cfg",
+        "-DD",
+        "-E",
+        "-m",
+        "64",
+        "-M",
+        "8",
+        "-n",
+        "1",
+    ];
+    if challenge {
+        args.extend(["-A", "WITH_CALL_AUTH"]);
+    }
     let child = Command::new("kamailio")
-        .args([
-            "-f",
-            "kamailio/kamailio.cfg",
-            "-DD",
-            "-E",
-            "-m",
-            "64",
-            "-M",
-            "8",
-            "-n",
-            "1",
-        ])
+        .args(args)
+        .process_group(0)
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -76,9 +100,20 @@ fn carrier() -> Carrier {
     c
 }
 
+fn carrier() -> Carrier {
+    carrier_at("127.0.0.5", "127.0.0.6:9", false)
+}
+
 impl Carrier {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+
+    /// The INVITEs the carrier received for `number`.
+    fn invites_for(&self, number: &str) -> usize {
+        self.log()
+            .matches(&format!("carrier: INVITE sip:{number} "))
+            .count()
     }
 }
 
@@ -112,49 +147,6 @@ fn wait_for_log(server: &Server, line: &str) {
 }
 
 #[test]
-fn the_pbx_registers_with_the_providers_digest_and_calls_for_its_account_reach_it() {
-    let carrier = carrier();
-    let (dir, server) = pbx_on_trunk(&carrier, "s3cret");
-    wait_for_log(&server, "trunk up: registered");
-    // Kamailio routes a call for the account to sipdesk's contact; sipdesk
-    // answers it (an unauthenticated INVITE to no extension of ours: 407), and
-    // the answer comes back through the carrier.
-    let path = dir.path().join("uac_expect_407.xml");
-    let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
-    std::fs::write(&path, text.replace("[final]", "407")).expect("write");
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "sipp",
-            &carrier.addr.to_string(),
-            "-i",
-            "127.0.0.1",
-            "-p",
-        ])
-        .arg(free_port().to_string())
-        .args([
-            "-sf",
-            path.to_str().unwrap_or_default(),
-            "-s",
-            "office",
-            "-m",
-            "1",
-            "-nostdin",
-        ])
-        .args(["-timeout", "20s", "-timeout_error", "-trace_err"])
-        .current_dir(dir.path())
-        .output()
-        .expect("sipp");
-    assert!(
-        out.status.success(),
-        "the call through the carrier reached sipdesk: {}\n--- kamailio ---\n{}\n--- sipdesk ---\n{}",
-        String::from_utf8_lossy(&out.stdout).lines().rev().take(30).collect::<Vec<_>>().join("\n"),
-        carrier.log(),
-        server.log()
-    );
-}
-
-#[test]
 fn a_wrong_password_takes_the_trunk_down_once_and_it_retries_with_a_backoff() {
     let carrier = carrier();
     let (_dir, server) = pbx_on_trunk(&carrier, "wrong");
@@ -168,4 +160,340 @@ fn a_wrong_password_takes_the_trunk_down_once_and_it_retries_with_a_backoff() {
         "one line per state change: {log}"
     );
     assert!(!log.contains("trunk up"), "{log}");
+}
+
+/// A `[[trunks]]` table for the office's account at `carrier` (Japanese
+/// numbering), with more keys.
+fn trunk(name: &str, carrier: &Carrier, more: &str) -> String {
+    format!(
+        "[[trunks]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n{more}",
+        carrier.addr.ip(),
+        carrier.addr.port()
+    )
+}
+
+/// The national and international routes over `trunks`.
+fn routes(trunks: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"national\"\npattern = \"0[1-9][0-9]{{8,9}}\"\nclass = \"national\"\ntrunks = {trunks}\n\
+         [[routes]]\nname = \"international\"\npattern = \"010[1-9][0-9]{{6,14}}\"\nclass = \"international\"\ntrunks = {trunks}\n"
+    )
+}
+
+/// An embedded PBX with these users (password pw<ext>) and tables; waits
+/// until each of `trunks` is registered.
+async fn office(
+    dir: &std::path::Path,
+    users: &[&str],
+    extra: &str,
+    trunks: &[&str],
+) -> (sipdesk::Pbx, SocketAddr) {
+    // The PBX's log lines go with the test's output (shown when it fails).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let users: Vec<(String, String)> = users
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let (pbx, target) = embedded_pbx(dir, &users, extra).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for t in trunks {
+        while !pbx.trunk_registered(t) {
+            assert!(Instant::now() < deadline, "trunk {t} does not register");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (pbx, target)
+}
+
+/// The outside world: a SIPp UAS on 127.0.0.6 running `scenario_name` once.
+fn world(
+    dir: &std::path::Path,
+    port: u16,
+    scenario_name: &str,
+    extra: &[&str],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut args = vec![
+        "-sf".to_string(),
+        scenario(scenario_name),
+        "-m".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let to: SocketAddr = "127.0.0.5:5060".parse().expect("addr");
+    sipp_embedded_from(WORLD, to, dir, port, args)
+}
+
+/// A phone's authenticated call (SIPp, `ext` / pw<ext>) to `number` with a
+/// scenario of `uac_call_auth.xml`'s kind.
+async fn dial(
+    target: SocketAddr,
+    dir: &std::path::Path,
+    ext: &str,
+    number: &str,
+    scenario_path: &str,
+) -> std::process::Output {
+    let inf = injection_file(
+        dir,
+        &format!("dial{}.csv", free_port()),
+        &[format!("{ext};pw{ext}")],
+    );
+    let args = vec![
+        "-sf".to_string(),
+        scenario_path.to_string(),
+        "-inf".into(),
+        inf.display().to_string(),
+        "-s".into(),
+        number.into(),
+        "-d".into(),
+        "1000".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    sipp_embedded(target, dir, free_port(), args)
+        .await
+        .expect("join")
+}
+
+/// `uac_auth_expect_final.xml` expecting `code`, written into `dir`.
+fn expecting(dir: &std::path::Path, code: u16) -> String {
+    let path = dir.join(format!("uac_auth_expect_{code}.xml"));
+    let text = std::fs::read_to_string(scenario("uac_auth_expect_final.xml")).expect("scenario");
+    std::fs::write(&path, text.replace("[final]", &code.to_string())).expect("write");
+    path.display().to_string()
+}
+
+fn ok(out: &std::process::Output, what: &str, carrier: &Carrier) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\n--- kamailio ---\n{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr),
+        carrier.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_calling_the_did_reaches_queue_500s_agent_and_again_in_another_number_format() {
+    let carrier = carrier();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let extra = format!(
+        "{}[[groups]]\nname = \"support\"\nmembers = [{{ extension = \"3701\" }}, {{ extension = \"3702\" }}]\n\
+         [[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nwrap_up_secs = 0\n",
+        trunk("carrier", &carrier, "dids = { \"0311110000\" = \"500\" }\n")
+    );
+    let (pbx, target) = office(dir, &["3701", "3702"], &extra, &["carrier"]).await;
+    // 3701 registers first: the longest idle, so the first call's agent.
+    let (p1, p2) = (free_port(), free_port());
+    register_phone(target, dir, p1, "3701", "pw3701").await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    register_phone(target, dir, p2, "3702", "pw3702").await;
+    let agent = sipp_scenario(target, dir, p1, "uas_answer.xml", &["-m", "2"]);
+    // 3702 should get no call: its SIPp gives up after 20 s.
+    let other = sipp_scenario(
+        target,
+        dir,
+        p2,
+        "uas_answer.xml",
+        &["-m", "1", "-timeout", "20s"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, number) in ["0399998888", "+81399998888"].into_iter().enumerate() {
+        let inf = injection_file(dir, &format!("customer{i}.csv"), &[number.to_string()]);
+        let args = vec![
+            "-sf".to_string(),
+            scenario("uac_queue.xml"),
+            "-inf".into(),
+            inf.display().to_string(),
+            "-s".into(),
+            "0311110000".into(),
+            "-d".into(),
+            "3000".into(),
+            "-m".into(),
+            "1".into(),
+        ];
+        let out = sipp_embedded_from(WORLD, carrier.addr, dir, free_port(), args)
+            .await
+            .expect("join");
+        ok(&out, &format!("the customer calling as {number}"), &carrier);
+        assert_eq!(
+            pbx.history()
+                .recent_agents("+81399998888")
+                .first()
+                .map(String::as_str),
+            Some("3701"),
+            "call {i} (caller {number}) reached the agent who took the first one"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        agent.await.expect("join").status.success(),
+        "3701 took both calls"
+    );
+    other.abort();
+    assert!(
+        pbx.history().recent_agents("0399998888").is_empty(),
+        "one key: E.164"
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_dials_a_national_number_the_carrier_challenges_and_the_audio_flows() {
+    require("baresip");
+    require("sox");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("{WORLD}:{world_port}"), true);
+    // The outside world answers and echoes every RTP packet.
+    let callee = world(dir, world_port, "uas_answer.xml", &["-rtp_echo"]);
+    let extra = format!(
+        "{}{}",
+        trunk("carrier", &carrier, ""),
+        routes("[\"carrier\"]")
+    );
+    let (pbx, target) = office(dir, &["3801"], &extra, &["carrier"]).await;
+    let alice = baresip_dir(
+        dir,
+        "alice",
+        free_port(),
+        36_000 + (target.port() % 50) * 40,
+        "3801",
+        target.port(),
+        (440, 6),
+    );
+    let dial = format!("/dial sip:0312345678@127.0.0.1:{}", target.port());
+    let mut alice_ua = baresip(&alice, 12, &["-e", &dial]);
+    let _ = tokio::task::spawn_blocking(move || alice_ua.wait()).await;
+    let world_out = callee.await.expect("join");
+    let log = || {
+        format!(
+            "--- alice ---\n{}\n--- kamailio ---\n{}",
+            std::fs::read_to_string(alice.join("log")).unwrap_or_default(),
+            carrier.log()
+        )
+    };
+    assert!(
+        world_out.status.success(),
+        "the outside world answered: {}",
+        log()
+    );
+    assert_eq!(
+        carrier.invites_for("0312345678"),
+        2,
+        "challenged, then answered: {}",
+        log()
+    );
+    let Some(wav) = received(&alice) else {
+        panic!("alice recorded nothing\n{}", log())
+    };
+    let (len, freq) = measure(&wav);
+    assert!(
+        len >= 4.0 && (396.0..484.0).contains(&freq),
+        "alice heard {len} s at {freq} Hz back through the carrier, expected 440 Hz\n{}",
+        log()
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_first_carrier_killed_the_call_fails_over_to_the_second() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    let outside = format!("{WORLD}:{world_port}");
+    let first = carrier_at("127.0.0.5", &outside, true);
+    let second = carrier_at("127.0.0.7", &outside, true);
+    let callee = world(dir, world_port, "uas_answer.xml", &[]);
+    let extra = format!(
+        "{}{}{}",
+        trunk("first", &first, "trying_timeout_ms = 1000\n"),
+        trunk("second", &second, ""),
+        routes("[\"first\", \"second\"]")
+    );
+    let (pbx, target) = office(dir, &["3802"], &extra, &["first", "second"]).await;
+    drop(first);
+    let started = Instant::now();
+    let out = dial(
+        target,
+        dir,
+        "3802",
+        "0312345678",
+        &scenario("uac_call_auth.xml"),
+    )
+    .await;
+    ok(&out, "the call through the second carrier", &second);
+    assert!(
+        callee.await.expect("join").status.success(),
+        "the outside world answered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "after the first one's trying timeout"
+    );
+    assert_eq!(
+        second.invites_for("0312345678"),
+        2,
+        "challenged, then answered"
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_calls_nobody_may_make_never_reach_the_carrier() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("{WORLD}:{world_port}"), false);
+    let busy = world(dir, world_port, "uas_busy.xml", &[]);
+    let extra = format!(
+        "{}{}[outbound]\nmax_calls_per_user_per_hour = 1\n",
+        trunk("carrier", &carrier, ""),
+        routes("[\"carrier\"]")
+    );
+    let (pbx, target) = office(dir, &["3901"], &extra, &["carrier"]).await;
+    // A stranger without credentials, from another address: challenged, never placed.
+    let stranger = dir.join("uac_expect_407.xml");
+    let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
+    std::fs::write(&stranger, text.replace("[final]", "407")).expect("write");
+    let args = vec![
+        "-sf".to_string(),
+        stranger.display().to_string(),
+        "-s".into(),
+        "0312345678".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    let out = sipp_embedded_from("127.0.0.2", target, dir, free_port(), args)
+        .await
+        .expect("join");
+    ok(&out, "a stranger is challenged", &carrier);
+    // A user without the international class: 403.
+    let out = dial(target, dir, "3901", "0104420794601", &expecting(dir, 403)).await;
+    ok(&out, "international without the class", &carrier);
+    // The user's one call this hour goes out (the callee is busy)…
+    let out = dial(target, dir, "3901", "0312345678", &expecting(dir, 486)).await;
+    ok(&out, "the first national call", &carrier);
+    assert!(busy.await.expect("join").status.success());
+    // …and the next one is over the hourly cap: 403.
+    let out = dial(target, dir, "3901", "0312345679", &expecting(dir, 403)).await;
+    ok(&out, "over the hourly cap", &carrier);
+    assert_eq!(carrier.invites_for("0104420794601"), 0, "{}", carrier.log());
+    assert_eq!(carrier.invites_for("0312345679"), 0, "{}", carrier.log());
+    assert_eq!(
+        carrier.invites_for("0312345678"),
+        1,
+        "only the allowed call"
+    );
+    pbx.shutdown().await.expect("shutdown");
 }

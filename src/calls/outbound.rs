@@ -216,6 +216,7 @@ impl Calls {
         }
         out.silent_until = None;
         match (code, resp) {
+            (100, _) => false,
             (101..=199, Some(r)) => {
                 out.rang |= code == 180 || code == 183 || !r.body().is_empty();
                 prack(cx, bridge, idx, r);

@@ -892,6 +892,11 @@ fn an_outside_call_fails_over_on_503_and_connects_through_the_second_trunk() {
         first.contains("c=IN IP4 192.0.2.100"),
         "media anchored: {first}"
     );
+    let trying = response(&first, 100, "p1", "", "");
+    assert!(
+        no_provider_invite(&lab.input(trying, FIRST)),
+        "100 Trying changes nothing"
+    );
     let out = lab.input(response(&first, 503, "p1", "", ""), FIRST);
     let second = to_provider(&out, "second.example").clone();
     let sdp = SDP.replace("10.0.0.1", "192.0.2.21");

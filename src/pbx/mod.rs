@@ -278,7 +278,7 @@ impl PbxBuilder {
         let record_ids = IdGen::new(id_base, shards, id_lanes);
         let commands = DeskCommands {
             controls: controls.clone(),
-            trunks: trunk_status,
+            trunks: trunk_status.clone(),
             dialplan,
             env: Arc::clone(&env),
             latency: Arc::clone(&latency),
@@ -315,6 +315,7 @@ impl PbxBuilder {
             writer_tx,
             latency,
             controls,
+            trunks: trunk_status,
         })
     }
 }
@@ -342,6 +343,8 @@ pub struct Pbx {
     latency: LatencyHistogram,
     /// Where API requests enter the shards.
     controls: Vec<mpsc::UnboundedSender<Control>>,
+    /// The registering trunks' status.
+    trunks: crate::trunk::Board,
 }
 
 impl Pbx {
@@ -443,6 +446,14 @@ impl Pbx {
     }
 
     /// Media port pairs leased right now.
+    /// Whether trunk `name` is registered with its provider now.
+    pub fn trunk_registered(&self, name: &str) -> bool {
+        self.trunks
+            .all()
+            .iter()
+            .any(|(n, s)| n == name && matches!(s, crate::trunk::Status::Up { .. }))
+    }
+
     pub fn media_ports_in_use(&self) -> usize {
         self.env.media.as_ref().map_or(0, |m| m.ports_in_use())
     }

@@ -3,6 +3,8 @@
 //! real sockets. Everything is bounded in count and time.
 #![allow(dead_code)]
 
+pub mod baresip;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -350,7 +352,18 @@ pub fn sipp_embedded(
     lport: u16,
     args: Vec<String>,
 ) -> tokio::task::JoinHandle<Output> {
-    let dir = dir.to_path_buf();
+    sipp_embedded_from("127.0.0.1", target, dir, lport, args)
+}
+
+/// Like [`sipp_embedded`], from another loopback address (`ip`: a distinct host).
+pub fn sipp_embedded_from(
+    ip: &str,
+    target: SocketAddr,
+    dir: &Path,
+    lport: u16,
+    args: Vec<String>,
+) -> tokio::task::JoinHandle<Output> {
+    let (dir, ip) = (dir.to_path_buf(), ip.to_string());
     tokio::task::spawn_blocking(move || {
         Command::new("timeout")
             .args([
@@ -358,7 +371,7 @@ pub fn sipp_embedded(
                 "sipp",
                 &target.to_string(),
                 "-i",
-                "127.0.0.1",
+                &ip,
                 "-p",
                 &lport.to_string(),
             ])

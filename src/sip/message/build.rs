@@ -59,7 +59,8 @@ impl Builder {
         b
     }
 
-    /// Starts a response to `req`, copying the headers RFC 3261 §8.2.6.2 requires.
+    /// Starts a response to `req`, copying the headers RFC 3261 §8.2.6.2 requires
+    /// (and Record-Route in a provisional or success answer, §12.1.1).
     /// `source` is where the request came from (for `received`/`rport`); `to_tag` is
     /// added to To when the request's To has no tag.
     pub fn response(
@@ -102,6 +103,11 @@ impl Builder {
                 }
             }
             b.buf.put_slice(b"\r\n");
+        }
+        // RFC 3261 §12.1.1: an answer that makes a dialog carries the
+        // request's Record-Route, so the peer routes through its proxies.
+        if (101..300).contains(&code) {
+            b.copy(req, HeaderName::RecordRoute);
         }
         b
     }
@@ -235,6 +241,25 @@ mod tests {
         assert!(text.ends_with("CSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"));
         let back = req(&out);
         assert_eq!(back.status(), Some(200));
+    }
+
+    #[test]
+    fn answers_that_make_a_dialog_carry_the_record_route_and_failures_do_not() {
+        let r = req(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa\r\nRecord-Route: <sip:p2;lr>\r\nRecord-Route: <sip:p1;lr>\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:x>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\r\n");
+        let src: SocketAddr = "10.0.0.5:5060".parse().expect("addr");
+        let text = |code| {
+            let out = Builder::response(&r, src, code, "-", Some(b"t")).finish();
+            String::from_utf8(out.to_vec()).expect("utf8")
+        };
+        for code in [180, 200] {
+            assert!(
+                text(code).contains("Record-Route: <sip:p2;lr>\r\nRecord-Route: <sip:p1;lr>\r\n"),
+                "{code}"
+            );
+        }
+        for code in [100, 486] {
+            assert!(!text(code).contains("Record-Route"), "{code}");
+        }
     }
 
     #[test]
