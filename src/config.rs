@@ -271,11 +271,15 @@ impl Config {
                 caller_ids.insert(ext.clone(), id);
             }
         }
-        Outside::new(lines, routes, caps).with_classes(
-            o.dialing_classes.clone(),
-            classes,
-            caller_ids,
-        )
+        let withheld = self
+            .users
+            .iter()
+            .filter(|u| u.withhold_caller_id)
+            .map(|u| u.extension.get_ref().clone())
+            .collect();
+        Outside::new(lines, routes, caps)
+            .with_classes(o.dialing_classes.clone(), classes, caller_ids)
+            .with_withheld(withheld)
     }
 }
 
@@ -417,6 +421,10 @@ pub struct UserConfig {
     /// The caller ID of this user's outside calls; "" = the group's, route's or trunk's.
     #[serde(default)]
     pub caller_id: String,
+    /// This user's outside calls withhold the caller ID (anonymous From,
+    /// `Privacy: id`); a phone can also ask per call with `Privacy: id`.
+    #[serde(default)]
+    pub withhold_caller_id: bool,
 }
 
 /// A user's role on the desk.
@@ -1573,6 +1581,85 @@ mod tests {
             e.to_string().contains("line 6") && e.to_string().contains("999"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_trunks_and_routes_name_the_key_and_line() {
+        let base = "[[users]]\nextension = \"201\"\npassword = \"x\"\n\
+                    [[trunks]]\nname = \"carrier\"\nhost = \"192.0.2.1\"\nregister = false\n";
+        let bad = |more: &str| {
+            Config::parse(&format!("{base}{more}"), "t")
+                .expect_err(more)
+                .to_string()
+        };
+        let route = "[[routes]]\nname = \"national\"\nclass = \"national\"\n";
+        let e = bad(&format!(
+            "{route}pattern = \"0[1-9\"\ntrunks = [\"carrier\"]\n"
+        ));
+        assert!(e.contains("line 11") && e.contains("routes.pattern"), "{e}");
+        let e = bad(&format!(
+            "{route}pattern = \"0.*\"\ntrunks = [\"nobody\"]\n"
+        ));
+        assert!(
+            e.contains("routes.trunks") && e.contains("no trunk nobody"),
+            "{e}"
+        );
+        let e = bad(&format!(
+            "{route}pattern = \"0.*\"\ntrunks = [\"carrier\"]\nfailover = [\"5x\"]\n"
+        ));
+        assert!(e.contains("routes.failover") && e.contains("5x"), "{e}");
+        let e = bad(&format!(
+            "{route}pattern = \"0.*\"\ntrunks = [\"carrier\"]\nclass = \"cheap\"\n"
+        ));
+        assert!(e.contains("class"), "{e}");
+        let e = bad("dids = { \"0312345678\" = \"777\" }\n");
+        assert!(
+            e.contains("line 8") && e.contains("trunks.dids") && e.contains("777"),
+            "{e}"
+        );
+        let e = bad("dids = { \"03-x\" = \"201\" }\n");
+        assert!(e.contains("not a number"), "{e}");
+        let e = bad("allow = [\"10.0.0.0/33\"]\n");
+        assert!(e.contains("trunks.allow"), "{e}");
+        let e = bad("country_code = \"+81\"\n");
+        assert!(e.contains("trunks.country_code"), "{e}");
+    }
+
+    #[test]
+    fn the_outside_rules_come_from_the_trunks_routes_users_and_groups() {
+        let text = "[[users]]\nextension = \"201\"\npassword = \"x\"\ncaller_id = \"+81312340201\"\n\
+                    [[users]]\nextension = \"202\"\npassword = \"x\"\ndialing_classes = []\n\
+                    [[groups]]\nname = \"sales\"\nmembers = [{ extension = \"202\" }]\ndialing_classes = [\"international\"]\ncaller_id = \"+81312349999\"\n\
+                    [[trunks]]\nname = \"carrier\"\nhost = \"192.0.2.1\"\nregister = false\ncountry_code = \"81\"\nnational_prefix = \"0\"\n\
+                    dids = { \"0312345678\" = \"201\" }\n\
+                    [[routes]]\nname = \"international\"\npattern = \"010[0-9]+\"\nclass = \"international\"\ntrunks = [\"carrier\"]\n";
+        let config = Config::parse(text, "t").expect("valid");
+        let o = config.outside(&|host, port| format!("{host}:{port}").parse().ok());
+        let line = o.line(crate::outside::TrunkId(0));
+        assert_eq!(line.remote.addr, "192.0.2.1:5060".parse().expect("addr"));
+        assert_eq!(
+            line.did_from,
+            crate::outside::DidFrom::RequestUri,
+            "IP authentication"
+        );
+        assert_eq!(
+            line.dids.get("+81312345678").map(String::as_str),
+            Some("201")
+        );
+        let r = o.route("0104420794601").expect("a route");
+        let now = std::time::Instant::now();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert!(
+            o.check(now, ip, Some("201"), r, "0104420794601").is_err(),
+            "default classes"
+        );
+        assert!(
+            o.check(now, ip, Some("202"), r, "0104420794601").is_ok(),
+            "the group's class"
+        );
+        let t = crate::outside::TrunkId(0);
+        assert_eq!(o.caller_id(r, t, "201"), "+81312340201");
+        assert_eq!(o.caller_id(r, t, "202"), "+81312349999");
     }
 
     #[test]

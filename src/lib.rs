@@ -54,7 +54,7 @@ pub mod history;
 #[doc(hidden)]
 pub mod media;
 mod mwi;
-mod outside;
+pub mod outside;
 mod pbx;
 pub mod presence;
 mod registrar;

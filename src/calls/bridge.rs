@@ -115,6 +115,17 @@ impl Bridge {
         }
     }
 
+    /// The trunk whose provider is on `side` of the call, if any.
+    pub(super) fn trunk_facing(&self, side: Side) -> Option<crate::outside::TrunkId> {
+        match side {
+            Side::A => self.trunk,
+            Side::B(_) => self
+                .outbound
+                .as_ref()
+                .and_then(|o| o.current.map(|(t, _)| t)),
+        }
+    }
+
     /// Where `side`'s signalling comes from.
     fn remote_of(&self, side: Side) -> Remote {
         match side {
@@ -699,20 +710,38 @@ impl Calls {
             cancel_ringing(cx, &bridge, 0, None);
         }
         if from != Some(Side::A) {
+            let trunk = bridge.trunk_facing(Side::A);
             if let Some(d) = bridge.a_dialog.as_mut() {
-                bye(cx, d);
+                self.bye_toward(cx, d, trunk);
             }
         }
         if let Some(idx) = bridge.answered {
             if from != Some(Side::B(idx)) {
+                let trunk = bridge.trunk_facing(Side::B(idx));
                 if let Some(d) = bridge.branches[idx].dialog.as_mut() {
-                    bye(cx, d);
+                    self.bye_toward(cx, d, trunk);
                 }
             }
         }
         super::queue::count_end(cx, &bridge, by);
         let disposition = super::queue::disposition(&bridge);
         write_cdr(cx, bridge.cdr, disposition, by);
+    }
+
+    /// A BYE on `dialog`; toward a provider (`trunk`) it may be challenged,
+    /// and is then sent again with the trunk's credentials.
+    fn bye_toward(
+        &mut self,
+        cx: &mut Cx<'_>,
+        dialog: &mut Dialog,
+        trunk: Option<crate::outside::TrunkId>,
+    ) {
+        let bytes = dialog.next_request(&Method::Bye, &cx.hostport(dialog.remote), None);
+        let id = cx.send(bytes, dialog.remote);
+        if let Some(trunk) = trunk {
+            let dialog = dialog.clone();
+            self.pending.insert(id, Pending::TrunkBye { trunk, dialog });
+        }
     }
 
     /// Media saw nothing for the inactivity period.
@@ -758,24 +787,15 @@ impl Calls {
             Some(Method::Invite | Method::Update | Method::Info) if waiting => {
                 self.queue_in_dialog(cx, tx, req, remote, a)
             }
-            Some(m @ (Method::Invite | Method::Update | Method::Info)) => {
-                let m = m.clone();
-                self.relay_request(cx, tx, req, a, side, &m);
+            Some(Method::Invite | Method::Update | Method::Info) => {
+                self.relay_request(cx, tx, req, a, side)
             }
             _ => cx.reply(tx, req, remote, StatusCode::OK),
         }
     }
 
     /// Sends `req`'s equivalent on the other leg; its answer comes back to `tx`.
-    fn relay_request(
-        &mut self,
-        cx: &mut Cx<'_>,
-        tx: TxId,
-        req: &Message,
-        a: &CallId,
-        side: Side,
-        method: &Method,
-    ) {
+    fn relay_request(&mut self, cx: &mut Cx<'_>, tx: TxId, req: &Message, a: &CallId, side: Side) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
@@ -796,13 +816,39 @@ impl Calls {
                 }
             }
         }
-        let port = bridge.relay.ports()[to];
+        let trunk = bridge.trunk_facing(other(side, bridge.answered));
+        self.send_relayed(cx, tx, req, a, side, None, trunk);
+    }
+
+    /// Sends `req`'s equivalent on the other leg of `side` (with
+    /// `authorization`, answering its provider's challenge).
+    #[allow(clippy::too_many_arguments)]
+    fn send_relayed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        a: &CallId,
+        side: Side,
+        authorization: Option<(&str, &str)>,
+        trunk: Option<crate::outside::TrunkId>,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(method) = req.method().cloned() else {
+            return;
+        };
+        let port = bridge.relay.ports()[if side == Side::A { 1 } else { 0 }];
         let Some(d) = bridge.other_dialog(side) else {
             return;
         };
         let target = d.remote;
         let body = rewrite_for(cx, req.body(), target, port);
-        let bytes = d.next_request(method, &cx.hostport(target), body.as_deref());
+        d.cseq += 1;
+        let headers: Vec<(&str, &str)> = authorization.into_iter().collect();
+        let body = body.as_deref().map(|b| ("application/sdp", b));
+        let bytes = d.request_with(&method, d.cseq, &cx.hostport(target), &headers, body);
         let id = cx.send(bytes, target);
         self.pending.insert(
             id,
@@ -811,8 +857,32 @@ impl Calls {
                 tx,
                 request: req.clone(),
                 from: side,
+                trunk,
             },
         );
+    }
+
+    /// A provider challenged a request relayed to it: sent again with the
+    /// trunk's credentials (once; the next answer goes back to the requester).
+    pub(super) fn relay_again(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        tx: TxId,
+        req: &Message,
+        side: Side,
+        (trunk, challenge): (crate::outside::TrunkId, &Message),
+    ) {
+        let Some(d) = self.bridges.get_mut(a).and_then(|b| b.other_dialog(side)) else {
+            return;
+        };
+        let method = req.method().map(|m| m.to_string()).unwrap_or_default();
+        let Some((name, value)) =
+            super::outbound::credentials(cx, trunk, challenge, &method, &d.target)
+        else {
+            return self.relayed_response(cx, a, tx, req, side, 403, None);
+        };
+        self.send_relayed(cx, tx, req, a, side, Some((name, &value)), None);
     }
 
     /// The other leg answered a relayed request: the answer goes back to the
@@ -884,6 +954,14 @@ impl Calls {
             None => b.finish(),
         };
         cx.respond(server_tx, bytes);
+    }
+}
+
+/// The other side of a bridge from `side` (B: the branch that answered).
+fn other(side: Side, answered: Option<usize>) -> Side {
+    match side {
+        Side::A => Side::B(answered.unwrap_or(0)),
+        Side::B(_) => Side::A,
     }
 }
 

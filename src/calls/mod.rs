@@ -77,6 +77,15 @@ enum Pending {
         tx: TxId,
         request: Message,
         from: Side,
+        /// The trunk the other leg faces, while a challenge may still be
+        /// answered with its credentials.
+        trunk: Option<crate::outside::TrunkId>,
+    },
+    /// Our BYE to a provider: answered once more with the trunk's
+    /// credentials if challenged.
+    TrunkBye {
+        trunk: crate::outside::TrunkId,
+        dialog: crate::sip::Dialog,
     },
     /// An INVITE of an origination: (its key, which leg).
     Origin(CallId, Side),
@@ -413,7 +422,21 @@ impl Calls {
                 tx,
                 request,
                 from,
-            }) => self.relayed_response(cx, &owner, tx, &request, from, code, resp),
+                trunk,
+            }) => {
+                let challenged = matches!(code, 401 | 407) && trunk.is_some();
+                match (challenged, trunk, &resp) {
+                    (true, Some(t), Some(r)) => {
+                        self.relay_again(cx, &owner, tx, &request, from, (t, r))
+                    }
+                    _ => self.relayed_response(cx, &owner, tx, &request, from, code, resp),
+                }
+            }
+            Some(Pending::TrunkBye { trunk, mut dialog }) => {
+                if let (401 | 407, Some(r)) = (code, &resp) {
+                    outbound::bye_again(cx, trunk, &mut dialog, r);
+                }
+            }
             Some(Pending::Origin(key, side)) => self.origin_response(cx, &key, side, code, resp),
             None => {
                 if code >= 200 {
@@ -632,11 +655,7 @@ fn party_number(v: Option<NameAddr<'_>>) -> String {
 /// A queue caller's number (the caller index key): From's user part, or
 /// "anonymous" when withheld (no number, or `Privacy: id`).
 pub(super) fn caller_number(req: &Message) -> String {
-    let withheld = req
-        .other_values("Privacy")
-        .flat_map(|v| v.split(|c| *c == b';'))
-        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"id"));
-    if withheld {
+    if crate::outside::privacy_asked(req) {
         return "anonymous".into();
     }
     party_number(req.from_header())

@@ -36,6 +36,8 @@ pub(super) struct Outbound {
     pub next: usize,
     /// The trunk of the try in progress (holding one of its channels) and its branch.
     pub current: Option<(TrunkId, usize)>,
+    /// The trunk whose channel the call holds (until it moves on or ends).
+    pub channel: Option<TrunkId>,
     /// The callee rang (or sent early media): no failover after this.
     pub rang: bool,
     /// The current try answered a challenge already.
@@ -52,7 +54,7 @@ pub(super) struct Outbound {
 impl Outbound {
     /// Gives back the channel of the current try (if any).
     fn release_channel(&mut self, cx: &Cx<'_>) {
-        if let Some((t, _)) = self.current.take() {
+        if let Some(t) = self.channel.take() {
             cx.env.outside.line(t).release();
         }
     }
@@ -132,6 +134,7 @@ impl Calls {
                 attempts,
                 next: 0,
                 current: None,
+                channel: None,
                 rang: false,
                 challenged: false,
                 silent_until: None,
@@ -162,17 +165,25 @@ impl Calls {
             };
             out.next += 1;
             let line = env.outside.line(attempt.trunk);
+            if !line.is_up() {
+                tracing::info!(call_id = %a, trunk = %line.name, "trunk down (registration); next");
+                continue;
+            }
             if !line.seize() {
                 tracing::info!(call_id = %a, trunk = %line.name, "trunk busy (max_channels); next");
                 continue;
             }
             out.current = Some((attempt.trunk, bridge.branches.len()));
+            out.channel = Some(attempt.trunk);
             out.challenged = false;
             out.rseq = None;
             out.cseq = 1;
             out.silent_until = Some(cx.now + line.trying_timeout);
             let caller_id = env.outside.caller_id(out.route, attempt.trunk, &out.user);
-            let Some(invite) = trunk_invite(cx, bridge, &attempt, &caller_id) else {
+            let withheld =
+                env.outside.withholds(&out.user) || crate::outside::privacy_asked(&bridge.a.invite);
+            let caller = (caller_id.as_str(), withheld);
+            let Some(invite) = trunk_invite(cx, bridge, &attempt, caller) else {
                 tracing::warn!(call_id = %a, trunk = %line.name, "no INVITE for this trunk (no codec in common?)");
                 continue;
             };
@@ -212,7 +223,9 @@ impl Calls {
             return false;
         };
         if out.current.map(|(_, i)| i) != Some(idx) {
-            return code < 200; // an old try: its final answers are nobody's business
+            // An old try (its transaction ended, or it was abandoned as
+            // silent and a late 2xx is the orphans' to end): nothing to do.
+            return true;
         }
         out.silent_until = None;
         match (code, resp) {
@@ -228,15 +241,9 @@ impl Calls {
                     return true;
                 };
                 let line = cx.env.outside.line(trunk);
-                let uri = lossy(
-                    bridge.branches[idx]
-                        .invite
-                        .request_uri_bytes()
-                        .unwrap_or_default(),
-                );
-                let creds = (line.auth_username.as_str(), line.password.as_str());
-                let auth = crate::sip::auth::authorization(r, "INVITE", &uri, creds, &random_tag());
-                let Some(auth) = auth else {
+                let uri = bridge.branches[idx].invite.request_uri_bytes();
+                let Some(auth) = credentials(cx, trunk, r, "INVITE", uri.unwrap_or_default())
+                else {
                     tracing::warn!(call_id = %a, trunk = %line.name, "a challenge we cannot answer");
                     return self.trunk_failed(cx, a, code);
                 };
@@ -320,6 +327,39 @@ impl Calls {
     }
 }
 
+/// The Authorization (401) or Proxy-Authorization (407) answering a
+/// provider's `challenge` to our `method` request to `uri`, with trunk `t`'s
+/// credentials.
+pub(super) fn credentials(
+    cx: &Cx<'_>,
+    t: TrunkId,
+    challenge: &Message,
+    method: &str,
+    uri: &[u8],
+) -> Option<(&'static str, String)> {
+    let line = cx.env.outside.line(t);
+    let creds = (line.auth_username.as_str(), line.password.as_str());
+    crate::sip::auth::authorization(challenge, method, &lossy(uri), creds, &random_tag())
+}
+
+/// Our BYE to a provider was challenged: sent once more with the trunk's
+/// credentials (its answer changes nothing).
+pub(super) fn bye_again(cx: &mut Cx<'_>, t: TrunkId, dialog: &mut Dialog, challenge: &Message) {
+    let Some((name, value)) = credentials(cx, t, challenge, "BYE", &dialog.target) else {
+        return;
+    };
+    dialog.cseq += 1;
+    let hostport = cx.hostport(dialog.remote);
+    let bytes = dialog.request_with(
+        &Method::Bye,
+        dialog.cseq,
+        &hostport,
+        &[(name, &value)],
+        None,
+    );
+    cx.send(bytes, dialog.remote);
+}
+
 /// No trunk could take the call (all busy, failed or silent).
 fn no_trunk() -> Refusal {
     Refusal::failed(StatusCode::SERVICE_UNAVAILABLE)
@@ -346,13 +386,15 @@ fn passed_on(code: u16) -> Refusal {
     }
 }
 
-/// The INVITE of one try: the number at the provider's domain, our caller ID,
-/// the caller's offer pointed at the relay (with the trunk's codecs only).
+/// The INVITE of one try: the number at the provider's domain, our caller ID
+/// (withheld: an anonymous From and `Privacy: id`, the identity only in
+/// P-Asserted-Identity for the provider, RFC 3323/3325), the caller's offer
+/// pointed at the relay (with the trunk's codecs only).
 fn trunk_invite(
     cx: &mut Cx<'_>,
     bridge: &Bridge,
     attempt: &Attempt,
-    caller_id: &str,
+    (caller_id, withheld): (&str, bool),
 ) -> Option<Message> {
     let line = cx.env.outside.line(attempt.trunk);
     let target = line.remote;
@@ -372,7 +414,13 @@ fn trunk_invite(
         .header("Max-Forwards", "70")
         .header(
             "From",
-            format!("<sip:{caller_id}@{domain}>;tag={}", random_tag()),
+            match withheld {
+                true => format!(
+                    "\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}",
+                    random_tag()
+                ),
+                false => format!("<sip:{caller_id}@{domain}>;tag={}", random_tag()),
+            },
         )
         .header("To", format!("<sip:{number}@{domain}>"))
         .header("Call-ID", &call_id)
@@ -389,6 +437,9 @@ fn trunk_invite(
         .header("User-Agent", crate::sip::message::build::PRODUCT);
     if line.send_pai {
         b.header("P-Asserted-Identity", format!("<sip:{caller_id}@{domain}>"));
+    }
+    if withheld {
+        b.header("Privacy", "id");
     }
     parse(
         b.finish_with_body(Some("application/sdp"), &body),
@@ -436,8 +487,10 @@ fn rechallenged(old: &Message, (name, value): (&str, String)) -> Option<Message>
         .header("Allow", super::ALLOW)
         .header("Supported", "100rel")
         .header("User-Agent", crate::sip::message::build::PRODUCT);
-    for v in old.other_values("P-Asserted-Identity") {
-        b.header("P-Asserted-Identity", v);
+    for name in ["P-Asserted-Identity", "Privacy"] {
+        for v in old.other_values(name) {
+            b.header(name, v);
+        }
     }
     b.header(name, value);
     parse(

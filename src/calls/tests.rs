@@ -1053,3 +1053,103 @@ fn a_call_from_a_trunk_reaches_its_dids_extension_with_the_caller_in_e164() {
     );
     one(&out, "SIP/2.0 404");
 }
+
+/// An outside call 201 → NATIONAL connected through the first trunk:
+/// (our 200 to the caller, the provider's INVITE, the provider's 200).
+fn outside_connected(lab: &mut Lab, call_id: &str) -> (String, String) {
+    let out = authorized(lab, call_id, NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.11");
+    let out = lab.input(response(&first, 200, "p1", &sdp, ""), FIRST);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 2, "", ""), CALLER);
+    (ok, first)
+}
+
+const CHALLENGE: &str = "Proxy-Authenticate: Digest realm=\"first.example\", nonce=\"n2\", qop=\"auth\", algorithm=MD5\r\n";
+
+#[test]
+fn a_providers_challenge_to_our_bye_or_relayed_re_invite_is_answered_with_the_trunks_credentials() {
+    let mut lab = outside_lab();
+    let (ok, _) = outside_connected(&mut lab, "indialog@a");
+    // Hold: the re-INVITE goes to the provider, which challenges it.
+    let hold = SDP.replace("a=sendrecv", "a=sendonly");
+    let out = lab.input(caller_request(&ok, "INVITE", 3, &hold, ""), CALLER);
+    let reinvite = one(&out, "INVITE sip:phone@").clone();
+    let out = lab.input(response(&reinvite, 407, "p1", "", CHALLENGE), FIRST);
+    assert!(
+        starting(&out, "SIP/2.0 407").is_empty(),
+        "the phone never sees the provider's challenge"
+    );
+    let again = one(&out, "INVITE sip:phone@").clone();
+    assert!(header(&again, "Proxy-Authorization").contains("username=\"office\""));
+    let cseq = |m: &str| {
+        header(m, "CSeq")
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    assert!(cseq(&again) > cseq(&reinvite));
+    let out = lab.input(
+        response(
+            &again,
+            200,
+            "p1",
+            &SDP.replace("10.0.0.1", "192.0.2.11"),
+            "",
+        ),
+        FIRST,
+    );
+    one(&out, "SIP/2.0 200 OK");
+    // Hang-up: our BYE is challenged too, and sent again with credentials.
+    let out = lab.input(caller_request(&ok, "BYE", 4, "", ""), CALLER);
+    let bye = one(&out, "BYE sip:phone@").clone();
+    let out = lab.input(response(&bye, 407, "p1", "", CHALLENGE), FIRST);
+    let again = one(&out, "BYE sip:phone@");
+    assert!(
+        header(again, "Proxy-Authorization").contains("BYE")
+            || header(again, "Proxy-Authorization").contains("response=")
+    );
+    assert!(cseq(again) > cseq(&bye));
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_trunk_whose_registration_is_down_is_skipped_at_once() {
+    let mut lab = outside_lab();
+    lab.h.env.outside.set_up(crate::outside::TrunkId(0), false);
+    let out = authorized(&mut lab, "down@a", NATIONAL);
+    assert!(!out.iter().any(|m| m.contains("@first.example SIP")));
+    to_provider(&out, "second.example");
+}
+
+#[test]
+fn a_withheld_caller_id_goes_out_anonymous_with_privacy_and_the_identity_only_asserted() {
+    let mut lab = outside_lab();
+    let out = lab.input(invite("priv@a", NATIONAL, "Privacy: id\r\n"), CALLER);
+    let challenge = one(&out, "SIP/2.0 407").clone();
+    let parsed =
+        crate::sip::message::parse(Bytes::from(challenge), &Default::default()).expect("407");
+    let uri = format!("sip:{NATIONAL}@pbx");
+    let (name, value) =
+        crate::sip::auth::authorization(&parsed, "INVITE", &uri, ("201", "secret"), "c0ffee")
+            .expect("an answer");
+    let again = String::from_utf8_lossy(&invite(
+        "priv@a",
+        NATIONAL,
+        &format!("Privacy: id\r\n{name}: {value}\r\n"),
+    ))
+    .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+    .replace("z9hG4bK-priv@a", "z9hG4bK-priv@a-2");
+    let out = lab.input(Bytes::from(again), CALLER);
+    let first = to_provider(&out, "first.example");
+    assert!(
+        header(first, "From").starts_with("\"Anonymous\" <sip:anonymous@anonymous.invalid>"),
+        "{first}"
+    );
+    assert_eq!(header(first, "Privacy"), "id");
+    assert_eq!(
+        header(first, "P-Asserted-Identity"),
+        "<sip:+81312340000@first.example>"
+    );
+}

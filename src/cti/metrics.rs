@@ -60,6 +60,11 @@ pub struct PbxFigures {
     pub auth_failures: u64,
     /// Each registering trunk: whether it is registered now.
     pub trunks_up: Vec<(String, bool)>,
+    /// Each trunk's channels in use.
+    pub trunk_channels: Vec<(String, u32)>,
+    /// Outside calls in progress, and outside calls refused by the toll-fraud guard.
+    pub outside_calls: u64,
+    pub toll_denied: u64,
     /// INVITE received → B-leg INVITE or answer sent.
     pub routing_latency: Buckets,
 }
@@ -197,6 +202,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "Failed authentications (wrong password, unknown user)",
                 p.auth_failures,
             ),
+            (
+                "sipdesk_toll_denied",
+                "Outside calls refused by the toll-fraud guard",
+                p.toll_denied,
+            ),
         ] {
             counter(&mut e, name, help, v)?;
         }
@@ -250,6 +260,21 @@ impl prometheus_client::collector::Collector for Scrape {
             ConstGauge::new(i64::from(*up))
                 .encode(family.encode_family(&Label("trunk", trunk))?)?;
         }
+        let mut family = e.encode_descriptor(
+            "sipdesk_trunk_channels",
+            "Calls in and out on the trunk now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (trunk, n) in &p.trunk_channels {
+            ConstGauge::new(i64::from(*n)).encode(family.encode_family(&Label("trunk", trunk))?)?;
+        }
+        ConstGauge::new(p.outside_calls as i64).encode(e.encode_descriptor(
+            "sipdesk_outside_calls",
+            "Outside calls in progress",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let mut family = e.encode_descriptor(
             "sipdesk_agents",
             "Extensions per presence state",
@@ -314,6 +339,9 @@ mod tests {
                 },
                 guard_bans: 2,
                 trunks_up: vec![("carrier".into(), true), ("backup".into(), false)],
+                trunk_channels: vec![("carrier".into(), 3)],
+                outside_calls: 3,
+                toll_denied: 7,
                 ..PbxFigures::default()
             },
             calls_per_second: 1.5,
@@ -337,6 +365,9 @@ mod tests {
             "sipdesk_guard_bans_total 2",
             "sipdesk_trunk_up{trunk=\"carrier\"} 1",
             "sipdesk_trunk_up{trunk=\"backup\"} 0",
+            "sipdesk_trunk_channels{trunk=\"carrier\"} 3",
+            "sipdesk_outside_calls 3",
+            "sipdesk_toll_denied_total 7",
             "# TYPE sipdesk_queue_waiting gauge",
             "# EOF",
         ] {

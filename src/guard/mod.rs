@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 /// The tracing target of security events: each line reads
 /// `SECURITY <event> source=<ip> …` (events: `auth-failed`, `ban`, `lift`,
-/// `user-locked`), the form `conf/fail2ban/sipdesk.conf` matches.
+/// `user-locked`, and `toll-denied` from the outside line's fraud guard), the
+/// form `conf/fail2ban/sipdesk.conf` matches.
 pub const SECURITY: &str = "sipdesk::security";
 
 /// How long a successful authentication makes an address "known".

@@ -94,6 +94,8 @@ struct Counts {
 pub struct Fraud {
     caps: Caps,
     counts: Mutex<Counts>,
+    /// Refusals so far (for `/metrics`).
+    denied: std::sync::atomic::AtomicU64,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -103,6 +105,7 @@ impl Fraud {
         Fraud {
             caps,
             counts: Mutex::default(),
+            denied: Default::default(),
         }
     }
 
@@ -120,6 +123,8 @@ impl Fraud {
     ) -> Result<Permit, Denied> {
         let result = self.decide(now, user, classes, class, numbers);
         if let Err(why) = &result {
+            self.denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 target: crate::guard::SECURITY,
                 "SECURITY toll-denied source={source} user={} number={} reason=\"{why}\"",
@@ -198,6 +203,11 @@ impl Fraud {
                 counts.users.remove(&permit.user);
             }
         }
+    }
+
+    /// Outside calls refused so far.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Outside calls in progress (for `/metrics`).

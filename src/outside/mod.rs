@@ -104,6 +104,8 @@ pub struct Line {
     pub trying_timeout: Duration,
     /// Channels in use.
     channels: AtomicU32,
+    /// False while the trunk's registration is down: calls skip it at once.
+    up: std::sync::atomic::AtomicBool,
 }
 
 impl Line {
@@ -123,6 +125,7 @@ impl Line {
             send_pai: true,
             trying_timeout: Duration::from_secs(2),
             channels: AtomicU32::new(0),
+            up: std::sync::atomic::AtomicBool::new(true),
             name,
             remote,
             domain,
@@ -147,6 +150,11 @@ impl Line {
 
     pub fn channels(&self) -> u32 {
         self.channels.load(Ordering::Acquire)
+    }
+
+    /// Whether calls may try this trunk (its registration is not down).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 }
 
@@ -193,6 +201,8 @@ pub struct Outside {
     default_classes: Vec<Class>,
     /// Each user's caller ID (their own, else their first group's that has one).
     caller_ids: HashMap<String, String>,
+    /// Users whose caller ID is always withheld.
+    withheld: std::collections::HashSet<String>,
     pub fraud: Fraud,
 }
 
@@ -210,6 +220,7 @@ impl Outside {
             classes: HashMap::new(),
             default_classes: vec![Class::Internal, Class::National],
             caller_ids: HashMap::new(),
+            withheld: Default::default(),
             fraud: Fraud::new(caps),
         }
     }
@@ -227,8 +238,31 @@ impl Outside {
         self
     }
 
+    /// These users' outside calls withhold their caller ID.
+    pub fn with_withheld(mut self, users: std::collections::HashSet<String>) -> Outside {
+        self.withheld = users;
+        self
+    }
+
+    /// Whether `user`'s outside calls withhold their caller ID.
+    pub fn withholds(&self, user: &str) -> bool {
+        self.withheld.contains(user)
+    }
+
     pub fn line(&self, t: TrunkId) -> &Line {
         &self.lines[t.0]
+    }
+
+    /// Trunk `t`'s registration went up or down.
+    pub fn set_up(&self, t: TrunkId, up: bool) {
+        if let Some(l) = self.lines.get(t.0) {
+            l.up.store(up, Ordering::Release);
+        }
+    }
+
+    /// The trunk named `name`.
+    pub fn trunk_named(&self, name: &str) -> Option<TrunkId> {
+        self.lines.iter().position(|l| l.name == name).map(TrunkId)
     }
 
     /// The trunk whose provider sent a request from `ip`.
@@ -346,17 +380,21 @@ impl Outside {
     }
 }
 
-/// The caller of an inbound INVITE: P-Asserted-Identity, else From, in E.164;
-/// "anonymous" when withheld (`Privacy: id` or `user`), missing or malformed.
-fn caller(req: &Message, numbering: &Numbering) -> (String, Option<String>) {
-    let withheld = req
-        .other_values("Privacy")
+/// Whether a request asks for its sender's identity to be withheld
+/// (`Privacy: id` or `user`, RFC 3323/3325).
+pub fn privacy_asked(req: &Message) -> bool {
+    req.other_values("Privacy")
         .flat_map(|v| v.split(|c| *c == b';' || *c == b','))
         .any(|p| {
             let p = p.trim_ascii();
             p.eq_ignore_ascii_case(b"id") || p.eq_ignore_ascii_case(b"user")
-        });
-    if withheld {
+        })
+}
+
+/// The caller of an inbound INVITE: P-Asserted-Identity, else From, in E.164;
+/// "anonymous" when withheld (`Privacy: id` or `user`), missing or malformed.
+fn caller(req: &Message, numbering: &Numbering) -> (String, Option<String>) {
+    if privacy_asked(req) {
         return ("anonymous".into(), None);
     }
     let asserted = req

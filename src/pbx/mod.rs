@@ -583,6 +583,15 @@ impl crate::cti::Commands for DeskCommands {
                 .into_iter()
                 .map(|(name, s)| (name, matches!(s, crate::trunk::Status::Up { .. })))
                 .collect(),
+            trunk_channels: self
+                .env
+                .outside
+                .lines
+                .iter()
+                .map(|l| (l.name.clone(), l.channels()))
+                .collect(),
+            outside_calls: u64::from(self.env.outside.fraud.live()),
+            toll_denied: self.env.outside.fraud.denied(),
             routing_latency: self
                 .latency
                 .lock()

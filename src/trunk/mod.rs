@@ -116,13 +116,18 @@ impl Trunks {
         for i in 0..self.regs.len() {
             // Our Call-IDs must come back to this shard.
             self.regs[i].call_id = cx.new_call_id();
-            self.set(i, Status::Registering);
+            self.set(cx, i, Status::Registering);
             self.register(cx, i, None);
         }
     }
 
-    fn set(&self, i: usize, status: Status) {
+    fn set(&self, cx: &Cx<'_>, i: usize, status: Status) {
         let name = &self.regs[i].spec.name;
+        if let Some(t) = cx.env.outside.trunk_named(name) {
+            cx.env
+                .outside
+                .set_up(t, !matches!(status, Status::Down { .. }));
+        }
         let old = self.board.0.insert(name.clone(), status.clone());
         let changed = !matches!(
             (&old, &status),
@@ -230,6 +235,7 @@ impl Trunks {
         let r = &mut self.regs[i];
         r.failures = 0;
         self.set(
+            cx,
             i,
             Status::Up {
                 expires_in_secs: granted,
@@ -245,7 +251,7 @@ impl Trunks {
             .saturating_mul(1 << r.failures.min(10))
             .min(MAX_BACKOFF);
         r.failures = r.failures.saturating_add(1);
-        self.set(i, Status::Down { reason });
+        self.set(cx, i, Status::Down { reason });
         self.arm(cx, i, cx.now + backoff);
     }
 
