@@ -2,7 +2,7 @@
 # Runs every test of sipdesk. Installs the real peers the integration tests talk to
 # when they are missing: SIPp (Debian's sip-tester), baresip and sox for the audio
 # test, python3 for the independent digest client, Kamailio as the provider of
-# the trunk tests, Debian's chromium and npm's
+# the trunk tests (and dnsmasq as its DNS, for SRV), Debian's chromium and npm's
 # playwright-core for the desktop test (node and npm come with the machine),
 # fail2ban for its fail2ban-regex (the shipped filter is checked), and PyPI's
 # sipvicious (in a venv under target/peers) as the scanner. Every
@@ -20,6 +20,7 @@ command -v sox >/dev/null 2>&1 || need+=(sox)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"

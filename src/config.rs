@@ -77,6 +77,8 @@ pub struct SipConfig {
     pub t4_ms: u64,
     pub shards: Spanned<usize>,
     pub max_transactions: Spanned<usize>,
+    /// DNS servers for the trunks' host names ("ip:port"); [] = the system's.
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -136,7 +138,7 @@ impl Config {
     /// routes, dialing classes, caller IDs and the toll-fraud caps.
     pub fn outside(
         &self,
-        resolve: &dyn Fn(&str, u16) -> Option<SocketAddr>,
+        resolve: &dyn Fn(&str, Option<u16>) -> Option<SocketAddr>,
     ) -> crate::outside::Outside {
         use crate::outside::{Caps, Class, DidFrom, Failover, Line, Outside, Route, TrunkId};
         let mut ids: Vec<Option<TrunkId>> = Vec::new();
@@ -152,11 +154,8 @@ impl Config {
             let remote = if proxy.is_empty() {
                 addr
             } else {
-                let (h, port) = match proxy.rsplit_once(':') {
-                    Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse().unwrap_or(5060)),
-                    _ => (proxy.as_str(), 5060),
-                };
-                match resolve(h.trim_matches(['[', ']']), port) {
+                let (h, port) = split_hostport(proxy);
+                match resolve(&h, port) {
                     Some(a) => a,
                     None => {
                         tracing::error!(trunk = %name, proxy = %proxy, "trunk down: the outbound proxy does not resolve");
@@ -303,6 +302,19 @@ impl SecurityConfig {
 }
 
 /// A network in CIDR form, or one address (a /32 or /128).
+/// `host[:port]` as (host, port): an IPv6 address may be in brackets.
+pub fn split_hostport(s: &str) -> (String, Option<u16>) {
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')) => {
+            match p.parse::<u16>() {
+                Ok(port) => (h.trim_matches(['[', ']']).to_string(), Some(port)),
+                Err(_) => (s.trim_matches(['[', ']']).to_string(), None),
+            }
+        }
+        _ => (s.trim_matches(['[', ']']).to_string(), None),
+    }
+}
+
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -556,8 +568,10 @@ pub struct TrunkConfig {
     pub name: Spanned<String>,
     /// The provider's host name or address (its domain, too, unless `domain`).
     pub host: Spanned<String>,
-    #[serde(default = "default_sip_port")]
-    pub port: u16,
+    /// The provider's port; absent with a host name: found by DNS SRV
+    /// (RFC 3263), else 5060.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// `udp` (TCP trunks are not supported yet).
     #[serde(default = "default_trunk_transport")]
     pub transport: Spanned<String>,
@@ -710,9 +724,6 @@ impl Default for OutboundConfig {
     }
 }
 
-fn default_sip_port() -> u16 {
-    5060
-}
 fn default_trunk_transport() -> Spanned<String> {
     sp("udp".to_string())
 }
@@ -769,6 +780,7 @@ impl Default for SipConfig {
             t4_ms: 5000,
             shards: sp(0),
             max_transactions: sp(1_000_000),
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -1634,7 +1646,8 @@ mod tests {
                     dids = { \"0312345678\" = \"201\" }\n\
                     [[routes]]\nname = \"international\"\npattern = \"010[0-9]+\"\nclass = \"international\"\ntrunks = [\"carrier\"]\n";
         let config = Config::parse(text, "t").expect("valid");
-        let o = config.outside(&|host, port| format!("{host}:{port}").parse().ok());
+        let o =
+            config.outside(&|host, port| format!("{host}:{}", port.unwrap_or(5060)).parse().ok());
         let line = o.line(crate::outside::TrunkId(0));
         assert_eq!(line.remote.addr, "192.0.2.1:5060".parse().expect("addr"));
         assert_eq!(

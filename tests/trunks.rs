@@ -497,3 +497,101 @@ async fn outside_calls_nobody_may_make_never_reach_the_carrier() {
     );
     pbx.shutdown().await.expect("shutdown");
 }
+
+/// dnsmasq on 127.0.0.8 serving `_sip._udp.carrier.test` → sip1.carrier.test
+/// → the carrier.
+struct Dns {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dns_for(carrier: &Carrier) -> Dns {
+    let dnsmasq = ["/usr/sbin/dnsmasq", "dnsmasq"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .unwrap_or_else(|| panic!("dnsmasq is not installed (Debian: dnsmasq-base)"));
+    let port = free_port();
+    let child = Command::new(dnsmasq)
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--listen-address=127.0.0.8",
+        ])
+        .args([
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!(
+            "--srv-host=_sip._udp.carrier.test,sip1.carrier.test,{},10,10",
+            carrier.addr.port()
+        ))
+        .arg(format!(
+            "--host-record=sip1.carrier.test,{}",
+            carrier.addr.ip()
+        ))
+        .args(if running_as_root() {
+            &["--user=root"][..]
+        } else {
+            &[][..]
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq");
+    std::thread::sleep(Duration::from_millis(300));
+    Dns {
+        child,
+        addr: format!("127.0.0.8:{port}").parse().expect("addr"),
+    }
+}
+
+/// Whether the tests run as root (dnsmasq then keeps root instead of
+/// switching to a user that may not exist).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_named_by_host_name_is_found_through_dns_srv_and_registered_with() {
+    let carrier = carrier_at("127.0.0.9", "127.0.0.6:9", false);
+    let dns = dns_for(&carrier);
+    let tmp = tempfile::tempdir().expect("tmp");
+    // No port: RFC 3263 asks for _sip._udp.carrier.test first.
+    let trunk = "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\nusername = \"office\"\npassword = \"s3cret\"\nexpires = 60\n";
+    let users: Vec<(String, String)> = vec![("3601".into(), "pw3601".into())];
+    let port = free_port();
+    let text = config_with(port, "[\"MD5\"]", &users, trunk).replacen(
+        "shards = 2\n",
+        &format!("shards = 2\ndns_servers = [\"{}\"]\n", dns.addr),
+        1,
+    );
+    let config = sipdesk::config::Config::parse(&text, "test").expect("config");
+    let pbx = sipdesk::Pbx::builder(config)
+        .data_dir(tmp.path().join("data"))
+        .start()
+        .await
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !pbx.trunk_registered("carrier") {
+        assert!(
+            Instant::now() < deadline,
+            "the trunk found by SRV does not register\n--- kamailio ---\n{}",
+            carrier.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pbx.shutdown().await.expect("shutdown");
+}

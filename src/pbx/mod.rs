@@ -4,6 +4,8 @@
 //! group-commits before anything is acknowledged, and the sweeper that expires
 //! bindings and wrap-up.
 
+mod resolve;
+
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
 use crate::config::{Config, ConfigError};
@@ -166,10 +168,8 @@ impl PbxBuilder {
                 let _ = presence.set_registered(&ext, true, wall);
             }
         }
-        let outside = config.outside(&|host, port| {
-            use std::net::ToSocketAddrs;
-            (host, port).to_socket_addrs().ok()?.next()
-        });
+        let places = resolve::trunk_places(&config).await;
+        let outside = config.outside(&|host, port| places.get(&(host.to_string(), port)).copied());
         let trunks = registering_trunks(&config, &outside);
         // The providers are never limited or banned: a busy carrier sends
         // many requests from one address.
