@@ -565,7 +565,8 @@ fn running_as_root() -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_named_by_host_name_is_found_through_dns_srv_and_registered_with() {
+async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_and_left_at_shutdown(
+) {
     let carrier = carrier_at("127.0.0.9", "127.0.0.6:9", false);
     let dns = dns_for(&carrier);
     let tmp = tempfile::tempdir().expect("tmp");
@@ -594,4 +595,25 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_and_registered_w
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pbx.shutdown().await.expect("shutdown");
+    // The PBX unregistered as it stopped: the carrier has nowhere to send a
+    // call for the office's number now.
+    let path = tmp.path().join("uac_expect_404.xml");
+    let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
+    std::fs::write(&path, text.replace("[final]", "404")).expect("write");
+    let args = vec![
+        "-sf".to_string(),
+        path.display().to_string(),
+        "-s".into(),
+        "0311110000".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    let out = sipp_embedded_from(WORLD, carrier.addr, tmp.path(), free_port(), args)
+        .await
+        .expect("join");
+    ok(
+        &out,
+        "no registration left at the carrier after the shutdown",
+        &carrier,
+    );
 }

@@ -49,6 +49,8 @@ pub enum Control {
     Messages(Arc<[String]>),
     /// The desk stored (or failed to store) the call-back a queue call asked for.
     CallbackSaved(CallId, bool),
+    /// The PBX stops: the trunks remove their registrations.
+    Stop,
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
@@ -472,6 +474,17 @@ impl Pbx {
                 .load(std::sync::atomic::Ordering::Relaxed),
             self.media_ports_in_use()
         );
+        // The trunks unregister (their providers stop sending calls here);
+        // their answers are waited for at most 2 s.
+        if self.trunks.any_up() {
+            if let Some(c) = self.controls.first() {
+                let _ = c.send(Control::Stop);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && self.trunks.any_up() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let readers = std::mem::take(&mut self.readers);
         let _ = tokio::task::spawn_blocking(move || readers.stop()).await;
         self.tasks.shutdown().await;
@@ -903,6 +916,7 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         Control::CallbackSaved(call, saved) => shard.handle_callback_saved(now, &call, saved),
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),
+        Control::Stop => shard.stop(now),
     }
 }
 

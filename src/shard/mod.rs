@@ -278,6 +278,14 @@ impl Shard {
         }
     }
 
+    /// The PBX stops: the trunks remove their registrations.
+    pub fn stop(&mut self, now: Instant) {
+        if !self.trunks.is_empty() {
+            self.with_trunks(now, |t, cx| t.on_stop(cx));
+            self.process_events(now);
+        }
+    }
+
     fn with_blf(&mut self, now: Instant, f: impl FnOnce(&mut Blf, &mut blf::Cx<'_>)) {
         let out = run_module(
             now,

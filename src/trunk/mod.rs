@@ -57,6 +57,13 @@ pub enum Status {
 pub struct Board(Arc<DashMap<String, Status>>);
 
 impl Board {
+    /// Whether any trunk is registered now.
+    pub fn any_up(&self) -> bool {
+        self.0
+            .iter()
+            .any(|e| matches!(e.value(), Status::Up { .. }))
+    }
+
     /// Every trunk's status, by name.
     pub fn all(&self) -> Vec<(String, Status)> {
         let mut v: Vec<_> = self
@@ -91,6 +98,9 @@ struct Registration {
 pub struct Trunks {
     regs: Vec<Registration>,
     board: Board,
+    /// The PBX is stopping: registrations are removed (Expires: 0), never
+    /// refreshed or retried.
+    stopping: bool,
 }
 
 impl Trunks {
@@ -108,7 +118,11 @@ impl Trunks {
                 timer_at: None,
             })
             .collect();
-        Trunks { regs, board }
+        Trunks {
+            regs,
+            board,
+            stopping: false,
+        }
     }
 
     /// The shard started: every trunk registers.
@@ -147,6 +161,7 @@ impl Trunks {
     /// Sends trunk `i`'s REGISTER (with `authorization`: a challenge's answer).
     fn register(&mut self, cx: &mut Cx<'_>, i: usize, authorization: Option<(&str, String)>) {
         let r = &mut self.regs[i];
+        let expires = if self.stopping { 0 } else { r.expires };
         r.cseq += 1;
         let remote = r.spec.registrar;
         let (user, domain) = (&r.spec.username, &r.spec.domain);
@@ -165,7 +180,7 @@ impl Trunks {
                     remote.transport.as_str().to_ascii_lowercase()
                 ),
             )
-            .header("Expires", r.expires.to_string())
+            .header("Expires", expires.to_string())
             .header("User-Agent", crate::sip::message::build::PRODUCT);
         let answered = authorization.is_some();
         if let Some((name, value)) = authorization {
@@ -226,6 +241,10 @@ impl Trunks {
     }
 
     fn registered(&mut self, cx: &mut Cx<'_>, i: usize, resp: &Message) {
+        if self.stopping {
+            let reason = "unregistered (the PBX stops)".to_string();
+            return self.set(cx, i, Status::Down { reason });
+        }
         let asked = self.regs[i].expires;
         let granted = resp
             .value(HeaderName::Expires)
@@ -252,7 +271,24 @@ impl Trunks {
             .min(MAX_BACKOFF);
         r.failures = r.failures.saturating_add(1);
         self.set(cx, i, Status::Down { reason });
-        self.arm(cx, i, cx.now + backoff);
+        if !self.stopping {
+            self.arm(cx, i, cx.now + backoff);
+        }
+    }
+
+    /// The PBX stops: every registered trunk removes its registration
+    /// (REGISTER with Expires: 0), so the provider stops sending calls here.
+    pub fn on_stop(&mut self, cx: &mut Cx<'_>) {
+        self.stopping = true;
+        for i in 0..self.regs.len() {
+            let up = matches!(
+                self.board.0.get(&self.regs[i].spec.name).as_deref(),
+                Some(Status::Up { .. })
+            );
+            if up && self.regs[i].in_flight.is_none() {
+                self.register(cx, i, None);
+            }
+        }
     }
 
     fn arm(&mut self, cx: &mut Cx<'_>, i: usize, at: Instant) {
@@ -265,7 +301,7 @@ impl Trunks {
         let Some(r) = self.regs.get_mut(t.0) else {
             return;
         };
-        if r.timer_at != Some(at) || r.in_flight.is_some() {
+        if r.timer_at != Some(at) || r.in_flight.is_some() || self.stopping {
             return;
         }
         r.timer_at = None;
@@ -429,6 +465,24 @@ mod tests {
         lab.now = refresh;
         let (_, third) = sent(&lab.run(|t, cx| t.on_timer(cx, &Timer(0), refresh)));
         assert_eq!(third.cseq().map(|c| c.seq), Some(3));
+    }
+
+    #[test]
+    fn a_stopping_pbx_removes_its_registration_and_never_registers_again() {
+        let mut lab = Lab::new();
+        let (id, first) = sent(&lab.run(|t, cx| t.on_start(cx)));
+        let ok = answer(&first, 200, &[("Expires", "100".into())]);
+        let refresh = timer(&lab.run(|t, cx| t.on_response(cx, id, Some(&ok))));
+        let (id, bye) = sent(&lab.run(|t, cx| t.on_stop(cx)));
+        assert_eq!(bye.value(HeaderName::Expires), Some(&b"0"[..]));
+        assert_eq!(bye.call_id(), first.call_id(), "the same registration");
+        let out = lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&bye, 200, &[]))));
+        assert!(matches!(lab.status(), Some(Status::Down { .. })));
+        assert!(out.is_empty(), "no refresh armed: {out:?}");
+        lab.now = refresh;
+        assert!(lab
+            .run(|t, cx| t.on_timer(cx, &Timer(0), refresh))
+            .is_empty());
     }
 
     #[test]
