@@ -132,20 +132,21 @@ impl Default for SecurityConfig {
     }
 }
 
+/// Where a trunk's host (with its port, if given) is, over a transport.
+pub type Locate<'a> = dyn Fn(&str, Option<u16>, crate::sip::Transport) -> Option<SocketAddr> + 'a;
+
 impl Config {
     /// The outside line's rules: trunks (their hosts resolved with
     /// `resolve`; one that does not resolve is left out, with an error line),
     /// routes, dialing classes, caller IDs and the toll-fraud caps.
-    pub fn outside(
-        &self,
-        resolve: &dyn Fn(&str, Option<u16>) -> Option<SocketAddr>,
-    ) -> crate::outside::Outside {
+    pub fn outside(&self, resolve: &Locate<'_>) -> crate::outside::Outside {
         use crate::outside::{Caps, Class, DidFrom, Failover, Line, Outside, Route, TrunkId};
         let mut ids: Vec<Option<TrunkId>> = Vec::new();
         let mut lines = Vec::new();
         for t in &self.trunks {
             let (name, host) = (t.name.get_ref(), t.host.get_ref());
-            let Some(addr) = resolve(host, t.port) else {
+            let transport = t.sip_transport();
+            let Some(addr) = resolve(host, t.port, transport) else {
                 tracing::error!(trunk = %name, %host, "trunk down: the provider's host does not resolve");
                 ids.push(None);
                 continue;
@@ -155,7 +156,7 @@ impl Config {
                 addr
             } else {
                 let (h, port) = split_hostport(proxy);
-                match resolve(&h, port) {
+                match resolve(&h, port, transport) {
                     Some(a) => a,
                     None => {
                         tracing::error!(trunk = %name, proxy = %proxy, "trunk down: the outbound proxy does not resolve");
@@ -168,7 +169,12 @@ impl Config {
                 "" => host.clone(),
                 d => d.to_string(),
             };
-            let mut line = Line::new(name.clone(), crate::sip::Remote::udp(remote), domain);
+            let remote = crate::sip::Remote {
+                transport,
+                addr: remote,
+                conn: None,
+            };
+            let mut line = Line::new(name.clone(), remote, domain);
             line.sources.push(ipnet::IpNet::from(addr.ip()));
             line.sources
                 .extend(t.allow.get_ref().iter().filter_map(|n| parse_net(n).ok()));
@@ -572,7 +578,7 @@ pub struct TrunkConfig {
     /// (RFC 3263), else 5060.
     #[serde(default)]
     pub port: Option<u16>,
-    /// `udp` (TCP trunks are not supported yet).
+    /// `udp` or `tcp`.
     #[serde(default = "default_trunk_transport")]
     pub transport: Spanned<String>,
     /// The provider's SIP domain; "" = `host`.
@@ -720,6 +726,16 @@ impl Default for OutboundConfig {
             max_calls_per_user: 2,
             max_calls_per_user_per_hour: 30,
             blocked_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl TrunkConfig {
+    /// The trunk's transport (validated: `udp` or `tcp`).
+    pub fn sip_transport(&self) -> crate::sip::Transport {
+        match self.transport.get_ref().as_str() {
+            "tcp" => crate::sip::Transport::Tcp,
+            _ => crate::sip::Transport::Udp,
         }
     }
 }
@@ -913,11 +929,11 @@ impl Config {
                     format!("trunk {n}: needs a host"),
                 ));
             }
-            if t.transport.get_ref() != "udp" {
+            if !matches!(t.transport.get_ref().as_str(), "udp" | "tcp") {
                 return Err(bad(
                     t.transport.span(),
                     "trunks.transport",
-                    format!("trunk {n}: only \"udp\" for now"),
+                    format!("trunk {n}: \"udp\" or \"tcp\""),
                 ));
             }
             if t.register && (t.username.get_ref().is_empty() || t.password.get_ref().is_empty()) {
@@ -1646,8 +1662,8 @@ mod tests {
                     dids = { \"0312345678\" = \"201\" }\n\
                     [[routes]]\nname = \"international\"\npattern = \"010[0-9]+\"\nclass = \"international\"\ntrunks = [\"carrier\"]\n";
         let config = Config::parse(text, "t").expect("valid");
-        let o =
-            config.outside(&|host, port| format!("{host}:{}", port.unwrap_or(5060)).parse().ok());
+        let o = config
+            .outside(&|host, port, _| format!("{host}:{}", port.unwrap_or(5060)).parse().ok());
         let line = o.line(crate::outside::TrunkId(0));
         assert_eq!(line.remote.addr, "192.0.2.1:5060".parse().expect("addr"));
         assert_eq!(

@@ -41,6 +41,12 @@ impl Drop for Carrier {
 /// A carrier on `ip` that sends the office's calls out to `outside` (and
 /// challenges them when `challenge`); the office's numbers start with 031111.
 fn carrier_at(ip: &str, outside: &str, challenge: bool) -> Carrier {
+    carrier_with(ip, outside, challenge, false)
+}
+
+/// Like [`carrier_at`], also listening on TCP (`tcp`), its TCP connections
+/// to the PBX made from its own address.
+fn carrier_with(ip: &str, outside: &str, challenge: bool, tcp: bool) -> Carrier {
     require("kamailio");
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
@@ -51,6 +57,16 @@ fn carrier_at(ip: &str, outside: &str, challenge: bool) -> Carrier {
         .replace("PBX_IP", "127.0.0.1")
         .replace("OUTSIDE_ADDR", outside)
         .replace("DID_PREFIX", "031111")
+        .replace(
+            "disable_tcp=yes",
+            if tcp {
+                "disable_tcp=no\nlisten=tcp:TCP_ADDR\ntcp_source_ipv4=TCP_IP"
+            } else {
+                "disable_tcp=yes"
+            },
+        )
+        .replace("TCP_ADDR", &addr.to_string())
+        .replace("TCP_IP", &addr.ip().to_string())
         .replace("text://./kamailio/db", &format!("text://{}", db.display()));
     std::fs::write(dir.path().join("kamailio/kamailio.cfg"), cfg).expect("cfg");
     std::fs::write(
@@ -616,4 +632,43 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_
         "no registration left at the carrier after the shutdown",
         &carrier,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_over_tcp_registers_and_takes_the_carriers_call() {
+    let carrier = carrier_with("127.0.0.10", "127.0.0.6:9", false, true);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let extra = trunk(
+        "carrier",
+        &carrier,
+        "transport = \"tcp\"\ndids = { \"0311110000\" = \"3501\" }\n",
+    );
+    let (pbx, target) = office(dir, &["3501"], &extra, &["carrier"]).await;
+    let phone = free_port();
+    register_phone(target, dir, phone, "3501", "pw3501").await;
+    let callee = sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let inf = injection_file(dir, "tcp-customer.csv", &["0399997777".to_string()]);
+    let args = vec![
+        "-sf".to_string(),
+        scenario("uac_queue.xml"),
+        "-inf".into(),
+        inf.display().to_string(),
+        "-s".into(),
+        "0311110000".into(),
+        "-d".into(),
+        "1000".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    let out = sipp_embedded_from(WORLD, carrier.addr, dir, free_port(), args)
+        .await
+        .expect("join");
+    ok(&out, "the call over the TCP trunk", &carrier);
+    assert!(
+        callee.await.expect("join").status.success(),
+        "3501 answered"
+    );
+    pbx.shutdown().await.expect("shutdown");
 }

@@ -171,7 +171,8 @@ impl PbxBuilder {
             }
         }
         let places = resolve::trunk_places(&config).await;
-        let outside = config.outside(&|host, port| places.get(&(host.to_string(), port)).copied());
+        let outside =
+            config.outside(&|host, port, t| places.get(&(host.to_string(), port, t)).copied());
         let trunks = registering_trunks(&config, &outside);
         // The providers are never limited or banned: a busy carrier sends
         // many requests from one address.
@@ -801,6 +802,11 @@ impl ShardTask {
         // waiting queue call (most shards of a busy PBX have neither).
         let mut changes: Option<tokio::sync::broadcast::Receiver<crate::presence::Change>> = None;
         shard.start(Instant::now());
+        // What starting sent (the trunks' first REGISTERs) goes out now, not
+        // with the next input.
+        while let Some(t) = shard.poll_transmit() {
+            outbound.send(&t);
+        }
         loop {
             match (shard.wants_presence(), changes.is_some()) {
                 (true, false) => {

@@ -1,14 +1,16 @@
-//! Where the trunks' providers are, found once at start (RFC 3263 §4.2, UDP):
-//! an IP address is taken as it is; a host name with a port is looked up
-//! (A/AAAA); a host name without one asks DNS for `_sip._udp.<host>` SRV
-//! records first — lowest priority, then highest weight first, the first
-//! target that resolves wins — and falls back to A/AAAA on port 5060.
+//! Where the trunks' providers are, found once at start (RFC 3263 §4.2): an
+//! IP address is taken as it is; a host name with a port is looked up
+//! (A/AAAA); a host name without one asks DNS for `_sip._udp.<host>` (or
+//! `_sip._tcp.<host>` for a TCP trunk) SRV records first — lowest priority,
+//! then highest weight first, the first target that resolves wins — and
+//! falls back to A/AAAA on port 5060.
 //!
 //! With `[sip] dns_servers` the lookups go to those servers; otherwise SRV
 //! goes to the system's resolvers and A/AAAA through the system's own lookup
 //! (so /etc/hosts counts).
 
 use crate::config::{split_hostport, Config};
+use crate::sip::Transport;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
@@ -16,8 +18,8 @@ use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// A host as configured, with its port if one was given.
-pub type Place = (String, Option<u16>);
+/// A host as configured, with its port if one was given, and the transport.
+pub type Place = (String, Option<u16>, Transport);
 
 const SIP_PORT: u16 = 5060;
 
@@ -25,10 +27,12 @@ const SIP_PORT: u16 = 5060;
 pub async fn trunk_places(config: &Config) -> HashMap<Place, SocketAddr> {
     let mut places: Vec<Place> = Vec::new();
     for t in &config.trunks {
-        places.push((t.host.get_ref().clone(), t.port));
+        let transport = t.sip_transport();
+        places.push((t.host.get_ref().clone(), t.port, transport));
         let proxy = t.outbound_proxy.get_ref();
         if !proxy.is_empty() {
-            places.push(split_hostport(proxy));
+            let (host, port) = split_hostport(proxy);
+            places.push((host, port, transport));
         }
     }
     if places.is_empty() {
@@ -37,7 +41,7 @@ pub async fn trunk_places(config: &Config) -> HashMap<Place, SocketAddr> {
     let dns = Dns::new(&config.sip.dns_servers);
     let mut found = HashMap::new();
     for place in places {
-        if let Some(addr) = dns.locate(&place.0, place.1).await {
+        if let Some(addr) = dns.locate(&place.0, place.1, place.2).await {
             tracing::info!(host = %place.0, %addr, "trunk host located");
             found.insert(place, addr);
         }
@@ -75,22 +79,23 @@ impl Dns {
         }
     }
 
-    async fn locate(&self, host: &str, port: Option<u16>) -> Option<SocketAddr> {
+    async fn locate(&self, host: &str, port: Option<u16>, t: Transport) -> Option<SocketAddr> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Some(SocketAddr::new(ip, port.unwrap_or(SIP_PORT)));
         }
         if port.is_none() {
-            if let Some(addr) = self.srv(host).await {
+            if let Some(addr) = self.srv(host, t).await {
                 return Some(addr);
             }
         }
         self.address(host, port.unwrap_or(SIP_PORT)).await
     }
 
-    /// The first SRV target of `_sip._udp.<host>` that resolves.
-    async fn srv(&self, host: &str) -> Option<SocketAddr> {
+    /// The first SRV target of `_sip._udp.<host>` (or `_tcp`) that resolves.
+    async fn srv(&self, host: &str, t: Transport) -> Option<SocketAddr> {
         let resolver = self.resolver.as_ref()?;
-        let name = format!("_sip._udp.{}.", host.trim_end_matches('.'));
+        let proto = t.as_str().to_ascii_lowercase();
+        let name = format!("_sip._{proto}.{}.", host.trim_end_matches('.'));
         let lookup = match resolver.srv_lookup(name.as_str()).await {
             Ok(l) => l,
             Err(e) => {
@@ -145,11 +150,11 @@ mod tests {
     async fn an_address_is_taken_as_it_is() {
         let dns = Dns::new(&[]);
         assert_eq!(
-            dns.locate("192.0.2.1", None).await,
+            dns.locate("192.0.2.1", None, Transport::Udp).await,
             Some(([192, 0, 2, 1], 5060).into())
         );
         assert_eq!(
-            dns.locate("192.0.2.1", Some(5070)).await,
+            dns.locate("192.0.2.1", Some(5070), Transport::Tcp).await,
             Some(([192, 0, 2, 1], 5070).into())
         );
     }

@@ -211,13 +211,28 @@ fn unavailable(
 }
 
 /// Sends what shards produce. UDP goes out on the socket the request came in on;
-/// TCP on its connection's writer queue.
+/// TCP on its connection's writer queue. A TCP message to a peer without a
+/// connection (a trunk's provider over TCP) opens one: its queue exists at
+/// once, so what follows waits in it while the connection is made.
 #[derive(Debug, Default)]
 pub struct Outbound {
     udp: Vec<Arc<UdpSocket>>,
     tcp: DashMap<ConnId, mpsc::Sender<Bytes>>,
+    /// The connections we opened, by peer.
+    dialed: DashMap<SocketAddr, ConnId>,
+    /// Connects to a peer and runs the connection (set at start).
+    dialer: std::sync::OnceLock<Dialer>,
     next_conn: AtomicU64,
     pub send_failures: AtomicU64,
+}
+
+/// Opens and runs an outgoing TCP connection: (peer, its id, its queue).
+struct Dialer(Box<dyn Fn(SocketAddr, ConnId, mpsc::Receiver<Bytes>) + Send + Sync>);
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
+    }
 }
 
 impl Outbound {
@@ -233,6 +248,8 @@ impl Outbound {
             Transport::Tcp => t
                 .remote
                 .conn
+                .or_else(|| self.dialed.get(&t.remote.addr).map(|c| *c))
+                .or_else(|| self.dial(t.remote.addr))
                 .and_then(|c| {
                     self.tcp
                         .get(&c)
@@ -244,6 +261,26 @@ impl Outbound {
             self.send_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(remote = %t.remote, "send failed");
         }
+    }
+
+    /// A new outgoing connection to `peer`: its queue at once, the connect in
+    /// the background.
+    fn dial(&self, peer: SocketAddr) -> Option<ConnId> {
+        let dialer = self.dialer.get()?;
+        if self.tcp.len() >= MAX_TCP_CONNECTIONS {
+            return None;
+        }
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        self.tcp.insert(id, tx);
+        self.dialed.insert(peer, id);
+        (dialer.0)(peer, id, rx);
+        Some(id)
+    }
+
+    fn closed(&self, peer: SocketAddr, id: ConnId) {
+        self.tcp.remove(&id);
+        self.dialed.remove_if(&peer, |_, c| *c == id);
     }
 }
 
@@ -338,6 +375,11 @@ impl Listeners {
             udp: senders,
             ..Outbound::default()
         });
+        let _ = outbound.dialer.set(dialer(
+            dispatcher.clone(),
+            Arc::downgrade(&outbound),
+            tokio::runtime::Handle::current(),
+        ));
         for l in self.tcp {
             tasks.spawn(tcp_accept_loop(
                 l,
@@ -436,6 +478,51 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens outgoing TCP connections on `runtime` and runs them like accepted ones.
+fn dialer<T: From<Inbound> + Send + 'static>(
+    dispatcher: Dispatcher<T>,
+    outbound: std::sync::Weak<Outbound>,
+    runtime: tokio::runtime::Handle,
+) -> Dialer {
+    Dialer(Box::new(move |peer, id, rx| {
+        let (dispatcher, outbound) = (dispatcher.clone(), outbound.clone());
+        runtime.spawn(async move {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await;
+            let Some(out) = outbound.upgrade() else {
+                return;
+            };
+            let pong = out.tcp.get(&id).map(|tx| tx.clone());
+            match (connected, pong) {
+                (Ok(Ok(stream)), Some(pong)) => {
+                    drop(out);
+                    tracing::debug!(%peer, "tcp connection opened");
+                    let max = dispatcher.limits.max_message;
+                    if let Err(e) =
+                        tcp_connection(stream, peer, id, dispatcher, pong, rx, max).await
+                    {
+                        tracing::debug!(%peer, "tcp connection closed: {e}");
+                    }
+                    if let Some(out) = outbound.upgrade() {
+                        out.closed(peer, id);
+                    }
+                }
+                (Ok(Err(e)), _) => {
+                    tracing::warn!(%peer, "tcp connect failed: {e}");
+                    out.closed(peer, id);
+                }
+                (Err(_), _) => {
+                    tracing::warn!(%peer, "tcp connect timed out");
+                    out.closed(peer, id);
+                }
+                (Ok(Ok(_)), None) => out.closed(peer, id),
+            }
+        });
+    }))
 }
 
 async fn tcp_accept_loop<T: From<Inbound> + Send + 'static>(
