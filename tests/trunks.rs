@@ -243,6 +243,57 @@ fn world(
     sipp_embedded_from(WORLD, to, dir, port, args)
 }
 
+/// SIPp from `ip` calling `number` at `to` once with the scenario at `path`
+/// (and more arguments).
+async fn call_from(
+    ip: &str,
+    to: SocketAddr,
+    dir: &std::path::Path,
+    path: &str,
+    number: &str,
+    more: &[String],
+) -> std::process::Output {
+    let mut args: Vec<String> = ["-sf", path, "-s", number, "-m", "1"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(more.iter().cloned());
+    sipp_embedded_from(ip, to, dir, free_port(), args)
+        .await
+        .expect("join")
+}
+
+/// A customer (on 127.0.0.6) calling the office's number `did` through
+/// `carrier` as `caller`, talking `talk_ms` once answered.
+async fn customer(
+    dir: &std::path::Path,
+    carrier: &Carrier,
+    caller: &str,
+    did: &str,
+    talk_ms: u64,
+) -> std::process::Output {
+    let inf = injection_file(
+        dir,
+        &format!("customer{}.csv", free_port()),
+        &[caller.to_string()],
+    );
+    let more = [
+        "-inf".to_string(),
+        inf.display().to_string(),
+        "-d".into(),
+        talk_ms.to_string(),
+    ];
+    call_from(
+        WORLD,
+        carrier.addr,
+        dir,
+        &scenario("uac_queue.xml"),
+        did,
+        &more,
+    )
+    .await
+}
+
 /// A phone's authenticated call (SIPp, `ext` / pw<ext>) to `number` with a
 /// scenario of `uac_call_auth.xml`'s kind.
 async fn dial(
@@ -257,27 +308,19 @@ async fn dial(
         &format!("dial{}.csv", free_port()),
         &[format!("{ext};pw{ext}")],
     );
-    let args = vec![
-        "-sf".to_string(),
-        scenario_path.to_string(),
-        "-inf".into(),
+    let more = [
+        "-inf".to_string(),
         inf.display().to_string(),
-        "-s".into(),
-        number.into(),
         "-d".into(),
         "1000".into(),
-        "-m".into(),
-        "1".into(),
     ];
-    sipp_embedded(target, dir, free_port(), args)
-        .await
-        .expect("join")
+    call_from("127.0.0.1", target, dir, scenario_path, number, &more).await
 }
 
-/// `uac_auth_expect_final.xml` expecting `code`, written into `dir`.
-fn expecting(dir: &std::path::Path, code: u16) -> String {
-    let path = dir.join(format!("uac_auth_expect_{code}.xml"));
-    let text = std::fs::read_to_string(scenario("uac_auth_expect_final.xml")).expect("scenario");
+/// Scenario `name` (with a `[final]` placeholder) expecting `code`, written into `dir`.
+fn expecting(dir: &std::path::Path, name: &str, code: u16) -> String {
+    let path = dir.join(format!("{code}-{name}"));
+    let text = std::fs::read_to_string(scenario(name)).expect("scenario");
     std::fs::write(&path, text.replace("[final]", &code.to_string())).expect("write");
     path.display().to_string()
 }
@@ -324,22 +367,7 @@ async fn a_customer_calling_the_did_reaches_queue_500s_agent_and_again_in_anothe
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (i, number) in ["0399998888", "+81399998888"].into_iter().enumerate() {
-        let inf = injection_file(dir, &format!("customer{i}.csv"), &[number.to_string()]);
-        let args = vec![
-            "-sf".to_string(),
-            scenario("uac_queue.xml"),
-            "-inf".into(),
-            inf.display().to_string(),
-            "-s".into(),
-            "0311110000".into(),
-            "-d".into(),
-            "3000".into(),
-            "-m".into(),
-            "1".into(),
-        ];
-        let out = sipp_embedded_from(WORLD, carrier.addr, dir, free_port(), args)
-            .await
-            .expect("join");
+        let out = customer(dir, &carrier, number, "0311110000", 3000).await;
         ok(&out, &format!("the customer calling as {number}"), &carrier);
         assert_eq!(
             pbx.history()
@@ -479,30 +507,39 @@ async fn outside_calls_nobody_may_make_never_reach_the_carrier() {
     );
     let (pbx, target) = office(dir, &["3901"], &extra, &["carrier"]).await;
     // A stranger without credentials, from another address: challenged, never placed.
-    let stranger = dir.join("uac_expect_407.xml");
-    let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
-    std::fs::write(&stranger, text.replace("[final]", "407")).expect("write");
-    let args = vec![
-        "-sf".to_string(),
-        stranger.display().to_string(),
-        "-s".into(),
-        "0312345678".into(),
-        "-m".into(),
-        "1".into(),
-    ];
-    let out = sipp_embedded_from("127.0.0.2", target, dir, free_port(), args)
-        .await
-        .expect("join");
+    let stranger = expecting(dir, "uac_expect_final.xml", 407);
+    let out = call_from("127.0.0.2", target, dir, &stranger, "0312345678", &[]).await;
     ok(&out, "a stranger is challenged", &carrier);
     // A user without the international class: 403.
-    let out = dial(target, dir, "3901", "0104420794601", &expecting(dir, 403)).await;
+    let out = dial(
+        target,
+        dir,
+        "3901",
+        "0104420794601",
+        &expecting(dir, "uac_auth_expect_final.xml", 403),
+    )
+    .await;
     ok(&out, "international without the class", &carrier);
     // The user's one call this hour goes out (the callee is busy)…
-    let out = dial(target, dir, "3901", "0312345678", &expecting(dir, 486)).await;
+    let out = dial(
+        target,
+        dir,
+        "3901",
+        "0312345678",
+        &expecting(dir, "uac_auth_expect_final.xml", 486),
+    )
+    .await;
     ok(&out, "the first national call", &carrier);
     assert!(busy.await.expect("join").status.success());
     // …and the next one is over the hourly cap: 403.
-    let out = dial(target, dir, "3901", "0312345679", &expecting(dir, 403)).await;
+    let out = dial(
+        target,
+        dir,
+        "3901",
+        "0312345679",
+        &expecting(dir, "uac_auth_expect_final.xml", 403),
+    )
+    .await;
     ok(&out, "over the hourly cap", &carrier);
     assert_eq!(carrier.invites_for("0104420794601"), 0, "{}", carrier.log());
     assert_eq!(carrier.invites_for("0312345679"), 0, "{}", carrier.log());
@@ -613,20 +650,8 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_
     pbx.shutdown().await.expect("shutdown");
     // The PBX unregistered as it stopped: the carrier has nowhere to send a
     // call for the office's number now.
-    let path = tmp.path().join("uac_expect_404.xml");
-    let text = std::fs::read_to_string(scenario("uac_expect_final.xml")).expect("scenario");
-    std::fs::write(&path, text.replace("[final]", "404")).expect("write");
-    let args = vec![
-        "-sf".to_string(),
-        path.display().to_string(),
-        "-s".into(),
-        "0311110000".into(),
-        "-m".into(),
-        "1".into(),
-    ];
-    let out = sipp_embedded_from(WORLD, carrier.addr, tmp.path(), free_port(), args)
-        .await
-        .expect("join");
+    let refused = expecting(tmp.path(), "uac_expect_final.xml", 404);
+    let out = call_from(WORLD, carrier.addr, tmp.path(), &refused, "0311110000", &[]).await;
     ok(
         &out,
         "no registration left at the carrier after the shutdown",
@@ -639,36 +664,99 @@ async fn a_trunk_over_tcp_registers_and_takes_the_carriers_call() {
     let carrier = carrier_with("127.0.0.10", "127.0.0.6:9", false, true);
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
-    let extra = trunk(
-        "carrier",
-        &carrier,
-        "transport = \"tcp\"\ndids = { \"0311110000\" = \"3501\" }\n",
+    let extra = format!(
+        "{}[[users]]\nextension = \"3599\"\npassword = \"pw3599\"\nrole = \"supervisor\"\n",
+        trunk(
+            "carrier",
+            &carrier,
+            "transport = \"tcp\"\ndids = { \"0311110000\" = \"3501\" }\n",
+        )
     );
     let (pbx, target) = office(dir, &["3501"], &extra, &["carrier"]).await;
+    // The supervisor's API shows the trunk, its transport and registration.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", pbx.http_addr());
+    let login: serde_json::Value = http
+        .post(format!("{base}/api/v1/session"))
+        .json(&serde_json::json!({ "extension": "3599", "password": "pw3599" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["token"].as_str().expect("token");
+    let trunks: serde_json::Value = http
+        .get(format!("{base}/api/v1/trunks"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("trunks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(trunks[0]["name"], "carrier", "{trunks}");
+    assert_eq!(trunks[0]["transport"], "tcp", "{trunks}");
+    assert_eq!(trunks[0]["registration"]["state"], "up", "{trunks}");
+    assert_eq!(trunks[0]["channels"], 0, "{trunks}");
     let phone = free_port();
     register_phone(target, dir, phone, "3501", "pw3501").await;
     let callee = sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let inf = injection_file(dir, "tcp-customer.csv", &["0399997777".to_string()]);
-    let args = vec![
-        "-sf".to_string(),
-        scenario("uac_queue.xml"),
-        "-inf".into(),
-        inf.display().to_string(),
-        "-s".into(),
-        "0311110000".into(),
-        "-d".into(),
-        "1000".into(),
-        "-m".into(),
-        "1".into(),
-    ];
-    let out = sipp_embedded_from(WORLD, carrier.addr, dir, free_port(), args)
-        .await
-        .expect("join");
+    let out = customer(dir, &carrier, "0399997777", "0311110000", 1000).await;
     ok(&out, "the call over the TCP trunk", &carrier);
     assert!(
         callee.await.expect("join").status.success(),
         "3501 answered"
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_wants_prack_gets_it_and_its_early_media_reaches_the_phone() {
+    // An IP-authenticated trunk straight to a SIPp provider that sends its
+    // 183 with SDP reliably (100rel) and answers only once it has the PRACK.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let port = free_port();
+    let provider = world(dir, port, "uas_100rel.xml", &[]);
+    let extra = format!(
+        "[[trunks]]\nname = \"direct\"\nhost = \"{WORLD}\"\nport = {port}\nregister = false\n{}",
+        routes("[\"direct\"]")
+    );
+    let (pbx, target) = office(dir, &["3502"], &extra, &[]).await;
+    // The phone must see the 183 with the provider's early media.
+    let early = dir.join("uac_call_auth_183.xml");
+    let text = std::fs::read_to_string(scenario("uac_call_auth.xml")).expect("scenario");
+    let text = text.replace(
+        r#"<recv response="183" optional="true" response_txn="invite"/>"#,
+        r#"<recv response="183" response_txn="invite"/>"#,
+    );
+    assert!(!text.contains(r#"response="183" optional"#));
+    std::fs::write(&early, text).expect("write");
+    let out = dial(
+        target,
+        dir,
+        "3502",
+        "0312345678",
+        &early.display().to_string(),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "the call: {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let p = provider.await.expect("join");
+    assert!(
+        p.status.success(),
+        "the provider got its PRACK: {}",
+        String::from_utf8_lossy(&p.stderr)
     );
     pbx.shutdown().await.expect("shutdown");
 }

@@ -50,6 +50,18 @@ pub(super) struct ALeg {
     pub tag: String,
 }
 
+impl ALeg {
+    /// The caller's side of a new call, with a fresh To tag.
+    pub fn new(tx: TxId, invite: &Message, remote: Remote) -> ALeg {
+        ALeg {
+            tx,
+            invite: invite.clone(),
+            remote,
+            tag: random_tag(),
+        }
+    }
+}
+
 /// Where leg A stands; each phase holds its own deadlines.
 #[derive(Debug)]
 pub(super) enum APhase {
@@ -282,12 +294,7 @@ impl Calls {
             bindings,
             trunk,
         } = target;
-        let a_leg = ALeg {
-            tx,
-            invite: req.clone(),
-            remote,
-            tag: random_tag(),
-        };
+        let a_leg = ALeg::new(tx, req, remote);
         let cdr = new_cdr(cx, &a, &caller, &callee);
         let prepared = if bindings.is_empty() {
             Err(Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE))

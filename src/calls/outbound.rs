@@ -34,7 +34,7 @@ pub(super) struct Outbound {
     pub attempts: Vec<Attempt>,
     /// The next attempt to make.
     pub next: usize,
-    /// The trunk of the try in progress (holding one of its channels) and its branch.
+    /// The trunk of the latest try, and its branch.
     pub current: Option<(TrunkId, usize)>,
     /// The trunk whose channel the call holds (until it moves on or ends).
     pub channel: Option<TrunkId>,
@@ -52,7 +52,7 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
-    /// Gives back the channel of the current try (if any).
+    /// Gives back the channel the call holds (if any).
     fn release_channel(&mut self, cx: &Cx<'_>) {
         if let Some(t) = self.channel.take() {
             cx.env.outside.line(t).release();
@@ -86,12 +86,7 @@ impl Calls {
         a: CallId,
         call: OutsideCall,
     ) {
-        let a_leg = ALeg {
-            tx,
-            invite: req.clone(),
-            remote,
-            tag: random_tag(),
-        };
+        let a_leg = ALeg::new(tx, req, remote);
         let mut cdr = new_cdr(cx, &a, &call.user, &call.number);
         let relay = match Self::prepare_bridge(cx, req, remote, &a) {
             Ok((_, relay)) => relay,

@@ -25,7 +25,7 @@ use crate::history::ResponseRecord;
 use crate::media::prompt::Prompt;
 use crate::presence::{DialogState, Direction};
 use crate::routing::{CallbackOffer, Overflow, QueueId};
-use crate::sip::message::{build::random_tag, HeaderName, Message, Method};
+use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::sdp::{self, Origin};
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
@@ -205,12 +205,7 @@ impl Calls {
         } = entry;
         let env = cx.env;
         let queue = env.routing.queue(id);
-        let a_leg = ALeg {
-            tx,
-            invite: req.clone(),
-            remote,
-            tag: random_tag(),
-        };
+        let a_leg = ALeg::new(tx, req, remote);
         let cdr = new_cdr(cx, &a, &caller, &queue.number);
         let origin = Origin::new(cdr.id);
         let prepared = Self::prepare_bridge(cx, req, remote, &a).and_then(|(offer, relay)| {

@@ -112,7 +112,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         MyCall,
         RecordEdit,
         RecordNew,
-        TrunkStatus,
+        super::TrunkLine,
         super::callbacks::Write,
         super::callbacks::Close,
         crate::callbacks::Callback,
@@ -664,31 +664,17 @@ async fn queues(
     Json(desk.queue_stats())
 }
 
-/// A trunk's registration with its provider.
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct TrunkStatus {
-    pub name: String,
-    /// `registering`, `up` (with `expires_in_secs`) or `down` (with `reason`).
-    #[schema(value_type = Object)]
-    pub status: crate::trunk::Status,
-}
-
-/// Every registering trunk's status (supervisors).
+/// Every trunk: transport, registration status, channels in use (supervisors).
 #[utoipa::path(get, path = "/api/v1/trunks",
-    responses((status = 200, body = Vec<TrunkStatus>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Vec<super::TrunkLine>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn trunks(
     axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
     caller: Caller,
-) -> Result<Json<Vec<TrunkStatus>>, ApiError> {
+) -> Result<Json<Vec<super::TrunkLine>>, ApiError> {
     if caller.session.role != Role::Supervisor {
         return Err(ApiError::Forbidden("trunks: for supervisors".into()));
     }
-    let all = desk.commands.trunks();
-    Ok(Json(
-        all.into_iter()
-            .map(|(name, status)| TrunkStatus { name, status })
-            .collect(),
-    ))
+    Ok(Json(desk.commands.trunks()))
 }
 
 // ---- customers and response records -------------------------------------

@@ -54,10 +54,27 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     /// Sets how many call-backs wait for each extension (its phone's message
     /// lamp).
     fn messages_waiting(&self, callbacks: &[(String, u32)]);
-    /// Every trunk's registration status, by name.
-    fn trunks(&self) -> Vec<(String, crate::trunk::Status)>;
+    /// Every trunk: how it connects, its registration, its channels.
+    fn trunks(&self) -> Vec<TrunkLine>;
     /// Tells queue call `call` its call-back is stored (`saved`) or is not.
     fn callback_saved(&self, call: &crate::sip::CallId, saved: bool);
+}
+
+/// A trunk as the desk shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct TrunkLine {
+    pub name: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// Whether sipdesk registers with the provider (else: IP authentication).
+    pub registers: bool,
+    /// The registration: `registering`, `up` (with `expires_in_secs`) or
+    /// `down` (with `reason`); absent for IP authentication.
+    #[schema(value_type = Option<Object>)]
+    pub registration: Option<crate::trunk::Status>,
+    /// Calls in and out now, and the most at once (0: no limit).
+    pub channels: u32,
+    pub max_channels: u32,
 }
 
 /// What the desk is set up with.

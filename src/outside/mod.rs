@@ -420,15 +420,8 @@ fn caller(req: &Message, numbering: &Numbering) -> (String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    use super::numbers::tests::japan;
     use super::*;
-
-    fn japan() -> Numbering {
-        Numbering {
-            country_code: "81".into(),
-            national_prefix: "0".into(),
-            international_prefix: "010".into(),
-        }
-    }
 
     fn outside() -> Outside {
         let remote = |a: &str| Remote::udp(a.parse().expect("addr"));

@@ -74,28 +74,14 @@ impl Numbering {
         }
         (!n.is_empty()).then(|| format!("{cc}{n}"))
     }
-
-    /// `e164` written the way this trunk's own callers dial it nationally
-    /// (`+81312345678` → `0312345678`); other countries keep the
-    /// international prefix.
-    pub fn to_national(&self, e164: &str) -> String {
-        let Some(digits) = e164.strip_prefix('+') else {
-            return e164.to_string();
-        };
-        match digits.strip_prefix(self.country_code.as_str()) {
-            Some(rest) if !self.country_code.is_empty() => {
-                format!("{}{rest}", self.national_prefix)
-            }
-            _ => format!("{}{digits}", self.international_prefix),
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn japan() -> Numbering {
+    /// Japan's numbering (the tests' office).
+    pub(in crate::outside) fn japan() -> Numbering {
         Numbering {
             country_code: "81".into(),
             national_prefix: "0".into(),
@@ -153,12 +139,5 @@ mod tests {
                 .as_deref(),
             Some("+81312345678")
         );
-    }
-
-    #[test]
-    fn a_number_goes_back_to_the_national_form_for_a_trunk_that_wants_it() {
-        let j = japan();
-        assert_eq!(j.to_national("+81312345678"), "0312345678");
-        assert_eq!(j.to_national("+4420794601"), "0104420794601");
     }
 }

@@ -567,8 +567,27 @@ impl crate::cti::Commands for DeskCommands {
             let _ = c.send(Control::CallbackSaved(call.clone(), saved));
         }
     }
-    fn trunks(&self) -> Vec<(String, crate::trunk::Status)> {
-        self.trunks.all()
+    fn trunks(&self) -> Vec<crate::cti::TrunkLine> {
+        let registrations = self.trunks.all();
+        self.env
+            .outside
+            .lines
+            .iter()
+            .map(|l| {
+                let registration = registrations
+                    .iter()
+                    .find(|(n, _)| *n == l.name)
+                    .map(|(_, s)| s.clone());
+                crate::cti::TrunkLine {
+                    name: l.name.clone(),
+                    transport: l.remote.transport.as_str().to_ascii_lowercase(),
+                    registers: registration.is_some(),
+                    registration,
+                    channels: l.channels(),
+                    max_channels: l.max_channels,
+                }
+            })
+            .collect()
     }
     fn calls_started(&self) -> u64 {
         self.env
