@@ -107,6 +107,27 @@ pub(super) struct Bridge {
 }
 
 impl Bridge {
+    /// A new call from `a`, ringing until the ring timeout; nothing else yet.
+    pub fn new(cx: &Cx<'_>, a: ALeg, relay: Box<dyn RelayControl>, cdr: Cdr) -> Bridge {
+        Bridge {
+            phase: APhase::Calling {
+                ring_deadline: cx.now + cx.env.calls.ring_timeout,
+            },
+            a,
+            a_dialog: None,
+            branches: Vec::new(),
+            answered: None,
+            relay,
+            cdr,
+            session: None,
+            caller_party: None,
+            callee_party: None,
+            queue: None,
+            trunk: None,
+            outbound: None,
+        }
+    }
+
     /// When the bridge's timer is due.
     fn due(&self) -> Option<Instant> {
         match &self.phase {
@@ -346,21 +367,11 @@ impl Calls {
         let caller_party =
             super::start_party(presence, &caller, &a, Role::Initiator, &callee, cx.wall);
         let bridge = Bridge {
-            phase: APhase::Calling {
-                ring_deadline: cx.now + cx.env.calls.ring_timeout,
-            },
-            a: a_leg,
-            a_dialog: None,
             branches,
-            answered: None,
-            relay,
-            cdr,
-            session: None,
             caller_party,
             callee_party,
-            queue: None,
             trunk,
-            outbound: None,
+            ..Bridge::new(cx, a_leg, relay, cdr)
         };
         self.add_bridge(cx, a, bridge);
     }

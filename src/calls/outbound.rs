@@ -16,7 +16,7 @@
 //!
 //! The permit and the channel are given back when the call ends, however it ends.
 
-use super::bridge::{refuse, ALeg, APhase, Branch, Bridge};
+use super::bridge::{refuse, ALeg, Branch, Bridge};
 use super::{lossy, new_cdr, Calls, Cx, Pending, Refusal, Side};
 use crate::outside::{Attempt, Permit, RouteId, TrunkId};
 use crate::presence::Direction;
@@ -87,7 +87,7 @@ impl Calls {
         call: OutsideCall,
     ) {
         let a_leg = ALeg::new(tx, req, remote);
-        let mut cdr = new_cdr(cx, &a, &call.user, &call.number);
+        let cdr = new_cdr(cx, &a, &call.user, &call.number);
         let relay = match Self::prepare_bridge(cx, req, remote, &a) {
             Ok((_, relay)) => relay,
             Err(refusal) => {
@@ -98,7 +98,6 @@ impl Calls {
         let attempts = cx.env.outside.attempts(call.route, &call.number);
         let route = cx.env.outside.route_of(call.route);
         tracing::info!(call_id = %a, user = %call.user, number = %call.number, route = %route.name, "outside call");
-        cdr.callee = call.number.clone();
         let caller_party = super::start_party(
             &cx.env.presence,
             &call.user,
@@ -108,20 +107,7 @@ impl Calls {
             cx.wall,
         );
         let bridge = Bridge {
-            phase: APhase::Calling {
-                ring_deadline: cx.now + cx.env.calls.ring_timeout,
-            },
-            a: a_leg,
-            a_dialog: None,
-            branches: Vec::new(),
-            answered: None,
-            relay,
-            cdr,
-            session: None,
             caller_party,
-            callee_party: None,
-            queue: None,
-            trunk: None,
             outbound: Some(Outbound {
                 permit: call.permit,
                 user: call.user,
@@ -136,6 +122,7 @@ impl Calls {
                 cseq: 1,
                 rseq: None,
             }),
+            ..Bridge::new(cx, a_leg, relay, cdr)
         };
         self.add_bridge(cx, a.clone(), bridge);
         if !self.try_next_trunk(cx, &a) {

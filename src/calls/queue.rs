@@ -251,18 +251,10 @@ impl Calls {
         queued.wait(cx, &a, cx.now + queue.max_wait);
         let mut bridge = Bridge {
             phase: APhase::Confirmed,
-            a: a_leg,
-            a_dialog: None,
-            branches: Vec::new(),
-            answered: None,
-            relay,
-            cdr,
-            session: None,
             caller_party,
-            callee_party: None,
             queue: Some(queued),
             trunk,
-            outbound: None,
+            ..Bridge::new(cx, a_leg, relay, cdr)
         };
         answer_caller(cx, &mut bridge, &queue.number, Some(&answer), None);
         self.add_bridge(cx, a.clone(), bridge);
