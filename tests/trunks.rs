@@ -760,3 +760,34 @@ async fn a_provider_that_wants_prack_gets_it_and_its_early_media_reaches_the_pho
     );
     pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_is_refreshed_before_it_expires() {
+    // Expires 60: the refresh is due after 45 s, well before the binding ends.
+    let carrier = carrier();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (pbx, _) = office(
+        tmp.path(),
+        &[],
+        &trunk("carrier", &carrier, ""),
+        &["carrier"],
+    )
+    .await;
+    let registers = || carrier.log().matches("carrier: REGISTER office").count();
+    let first = registers();
+    assert!(first >= 2, "challenged, then registered: {}", carrier.log());
+    let deadline = Instant::now() + Duration::from_secs(55);
+    while registers() < first + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no refresh within 55 s: {}",
+            carrier.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        pbx.trunk_registered("carrier"),
+        "still up after the refresh"
+    );
+    pbx.shutdown().await.expect("shutdown");
+}
