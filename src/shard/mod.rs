@@ -475,9 +475,11 @@ impl Shard {
                 self.with_calls(now, |c, cx| c.on_in_dialog(cx, tx, req, remote))
             }
             Method::Invite => {
-                let env = Arc::clone(&self.env);
-                if let Some(trunk) = env.outside.trunk_from(remote.addr.ip()) {
-                    let inbound = env.outside.inbound(trunk, req);
+                // No reference count is taken per INVITE: the trunk lookup
+                // borrows the environment only until the call module runs.
+                let outside = &self.env.outside;
+                if let Some(trunk) = outside.trunk_from(remote.addr.ip()) {
+                    let inbound = outside.inbound(trunk, req);
                     let target = match inbound.target.as_deref() {
                         Some(t) => match t.strip_prefix("group:") {
                             Some(group) => Target::Group(group.to_string()),
