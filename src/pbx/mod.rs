@@ -232,9 +232,47 @@ impl PbxBuilder {
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
-        let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         let dialplan = Dialplan::from_config(&config);
         let trunk_status = crate::trunk::Board::default();
+        let (st, ctl) = (store.clone(), controls.clone());
+        let writer = std::thread::Builder::new()
+            .name("sipdesk-writer".into())
+            .spawn(move || run_writer(st, writer_rx, ctl))
+            .map_err(|source| PbxError::DataDir {
+                dir: dir.clone(),
+                source,
+            })?;
+        tasks.spawn(run_sweeper(
+            env.registrar.clone(),
+            env.presence.clone(),
+            env.guard.clone(),
+        ));
+        let record_ids = IdGen::new(id_base, shards, id_lanes);
+        let commands = DeskCommands {
+            controls: controls.clone(),
+            trunks: trunk_status.clone(),
+            dialplan: dialplan.clone(),
+            env: Arc::clone(&env),
+            latency: Arc::clone(&latency),
+        };
+        let http_addr = start_desk(
+            &config,
+            &env,
+            &store,
+            commands,
+            DeskWrites {
+                record_ids,
+                writer: Writer::Queued(writer_tx.clone()),
+                voice_dir: dir.join(VOICE_DIR),
+                requests: callbacks_rx,
+            },
+            WallClock::new(wall, mono),
+            &mut tasks,
+        )
+        .await?;
+        // The desk listens before SIP is read: a PBX that answers SIP has
+        // its desk ready too.
+        let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
             let mut shard = Shard::new(
                 Arc::clone(&env),
@@ -265,42 +303,6 @@ impl PbxBuilder {
             };
             tasks.spawn(task.run());
         }
-        let (st, ctl) = (store.clone(), controls.clone());
-        let writer = std::thread::Builder::new()
-            .name("sipdesk-writer".into())
-            .spawn(move || run_writer(st, writer_rx, ctl))
-            .map_err(|source| PbxError::DataDir {
-                dir: dir.clone(),
-                source,
-            })?;
-        tasks.spawn(run_sweeper(
-            env.registrar.clone(),
-            env.presence.clone(),
-            env.guard.clone(),
-        ));
-        let record_ids = IdGen::new(id_base, shards, id_lanes);
-        let commands = DeskCommands {
-            controls: controls.clone(),
-            trunks: trunk_status.clone(),
-            dialplan,
-            env: Arc::clone(&env),
-            latency: Arc::clone(&latency),
-        };
-        let http_addr = start_desk(
-            &config,
-            &env,
-            &store,
-            commands,
-            DeskWrites {
-                record_ids,
-                writer: Writer::Queued(writer_tx.clone()),
-                voice_dir: dir.join(VOICE_DIR),
-                requests: callbacks_rx,
-            },
-            WallClock::new(wall, mono),
-            &mut tasks,
-        )
-        .await?;
         Ok(Pbx {
             config,
             data_dir: dir,
