@@ -132,52 +132,35 @@ impl Default for SecurityConfig {
     }
 }
 
-/// Where a trunk's host (with its port, if given) is, over a transport.
-pub type Locate<'a> = dyn Fn(&str, Option<u16>, crate::sip::Transport) -> Option<SocketAddr> + 'a;
+/// Where a trunk's host (with its port, if given) is, over a transport: its
+/// addresses in the order to try them (none: it does not resolve).
+pub type Locate<'a> = dyn Fn(&str, Option<u16>, crate::sip::Transport) -> Vec<SocketAddr> + 'a;
 
 impl Config {
-    /// The outside line's rules: trunks (their hosts resolved with
-    /// `resolve`; one that does not resolve is left out, with an error line),
-    /// routes, dialing classes, caller IDs and the toll-fraud caps.
+    /// The outside line's rules: trunks (their hosts located with `resolve`;
+    /// one that is found nowhere has no targets until DNS answers), routes,
+    /// dialing classes, caller IDs and the toll-fraud caps.
     pub fn outside(&self, resolve: &Locate<'_>) -> crate::outside::Outside {
         use crate::outside::{Caps, Class, DidFrom, Failover, Line, Outside, Route, TrunkId};
-        let mut ids: Vec<Option<TrunkId>> = Vec::new();
         let mut lines = Vec::new();
         for t in &self.trunks {
             let (name, host) = (t.name.get_ref(), t.host.get_ref());
             let transport = t.sip_transport();
-            let Some(addr) = resolve(host, t.port, transport) else {
-                tracing::error!(trunk = %name, %host, "trunk down: the provider's host does not resolve");
-                ids.push(None);
-                continue;
-            };
-            let proxy = t.outbound_proxy.get_ref();
-            let remote = if proxy.is_empty() {
-                addr
-            } else {
-                let (h, port) = split_hostport(proxy);
-                match resolve(&h, port, transport) {
-                    Some(a) => a,
-                    None => {
-                        tracing::error!(trunk = %name, proxy = %proxy, "trunk down: the outbound proxy does not resolve");
-                        ids.push(None);
-                        continue;
-                    }
-                }
-            };
             let domain = match t.domain.get_ref().as_str() {
                 "" => host.clone(),
                 d => d.to_string(),
             };
-            let remote = crate::sip::Remote {
-                transport,
-                addr: remote,
-                conn: None,
-            };
-            let mut line = Line::new(name.clone(), remote, domain);
-            line.sources.push(ipnet::IpNet::from(addr.ip()));
-            line.sources
-                .extend(t.allow.get_ref().iter().filter_map(|n| parse_net(n).ok()));
+            let located = t.located(resolve);
+            if located.send_to.is_empty() {
+                tracing::error!(trunk = %name, %host, "trunk down: its host (or outbound proxy) does not resolve");
+            }
+            let mut line = Line::located(name.clone(), transport, located, domain);
+            line.allow = t
+                .allow
+                .get_ref()
+                .iter()
+                .filter_map(|n| parse_net(n).ok())
+                .collect();
             line.username = t.username.get_ref().clone();
             line.auth_username = match t.auth_username.get_ref().as_str() {
                 "" => line.username.clone(),
@@ -210,7 +193,6 @@ impl Config {
             line.caller_id = t.caller_id.get_ref().clone();
             line.send_pai = t.send_pai;
             line.trying_timeout = Duration::from_millis(t.trying_timeout_ms.max(200));
-            ids.push(Some(TrunkId(lines.len())));
             lines.push(line);
         }
         let names: Vec<&str> = self
@@ -230,7 +212,7 @@ impl Config {
                         .trunks
                         .get_ref()
                         .iter()
-                        .filter_map(|t| names.iter().position(|n| n == t).and_then(|i| ids[i]))
+                        .filter_map(|t| names.iter().position(|n| n == t).map(TrunkId))
                         .collect(),
                     strip: r.strip,
                     prepend: r.prepend.clone(),
@@ -731,6 +713,42 @@ impl Default for OutboundConfig {
 }
 
 impl TrunkConfig {
+    /// Where the trunk is, as `resolve` says: its requests go to the outbound
+    /// proxy if it has one, else to the provider; the provider's requests may
+    /// come from either.
+    pub fn located(&self, resolve: &Locate<'_>) -> crate::outside::Located {
+        let transport = self.sip_transport();
+        let provider = resolve(self.host.get_ref(), self.port, transport);
+        let proxy = match self.outbound_proxy.get_ref().as_str() {
+            "" => Vec::new(),
+            p => {
+                let (host, port) = split_hostport(p);
+                resolve(&host, port, transport)
+            }
+        };
+        let via = match self.outbound_proxy.get_ref().is_empty() {
+            true => &provider,
+            false => &proxy,
+        };
+        let mut from: Vec<std::net::IpAddr> = Vec::new();
+        for ip in provider.iter().chain(&proxy).map(SocketAddr::ip) {
+            if !from.contains(&ip) {
+                from.push(ip);
+            }
+        }
+        crate::outside::Located {
+            send_to: via
+                .iter()
+                .map(|addr| crate::sip::Remote {
+                    transport,
+                    addr: *addr,
+                    conn: None,
+                })
+                .collect(),
+            from,
+        }
+    }
+
     /// The trunk's transport (validated: `udp` or `tcp`).
     pub fn sip_transport(&self) -> crate::sip::Transport {
         match self.transport.get_ref().as_str() {
@@ -1654,6 +1672,38 @@ mod tests {
     }
 
     #[test]
+    fn an_outbound_proxy_takes_the_trunks_requests_and_either_may_send_its_calls() {
+        let text =
+            "[[trunks]]\nname = \"carrier\"\nhost = \"sip.carrier.test\"\nregister = false\n\
+                    outbound_proxy = \"edge.carrier.test:5070\"\n";
+        let config = Config::parse(text, "t").expect("valid");
+        let addrs = |host: &str, port: Option<u16>, _| -> Vec<SocketAddr> {
+            let ips: &[&str] = match host {
+                "sip.carrier.test" => &["192.0.2.1", "192.0.2.2"],
+                "edge.carrier.test" => &["198.51.100.9"],
+                _ => &[],
+            };
+            let port = port.unwrap_or(5060);
+            ips.iter()
+                .filter_map(|ip| format!("{ip}:{port}").parse().ok())
+                .collect()
+        };
+        let located = config.trunks[0].located(&addrs);
+        let to: Vec<String> = located.send_to.iter().map(|r| r.addr.to_string()).collect();
+        assert_eq!(to, ["198.51.100.9:5070"]);
+        let from: Vec<String> = located.from.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(from, ["192.0.2.1", "192.0.2.2", "198.51.100.9"]);
+        let o = config.outside(&|_, _, _| Vec::new());
+        assert!(
+            o.line(crate::outside::TrunkId(0))
+                .targets
+                .in_order()
+                .is_empty(),
+            "kept, to be found later"
+        );
+    }
+
+    #[test]
     fn the_outside_rules_come_from_the_trunks_routes_users_and_groups() {
         let text = "[[users]]\nextension = \"201\"\npassword = \"x\"\ncaller_id = \"+81312340201\"\n\
                     [[users]]\nextension = \"202\"\npassword = \"x\"\ndialing_classes = []\n\
@@ -1662,10 +1712,15 @@ mod tests {
                     dids = { \"0312345678\" = \"201\" }\n\
                     [[routes]]\nname = \"international\"\npattern = \"010[0-9]+\"\nclass = \"international\"\ntrunks = [\"carrier\"]\n";
         let config = Config::parse(text, "t").expect("valid");
-        let o = config
-            .outside(&|host, port, _| format!("{host}:{}", port.unwrap_or(5060)).parse().ok());
+        let o = config.outside(&|host, port, _| {
+            format!("{host}:{}", port.unwrap_or(5060))
+                .parse()
+                .into_iter()
+                .collect()
+        });
         let line = o.line(crate::outside::TrunkId(0));
-        assert_eq!(line.remote.addr, "192.0.2.1:5060".parse().expect("addr"));
+        let targets = line.targets.in_order();
+        assert_eq!(targets[0].addr, "192.0.2.1:5060".parse().expect("addr"));
         assert_eq!(
             line.did_from,
             crate::outside::DidFrom::RequestUri,

@@ -267,14 +267,6 @@ impl Harness {
         std::iter::from_fn(|| self.shard.poll_transmit()).collect()
     }
 
-    /// Everything the shard sends now, as text.
-    pub fn sent_text(&mut self) -> Vec<String> {
-        self.sent()
-            .into_iter()
-            .map(|t| String::from_utf8_lossy(&t.payload).into_owned())
-            .collect()
-    }
-
     /// Runs every timer up to `at`, in order.
     pub fn run_until(&mut self, at: Instant) {
         while let Some(due) = self.shard.poll_timeout().filter(|d| *d <= at) {

@@ -47,9 +47,14 @@ fn carrier_at(ip: &str, outside: &str, challenge: bool) -> Carrier {
 /// Like [`carrier_at`], also listening on TCP (`tcp`), its TCP connections
 /// to the PBX made from its own address.
 fn carrier_with(ip: &str, outside: &str, challenge: bool, tcp: bool) -> Carrier {
+    let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
+    carrier_on(addr, outside, challenge, tcp)
+}
+
+/// Like [`carrier_with`], on `addr`.
+fn carrier_on(addr: SocketAddr, outside: &str, challenge: bool, tcp: bool) -> Carrier {
     require("kamailio");
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
     let db = dir.path().join("kamailio/db");
     std::fs::create_dir_all(&db).expect("db dir");
     let cfg = include_str!("peers/kamailio-carrier.cfg")
@@ -319,9 +324,24 @@ async fn dial(
 
 /// Scenario `name` (with a `[final]` placeholder) expecting `code`, written into `dir`.
 fn expecting(dir: &std::path::Path, name: &str, code: u16) -> String {
-    let path = dir.join(format!("{code}-{name}"));
-    let text = std::fs::read_to_string(scenario(name)).expect("scenario");
-    std::fs::write(&path, text.replace("[final]", &code.to_string())).expect("write");
+    rewritten(
+        dir,
+        name,
+        &format!("{code}-"),
+        &[("[final]", &code.to_string())],
+    )
+}
+
+/// Scenario `name` with each (from, to) replaced, written into `dir` under
+/// `prefix` + `name`.
+fn rewritten(dir: &std::path::Path, name: &str, prefix: &str, edits: &[(&str, &str)]) -> String {
+    let path = dir.join(format!("{prefix}{name}"));
+    let mut text = std::fs::read_to_string(scenario(name)).expect("scenario");
+    for (from, to) in edits {
+        assert!(text.contains(from), "{name} has no {from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&path, text).expect("write");
     path.display().to_string()
 }
 
@@ -551,11 +571,14 @@ async fn outside_calls_nobody_may_make_never_reach_the_carrier() {
     pbx.shutdown().await.expect("shutdown");
 }
 
-/// dnsmasq on 127.0.0.8 serving `_sip._udp.carrier.test` → sip1.carrier.test
-/// → the carrier.
+/// dnsmasq on 127.0.0.8 serving `_sip._udp.carrier.test` → each of
+/// `targets` (priority, address), named sip<i>.carrier.test; the names'
+/// addresses are in a hosts file it reads again on SIGHUP. Every answer has
+/// TTL 0.
 struct Dns {
     child: Child,
     addr: SocketAddr,
+    hosts: tempfile::NamedTempFile,
 }
 
 impl Drop for Dns {
@@ -565,11 +588,41 @@ impl Drop for Dns {
     }
 }
 
-fn dns_for(carrier: &Carrier) -> Dns {
+impl Dns {
+    /// sip<i>.carrier.test is at `ip` from now on.
+    fn move_target(&self, i: usize, ip: &str) {
+        let text = std::fs::read_to_string(self.hosts.path()).expect("hosts");
+        let name = format!("sip{i}.carrier.test");
+        let moved: Vec<String> = text
+            .lines()
+            .map(|l| match l.ends_with(&format!(" {name}")) {
+                true => format!("{ip} {name}"),
+                false => l.to_string(),
+            })
+            .collect();
+        std::fs::write(self.hosts.path(), moved.join("\n") + "\n").expect("hosts");
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+fn dns_for(targets: &[(u16, SocketAddr)]) -> Dns {
     let dnsmasq = ["/usr/sbin/dnsmasq", "dnsmasq"]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().is_ok())
         .unwrap_or_else(|| panic!("dnsmasq is not installed (Debian: dnsmasq-base)"));
+    let hosts = tempfile::NamedTempFile::new().expect("hosts file");
+    let lines: String = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (_, addr))| format!("{} sip{i}.carrier.test\n", addr.ip()))
+        .collect();
+    std::fs::write(hosts.path(), lines).expect("hosts");
+    let srv = targets.iter().enumerate().map(|(i, (priority, addr))| {
+        let port = addr.port();
+        format!("--srv-host=_sip._udp.carrier.test,sip{i}.carrier.test,{port},{priority},10")
+    });
     let port = free_port();
     let child = Command::new(dnsmasq)
         .args([
@@ -584,14 +637,8 @@ fn dns_for(carrier: &Carrier) -> Dns {
             "--pid-file=",
         ])
         .arg(format!("--port={port}"))
-        .arg(format!(
-            "--srv-host=_sip._udp.carrier.test,sip1.carrier.test,{},10,10",
-            carrier.addr.port()
-        ))
-        .arg(format!(
-            "--host-record=sip1.carrier.test,{}",
-            carrier.addr.ip()
-        ))
+        .arg(format!("--addn-hosts={}", hosts.path().display()))
+        .args(srv)
         .args(if running_as_root() {
             &["--user=root"][..]
         } else {
@@ -605,6 +652,7 @@ fn dns_for(carrier: &Carrier) -> Dns {
     Dns {
         child,
         addr: format!("127.0.0.8:{port}").parse().expect("addr"),
+        hosts,
     }
 }
 
@@ -617,13 +665,9 @@ fn running_as_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_and_left_at_shutdown(
-) {
-    let carrier = carrier_at("127.0.0.9", "127.0.0.6:9", false);
-    let dns = dns_for(&carrier);
-    let tmp = tempfile::tempdir().expect("tmp");
-    // No port: RFC 3263 asks for _sip._udp.carrier.test first.
+/// An embedded PBX whose trunk names its provider `carrier.test` without a
+/// port (RFC 3263: SRV first), asking `dns`.
+async fn pbx_asking(dns: &Dns, dir: &std::path::Path) -> sipdesk::Pbx {
     let trunk = "[[trunks]]\nname = \"carrier\"\nhost = \"carrier.test\"\nusername = \"office\"\npassword = \"s3cret\"\nexpires = 60\n";
     let users: Vec<(String, String)> = vec![("3601".into(), "pw3601".into())];
     let port = free_port();
@@ -633,11 +677,15 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_
         1,
     );
     let config = sipdesk::config::Config::parse(&text, "test").expect("config");
-    let pbx = sipdesk::Pbx::builder(config)
-        .data_dir(tmp.path().join("data"))
+    sipdesk::Pbx::builder(config)
+        .data_dir(dir.join("data"))
         .start()
         .await
-        .expect("start");
+        .expect("start")
+}
+
+/// Waits (15 s) until the PBX's trunk is registered with `carrier`.
+async fn registered(pbx: &sipdesk::Pbx, carrier: &Carrier) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !pbx.trunk_registered("carrier") {
         assert!(
@@ -647,6 +695,38 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_named_by_host_name_is_found_through_dns_srv_past_a_target_out_of_service_and_left_at_shutdown(
+) {
+    let carrier = carrier_at("127.0.0.9", "127.0.0.6:9", false);
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The best SRV target is out of service (it answers 503): RFC 3263 has
+    // the PBX go on to the next one at once.
+    let (out_ip, out_port) = ("127.0.0.11", free_port());
+    let out_of_service = sipp_embedded_from(
+        out_ip,
+        carrier.addr,
+        tmp.path(),
+        out_port,
+        vec![
+            "-sf".into(),
+            scenario("uas_register_503.xml"),
+            "-m".into(),
+            "1".into(),
+        ],
+    );
+    let first: SocketAddr = format!("{out_ip}:{out_port}").parse().expect("addr");
+    let dns = dns_for(&[(10, first), (20, carrier.addr)]);
+    let pbx = pbx_asking(&dns, tmp.path()).await;
+    registered(&pbx, &carrier).await;
+    let first_asked = out_of_service.await.expect("join");
+    assert!(
+        first_asked.status.success(),
+        "the best target was asked first: {}",
+        String::from_utf8_lossy(&first_asked.stderr)
+    );
     pbx.shutdown().await.expect("shutdown");
     // The PBX unregistered as it stopped: the carrier has nowhere to send a
     // call for the office's number now.
@@ -660,7 +740,8 @@ async fn a_provider_named_by_host_name_is_found_through_dns_srv_registered_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trunk_over_tcp_registers_and_takes_the_carriers_call() {
+async fn a_trunk_over_tcp_registers_takes_the_carriers_call_and_reconnects_when_the_carrier_restarts(
+) {
     let carrier = carrier_with("127.0.0.10", "127.0.0.6:9", false, true);
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
@@ -708,6 +789,30 @@ async fn a_trunk_over_tcp_registers_and_takes_the_carriers_call() {
     assert!(
         callee.await.expect("join").status.success(),
         "3501 answered"
+    );
+    // The provider restarts: its connection to the PBX closes and its
+    // registrations are gone. The PBX registers again over a new connection
+    // (in seconds, not at the refresh), and the office takes calls again.
+    let addr = carrier.addr;
+    drop(carrier);
+    let carrier = carrier_on(addr, "127.0.0.6:9", false, true);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !carrier.log().contains("carrier: REGISTER office") {
+        assert!(
+            Instant::now() < deadline,
+            "no new registration at the restarted carrier:\n{}",
+            carrier.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let callee = sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = customer(dir, &carrier, "0399997777", "0311110000", 1000).await;
+    ok(&out, "a call after the carrier restarted", &carrier);
+    assert!(
+        callee.await.expect("join").status.success(),
+        "3501 answered again"
     );
     pbx.shutdown().await.expect("shutdown");
 }
@@ -789,5 +894,113 @@ async fn the_registration_is_refreshed_before_it_expires() {
         pbx.trunk_registered("carrier"),
         "still up after the refresh"
     );
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_behind_an_outbound_proxy_is_reached_only_through_it_and_offered_only_its_codecs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    // The provider's edge proxy is the carrier on 127.0.0.12; its own host
+    // (127.0.0.13) has nothing listening: whatever went there would be lost.
+    let proxy = carrier_at("127.0.0.12", &format!("{WORLD}:{world_port}"), false);
+    let extra = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.13\"\noutbound_proxy = \"{}\"\n\
+         username = \"office\"\npassword = \"s3cret\"\nexpires = 60\ncountry_code = \"81\"\n\
+         national_prefix = \"0\"\ninternational_prefix = \"010\"\ncodecs = [\"PCMA\"]\n\
+         dids = {{ \"0311110000\" = \"3701\" }}\n{}",
+        proxy.addr,
+        routes("[\"carrier\"]")
+    );
+    let (pbx, target) = office(dir, &["3701", "3702"], &extra, &["carrier"]).await;
+    assert!(
+        proxy.log().contains("carrier: REGISTER office"),
+        "registered through the proxy: {}",
+        proxy.log()
+    );
+    // The phone offers PCMU, PCMA and telephone-event; the trunk takes PCMA
+    // only: the outside world fails the call unless it sees exactly 8 and 101.
+    let offer = "RTP/AVP 0 8 101\n      a=rtpmap:0 PCMU/8000\n      a=rtpmap:8 PCMA/8000\n      \
+                 a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-16";
+    let phone = rewritten(
+        dir,
+        "uac_call_auth.xml",
+        "codecs-",
+        &[("RTP/AVP 0\n      a=rtpmap:0 PCMU/8000", offer)],
+    );
+    let checked = "<recv request=\"INVITE\" crlf=\"true\">\n    <action>\n      \
+                   <ereg regexp=\"m=audio [0-9]+ RTP/AVP 8 101[^0-9 ]\" search_in=\"body\" check_it=\"true\" assign_to=\"offer\"/>\n    \
+                   </action>\n  </recv>\n  <Reference variables=\"offer\"/>";
+    let world_scenario = rewritten(
+        dir,
+        "uas_answer.xml",
+        "pcma-",
+        &[
+            ("<recv request=\"INVITE\" crlf=\"true\"/>", checked),
+            (
+                "RTP/AVP 0\n      a=rtpmap:0 PCMU/8000",
+                "RTP/AVP 8\n      a=rtpmap:8 PCMA/8000",
+            ),
+        ],
+    );
+    let to: SocketAddr = "127.0.0.13:5060".parse().expect("addr");
+    let world_args = vec!["-sf".to_string(), world_scenario, "-m".into(), "1".into()];
+    let callee = sipp_embedded_from(WORLD, to, dir, world_port, world_args);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = dial(target, dir, "3702", "0312345678", &phone).await;
+    ok(&out, "the call out through the proxy", &proxy);
+    let world_out = callee.await.expect("join");
+    assert!(
+        world_out.status.success(),
+        "the outside world saw only PCMA and telephone-event: {}",
+        String::from_utf8_lossy(&world_out.stderr)
+    );
+    assert_eq!(proxy.invites_for("0312345678"), 1, "{}", proxy.log());
+    // A customer's call comes in from the proxy's address: it is the trunk's.
+    let answer_port = free_port();
+    register_phone(target, dir, answer_port, "3701", "pw3701").await;
+    let agent = sipp_scenario(target, dir, answer_port, "uas_answer.xml", &["-m", "1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = customer(dir, &proxy, "0399996666", "0311110000", 500).await;
+    ok(&out, "the customer's call in through the proxy", &proxy);
+    assert!(agent.await.expect("join").status.success(), "3701 answered");
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_moves_in_dns_is_followed_once_the_answer_expires() {
+    // The provider moves from 127.0.0.14 to 127.0.0.15 (same port).
+    let port = free_port();
+    let old = carrier_on(
+        format!("127.0.0.14:{port}").parse().expect("addr"),
+        "127.0.0.6:9",
+        false,
+        false,
+    );
+    let new = carrier_on(
+        format!("127.0.0.15:{port}").parse().expect("addr"),
+        "127.0.0.6:9",
+        false,
+        false,
+    );
+    let dns = dns_for(&[(10, old.addr)]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pbx = pbx_asking(&dns, tmp.path()).await;
+    registered(&pbx, &old).await;
+    dns.move_target(0, "127.0.0.15");
+    // The answers had TTL 0: the PBX asks again after its floor of 30 s, and
+    // registers at once where the provider is now.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !new.log().contains("carrier: REGISTER office") {
+        assert!(
+            Instant::now() < deadline,
+            "no registration at the provider's new address\n--- old ---\n{}\n--- new ---\n{}",
+            old.log(),
+            new.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(pbx.trunk_registered("carrier"));
     pbx.shutdown().await.expect("shutdown");
 }

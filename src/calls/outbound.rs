@@ -10,9 +10,12 @@
 //! - a reliable provisional answer (`Require: 100rel`) is acknowledged with
 //!   PRACK (RFC 3262); early media (183 + SDP) reaches the phone through the
 //!   relay like any other bridge's;
+//! - a trunk with several addresses (DNS SRV) is tried at its next address
+//!   when one sends nothing within the trunk's `trying_timeout`, or 503
+//!   (RFC 3263 §4.3);
 //! - the next trunk is tried on the final answers the route names (408, 5xx,
-//!   6xx by default), and when the provider sends nothing at all within the
-//!   trunk's `trying_timeout` — never once the callee rang or answered.
+//!   6xx by default), and when the provider sends nothing at all — never
+//!   once the callee rang or answered.
 //!
 //! The permit and the channel are given back when the call ends, however it ends.
 
@@ -52,6 +55,12 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
+    /// How many of the next attempts go to trunk `t` (its other addresses).
+    fn left_on(&self, t: TrunkId) -> usize {
+        let rest = self.attempts.get(self.next..).unwrap_or_default();
+        rest.iter().take_while(|a| a.trunk == t).count()
+    }
+
     /// Gives back the channel the call holds (if any).
     fn release_channel(&mut self, cx: &Cx<'_>) {
         if let Some(t) = self.channel.take() {
@@ -149,10 +158,12 @@ impl Calls {
             let line = env.outside.line(attempt.trunk);
             if !line.is_up() {
                 tracing::info!(call_id = %a, trunk = %line.name, "trunk down (registration); next");
+                out.next += out.left_on(attempt.trunk);
                 continue;
             }
             if !line.seize() {
                 tracing::info!(call_id = %a, trunk = %line.name, "trunk busy (max_channels); next");
+                out.next += out.left_on(attempt.trunk);
                 continue;
             }
             out.current = Some((attempt.trunk, bridge.branches.len()));
@@ -171,15 +182,15 @@ impl Calls {
             };
             let idx = bridge.branches.len();
             let call_id = CallId::from_bytes(invite.call_id().unwrap_or_default());
-            let id = cx.send_parsed(invite.clone(), line.remote);
-            tracing::debug!(call_id = %a, trunk = %line.name, number = %attempt.number, "outside call sent");
+            let id = cx.send_parsed(invite.clone(), attempt.target);
+            tracing::debug!(call_id = %a, trunk = %line.name, to = %attempt.target.addr, number = %attempt.number, "outside call sent");
             self.pending.insert(id, Pending::Branch(a.clone(), idx));
             self.legs.insert(call_id.clone(), (a.clone(), Side::B(idx)));
             bridge.branches.push(Branch {
                 id,
                 call_id,
                 invite,
-                remote: line.remote,
+                remote: attempt.target,
                 final_code: None,
                 dialog: None,
             });
@@ -209,7 +220,12 @@ impl Calls {
             // silent and a late 2xx is the orphans' to end): nothing to do.
             return true;
         }
-        out.silent_until = None;
+        if out.silent_until.take().is_some() {
+            if let Some((trunk, _)) = out.current {
+                let line = cx.env.outside.line(trunk);
+                line.targets.answered(bridge.branches[idx].remote);
+            }
+        }
         match (code, resp) {
             (100, _) => false,
             (101..=199, Some(r)) => {
@@ -233,7 +249,7 @@ impl Calls {
                 let Some(invite) = rechallenged(old, auth) else {
                     return self.trunk_failed(cx, a, code);
                 };
-                let id = cx.send_parsed(invite.clone(), line.remote);
+                let id = cx.send_parsed(invite.clone(), bridge.branches[idx].remote);
                 self.pending.insert(id, Pending::Branch(a.clone(), idx));
                 let branch = &mut bridge.branches[idx];
                 branch.id = id;
@@ -245,8 +261,9 @@ impl Calls {
         }
     }
 
-    /// The current try of outside call `a` failed with `code`: the next trunk
-    /// when the route says so and the callee never rang; else the call fails.
+    /// The current try of outside call `a` failed with `code`: unless the
+    /// callee rang, the trunk's next address on 408 or 503 (RFC 3263), the
+    /// next trunk when the route says so; else the call fails.
     fn trunk_failed(&mut self, cx: &mut Cx<'_>, a: &CallId, code: u16) -> bool {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return true;
@@ -254,18 +271,34 @@ impl Calls {
         let Some(out) = bridge.outbound.as_mut() else {
             return true;
         };
+        let next_address = matches!(code, 408 | 503);
         // The provider refused our credentials: another provider may take them.
         let code = match code {
             401 | 407 => StatusCode::SERVICE_UNAVAILABLE.0,
             c => c,
         };
-        if let Some((trunk, idx)) = out.current {
-            bridge.branches[idx].final_code = Some(code);
-            let line = cx.env.outside.line(trunk);
-            tracing::info!(call_id = %a, trunk = %line.name, code, "outside call failed on trunk");
-        }
         let failover = !out.rang && cx.env.outside.fails_over(out.route, code);
-        if failover && self.try_next_trunk(cx, a) {
+        if let Some((trunk, idx)) = out.current {
+            let branch = &mut bridge.branches[idx];
+            branch.final_code = Some(code);
+            let line = cx.env.outside.line(trunk);
+            tracing::info!(call_id = %a, trunk = %line.name, to = %branch.remote.addr, code, "outside call failed on trunk");
+            if next_address {
+                line.targets.failed(branch.remote);
+            }
+            // The trunk's other addresses: tried on 408/503 only; other
+            // trunks: tried when the route fails over.
+            let left = out.left_on(trunk);
+            if !next_address {
+                out.next += left;
+            }
+            if !failover {
+                out.attempts
+                    .truncate(out.next + if next_address { left } else { 0 });
+            }
+        }
+        let go_on = failover || (next_address && !out.rang);
+        if go_on && self.try_next_trunk(cx, a) {
             return true;
         }
         let r = if failover {
@@ -379,7 +412,7 @@ fn trunk_invite(
     (caller_id, withheld): (&str, bool),
 ) -> Option<Message> {
     let line = cx.env.outside.line(attempt.trunk);
-    let target = line.remote;
+    let target = attempt.target;
     let offer = bridge.a.invite.body();
     let parsed = sdp::parse(offer).ok()?;
     let ports = super::bridge::relay_ports(&parsed, bridge.relay.ports()[1]);

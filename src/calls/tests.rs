@@ -104,6 +104,8 @@ struct Lab {
     cdrs: usize,
     /// Every store write so far, as text.
     writes: Vec<String>,
+    /// What the last input sent, with where it went.
+    last: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -115,6 +117,7 @@ impl Lab {
             now,
             cdrs: 0,
             writes: Vec::new(),
+            last: Vec::new(),
         }
     }
 
@@ -139,14 +142,27 @@ impl Lab {
     /// What the shard sends now, after making store writes durable (the
     /// writer's group commit releases held answers).
     fn out(&mut self) -> Vec<String> {
-        let mut out = self.h.sent_text();
+        let mut out = self.h.sent();
         for w in self.h.flush(self.now) {
             let w = format!("{w:?}");
             self.cdrs += usize::from(w.contains("Cdr {"));
             self.writes.push(w);
         }
-        out.extend(self.h.sent_text());
-        out
+        out.extend(self.h.sent());
+        self.last = out
+            .iter()
+            .map(|t| {
+                let text = String::from_utf8_lossy(&t.payload).into_owned();
+                (t.remote.addr.to_string(), text)
+            })
+            .collect();
+        self.last.iter().map(|(_, m)| m.clone()).collect()
+    }
+
+    /// Where the last input's messages starting with `start` went.
+    fn sent_to(&self, start: &str) -> Vec<&str> {
+        let to = self.last.iter().filter(|(_, m)| m.starts_with(start));
+        to.map(|(a, _)| a.as_str()).collect()
     }
 
     fn advance(&mut self, by: Duration) -> Vec<String> {
@@ -781,8 +797,13 @@ const SECOND: &str = "192.0.2.20:5060";
 const NATIONAL: &str = "0312345678";
 
 fn outside() -> crate::outside::Outside {
+    outside_at(&[FIRST])
+}
+
+/// The two providers, the first at these addresses (in the order to try them).
+fn outside_at(first: &[&str]) -> crate::outside::Outside {
     use crate::outside::{
-        Caps, Class, DidFrom, Failover, Line, Numbering, Outside, Route, TrunkId,
+        Caps, Class, DidFrom, Failover, Line, Located, Numbering, Outside, Route, TrunkId,
     };
     let numbering = Numbering {
         country_code: "81".into(),
@@ -790,8 +811,12 @@ fn outside() -> crate::outside::Outside {
         international_prefix: "010".into(),
     };
     let mut lines = Vec::new();
-    for (name, addr) in [("first", FIRST), ("second", SECOND)] {
-        let mut line = Line::new(name.into(), remote(addr), format!("{name}.example"));
+    for (name, addrs) in [("first", first), ("second", &[SECOND][..])] {
+        let send_to: Vec<Remote> = addrs.iter().map(|a| remote(a)).collect();
+        let from = send_to.iter().map(|r| r.addr.ip()).collect();
+        let located = Located { send_to, from };
+        let transport = crate::sip::Transport::Udp;
+        let mut line = Line::located(name.into(), transport, located, format!("{name}.example"));
         line.username = "office".into();
         line.auth_username = "office".into();
         line.password = "pw".into();
@@ -833,10 +858,14 @@ fn outside() -> crate::outside::Outside {
 }
 
 fn outside_lab() -> Lab {
+    outside_lab_with(outside())
+}
+
+fn outside_lab_with(outside: crate::outside::Outside) -> Lab {
     let lab = Lab::new(Setup {
         users: vec!["201", "202"],
         authenticate: false,
-        outside: outside(),
+        outside,
         ..Setup::default()
     });
     lab.h.bind("202", PHONE_A);
@@ -916,6 +945,67 @@ fn an_outside_call_fails_over_on_503_and_connects_through_the_second_trunk() {
         lab.h.env.outside.line(crate::outside::TrunkId(1)).seize(),
         "the channel is given back"
     );
+}
+
+const FIRST_B: &str = "192.0.2.11:5060";
+const FIRST_C: &str = "192.0.2.12:5060";
+
+#[test]
+fn a_trunks_next_address_is_tried_on_503_and_other_failures_move_on_to_the_next_trunk() {
+    let mut lab = outside_lab_with(outside_at(&[FIRST, FIRST_B, FIRST_C]));
+    let out = authorized(&mut lab, "srv@a", NATIONAL);
+    let first = to_provider(&out, "first.example").clone();
+    assert_eq!(lab.sent_to("INVITE sip:0"), [FIRST]);
+    let out = lab.input(response(&first, 503, "p1", "", ""), FIRST);
+    let again = to_provider(&out, "first.example").clone();
+    assert_eq!(
+        lab.sent_to("INVITE sip:0"),
+        [FIRST_B],
+        "RFC 3263: the next address"
+    );
+    assert_ne!(
+        header(&again, "Call-ID"),
+        header(&first, "Call-ID"),
+        "a new try"
+    );
+    // A 500 from the provider would come from its other address too: the
+    // next trunk, not the third address.
+    let out = lab.input(response(&again, 500, "p2", "", ""), FIRST_B);
+    to_provider(&out, "second.example");
+    assert_eq!(lab.sent_to("INVITE sip:0"), [SECOND]);
+    let out = lab.advance(Duration::from_secs(3));
+    one(&out, "SIP/2.0 503");
+    assert!(lab.idle());
+    let line = lab.h.env.outside.line(crate::outside::TrunkId(0));
+    assert_eq!(
+        line.targets.in_order()[0].addr.to_string(),
+        FIRST_B,
+        "the next call starts past the address that failed"
+    );
+}
+
+#[test]
+fn a_silent_address_is_left_for_the_next_one_of_the_same_trunk() {
+    let mut lab = outside_lab_with(outside_at(&[FIRST, FIRST_B]));
+    let out = authorized(&mut lab, "srvsilent@a", NATIONAL);
+    to_provider(&out, "first.example");
+    let out = lab.advance(Duration::from_millis(2100));
+    let next = out
+        .iter()
+        .rfind(|m| m.starts_with("INVITE sip:0"))
+        .expect("a new try")
+        .clone();
+    let sent = lab.sent_to("INVITE sip:0");
+    assert_eq!(
+        sent.last(),
+        Some(&FIRST_B),
+        "{sent:?} (the first's retransmissions before)"
+    );
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.11");
+    let out = lab.input(response(&next, 200, "p1", &sdp, ""), FIRST_B);
+    one(&out, "SIP/2.0 200 OK");
+    let line = lab.h.env.outside.line(crate::outside::TrunkId(0));
+    assert_eq!(line.targets.in_order()[0].addr.to_string(), FIRST_B);
 }
 
 #[test]

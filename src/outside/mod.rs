@@ -9,16 +9,19 @@
 //! - the toll-fraud guard ([`Fraud`]) and each trunk's channel count, shared
 //!   by the shards.
 //!
-//! Built once at start from the configuration (`Config::outside`).
+//! Built once at start from the configuration (`Config::outside`); only the
+//! trunks' addresses change later, when DNS answers anew (`Targets`).
 
 pub mod fraud;
 pub mod numbers;
+pub mod targets;
 
 pub use fraud::{Caps, Class, Denied, Fraud, Permit};
 pub use numbers::Numbering;
+pub use targets::{Located, Targets};
 
 use crate::sip::message::{Message, NameAddr, Uri};
-use crate::sip::Remote;
+use crate::sip::{Remote, Transport};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -79,16 +82,18 @@ impl Failover {
 #[derive(Debug)]
 pub struct Line {
     pub name: String,
-    /// Where its requests go: the outbound proxy, or the provider.
-    pub remote: Remote,
+    pub transport: Transport,
+    /// Where its requests go (the outbound proxy, or the provider) and where
+    /// its provider's come from, as DNS last said.
+    pub targets: Targets,
     /// The provider's SIP domain (Request-URI and From of our INVITEs).
     pub domain: String,
     /// The account (our registration's user, and the caller ID of last resort).
     pub username: String,
     pub auth_username: String,
     pub password: String,
-    /// Inbound calls are taken only from these networks.
-    pub sources: Vec<IpNet>,
+    /// Inbound calls are taken from these networks too (IP authentication).
+    pub allow: Vec<IpNet>,
     pub numbering: Numbering,
     pub did_from: DidFrom,
     /// Called number (E.164 where it converts) → where it goes.
@@ -109,12 +114,22 @@ pub struct Line {
 }
 
 impl Line {
+    /// A trunk at one address.
     pub fn new(name: String, remote: Remote, domain: String) -> Line {
+        let located = Located {
+            send_to: vec![remote],
+            from: vec![remote.addr.ip()],
+        };
+        Line::located(name, remote.transport, located, domain)
+    }
+
+    /// A trunk where DNS found it.
+    pub fn located(name: String, transport: Transport, located: Located, domain: String) -> Line {
         Line {
             username: String::new(),
             auth_username: String::new(),
             password: String::new(),
-            sources: vec![IpNet::from(remote.addr.ip())],
+            allow: Vec::new(),
             numbering: Numbering::default(),
             did_from: DidFrom::RequestUri,
             dids: HashMap::new(),
@@ -127,7 +142,8 @@ impl Line {
             channels: AtomicU32::new(0),
             up: std::sync::atomic::AtomicBool::new(true),
             name,
-            remote,
+            transport,
+            targets: Targets::new(located),
             domain,
         }
     }
@@ -184,10 +200,12 @@ pub struct Inbound {
     pub display: Option<String>,
 }
 
-/// One try of an outside call: a trunk and the number it is sent.
+/// One try of an outside call: a trunk, one of its targets, and the number
+/// it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub trunk: TrunkId,
+    pub target: Remote,
     pub number: String,
 }
 
@@ -269,7 +287,7 @@ impl Outside {
     pub fn trunk_from(&self, ip: IpAddr) -> Option<TrunkId> {
         self.lines
             .iter()
-            .position(|l| l.sources.iter().any(|n| n.contains(&ip)))
+            .position(|l| l.targets.sends_from(ip) || l.allow.iter().any(|n| n.contains(&ip)))
             .map(TrunkId)
     }
 
@@ -312,26 +330,33 @@ impl Outside {
         &self.routes[r.0]
     }
 
-    /// The tries of `dialled` on route `r`, in order.
+    /// The tries of `dialled` on route `r`, in order: each trunk's targets
+    /// in their order now (a trunk DNS found nowhere has none).
     pub fn attempts(&self, r: RouteId, dialled: &str) -> Vec<Attempt> {
         let route = self.route_of(r);
+        let mut attempts = Vec::new();
+        for t in &route.trunks {
+            let number = self.number_for(route, *t, dialled);
+            for target in self.line(*t).targets.in_order() {
+                let (trunk, number) = (*t, number.clone());
+                attempts.push(Attempt {
+                    trunk,
+                    target,
+                    number,
+                });
+            }
+        }
+        attempts
+    }
+
+    /// `dialled` as `route` sends it to trunk `t`.
+    fn number_for(&self, route: &Route, t: TrunkId, dialled: &str) -> String {
         let rest = dialled.get(route.strip..).unwrap_or_default();
         let base = format!("{}{rest}", route.prepend);
-        route
-            .trunks
-            .iter()
-            .map(|t| Attempt {
-                trunk: *t,
-                number: match route.e164 {
-                    true => self
-                        .line(*t)
-                        .numbering
-                        .to_e164(&base)
-                        .unwrap_or(base.clone()),
-                    false => base.clone(),
-                },
-            })
-            .collect()
+        match route.e164 {
+            true => self.line(t).numbering.to_e164(&base).unwrap_or(base),
+            false => base,
+        }
     }
 
     /// Whether a final answer `code` on route `r` moves on to the next trunk.
@@ -367,14 +392,15 @@ impl Outside {
         let classes = user
             .and_then(|u| self.classes.get(u))
             .unwrap_or(&self.default_classes);
-        let sent: Vec<String> = self
-            .attempts(r, dialled)
-            .into_iter()
-            .map(|a| a.number)
+        let route = self.route_of(r);
+        let sent: Vec<String> = route
+            .trunks
+            .iter()
+            .map(|t| self.number_for(route, *t, dialled))
             .collect();
         let mut numbers: Vec<&str> = vec![dialled];
         numbers.extend(sent.iter().map(String::as_str));
-        let class = self.route_of(r).class;
+        let class = route.class;
         self.fraud
             .check(now, source, user, classes, class, &numbers)
     }
@@ -442,7 +468,7 @@ mod tests {
             "second.example".into(),
         );
         second.numbering = japan();
-        second.sources.push("198.51.100.0/24".parse().expect("net"));
+        second.allow.push("198.51.100.0/24".parse().expect("net"));
         second.username = "office".into();
         let route = |name: &str, p: &str, class, e164| Route {
             name: name.into(),

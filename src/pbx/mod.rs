@@ -51,6 +51,10 @@ pub enum Control {
     CallbackSaved(CallId, bool),
     /// The PBX stops: the trunks remove their registrations.
     Stop,
+    /// A TCP connection we opened (to a trunk's provider) closed.
+    Closed(SocketAddr),
+    /// DNS gave a trunk new addresses.
+    Relocated(crate::outside::TrunkId),
     /// The store flushed everything this shard wrote up to this sequence number.
     Flushed(u64),
     FlushFailed,
@@ -171,15 +175,18 @@ impl PbxBuilder {
             }
         }
         let places = resolve::trunk_places(&config).await;
-        let outside =
-            config.outside(&|host, port, t| places.get(&(host.to_string(), port, t)).copied());
+        let outside = config.outside(&|host, port, t| places.get(host, port, t));
         let trunks = registering_trunks(&config, &outside);
         // The providers are never limited or banned: a busy carrier sends
         // many requests from one address.
         let mut policy = config.security.policy();
-        policy
-            .allow
-            .extend(outside.lines.iter().flat_map(|l| l.sources.iter().copied()));
+        policy.allow.extend(outside.lines.iter().flat_map(|l| {
+            let from = l.targets.get().from.clone();
+            l.allow
+                .iter()
+                .copied()
+                .chain(from.into_iter().map(ipnet::IpNet::from))
+        }));
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
@@ -229,6 +236,14 @@ impl PbxBuilder {
         let id_lanes = shards + 1;
 
         let mut tasks = JoinSet::new();
+        if let (Some(wait), Some(zero)) = (places.ask_again, controls.first().cloned()) {
+            // Shard 0 registers the trunks.
+            let moved = move |t| {
+                let _ = zero.send(Control::Relocated(t));
+            };
+            let env = Arc::clone(&env);
+            tasks.spawn(resolve::keep_located(config.clone(), env, wait, moved));
+        }
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
@@ -273,6 +288,12 @@ impl PbxBuilder {
         // The desk listens before SIP is read: a PBX that answers SIP has
         // its desk ready too.
         let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
+        if let Some(zero) = controls.first().cloned() {
+            // Shard 0 registers the trunks.
+            outbound.when_closed(move |peer| {
+                let _ = zero.send(Control::Closed(peer));
+            });
+        }
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
             let mut shard = Shard::new(
                 Arc::clone(&env),
@@ -582,7 +603,7 @@ impl crate::cti::Commands for DeskCommands {
                     .map(|(_, s)| s.clone());
                 crate::cti::TrunkLine {
                     name: l.name.clone(),
-                    transport: l.remote.transport.as_str().to_ascii_lowercase(),
+                    transport: l.transport.as_str().to_ascii_lowercase(),
                     registers: registration.is_some(),
                     registration,
                     channels: l.channels(),
@@ -739,23 +760,21 @@ fn registering_trunks(
     config: &Config,
     outside: &crate::outside::Outside,
 ) -> Vec<crate::trunk::Spec> {
-    outside
-        .lines
+    // One line per configured trunk, in order.
+    config
+        .trunks
         .iter()
-        .filter_map(|line| {
-            let t = config
-                .trunks
-                .iter()
-                .find(|t| t.name.get_ref() == &line.name)?;
-            t.register.then(|| crate::trunk::Spec {
-                name: line.name.clone(),
-                registrar: line.remote,
-                domain: line.domain.clone(),
-                username: line.username.clone(),
-                auth_username: line.auth_username.clone(),
-                password: line.password.clone(),
-                expires: *t.expires.get_ref(),
-            })
+        .zip(&outside.lines)
+        .enumerate()
+        .filter(|(_, (t, _))| t.register)
+        .map(|(i, (t, line))| crate::trunk::Spec {
+            name: line.name.clone(),
+            trunk: crate::outside::TrunkId(i),
+            domain: line.domain.clone(),
+            username: line.username.clone(),
+            auth_username: line.auth_username.clone(),
+            password: line.password.clone(),
+            expires: *t.expires.get_ref(),
         })
         .collect()
 }
@@ -944,6 +963,8 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),
         Control::Stop => shard.stop(now),
+        Control::Closed(peer) => shard.connection_closed(now, peer),
+        Control::Relocated(t) => shard.trunk_relocated(now, t),
     }
 }
 

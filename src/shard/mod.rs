@@ -286,6 +286,23 @@ impl Shard {
         }
     }
 
+    /// A TCP connection we opened to `peer` closed: the trunks registered
+    /// over it register again.
+    pub fn connection_closed(&mut self, now: Instant, peer: std::net::SocketAddr) {
+        if !self.trunks.is_empty() {
+            self.with_trunks(now, |t, cx| t.on_closed(cx, peer));
+            self.process_events(now);
+        }
+    }
+
+    /// DNS gave trunk `t` new addresses: its registration follows.
+    pub fn trunk_relocated(&mut self, now: Instant, t: crate::outside::TrunkId) {
+        if !self.trunks.is_empty() {
+            self.with_trunks(now, |trunks, cx| trunks.on_relocated(cx, t));
+            self.process_events(now);
+        }
+    }
+
     fn with_blf(&mut self, now: Instant, f: impl FnOnce(&mut Blf, &mut blf::Cx<'_>)) {
         let out = run_module(
             now,

@@ -213,7 +213,8 @@ fn unavailable(
 /// Sends what shards produce. UDP goes out on the socket the request came in on;
 /// TCP on its connection's writer queue. A TCP message to a peer without a
 /// connection (a trunk's provider over TCP) opens one: its queue exists at
-/// once, so what follows waits in it while the connection is made.
+/// once, so what follows waits in it while the connection is made. When such
+/// a connection closes (or never opens), the closed hook hears of its peer.
 #[derive(Debug, Default)]
 pub struct Outbound {
     udp: Vec<Arc<UdpSocket>>,
@@ -222,6 +223,8 @@ pub struct Outbound {
     dialed: DashMap<SocketAddr, ConnId>,
     /// Connects to a peer and runs the connection (set at start).
     dialer: std::sync::OnceLock<Dialer>,
+    /// Told the peer of each connection we opened that closed.
+    closed_hook: std::sync::OnceLock<ClosedHook>,
     next_conn: AtomicU64,
     pub send_failures: AtomicU64,
 }
@@ -232,6 +235,15 @@ struct Dialer(Box<dyn Fn(SocketAddr, ConnId, mpsc::Receiver<Bytes>) + Send + Syn
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dialer")
+    }
+}
+
+/// What is done when a connection we opened closed: (its peer).
+struct ClosedHook(Box<dyn Fn(SocketAddr) + Send + Sync>);
+
+impl std::fmt::Debug for ClosedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClosedHook")
     }
 }
 
@@ -281,6 +293,15 @@ impl Outbound {
     fn closed(&self, peer: SocketAddr, id: ConnId) {
         self.tcp.remove(&id);
         self.dialed.remove_if(&peer, |_, c| *c == id);
+        if let Some(hook) = self.closed_hook.get() {
+            (hook.0)(peer);
+        }
+    }
+
+    /// From now on `hook` hears of each connection we opened that closed, or
+    /// could not be opened (set once).
+    pub fn when_closed(&self, hook: impl Fn(SocketAddr) + Send + Sync + 'static) {
+        let _ = self.closed_hook.set(ClosedHook(Box::new(hook)));
     }
 }
 

@@ -3,13 +3,16 @@
 //! REGISTER, answers the provider's 401/407 digest challenge, refreshes at
 //! three quarters of the granted expiry, takes a 423's Min-Expires, and when
 //! the provider is unreachable or refuses retries with a backoff (5 s doubling
-//! to 5 minutes), never in a tight loop. Each change of a trunk's status is
+//! to 5 minutes), never in a tight loop. A provider with several addresses
+//! (DNS SRV, RFC 3263 §4.3) is tried at the next one at once when one sends
+//! nothing or 503; the backoff starts when none is left. Each change of a trunk's status is
 //! one log line, and the status is shared ([`Board`]) for the API and
 //! `/metrics`.
 //!
 //! A transaction user of shard 0 (its Call-IDs hash there): it acts only
 //! through its [`Cx`].
 
+use crate::outside::TrunkId;
 use crate::sip::message::{build::random_tag, Auth, Builder, HeaderName, Message, Method};
 use crate::sip::{CallId, Remote};
 use crate::tu::ReqId;
@@ -32,8 +35,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub name: String,
-    /// Where REGISTERs go (the provider, or its outbound proxy), resolved.
-    pub registrar: Remote,
+    /// The trunk (its targets are where REGISTERs go: the provider, or its
+    /// outbound proxy).
+    pub trunk: TrunkId,
     /// The provider's domain: the Request-URI and the account's AOR.
     pub domain: String,
     pub username: String,
@@ -87,6 +91,12 @@ struct Registration {
     expires: u32,
     /// Our REGISTER in flight, and whether it answered a challenge.
     in_flight: Option<(ReqId, bool)>,
+    /// Where the REGISTER in flight went.
+    sent_to: Option<Remote>,
+    /// Where the registration was last accepted.
+    bound_to: Option<Remote>,
+    /// Targets that failed in a row this round (each next one is tried at once).
+    targets_failed: usize,
     /// Failures in a row (the backoff doubles with each).
     failures: u32,
     /// When the timer is armed for (a stale firing is ignored).
@@ -114,6 +124,9 @@ impl Trunks {
                 tag: random_tag(),
                 cseq: 0,
                 in_flight: None,
+                sent_to: None,
+                bound_to: None,
+                targets_failed: 0,
                 failures: 0,
                 timer_at: None,
             })
@@ -160,10 +173,13 @@ impl Trunks {
 
     /// Sends trunk `i`'s REGISTER (with `authorization`: a challenge's answer).
     fn register(&mut self, cx: &mut Cx<'_>, i: usize, authorization: Option<(&str, String)>) {
+        let line = cx.env.outside.line(self.regs[i].spec.trunk);
+        let Some(remote) = line.targets.in_order().first().copied() else {
+            return self.failed(cx, i, "its host does not resolve".into());
+        };
         let r = &mut self.regs[i];
         let expires = if self.stopping { 0 } else { r.expires };
         r.cseq += 1;
-        let remote = r.spec.registrar;
         let (user, domain) = (&r.spec.username, &r.spec.domain);
         let mut b = Builder::request(&Method::Register, format!("sip:{domain}").as_bytes());
         b.header("Via", cx.via(remote))
@@ -188,6 +204,7 @@ impl Trunks {
         }
         let id = cx.send(b.finish(), remote);
         r.in_flight = Some((id, answered));
+        r.sent_to = Some(remote);
     }
 
     /// The answer to one of our REGISTERs (`None`: it timed out or was not sent).
@@ -204,6 +221,27 @@ impl Trunks {
             return;
         }
         let answered = self.regs[i].in_flight.take().is_some_and(|(_, a)| a);
+        let r = &mut self.regs[i];
+        let targets = &cx.env.outside.line(r.spec.trunk).targets;
+        let sent_to = r.sent_to.take();
+        if let Some(remote) = sent_to {
+            match (code, resp) {
+                (408 | 503, _) | (_, None) => targets.failed(remote),
+                _ => targets.answered(remote),
+            }
+            if (200..300).contains(&code) {
+                r.bound_to = Some(remote);
+            }
+        }
+        if matches!((code, resp), (408 | 503, _) | (_, None)) && !self.stopping {
+            // RFC 3263 §4.3: the next address, at once, while one is left.
+            r.targets_failed += 1;
+            if r.targets_failed < targets.get().send_to.len() {
+                tracing::info!(trunk = %r.spec.name, code, "no registration at this address; trying the next");
+                return self.register(cx, i, None);
+            }
+        }
+        self.regs[i].targets_failed = 0;
         match (code, resp) {
             (200..=299, Some(resp)) => self.registered(cx, i, resp),
             (401 | 407, Some(resp)) if !answered || stale(resp, code) => {
@@ -291,6 +329,49 @@ impl Trunks {
         }
     }
 
+    /// Our TCP connection to `peer` closed (or never opened): a REGISTER in
+    /// flight there is unanswered (a transport error, RFC 3261 §18.4); a
+    /// registration accepted there is renewed over a new connection after
+    /// the first backoff (so a provider that drops every connection is not
+    /// asked in a tight loop).
+    pub fn on_closed(&mut self, cx: &mut Cx<'_>, peer: std::net::SocketAddr) {
+        let over = |r: Option<Remote>| {
+            r.is_some_and(|r| r.transport == crate::sip::Transport::Tcp && r.addr == peer)
+        };
+        for i in 0..self.regs.len() {
+            let r = &self.regs[i];
+            match r.in_flight {
+                Some((id, _)) if over(r.sent_to) => self.on_response(cx, id, None),
+                None if over(r.bound_to) && !self.stopping => {
+                    tracing::info!(trunk = %r.spec.name, %peer, "trunk connection closed; registering again");
+                    self.regs[i].bound_to = None;
+                    self.arm(cx, i, cx.now + FIRST_BACKOFF);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// DNS gave trunk `t` new addresses: a registration made at an address
+    /// that is gone, or that is down, is made again at once.
+    pub fn on_relocated(&mut self, cx: &mut Cx<'_>, t: TrunkId) {
+        let targets = cx.env.outside.line(t).targets.get();
+        for i in 0..self.regs.len() {
+            let r = &self.regs[i];
+            if r.spec.trunk != t || r.in_flight.is_some() || self.stopping {
+                continue;
+            }
+            let kept = r
+                .bound_to
+                .is_some_and(|b| targets.send_to.iter().any(|s| s.addr == b.addr));
+            if !kept {
+                tracing::info!(trunk = %r.spec.name, "trunk host moved; registering at its new address");
+                self.regs[i].bound_to = None;
+                self.register(cx, i, None);
+            }
+        }
+    }
+
     fn arm(&mut self, cx: &mut Cx<'_>, i: usize, at: Instant) {
         self.regs[i].timer_at = Some(at);
         cx.timer(at, Timer(i));
@@ -342,7 +423,7 @@ mod tests {
     fn spec() -> Spec {
         Spec {
             name: "carrier".into(),
-            registrar: Remote::udp(PROVIDER.parse().expect("addr")),
+            trunk: TrunkId(0),
             domain: "carrier.example".into(),
             username: "office".into(),
             auth_username: "office".into(),
@@ -362,7 +443,29 @@ mod tests {
 
     impl Lab {
         fn new() -> Lab {
-            let h = Harness::new(Setup::default());
+            Lab::at(&[PROVIDER])
+        }
+        /// The trunk's provider at these addresses, in order.
+        fn at(addrs: &[&str]) -> Lab {
+            let remotes = addrs.iter().map(|a| Remote::udp(a.parse().expect("addr")));
+            Lab::with(remotes.collect())
+        }
+        fn with(remotes: Vec<Remote>) -> Lab {
+            let located = crate::outside::Located {
+                from: remotes.iter().map(|r| r.addr.ip()).collect(),
+                send_to: remotes,
+            };
+            let line = crate::outside::Line::located(
+                "carrier".into(),
+                crate::sip::Transport::Udp,
+                located,
+                "carrier.example".into(),
+            );
+            let outside = crate::outside::Outside::new(vec![line], Vec::new(), Default::default());
+            let h = Harness::new(Setup {
+                outside,
+                ..Setup::default()
+            });
             let board = Board::default();
             let now = h.t0;
             Lab {
@@ -392,18 +495,22 @@ mod tests {
         }
     }
 
-    /// The REGISTER among `out`, and its id.
+    /// The REGISTER among `out` (sent to the provider), and its id.
     fn sent(out: &[Effect<Timer>]) -> (ReqId, Message) {
+        let (id, m, to) = sent_to(out);
+        assert_eq!(to, PROVIDER);
+        (id, m)
+    }
+
+    /// The REGISTER among `out`, its id, and where it went.
+    fn sent_to(out: &[Effect<Timer>]) -> (ReqId, Message, String) {
         out.iter()
             .find_map(|e| match e {
                 Effect::Send {
                     id,
                     request: Ok(m),
                     remote,
-                } => {
-                    assert_eq!(remote.addr.to_string(), PROVIDER);
-                    Some((*id, m.clone()))
-                }
+                } => Some((*id, m.clone(), remote.addr.to_string())),
                 _ => None,
             })
             .expect("a REGISTER")
@@ -527,5 +634,95 @@ mod tests {
                 reason: "no answer".into()
             })
         );
+    }
+
+    #[test]
+    fn a_provider_address_that_is_silent_or_503_moves_the_registration_to_the_next_at_once() {
+        let mut lab = Lab::at(&["192.0.2.50:5060", "192.0.2.51:5060", "192.0.2.52:5060"]);
+        let (id, _, to) = sent_to(&lab.run(|t, cx| t.on_start(cx)));
+        assert_eq!(to, "192.0.2.50:5060");
+        let out = lab.run(|t, cx| t.on_response(cx, id, None));
+        let (id, second, to) = sent_to(&out);
+        assert_eq!(to, "192.0.2.51:5060", "the next address, without waiting");
+        assert_eq!(lab.status(), Some(Status::Registering));
+        let out = lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&second, 503, &[]))));
+        let (id, third, to) = sent_to(&out);
+        assert_eq!(to, "192.0.2.52:5060");
+        let ok = answer(&third, 200, &[("Expires", "100".into())]);
+        let refresh = timer(&lab.run(|t, cx| t.on_response(cx, id, Some(&ok))));
+        assert!(matches!(lab.status(), Some(Status::Up { .. })));
+        lab.now = refresh;
+        let (id, refreshed, to) = sent_to(&lab.run(|t, cx| t.on_timer(cx, &Timer(0), refresh)));
+        assert_eq!(to, "192.0.2.52:5060", "refreshed where it answered");
+        // All of them silent: down, with the backoff (no tight loop).
+        let mut out = lab.run(|t, cx| t.on_response(cx, id, Some(&answer(&refreshed, 503, &[]))));
+        for _ in 0..2 {
+            let (id, _, _) = sent_to(&out);
+            out = lab.run(|t, cx| t.on_response(cx, id, None));
+        }
+        assert!(matches!(lab.status(), Some(Status::Down { .. })));
+        assert_eq!(timer(&out), lab.now + Duration::from_secs(5));
+        assert!(!out.iter().any(|e| matches!(e, Effect::Send { .. })));
+    }
+
+    #[test]
+    fn a_closed_tcp_connection_is_a_transport_error_and_a_dropped_registration_is_renewed() {
+        let tcp = Remote {
+            transport: crate::sip::Transport::Tcp,
+            addr: PROVIDER.parse().expect("addr"),
+            conn: None,
+        };
+        let peer = tcp.addr;
+        let mut lab = Lab::with(vec![tcp]);
+        let _ = sent(&lab.run(|t, cx| t.on_start(cx)));
+        // The connection never opened: no answer, at once, not after Timer F.
+        let out = lab.run(|t, cx| t.on_closed(cx, peer));
+        assert_eq!(
+            lab.status(),
+            Some(Status::Down {
+                reason: "no answer".into()
+            })
+        );
+        let retry = timer(&out);
+        lab.now = retry;
+        let (id, again) = sent(&lab.run(|t, cx| t.on_timer(cx, &Timer(0), retry)));
+        let ok = answer(&again, 200, &[("Expires", "600".into())]);
+        let _ = lab.run(|t, cx| t.on_response(cx, id, Some(&ok)));
+        // The provider drops the connection: registered again over a new
+        // one, soon, not at the refresh 7.5 minutes later.
+        let out = lab.run(|t, cx| t.on_closed(cx, peer));
+        assert!(matches!(lab.status(), Some(Status::Up { .. })));
+        let renew = timer(&out);
+        assert_eq!(renew, lab.now + Duration::from_secs(5));
+        lab.now = renew;
+        let (_, renewed) = sent(&lab.run(|t, cx| t.on_timer(cx, &Timer(0), renew)));
+        assert_eq!(renewed.call_id(), again.call_id());
+        // Another peer's connection is none of its business.
+        let other = lab.run(|t, cx| t.on_closed(cx, "192.0.2.99:5060".parse().expect("addr")));
+        assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_registration_follows_its_provider_when_dns_moves_it() {
+        let mut lab = Lab::new();
+        let (id, first) = sent(&lab.run(|t, cx| t.on_start(cx)));
+        let ok = answer(&first, 200, &[("Expires", "600".into())]);
+        let _ = lab.run(|t, cx| t.on_response(cx, id, Some(&ok)));
+        let targets = &lab.h.env.outside.line(TrunkId(0)).targets;
+        // DNS answers again with the same address and one more: nothing to do.
+        let mut more = targets.get().as_ref().clone();
+        more.send_to
+            .push(Remote::udp("192.0.2.60:5060".parse().expect("addr")));
+        targets.replace(more);
+        assert!(lab.run(|t, cx| t.on_relocated(cx, TrunkId(0))).is_empty());
+        // The registered address is gone: registered again at the new one, now.
+        let moved = crate::outside::Located {
+            send_to: vec![Remote::udp("192.0.2.60:5060".parse().expect("addr"))],
+            from: vec![[192, 0, 2, 60].into()],
+        };
+        lab.h.env.outside.line(TrunkId(0)).targets.replace(moved);
+        let (_, again, to) = sent_to(&lab.run(|t, cx| t.on_relocated(cx, TrunkId(0))));
+        assert_eq!(to, "192.0.2.60:5060");
+        assert_eq!(again.call_id(), first.call_id());
     }
 }
