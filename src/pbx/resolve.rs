@@ -239,12 +239,11 @@ impl Dns {
         for (target, port) in ordered {
             let (found, t) = self.address(target.trim_end_matches('.'), port).await;
             ttl = ttl.min(t.unwrap_or(MIN_REFRESH));
-            addrs.extend(
-                found
-                    .into_iter()
-                    .filter(|a| !addrs.contains(a))
-                    .collect::<Vec<_>>(),
-            );
+            for a in found {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
         }
         (addrs, Some(ttl))
     }
