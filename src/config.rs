@@ -155,6 +155,9 @@ impl Config {
                 tracing::error!(trunk = %name, %host, "trunk down: its host (or outbound proxy) does not resolve");
             }
             let mut line = Line::located(name.clone(), transport, located, domain);
+            if t.register {
+                line.line_token = Some(crate::sip::message::build::random_tag());
+            }
             line.allow = t
                 .allow
                 .get_ref()

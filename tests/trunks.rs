@@ -53,6 +53,22 @@ fn carrier_with(ip: &str, outside: &str, challenge: bool, tcp: bool) -> Carrier 
 
 /// Like [`carrier_with`], on `addr`.
 fn carrier_on(addr: SocketAddr, outside: &str, challenge: bool, tcp: bool) -> Carrier {
+    start_carrier(addr, outside, challenge, tcp, None)
+}
+
+/// A carrier on `addr` whose calls to the office come from `edge` (another
+/// address of its own).
+fn carrier_with_edge(addr: SocketAddr, edge: SocketAddr) -> Carrier {
+    start_carrier(addr, "127.0.0.6:9", false, false, Some(edge))
+}
+
+fn start_carrier(
+    addr: SocketAddr,
+    outside: &str,
+    challenge: bool,
+    tcp: bool,
+    edge: Option<SocketAddr>,
+) -> Carrier {
     require("kamailio");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("kamailio/db");
@@ -72,6 +88,7 @@ fn carrier_on(addr: SocketAddr, outside: &str, challenge: bool, tcp: bool) -> Ca
         )
         .replace("TCP_ADDR", &addr.to_string())
         .replace("TCP_IP", &addr.ip().to_string())
+        .replace("EDGE_ADDR", &edge.unwrap_or(addr).to_string())
         .replace("text://./kamailio/db", &format!("text://{}", db.display()));
     std::fs::write(dir.path().join("kamailio/kamailio.cfg"), cfg).expect("cfg");
     std::fs::write(
@@ -99,6 +116,9 @@ fn carrier_on(addr: SocketAddr, outside: &str, challenge: bool, tcp: bool) -> Ca
     ];
     if challenge {
         args.extend(["-A", "WITH_CALL_AUTH"]);
+    }
+    if edge.is_some() {
+        args.extend(["-A", "WITH_EDGE"]);
     }
     let child = Command::new("kamailio")
         .args(args)
@@ -1002,5 +1022,35 @@ async fn a_provider_that_moves_in_dns_is_followed_once_the_answer_expires() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(pbx.trunk_registered("carrier"));
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_an_address_of_the_provider_other_than_its_registrar_is_known_by_the_registration(
+) {
+    let port = free_port();
+    let registrar: SocketAddr = format!("127.0.0.16:{port}").parse().expect("addr");
+    let edge: SocketAddr = format!("127.0.0.17:{port}").parse().expect("addr");
+    let carrier = carrier_with_edge(registrar, edge);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let extra = trunk(
+        "carrier",
+        &carrier,
+        "dids = { \"0311110000\" = \"3511\" }\n",
+    );
+    let (pbx, target) = office(dir, &["3511"], &extra, &["carrier"]).await;
+    let phone = free_port();
+    register_phone(target, dir, phone, "3511", "pw3511").await;
+    let callee = sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call reaches the PBX from 127.0.0.17, an address it never
+    // registered with: the line token of its Contact names the trunk.
+    let out = customer(dir, &carrier, "0399995555", "0311110000", 500).await;
+    ok(&out, "the call from the carrier's edge address", &carrier);
+    assert!(
+        callee.await.expect("join").status.success(),
+        "3511 answered"
+    );
     pbx.shutdown().await.expect("shutdown");
 }

@@ -1,7 +1,10 @@
 //! The outside line as the calls see it — pure rules, no I/O and no
 //! transaction user (the trunks' registrations are `trunk`'s):
 //!
-//! - which trunk an INVITE came from (its source address: IP authentication);
+//! - which trunk an INVITE came from: its source address (IP authentication),
+//!   or the registration it arrives on (the secret `line` parameter of the
+//!   Contact a trunk registers, as Asterisk does, for providers that send
+//!   calls from addresses other than their registrar's);
 //! - the number it called (DID) and where that goes, and who is calling, in
 //!   E.164 ([`Numbering`]) and with Privacy honoured;
 //! - which route an outside number takes: its trunks in order, the number
@@ -94,6 +97,9 @@ pub struct Line {
     pub password: String,
     /// Inbound calls are taken from these networks too (IP authentication).
     pub allow: Vec<IpNet>,
+    /// A registering trunk's secret in its Contact (`;line=`): an INVITE to
+    /// it is the trunk's, from wherever it comes.
+    pub line_token: Option<String>,
     pub numbering: Numbering,
     pub did_from: DidFrom,
     /// Called number (E.164 where it converts) → where it goes.
@@ -130,6 +136,7 @@ impl Line {
             auth_username: String::new(),
             password: String::new(),
             allow: Vec::new(),
+            line_token: None,
             numbering: Numbering::default(),
             did_from: DidFrom::RequestUri,
             dids: HashMap::new(),
@@ -288,6 +295,25 @@ impl Outside {
         self.lines
             .iter()
             .position(|l| l.targets.sends_from(ip) || l.allow.iter().any(|n| n.contains(&ip)))
+            .map(TrunkId)
+    }
+
+    /// The trunk an INVITE from `ip` came from: by its source address, else
+    /// by the `line` token of a trunk's registration in its Request-URI.
+    pub fn trunk_of(&self, ip: IpAddr, req: &Message) -> Option<TrunkId> {
+        use subtle::ConstantTimeEq;
+        if let Some(t) = self.trunk_from(ip) {
+            return Some(t);
+        }
+        let uri = req.request_uri()?;
+        let token = uri.params.get(b"line")??;
+        self.lines
+            .iter()
+            .position(|l| {
+                l.line_token
+                    .as_ref()
+                    .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token)))
+            })
             .map(TrunkId)
     }
 
@@ -518,6 +544,35 @@ mod tests {
         assert_eq!(o.trunk_from(ip("192.0.2.10")), Some(TrunkId(0)));
         assert_eq!(o.trunk_from(ip("198.51.100.7")), Some(TrunkId(1)));
         assert_eq!(o.trunk_from(ip("203.0.113.5")), None);
+    }
+
+    #[test]
+    fn a_registering_trunk_is_known_by_the_line_token_of_its_contact_from_anywhere() {
+        let mut o = outside();
+        o.lines[1].line_token = Some("5ecret".into());
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let to = |uri: &str| {
+            let text = format!(
+                "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKx\r\n\
+                 Call-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            crate::sip::message::parse(bytes::Bytes::from(text), &Default::default())
+                .expect("parse")
+        };
+        let edge = ip("203.0.113.5");
+        let ours = to("sip:office@192.0.2.1;transport=udp;line=5ecret");
+        assert_eq!(o.trunk_of(edge, &ours), Some(TrunkId(1)));
+        assert_eq!(
+            o.trunk_of(edge, &to("sip:office@192.0.2.1;line=guess")),
+            None
+        );
+        assert_eq!(o.trunk_of(edge, &to("sip:office@192.0.2.1;line")), None);
+        assert_eq!(o.trunk_of(edge, &to("sip:office@192.0.2.1")), None);
+        assert_eq!(
+            o.trunk_of(ip("192.0.2.10"), &ours),
+            Some(TrunkId(0)),
+            "the address first"
+        );
     }
 
     #[test]

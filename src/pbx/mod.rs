@@ -775,6 +775,7 @@ fn registering_trunks(
             auth_username: line.auth_username.clone(),
             password: line.password.clone(),
             expires: *t.expires.get_ref(),
+            line: line.line_token.clone().unwrap_or_default(),
         })
         .collect()
 }

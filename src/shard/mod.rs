@@ -495,7 +495,7 @@ impl Shard {
                 // No reference count is taken per INVITE: the trunk lookup
                 // borrows the environment only until the call module runs.
                 let outside = &self.env.outside;
-                if let Some(trunk) = outside.trunk_from(remote.addr.ip()) {
+                if let Some(trunk) = outside.trunk_of(remote.addr.ip(), req) {
                     let inbound = outside.inbound(trunk, req);
                     let target = match inbound.target.as_deref() {
                         Some(t) => match t.strip_prefix("group:") {

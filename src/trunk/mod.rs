@@ -45,6 +45,9 @@ pub struct Spec {
     pub password: String,
     /// The expiry asked for.
     pub expires: u32,
+    /// The secret `line` parameter of our Contact: the provider's INVITEs
+    /// to it are known as this trunk's wherever they come from.
+    pub line: String,
 }
 
 /// A trunk's registration, as the API shows it.
@@ -191,9 +194,10 @@ impl Trunks {
             .header(
                 "Contact",
                 format!(
-                    "<sip:{user}@{};transport={}>",
+                    "<sip:{user}@{};transport={};line={}>",
                     cx.hostport(remote),
-                    remote.transport.as_str().to_ascii_lowercase()
+                    remote.transport.as_str().to_ascii_lowercase(),
+                    r.spec.line
                 ),
             )
             .header("Expires", expires.to_string())
@@ -429,6 +433,7 @@ mod tests {
             auth_username: "office".into(),
             password: "s3cret".into(),
             expires: 120,
+            line: "5ecret".into(),
         }
     }
 
@@ -546,6 +551,11 @@ mod tests {
         assert_eq!(lab.status(), Some(Status::Registering));
         assert_eq!(first.request_uri_bytes(), Some(&b"sip:carrier.example"[..]));
         assert_eq!(first.value(HeaderName::Expires), Some(&b"120"[..]));
+        let contact = String::from_utf8_lossy(first.value(HeaderName::Contact).unwrap_or_default());
+        assert!(
+            contact.ends_with(";line=5ecret>"),
+            "the trunk's token: {contact}"
+        );
         let challenge: Vec<_> = provider
             .challenges(lab.now, false)
             .into_iter()
