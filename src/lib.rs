@@ -46,6 +46,7 @@
 mod blf;
 mod callbacks;
 mod calls;
+pub mod campaigns;
 mod clock;
 pub mod config;
 mod cti;

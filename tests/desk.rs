@@ -253,6 +253,19 @@ async fn every_endpoint_refuses_a_missing_forged_or_closed_session() {
                 .post(format!("{b}/api/v1/callbacks/1/close"))
                 .json(&json!({"outcome": "succeeded"})),
             d.http.post(format!("{b}/api/v1/callbacks/1/reopen")),
+            d.http.get(format!("{b}/api/v1/campaigns")),
+            d.http
+                .post(format!("{b}/api/v1/campaigns"))
+                .json(&json!({"name": "x", "group": "support", "trunk": "t"})),
+            d.http.get(format!("{b}/api/v1/campaigns/1")),
+            d.http
+                .post(format!("{b}/api/v1/campaigns/1/contacts"))
+                .body("number\n0312345678\n"),
+            d.http.get(format!("{b}/api/v1/campaigns/1/contacts")),
+            d.http.post(format!("{b}/api/v1/campaigns/1/start")),
+            d.http
+                .post(format!("{b}/api/v1/do-not-call"))
+                .json(&json!({"numbers": ["0312345678"]})),
         ];
         for r in requests {
             let (status, body) = error_of(auth(r).send().await.expect("send")).await;

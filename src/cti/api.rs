@@ -58,6 +58,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .merge(super::callbacks::routes())
+        .merge(super::campaigns::routes())
         .merge(super::assets::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -97,6 +98,13 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::callbacks::release,
         super::callbacks::close,
         super::callbacks::reopen,
+        super::campaigns::list,
+        super::campaigns::create,
+        super::campaigns::one,
+        super::campaigns::load,
+        super::campaigns::contacts,
+        super::campaigns::act,
+        super::campaigns::forbid,
         events
     ),
     components(schemas(
@@ -117,6 +125,14 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::callbacks::Close,
         crate::callbacks::Callback,
         crate::callbacks::Voice,
+        crate::campaigns::Settings,
+        crate::campaigns::Campaign,
+        crate::campaigns::Progress,
+        super::campaigns::Overview,
+        super::campaigns::Loaded,
+        super::campaigns::ContactOutcome,
+        super::campaigns::Forbid,
+        super::campaigns::Forbidden,
         crate::history::Customer,
         super::export::Format,
         crate::routing::stats::QueueStats,

@@ -14,6 +14,7 @@
 pub mod api;
 mod assets;
 mod callbacks;
+mod campaigns;
 pub mod events;
 pub mod export;
 pub mod metrics;
@@ -101,6 +102,13 @@ pub struct DeskConfig {
     pub writer: crate::store::Writer,
     /// Where voice messages are kept (`<id>.wav`).
     pub voice_dir: std::path::PathBuf,
+    /// The campaigns as stored.
+    pub campaigns: crate::campaigns::Campaigns,
+    /// Each trunk's name and numbering (campaign lists are read with it).
+    pub trunks: Vec<(String, crate::outside::Numbering)>,
+    /// Each queue's number and the groups that answer it (inbound callers
+    /// waiting hold a group's campaigns back).
+    pub queue_groups: Vec<(String, String)>,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).
@@ -134,6 +142,9 @@ pub struct Desk {
     callbacks: Mutex<crate::callbacks::CallbackBox>,
     /// Each group's members, for call-back audiences and visibility.
     members: std::collections::HashMap<String, HashSet<String>>,
+    /// Campaigns, their contacts and the do-not-call list (a std lock, never
+    /// held across an `.await`).
+    campaigns: Mutex<crate::campaigns::Campaigns>,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -168,6 +179,7 @@ impl Desk {
             stream_clients: AtomicU64::new(0),
             record_ids: tokio::sync::Mutex::new(config.record_ids.clone()),
             callbacks: Mutex::new(std::mem::take(&mut config.callbacks)),
+            campaigns: Mutex::new(std::mem::take(&mut config.campaigns)),
             members: config
                 .groups
                 .iter()

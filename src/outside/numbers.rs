@@ -77,11 +77,11 @@ impl Numbering {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Japan's numbering (the tests' office).
-    pub(in crate::outside) fn japan() -> Numbering {
+    pub(crate) fn japan() -> Numbering {
         Numbering {
             country_code: "81".into(),
             national_prefix: "0".into(),

@@ -738,6 +738,24 @@ async fn start_desk(
         callbacks: crate::callbacks::CallbackBox::load(store, &limits)?,
         writer: writes.writer,
         voice_dir: writes.voice_dir,
+        campaigns: load_campaigns(store, clock.at(std::time::Instant::now()))?,
+        trunks: env
+            .outside
+            .lines
+            .iter()
+            .map(|l| (l.name.clone(), l.numbering.clone()))
+            .collect(),
+        queue_groups: config
+            .queues
+            .iter()
+            .flat_map(|q| {
+                let number = q.number.get_ref().clone();
+                q.groups
+                    .get_ref()
+                    .iter()
+                    .map(move |g| (number.clone(), g.clone()))
+            })
+            .collect(),
     };
     let desk = crate::cti::Desk::new(
         desk_config,
@@ -753,6 +771,20 @@ async fn start_desk(
     tasks.spawn(Arc::clone(&desk).write_requested(writes.requests));
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
+}
+
+/// The campaigns as stored. Attempts the last run left open are closed as
+/// interrupted, durably, before anything can dial again.
+fn load_campaigns(
+    store: &Store,
+    now: crate::clock::UnixMillis,
+) -> Result<crate::campaigns::Campaigns, PbxError> {
+    let (campaigns, closed) = crate::campaigns::Campaigns::load(store, now)?;
+    if !closed.is_empty() {
+        store.apply(closed.into_iter().map(crate::store::Write::put).collect())?;
+        store.flush_now()?;
+    }
+    Ok(campaigns)
 }
 
 /// The trunks that register (each toward its outbound proxy, or its provider).

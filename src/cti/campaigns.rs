@@ -1,0 +1,388 @@
+//! Campaigns over HTTP, for supervisors only: create one for a group and a
+//! trunk, load customer lists into it (CSV; every row's problem named by line
+//! and field), start, pause, resume and stop it, watch its progress and why
+//! it waits, see each contact's outcome, and keep the do-not-call list.
+//! Agents get 403 on every one of these: no API hands an agent a list, a
+//! search or anybody's record (the dialer pushes one record to one agent's
+//! own event stream). Every change is on disk before the answer.
+
+use super::api::{ApiError, ApiJson, Caller, ErrorBody};
+use super::session::Role;
+use super::{lock, Desk};
+use crate::campaigns::import::{self, RowError};
+use crate::campaigns::{
+    Action, Campaign, CampaignError, CampaignId, Contact, ContactId, ContactStatus, Decision,
+    GroupView, Idle, Imported, Outcome, Progress, Settings,
+};
+use crate::presence::State as Presence;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::ToSchema;
+
+/// The largest customer list one upload may be.
+const MAX_LIST: usize = 32 * 1024 * 1024;
+
+pub fn routes() -> Router<Arc<Desk>> {
+    Router::new()
+        .route("/api/v1/campaigns", get(list).post(create))
+        .route("/api/v1/campaigns/{id}", get(one))
+        .route(
+            "/api/v1/campaigns/{id}/contacts",
+            get(contacts)
+                .post(load)
+                .layer(DefaultBodyLimit::max(MAX_LIST)),
+        )
+        .route("/api/v1/campaigns/{id}/{action}", post(act))
+        .route("/api/v1/do-not-call", post(forbid))
+}
+
+impl From<CampaignError> for ApiError {
+    fn from(e: CampaignError) -> Self {
+        match e {
+            CampaignError::NotFound(_) | CampaignError::NoContact(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            CampaignError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            CampaignError::State { .. } | CampaignError::NotInAttempt(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+        }
+    }
+}
+
+/// 403 unless a supervisor asks.
+fn supervisor(caller: &Caller) -> Result<(), ApiError> {
+    match caller.session.role {
+        Role::Supervisor => Ok(()),
+        Role::Agent => Err(ApiError::Forbidden("campaigns are for supervisors".into())),
+    }
+}
+
+impl Desk {
+    /// Campaign group `group` as the presence map and the queues see it now.
+    fn group_view(&self, group: &str) -> GroupView {
+        let members = self.members.get(group);
+        let states: Vec<Presence> = members
+            .into_iter()
+            .flatten()
+            .filter_map(|m| self.presence.state(m).map(|(s, _)| s))
+            .collect();
+        let waiting = self
+            .queue_stats()
+            .into_iter()
+            .filter(|q| {
+                self.config
+                    .queue_groups
+                    .iter()
+                    .any(|(n, g)| *n == q.number && g == group)
+            })
+            .map(|q| q.waiting)
+            .sum();
+        GroupView {
+            available: states.iter().filter(|s| **s == Presence::Available).count(),
+            logged_in: states.iter().filter(|s| **s != Presence::Offline).count(),
+            inbound_waiting: waiting,
+        }
+    }
+
+    /// Campaign `id` with its progress and what it waits for.
+    fn overview(&self, id: CampaignId) -> Result<Overview, ApiError> {
+        let now = self.wall(Instant::now());
+        let group = lock(&self.campaigns)
+            .get(id)
+            .map(|c| c.settings.group.clone())
+            .ok_or(CampaignError::NotFound(id.0))?;
+        // The group's view first: no other lock is taken under this one.
+        let view = self.group_view(&group);
+        let mut c = lock(&self.campaigns);
+        let campaign = c.get(id).cloned().ok_or(CampaignError::NotFound(id.0))?;
+        let waiting = match c.decide(id, view, now) {
+            Decision::Start(_) => None,
+            Decision::Idle(why) => Some(why),
+        };
+        let progress = c.progress(id, now).ok_or(CampaignError::NotFound(id.0))?;
+        Ok(Overview {
+            campaign,
+            progress,
+            waiting,
+        })
+    }
+
+    async fn next_ids(&self, n: usize) -> Vec<u64> {
+        let mut ids = self.record_ids.lock().await;
+        let now = self.wall(Instant::now());
+        (0..n).map(|_| ids.next_id(now)).collect()
+    }
+}
+
+/// A campaign, its progress, and why it starts no attempt now (absent while
+/// it does).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Overview {
+    pub campaign: Campaign,
+    pub progress: Progress,
+    #[schema(value_type = Option<Object>)]
+    pub waiting: Option<Idle>,
+}
+
+/// Every campaign's progress.
+#[utoipa::path(get, path = "/api/v1/campaigns",
+    responses((status = 200, body = Vec<Progress>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+) -> Result<Json<Vec<Progress>>, ApiError> {
+    supervisor(&caller)?;
+    let now = desk.wall(Instant::now());
+    let mut c = lock(&desk.campaigns);
+    let ids: Vec<CampaignId> = c.all().map(|k| k.id).collect();
+    Ok(Json(
+        ids.into_iter()
+            .filter_map(|id| c.progress(id, now))
+            .collect(),
+    ))
+}
+
+/// A new campaign (ready; started with `/start`).
+#[utoipa::path(post, path = "/api/v1/campaigns", request_body = Settings,
+    responses((status = 201, body = Campaign), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    ApiJson(settings): ApiJson<Settings>,
+) -> Result<(StatusCode, Json<Campaign>), ApiError> {
+    supervisor(&caller)?;
+    if !desk.members.contains_key(&settings.group) {
+        return Err(ApiError::BadRequest(format!(
+            "no group {:?}",
+            settings.group
+        )));
+    }
+    if !desk.config.trunks.iter().any(|(n, _)| *n == settings.trunk) {
+        return Err(ApiError::BadRequest(format!(
+            "no trunk {:?}",
+            settings.trunk
+        )));
+    }
+    let id = CampaignId(desk.next_ids(1).await[0]);
+    let now = desk.wall(Instant::now());
+    let campaign = lock(&desk.campaigns).create(now, id, settings)?;
+    if let Err(e) = desk
+        .config
+        .writer
+        .commit(vec![crate::store::Write::put(campaign.clone())])
+        .await
+    {
+        lock(&desk.campaigns).forget(id);
+        return Err(e.into());
+    }
+    tracing::info!(campaign = id.0, by = %caller.session.extension, name = %campaign.settings.name, "campaign created");
+    Ok((StatusCode::CREATED, Json(campaign)))
+}
+
+/// A campaign with its progress and why it waits.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = Overview), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn one(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<Json<Overview>, ApiError> {
+    supervisor(&caller)?;
+    desk.overview(CampaignId(id)).map(Json)
+}
+
+/// What one list upload did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Loaded {
+    #[serde(flatten)]
+    pub counts: Imported,
+    /// Rows left out (the others were imported; re-running the file adds
+    /// only what is new).
+    pub errors: Vec<RowError>,
+}
+
+/// Loads a customer list (CSV with a header row: `number`, and `name`,
+/// `time_zone` and free fields).
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/contacts", params(("id" = u64, Path)),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = Loaded), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn load(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Result<Json<Loaded>, ApiError> {
+    supervisor(&caller)?;
+    let id = CampaignId(id);
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the list is not UTF-8 text: {e}")))?;
+    let trunk = lock(&desk.campaigns)
+        .get(id)
+        .map(|c| c.settings.trunk.clone())
+        .ok_or(CampaignError::NotFound(id.0))?;
+    let numbering = desk
+        .config
+        .trunks
+        .iter()
+        .find(|(n, _)| *n == trunk)
+        .map(|(_, numbering)| numbering.clone())
+        .unwrap_or_default();
+    let (rows, errors) = import::read(text, &numbering).map_err(ApiError::BadRequest)?;
+    let mut ids = desk.next_ids(rows.len()).await.into_iter();
+    let (added, counts) =
+        lock(&desk.campaigns).import(id, rows, || ContactId(ids.next().unwrap_or_default()))?;
+    let writes = added
+        .iter()
+        .cloned()
+        .map(crate::store::Write::put)
+        .collect();
+    if let Err(e) = desk.config.writer.commit(writes).await {
+        lock(&desk.campaigns).unload(id, &added);
+        return Err(e.into());
+    }
+    tracing::info!(campaign = id.0, by = %caller.session.extension, imported = counts.imported, duplicates = counts.duplicates, do_not_call = counts.do_not_call, errors = errors.len(), "customer list loaded");
+    Ok(Json(Loaded { counts, errors }))
+}
+
+/// A contact as supervisors see it: where it stands, not its record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactOutcome {
+    pub id: ContactId,
+    pub line: u64,
+    pub number: String,
+    pub status: ContactStatus,
+    pub tries: u32,
+    #[schema(value_type = Option<Object>)]
+    pub last: Option<(Outcome, u64)>,
+}
+
+impl From<&Contact> for ContactOutcome {
+    fn from(c: &Contact) -> Self {
+        ContactOutcome {
+            id: c.id,
+            line: c.line,
+            number: c.number.clone(),
+            status: c.status.clone(),
+            tries: c.tries,
+            last: c.last,
+        }
+    }
+}
+
+/// Each contact's outcome, in list order.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/contacts", params(("id" = u64, Path)),
+    responses((status = 200, body = Vec<ContactOutcome>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn contacts(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<Json<Vec<ContactOutcome>>, ApiError> {
+    supervisor(&caller)?;
+    let c = lock(&desk.campaigns);
+    let list = c
+        .contacts(CampaignId(id))
+        .ok_or(CampaignError::NotFound(id))?;
+    Ok(Json(list.map(ContactOutcome::from).collect()))
+}
+
+/// `start`, `pause`, `resume` or `stop` a campaign.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}",
+    params(("id" = u64, Path), ("action" = String, Path, description = "start, pause, resume or stop")),
+    responses((status = 200, body = Campaign), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn act(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path((id, action)): Path<(u64, String)>,
+) -> Result<Json<Campaign>, ApiError> {
+    supervisor(&caller)?;
+    let action = match action.as_str() {
+        "start" => Action::Start,
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "stop" => Action::Stop,
+        other => return Err(ApiError::NotFound(format!("no campaign action {other:?}"))),
+    };
+    let id = CampaignId(id);
+    let (before, after) = {
+        let mut c = lock(&desk.campaigns);
+        let before = c
+            .get(id)
+            .map(|k| k.state)
+            .ok_or(CampaignError::NotFound(id.0))?;
+        (before, c.act(id, action)?)
+    };
+    if let Err(e) = desk
+        .config
+        .writer
+        .commit(vec![crate::store::Write::put(after.clone())])
+        .await
+    {
+        lock(&desk.campaigns).set_state(id, before);
+        return Err(e.into());
+    }
+    tracing::info!(campaign = id.0, by = %caller.session.extension, state = ?after.state, "campaign {}", match action {
+        Action::Start => "started",
+        Action::Pause => "paused",
+        Action::Resume => "resumed",
+        Action::Stop => "stopped",
+    });
+    Ok(Json(after))
+}
+
+/// Numbers to put on the do-not-call list (as written; each is read like
+/// the trunk's numbers, into E.164).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Forbid {
+    pub numbers: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Forbidden {
+    /// Numbers new on the list.
+    pub added: usize,
+}
+
+/// Puts numbers on the do-not-call list: never imported, never dialled.
+#[utoipa::path(post, path = "/api/v1/do-not-call", request_body = Forbid,
+    responses((status = 200, body = Forbidden), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn forbid(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Forbid>,
+) -> Result<Json<Forbidden>, ApiError> {
+    supervisor(&caller)?;
+    let numbering = desk
+        .config
+        .trunks
+        .first()
+        .map(|(_, n)| n.clone())
+        .unwrap_or_default();
+    let mut numbers = Vec::new();
+    for raw in &body.numbers {
+        let n = numbering
+            .to_e164(raw)
+            .ok_or_else(|| ApiError::BadRequest(format!("{raw:?} is no phone number")))?;
+        numbers.push(n);
+    }
+    let now = desk.wall(Instant::now());
+    let added = lock(&desk.campaigns).forbid(now, numbers);
+    let writes = added
+        .iter()
+        .cloned()
+        .map(crate::store::Write::put)
+        .collect();
+    if let Err(e) = desk.config.writer.commit(writes).await {
+        lock(&desk.campaigns).allow(&added);
+        return Err(e.into());
+    }
+    tracing::info!(by = %caller.session.extension, added = added.len(), "do-not-call list extended");
+    Ok(Json(Forbidden { added: added.len() }))
+}
