@@ -19,7 +19,8 @@
 //!              ▼
 //!  kinds     tu/ (Env, Cx, Effect, typed timer keys) · clock (UnixMillis)
 //!  state     presence/ (one map, change stream) · mwi/ (message lamps) ·
-//!            callbacks/ (the call-back box, sans-IO) · routing/ (dialplan + ACD,
+//!            callbacks/ (the call-back box, sans-IO) · campaigns/ (lists,
+//!            calling hours, retries, do-not-call; sans-IO) · routing/ (dialplan + ACD,
 //!            pure) · history/ (caller index) · users · media/ (behind
 //!            MediaEngine) · store/ (generic sled trees) · transport/
 //!  core      sip/ (sans-IO: parser, builder, transactions, digest, SDP, CallId,
@@ -41,7 +42,8 @@
 //! views a running PBX hands out: [`presence`] (every extension's state and the
 //! change stream), [`routing`] (groups, queues, waiting lines), [`history`] (the
 //! caller index and response records), registrations ([`Registrations`]) and
-//! CDRs ([`Cdr`]).
+//! CDRs ([`Cdr`]); and the pure rules embedders and the fuzz targets use:
+//! [`outside`] (trunks, numbering) and [`campaigns`] (lists, calling hours).
 
 mod blf;
 mod callbacks;

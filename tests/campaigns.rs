@@ -272,3 +272,26 @@ async fn an_agent_is_refused_every_campaign_endpoint() {
     assert_eq!(overview["progress"]["contacts"], 1);
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_supervisor_creates_loads_and_starts_a_campaign_and_the_wallboard_follows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut server, d) = start(dir.path());
+    let envs = [
+        ("S_EXT", "boss"),
+        ("S_PW", "pwboss"),
+        ("A_EXT", "user1000"),
+        ("A_PW", "pw1000"),
+    ];
+    let (child, artifacts) = common::browser_script("campaigns.mjs", &d.base, &envs);
+    common::browser_passed(child, &artifacts).await;
+    // What the page did is what the API holds.
+    let boss = d.token("boss", "pwboss").await;
+    let (_, all) = d.get(&boss, "/api/v1/campaigns").await;
+    assert_eq!(
+        (all[0]["name"].as_str(), all[0]["state"].as_str()),
+        (Some("Winter offers"), Some("running"))
+    );
+    assert_eq!(all[0]["contacts"], 3000);
+    server.stop();
+}

@@ -23,6 +23,7 @@ pub fn routes() -> Router<Arc<super::Desk>> {
     Router::new()
         .route("/", get(|| async { file("index.html") }))
         .route("/wallboard", get(|| async { file("wallboard.html") }))
+        .route("/campaigns", get(|| async { file("campaigns.html") }))
         .route(
             "/assets/{name}",
             get(|Path(name): Path<String>| async move { file(&name) }),

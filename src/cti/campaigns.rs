@@ -7,6 +7,7 @@
 //! own event stream). Every change is on disk before the answer.
 
 use super::api::{ApiError, ApiJson, Caller, ErrorBody};
+use super::events::{Audience, Body};
 use super::session::Role;
 use super::{lock, Desk};
 use crate::campaigns::import::{self, RowError};
@@ -114,6 +115,15 @@ impl Desk {
         })
     }
 
+    /// Tells the supervisors where campaign `id` stands now.
+    fn announce(&self, id: CampaignId) {
+        let now = self.wall(Instant::now());
+        let progress = lock(&self.campaigns).progress(id, now);
+        if let Some(progress) = progress {
+            self.publish(Audience::Supervisors, Body::Campaign { progress });
+        }
+    }
+
     async fn next_ids(&self, n: usize) -> Vec<u64> {
         let mut ids = self.record_ids.lock().await;
         let now = self.wall(Instant::now());
@@ -183,6 +193,7 @@ pub async fn create(
         return Err(e.into());
     }
     tracing::info!(campaign = id.0, by = %caller.session.extension, name = %campaign.settings.name, "campaign created");
+    desk.announce(id);
     Ok((StatusCode::CREATED, Json(campaign)))
 }
 
@@ -248,6 +259,7 @@ pub async fn load(
         return Err(e.into());
     }
     tracing::info!(campaign = id.0, by = %caller.session.extension, imported = counts.imported, duplicates = counts.duplicates, do_not_call = counts.do_not_call, errors = errors.len(), "customer list loaded");
+    desk.announce(id);
     Ok(Json(Loaded { counts, errors }))
 }
 
@@ -333,6 +345,7 @@ pub async fn act(
         Action::Resume => "resumed",
         Action::Stop => "stopped",
     });
+    desk.announce(id);
     Ok(Json(after))
 }
 

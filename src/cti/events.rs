@@ -26,6 +26,8 @@ pub enum Audience {
     Agent(String),
     /// These extensions (and the supervisors): a call-back's addressees.
     Extensions(Arc<[String]>),
+    /// Supervisors only: campaigns.
+    Supervisors,
 }
 
 impl Audience {
@@ -36,6 +38,7 @@ impl Audience {
             Audience::Extensions(list) => {
                 session.role == Role::Supervisor || list.contains(&session.extension)
             }
+            Audience::Supervisors => session.role == Role::Supervisor,
         }
     }
 }
@@ -75,6 +78,11 @@ pub enum Body {
     /// escalated or flagged (durably); to its addressees and supervisors.
     Callback {
         callback: crate::callbacks::Callback,
+    },
+    /// A campaign was created, loaded, started, paused, resumed or stopped
+    /// (durably): its progress, to supervisors.
+    Campaign {
+        progress: crate::campaigns::Progress,
     },
     /// Events were lost (the client asked for more than the ring holds, or the
     /// desk itself fell behind the PBX): fetch the board again.

@@ -8,7 +8,7 @@
 //!   calls, and the caller under their cap of outside calls in the last hour.
 //!
 //! Every refusal is one security log line (`SECURITY toll-denied …`, see
-//! [`crate::guard::SECURITY`]). The counters are shared by the shards; a
+//! the guard's `SECURITY` log target). The counters are shared by the shards; a
 //! granted call holds a [`Permit`] that is given back when it ends.
 
 use serde::Deserialize;

@@ -262,6 +262,7 @@ async function start() {
     return;
   }
   show("desk");
+  $("supervisor-links").hidden = desk.me.role !== "supervisor";
   await Promise.all([loadBoard(), loadDispositions()]);
   connect();
   // Renew well before expiry; the event stream stays open.

@@ -8,6 +8,26 @@ const LABELS = { available: "Available", ringing: "Ringing", on_call: "On a call
 let board = null, seq = 0, queues = [];
 // The open call-backs this session sees (a supervisor: all), by id.
 const callbacks = new Map();
+// Campaign progress by id (supervisors only; others never see the section).
+const campaigns = new Map();
+
+function renderCampaigns() {
+  const body = document.querySelector("#wall-campaigns tbody");
+  body.textContent = "";
+  for (const p of [...campaigns.values()].sort((a, b) => a.id - b.id)) {
+    const row = document.createElement("tr");
+    row.dataset.id = p.id;
+    const cells = [p.name, p.state, p.remaining, p.in_attempt, p.outcomes.connected || 0,
+      p.attempts_last_hour, `${Math.round(p.connect_rate * 100)} %`, p.abandoned];
+    cells.forEach((v, i) => {
+      const td = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) td.scope = "row";
+      td.textContent = String(v);
+      row.append(td);
+    });
+    body.append(row);
+  }
+}
 
 function renderFlagged() {
   const body = document.querySelector("#flagged tbody");
@@ -88,6 +108,11 @@ async function load() {
   callbacks.clear();
   for (const c of await (await fetch("/api/v1/callbacks", { credentials: "same-origin" })).json()) callbacks.set(c.id, c);
   renderFlagged();
+  const r2 = await fetch("/api/v1/campaigns", { credentials: "same-origin" });
+  document.getElementById("campaigns").hidden = !r2.ok;
+  campaigns.clear();
+  if (r2.ok) for (const p of await r2.json()) campaigns.set(p.id, p);
+  renderCampaigns();
 }
 
 function render() {
@@ -121,6 +146,7 @@ function connect() {
     seq = e.seq;
     if (e.type === "queues") { queues = e.queues; renderQueues(); return; }
     if (e.type === "callback") { applyCallback(e.callback); return; }
+    if (e.type === "campaign") { campaigns.set(e.progress.id, e.progress); renderCampaigns(); return; }
     if (e.type !== "presence" || !board) return;
     for (const g of board.groups) for (const a of g.agents) if (a.extension === e.extension) a.state = e.state;
     render();

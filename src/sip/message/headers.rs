@@ -142,7 +142,7 @@ pub(crate) fn split_list(v: &[u8], list: bool) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Position of `sep` outside "quoted strings" and <angle brackets>.
+/// Position of `sep` outside "quoted strings" and `<angle brackets>`.
 fn find_top_level(v: &[u8], sep: u8) -> Option<usize> {
     let (mut quoted, mut angle, mut i) = (false, false, 0);
     while i < v.len() {
