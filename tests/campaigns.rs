@@ -212,6 +212,23 @@ async fn a_supervisor_loads_a_list_with_bad_rows_named_and_everything_acknowledg
         (Some(2), Some("+81311110001"))
     );
     assert_eq!(first["status"]["state"], "waiting");
+    let (_, page) = d
+        .get(
+            &boss,
+            &format!("/api/v1/campaigns/{id}/contacts?offset=1&limit=2"),
+        )
+        .await;
+    let lines: Vec<u64> = page
+        .as_array()
+        .expect("page")
+        .iter()
+        .filter_map(|c| c["line"].as_u64())
+        .collect();
+    assert_eq!(
+        lines,
+        [3, 2],
+        "Ann (line 3), then the first of the big list (its line 2)"
+    );
     let (_, again) = d
         .upload(&boss, id, "number\n0311110003\n0311110001\n".into())
         .await;

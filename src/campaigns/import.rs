@@ -43,6 +43,9 @@ const MAX_VALUE: usize = 512;
 /// the file as a whole cannot be read (no header, no `number` column, too
 /// many rows).
 pub fn read(text: &str, numbering: &Numbering) -> Result<(Vec<Row>, Vec<RowError>), String> {
+    // Lines end in LF, CRLF or a lone CR (old spreadsheets): all become LF,
+    // so every row's line number is the one an editor shows.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -158,6 +161,17 @@ mod tests {
         let faults: Vec<(u64, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
         assert_eq!(faults, [(4, "number"), (5, "time_zone"), (6, "")]);
         assert!(errors[0].problem.contains("hello"), "{errors:?}");
+    }
+
+    #[test]
+    fn rows_ending_in_cr_or_crlf_keep_their_line_numbers() {
+        for end in ["\r", "\r\n"] {
+            let text = ["number,name", "0312345678,A", "x,B", "0312345679,C"].join(end);
+            let (rows, errors) = read(&text, &japan()).expect("readable");
+            let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 4], "{end:?}");
+            assert_eq!(errors[0].line, 3, "{end:?}");
+        }
     }
 
     #[test]

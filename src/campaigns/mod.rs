@@ -322,13 +322,16 @@ pub struct Imported {
     pub do_not_call: usize,
 }
 
-/// The campaign group as the presence map and the queues see it now.
+/// A campaign's group and trunk as the presence map, the queues and the
+/// trunk's registration see them now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupView {
+pub struct Conditions {
     pub available: usize,
     pub logged_in: usize,
     /// Inbound callers of the group waiting in a queue.
     pub inbound_waiting: usize,
+    /// The campaign's trunk can place calls (its registration is not down).
+    pub trunk_up: bool,
 }
 
 /// Why a campaign starts no attempt now.
@@ -337,6 +340,8 @@ pub struct GroupView {
 pub enum Idle {
     NotRunning,
     NoAgents,
+    /// The campaign's trunk is down (its registration failed).
+    TrunkDown,
     /// Inbound callers first.
     InboundWaiting,
     BelowThreshold {
@@ -646,7 +651,7 @@ impl Campaigns {
     }
 
     /// How many attempts campaign `id` should start now, or why none.
-    pub fn decide(&self, id: CampaignId, view: GroupView, now: UnixMillis) -> Decision {
+    pub fn decide(&self, id: CampaignId, view: Conditions, now: UnixMillis) -> Decision {
         let Some(l) = self.live.get(&id) else {
             return Decision::Idle(Idle::NotRunning);
         };
@@ -656,6 +661,9 @@ impl Campaigns {
         }
         if view.logged_in == 0 || view.available == 0 {
             return Decision::Idle(Idle::NoAgents);
+        }
+        if !view.trunk_up {
+            return Decision::Idle(Idle::TrunkDown);
         }
         if view.inbound_waiting > 0 {
             return Decision::Idle(Idle::InboundWaiting);

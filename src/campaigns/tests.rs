@@ -36,11 +36,12 @@ fn running(rows: &str) -> (Campaigns, CampaignId) {
     (c, id)
 }
 
-fn agents(available: usize, logged_in: usize) -> GroupView {
-    GroupView {
+fn agents(available: usize, logged_in: usize) -> Conditions {
+    Conditions {
         available,
         logged_in,
         inbound_waiting: 0,
+        trunk_up: true,
     }
 }
 
@@ -62,7 +63,12 @@ fn attempts_start_only_above_the_idle_ratio_inside_the_limits_and_after_inbound_
         c.decide(id, agents(0, 0), now),
         Decision::Idle(Idle::NoAgents)
     );
-    let busy_inbound = GroupView {
+    let down = Conditions {
+        trunk_up: false,
+        ..agents(4, 4)
+    };
+    assert_eq!(c.decide(id, down, now), Decision::Idle(Idle::TrunkDown));
+    let busy_inbound = Conditions {
         inbound_waiting: 1,
         ..agents(4, 4)
     };

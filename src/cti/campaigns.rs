@@ -12,8 +12,8 @@ use super::session::Role;
 use super::{lock, Desk};
 use crate::campaigns::import::{self, RowError};
 use crate::campaigns::{
-    Action, Campaign, CampaignError, CampaignId, Contact, ContactId, ContactStatus, Decision,
-    GroupView, Idle, Imported, Outcome, Progress, Settings,
+    Action, Campaign, CampaignError, CampaignId, Conditions, Contact, ContactId, ContactStatus,
+    Decision, Idle, Imported, Outcome, Progress, Settings,
 };
 use crate::presence::State as Presence;
 use axum::body::Bytes;
@@ -66,8 +66,9 @@ fn supervisor(caller: &Caller) -> Result<(), ApiError> {
 }
 
 impl Desk {
-    /// Campaign group `group` as the presence map and the queues see it now.
-    fn group_view(&self, group: &str) -> GroupView {
+    /// Group `group` and trunk `trunk` as the presence map, the queues and
+    /// the trunk's registration see them now.
+    fn conditions(&self, group: &str, trunk: &str) -> Conditions {
         let members = self.members.get(group);
         let states: Vec<Presence> = members
             .into_iter()
@@ -85,22 +86,26 @@ impl Desk {
             })
             .map(|q| q.waiting)
             .sum();
-        GroupView {
+        let trunk_up = self.commands.trunks().iter().any(|t| {
+            t.name == trunk && !matches!(t.registration, Some(crate::trunk::Status::Down { .. }))
+        });
+        Conditions {
             available: states.iter().filter(|s| **s == Presence::Available).count(),
             logged_in: states.iter().filter(|s| **s != Presence::Offline).count(),
             inbound_waiting: waiting,
+            trunk_up,
         }
     }
 
     /// Campaign `id` with its progress and what it waits for.
     fn overview(&self, id: CampaignId) -> Result<Overview, ApiError> {
         let now = self.wall(Instant::now());
-        let group = lock(&self.campaigns)
+        let (group, trunk) = lock(&self.campaigns)
             .get(id)
-            .map(|c| c.settings.group.clone())
+            .map(|c| (c.settings.group.clone(), c.settings.trunk.clone()))
             .ok_or(CampaignError::NotFound(id.0))?;
-        // The group's view first: no other lock is taken under this one.
-        let view = self.group_view(&group);
+        // The conditions first: no other lock is taken under this one.
+        let view = self.conditions(&group, &trunk);
         let mut c = lock(&self.campaigns);
         let campaign = c.get(id).cloned().ok_or(CampaignError::NotFound(id.0))?;
         let waiting = match c.decide(id, view, now) {
@@ -288,20 +293,33 @@ impl From<&Contact> for ContactOutcome {
     }
 }
 
-/// Each contact's outcome, in list order.
-#[utoipa::path(get, path = "/api/v1/campaigns/{id}/contacts", params(("id" = u64, Path)),
+/// A page of contacts.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Each contact's outcome, in list order (`offset`, `limit`: a page of them).
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/contacts",
+    params(("id" = u64, Path), ("offset" = Option<usize>, Query), ("limit" = Option<usize>, Query)),
     responses((status = 200, body = Vec<ContactOutcome>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn contacts(
     State(desk): State<Arc<Desk>>,
     caller: Caller,
     Path(id): Path<u64>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Result<Json<Vec<ContactOutcome>>, ApiError> {
     supervisor(&caller)?;
     let c = lock(&desk.campaigns);
     let list = c
         .contacts(CampaignId(id))
         .ok_or(CampaignError::NotFound(id))?;
-    Ok(Json(list.map(ContactOutcome::from).collect()))
+    let page = list
+        .skip(page.offset)
+        .take(page.limit.unwrap_or(usize::MAX));
+    Ok(Json(page.map(ContactOutcome::from).collect()))
 }
 
 /// `start`, `pause`, `resume` or `stop` a campaign.

@@ -8,7 +8,10 @@
 //!   `max_auth_failures`; a user guessed at from many sources is locked for
 //!   every address that has not authenticated as them before (their own
 //!   phones keep working);
-//! - never limits the allow-listed networks (the office's own);
+//! - never limits the allow-listed networks (the office's own), nor the
+//!   addresses trusted at run time (the trunks' providers, as DNS and their
+//!   registrations show them: a busy carrier sends many requests from one
+//!   address);
 //! - writes one security log line per event (see [`SECURITY`]).
 //!
 //! A ban is answered with nothing ([`Admit::Drop`]: a scanner learns nothing
@@ -42,6 +45,9 @@ const KNOWN_FOR: Duration = Duration::from_secs(3600);
 /// Sources tracked at most (a flood from spoofed addresses cannot grow memory
 /// without bound; beyond, new sources are tracked only once old ones age out).
 const MAX_SOURCES: usize = 100_000;
+
+/// Addresses trusted at run time, at most.
+const MAX_TRUSTED: usize = 1024;
 
 /// The rules (`[security]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +141,10 @@ pub struct Guard {
     policy: Arc<Policy>,
     sources: Arc<DashMap<IpAddr, Source>>,
     users: Arc<DashMap<String, User>>,
+    /// Trusted at run time (trunk providers); `trusting` is false while empty,
+    /// so a datagram costs no lookup here.
+    trusted: Arc<dashmap::DashSet<IpAddr>>,
+    trusting: Arc<std::sync::atomic::AtomicBool>,
     pub stats: Arc<GuardStats>,
 }
 
@@ -158,6 +168,19 @@ impl Guard {
 
     fn allowed(&self, ip: IpAddr) -> bool {
         self.policy.allow.iter().any(|n| n.contains(&ip))
+            || (self.trusting.load(Ordering::Relaxed) && self.trusted.contains(&ip))
+    }
+
+    /// From now on `ip` (a trunk's provider) is never limited or banned; a
+    /// ban it had is lifted. `false` when it was trusted already (or the
+    /// trusted set is full).
+    pub fn trust(&self, ip: IpAddr) -> bool {
+        if self.trusted.len() >= MAX_TRUSTED || !self.trusted.insert(ip) {
+            return false;
+        }
+        self.trusting.store(true, Ordering::Relaxed);
+        self.sources.remove(&ip);
+        true
     }
 
     fn source(
@@ -397,6 +420,18 @@ mod tests {
         let g = Guard::new(policy());
         assert!((0..200)
             .all(|i| g.admit(t0 + Duration::from_millis(100 * i), PHONE, true) == Admit::Pass));
+    }
+
+    #[test]
+    fn a_trusted_provider_address_is_never_limited_and_its_ban_is_lifted() {
+        let g = Guard::new(policy());
+        let t0 = Instant::now();
+        while g.admit(t0, ATTACKER, true) == Admit::Pass {}
+        assert_eq!(g.admit(t0, ATTACKER, true), Admit::Drop, "banned");
+        assert!(g.trust(ATTACKER));
+        assert!(!g.trust(ATTACKER), "once");
+        assert!((0..1000).all(|_| g.admit(t0, ATTACKER, true) == Admit::Pass));
+        assert!(!g.banned(t0, ATTACKER));
     }
 
     #[test]

@@ -178,19 +178,22 @@ impl PbxBuilder {
         let outside = config.outside(&|host, port, t| places.get(host, port, t));
         let trunks = registering_trunks(&config, &outside);
         // The providers are never limited or banned: a busy carrier sends
-        // many requests from one address.
+        // many requests from one address. Their networks are allow-listed;
+        // their addresses are trusted (and again as DNS finds them anew).
         let mut policy = config.security.policy();
-        policy.allow.extend(outside.lines.iter().flat_map(|l| {
-            let from = l.targets.get().from.clone();
-            l.allow
-                .iter()
-                .copied()
-                .chain(from.into_iter().map(ipnet::IpNet::from))
-        }));
+        policy
+            .allow
+            .extend(outside.lines.iter().flat_map(|l| l.allow.iter().copied()));
+        let guard = crate::guard::Guard::new(policy);
+        for line in &outside.lines {
+            for ip in &line.targets.get().from {
+                guard.trust(*ip);
+            }
+        }
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
-            guard: crate::guard::Guard::new(policy),
+            guard,
             outside,
             users,
             registrar,

@@ -118,6 +118,9 @@ pub async fn keep_located(
             let located = t.located(&|h, p, tr| places.get(h, p, tr));
             let addrs: Vec<String> = located.send_to.iter().map(|r| r.addr.to_string()).collect();
             let empty = located.send_to.is_empty();
+            for ip in &located.from {
+                env.guard.trust(*ip);
+            }
             if line.targets.replace(located) {
                 match empty {
                     true => tracing::warn!(trunk = %line.name, "trunk host no longer resolves"),

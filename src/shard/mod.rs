@@ -496,6 +496,13 @@ impl Shard {
                 // borrows the environment only until the call module runs.
                 let outside = &self.env.outside;
                 if let Some(trunk) = outside.trunk_of(remote.addr.ip(), req) {
+                    let ip = remote.addr.ip();
+                    // Known by its registration's token: the provider's edge,
+                    // trusted from now on like its registrar.
+                    if outside.trunk_from(ip).is_none() && self.env.guard.trust(ip) {
+                        let name = &outside.line(trunk).name;
+                        tracing::info!(trunk = %name, %ip, "trunk address learnt from its registration");
+                    }
                     let inbound = outside.inbound(trunk, req);
                     let target = match inbound.target.as_deref() {
                         Some(t) => match t.strip_prefix("group:") {

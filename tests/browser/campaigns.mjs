@@ -38,6 +38,9 @@ try {
   const bar = await page.locator("#upload-progress").evaluate((p) => p.value);
   if (bar !== 100) failures.push(`the progress bar ended at ${bar}`);
   await page.getByText("Line 3002, number:").waitFor();
+  await page.getByText("The first 100 of 3000.").waitFor();
+  const first = await page.locator("#contacts tbody tr").first().textContent();
+  if (!first.includes("+81330000000") || !first.includes("waiting")) failures.push(`the first contact reads ${first}`);
 
   await page.getByRole("button", { name: "Start" }).click();
   await page.locator("#detail-state").filter({ hasText: /^running;.*no agent of the group is available/ }).waitFor();

@@ -65,6 +65,7 @@ function waitingText(w) {
   switch (w.reason) {
     case "not_running": return "Not running.";
     case "no_agents": return "Waits: no agent of the group is available.";
+    case "trunk_down": return "Waits: its trunk is down (the registration failed).";
     case "inbound_waiting": return "Waits: inbound callers of the group come first.";
     case "below_threshold": return `Waits: only ${percent(w.ratio)} of the group's agents are idle.`;
     case "at_limit": return "At its limit of attempts at once.";
@@ -88,6 +89,29 @@ async function select(id) {
   const allowed = { start: state === "ready", pause: state === "running", resume: state === "paused",
     stop: state !== "stopped" };
   for (const b of document.querySelectorAll("#detail [data-action]")) b.disabled = !allowed[b.dataset.action];
+  await showContacts(id, o.progress.contacts);
+}
+
+// The first contacts of the list with where each stands (a page of them).
+const PAGE = 100;
+async function showContacts(id, total) {
+  const list = await api("GET", `/api/v1/campaigns/${id}/contacts?limit=${PAGE}`);
+  const body = document.querySelector("#contacts tbody");
+  body.textContent = "";
+  const words = (s) => s.replace(/_/g, " ");
+  for (const c of list) {
+    const row = document.createElement("tr");
+    const state = c.status.state === "done" ? `done: ${words(c.status.outcome)}` : words(c.status.state);
+    const last = c.last ? `${words(c.last[0])} at ${new Date(c.last[1]).toLocaleString()}` : "—";
+    [c.line, c.number, state, c.tries, last].forEach((v, i) => {
+      const td = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) td.scope = "row";
+      td.textContent = String(v);
+      row.append(td);
+    });
+    body.append(row);
+  }
+  $("contacts-more").textContent = total > list.length ? `The first ${list.length} of ${total}.` : "";
 }
 
 for (const b of document.querySelectorAll("#detail [data-action]")) {
