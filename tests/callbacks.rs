@@ -37,17 +37,7 @@ impl Api {
         } else {
             ext.replace("user", "pw")
         };
-        let r: Value = self
-            .http
-            .post(format!("{}/api/v1/session", self.base))
-            .json(&json!({ "extension": ext, "password": password }))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        r["token"].as_str().expect("token").to_string()
+        common::session_token(&self.http, &self.base, ext, &password).await
     }
     async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
         let r = self

@@ -25,17 +25,7 @@ struct Desk {
 
 impl Desk {
     async fn token(&self, ext: &str, password: &str) -> String {
-        let r: Value = self
-            .http
-            .post(format!("{}/api/v1/session", self.base))
-            .json(&json!({ "extension": ext, "password": password }))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        r["token"].as_str().expect("token").to_string()
+        common::session_token(&self.http, &self.base, ext, password).await
     }
 
     async fn send(&self, r: reqwest::RequestBuilder, token: &str) -> (StatusCode, Value) {

@@ -777,16 +777,7 @@ async fn a_trunk_over_tcp_registers_takes_the_carriers_call_and_reconnects_when_
     // The supervisor's API shows the trunk, its transport and registration.
     let http = reqwest::Client::new();
     let base = format!("http://{}", pbx.http_addr());
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/session"))
-        .json(&serde_json::json!({ "extension": "3599", "password": "pw3599" }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["token"].as_str().expect("token");
+    let token = &session_token(&http, &base, "3599", "pw3599").await;
     let trunks: serde_json::Value = http
         .get(format!("{base}/api/v1/trunks"))
         .bearer_auth(token)

@@ -521,3 +521,22 @@ pub async fn browser_passed(child: tokio::process::Child, artifacts: &std::path:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Logs in to the desk at `base` as `ext` and returns the session's token.
+pub async fn session_token(
+    http: &reqwest::Client,
+    base: &str,
+    ext: &str,
+    password: &str,
+) -> String {
+    let r: serde_json::Value = http
+        .post(format!("{base}/api/v1/session"))
+        .json(&serde_json::json!({ "extension": ext, "password": password }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    r["token"].as_str().expect("token").to_string()
+}

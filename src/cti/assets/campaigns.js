@@ -8,23 +8,6 @@ const $ = (id) => document.getElementById(id);
 const campaigns = new Map();
 let seq = 0, selected = null;
 
-async function api(method, path, body) {
-  const init = { method, headers: {}, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, init);
-  const text = await r.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!r.ok) {
-    const err = new Error(data && data.message ? data.message : r.statusText);
-    err.status = r.status;
-    throw err;
-  }
-  return data;
-}
-
 function percent(x) { return `${Math.round(x * 100)} %`; }
 
 function outcomes(p) {

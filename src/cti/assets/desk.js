@@ -9,23 +9,6 @@ const LABELS = {
 };
 const desk = { me: null, agents: new Map(), groups: [], callbacks: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null };
 
-async function api(method, path, body) {
-  const init = { method, headers: {}, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, init);
-  const text = await r.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!r.ok) {
-    const err = new Error(data && data.message ? data.message : r.statusText);
-    err.status = r.status;
-    throw err;
-  }
-  return data;
-}
-
 function show(view) {
   $("login-view").hidden = view !== "login";
   $("desk-view").hidden = view !== "desk";
