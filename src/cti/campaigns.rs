@@ -129,6 +129,21 @@ impl Desk {
         }
     }
 
+    /// Makes `records` durable; if the store refuses, `undo` takes the
+    /// change back out of memory, so memory never holds what disk does not.
+    async fn commit<R: crate::store::Record>(
+        &self,
+        records: Vec<R>,
+        undo: impl FnOnce(&mut crate::campaigns::Campaigns),
+    ) -> Result<(), ApiError> {
+        let writes = records.into_iter().map(crate::store::Write::put).collect();
+        if let Err(e) = self.config.writer.commit(writes).await {
+            undo(&mut lock(&self.campaigns));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     async fn next_ids(&self, n: usize) -> Vec<u64> {
         let mut ids = self.record_ids.lock().await;
         let now = self.wall(Instant::now());
@@ -188,15 +203,8 @@ pub async fn create(
     let id = CampaignId(desk.next_ids(1).await[0]);
     let now = desk.wall(Instant::now());
     let campaign = lock(&desk.campaigns).create(now, id, settings)?;
-    if let Err(e) = desk
-        .config
-        .writer
-        .commit(vec![crate::store::Write::put(campaign.clone())])
-        .await
-    {
-        lock(&desk.campaigns).forget(id);
-        return Err(e.into());
-    }
+    desk.commit(vec![campaign.clone()], |c| c.forget(id))
+        .await?;
     tracing::info!(campaign = id.0, by = %caller.session.extension, name = %campaign.settings.name, "campaign created");
     desk.announce(id);
     Ok((StatusCode::CREATED, Json(campaign)))
@@ -254,15 +262,7 @@ pub async fn load(
     let mut ids = desk.next_ids(rows.len()).await.into_iter();
     let (added, counts) =
         lock(&desk.campaigns).import(id, rows, || ContactId(ids.next().unwrap_or_default()))?;
-    let writes = added
-        .iter()
-        .cloned()
-        .map(crate::store::Write::put)
-        .collect();
-    if let Err(e) = desk.config.writer.commit(writes).await {
-        lock(&desk.campaigns).unload(id, &added);
-        return Err(e.into());
-    }
+    desk.commit(added.clone(), |c| c.unload(id, &added)).await?;
     tracing::info!(campaign = id.0, by = %caller.session.extension, imported = counts.imported, duplicates = counts.duplicates, do_not_call = counts.do_not_call, errors = errors.len(), "customer list loaded");
     desk.announce(id);
     Ok(Json(Loaded { counts, errors }))
@@ -348,15 +348,8 @@ pub async fn act(
             .ok_or(CampaignError::NotFound(id.0))?;
         (before, c.act(id, action)?)
     };
-    if let Err(e) = desk
-        .config
-        .writer
-        .commit(vec![crate::store::Write::put(after.clone())])
-        .await
-    {
-        lock(&desk.campaigns).set_state(id, before);
-        return Err(e.into());
-    }
+    desk.commit(vec![after.clone()], |c| c.set_state(id, before))
+        .await?;
     tracing::info!(campaign = id.0, by = %caller.session.extension, state = ?after.state, "campaign {}", match action {
         Action::Start => "started",
         Action::Pause => "paused",
@@ -405,15 +398,7 @@ pub async fn forbid(
     }
     let now = desk.wall(Instant::now());
     let added = lock(&desk.campaigns).forbid(now, numbers);
-    let writes = added
-        .iter()
-        .cloned()
-        .map(crate::store::Write::put)
-        .collect();
-    if let Err(e) = desk.config.writer.commit(writes).await {
-        lock(&desk.campaigns).allow(&added);
-        return Err(e.into());
-    }
+    desk.commit(added.clone(), |c| c.allow(&added)).await?;
     tracing::info!(by = %caller.session.extension, added = added.len(), "do-not-call list extended");
     Ok(Json(Forbidden { added: added.len() }))
 }
