@@ -100,6 +100,9 @@ pub struct CallsConfig {
     pub min_session_expires_secs: Spanned<u64>,
     /// Whose ringback tone a placed call's first party hears.
     pub tone_zone: crate::media::prompt::ToneZone,
+    /// WAV a campaign's customer hears when the agent's leg ended first ("":
+    /// the built-in tones).
+    pub campaign_farewell: Spanned<String>,
 }
 
 /// Who may talk to the PBX (see the guard): rate limits, bans, allow-list.
@@ -320,6 +323,7 @@ impl Default for CallsConfig {
             music_on_hold: true,
             min_session_expires_secs: sp(90),
             tone_zone: Default::default(),
+            campaign_farewell: sp(String::new()),
         }
     }
 }
@@ -1051,6 +1055,16 @@ impl Config {
                 "must be between 1 and 86400 (RFC 4028 recommends at least 90)".into(),
             ));
         }
+        let farewell = &self.calls.campaign_farewell;
+        if !farewell.get_ref().is_empty() {
+            if let Err(e) = read_sound(farewell.get_ref()) {
+                return Err(bad(
+                    farewell.span(),
+                    "calls.campaign_farewell",
+                    format!("{}: {e}", farewell.get_ref()),
+                ));
+            }
+        }
         if r.port_min.get_ref() >= r.port_max.get_ref() || *r.port_min.get_ref() < 1024 {
             return Err(bad(
                 r.port_min.span(),
@@ -1376,12 +1390,7 @@ impl Config {
                 if file.get_ref().is_empty() {
                     continue;
                 }
-                let checked = std::fs::read(file.get_ref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| {
-                        crate::media::prompt::Prompt::from_wav(&b).map_err(|e| e.to_string())
-                    });
-                if let Err(e) = checked {
+                if let Err(e) = read_sound(file.get_ref()) {
                     return Err(bad(
                         file.span(),
                         key,
@@ -1541,6 +1550,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         }
         None => msg,
     }
+}
+
+/// The sound in WAV file `path`.
+pub fn read_sound(path: &str) -> Result<crate::media::prompt::Prompt, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    crate::media::prompt::Prompt::from_wav(&bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1745,8 +1760,8 @@ mod tests {
             "the group's class"
         );
         let t = crate::outside::TrunkId(0);
-        assert_eq!(o.caller_id(r, t, "201"), "+81312340201");
-        assert_eq!(o.caller_id(r, t, "202"), "+81312349999");
+        assert_eq!(o.caller_id(Some(r), t, "201"), "+81312340201");
+        assert_eq!(o.caller_id(Some(r), t, "202"), "+81312349999");
     }
 
     #[test]

@@ -233,6 +233,8 @@ impl Harness {
                 authenticate: setup.authenticate,
                 min_session_expires: Duration::from_secs(90),
                 ringback: Arc::new(Prompt::ringback(Default::default())),
+                waiting: Arc::new(Prompt::waiting()),
+                farewell: Arc::new(Prompt::sorry()),
                 test_numbers: crate::config::TestNumbersConfig::default(),
             },
             domain: REALM.into(),

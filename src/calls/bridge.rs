@@ -505,7 +505,7 @@ impl Calls {
             200..=299 => {
                 let Some(r) = resp else { return };
                 self.branch_answered(cx, a, idx, &r);
-                self.outbound_answered(a);
+                self.outbound_answered(a, idx);
             }
             _ => {
                 bridge.branches[idx].final_code = Some(code);
@@ -748,7 +748,7 @@ impl Calls {
 
     /// A BYE on `dialog`; toward a provider (`trunk`) it may be challenged,
     /// and is then sent again with the trunk's credentials.
-    fn bye_toward(
+    pub(super) fn bye_toward(
         &mut self,
         cx: &mut Cx<'_>,
         dialog: &mut Dialog,

@@ -22,7 +22,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
-pub use originate::OriginateError;
+pub use originate::{AttemptCall, OriginateError};
 
 use crate::clock::UnixMillis;
 use crate::media::MediaEvent;

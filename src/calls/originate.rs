@@ -3,18 +3,36 @@
 //! number the PBX answers itself, through our own address) with the codec A
 //! chose, and connect the two through a relay. While B rings, A hears B's early
 //! media when B sends some, else the ringback tone. Either side's BYE ends both.
+//!
+//! A campaign attempt is an origination too, agent first:
+//! - the agent (A) is reserved in the presence map as their phone starts to
+//!   ring (two attempts, or an attempt and a queue call, never take one agent);
+//!   an agent whose phone does not take the call is set away;
+//! - once the agent answers they hear the waiting tone while their desktop
+//!   shows the customer's record; the customer (B, an outside number through
+//!   the campaign's trunk, tried as in `outbound`) is dialled only when they
+//!   confirm, or when the time to confirm runs out if the campaign says so;
+//! - if the agent's leg ends first, the customer hears the farewell before
+//!   our BYE, never silence.
+//!
+//! Each step is reported to the desk (`Effect::Attempt`), the last with the
+//! attempt's outcome.
 
+use super::bridge::Branch;
 use super::cdr::{Disposition, HangupBy};
-use super::{new_cdr, write_cdr, Calls, Cx, Party, Pending, Side, Timer, ALLOW};
+use super::outbound::{Host, Outbound, Tries};
+use super::{new_cdr, write_cdr, Calls, Cx, Party, Pending, Refusal, Side, Timer, ALLOW};
+use crate::campaigns::{AttemptKey, Outcome, Report, Step};
 use crate::media::{prompt::Prompt, Peer, RelayControl};
-use crate::presence::{DialogState, Direction};
+use crate::outside::{Attempt, TrunkId};
+use crate::presence::{DialogState, Direction, State};
 use crate::sip::message::{build::random_tag, parse, Builder, Message, Method};
 use crate::sip::transaction::TxId;
 use crate::sip::{sdp, CallId, Dialog, Remote, StatusCode};
 use crate::tu::ReqId;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why an origination could not start (the API's error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,25 +41,59 @@ pub enum OriginateError {
     UnknownExtension(String),
     #[error("extension {0} has no registered phone")]
     NotRegistered(String),
+    #[error("extension {0} is not available")]
+    NotAvailable(String),
     #[error("no free media ports")]
     NoMedia,
     #[error("the PBX is shutting down")]
     Stopped,
 }
 
-/// Where an origination stands; the ringing phases hold their deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    CallingA { ring_deadline: Instant },
-    CallingB { ring_deadline: Instant },
-    Connected,
+/// A campaign attempt to place, agent first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptCall {
+    pub key: AttemptKey,
+    pub agent: String,
+    /// What the agent's phone shows calling (the campaign's name).
+    pub shown: String,
+    /// The customer's number, sent to the trunk as it is (E.164).
+    pub number: String,
+    pub trunk: TrunkId,
+    /// The caller ID the customer sees ("": the trunk's own).
+    pub caller_id: String,
+    /// How long the agent has to confirm or skip.
+    pub confirm: Duration,
+    /// When that time runs out: dial anyway (else the attempt ends).
+    pub dial_on_timeout: bool,
+    /// How long the customer's phone rings before "no answer".
+    pub ring: Duration,
 }
 
-/// One UAC leg of an origination.
+/// Where an origination stands; each phase holds its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    CallingA {
+        ring_deadline: Instant,
+    },
+    /// A campaign's agent answered and hears the waiting tone.
+    Confirming {
+        deadline: Instant,
+    },
+    CallingB {
+        ring_deadline: Instant,
+    },
+    Connected,
+    /// The agent's leg ended first: the customer hears the farewell, then BYE.
+    Farewell {
+        until: Instant,
+    },
+}
+
+/// Leg A of an origination (our UAC leg to the extension that is rung first).
 #[derive(Debug)]
 struct Leg {
     id: ReqId,
-    /// This leg's Call-ID (leg A's names the call).
+    /// This leg's Call-ID, which names the call.
     call_id: CallId,
     invite: Message,
     remote: Remote,
@@ -55,23 +107,53 @@ struct Leg {
 pub(super) struct Origination {
     phase: Phase,
     a: Leg,
-    b: Option<Leg>,
+    /// Leg B's INVITEs: one to an extension, or the tries of an outside number.
+    b: Vec<Branch>,
+    /// B's dialog in the presence map (an extension's).
+    b_party: Option<Party>,
+    /// The try of B that answered.
+    answered: Option<usize>,
     /// Who leg B calls.
     target: String,
     relay: Box<dyn RelayControl>,
-    /// The payload type A chose (0 or 8): what the ringback is played in.
+    /// The payload type A chose (0 or 8): what tones are played in.
     pt: u8,
     /// B has rung: A hears the ringback or B's early media (not restarted).
     rang: bool,
     cdr: super::cdr::Cdr,
+    /// The SDP B is offered: the codec A chose, at the relay's port 1.
+    b_offer: Vec<u8>,
+    /// Set when B is an outside number (its trunk tries).
+    outbound: Option<Outbound>,
+    /// Set for a campaign attempt.
+    attempt: Option<AttemptCall>,
+    /// How the attempt ended, when something other than the phase decides it.
+    outcome: Option<Outcome>,
 }
 
 impl Origination {
-    fn leg(&mut self, side: Side) -> Option<&mut Leg> {
-        match side {
-            Side::A => Some(&mut self.a),
-            Side::B(_) => self.b.as_mut(),
-        }
+    /// B's outside tries, if B is an outside number.
+    pub(super) fn tries(&mut self) -> Option<Tries<'_>> {
+        Some(Tries {
+            host: Host::Origination,
+            out: self.outbound.as_mut()?,
+            branches: &mut self.b,
+            offer: &self.b_offer,
+            port: self.relay.ports()[1],
+            privacy: false,
+        })
+    }
+
+    /// When the origination's timer is due.
+    fn due(&self) -> Option<Instant> {
+        let at = match self.phase {
+            Phase::CallingA { ring_deadline } | Phase::CallingB { ring_deadline } => ring_deadline,
+            Phase::Confirming { deadline } => deadline,
+            Phase::Farewell { until } => until,
+            Phase::Connected => return None,
+        };
+        let silent = self.outbound.as_ref().and_then(|o| o.silent_until);
+        Some(silent.map_or(at, |s| s.min(at)))
     }
 
     /// Leg B rings: its early media, when it sends some, goes to A; otherwise A
@@ -89,6 +171,20 @@ impl Origination {
             None => {}
         }
         self.rang = true;
+    }
+
+    /// The outcome of the attempt (if it is one) ending now.
+    fn outcome(&self, disposition: Disposition) -> Option<Outcome> {
+        self.attempt.as_ref()?;
+        Some(self.outcome.unwrap_or(match self.phase {
+            Phase::CallingA { .. } | Phase::Confirming { .. } => Outcome::AgentTimeout,
+            Phase::CallingB { .. } => match disposition {
+                Disposition::Busy => Outcome::Busy,
+                Disposition::NoAnswer => Outcome::NoAnswer,
+                _ => Outcome::Failed,
+            },
+            Phase::Connected | Phase::Farewell { .. } => Outcome::Connected,
+        }))
     }
 }
 
@@ -157,6 +253,26 @@ impl Calls {
         from: &str,
         to: &str,
     ) -> Result<CallId, OriginateError> {
+        self.place(cx, from, to, None)
+    }
+
+    /// Starts campaign attempt `call`: reserves and rings the agent.
+    pub fn attempt(
+        &mut self,
+        cx: &mut Cx<'_>,
+        call: AttemptCall,
+    ) -> Result<CallId, OriginateError> {
+        let agent = call.agent.clone();
+        self.place(cx, &agent, &call.number.clone(), Some(call))
+    }
+
+    fn place(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        to: &str,
+        attempt: Option<AttemptCall>,
+    ) -> Result<CallId, OriginateError> {
         if !cx.env.users.contains(from) {
             return Err(OriginateError::UnknownExtension(from.to_string()));
         }
@@ -170,18 +286,28 @@ impl Calls {
         let key = cx.new_call_id();
         let media = cx.env.media.as_ref().ok_or(OriginateError::NoMedia)?;
         let relay = media.relay(&key).map_err(|_| OriginateError::NoMedia)?;
+        // The agent's phone shows the campaign, never the customer's number.
+        let shown = attempt.as_ref().map_or(to, |c| c.shown.as_str());
+        let presence = &cx.env.presence;
+        let party = match &attempt {
+            Some(_) => {
+                let id = presence
+                    .reserve(from, &key.to_string(), shown, cx.wall)
+                    .ok_or_else(|| OriginateError::NotAvailable(from.to_string()))?;
+                Some((from.to_string(), id))
+            }
+            None => super::start_party(presence, from, &key, Direction::Recipient, to, cx.wall),
+        };
         let remote = binding.remote();
         let offer = local_offer(cx.media_ip(remote), relay.ports()[0], None);
-        let bytes = uac_invite(
-            cx,
-            &key,
-            to,
-            from,
-            binding.contact.as_bytes(),
-            remote,
-            &offer,
-        );
-        let invite = parse(bytes, &Default::default()).map_err(|_| OriginateError::NoMedia)?;
+        let uri = binding.contact.as_bytes();
+        let bytes = uac_invite(cx, &key, shown, from, uri, remote, &offer);
+        let Ok(invite) = parse(bytes, &Default::default()) else {
+            if let Some((ext, id)) = party {
+                let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+            }
+            return Err(OriginateError::NoMedia);
+        };
         let id = cx.send_parsed(invite.clone(), remote);
         self.pending
             .insert(id, Pending::Origin(key.clone(), Side::A));
@@ -189,14 +315,9 @@ impl Calls {
         let cdr = new_cdr(cx, &key, from, to);
         Self::started(cx);
         let ring_deadline = cx.now + cx.env.calls.ring_timeout;
-        let party = super::start_party(
-            &cx.env.presence,
-            from,
-            &key,
-            Direction::Recipient,
-            to,
-            cx.wall,
-        );
+        if let Some(c) = &attempt {
+            tracing::info!(call_id = %key, agent = %c.agent, campaign = c.key.campaign.0, contact = c.key.contact.0, "campaign attempt: ringing the agent");
+        }
         self.originations.insert(
             key.clone(),
             Origination {
@@ -209,16 +330,29 @@ impl Calls {
                     dialog: None,
                     party,
                 },
-                b: None,
+                b: Vec::new(),
+                b_party: None,
+                answered: None,
                 target: to.to_string(),
                 relay,
                 pt: 0,
                 rang: false,
                 cdr,
+                b_offer: Vec::new(),
+                outbound: None,
+                attempt,
+                outcome: None,
             },
         );
-        cx.timer(ring_deadline, Timer::Origin(key.clone()));
+        self.arm_origin(cx, &key);
         Ok(key)
+    }
+
+    /// Arms origination `key`'s timer at its next deadline.
+    pub(super) fn arm_origin(&self, cx: &mut Cx<'_>, key: &CallId) {
+        if let Some(at) = self.originations.get(key).and_then(Origination::due) {
+            cx.timer(at, Timer::Origin(key.clone()));
+        }
     }
 
     /// A response on one of an origination's INVITEs (`code` 408: timed out).
@@ -230,77 +364,198 @@ impl Calls {
         code: u16,
         resp: Option<Message>,
     ) {
+        match side {
+            Side::A => self.a_response(cx, key, code, resp),
+            Side::B(idx) => {
+                let outside = self
+                    .originations
+                    .get(key)
+                    .is_some_and(|o| o.outbound.is_some());
+                if outside && self.outbound_response(cx, key, idx, code, resp.as_ref()) {
+                    return;
+                }
+                self.b_response(cx, key, idx, code, resp)
+            }
+        }
+    }
+
+    fn a_response(&mut self, cx: &mut Cx<'_>, key: &CallId, code: u16, resp: Option<Message>) {
         let Some(o) = self.originations.get_mut(key) else {
             return;
         };
-        let Some(leg) = o.leg(side) else { return };
-        let step = match code {
-            101..=199 => Some(DialogState::Early),
-            200..=299 => Some(DialogState::Confirmed),
-            _ => None,
-        };
-        if let (Some(state), Some((ext, id))) = (step, &leg.party) {
-            let _ = cx.env.presence.dialog_state(ext, *id, state, cx.wall);
-        }
+        step_party(cx, o.a.party.as_ref(), code);
         if code < 200 {
-            if matches!(side, Side::B(_)) && code >= 180 {
-                let ip = leg.remote.addr.ip();
+            return;
+        }
+        if code >= 300 {
+            let disposition = match code {
+                486 | 600 => Disposition::Busy,
+                _ => Disposition::NoAnswer,
+            };
+            return self.end_origination(cx, key, Some(Side::A), disposition, HangupBy::Caller);
+        }
+        let Some(r) = resp else { return };
+        let dialog = Dialog::from_uac(&o.a.invite, &r, o.a.remote);
+        if let Some(d) = &dialog {
+            super::bridge::ack(cx, d, 1);
+        }
+        if o.a.dialog.is_some() {
+            return; // a retransmitted 2xx, acknowledged again above
+        }
+        o.a.dialog = dialog;
+        let answer = sdp::parse(r.body()).ok();
+        if let Some(s) = &answer {
+            o.relay.set_peer(0, peer_of(s, o.a.remote.addr.ip()));
+        }
+        let codec = answer
+            .as_ref()
+            .and_then(|s| s.media.first())
+            .and_then(|m| m.formats.first().cloned());
+        o.pt = if codec.as_deref() == Some("8") { 8 } else { 0 };
+        o.b_offer = local_offer(
+            cx.media_ip(o.a.remote),
+            o.relay.ports()[1],
+            codec.as_deref(),
+        );
+        let Some(c) = &o.attempt else {
+            return self.call_leg_b(cx, key);
+        };
+        tracing::info!(call_id = %key, agent = %c.agent, "campaign attempt: the agent answered; waiting for their confirmation");
+        let report = Report {
+            key: c.key,
+            call: key.clone(),
+            step: Step::AgentAnswered,
+        };
+        o.phase = Phase::Confirming {
+            deadline: cx.now + c.confirm,
+        };
+        o.relay
+            .play(0, Arc::clone(&cx.env.calls.waiting), o.pt, true);
+        cx.attempt(report);
+        self.arm_origin(cx, key);
+    }
+
+    fn b_response(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &CallId,
+        idx: usize,
+        code: u16,
+        resp: Option<Message>,
+    ) {
+        let Some(o) = self.originations.get_mut(key) else {
+            return;
+        };
+        let Some(branch) = o.b.get_mut(idx) else {
+            return;
+        };
+        step_party(cx, o.b_party.as_ref(), code);
+        if code < 200 {
+            if code >= 180 {
+                let ip = branch.remote.addr.ip();
                 o.b_ringing(&cx.env.calls.ringback, resp.as_ref(), ip);
             }
             return;
         }
         if code >= 300 {
-            let by = if side == Side::A {
-                HangupBy::Caller
-            } else {
-                HangupBy::Callee
+            branch.final_code = Some(code);
+            let disposition = match code {
+                486 | 600 => Disposition::Busy,
+                _ => Disposition::NoAnswer,
             };
-            let disposition = if code == 486 || code == 600 {
-                Disposition::Busy
-            } else {
-                Disposition::NoAnswer
-            };
-            return self.end_origination(cx, key, Some(side), disposition, by);
+            let by = HangupBy::Callee;
+            return self.end_origination(cx, key, Some(Side::B(idx)), disposition, by);
         }
         let Some(r) = resp else { return };
-        let dialog = Dialog::from_uac(&leg.invite, &r, leg.remote);
+        let dialog = Dialog::from_uac(&branch.invite, &r, branch.remote);
         if let Some(d) = &dialog {
             super::bridge::ack(cx, d, 1);
         }
-        if leg.dialog.is_some() {
+        if branch.dialog.is_some() {
             return; // a retransmitted 2xx, acknowledged again above
         }
-        leg.dialog = dialog;
-        let leg_ip = leg.remote.addr.ip();
-        let answer = sdp::parse(r.body()).ok();
-        if let Some(s) = &answer {
-            o.relay
-                .set_peer(usize::from(side != Side::A), peer_of(s, leg_ip));
+        branch.final_code = Some(code);
+        branch.dialog = dialog;
+        if let Ok(s) = sdp::parse(r.body()) {
+            o.relay.set_peer(1, peer_of(&s, branch.remote.addr.ip()));
         }
-        match side {
-            Side::A => {
-                let codec = answer
-                    .as_ref()
-                    .and_then(|s| s.media.first())
-                    .and_then(|m| m.formats.first().cloned());
-                o.pt = if codec.as_deref() == Some("8") { 8 } else { 0 };
-                self.call_leg_b(cx, key, codec.as_deref());
-            }
-            Side::B(_) => {
-                o.relay.stop_playing();
-                o.phase = Phase::Connected;
-                o.cdr.answer_ms = Some(cx.wall.0);
-            }
+        o.answered = Some(idx);
+        o.relay.stop_playing();
+        o.phase = Phase::Connected;
+        o.cdr.answer_ms = Some(cx.wall.0);
+        if let Some(c) = &o.attempt {
+            tracing::info!(call_id = %key, agent = %c.agent, "campaign attempt: the customer answered");
+            cx.attempt(Report {
+                key: c.key,
+                call: key.clone(),
+                step: Step::CustomerAnswered,
+            });
         }
+        self.outbound_answered(key, idx);
     }
 
-    fn call_leg_b(&mut self, cx: &mut Cx<'_>, key: &CallId, codec: Option<&str>) {
-        let Some(o) = self.originations.get(key) else {
+    /// The agent of attempt `key` confirmed (`dial`) or skipped its customer:
+    /// `false` when the attempt is not waiting for that.
+    pub fn confirm(&mut self, cx: &mut Cx<'_>, key: &CallId, dial: bool) -> bool {
+        let Some(o) = self.originations.get_mut(key) else {
+            return false;
+        };
+        if !matches!(o.phase, Phase::Confirming { .. }) {
+            return false;
+        }
+        if dial {
+            self.call_leg_b(cx, key);
+        } else {
+            o.outcome = Some(Outcome::Skipped);
+            self.end_origination(cx, key, None, Disposition::Cancelled, HangupBy::Caller);
+        }
+        true
+    }
+
+    /// Calls B: an extension at its phone, a campaign's customer through its
+    /// trunk, anything else at our own address.
+    fn call_leg_b(&mut self, cx: &mut Cx<'_>, key: &CallId) {
+        let Some(o) = self.originations.get_mut(key) else {
             return;
         };
-        let (target, from, port) = (o.target.clone(), o.cdr.caller.clone(), o.relay.ports()[1]);
+        o.relay.stop_playing();
+        if let Some(c) = &o.attempt {
+            let ring_deadline = cx.now + c.ring;
+            o.phase = Phase::CallingB { ring_deadline };
+            let line = cx.env.outside.line(c.trunk);
+            let attempts = line
+                .targets
+                .in_order()
+                .into_iter()
+                .map(|target| Attempt {
+                    trunk: c.trunk,
+                    target,
+                    number: c.number.clone(),
+                })
+                .collect();
+            let caller_id = match c.caller_id.as_str() {
+                "" => cx.env.outside.caller_id(None, c.trunk, ""),
+                id => id.to_string(),
+            };
+            o.outbound = Some(Outbound {
+                caller_id: Some(caller_id),
+                ..Outbound::new(c.agent.clone(), None, attempts)
+            });
+            tracing::info!(call_id = %key, agent = %c.agent, trunk = %line.name, "campaign attempt: dialling the customer");
+            cx.attempt(Report {
+                key: c.key,
+                call: key.clone(),
+                step: Step::CustomerDialled,
+            });
+            if !self.try_next_trunk(cx, key) {
+                let r = Refusal::failed(StatusCode::SERVICE_UNAVAILABLE);
+                self.origin_failed(cx, key, r);
+            }
+            return;
+        }
+        let (target, from) = (o.target.clone(), o.cdr.caller.clone());
         // An extension is called at its phone; anything else goes to ourselves, so
-        // test numbers (and later queues) answer it like any caller.
+        // test numbers and queues answer it like any caller.
         let own = SocketAddr::new(
             cx.env
                 .addrs
@@ -312,9 +567,16 @@ impl Calls {
             Some(b) => (b.contact.clone(), b.remote()),
             None => (format!("sip:{target}@{own}"), Remote::udp(own)),
         };
-        let offer = local_offer(cx.media_ip(remote), port, codec);
         let call_id = cx.new_call_id();
-        let bytes = uac_invite(cx, &call_id, &from, &target, uri.as_bytes(), remote, &offer);
+        let bytes = uac_invite(
+            cx,
+            &call_id,
+            &from,
+            &target,
+            uri.as_bytes(),
+            remote,
+            &o.b_offer,
+        );
         let Ok(invite) = parse(bytes, &Default::default()) else {
             return self.end_origination(cx, key, None, Disposition::Failed, HangupBy::System);
         };
@@ -323,7 +585,7 @@ impl Calls {
             .insert(id, Pending::Origin(key.clone(), Side::B(0)));
         self.legs.insert(call_id.clone(), (key.clone(), Side::B(0)));
         let ring_deadline = cx.now + cx.env.calls.ring_timeout;
-        let party = super::start_party(
+        o.b_party = super::start_party(
             &cx.env.presence,
             &target,
             &call_id,
@@ -331,36 +593,58 @@ impl Calls {
             &from,
             cx.wall,
         );
-        if let Some(o) = self.originations.get_mut(key) {
-            o.phase = Phase::CallingB { ring_deadline };
-            o.b = Some(Leg {
-                id,
-                call_id: call_id.clone(),
-                invite,
-                remote,
-                dialog: None,
-                party,
-            });
-        }
-        cx.timer(ring_deadline, Timer::Origin(key.clone()));
+        o.phase = Phase::CallingB { ring_deadline };
+        o.b.push(Branch {
+            id,
+            call_id,
+            invite,
+            remote,
+            final_code: None,
+            dialog: None,
+        });
+        self.arm_origin(cx, key);
     }
 
-    /// The ring timer of an origination.
+    /// The timer of an origination: B's provider silent, or a deadline of
+    /// its phase.
     pub(super) fn origin_timer(&mut self, cx: &mut Cx<'_>, key: &CallId) {
-        let Some(o) = self.originations.get(key) else {
+        let Some(o) = self.originations.get_mut(key) else {
             return;
         };
-        let due = match o.phase {
-            Phase::CallingA { ring_deadline } | Phase::CallingB { ring_deadline } => ring_deadline,
-            Phase::Connected => return,
-        };
-        if cx.now >= due {
-            self.end_origination(cx, key, None, Disposition::NoAnswer, HangupBy::System);
+        if o.due().is_none_or(|at| cx.now < at) {
+            return; // a stale timer: the call moved on
         }
+        let silent = o.outbound.as_ref().and_then(|out| out.silent_until);
+        if silent.is_some_and(|s| s <= cx.now) && matches!(o.phase, Phase::CallingB { .. }) {
+            return self.outbound_silent(cx, key);
+        }
+        match o.phase {
+            Phase::Confirming { .. } if o.attempt.as_ref().is_some_and(|c| c.dial_on_timeout) => {
+                tracing::info!(call_id = %key, "campaign attempt: no confirmation in time; dialling anyway");
+                self.call_leg_b(cx, key)
+            }
+            Phase::Confirming { .. } => {
+                tracing::info!(call_id = %key, "campaign attempt: no confirmation in time");
+                self.end_origination(cx, key, None, Disposition::NoAnswer, HangupBy::System)
+            }
+            Phase::Farewell { .. } => self.end_origination(
+                cx,
+                key,
+                Some(Side::A),
+                Disposition::Answered,
+                HangupBy::Caller,
+            ),
+            _ => self.end_origination(cx, key, None, Disposition::NoAnswer, HangupBy::System),
+        }
+    }
+
+    /// Outside leg B of origination `key` never connected.
+    pub(super) fn origin_failed(&mut self, cx: &mut Cx<'_>, key: &CallId, r: Refusal) {
+        self.end_origination(cx, key, None, r.disposition, r.by);
     }
 
     /// Ends an origination: CANCEL a ringing leg, BYE an answered one (except the
-    /// leg `from`, which ended it), CDR written.
+    /// leg `from`, which ended it), CDR written, an attempt's outcome reported.
     pub(super) fn end_origination(
         &mut self,
         cx: &mut Cx<'_>,
@@ -373,31 +657,90 @@ impl Calls {
             return;
         };
         Self::ended(cx);
-        for (side, leg) in [(Side::A, Some(&mut o.a)), (Side::B(0), o.b.as_mut())] {
-            let Some(leg) = leg else { continue };
-            self.legs.remove(&leg.call_id);
-            self.pending.remove(&leg.id);
-            if let Some((ext, id)) = leg.party.take() {
-                let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
-            }
-            if from == Some(side) {
-                continue;
-            }
-            match leg.dialog.as_mut() {
+        let outcome = o.outcome(disposition);
+        let agent_missed = matches!(o.phase, Phase::CallingA { .. }) && o.attempt.is_some();
+        self.legs.remove(&o.a.call_id);
+        self.pending.remove(&o.a.id);
+        if let Some((ext, id)) = o.a.party.take() {
+            let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+        }
+        if from != Some(Side::A) {
+            match o.a.dialog.as_mut() {
                 Some(d) => super::bridge::bye(cx, d),
                 None => {
-                    super::bridge::cancel(cx, &leg.invite, leg.remote);
+                    super::bridge::cancel(cx, &o.a.invite, o.a.remote);
                     self.orphans
-                        .insert(leg.id, (leg.invite.clone(), leg.remote));
+                        .insert(o.a.id, (o.a.invite.clone(), o.a.remote));
                 }
             }
         }
-        let disposition = if o.phase == Phase::Connected {
+        if let Some((ext, id)) = o.b_party.take() {
+            let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+        }
+        let trunk = o
+            .outbound
+            .as_ref()
+            .and_then(|out| out.current.map(|(t, _)| t));
+        for (i, branch) in o.b.iter_mut().enumerate() {
+            self.legs.remove(&branch.call_id);
+            self.pending.remove(&branch.id);
+            if from == Some(Side::B(i)) {
+                continue;
+            }
+            match branch.dialog.as_mut() {
+                Some(d) => self.bye_toward(cx, d, trunk),
+                None if branch.final_code.is_none() => {
+                    super::bridge::cancel(cx, &branch.invite, branch.remote);
+                    self.orphans
+                        .insert(branch.id, (branch.invite.clone(), branch.remote));
+                }
+                None => {}
+            }
+        }
+        if let Some(out) = o.outbound.as_mut() {
+            out.release(cx);
+        }
+        if let (Some(c), Some(outcome)) = (&o.attempt, outcome) {
+            if agent_missed {
+                // Not rung again at once: the agent is away until they say otherwise.
+                let reason = Some("missed a campaign call");
+                let _ = cx
+                    .env
+                    .presence
+                    .choose_for(&c.agent, State::Away, reason, cx.wall);
+            }
+            tracing::info!(call_id = %key, agent = %c.agent, ?outcome, "campaign attempt over");
+            cx.attempt(Report {
+                key: c.key,
+                call: key.clone(),
+                step: Step::Ended(outcome),
+            });
+        }
+        let disposition = if o.answered.is_some() {
             Disposition::Answered
         } else {
             disposition
         };
         write_cdr(cx, o.cdr, disposition, by);
+    }
+
+    /// The agent's leg of connected attempt `key` ended first: the customer
+    /// hears the farewell, then our BYE.
+    fn farewell(&mut self, cx: &mut Cx<'_>, key: &CallId) {
+        let Some(o) = self.originations.get_mut(key) else {
+            return;
+        };
+        self.legs.remove(&o.a.call_id);
+        o.a.dialog = None;
+        if let Some((ext, id)) = o.a.party.take() {
+            let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+        }
+        let farewell = Arc::clone(&cx.env.calls.farewell);
+        o.phase = Phase::Farewell {
+            until: cx.now + farewell.duration(),
+        };
+        o.relay.play(1, farewell, o.pt, false);
+        self.arm_origin(cx, key);
     }
 
     /// A request inside one of an origination's dialogs.
@@ -413,6 +756,14 @@ impl Calls {
         match req.method() {
             Some(Method::Bye) => {
                 let answer = cx.response(req, remote, StatusCode::OK).finish();
+                let connected_attempt = self
+                    .originations
+                    .get(key)
+                    .is_some_and(|o| o.attempt.is_some() && o.phase == Phase::Connected);
+                if side == Side::A && connected_attempt {
+                    self.farewell(cx, key);
+                    return cx.respond(tx, answer);
+                }
                 let by = if side == Side::A {
                     HangupBy::Caller
                 } else {
@@ -424,5 +775,17 @@ impl Calls {
             // Both legs negotiated with us: a re-offer (hold) is answered from here.
             _ => cx.reply(tx, req, remote, StatusCode::OK),
         }
+    }
+}
+
+/// Moves a leg's presence dialog on with a provisional or 2xx answer.
+fn step_party(cx: &Cx<'_>, party: Option<&Party>, code: u16) {
+    let step = match code {
+        101..=199 => DialogState::Early,
+        200..=299 => DialogState::Confirmed,
+        _ => return,
+    };
+    if let Some((ext, id)) = party {
+        let _ = cx.env.presence.dialog_state(ext, *id, step, cx.wall);
     }
 }

@@ -1,6 +1,7 @@
-//! Outside calls: a bridge whose B leg goes to a provider through the route's
-//! trunks, one at a time. The caller was authenticated and passed the
-//! toll-fraud guard before anything is sent (see `Calls::on_invite`). Each try
+//! Outside calls: a B leg that goes to a provider through the route's trunks,
+//! one at a time — a phone's call out (a bridge: the caller was authenticated
+//! and passed the toll-fraud guard before anything is sent, see
+//! `Calls::on_invite`), or a campaign's customer (an origination). Each try
 //! takes one of the trunk's channels and sends the number in the trunk's form
 //! with the caller ID the rules choose (From, and P-Asserted-Identity where the
 //! trunk wants it), offering only the trunk's codecs.
@@ -20,20 +21,27 @@
 //! The permit and the channel are given back when the call ends, however it ends.
 
 use super::bridge::{refuse, ALeg, Branch, Bridge};
+use super::originate::Origination;
 use super::{lossy, new_cdr, Calls, Cx, Pending, Refusal, Side};
 use crate::outside::{Attempt, Permit, RouteId, TrunkId};
 use crate::presence::Direction;
 use crate::sip::message::{build::random_tag, parse, Builder, HeaderName, Message, Method};
 use crate::sip::transaction::TxId;
 use crate::sip::{sdp, CallId, Dialog, Remote, StatusCode};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// The outside part of a bridge.
 #[derive(Debug)]
 pub(super) struct Outbound {
-    pub permit: Permit,
+    /// The toll-fraud guard's grant (a phone's call; campaigns are bounded by
+    /// their own limits and the trunk's channels).
+    pub permit: Option<Permit>,
     pub user: String,
-    pub route: RouteId,
+    /// The route dialled (a campaign names its trunk instead: no failover).
+    pub route: Option<RouteId>,
+    /// The caller ID shown, when the call sets its own (a campaign's).
+    pub caller_id: Option<String>,
     pub attempts: Vec<Attempt>,
     /// The next attempt to make.
     pub next: usize,
@@ -55,6 +63,25 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
+    /// Outside tries `attempts` for `user`, none made yet.
+    pub fn new(user: String, route: Option<RouteId>, attempts: Vec<Attempt>) -> Outbound {
+        Outbound {
+            permit: None,
+            user,
+            route,
+            caller_id: None,
+            attempts,
+            next: 0,
+            current: None,
+            channel: None,
+            rang: false,
+            challenged: false,
+            silent_until: None,
+            cseq: 1,
+            rseq: None,
+        }
+    }
+
     /// How many of the next attempts go to trunk `t` (its other addresses).
     fn left_on(&self, t: TrunkId) -> usize {
         let rest = self.attempts.get(self.next..).unwrap_or_default();
@@ -71,8 +98,58 @@ impl Outbound {
     /// Gives back everything the call holds.
     pub fn release(&mut self, cx: &Cx<'_>) {
         self.release_channel(cx);
-        cx.env.outside.fraud.release(&self.permit);
+        if let Some(p) = &self.permit {
+            cx.env.outside.fraud.release(p);
+        }
     }
+}
+
+/// Which kind of call outside tries belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Host {
+    Bridge,
+    Origination,
+}
+
+impl Host {
+    /// What the answers of try `idx` of call `a` come back as.
+    fn pending(self, a: &CallId, idx: usize) -> Pending {
+        match self {
+            Host::Bridge => Pending::Branch(a.clone(), idx),
+            Host::Origination => Pending::Origin(a.clone(), Side::B(idx)),
+        }
+    }
+}
+
+/// An outside call's tries, and what they are made from.
+pub(super) struct Tries<'a> {
+    pub host: Host,
+    pub out: &'a mut Outbound,
+    pub branches: &'a mut Vec<Branch>,
+    /// The SDP offered to the provider, pointed at the relay's port `port`.
+    pub offer: &'a [u8],
+    pub port: u16,
+    /// The caller asked for their identity to be withheld.
+    pub privacy: bool,
+}
+
+/// The outside tries of call `a`, wherever it lives.
+fn tries<'a>(
+    bridges: &'a mut HashMap<CallId, Bridge>,
+    originations: &'a mut HashMap<CallId, Origination>,
+    a: &CallId,
+) -> Option<Tries<'a>> {
+    if let Some(b) = bridges.get_mut(a) {
+        return Some(Tries {
+            host: Host::Bridge,
+            out: b.outbound.as_mut()?,
+            branches: &mut b.branches,
+            offer: b.a.invite.body(),
+            port: b.relay.ports()[1],
+            privacy: crate::outside::privacy_asked(&b.a.invite),
+        });
+    }
+    originations.get_mut(a)?.tries()
 }
 
 /// What an outside call is, before it is placed.
@@ -115,22 +192,13 @@ impl Calls {
             &call.number,
             cx.wall,
         );
+        let outbound = Outbound {
+            permit: Some(call.permit),
+            ..Outbound::new(call.user, Some(call.route), attempts)
+        };
         let bridge = Bridge {
             caller_party,
-            outbound: Some(Outbound {
-                permit: call.permit,
-                user: call.user,
-                route: call.route,
-                attempts,
-                next: 0,
-                current: None,
-                channel: None,
-                rang: false,
-                challenged: false,
-                silent_until: None,
-                cseq: 1,
-                rseq: None,
-            }),
+            outbound: Some(outbound),
             ..Bridge::new(cx, a_leg, relay, cdr)
         };
         self.add_bridge(cx, a.clone(), bridge);
@@ -139,17 +207,15 @@ impl Calls {
         }
     }
 
-    /// Sends the outside call to its next trunk with a free channel; `false`
+    /// Sends outside call `a` to its next trunk with a free channel; `false`
     /// when none is left.
-    fn try_next_trunk(&mut self, cx: &mut Cx<'_>, a: &CallId) -> bool {
+    pub(super) fn try_next_trunk(&mut self, cx: &mut Cx<'_>, a: &CallId) -> bool {
         let env = cx.env;
-        let Some(bridge) = self.bridges.get_mut(a) else {
+        let Some(t) = tries(&mut self.bridges, &mut self.originations, a) else {
             return false;
         };
+        let (host, out) = (t.host, t.out);
         loop {
-            let Some(out) = bridge.outbound.as_mut() else {
-                return false;
-            };
             out.release_channel(cx);
             let Some(attempt) = out.attempts.get(out.next).cloned() else {
                 return false;
@@ -166,27 +232,29 @@ impl Calls {
                 out.next += out.left_on(attempt.trunk);
                 continue;
             }
-            out.current = Some((attempt.trunk, bridge.branches.len()));
+            out.current = Some((attempt.trunk, t.branches.len()));
             out.channel = Some(attempt.trunk);
             out.challenged = false;
             out.rseq = None;
             out.cseq = 1;
             out.silent_until = Some(cx.now + line.trying_timeout);
-            let caller_id = env.outside.caller_id(out.route, attempt.trunk, &out.user);
-            let withheld =
-                env.outside.withholds(&out.user) || crate::outside::privacy_asked(&bridge.a.invite);
+            let caller_id = match &out.caller_id {
+                Some(c) => c.clone(),
+                None => env.outside.caller_id(out.route, attempt.trunk, &out.user),
+            };
+            let withheld = env.outside.withholds(&out.user) || t.privacy;
             let caller = (caller_id.as_str(), withheld);
-            let Some(invite) = trunk_invite(cx, bridge, &attempt, caller) else {
+            let Some(invite) = trunk_invite(cx, (t.offer, t.port), &attempt, caller) else {
                 tracing::warn!(call_id = %a, trunk = %line.name, "no INVITE for this trunk (no codec in common?)");
                 continue;
             };
-            let idx = bridge.branches.len();
+            let idx = t.branches.len();
             let call_id = CallId::from_bytes(invite.call_id().unwrap_or_default());
             let id = cx.send_parsed(invite.clone(), attempt.target);
             tracing::debug!(call_id = %a, trunk = %line.name, to = %attempt.target.addr, number = %attempt.number, "outside call sent");
-            self.pending.insert(id, Pending::Branch(a.clone(), idx));
+            self.pending.insert(id, host.pending(a, idx));
             self.legs.insert(call_id.clone(), (a.clone(), Side::B(idx)));
-            bridge.branches.push(Branch {
+            t.branches.push(Branch {
                 id,
                 call_id,
                 invite,
@@ -194,13 +262,29 @@ impl Calls {
                 final_code: None,
                 dialog: None,
             });
-            self.arm_bridge(cx, a);
+            self.arm_outside(cx, host, a);
             return true;
         }
     }
 
-    /// An answer on branch `idx` of outside call `a`: `true` when handled here
-    /// (challenges, failover, PRACK bookkeeping stay out of the bridge).
+    /// Arms outside call `a`'s timer.
+    fn arm_outside(&self, cx: &mut Cx<'_>, host: Host, a: &CallId) {
+        match host {
+            Host::Bridge => self.arm_bridge(cx, a),
+            Host::Origination => self.arm_origin(cx, a),
+        }
+    }
+
+    /// Ends outside call `a`, which never connected.
+    fn outside_failed(&mut self, cx: &mut Cx<'_>, host: Host, a: &CallId, r: Refusal) {
+        match host {
+            Host::Bridge => self.fail_call(cx, a, r),
+            Host::Origination => self.origin_failed(cx, a, r),
+        }
+    }
+
+    /// An answer on try `idx` of outside call `a`: `true` when handled here
+    /// (challenges, failover, PRACK bookkeeping stay out of the call).
     pub(super) fn outbound_response(
         &mut self,
         cx: &mut Cx<'_>,
@@ -209,12 +293,10 @@ impl Calls {
         code: u16,
         resp: Option<&Message>,
     ) -> bool {
-        let Some(bridge) = self.bridges.get_mut(a) else {
-            return true;
+        let Some(t) = tries(&mut self.bridges, &mut self.originations, a) else {
+            return !self.bridges.contains_key(a) && !self.originations.contains_key(a);
         };
-        let Some(out) = bridge.outbound.as_mut() else {
-            return false;
-        };
+        let (host, out) = (t.host, t.out);
         if out.current.map(|(_, i)| i) != Some(idx) {
             // An old try (its transaction ended, or it was abandoned as
             // silent and a late 2xx is the orphans' to end): nothing to do.
@@ -223,14 +305,14 @@ impl Calls {
         if out.silent_until.take().is_some() {
             if let Some((trunk, _)) = out.current {
                 let line = cx.env.outside.line(trunk);
-                line.targets.answered(bridge.branches[idx].remote);
+                line.targets.answered(t.branches[idx].remote);
             }
         }
         match (code, resp) {
             (100, _) => false,
             (101..=199, Some(r)) => {
                 out.rang |= code == 180 || code == 183 || !r.body().is_empty();
-                prack(cx, bridge, idx, r);
+                prack(cx, out, &t.branches[idx], r);
                 false
             }
             (401 | 407, Some(r)) if !out.challenged => {
@@ -239,19 +321,19 @@ impl Calls {
                     return true;
                 };
                 let line = cx.env.outside.line(trunk);
-                let uri = bridge.branches[idx].invite.request_uri_bytes();
+                let uri = t.branches[idx].invite.request_uri_bytes();
                 let Some(auth) = credentials(cx, trunk, r, "INVITE", uri.unwrap_or_default())
                 else {
                     tracing::warn!(call_id = %a, trunk = %line.name, "a challenge we cannot answer");
                     return self.trunk_failed(cx, a, code);
                 };
-                let old = &bridge.branches[idx].invite;
+                let old = &t.branches[idx].invite;
                 let Some(invite) = rechallenged(old, auth) else {
                     return self.trunk_failed(cx, a, code);
                 };
-                let id = cx.send_parsed(invite.clone(), bridge.branches[idx].remote);
-                self.pending.insert(id, Pending::Branch(a.clone(), idx));
-                let branch = &mut bridge.branches[idx];
+                let id = cx.send_parsed(invite.clone(), t.branches[idx].remote);
+                self.pending.insert(id, host.pending(a, idx));
+                let branch = &mut t.branches[idx];
                 branch.id = id;
                 branch.invite = invite;
                 true
@@ -265,21 +347,22 @@ impl Calls {
     /// callee rang, the trunk's next address on 408 or 503 (RFC 3263), the
     /// next trunk when the route says so; else the call fails.
     fn trunk_failed(&mut self, cx: &mut Cx<'_>, a: &CallId, code: u16) -> bool {
-        let Some(bridge) = self.bridges.get_mut(a) else {
+        let Some(t) = tries(&mut self.bridges, &mut self.originations, a) else {
             return true;
         };
-        let Some(out) = bridge.outbound.as_mut() else {
-            return true;
-        };
+        let (host, out) = (t.host, t.out);
         let next_address = matches!(code, 408 | 503);
         // The provider refused our credentials: another provider may take them.
         let code = match code {
             401 | 407 => StatusCode::SERVICE_UNAVAILABLE.0,
             c => c,
         };
-        let failover = !out.rang && cx.env.outside.fails_over(out.route, code);
+        let fails_over = out
+            .route
+            .is_some_and(|r| cx.env.outside.fails_over(r, code));
+        let failover = !out.rang && fails_over;
         if let Some((trunk, idx)) = out.current {
-            let branch = &mut bridge.branches[idx];
+            let branch = &mut t.branches[idx];
             branch.final_code = Some(code);
             let line = cx.env.outside.line(trunk);
             tracing::info!(call_id = %a, trunk = %line.name, to = %branch.remote.addr, code, "outside call failed on trunk");
@@ -306,7 +389,7 @@ impl Calls {
         } else {
             passed_on(code)
         };
-        self.fail_call(cx, a, r);
+        self.outside_failed(cx, host, a, r);
         true
     }
 
@@ -314,30 +397,27 @@ impl Calls {
     /// the try is abandoned (a late 2xx is acknowledged and ended) and the
     /// next trunk tried.
     pub(super) fn outbound_silent(&mut self, cx: &mut Cx<'_>, a: &CallId) {
-        let Some(bridge) = self.bridges.get_mut(a) else {
+        let Some(t) = tries(&mut self.bridges, &mut self.originations, a) else {
             return;
         };
-        let Some((_, idx)) = bridge.outbound.as_ref().and_then(|o| o.current) else {
+        let Some((_, idx)) = t.out.current else {
             return;
         };
-        let branch = &bridge.branches[idx];
+        let branch = &t.branches[idx];
         self.pending.remove(&branch.id);
         self.orphans
             .insert(branch.id, (branch.invite.clone(), branch.remote));
         self.trunk_failed(cx, a, StatusCode::REQUEST_TIMEOUT.0);
     }
 
-    /// The 2xx of outside call `a` made its dialog: its requests go above
-    /// the early dialog's PRACKs.
-    pub(super) fn outbound_answered(&mut self, a: &CallId) {
-        let Some(bridge) = self.bridges.get_mut(a) else {
+    /// Try `idx` of outside call `a` answered and made its dialog: its
+    /// requests go above the early dialog's PRACKs.
+    pub(super) fn outbound_answered(&mut self, a: &CallId, idx: usize) {
+        let Some(t) = tries(&mut self.bridges, &mut self.originations, a) else {
             return;
         };
-        let (Some(out), Some(idx)) = (bridge.outbound.as_ref(), bridge.answered) else {
-            return;
-        };
-        if let Some(d) = bridge.branches[idx].dialog.as_mut() {
-            d.cseq = d.cseq.max(out.cseq);
+        if let Some(d) = t.branches.get_mut(idx).and_then(|b| b.dialog.as_mut()) {
+            d.cseq = d.cseq.max(t.out.cseq);
         }
     }
 }
@@ -407,15 +487,14 @@ fn passed_on(code: u16) -> Refusal {
 /// pointed at the relay (with the trunk's codecs only).
 fn trunk_invite(
     cx: &mut Cx<'_>,
-    bridge: &Bridge,
+    (offer, port): (&[u8], u16),
     attempt: &Attempt,
     (caller_id, withheld): (&str, bool),
 ) -> Option<Message> {
     let line = cx.env.outside.line(attempt.trunk);
     let target = attempt.target;
-    let offer = bridge.a.invite.body();
     let parsed = sdp::parse(offer).ok()?;
-    let ports = super::bridge::relay_ports(&parsed, bridge.relay.ports()[1]);
+    let ports = super::bridge::relay_ports(&parsed, port);
     let body = sdp::rewrite(offer, cx.media_ip(target), &ports).ok()?;
     let body = match line.codecs.is_empty() {
         true => body,
@@ -517,7 +596,7 @@ fn rechallenged(old: &Message, (name, value): (&str, String)) -> Option<Message>
 
 /// RFC 3262: a provisional answer with `Require: 100rel` and a new RSeq is
 /// acknowledged with PRACK in its early dialog.
-fn prack(cx: &mut Cx<'_>, bridge: &mut Bridge, idx: usize, r: &Message) {
+fn prack(cx: &mut Cx<'_>, out: &mut Outbound, branch: &Branch, r: &Message) {
     let reliable = r
         .values(HeaderName::Require)
         .any(|v| v.eq_ignore_ascii_case(b"100rel"));
@@ -528,13 +607,9 @@ fn prack(cx: &mut Cx<'_>, bridge: &mut Bridge, idx: usize, r: &Message) {
     let (true, Some(rseq)) = (reliable, rseq) else {
         return;
     };
-    let Some(out) = bridge.outbound.as_mut() else {
-        return;
-    };
     if out.rseq.is_some_and(|last| rseq <= last) {
         return; // a retransmission of one we acknowledged
     }
-    let branch = &bridge.branches[idx];
     let Some(mut early) = Dialog::from_uac(&branch.invite, r, branch.remote) else {
         return;
     };

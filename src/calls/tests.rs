@@ -1243,3 +1243,211 @@ fn a_withheld_caller_id_goes_out_anonymous_with_privacy_and_the_identity_only_as
         "<sip:+81312340000@first.example>"
     );
 }
+
+const CUSTOMER: &str = "+81312345678";
+
+/// Agent 202 (at PHONE_A) of campaign 7, whose customers are dialled
+/// through trunk "first".
+fn attempt_call(contact: u64, dial_on_timeout: bool) -> super::AttemptCall {
+    use crate::campaigns::{AttemptKey, CampaignId, ContactId};
+    super::AttemptCall {
+        key: AttemptKey {
+            campaign: CampaignId(7),
+            contact: ContactId(contact),
+        },
+        agent: "202".into(),
+        shown: "Spring".into(),
+        number: CUSTOMER.into(),
+        trunk: crate::outside::TrunkId(0),
+        caller_id: "+81399990000".into(),
+        confirm: Duration::from_secs(15),
+        dial_on_timeout,
+        ring: Duration::from_secs(20),
+    }
+}
+
+/// Addresses with retransmissions left out.
+fn once(mut to: Vec<&str>) -> Vec<&str> {
+    to.dedup();
+    to
+}
+
+/// The steps the attempts reported since last asked.
+fn steps(lab: &mut Lab) -> Vec<crate::campaigns::Step> {
+    lab.h
+        .shard
+        .poll_attempts()
+        .into_iter()
+        .map(|r| r.step)
+        .collect()
+}
+
+/// A campaign lab whose agent 202 is available; the attempt placed, and our
+/// INVITE to the agent's phone.
+fn attempt_placed(dial_on_timeout: bool) -> (Lab, CallId, String) {
+    let mut lab = outside_lab();
+    let presence = &lab.h.env.presence;
+    presence
+        .set_registered("202", true, lab.h.wall0)
+        .expect("registered");
+    let key = lab
+        .h
+        .shard
+        .attempt(lab.now, attempt_call(1, dial_on_timeout))
+        .expect("placed");
+    let out = lab.out();
+    let agent = one(&out, "INVITE sip:202@").clone();
+    (lab, key, agent)
+}
+
+/// The provider's INVITE for the customer among what was sent.
+fn to_customer(out: &[String]) -> &String {
+    let start = format!("INVITE sip:{CUSTOMER}@first.example");
+    out.iter()
+        .find(|m| m.starts_with(&start))
+        .unwrap_or_else(|| panic!("no {start} in {out:#?}"))
+}
+
+fn customer_dialled(out: &[String]) -> bool {
+    out.iter().any(|m| m.starts_with("INVITE sip:+"))
+}
+
+/// The BYE of whoever answered our `invite` (with To tag `tag`).
+fn bye_for(invite: &str, tag: &str, from: &str) -> Bytes {
+    with_body(
+        format!(
+            "BYE sip:sipdesk@192.0.2.100 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKbye{tag};rport\r\n\
+             From: {};tag={tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n",
+            header(invite, "To"),
+            header(invite, "From"),
+            header(invite, "Call-ID")
+        ),
+        "",
+    )
+}
+
+#[test]
+fn a_campaign_attempt_reserves_and_rings_the_agent_and_dials_the_customer_only_once_confirmed() {
+    use crate::campaigns::{Outcome, Step};
+    use crate::presence::State;
+    let (mut lab, key, agent) = attempt_placed(false);
+    assert!(
+        header(&agent, "From").starts_with("<sip:Spring@"),
+        "the agent's phone shows the campaign, not the customer: {agent}"
+    );
+    let presence = lab.h.env.presence.clone();
+    assert_eq!(presence.state("202").map(|s| s.0), Some(State::Ringing));
+    assert_eq!(
+        lab.h.shard.attempt(lab.now, attempt_call(2, false)),
+        Err(super::OriginateError::NotAvailable("202".into())),
+        "a reserved agent is not taken twice"
+    );
+    let out = lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    one(&out, "ACK ");
+    assert!(
+        !customer_dialled(&out),
+        "nobody is dialled before the agent confirms"
+    );
+    assert_eq!(steps(&mut lab), [Step::AgentAnswered]);
+    let log = lab.media_log();
+    assert!(
+        log.ends_with(&[format!("{key} play 0 pt=0 looping=true")]),
+        "the agent hears the waiting tone: {log:?}"
+    );
+    assert!(!customer_dialled(&lab.advance(Duration::from_secs(10))));
+
+    assert!(lab.h.shard.confirm(lab.now, &key, true));
+    assert!(!lab.h.shard.confirm(lab.now, &key, true), "confirmed once");
+    let out = lab.out();
+    let customer = to_customer(&out).clone();
+    assert_eq!(lab.sent_to("INVITE sip:+"), [FIRST]);
+    assert!(
+        header(&customer, "From").starts_with("<sip:+81399990000@first.example>"),
+        "the campaign's caller ID: {customer}"
+    );
+    assert!(
+        customer.contains("RTP/AVP 0 101"),
+        "the agent's codec: {customer}"
+    );
+    assert_eq!(steps(&mut lab), [Step::CustomerDialled]);
+    lab.input(response(&customer, 180, "cu", "", ""), FIRST);
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.21");
+    let out = lab.input(response(&customer, 200, "cu", &sdp, ""), FIRST);
+    one(&out, "ACK ");
+    assert_eq!(steps(&mut lab), [Step::CustomerAnswered]);
+
+    // The agent hangs up first: the customer hears the farewell, then our BYE.
+    let out = lab.input(bye_for(&agent, "ag", PHONE_A), PHONE_A);
+    one(&out, "SIP/2.0 200 OK");
+    assert!(starting(&out, "BYE ").is_empty(), "not cut off: {out:#?}");
+    assert!(
+        lab.media_log()
+            .ends_with(&[format!("{key} play 1 pt=0 looping=false")]),
+        "{:?}",
+        lab.media_log()
+    );
+    assert_eq!(presence.state("202").map(|s| s.0), Some(State::Available));
+    let out = lab.advance(Duration::from_secs(5));
+    assert_eq!(once(lab.sent_to("BYE ")), [FIRST], "{out:#?}");
+    assert_eq!(steps(&mut lab), [Step::Ended(Outcome::Connected)]);
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}
+
+#[test]
+fn an_agent_who_does_not_confirm_in_time_is_hung_up_or_the_customer_dialled_as_the_campaign_says() {
+    use crate::campaigns::{Outcome, Step};
+    let (mut lab, _, agent) = attempt_placed(false);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    assert!(!customer_dialled(&lab.advance(Duration::from_secs(14))));
+    let out = lab.advance(Duration::from_secs(2));
+    assert!(!customer_dialled(&out));
+    assert_eq!(once(lab.sent_to("BYE ")), [PHONE_A]);
+    assert_eq!(
+        steps(&mut lab),
+        [Step::AgentAnswered, Step::Ended(Outcome::AgentTimeout)]
+    );
+    assert!(lab.idle());
+
+    let (mut lab, _, agent) = attempt_placed(true);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    lab.advance(Duration::from_secs(14));
+    to_customer(&lab.advance(Duration::from_secs(2)));
+}
+
+#[test]
+fn a_skipped_or_busy_customer_ends_the_attempt_and_an_agent_who_misses_it_is_set_away() {
+    use crate::campaigns::{Outcome, Step};
+    use crate::presence::State;
+    let (mut lab, key, agent) = attempt_placed(false);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    assert!(lab.h.shard.confirm(lab.now, &key, false));
+    let out = lab.out();
+    assert!(!customer_dialled(&out));
+    assert_eq!(once(lab.sent_to("BYE ")), [PHONE_A]);
+    assert_eq!(
+        steps(&mut lab),
+        [Step::AgentAnswered, Step::Ended(Outcome::Skipped)]
+    );
+
+    let (mut lab, key, agent) = attempt_placed(false);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    lab.h.shard.confirm(lab.now, &key, true);
+    let customer = to_customer(&lab.out()).clone();
+    lab.input(response(&customer, 486, "cu", "", ""), FIRST);
+    assert_eq!(once(lab.sent_to("BYE ")), [PHONE_A]);
+    let ended = steps(&mut lab).pop();
+    assert_eq!(ended, Some(Step::Ended(Outcome::Busy)));
+    assert!(lab.idle());
+    assert!(
+        lab.h.env.outside.line(crate::outside::TrunkId(0)).seize(),
+        "the trunk's channel is given back"
+    );
+
+    let (mut lab, _, _) = attempt_placed(false);
+    lab.advance(Duration::from_secs(31));
+    assert_eq!(once(lab.sent_to("CANCEL ")), [PHONE_A]);
+    assert_eq!(steps(&mut lab), [Step::Ended(Outcome::AgentTimeout)]);
+    let presence = lab.h.env.presence.clone();
+    assert_eq!(presence.state("202").map(|s| s.0), Some(State::Away));
+}

@@ -233,7 +233,38 @@ impl Outcome {
     }
 }
 
-/// Where a contact stands.
+/// One attempt of a campaign, by its contact (a contact is in one attempt
+/// at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub campaign: CampaignId,
+    pub contact: ContactId,
+}
+
+/// What an attempt's call tells the desk, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The agent answered: the record goes to their desktop, the time to
+    /// confirm runs.
+    AgentAnswered,
+    /// The customer's number went to the trunk.
+    CustomerDialled,
+    /// The customer answered, with the agent on the line.
+    CustomerAnswered,
+    /// A customer answered when no agent was on the line any more.
+    Abandoned,
+    /// The attempt is over.
+    Ended(Outcome),
+}
+
+/// A step of attempt `key`, whose call is `call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub key: AttemptKey,
+    pub call: crate::sip::CallId,
+    pub step: Step,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ContactStatus {
@@ -801,6 +832,22 @@ impl Campaigns {
             _ => ContactStatus::Done { outcome },
         };
         Ok(c.clone())
+    }
+
+    /// Takes back a `take` whose change could not be stored: the contact
+    /// waits again, as on disk.
+    pub fn untake(&mut self, taken: &Contact, now: UnixMillis) {
+        let Some(l) = self.live.get_mut(&taken.campaign) else {
+            return;
+        };
+        if let Some(c) = l.contacts.get_mut(&taken.id) {
+            c.status = ContactStatus::Waiting {
+                not_before_ms: now.0,
+            };
+        }
+        if l.started.back() == Some(&now.0) {
+            l.started.pop_back();
+        }
     }
 
     /// A customer answered with no agent on the line.

@@ -59,6 +59,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::callbacks::routes())
         .merge(super::campaigns::routes())
+        .merge(super::dialer::routes())
         .merge(super::assets::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -105,6 +106,9 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::campaigns::contacts,
         super::campaigns::act,
         super::campaigns::forbid,
+        super::dialer::confirm,
+        super::dialer::skip,
+        super::dialer::audit,
         events
     ),
     components(schemas(
@@ -133,6 +137,9 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::campaigns::ContactOutcome,
         super::campaigns::Forbid,
         super::campaigns::Forbidden,
+        super::dialer::Customer,
+        super::dialer::AttemptPhase,
+        super::dialer::Audit,
         crate::history::Customer,
         super::export::Format,
         crate::routing::stats::QueueStats,
@@ -220,7 +227,9 @@ impl From<OriginateError> for ApiError {
     fn from(e: OriginateError) -> Self {
         match e {
             OriginateError::UnknownExtension(_) => ApiError::NotFound(e.to_string()),
-            OriginateError::NotRegistered(_) => ApiError::Conflict(e.to_string()),
+            OriginateError::NotRegistered(_) | OriginateError::NotAvailable(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             OriginateError::NoMedia | OriginateError::Stopped => {
                 ApiError::Unavailable(e.to_string())
             }

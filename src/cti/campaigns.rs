@@ -68,7 +68,7 @@ fn supervisor(caller: &Caller) -> Result<(), ApiError> {
 impl Desk {
     /// Group `group` and trunk `trunk` as the presence map, the queues and
     /// the trunk's registration see them now.
-    fn conditions(&self, group: &str, trunk: &str) -> Conditions {
+    pub(super) fn conditions(&self, group: &str, trunk: &str) -> Conditions {
         let members = self.members.get(group);
         let states: Vec<Presence> = members
             .into_iter()
@@ -121,7 +121,7 @@ impl Desk {
     }
 
     /// Tells the supervisors where campaign `id` stands now.
-    fn announce(&self, id: CampaignId) {
+    pub(super) fn announce(&self, id: CampaignId) {
         let now = self.wall(Instant::now());
         let progress = lock(&self.campaigns).progress(id, now);
         if let Some(progress) = progress {
@@ -144,7 +144,7 @@ impl Desk {
         Ok(())
     }
 
-    async fn next_ids(&self, n: usize) -> Vec<u64> {
+    pub(super) async fn next_ids(&self, n: usize) -> Vec<u64> {
         let mut ids = self.record_ids.lock().await;
         let now = self.wall(Instant::now());
         (0..n).map(|_| ids.next_id(now)).collect()

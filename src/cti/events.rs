@@ -84,6 +84,25 @@ pub enum Body {
     Campaign {
         progress: crate::campaigns::Progress,
     },
+    /// One customer of a campaign, to the one agent whose attempt it is
+    /// (their own stream only): confirm or skip within `confirm_secs`.
+    Attempt {
+        call_id: String,
+        campaign: String,
+        customer: super::dialer::Customer,
+        confirm_secs: u32,
+    },
+    /// The attempt moved on: the customer is being dialled, or answered.
+    AttemptProgress {
+        call_id: String,
+        phase: super::dialer::AttemptPhase,
+    },
+    /// The attempt is over: the record leaves the page and memory (and the
+    /// event that carried it is erased from the log).
+    AttemptErased {
+        call_id: String,
+        outcome: crate::campaigns::Outcome,
+    },
     /// Events were lost (the client asked for more than the ring holds, or the
     /// desk itself fell behind the PBX): fetch the board again.
     Resync,
@@ -262,6 +281,25 @@ impl EventLog {
             audience,
         }));
         self.latest
+    }
+
+    /// Replaces event `seq`'s body (if the ring still holds it) with `body`:
+    /// what it carried is no longer replayed to anyone.
+    pub fn redact(&mut self, seq: Seq, body: Body) {
+        let oldest = self.latest + 1 - self.ring.len() as u64;
+        let Some(slot) = seq
+            .checked_sub(oldest)
+            .and_then(|i| self.ring.get_mut(i as usize))
+        else {
+            return;
+        };
+        let audience = slot.audience.clone();
+        *slot = Arc::new(Event {
+            seq,
+            wire: wire(seq, &body),
+            body,
+            audience,
+        });
     }
 
     /// Everything after `seq`, at most `limit` of them.

@@ -15,6 +15,7 @@ pub mod api;
 mod assets;
 mod callbacks;
 mod campaigns;
+pub mod dialer;
 pub mod events;
 pub mod export;
 pub mod metrics;
@@ -59,6 +60,16 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn trunks(&self) -> Vec<TrunkLine>;
     /// Tells queue call `call` its call-back is stored (`saved`) or is not.
     fn callback_saved(&self, call: &crate::sip::CallId, saved: bool);
+    /// Starts a campaign attempt (reserves and rings the agent); its call.
+    fn attempt(
+        &self,
+        call: crate::calls::AttemptCall,
+    ) -> Pending<Result<crate::sip::CallId, OriginateError>>;
+    /// The agent of attempt `call` confirmed (`dial`) or skipped; `false`
+    /// when the attempt was not waiting for that.
+    fn confirm(&self, call: &crate::sip::CallId, dial: bool) -> Pending<bool>;
+    /// The trunk named `name`.
+    fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId>;
 }
 
 /// A trunk as the desk shows it.
@@ -145,6 +156,11 @@ pub struct Desk {
     /// Campaigns, their contacts and the do-not-call list (a std lock, never
     /// held across an `.await`).
     campaigns: Mutex<crate::campaigns::Campaigns>,
+    /// The campaign attempts in progress (a std lock, never held across an
+    /// `.await`).
+    dialer: Mutex<dialer::Dialer>,
+    /// Wakes the dialer (a group member's presence changed, an attempt ended).
+    dial_now: tokio::sync::Notify,
 }
 
 /// A lock that a panicking holder poisoned is still usable: its data are
@@ -180,6 +196,8 @@ impl Desk {
             record_ids: tokio::sync::Mutex::new(config.record_ids.clone()),
             callbacks: Mutex::new(std::mem::take(&mut config.callbacks)),
             campaigns: Mutex::new(std::mem::take(&mut config.campaigns)),
+            dialer: Mutex::default(),
+            dial_now: tokio::sync::Notify::new(),
             members: config
                 .groups
                 .iter()
@@ -252,6 +270,9 @@ impl Desk {
         loop {
             match changes.recv().await {
                 Ok(c) => {
+                    if self.agents.contains(&c.extension) {
+                        self.dial_now.notify_one();
+                    }
                     let call_events = if self.agents.contains(&c.extension) {
                         calls.track(&c)
                     } else {

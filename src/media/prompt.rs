@@ -179,6 +179,12 @@ impl Prompt {
         ]))
     }
 
+    /// The built-in waiting tone (loops): a soft beep every three seconds,
+    /// what a campaign's agent hears while their desktop shows the record.
+    pub fn waiting() -> Prompt {
+        Prompt::from_linear(&synth(&[(440.0, 0.2, 0.2), (0.0, 2.8, 0.0)]))
+    }
+
     /// The built-in call-back offer: a rising three-note chime ("leave a
     /// message, or press 1 to be called back"; a queue's `callback_prompt`
     /// WAV says it in words), then the long beep after which the caller speaks.

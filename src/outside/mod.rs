@@ -390,12 +390,12 @@ impl Outside {
         self.route_of(r).failover.iter().any(|f| f.covers(code))
     }
 
-    /// The caller ID `user`'s call on route `r` shows through trunk `t`.
-    pub fn caller_id(&self, r: RouteId, t: TrunkId, user: &str) -> String {
+    /// The caller ID `user`'s call on route `r` (if any) shows through trunk `t`.
+    pub fn caller_id(&self, r: Option<RouteId>, t: TrunkId, user: &str) -> String {
         let line = self.line(t);
         [
             self.caller_ids.get(user).map(String::as_str),
-            Some(self.route_of(r).caller_id.as_str()),
+            r.map(|r| self.route_of(r).caller_id.as_str()),
             Some(line.caller_id.as_str()),
         ]
         .into_iter()
@@ -635,9 +635,15 @@ mod tests {
     #[test]
     fn the_caller_id_is_the_users_then_the_routes_then_the_trunks_then_the_account() {
         let o = outside();
-        assert_eq!(o.caller_id(RouteId(1), TrunkId(0), "202"), "+81312349999");
-        assert_eq!(o.caller_id(RouteId(1), TrunkId(0), "201"), "+81312340000");
-        assert_eq!(o.caller_id(RouteId(1), TrunkId(1), "201"), "office");
+        assert_eq!(
+            o.caller_id(Some(RouteId(1)), TrunkId(0), "202"),
+            "+81312349999"
+        );
+        assert_eq!(
+            o.caller_id(Some(RouteId(1)), TrunkId(0), "201"),
+            "+81312340000"
+        );
+        assert_eq!(o.caller_id(Some(RouteId(1)), TrunkId(1), "201"), "office");
     }
 
     #[test]

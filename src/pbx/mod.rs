@@ -42,6 +42,17 @@ pub enum Control {
         to: String,
         reply: tokio::sync::oneshot::Sender<Result<String, OriginateError>>,
     },
+    /// Start a campaign attempt: reserve and ring the agent.
+    Attempt {
+        call: crate::calls::AttemptCall,
+        reply: tokio::sync::oneshot::Sender<Result<CallId, OriginateError>>,
+    },
+    /// The agent of attempt `call` confirmed (`dial`) or skipped.
+    Confirm {
+        call: CallId,
+        dial: bool,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
     /// A media session of this Call-ID reports something (inactivity, a
     /// digit, a saved recording).
     Media(CallId, crate::media::MediaEvent),
@@ -220,6 +231,12 @@ impl PbxBuilder {
                 ringback: Arc::new(crate::media::prompt::Prompt::ringback(
                     config.calls.tone_zone,
                 )),
+                waiting: Arc::new(crate::media::prompt::Prompt::waiting()),
+                farewell: Arc::new(match config.calls.campaign_farewell.get_ref().as_str() {
+                    "" => crate::media::prompt::Prompt::sorry(),
+                    path => crate::config::read_sound(path)
+                        .unwrap_or_else(|_| crate::media::prompt::Prompt::sorry()),
+                }),
                 test_numbers: config.test_numbers.clone(),
             },
             domain: config.domain().to_string(),
@@ -248,6 +265,7 @@ impl PbxBuilder {
             tasks.spawn(resolve::keep_located(config.clone(), env, wait, moved));
         }
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
         let dialplan = Dialplan::from_config(&config);
@@ -283,6 +301,7 @@ impl PbxBuilder {
                 writer: Writer::Queued(writer_tx.clone()),
                 voice_dir: dir.join(VOICE_DIR),
                 requests: callbacks_rx,
+                reports: reports_rx,
             },
             WallClock::new(wall, mono),
             &mut tasks,
@@ -324,6 +343,7 @@ impl PbxBuilder {
                 writer: writer_tx.clone(),
                 latency: Arc::clone(&latency),
                 callbacks: callbacks_tx.clone(),
+                reports: reports_tx.clone(),
             };
             tasks.spawn(task.run());
         }
@@ -587,6 +607,40 @@ impl crate::cti::Commands for DeskCommands {
             }
         }
     }
+    fn attempt(
+        &self,
+        call: crate::calls::AttemptCall,
+    ) -> crate::cti::Pending<Result<CallId, OriginateError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let shard = shard_of(call.agent.as_bytes(), self.controls.len());
+        let sent = self
+            .controls
+            .get(shard)
+            .is_some_and(|c| c.send(Control::Attempt { call, reply }).is_ok());
+        Box::pin(async move {
+            match sent {
+                true => answer.await.unwrap_or(Err(OriginateError::Stopped)),
+                false => Err(OriginateError::Stopped),
+            }
+        })
+    }
+    fn confirm(&self, call: &CallId, dial: bool) -> crate::cti::Pending<bool> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let shard = call.shard(self.controls.len());
+        let control = Control::Confirm {
+            call: call.clone(),
+            dial,
+            reply,
+        };
+        let sent = self
+            .controls
+            .get(shard)
+            .is_some_and(|c| c.send(control).is_ok());
+        Box::pin(async move { sent && answer.await.unwrap_or(false) })
+    }
+    fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId> {
+        self.env.outside.trunk_named(name)
+    }
     fn callback_saved(&self, call: &CallId, saved: bool) {
         let shard = call.shard(self.controls.len());
         if let Some(c) = self.controls.get(shard) {
@@ -687,6 +741,8 @@ struct DeskWrites {
     writer: Writer,
     voice_dir: PathBuf,
     requests: mpsc::UnboundedReceiver<crate::callbacks::Request>,
+    /// What campaign attempts' calls report.
+    reports: mpsc::UnboundedReceiver<crate::campaigns::Report>,
 }
 
 /// Voice messages live in this directory of the data directory.
@@ -772,6 +828,8 @@ async fn start_desk(
     tasks.spawn(Arc::clone(&desk).pump(env.presence.subscribe()));
     tasks.spawn(Arc::clone(&desk).tick());
     tasks.spawn(Arc::clone(&desk).write_requested(writes.requests));
+    tasks.spawn(Arc::clone(&desk).follow_attempts(writes.reports));
+    tasks.spawn(Arc::clone(&desk).dialer());
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
 }
@@ -853,6 +911,8 @@ struct ShardTask {
     latency: LatencyHistogram,
     /// Call-backs the calls ask for go to the desk.
     callbacks: mpsc::UnboundedSender<crate::callbacks::Request>,
+    /// So do campaign attempts' steps.
+    reports: mpsc::UnboundedSender<crate::campaigns::Report>,
 }
 
 impl ShardTask {
@@ -868,6 +928,7 @@ impl ShardTask {
             writer,
             latency,
             callbacks,
+            reports,
         } = self;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -966,6 +1027,9 @@ impl ShardTask {
             for r in shard.poll_callbacks() {
                 let _ = callbacks.send(r);
             }
+            for r in shard.poll_attempts() {
+                let _ = reports.send(r);
+            }
             if let Some(seq) = shard.poll_flush() {
                 let _ = writer.send(WriterMsg::Flush { shard: index, seq });
             }
@@ -988,6 +1052,12 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         Control::Originate { from, to, reply } => {
             let placed = shard.originate(now, &from, &to).map(|c| c.to_string());
             let _ = reply.send(placed);
+        }
+        Control::Attempt { call, reply } => {
+            let _ = reply.send(shard.attempt(now, call));
+        }
+        Control::Confirm { call, dial, reply } => {
+            let _ = reply.send(shard.confirm(now, &call, dial));
         }
         Control::Media(call_id, event) => shard.handle_media(now, &call_id, event),
         Control::Messages(extensions) => {

@@ -93,6 +93,7 @@ pub struct Shard {
     writes: Vec<Write>,
     /// Call-backs asked for, not yet handed to the desk.
     callbacks: Vec<crate::callbacks::Request>,
+    attempts: Vec<crate::campaigns::Report>,
     /// Final answers waiting for the store write they confirm.
     held: VecDeque<Held>,
     /// Writes handed out so far, and the highest number known to be durable.
@@ -136,6 +137,7 @@ impl Shard {
             out: VecDeque::new(),
             writes: Vec::new(),
             callbacks: Vec::new(),
+            attempts: Vec::new(),
             held: VecDeque::new(),
             write_seq: 0,
             flushed_seq: 0,
@@ -354,6 +356,7 @@ impl Shard {
                     self.flush_wanted = true;
                 }
                 Effect::Callback(r) => self.callbacks.push(r),
+                Effect::Attempt(r) => self.attempts.push(r),
             }
         }
     }
@@ -664,6 +667,27 @@ impl Shard {
         result
     }
 
+    /// Starts a campaign attempt: reserve and ring the agent.
+    pub fn attempt(
+        &mut self,
+        now: Instant,
+        call: calls::AttemptCall,
+    ) -> Result<CallId, OriginateError> {
+        let mut result = Err(OriginateError::Stopped);
+        self.with_calls(now, |c, cx| result = c.attempt(cx, call));
+        self.process_events(now);
+        result
+    }
+
+    /// The agent of attempt `call` confirmed (`dial`) or skipped its
+    /// customer; `false` when it is not waiting for that.
+    pub fn confirm(&mut self, now: Instant, call: &CallId, dial: bool) -> bool {
+        let mut result = false;
+        self.with_calls(now, |c, cx| result = c.confirm(cx, call, dial));
+        self.process_events(now);
+        result
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         while let Some(Reverse((at, _))) = self.timers.peek() {
@@ -725,6 +749,11 @@ impl Shard {
     /// The call-backs the calls asked for, for the desk.
     pub fn poll_callbacks(&mut self) -> Vec<crate::callbacks::Request> {
         std::mem::take(&mut self.callbacks)
+    }
+
+    /// What campaign attempts' calls reported, for the desk.
+    pub fn poll_attempts(&mut self) -> Vec<crate::campaigns::Report> {
+        std::mem::take(&mut self.attempts)
     }
 
     /// `Some(seq)` once: the runtime should flush the store and then call

@@ -58,6 +58,10 @@ pub struct CallSettings {
     pub min_session_expires: Duration,
     /// What the first party of a placed call hears while the second one rings.
     pub ringback: Arc<Prompt>,
+    /// What a campaign's agent hears until they confirm the customer.
+    pub waiting: Arc<Prompt>,
+    /// What a campaign's customer hears when the agent's leg ended first.
+    pub farewell: Arc<Prompt>,
     pub test_numbers: TestNumbersConfig,
 }
 
@@ -127,6 +131,8 @@ pub enum Effect<T> {
     Store(Write),
     /// A call-back the PBX asks the desk to write.
     Callback(crate::callbacks::Request),
+    /// A campaign attempt's call moved on (the desk pushes, erases, records).
+    Attempt(crate::campaigns::Report),
 }
 
 /// Per-shard counters the modules draw from.
@@ -254,6 +260,11 @@ impl<'a, T> Cx<'a, T> {
     /// Asks the desk for a call-back.
     pub fn callback(&mut self, r: crate::callbacks::Request) {
         self.out.push(Effect::Callback(r));
+    }
+
+    /// Reports a campaign attempt's step to the desk.
+    pub fn attempt(&mut self, r: crate::campaigns::Report) {
+        self.out.push(Effect::Attempt(r));
     }
 
     /// A new unique id (CDRs, response records).
