@@ -302,3 +302,270 @@ async fn in_chromium_a_supervisor_creates_loads_and_starts_a_campaign_and_the_wa
     assert_eq!(all[0]["contacts"], 3000);
     server.stop();
 }
+
+/// Waits until `f` holds (checked every 100 ms), for up to `secs`.
+async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `token`'s event stream at `http` (from `since`, when given).
+async fn events(http: std::net::SocketAddr, token: &str, since: Option<u64>) -> Stream {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let query = since.map_or(String::new(), |s| format!("?since={s}"));
+    let mut req = format!("ws://{http}/api/v1/events{query}")
+        .into_client_request()
+        .expect("request");
+    let auth = format!("Bearer {token}").parse().expect("header");
+    req.headers_mut().insert("Authorization", auth);
+    tokio_tungstenite::connect_async(req).await.expect("ws").0
+}
+
+/// The next JSON event of `ws`, if one comes within `wait`.
+async fn next_json(ws: &mut Stream, wait: std::time::Duration) -> Option<Value> {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(wait, ws.next()).await.ok()??.ok()?;
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).ok();
+        }
+    }
+}
+
+/// Agents 4001 and 4002 (group outbound) and supervisor boss, with a trunk
+/// registered at Kamailio, whose calls go out to `world` (SIPp customers).
+const DIALLING: &str = "[[groups]]\nname = \"outbound\"\nmembers = [{ extension = \"4001\" }, { extension = \"4002\" }]\n\
+[[users]]\nextension = \"boss\"\npassword = \"pwboss\"\nrole = \"supervisor\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer_is_dialled_only_after_its_agent_confirmed(
+) {
+    use common::carrier::carrier_at;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = common::free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
+    let trunk = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
+        carrier.addr.port()
+    );
+    let users: Vec<(String, String)> = ["4001", "4002"]
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let (pbx, target) = common::embedded_pbx(dir, &users, &format!("{DIALLING}{trunk}")).await;
+    eventually(15, "the trunk registers", || {
+        pbx.trunk_registered("carrier")
+    })
+    .await;
+    let (p1, p2) = (common::free_port(), common::free_port());
+    common::register_phone(target, dir, p1, "4001", "pw4001").await;
+    common::register_phone(target, dir, p2, "4002", "pw4002").await;
+    let d = Desk {
+        base: format!("http://{}", pbx.http_addr()),
+        http: reqwest::Client::new(),
+    };
+    let (boss, a1, a2) = (
+        d.token("boss", "pwboss").await,
+        d.token("4001", "pw4001").await,
+        d.token("4002", "pw4002").await,
+    );
+    let retry = json!({ "after_secs": 3600, "max_tries": 2 });
+    let settings = json!({ "name": "spring", "group": "outbound", "trunk": "carrier",
+        "caller_id": "+81355550000", "idle_ratio": 0.6, "max_attempts": 2,
+        "hours_from": "00:00", "hours_to": "24:00", "time_zone": "Asia/Tokyo",
+        "confirm_secs": 10, "ring_secs": 15,
+        "retry": { "busy": retry, "no_answer": retry, "failed": retry } });
+    let (status, created) = d.post(&boss, "/api/v1/campaigns", settings).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_u64().expect("id");
+    // Ending in 1 answers, in 2 is busy, in 3 never answers.
+    let list = "number,name,plan\n+81300000001,Aiko,gold\n+81300000002,Ben,silver\n+81300000003,Chie,bronze\n";
+    let (_, loaded) = d.upload(&boss, id, list.into()).await;
+    assert_eq!(loaded["imported"], 3, "{loaded}");
+
+    // One of two agents away: 0.5 is below the threshold, nothing starts.
+    let away = d
+        .http
+        .put(format!("{}/api/v1/agents/4002/state", d.base))
+        .json(&json!({ "state": "away" }));
+    assert_eq!(d.send(away, &a2).await.0, StatusCode::NO_CONTENT);
+    let (status, _) = d
+        .post(&boss, &format!("/api/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, overview) = d.get(&boss, &format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(
+        overview["waiting"]["reason"], "below_threshold",
+        "{overview}"
+    );
+    assert_eq!(overview["progress"]["in_attempt"], 0);
+    assert_eq!(carrier.invites_for("+81300000001"), 0);
+
+    // Agents and customers ready; both agents available: attempts start.
+    let agents = [
+        common::sipp_scenario(target, dir, p1, "uas_answer.xml", &["-m", "2"]),
+        common::sipp_scenario(target, dir, p2, "uas_answer.xml", &["-m", "2"]),
+    ];
+    let world = common::sipp_embedded_from(
+        "127.0.0.6",
+        carrier.addr,
+        dir,
+        world_port,
+        [
+            "-sf",
+            &common::scenario("uas_customers.xml"),
+            "-m",
+            "3",
+            "-d",
+            "2000",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
+    );
+    let mut streams = [
+        ("4001", a1.clone(), events(pbx.http_addr(), &a1, None).await),
+        ("4002", a2.clone(), events(pbx.http_addr(), &a2, None).await),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = d
+        .http
+        .put(format!("{}/api/v1/agents/4002/state", d.base))
+        .json(&json!({ "state": "available" }));
+    assert_eq!(d.send(back, &a2).await.0, StatusCode::NO_CONTENT);
+
+    // Each agent's stream gets its own records; each customer is dialled
+    // only after the agent confirmed, as the carrier sees it.
+    let mut shown: Vec<(String, String, String)> = Vec::new(); // agent, call, number
+    let mut erased: Vec<(String, String, String)> = Vec::new(); // agent, call, outcome
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    // (An erase may come twice: the event that carried the record is itself
+    // replaced by the erase, for a stream that had not read it yet.)
+    let done = |shown: &Vec<(String, String, String)>, erased: &Vec<(String, String, String)>| {
+        shown.len() == 3
+            && shown
+                .iter()
+                .all(|(_, c, _)| erased.iter().any(|(_, e, _)| e == c))
+    };
+    while !done(&shown, &erased) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shown {shown:?}, erased {erased:?}"
+        );
+        for (agent, token, ws) in streams.iter_mut() {
+            let Some(e) = next_json(ws, Duration::from_millis(100)).await else {
+                continue;
+            };
+            let call = e["call_id"].as_str().unwrap_or_default().to_string();
+            match e["type"].as_str() {
+                Some("attempt") => {
+                    let number = e["customer"]["number"]
+                        .as_str()
+                        .expect("number")
+                        .to_string();
+                    assert_eq!(e["campaign"], "spring");
+                    assert!(e["customer"]["fields"]["plan"].is_string(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    assert_eq!(
+                        carrier.invites_for(&number),
+                        0,
+                        "{number} was not dialled before {agent} confirmed"
+                    );
+                    let (status, body) = d.post(token, "/api/v1/attempt/confirm", json!({})).await;
+                    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+                    shown.push((agent.to_string(), call, number));
+                }
+                Some("attempt_erased") => {
+                    let outcome = e["outcome"].as_str().unwrap_or_default().to_string();
+                    erased.push((agent.to_string(), call, outcome));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut numbers: Vec<&str> = shown.iter().map(|(_, _, n)| n.as_str()).collect();
+    numbers.sort();
+    assert_eq!(numbers, ["+81300000001", "+81300000002", "+81300000003"]);
+    for (agent, call, _) in &shown {
+        assert!(
+            erased.iter().any(|(a, c, _)| a == agent && c == call),
+            "{agent}'s record of {call} was erased on {agent}'s stream: {erased:?}"
+        );
+    }
+    for n in numbers {
+        assert_eq!(carrier.invites_for(n), 1, "{n} dialled once");
+    }
+    assert!(
+        shown.iter().any(|(a, ..)| a == "4001") && shown.iter().any(|(a, ..)| a == "4002"),
+        "one attempt per idle agent: {shown:?}"
+    );
+
+    // Outcomes and retries are recorded.
+    let (_, contacts) = d
+        .get(&boss, &format!("/api/v1/campaigns/{id}/contacts"))
+        .await;
+    let outcome_of = |n: &str| {
+        contacts
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["number"] == n))
+            .map(|c| (c["last"][0].clone(), c["status"]["state"].clone()))
+    };
+    assert_eq!(
+        outcome_of("+81300000001"),
+        Some((json!("connected"), json!("done"))),
+        "{contacts}"
+    );
+    assert_eq!(
+        outcome_of("+81300000002"),
+        Some((json!("busy"), json!("waiting"))),
+        "{contacts}"
+    );
+    assert_eq!(
+        outcome_of("+81300000003"),
+        Some((json!("no_answer"), json!("waiting"))),
+        "{contacts}"
+    );
+    // Every push is in the audit log with its end, for supervisors only.
+    let (_, audit) = d.get(&boss, &format!("/api/v1/campaigns/{id}/audit")).await;
+    let audit = audit.as_array().cloned().unwrap_or_default();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert!(audit
+        .iter()
+        .all(|a| a["erased_ms"].as_u64() >= a["shown_ms"].as_u64()));
+    let (status, _) = d.get(&a1, &format!("/api/v1/campaigns/{id}/audit")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = d.post(&a1, "/api/v1/attempt/confirm", json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing waits for 4001 now");
+    // A stream replayed from the start carries no customer any more.
+    let mut replay = events(pbx.http_addr(), &a1, Some(0)).await;
+    while let Some(e) = next_json(&mut replay, Duration::from_millis(500)).await {
+        assert_ne!(e["type"], "attempt", "{e}");
+        assert!(!e.to_string().contains("Aiko"), "{e}");
+    }
+    let out = world.await.expect("join");
+    assert!(
+        out.status.success(),
+        "customers: {}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        carrier.log()
+    );
+    for a in agents {
+        a.abort();
+    }
+    pbx.shutdown().await.expect("shutdown");
+}

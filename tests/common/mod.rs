@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod baresip;
+pub mod carrier;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
