@@ -569,3 +569,64 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
     }
     pbx.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_an_agent_confirms_the_one_customer_shown_and_the_record_is_gone_at_hang_up() {
+    use common::carrier::carrier_at;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = common::free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
+    let trunk = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
+        carrier.addr.port()
+    );
+    let users: Vec<(String, String)> = ["4001", "4002"]
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let (pbx, target) = common::embedded_pbx(dir, &users, &format!("{DIALLING}{trunk}")).await;
+    eventually(15, "the trunk registers", || {
+        pbx.trunk_registered("carrier")
+    })
+    .await;
+    let phone = common::free_port();
+    common::register_phone(target, dir, phone, "4001", "pw4001").await;
+    let agent = common::sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
+    let args = [
+        "-sf",
+        &common::scenario("uas_customers.xml"),
+        "-m",
+        "1",
+        "-d",
+        "3000",
+    ];
+    let world = common::sipp_embedded_from(
+        "127.0.0.6",
+        carrier.addr,
+        dir,
+        world_port,
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    let base = format!("http://{}", pbx.http_addr());
+    let envs = [
+        ("A_EXT", "4001"),
+        ("A_PW", "pw4001"),
+        ("S_EXT", "boss"),
+        ("S_PW", "pwboss"),
+    ];
+    let (child, artifacts) = common::browser_script("attempt.mjs", &base, &envs);
+    common::browser_passed(child, &artifacts).await;
+    assert!(
+        world.await.expect("join").status.success(),
+        "{}",
+        carrier.log()
+    );
+    assert!(
+        agent.await.expect("join").status.success(),
+        "the agent's phone was called once"
+    );
+    assert_eq!(carrier.invites_for("+81300000001"), 1);
+    pbx.shutdown().await.expect("shutdown");
+}

@@ -7,7 +7,7 @@ const LABELS = {
   available: "Available", away: "Away", busy: "Busy", ringing: "Ringing",
   on_call: "On a call", wrap_up: "Wrap-up", offline: "Offline",
 };
-const desk = { me: null, agents: new Map(), groups: [], callbacks: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null };
+const desk = { me: null, agents: new Map(), groups: [], callbacks: new Map(), seq: 0, socket: null, retry: 1000, renewTimer: null, pop: null, attempt: null };
 
 function show(view) {
   $("login-view").hidden = view !== "login";
@@ -130,6 +130,9 @@ function connect() {
     if (e.type === "presence") applyPresence(e);
     if (e.type === "call" && desk.me && e.extension === desk.me.extension) onCall(e);
     if (e.type === "callback") applyCallback(e.callback);
+    if (e.type === "attempt") showAttempt(e);
+    if (e.type === "attempt_progress") attemptProgress(e);
+    if (e.type === "attempt_erased") eraseAttempt(e);
     if (e.type === "record_saved" && desk.pop && desk.pop.record && e.record.id === desk.pop.record.id) {
       $("record-status").textContent = "Saved.";
     }
@@ -143,6 +146,77 @@ function connect() {
     desk.retry = Math.min(desk.retry * 2, 15000);
   };
 }
+
+// ---- a campaign's customer: one record, on this agent's screen only ------
+// It lives in `desk.attempt` and the card's DOM until the PBX says the
+// attempt is over; then both are cleared.
+
+const OUTCOMES = {
+  connected: "the customer was connected", busy: "the customer was busy", no_answer: "the customer did not answer",
+  failed: "the call failed", skipped: "you skipped the customer", agent_timeout: "no confirmation in time",
+  agent_dropped: "your line dropped", do_not_call: "the number is on the do-not-call list", interrupted: "the PBX stopped",
+};
+
+function showAttempt(e) {
+  desk.attempt = { callId: e.call_id, deadline: Date.now() + e.confirm_secs * 1000, timer: null };
+  if (desk.pop && desk.pop.callId === e.call_id) {
+    // The campaign's call to this agent is not a caller to pop up.
+    desk.pop = null;
+    $("pop").hidden = true;
+  }
+  $("attempt-idle").hidden = true;
+  $("attempt-card").hidden = false;
+  $("attempt-campaign").textContent = `Campaign ${e.campaign}: confirm to call this customer.`;
+  $("attempt-name").textContent = e.customer.name || e.customer.number;
+  $("attempt-number").textContent = e.customer.time_zone ? `${e.customer.number} (${e.customer.time_zone})` : e.customer.number;
+  const dl = $("attempt-fields");
+  dl.textContent = "";
+  for (const [k, v] of Object.entries(e.customer.fields)) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  $("attempt-decide").hidden = false;
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((desk.attempt.deadline - Date.now()) / 1000));
+    $("attempt-state").textContent = `Confirm or skip within ${left} s.`;
+  };
+  tick();
+  desk.attempt.timer = setInterval(tick, 1000);
+}
+
+function attemptProgress(e) {
+  if (!desk.attempt || desk.attempt.callId !== e.call_id) return;
+  clearInterval(desk.attempt.timer);
+  $("attempt-decide").hidden = true;
+  $("attempt-state").textContent = e.phase === "connected" ? "Connected." : "Calling the customer…";
+}
+
+function eraseAttempt(e) {
+  if (!desk.attempt || desk.attempt.callId !== e.call_id) return;
+  clearInterval(desk.attempt.timer);
+  desk.attempt = null;
+  for (const id of ["attempt-campaign", "attempt-name", "attempt-number", "attempt-fields", "attempt-state"]) $(id).textContent = "";
+  $("attempt-card").hidden = true;
+  $("attempt-idle").hidden = false;
+  $("attempt-idle").textContent = `The campaign call ended: ${OUTCOMES[e.outcome] || e.outcome}. No campaign customer for you now.`;
+}
+
+async function decideAttempt(action) {
+  if (!desk.attempt) return;
+  $("attempt-decide").hidden = true;
+  try {
+    await api("POST", `/api/v1/attempt/${action}`);
+    if (action === "confirm" && desk.attempt) $("attempt-state").textContent = "Calling the customer…";
+  } catch (e) {
+    if (desk.attempt) $("attempt-state").textContent = `Not done: ${e.message}`;
+  }
+}
+
+$("attempt-confirm").addEventListener("click", () => decideAttempt("confirm"));
+$("attempt-skip").addEventListener("click", () => decideAttempt("skip"));
 
 // ---- the screen pop: one per call, replaced by the next call --------------
 
