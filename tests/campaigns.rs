@@ -413,8 +413,22 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
 
     // Agents and customers ready; both agents available: attempts start.
     let agents = [
-        common::sipp_scenario(target, dir, p1, "uas_answer.xml", &["-m", "2"]),
-        common::sipp_scenario(target, dir, p2, "uas_answer.xml", &["-m", "2"]),
+        // Which agent gets the third customer is not known: each may take two,
+        // and stops waiting after 30 s.
+        common::sipp_scenario(
+            target,
+            dir,
+            p1,
+            "uas_answer.xml",
+            &["-m", "2", "-timeout", "30s"],
+        ),
+        common::sipp_scenario(
+            target,
+            dir,
+            p2,
+            "uas_answer.xml",
+            &["-m", "2", "-timeout", "30s"],
+        ),
     ];
     let world = common::sipp_embedded_from(
         "127.0.0.6",
@@ -510,10 +524,16 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
         "one attempt per idle agent: {shown:?}"
     );
 
-    // Outcomes and retries are recorded.
-    let (_, contacts) = d
-        .get(&boss, &format!("/api/v1/campaigns/{id}/contacts"))
-        .await;
+    // Outcomes and retries are recorded (just after the erase).
+    let mut contacts = Value::Null;
+    for _ in 0..50 {
+        let path = format!("/api/v1/campaigns/{id}/contacts");
+        contacts = d.get(&boss, &path).await.1;
+        if !contacts.to_string().contains("in_attempt") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let outcome_of = |n: &str| {
         contacts
             .as_array()
@@ -629,4 +649,113 @@ async fn in_chromium_an_agent_confirms_the_one_customer_shown_and_the_record_is_
     );
     assert_eq!(carrier.invites_for("+81300000001"), 1);
     pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and_not_dialled_again()
+{
+    use common::carrier::carrier_at;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
+    let trunk = format!(
+        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
+        carrier.addr.port()
+    );
+    let users: Vec<(String, String)> = ["4001", "4002"]
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let (sip, http) = (free_port(), free_port());
+    let conf = config_with(sip, "[\"MD5\"]", &users, &format!("{DIALLING}{trunk}")).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{http}\""),
+    );
+    let mut server = Server::start(dir, sip, &conf);
+    eventually(15, "the trunk registers", || {
+        server.log().contains("trunk up")
+    })
+    .await;
+    let phone = free_port();
+    common::register_phone(server.addr(), dir, phone, "4001", "pw4001").await;
+    let limit = ["-m", "1", "-timeout", "15s"];
+    let agent = common::sipp_scenario(server.addr(), dir, phone, "uas_answer.xml", &limit);
+    // The customer (ending in 3) rings and never answers.
+    let scenario = common::scenario("uas_customers.xml");
+    let mut args = vec!["-sf", &scenario];
+    args.extend(limit);
+    let world = common::sipp_embedded_from(
+        "127.0.0.6",
+        carrier.addr,
+        dir,
+        world_port,
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    let d = Desk {
+        base: format!("http://127.0.0.1:{http}"),
+        http: reqwest::Client::new(),
+    };
+    let (boss, a1) = (
+        d.token("boss", "pwboss").await,
+        d.token("4001", "pw4001").await,
+    );
+    let retry = json!({ "after_secs": 3600, "max_tries": 3 });
+    let settings = json!({ "name": "spring", "group": "outbound", "trunk": "carrier",
+        "hours_from": "00:00", "hours_to": "24:00", "time_zone": "Asia/Tokyo", "ring_secs": 60,
+        "retry": { "busy": retry, "no_answer": retry, "failed": retry } });
+    let (_, created) = d.post(&boss, "/api/v1/campaigns", settings).await;
+    let id = created["id"].as_u64().expect("id");
+    d.upload(&boss, id, "number,name\n+81300000003,Chie\n".into())
+        .await;
+    let mut stream = events(([127, 0, 0, 1], http).into(), &a1, None).await;
+    d.post(&boss, &format!("/api/v1/campaigns/{id}/start"), json!({}))
+        .await;
+    loop {
+        let e = next_json(&mut stream, Duration::from_secs(15))
+            .await
+            .expect("the record is pushed");
+        if e["type"] == "attempt" {
+            break;
+        }
+    }
+    let (status, _) = d.post(&a1, "/api/v1/attempt/confirm", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(10, "the carrier sees the customer's INVITE", || {
+        carrier.invites_for("+81300000003") == 1
+    })
+    .await;
+
+    // The PBX dies while the customer rings.
+    server.kill9();
+    server.restart();
+    let boss = d.token("boss", "pwboss").await;
+    let (_, contacts) = d
+        .get(&boss, &format!("/api/v1/campaigns/{id}/contacts"))
+        .await;
+    let c = &contacts[0];
+    assert_eq!(c["status"]["state"], "waiting", "{contacts}");
+    assert_eq!(c["last"][0], "interrupted", "{contacts}");
+    assert_eq!(c["tries"], 1, "the interrupted attempt counts as a try");
+    let (_, audit) = d.get(&boss, &format!("/api/v1/campaigns/{id}/audit")).await;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
+    assert_eq!(audit[0]["agent"], "4001");
+    assert!(
+        audit[0]["erased_ms"].is_null(),
+        "the PBX stopped first: {audit}"
+    );
+    let (_, overview) = d.get(&boss, &format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(overview["campaign"]["state"], "running");
+    assert_eq!(overview["waiting"]["reason"], "retry_later", "{overview}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        carrier.invites_for("+81300000003"),
+        1,
+        "not dialled again for the same attempt"
+    );
+    world.abort();
+    agent.abort();
+    server.stop();
 }

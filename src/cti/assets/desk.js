@@ -158,7 +158,7 @@ const OUTCOMES = {
 };
 
 function showAttempt(e) {
-  desk.attempt = { callId: e.call_id, deadline: Date.now() + e.confirm_secs * 1000, timer: null };
+  desk.attempt = { callId: e.call_id, deadline: Date.now() + e.confirm_secs * 1000, timer: null, phase: null };
   if (desk.pop && desk.pop.callId === e.call_id) {
     // The campaign's call to this agent is not a caller to pop up.
     desk.pop = null;
@@ -190,6 +190,7 @@ function showAttempt(e) {
 function attemptProgress(e) {
   if (!desk.attempt || desk.attempt.callId !== e.call_id) return;
   clearInterval(desk.attempt.timer);
+  desk.attempt.phase = e.phase;
   $("attempt-decide").hidden = true;
   $("attempt-state").textContent = e.phase === "connected" ? "Connected." : "Calling the customer…";
 }
@@ -209,7 +210,11 @@ async function decideAttempt(action) {
   $("attempt-decide").hidden = true;
   try {
     await api("POST", `/api/v1/attempt/${action}`);
-    if (action === "confirm" && desk.attempt) $("attempt-state").textContent = "Calling the customer…";
+    // The PBX's progress may have come first: it is not overwritten.
+    if (action === "confirm" && desk.attempt && !desk.attempt.phase) {
+      clearInterval(desk.attempt.timer);
+      $("attempt-state").textContent = "Calling the customer…";
+    }
   } catch (e) {
     if (desk.attempt) $("attempt-state").textContent = `Not done: ${e.message}`;
   }
