@@ -533,6 +533,22 @@ pub struct QueueConfig {
     /// The longest voice message, 5 to 600 seconds.
     #[serde(default = "default_callback_message_secs")]
     pub callback_message_secs: u64,
+    /// Who calls the callers back: agents from their call-back box
+    /// (`manual`), or the PBX, agent first, dialling through `callback_trunk`
+    /// as the group's agents come free (`auto`).
+    #[serde(default)]
+    pub callback_mode: CallbackMode,
+    #[serde(default = "unset")]
+    pub callback_trunk: Spanned<String>,
+}
+
+/// Who calls a queue's callers back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackMode {
+    #[default]
+    Manual,
+    Auto,
 }
 
 fn default_callback_message_secs() -> u64 {
@@ -1373,6 +1389,23 @@ impl Config {
                     format!("queue {n}: no group {cb}"),
                 ));
             }
+            if q.callback_mode == CallbackMode::Auto {
+                let trunk = q.callback_trunk.get_ref();
+                let why = if !q.overflow_callback {
+                    Some("needs overflow_callback = true (the call-backs it serves)".to_string())
+                } else if !self.trunks.iter().any(|t| t.name.get_ref() == trunk) {
+                    Some(format!("callback_trunk: no trunk {trunk:?}"))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(bad(
+                        q.callback_trunk.span(),
+                        "queues.callback_mode",
+                        format!("queue {n}: callback_mode = \"auto\" {why}"),
+                    ));
+                }
+            }
             if !(5..=600).contains(&q.callback_message_secs) {
                 return Err(bad(
                     q.number.span(),
@@ -1482,6 +1515,8 @@ impl Config {
                 callback_prompt: unset(),
                 callback_thanks: unset(),
                 callback_message_secs: default_callback_message_secs(),
+                callback_mode: CallbackMode::Manual,
+                callback_trunk: unset(),
             });
         }
         self
@@ -1618,6 +1653,23 @@ mod tests {
             e.to_string().contains("calls.min_session_expires_secs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn automatic_call_backs_need_the_call_back_offer_and_a_trunk() {
+        let queue = "[[groups]]\nname = \"g\"\nmembers = []\n[[queues]]\nnumber = \"500\"\ngroups = [\"g\"]\ncallback_mode = \"auto\"\n";
+        let e = Config::parse(queue, "t").expect_err("no offer");
+        assert!(e.to_string().contains("needs overflow_callback"), "{e}");
+        let offered = format!("{queue}overflow_callback = true\ncallback_trunk = \"nope\"\n");
+        let e = Config::parse(&offered, "t").expect_err("no trunk");
+        assert!(
+            e.to_string().contains("queues.callback_mode")
+                && e.to_string().contains("no trunk \"nope\""),
+            "{e}"
+        );
+        let e = Config::parse("[calls]\ncampaign_farewell = \"/nonexistent.wav\"\n", "t")
+            .expect_err("no such file");
+        assert!(e.to_string().contains("calls.campaign_farewell"), "{e}");
     }
 
     #[test]

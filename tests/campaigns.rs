@@ -487,7 +487,7 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
                         .as_str()
                         .expect("number")
                         .to_string();
-                    assert_eq!(e["campaign"], "spring");
+                    assert_eq!(e["title"], "Campaign spring");
                     assert!(e["customer"]["fields"]["plan"].is_string(), "{e}");
                     tokio::time::sleep(Duration::from_millis(700)).await;
                     assert_eq!(
@@ -758,4 +758,173 @@ async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and
     world.abort();
     agent.abort();
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_set_to_call_back_automatically_rings_a_free_agent_first_and_closes_the_call_back_once_reached(
+) {
+    use common::carrier::carrier_at;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let world_port = free_port();
+    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
+    let tables = format!(
+        "{DIALLING}[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n\
+         dids = {{ \"0311110000\" = \"500\" }}\n\
+         [[queues]]\nnumber = \"500\"\ngroups = [\"outbound\"]\nmax_wait_secs = 2\noverflow_callback = true\n\
+         callback_mode = \"auto\"\ncallback_trunk = \"carrier\"\n",
+        carrier.addr.port()
+    );
+    let users: Vec<(String, String)> = ["4001", "4002"]
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let (pbx, target) = common::embedded_pbx(dir, &users, &tables).await;
+    eventually(15, "the trunk registers", || {
+        pbx.trunk_registered("carrier")
+    })
+    .await;
+    let phone = free_port();
+    common::register_phone(target, dir, phone, "4001", "pw4001").await;
+    let d = Desk {
+        base: format!("http://{}", pbx.http_addr()),
+        http: reqwest::Client::new(),
+    };
+    let agent = d.token("4001", "pw4001").await;
+    let away = d
+        .http
+        .put(format!("{}/api/v1/agents/4001/state", d.base))
+        .json(&json!({ "state": "away" }));
+    assert_eq!(d.send(away, &agent).await.0, StatusCode::NO_CONTENT);
+
+    // A customer calls the queue through the carrier, nobody answers: they
+    // press 1 to be called back.
+    let inf = common::injection_file(dir, "caller.csv", &["0312345678".to_string()]);
+    let inf = inf.display().to_string();
+    let args = [
+        "-sf",
+        &common::scenario("uac_queue_callback.xml"),
+        "-s",
+        "0311110000",
+        "-inf",
+        &inf,
+        "-d",
+        "4500",
+        "-m",
+        "1",
+    ];
+    let caller = common::sipp_embedded_from(
+        "127.0.0.6",
+        carrier.addr,
+        dir,
+        free_port(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    assert!(
+        caller.await.expect("join").status.success(),
+        "{}",
+        carrier.log()
+    );
+    let mut open = Value::Null;
+    for _ in 0..50 {
+        open = d.get(&agent, "/api/v1/callbacks").await.1;
+        if open.as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = open[0]["id"].as_u64().expect("a call-back");
+    assert_eq!(open[0]["customer"], "+81312345678", "{open}");
+    assert_eq!(open[0]["queue"], "500");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        d.get(&agent, &format!("/api/v1/callbacks/{id}")).await.1["status"]["state"],
+        "open",
+        "nobody free: it waits"
+    );
+
+    // The agent comes back: their phone rings first, they confirm, the
+    // customer is called through the carrier and answers.
+    let phone_sipp = common::sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
+    let world = common::sipp_embedded_from(
+        "127.0.0.6",
+        carrier.addr,
+        dir,
+        world_port,
+        [
+            "-sf",
+            &common::scenario("uas_customers.xml"),
+            "-m",
+            "1",
+            "-d",
+            "2000",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
+    );
+    let mut stream = events(pbx.http_addr(), &agent, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = d
+        .http
+        .put(format!("{}/api/v1/agents/4001/state", d.base))
+        .json(&json!({ "state": "available" }));
+    assert_eq!(d.send(back, &agent).await.0, StatusCode::NO_CONTENT);
+    let shown = loop {
+        let e = next_json(&mut stream, Duration::from_secs(15))
+            .await
+            .expect("the call-back is shown");
+        if e["type"] == "attempt" {
+            break e;
+        }
+    };
+    assert_eq!(shown["title"], "Call-back from queue 500", "{shown}");
+    assert_eq!(shown["customer"]["number"], "+81312345678");
+    assert!(
+        shown["customer"]["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pressed 1")),
+        "{shown}"
+    );
+    let held = d.get(&agent, &format!("/api/v1/callbacks/{id}")).await.1;
+    assert_eq!(
+        held["status"],
+        json!({ "state": "in_progress", "by": "4001", "since_ms": held["status"]["since_ms"] })
+    );
+    assert_eq!(
+        carrier.invites_for("+81312345678"),
+        0,
+        "not before the confirmation"
+    );
+    let (status, _) = d.post(&agent, "/api/v1/attempt/confirm", json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    loop {
+        let e = next_json(&mut stream, Duration::from_secs(15))
+            .await
+            .expect("the attempt ends");
+        if e["type"] == "attempt_erased" {
+            assert_eq!(e["outcome"], "connected", "{e}");
+            break;
+        }
+    }
+    let mut done = Value::Null;
+    for _ in 0..50 {
+        done = d.get(&agent, &format!("/api/v1/callbacks/{id}")).await.1;
+        if done["status"]["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["status"]["outcome"], "succeeded", "{done}");
+    assert_eq!(done["status"]["by"], "4001");
+    assert_eq!(carrier.invites_for("+81312345678"), 1);
+    assert!(
+        world.await.expect("join").status.success(),
+        "{}",
+        carrier.log()
+    );
+    assert!(phone_sipp.await.expect("join").status.success());
+    pbx.shutdown().await.expect("shutdown");
 }

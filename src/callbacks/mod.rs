@@ -146,6 +146,9 @@ pub struct Callback {
     /// Voice messages the customer left, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub voice: Vec<Voice>,
+    /// The queue its caller waited in (the ones the PBX writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 impl Record for Callback {
@@ -228,6 +231,8 @@ pub struct NewCallback {
     pub target: Target,
     pub request_key: Option<String>,
     pub voice: Option<Voice>,
+    /// The queue its caller waited in (the ones the PBX writes).
+    pub queue: Option<String>,
 }
 
 /// The box: open items and the request keys seen.
@@ -366,6 +371,7 @@ impl CallbackBox {
             groups,
             request_key: new.request_key,
             voice: new.voice.into_iter().collect(),
+            queue: new.queue,
         };
         self.remember(&c);
         self.open.insert(id, c.clone());
@@ -556,6 +562,7 @@ mod tests {
             target,
             request_key: key.map(str::to_string),
             voice: None,
+            queue: None,
         }
     }
 

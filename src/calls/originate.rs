@@ -316,7 +316,7 @@ impl Calls {
         Self::started(cx);
         let ring_deadline = cx.now + cx.env.calls.ring_timeout;
         if let Some(c) = &attempt {
-            tracing::info!(call_id = %key, agent = %c.agent, campaign = c.key.campaign.0, contact = c.key.contact.0, "campaign attempt: ringing the agent");
+            tracing::info!(call_id = %key, agent = %c.agent, attempt = ?c.key, "campaign attempt: ringing the agent");
         }
         self.originations.insert(
             key.clone(),

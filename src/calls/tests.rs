@@ -1251,7 +1251,7 @@ const CUSTOMER: &str = "+81312345678";
 fn attempt_call(contact: u64, dial_on_timeout: bool) -> super::AttemptCall {
     use crate::campaigns::{AttemptKey, CampaignId, ContactId};
     super::AttemptCall {
-        key: AttemptKey {
+        key: AttemptKey::Contact {
             campaign: CampaignId(7),
             contact: ContactId(contact),
         },

@@ -233,12 +233,16 @@ impl Outcome {
     }
 }
 
-/// One attempt of a campaign, by its contact (a contact is in one attempt
-/// at a time).
+/// What an agent-first attempt calls back: a campaign's contact or a queue
+/// caller's call-back (each is in one attempt at a time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AttemptKey {
-    pub campaign: CampaignId,
-    pub contact: ContactId,
+pub enum AttemptKey {
+    Contact {
+        campaign: CampaignId,
+        contact: ContactId,
+    },
+    /// A queue whose call-backs are served automatically.
+    Callback(crate::callbacks::CallbackId),
 }
 
 /// What an attempt's call tells the desk, in this order.

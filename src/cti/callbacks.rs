@@ -88,7 +88,7 @@ impl Desk {
 
     /// Makes `c` durable, then announces it. A done one joins the customer's
     /// history as a response record (in the same commit).
-    async fn store_callback(&self, c: &Callback) -> Result<(), ApiError> {
+    pub(super) async fn store_callback(&self, c: &Callback) -> Result<(), ApiError> {
         let mut writes = vec![crate::store::Write::put(c.clone())];
         let record = match &c.status {
             Status::Done {
@@ -162,6 +162,7 @@ impl Desk {
                 request_key: None,
                 voice: r.voice,
                 customer: r.customer,
+                queue: Some(r.queue.clone()),
             };
             let (id, now) = {
                 let mut ids = self.record_ids.lock().await;
@@ -361,6 +362,7 @@ pub async fn create(
         target: w.target,
         request_key: w.request_key,
         voice: None,
+        queue: None,
     };
     // Ids come from the desk's lane, taken with the time under its lock (so
     // later ids are never older); the box decides under its own lock, so two

@@ -1,9 +1,16 @@
-//! The campaign dialer, agent first: the desk's side of attempts.
+//! The dialer, agent first: the desk's side of attempts, for campaigns and
+//! for queues whose call-backs are served automatically.
 //!
 //! - It looks at every running campaign on each presence change and each
 //!   second; when `Campaigns::decide` says so, it takes one due contact per
 //!   idle agent of the campaign's group (on disk before the agent's phone
 //!   rings) and asks the PBX to place the attempt, which reserves the agent.
+//! - For an automatic queue it claims the oldest open call-back of the queue
+//!   for a free agent of its group (durably, as an agent's claim would be),
+//!   unless a caller who came earlier still waits in the queue, and places
+//!   the attempt the same way. Reached: the call-back is closed as succeeded;
+//!   busy, no answer, failed: tried again after 5 minutes, closed as failed
+//!   after the third try; skipped: left in the box for a person.
 //! - The attempt's call reports its steps back. When the agent answers, the
 //!   customer's record goes to that agent's own event stream and nowhere
 //!   else, after its push is in the audit log on disk; the agent confirms or
@@ -13,16 +20,18 @@
 //!   its end, and the outcome is written (with its retry).
 //!
 //! What it owns: the attempts in progress (whose agent, which contact,
-//! which call, what was pushed) and the audit log of pushes, which
-//! supervisors export per campaign.
+//! which call, what was pushed), the automatic call-backs' tries (in
+//! memory: they start over after a restart) and the audit log of campaign
+//! pushes, which supervisors export per campaign.
 
 use super::api::{ApiError, Caller, ErrorBody};
 use super::events::{Audience, Body, Seq};
 use super::session::Role;
 use super::{lock, Desk};
+use crate::callbacks::CallbackId;
 use crate::calls::AttemptCall;
 use crate::campaigns::{
-    AttemptKey, CampaignId, Contact, ContactId, Decision, Outcome, Report, Settings, State, Step,
+    AttemptKey, CampaignId, ContactId, Decision, Outcome, Report, Settings, State, Step,
 };
 use crate::presence::State as Presence;
 use crate::sip::CallId;
@@ -43,6 +52,23 @@ pub fn routes() -> Router<Arc<Desk>> {
         .route("/api/v1/attempt/skip", post(skip))
         .route("/api/v1/campaigns/{id}/audit", get(audit))
 }
+
+/// A queue whose call-backs the dialer serves: its group's agents call
+/// through `trunk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoCallbacks {
+    pub queue: String,
+    pub group: String,
+    pub trunk: String,
+}
+
+/// An automatic call-back not reached is tried again this much later…
+const CALLBACK_RETRY: Duration = Duration::from_secs(300);
+/// …and closed as failed after this many tries.
+const CALLBACK_TRIES: u32 = 3;
+/// The agent's time to confirm a call-back, and the customer's to answer.
+const CALLBACK_CONFIRM_SECS: u32 = 30;
+const CALLBACK_RING: Duration = Duration::from_secs(30);
 
 /// The customer an agent is shown: one record, on their own stream only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -90,19 +116,30 @@ impl Record for Audit {
 #[derive(Debug)]
 struct Live {
     agent: String,
-    contact: Contact,
-    campaign: String,
+    /// What the agent is shown it is ("Campaign spring").
+    title: String,
+    customer: Customer,
     confirm_secs: u32,
     call: Option<CallId>,
-    /// The record's event and its audit entry, once pushed.
-    pushed: Option<(Seq, Audit)>,
+    /// The record's event (and a campaign's audit entry), once pushed.
+    pushed: Option<(Seq, Option<Audit>)>,
 }
 
-/// The attempts in progress, and when each agent was last given one.
+/// Where an automatic call-back stands: its tries, and when it may be
+/// tried again (never: left to people).
+#[derive(Debug, Clone, Copy)]
+struct Tried {
+    count: u32,
+    again: Option<Instant>,
+}
+
+/// The attempts in progress, when each agent was last given one, and the
+/// automatic call-backs' tries.
 #[derive(Debug, Default)]
 pub struct Dialer {
     live: HashMap<AttemptKey, Live>,
     offered: HashMap<String, Instant>,
+    callbacks: HashMap<CallbackId, Tried>,
 }
 
 impl Dialer {
@@ -155,6 +192,9 @@ impl Desk {
                 }
             }
         }
+        for q in &self.config.auto_callbacks {
+            while self.serve_callback(q).await {}
+        }
     }
 
     /// Up to `n` available agents of `group` without an attempt, the one
@@ -197,13 +237,12 @@ impl Desk {
             lock(&self.campaigns).untake(&contact, now);
             return false;
         }
-        let key = AttemptKey {
-            campaign: id,
-            contact: contact.id,
-        };
         let call = AttemptCall {
-            key,
-            agent: agent.clone(),
+            key: AttemptKey::Contact {
+                campaign: id,
+                contact: contact.id,
+            },
+            agent,
             shown: settings.name.clone(),
             number: contact.number.clone(),
             trunk,
@@ -212,20 +251,39 @@ impl Desk {
             dial_on_timeout: settings.on_confirm_timeout == crate::campaigns::OnTimeout::Dial,
             ring: Duration::from_secs(settings.ring_secs.into()),
         };
+        let customer = Customer {
+            name: contact.name,
+            number: contact.number,
+            time_zone: contact.time_zone,
+            fields: contact.fields,
+        };
+        let title = format!("Campaign {}", settings.name);
+        self.place(call, title, customer, settings.confirm_secs)
+            .await
+    }
+
+    /// Asks the PBX to place attempt `call` for `customer`; `false` when it
+    /// could not (the contact or call-back goes back at once).
+    async fn place(
+        &self,
+        call: AttemptCall,
+        title: String,
+        customer: Customer,
+        confirm_secs: u32,
+    ) -> bool {
+        let (key, agent) = (call.key, call.agent.clone());
         {
             let mut dialer = lock(&self.dialer);
             dialer.offered.insert(agent.clone(), Instant::now());
-            dialer.live.insert(
-                key,
-                Live {
-                    agent: agent.clone(),
-                    contact,
-                    campaign: settings.name.clone(),
-                    confirm_secs: settings.confirm_secs,
-                    call: None,
-                    pushed: None,
-                },
-            );
+            let live = Live {
+                agent: agent.clone(),
+                title,
+                customer,
+                confirm_secs,
+                call: None,
+                pushed: None,
+            };
+            dialer.live.insert(key, live);
         }
         match self.commands.attempt(call).await {
             Ok(call) => {
@@ -236,12 +294,95 @@ impl Desk {
             }
             Err(e) => {
                 // The agent was taken meanwhile (or is gone): the contact
-                // goes back at once, no try counted.
-                tracing::info!(campaign = id.0, %agent, "attempt not placed: {e}");
+                // or call-back goes back at once, no try counted.
+                tracing::info!(attempt = ?key, %agent, "attempt not placed: {e}");
                 lock(&self.dialer).live.remove(&key);
-                self.record_outcome(key, Outcome::AgentTimeout).await;
+                self.record_outcome(key, &agent, Outcome::AgentTimeout)
+                    .await;
                 false
             }
+        }
+    }
+
+    /// Claims queue `q`'s next call-back for a free agent and places the
+    /// attempt; `false` when nothing (more) starts now.
+    async fn serve_callback(&self, q: &AutoCallbacks) -> bool {
+        let Some(trunk) = self.commands.trunk(&q.trunk) else {
+            return false;
+        };
+        if !self.conditions(&q.group, &q.trunk).trunk_up {
+            return false;
+        }
+        let Some(agent) = self.idle_agents(&q.group, 1).pop() else {
+            return false;
+        };
+        let Some(id) = self.next_callback(q) else {
+            return false;
+        };
+        let now = self.wall(Instant::now());
+        let claimed = lock(&self.callbacks).claim(now, id, &agent);
+        let Ok(c) = claimed else { return false };
+        if let Err(e) = self.store_callback(&c).await {
+            tracing::error!(
+                id = id.0,
+                "an automatic call-back could not be claimed (store): {e}"
+            );
+            let _ = lock(&self.callbacks).release(id, &agent, true);
+            return false;
+        }
+        tracing::info!(id = id.0, %agent, queue = %q.queue, "call-back claimed for an automatic call");
+        let call = AttemptCall {
+            key: AttemptKey::Callback(id),
+            agent,
+            shown: format!("call-back {}", q.queue),
+            number: c.customer.clone(),
+            trunk,
+            caller_id: String::new(),
+            confirm: Duration::from_secs(CALLBACK_CONFIRM_SECS.into()),
+            dial_on_timeout: false,
+            ring: CALLBACK_RING,
+        };
+        let customer = Customer {
+            name: c.name,
+            number: c.customer,
+            time_zone: None,
+            fields: BTreeMap::from([("message".to_string(), c.message)]),
+        };
+        let title = format!("Call-back from queue {}", q.queue);
+        self.place(call, title, customer, CALLBACK_CONFIRM_SECS)
+            .await
+    }
+
+    /// Queue `q`'s oldest open call-back that may be tried now, if no caller
+    /// who came before it still waits in the queue. Only numbers a trunk
+    /// can dial (E.164) are served: others stay in the box for people.
+    fn next_callback(&self, q: &AutoCallbacks) -> Option<CallbackId> {
+        let now = Instant::now();
+        let wall = self.wall(now).0;
+        let earliest_caller = self
+            .queue_stats()
+            .into_iter()
+            .find(|s| s.number == q.queue && s.waiting > 0)
+            .map(|s| wall.saturating_sub(s.longest_wait_ms));
+        let dialer = lock(&self.dialer);
+        let next = lock(&self.callbacks)
+            .open()
+            .filter(|c| c.queue.as_deref() == Some(q.queue.as_str()))
+            .filter(|c| c.status == crate::callbacks::Status::Open && c.customer.starts_with('+'))
+            .filter(|c| !dialer.live.contains_key(&AttemptKey::Callback(c.id)))
+            .find(|c| match dialer.callbacks.get(&c.id) {
+                Some(Tried { again: None, .. }) => false,
+                Some(Tried {
+                    again: Some(at), ..
+                }) => *at <= now,
+                None => true,
+            })
+            .map(|c| (c.id, c.created_ms));
+        let (id, created_ms) = next?;
+        // In turn with live callers, by arrival time.
+        match earliest_caller {
+            Some(arrived) if arrived < created_ms => None,
+            _ => Some(id),
         }
     }
 
@@ -276,63 +417,61 @@ impl Desk {
             Step::CustomerAnswered => {
                 self.publish(Audience::Agent(agent), progress(AttemptPhase::Connected));
             }
-            Step::Abandoned => lock(&self.campaigns).abandoned(r.key.campaign),
+            Step::Abandoned => {
+                if let AttemptKey::Contact { campaign, .. } = r.key {
+                    lock(&self.campaigns).abandoned(campaign);
+                }
+            }
             Step::Ended(outcome) => self.attempt_ended(r.key, call_id, outcome).await,
         }
     }
 
-    /// The agent of attempt `key` answered: the push goes into the audit
-    /// log (on disk), then the record to the agent's stream. If the log
-    /// cannot be written, the record is not shown and the attempt skipped.
+    /// The agent of attempt `key` answered: a campaign's push goes into the
+    /// audit log (on disk), then the record to the agent's stream. If the
+    /// log cannot be written, the record is not shown and the attempt skipped.
     async fn push_record(&self, key: AttemptKey, call: &CallId) {
-        let id = self.next_ids(1).await[0];
-        let now = self.wall(Instant::now());
-        let Some((agent, audit)) = lock(&self.dialer).live.get(&key).map(|l| {
-            let audit = Audit {
-                id,
-                campaign: key.campaign,
-                contact: key.contact,
-                number: l.contact.number.clone(),
-                agent: l.agent.clone(),
-                shown_ms: now.0,
-                erased_ms: None,
-                outcome: None,
-            };
-            (l.agent.clone(), audit)
-        }) else {
-            return;
+        let audit = match key {
+            AttemptKey::Contact { campaign, contact } => {
+                let id = self.next_ids(1).await[0];
+                let now = self.wall(Instant::now());
+                let Some(audit) = lock(&self.dialer).live.get(&key).map(|l| Audit {
+                    id,
+                    campaign,
+                    contact,
+                    number: l.customer.number.clone(),
+                    agent: l.agent.clone(),
+                    shown_ms: now.0,
+                    erased_ms: None,
+                    outcome: None,
+                }) else {
+                    return;
+                };
+                let write = vec![crate::store::Write::put(audit.clone())];
+                if let Err(e) = self.config.writer.commit(write).await {
+                    tracing::error!(
+                        campaign = campaign.0,
+                        "the push could not be audit-logged: {e}; skipped"
+                    );
+                    self.commands.confirm(call, false).await;
+                    return;
+                }
+                Some(audit)
+            }
+            AttemptKey::Callback(_) => None,
         };
-        if let Err(e) = self
-            .config
-            .writer
-            .commit(vec![crate::store::Write::put(audit.clone())])
-            .await
-        {
-            tracing::error!(
-                campaign = key.campaign.0,
-                "the push could not be audit-logged: {e}; skipped"
-            );
-            self.commands.confirm(call, false).await;
-            return;
-        }
         let mut dialer = lock(&self.dialer);
         let Some(l) = dialer.live.get_mut(&key) else {
             return; // ended meanwhile: nothing is shown
         };
         let body = Body::Attempt {
             call_id: call.to_string(),
-            campaign: l.campaign.clone(),
-            customer: Customer {
-                name: l.contact.name.clone(),
-                number: l.contact.number.clone(),
-                time_zone: l.contact.time_zone.clone(),
-                fields: l.contact.fields.clone(),
-            },
+            title: l.title.clone(),
+            customer: l.customer.clone(),
             confirm_secs: l.confirm_secs,
         };
-        let seq = self.publish(Audience::Agent(agent.clone()), body);
+        let seq = self.publish(Audience::Agent(l.agent.clone()), body);
         l.pushed = Some((seq, audit));
-        tracing::info!(campaign = key.campaign.0, contact = key.contact.0, %agent, "record shown to the agent");
+        tracing::info!(attempt = ?key, agent = %l.agent, "record shown to the agent");
     }
 
     /// Attempt `key` is over: the record erased (log and desktop), the
@@ -342,40 +481,94 @@ impl Desk {
             return;
         };
         let erased = Body::AttemptErased { call_id, outcome };
-        if let Some((seq, mut audit)) = l.pushed {
+        if let Some((seq, audit)) = l.pushed {
             lock(&self.log).redact(seq, erased.clone());
             self.publish(Audience::Agent(l.agent.clone()), erased);
-            audit.erased_ms = Some(self.wall(Instant::now()).0);
-            audit.outcome = Some(outcome);
-            let write = vec![crate::store::Write::put(audit)];
-            if let Err(e) = self.config.writer.commit(write).await {
-                tracing::error!(
-                    campaign = key.campaign.0,
-                    "the audit log's erase could not be stored: {e}"
-                );
-            }
-        }
-        self.record_outcome(key, outcome).await;
-    }
-
-    /// Writes attempt `key`'s outcome (and its retry) and tells supervisors.
-    async fn record_outcome(&self, key: AttemptKey, outcome: Outcome) {
-        let now = self.wall(Instant::now());
-        let finished = lock(&self.campaigns).finish(now, key.campaign, key.contact, outcome);
-        match finished {
-            Ok(contact) => {
-                let write = vec![crate::store::Write::put(contact)];
+            if let Some(mut audit) = audit {
+                audit.erased_ms = Some(self.wall(Instant::now()).0);
+                audit.outcome = Some(outcome);
+                let write = vec![crate::store::Write::put(audit)];
                 if let Err(e) = self.config.writer.commit(write).await {
-                    tracing::error!(
-                        campaign = key.campaign.0,
-                        "an outcome could not be stored: {e}"
-                    );
+                    tracing::error!(attempt = ?key, "the audit log's erase could not be stored: {e}");
                 }
             }
-            Err(e) => tracing::warn!(campaign = key.campaign.0, "outcome not recorded: {e}"),
         }
-        self.announce(key.campaign);
+        self.record_outcome(key, &l.agent, outcome).await;
+    }
+
+    /// Writes attempt `key`'s outcome: a campaign contact's (with its retry,
+    /// supervisors told), or what becomes of `agent`'s call-back.
+    async fn record_outcome(&self, key: AttemptKey, agent: &str, outcome: Outcome) {
+        let now = self.wall(Instant::now());
+        match key {
+            AttemptKey::Contact { campaign, contact } => {
+                let finished = lock(&self.campaigns).finish(now, campaign, contact, outcome);
+                match finished {
+                    Ok(contact) => {
+                        let write = vec![crate::store::Write::put(contact)];
+                        if let Err(e) = self.config.writer.commit(write).await {
+                            tracing::error!(
+                                campaign = campaign.0,
+                                "an outcome could not be stored: {e}"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(campaign = campaign.0, "outcome not recorded: {e}"),
+                }
+                self.announce(campaign);
+            }
+            AttemptKey::Callback(id) => self.callback_outcome(id, agent, outcome).await,
+        }
         self.dial_now.notify_one();
+    }
+
+    /// An automatic call-back's attempt ended with `outcome`: closed,
+    /// released for another try, or left to people.
+    async fn callback_outcome(&self, id: CallbackId, agent: &str, outcome: Outcome) {
+        use crate::callbacks::Outcome::{Failed, Succeeded};
+        let now = self.wall(Instant::now());
+        let tried = {
+            let mut dialer = lock(&self.dialer);
+            let t = dialer.callbacks.entry(id).or_insert(Tried {
+                count: 0,
+                again: None,
+            });
+            match outcome {
+                Outcome::Busy | Outcome::NoAnswer | Outcome::Failed | Outcome::Interrupted => {
+                    t.count += 1;
+                    t.again = Some(Instant::now() + CALLBACK_RETRY);
+                }
+                Outcome::Skipped | Outcome::DoNotCall => t.again = None,
+                Outcome::AgentTimeout => t.again = Some(Instant::now()),
+                Outcome::Connected | Outcome::AgentDropped => {}
+            }
+            *t
+        };
+        let changed = {
+            let mut b = lock(&self.callbacks);
+            match outcome {
+                Outcome::Connected | Outcome::AgentDropped => {
+                    b.close(now, id, agent, Succeeded, "called back automatically")
+                }
+                _ if tried.count >= CALLBACK_TRIES => b.close(
+                    now,
+                    id,
+                    agent,
+                    Failed,
+                    "not reached in three automatic tries",
+                ),
+                _ => b.release(id, agent, true),
+            }
+        };
+        match changed {
+            Ok(c) => {
+                tracing::info!(id = id.0, %agent, ?outcome, status = ?c.status, "automatic call-back attempt over");
+                if let Err(e) = self.store_callback(&c).await {
+                    tracing::error!(id = id.0, "storing call-back: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(id = id.0, "automatic call-back not updated: {e}"),
+        }
     }
 }
 

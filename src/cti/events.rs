@@ -88,7 +88,8 @@ pub enum Body {
     /// (their own stream only): confirm or skip within `confirm_secs`.
     Attempt {
         call_id: String,
-        campaign: String,
+        /// What it is: "Campaign spring", "Call-back from queue 500".
+        title: String,
         customer: super::dialer::Customer,
         confirm_secs: u32,
     },

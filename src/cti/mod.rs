@@ -120,6 +120,8 @@ pub struct DeskConfig {
     /// Each queue's number and the groups that answer it (inbound callers
     /// waiting hold a group's campaigns back).
     pub queue_groups: Vec<(String, String)>,
+    /// The queues whose call-backs the dialer serves.
+    pub auto_callbacks: Vec<dialer::AutoCallbacks>,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).

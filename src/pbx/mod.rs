@@ -815,6 +815,19 @@ async fn start_desk(
                     .map(move |g| (number.clone(), g.clone()))
             })
             .collect(),
+        auto_callbacks: config
+            .queues
+            .iter()
+            .filter(|q| q.callback_mode == crate::config::CallbackMode::Auto)
+            .map(|q| crate::cti::dialer::AutoCallbacks {
+                queue: q.number.get_ref().clone(),
+                group: match q.callback_group.get_ref().as_str() {
+                    "" => q.groups.get_ref().first().cloned().unwrap_or_default(),
+                    g => g.to_string(),
+                },
+                trunk: q.callback_trunk.get_ref().clone(),
+            })
+            .collect(),
     };
     let desk = crate::cti::Desk::new(
         desk_config,

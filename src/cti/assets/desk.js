@@ -166,7 +166,7 @@ function showAttempt(e) {
   }
   $("attempt-idle").hidden = true;
   $("attempt-card").hidden = false;
-  $("attempt-campaign").textContent = `Campaign ${e.campaign}: confirm to call this customer.`;
+  $("attempt-campaign").textContent = `${e.title}: confirm to call this customer.`;
   $("attempt-name").textContent = e.customer.name || e.customer.number;
   $("attempt-number").textContent = e.customer.time_zone ? `${e.customer.number} (${e.customer.time_zone})` : e.customer.number;
   const dl = $("attempt-fields");
