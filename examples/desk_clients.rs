@@ -16,6 +16,16 @@
 //!     while one agent changes state RATE times a second, printing each
 //!     second how many events arrived so far.
 //!
+//!   desk_clients dialer BASE_URL N SECS CONTACTS
+//!     connects N agents' streams (group `bench`), and as supervisor `boss`
+//!     creates a campaign over the group and trunk `bench` with CONTACTS
+//!     customers and starts it; every agent confirms each customer it is shown
+//!     at once. After SECS seconds (at most 300) the campaign stops; it prints
+//!     the attempts finished per second, how long an agent waited from the end
+//!     of one attempt (idle again) to its next customer being dialled
+//!     (p50/p99), from its phone being answered (the record shown) to the
+//!     customer being dialled, and the campaign's abandon rate.
+//!
 //! Everything it talks to is the BASE_URL given (a loopback address in the
 //! benchmark); every loop is bounded in count and time.
 
@@ -29,8 +39,17 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 async fn login(http: &reqwest::Client, base: &str, i: usize) -> Result<String, Failure> {
-    let body =
-        json!({ "extension": format!("user{}", 1000 + i), "password": format!("pw{}", 1000 + i) });
+    let (ext, password) = (format!("user{}", 1000 + i), format!("pw{}", 1000 + i));
+    login_as(http, base, &ext, &password).await
+}
+
+async fn login_as(
+    http: &reqwest::Client,
+    base: &str,
+    ext: &str,
+    password: &str,
+) -> Result<String, Failure> {
+    let body = json!({ "extension": ext, "password": password });
     let r: Value = http
         .post(format!("{base}/api/v1/session"))
         .json(&body)
@@ -342,6 +361,146 @@ async fn hold(base: &str, n: usize, secs: u64, rate: u64) -> Result<(), Failure>
     Ok(())
 }
 
+/// What one agent saw during the dialer run.
+#[derive(Default)]
+struct AgentRun {
+    /// Idle (previous attempt erased, or the campaign's start) → dialling.
+    idle_to_dialling: Vec<Duration>,
+    /// Record shown → dialling (the confirmation's round trip).
+    shown_to_dialling: Vec<Duration>,
+    finished: usize,
+}
+
+/// One agent confirming every customer it is shown, until `limit` after `started`.
+async fn agent_run(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    mut ws: Ws,
+    started: Instant,
+    limit: Duration,
+) -> AgentRun {
+    let mut run = AgentRun::default();
+    let (mut idle, mut shown) = (Instant::now(), None);
+    while started.elapsed() < limit {
+        let left = limit.saturating_sub(started.elapsed());
+        let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(left, ws.next()).await else {
+            continue;
+        };
+        let Ok(e) = serde_json::from_str::<Value>(&t) else {
+            continue;
+        };
+        match e["type"].as_str() {
+            Some("attempt") => {
+                shown = Some(Instant::now());
+                let _ = http
+                    .post(format!("{base}/api/v1/attempt/confirm"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+            }
+            Some("attempt_progress") if e["phase"] == "dialling" => {
+                run.idle_to_dialling.push(idle.elapsed());
+                if let Some(s) = shown.take() {
+                    run.shown_to_dialling.push(s.elapsed());
+                }
+            }
+            Some("attempt_erased") => {
+                run.finished += 1;
+                idle = Instant::now();
+            }
+            _ => {}
+        }
+    }
+    run
+}
+
+async fn dialer(base: &str, n: usize, secs: u64, contacts: usize) -> Result<(), Failure> {
+    let http = reqwest::Client::new();
+    let clients = streams(&http, base, n).await?;
+    let boss = login_as(&http, base, "boss", "pwboss").await?;
+    let settings = json!({ "name": "bench", "group": "bench", "trunk": "bench", "idle_ratio": 0.0,
+        "max_attempts": n, "hours_from": "00:00", "hours_to": "24:00", "confirm_secs": 30, "ring_secs": 15 });
+    let created: Value = http
+        .post(format!("{base}/api/v1/campaigns"))
+        .bearer_auth(&boss)
+        .json(&settings)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id"].as_u64().ok_or("no campaign id")?;
+    let mut list = String::from("number,name\n");
+    for i in 0..contacts {
+        list.push_str(&format!("+8130{i:08},Customer {i}\n"));
+    }
+    http.post(format!("{base}/api/v1/campaigns/{id}/contacts"))
+        .bearer_auth(&boss)
+        .header("content-type", "text/csv")
+        .body(list)
+        .send()
+        .await?
+        .error_for_status()?;
+    let limit = Duration::from_secs(secs.min(300));
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(token, ws)| {
+            let run = agent_run(http.clone(), base.to_string(), token, ws, started, limit);
+            tokio::spawn(run)
+        })
+        .collect();
+    http.post(format!("{base}/api/v1/campaigns/{id}/start"))
+        .bearer_auth(&boss)
+        .send()
+        .await?
+        .error_for_status()?;
+    let (mut idle, mut shown, mut finished) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        let run = t.await?;
+        idle.extend(run.idle_to_dialling);
+        shown.extend(run.shown_to_dialling);
+        finished += run.finished;
+    }
+    http.post(format!("{base}/api/v1/campaigns/{id}/stop"))
+        .bearer_auth(&boss)
+        .send()
+        .await?;
+    let overview: Value = http
+        .get(format!("{base}/api/v1/campaigns/{id}"))
+        .bearer_auth(&boss)
+        .send()
+        .await?
+        .json()
+        .await?;
+    idle.sort();
+    shown.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "dialer: {n} agents, {} s: {finished} attempts finished ({:.1}/s)",
+        limit.as_secs(),
+        finished as f64 / limit.as_secs_f64()
+    );
+    println!(
+        "idle agent -> customer dialled: p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        ms(percentile(&idle, 0.5)),
+        ms(percentile(&idle, 0.99)),
+        idle.len()
+    );
+    println!(
+        "record shown -> customer dialled (the confirmation): p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(&shown, 0.5)),
+        ms(percentile(&shown, 0.99))
+    );
+    let p = &overview["progress"];
+    println!(
+        "campaign: outcomes {}, abandoned {}, abandon rate {}, connect rate {}",
+        p["outcomes"], p["abandoned"], p["abandon_rate"], p["connect_rate"]
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<(), Failure> {
     let args: Vec<String> = std::env::args().collect();
@@ -358,6 +517,15 @@ async fn main() -> Result<(), Failure> {
             .await
         }
         "callbacks" => callbacks(arg(2)?, arg(3)?.parse()?, arg(4)?.parse()?).await,
-        _ => Err("usage: desk_clients measure BASE PID N CHANGES | hold BASE N SECS RATE | callbacks BASE N ITEMS".into()),
+        "dialer" => {
+            dialer(
+                arg(2)?,
+                arg(3)?.parse()?,
+                arg(4)?.parse()?,
+                arg(5)?.parse()?,
+            )
+            .await
+        }
+        _ => Err("usage: desk_clients measure BASE PID N CHANGES | hold BASE N SECS RATE | callbacks BASE N ITEMS | dialer BASE N SECS CONTACTS".into()),
     }
 }

@@ -217,12 +217,14 @@ async fn a_hundred_callers_and_twenty_agents_never_double_offer_an_agent() {
             }
         })
         .collect();
-    // 25 callers a second: the 20 agents stay busy and callers queue, and a
-    // caller who waits is answered by the agent the caller 20 places ahead
-    // frees, 20 / 25 s = 0.8 s before it would hang up (at 100 a second that
-    // margin was 0.2 s, which a loaded CI machine sometimes missed).
+    // Each caller hangs up 3 s after the queue answers (at once). At 10
+    // callers a second 30 would need an agent at a time: the 20 agents stay
+    // busy and callers queue (about 1 s each). A waiting caller is answered
+    // by the agent the caller 20 places ahead frees, 20 / 10 s = 2 s before it
+    // would hang up (at 25 a second with 1.5 s calls that margin was 0.8 s,
+    // and a CI machine running the other tests beside it missed it twice).
     let out = lab
-        .customers("500", &numbers, "uac_queue.xml", 1500, 25)
+        .customers("500", &numbers, "uac_queue.xml", 3000, 10)
         .await
         .expect("join");
     assert!(

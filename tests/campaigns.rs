@@ -263,6 +263,7 @@ async fn an_agent_is_refused_every_campaign_endpoint() {
         http.post(format!("{b}/api/v1/campaigns/{id}/stop")),
         http.post(format!("{b}/api/v1/do-not-call"))
             .json(&json!({"numbers": ["0311110001"]})),
+        http.get(format!("{b}/api/v1/campaigns/{id}/audit")),
     ];
     for r in requests {
         let (status, body) = d.send(r, &agent).await;
@@ -343,36 +344,92 @@ async fn next_json(ws: &mut Stream, wait: std::time::Duration) -> Option<Value> 
 const DIALLING: &str = "[[groups]]\nname = \"outbound\"\nmembers = [{ extension = \"4001\" }, { extension = \"4002\" }]\n\
 [[users]]\nextension = \"boss\"\npassword = \"pwboss\"\nrole = \"supervisor\"\n";
 
+/// The carrier (Kamailio on 127.0.0.5) whose office calls go to the
+/// customers' SIPp at 127.0.0.6:`world_port`.
+struct Dialling {
+    carrier: common::carrier::Carrier,
+    world_port: u16,
+    tmp: tempfile::TempDir,
+}
+
+impl Dialling {
+    fn new() -> Dialling {
+        let world_port = free_port();
+        let outside = format!("127.0.0.6:{world_port}");
+        Dialling {
+            carrier: common::carrier::carrier_at("127.0.0.5", &outside, false),
+            world_port,
+            tmp: tempfile::tempdir().expect("tmp"),
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.tmp.path()
+    }
+
+    /// The office's tables: [`DIALLING`], its trunk to the carrier (with
+    /// `trunk_more` keys), then `more`.
+    fn tables(&self, trunk_more: &str, more: &str) -> String {
+        format!(
+            "{DIALLING}[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
+             expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n{trunk_more}{more}",
+            self.carrier.addr.port()
+        )
+    }
+
+    /// Agents 4001 and 4002, password pw<ext>.
+    fn users() -> Vec<(String, String)> {
+        ["4001", "4002"]
+            .iter()
+            .map(|u| (u.to_string(), format!("pw{u}")))
+            .collect()
+    }
+
+    /// An embedded PBX with these tables, once its trunk is registered; its
+    /// desk.
+    async fn office(&self, tables: &str) -> (sipdesk::Pbx, std::net::SocketAddr, Desk) {
+        let (pbx, target) = common::embedded_pbx(self.dir(), &Self::users(), tables).await;
+        eventually(15, "the trunk registers", || {
+            pbx.trunk_registered("carrier")
+        })
+        .await;
+        let desk = Desk {
+            base: format!("http://{}", pbx.http_addr()),
+            http: reqwest::Client::new(),
+        };
+        (pbx, target, desk)
+    }
+
+    /// The customers (`uas_customers.xml`) with more SIPp arguments.
+    fn world(&self, args: &[&str]) -> tokio::task::JoinHandle<std::process::Output> {
+        let mut all = vec!["-sf".to_string(), common::scenario("uas_customers.xml")];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let (carrier, port) = (self.carrier.addr, self.world_port);
+        common::sipp_embedded_from("127.0.0.6", carrier, self.dir(), port, all)
+    }
+}
+
+impl Desk {
+    /// Agent `ext` (as `token`) chooses `state`.
+    async fn set_state(&self, token: &str, ext: &str, state: &str) {
+        let r = self
+            .http
+            .put(format!("{}/api/v1/agents/{ext}/state", self.base))
+            .json(&json!({ "state": state }));
+        assert_eq!(self.send(r, token).await.0, StatusCode::NO_CONTENT);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer_is_dialled_only_after_its_agent_confirmed(
 ) {
-    use common::carrier::carrier_at;
     use std::time::Duration;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
-    let world_port = common::free_port();
-    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
-    let trunk = format!(
-        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
-         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
-        carrier.addr.port()
-    );
-    let users: Vec<(String, String)> = ["4001", "4002"]
-        .iter()
-        .map(|u| (u.to_string(), format!("pw{u}")))
-        .collect();
-    let (pbx, target) = common::embedded_pbx(dir, &users, &format!("{DIALLING}{trunk}")).await;
-    eventually(15, "the trunk registers", || {
-        pbx.trunk_registered("carrier")
-    })
-    .await;
+    let lab = Dialling::new();
+    let (dir, carrier) = (lab.dir(), &lab.carrier);
+    let (pbx, target, d) = lab.office(&lab.tables("", "")).await;
     let (p1, p2) = (common::free_port(), common::free_port());
     common::register_phone(target, dir, p1, "4001", "pw4001").await;
     common::register_phone(target, dir, p2, "4002", "pw4002").await;
-    let d = Desk {
-        base: format!("http://{}", pbx.http_addr()),
-        http: reqwest::Client::new(),
-    };
     let (boss, a1, a2) = (
         d.token("boss", "pwboss").await,
         d.token("4001", "pw4001").await,
@@ -393,11 +450,7 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
     assert_eq!(loaded["imported"], 3, "{loaded}");
 
     // One of two agents away: 0.5 is below the threshold, nothing starts.
-    let away = d
-        .http
-        .put(format!("{}/api/v1/agents/4002/state", d.base))
-        .json(&json!({ "state": "away" }));
-    assert_eq!(d.send(away, &a2).await.0, StatusCode::NO_CONTENT);
+    d.set_state(&a2, "4002", "away").await;
     let (status, _) = d
         .post(&boss, &format!("/api/v1/campaigns/{id}/start"), json!({}))
         .await;
@@ -430,33 +483,13 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
             &["-m", "2", "-timeout", "30s"],
         ),
     ];
-    let world = common::sipp_embedded_from(
-        "127.0.0.6",
-        carrier.addr,
-        dir,
-        world_port,
-        [
-            "-sf",
-            &common::scenario("uas_customers.xml"),
-            "-m",
-            "3",
-            "-d",
-            "2000",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect(),
-    );
+    let world = lab.world(&["-m", "3", "-d", "2000"]);
     let mut streams = [
         ("4001", a1.clone(), events(pbx.http_addr(), &a1, None).await),
         ("4002", a2.clone(), events(pbx.http_addr(), &a2, None).await),
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let back = d
-        .http
-        .put(format!("{}/api/v1/agents/4002/state", d.base))
-        .json(&json!({ "state": "available" }));
-    assert_eq!(d.send(back, &a2).await.0, StatusCode::NO_CONTENT);
+    d.set_state(&a2, "4002", "available").await;
 
     // Each agent's stream gets its own records; each customer is dialled
     // only after the agent confirmed, as the carrier sees it.
@@ -592,43 +625,13 @@ async fn attempts_start_one_per_idle_agent_above_the_threshold_and_each_customer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_an_agent_confirms_the_one_customer_shown_and_the_record_is_gone_at_hang_up() {
-    use common::carrier::carrier_at;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
-    let world_port = common::free_port();
-    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
-    let trunk = format!(
-        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
-         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
-        carrier.addr.port()
-    );
-    let users: Vec<(String, String)> = ["4001", "4002"]
-        .iter()
-        .map(|u| (u.to_string(), format!("pw{u}")))
-        .collect();
-    let (pbx, target) = common::embedded_pbx(dir, &users, &format!("{DIALLING}{trunk}")).await;
-    eventually(15, "the trunk registers", || {
-        pbx.trunk_registered("carrier")
-    })
-    .await;
+    let lab = Dialling::new();
+    let (dir, carrier) = (lab.dir(), &lab.carrier);
+    let (pbx, target, _) = lab.office(&lab.tables("", "")).await;
     let phone = common::free_port();
     common::register_phone(target, dir, phone, "4001", "pw4001").await;
     let agent = common::sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
-    let args = [
-        "-sf",
-        &common::scenario("uas_customers.xml"),
-        "-m",
-        "1",
-        "-d",
-        "3000",
-    ];
-    let world = common::sipp_embedded_from(
-        "127.0.0.6",
-        carrier.addr,
-        dir,
-        world_port,
-        args.iter().map(|a| a.to_string()).collect(),
-    );
+    let world = lab.world(&["-m", "1", "-d", "3000"]);
     let base = format!("http://{}", pbx.http_addr());
     let envs = [
         ("A_EXT", "4001"),
@@ -654,23 +657,11 @@ async fn in_chromium_an_agent_confirms_the_one_customer_shown_and_the_record_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and_not_dialled_again()
 {
-    use common::carrier::carrier_at;
     use std::time::Duration;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
-    let world_port = free_port();
-    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
-    let trunk = format!(
-        "[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
-         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n",
-        carrier.addr.port()
-    );
-    let users: Vec<(String, String)> = ["4001", "4002"]
-        .iter()
-        .map(|u| (u.to_string(), format!("pw{u}")))
-        .collect();
+    let lab = Dialling::new();
+    let (dir, carrier) = (lab.dir(), &lab.carrier);
     let (sip, http) = (free_port(), free_port());
-    let conf = config_with(sip, "[\"MD5\"]", &users, &format!("{DIALLING}{trunk}")).replace(
+    let conf = config_with(sip, "[\"MD5\"]", &Dialling::users(), &lab.tables("", "")).replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{http}\""),
     );
@@ -684,16 +675,7 @@ async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and
     let limit = ["-m", "1", "-timeout", "15s"];
     let agent = common::sipp_scenario(server.addr(), dir, phone, "uas_answer.xml", &limit);
     // The customer (ending in 3) rings and never answers.
-    let scenario = common::scenario("uas_customers.xml");
-    let mut args = vec!["-sf", &scenario];
-    args.extend(limit);
-    let world = common::sipp_embedded_from(
-        "127.0.0.6",
-        carrier.addr,
-        dir,
-        world_port,
-        args.iter().map(|a| a.to_string()).collect(),
-    );
+    let world = lab.world(&limit);
     let d = Desk {
         base: format!("http://127.0.0.1:{http}"),
         http: reqwest::Client::new(),
@@ -763,41 +745,17 @@ async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_set_to_call_back_automatically_rings_a_free_agent_first_and_closes_the_call_back_once_reached(
 ) {
-    use common::carrier::carrier_at;
     use std::time::Duration;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
-    let world_port = free_port();
-    let carrier = carrier_at("127.0.0.5", &format!("127.0.0.6:{world_port}"), false);
-    let tables = format!(
-        "{DIALLING}[[trunks]]\nname = \"carrier\"\nhost = \"127.0.0.5\"\nport = {}\nusername = \"office\"\npassword = \"s3cret\"\n\
-         expires = 60\ncountry_code = \"81\"\nnational_prefix = \"0\"\ninternational_prefix = \"010\"\n\
-         dids = {{ \"0311110000\" = \"500\" }}\n\
-         [[queues]]\nnumber = \"500\"\ngroups = [\"outbound\"]\nmax_wait_secs = 2\noverflow_callback = true\n\
-         callback_mode = \"auto\"\ncallback_trunk = \"carrier\"\n",
-        carrier.addr.port()
-    );
-    let users: Vec<(String, String)> = ["4001", "4002"]
-        .iter()
-        .map(|u| (u.to_string(), format!("pw{u}")))
-        .collect();
-    let (pbx, target) = common::embedded_pbx(dir, &users, &tables).await;
-    eventually(15, "the trunk registers", || {
-        pbx.trunk_registered("carrier")
-    })
-    .await;
+    let lab = Dialling::new();
+    let (dir, carrier) = (lab.dir(), &lab.carrier);
+    let queue = "[[queues]]\nnumber = \"500\"\ngroups = [\"outbound\"]\nmax_wait_secs = 2\n\
+                 overflow_callback = true\ncallback_mode = \"auto\"\ncallback_trunk = \"carrier\"\n";
+    let did = "dids = { \"0311110000\" = \"500\" }\n";
+    let (pbx, target, d) = lab.office(&lab.tables(did, queue)).await;
     let phone = free_port();
     common::register_phone(target, dir, phone, "4001", "pw4001").await;
-    let d = Desk {
-        base: format!("http://{}", pbx.http_addr()),
-        http: reqwest::Client::new(),
-    };
     let agent = d.token("4001", "pw4001").await;
-    let away = d
-        .http
-        .put(format!("{}/api/v1/agents/4001/state", d.base))
-        .json(&json!({ "state": "away" }));
-    assert_eq!(d.send(away, &agent).await.0, StatusCode::NO_CONTENT);
+    d.set_state(&agent, "4001", "away").await;
 
     // A customer calls the queue through the carrier, nobody answers: they
     // press 1 to be called back.
@@ -848,30 +806,10 @@ async fn a_queue_set_to_call_back_automatically_rings_a_free_agent_first_and_clo
     // The agent comes back: their phone rings first, they confirm, the
     // customer is called through the carrier and answers.
     let phone_sipp = common::sipp_scenario(target, dir, phone, "uas_answer.xml", &["-m", "1"]);
-    let world = common::sipp_embedded_from(
-        "127.0.0.6",
-        carrier.addr,
-        dir,
-        world_port,
-        [
-            "-sf",
-            &common::scenario("uas_customers.xml"),
-            "-m",
-            "1",
-            "-d",
-            "2000",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect(),
-    );
+    let world = lab.world(&["-m", "1", "-d", "2000"]);
     let mut stream = events(pbx.http_addr(), &agent, None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let back = d
-        .http
-        .put(format!("{}/api/v1/agents/4001/state", d.base))
-        .json(&json!({ "state": "available" }));
-    assert_eq!(d.send(back, &agent).await.0, StatusCode::NO_CONTENT);
+    d.set_state(&agent, "4001", "available").await;
     let shown = loop {
         let e = next_json(&mut stream, Duration::from_secs(15))
             .await

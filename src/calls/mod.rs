@@ -137,6 +137,9 @@ pub struct Calls {
     pending: HashMap<ReqId, Pending>,
     /// Branches of ended calls that may still answer (CANCEL/2xx races).
     orphans: HashMap<ReqId, (Message, Remote)>,
+    /// Of those, the customers of ended campaign attempts: one that answers
+    /// now finds no agent (an abandoned call, reported).
+    abandoned: HashMap<ReqId, (crate::campaigns::AttemptKey, CallId)>,
     /// Call-backs queue callers are asking for, by their voice message's id,
     /// until the message is saved.
     messages: HashMap<u64, queue::LeftMessage>,
@@ -442,6 +445,12 @@ impl Calls {
                 if code >= 200 {
                     if let (Some((invite, remote)), Some(r)) = (self.orphans.remove(&id), &resp) {
                         self.orphan_answered(cx, &invite, r, remote);
+                    }
+                    let attempt = self.abandoned.remove(&id);
+                    if let (Some((key, call)), 200..=299) = (attempt, code) {
+                        tracing::info!(%call, "a campaign's customer answered after the attempt ended");
+                        let step = crate::campaigns::Step::Abandoned;
+                        cx.attempt(crate::campaigns::Report { key, call, step });
                     }
                 }
             }

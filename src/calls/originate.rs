@@ -693,6 +693,9 @@ impl Calls {
                     super::bridge::cancel(cx, &branch.invite, branch.remote);
                     self.orphans
                         .insert(branch.id, (branch.invite.clone(), branch.remote));
+                    if let Some(c) = &o.attempt {
+                        self.abandoned.insert(branch.id, (c.key, key.clone()));
+                    }
                 }
                 None => {}
             }

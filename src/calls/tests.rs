@@ -1451,3 +1451,25 @@ fn a_skipped_or_busy_customer_ends_the_attempt_and_an_agent_who_misses_it_is_set
     let presence = lab.h.env.presence.clone();
     assert_eq!(presence.state("202").map(|s| s.0), Some(State::Away));
 }
+
+#[test]
+fn a_customer_who_answers_after_the_agent_hung_up_is_hung_up_and_counted_as_abandoned() {
+    use crate::campaigns::{Outcome, Step};
+    let (mut lab, key, agent) = attempt_placed(false);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    lab.h.shard.confirm(lab.now, &key, true);
+    let customer = to_customer(&lab.out()).clone();
+    lab.input(response(&customer, 180, "cu", "", ""), FIRST);
+    // The agent hangs up while the customer rings: the customer is cancelled…
+    let out = lab.input(bye_for(&agent, "ag", PHONE_A), PHONE_A);
+    assert_eq!(once(lab.sent_to("CANCEL ")), [FIRST], "{out:#?}");
+    let ended = steps(&mut lab).pop();
+    assert_eq!(ended, Some(Step::Ended(Outcome::Failed)));
+    // …but answers before the CANCEL arrives: acknowledged, hung up, counted.
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.21");
+    let out = lab.input(response(&customer, 200, "cu", &sdp, ""), FIRST);
+    one(&out, "ACK ");
+    one(&out, "BYE ");
+    assert_eq!(steps(&mut lab), [Step::Abandoned]);
+    assert!(lab.idle());
+}

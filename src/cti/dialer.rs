@@ -397,6 +397,14 @@ impl Desk {
     }
 
     async fn attempt_step(&self, r: Report) {
+        if r.step == Step::Abandoned {
+            // Reported after the attempt ended: counted, nothing to show.
+            if let AttemptKey::Contact { campaign, .. } = r.key {
+                lock(&self.campaigns).abandoned(campaign);
+                self.announce(campaign);
+            }
+            return;
+        }
         let call_id = r.call.to_string();
         let agent = match lock(&self.dialer).live.get_mut(&r.key) {
             Some(l) => {
@@ -417,11 +425,7 @@ impl Desk {
             Step::CustomerAnswered => {
                 self.publish(Audience::Agent(agent), progress(AttemptPhase::Connected));
             }
-            Step::Abandoned => {
-                if let AttemptKey::Contact { campaign, .. } = r.key {
-                    lock(&self.campaigns).abandoned(campaign);
-                }
-            }
+            Step::Abandoned => {}
             Step::Ended(outcome) => self.attempt_ended(r.key, call_id, outcome).await,
         }
     }
