@@ -43,6 +43,8 @@ pub enum OriginateError {
     NotRegistered(String),
     #[error("extension {0} is not available")]
     NotAvailable(String),
+    #[error("{0} starts with a blocked prefix")]
+    Blocked(String),
     #[error("no free media ports")]
     NoMedia,
     #[error("the PBX is shutting down")]
@@ -256,13 +258,17 @@ impl Calls {
         self.place(cx, from, to, None)
     }
 
-    /// Starts campaign attempt `call`: reserves and rings the agent.
+    /// Starts campaign attempt `call`: reserves and rings the agent (never
+    /// for a number the toll-fraud rules block).
     pub fn attempt(
         &mut self,
         cx: &mut Cx<'_>,
         call: AttemptCall,
     ) -> Result<CallId, OriginateError> {
         let agent = call.agent.clone();
+        if cx.env.outside.fraud.blocked(&agent, &call.number).is_some() {
+            return Err(OriginateError::Blocked(call.number));
+        }
         self.place(cx, &agent, &call.number.clone(), Some(call))
     }
 

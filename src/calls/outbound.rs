@@ -31,7 +31,8 @@ use crate::sip::{sdp, CallId, Dialog, Remote, StatusCode};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The outside part of a bridge.
+/// The outside part of a call: a bridge's B leg, or a campaign attempt's
+/// customer.
 #[derive(Debug)]
 pub(super) struct Outbound {
     /// The toll-fraud guard's grant (a phone's call; campaigns are bounded by

@@ -1473,3 +1473,23 @@ fn a_customer_who_answers_after_the_agent_hung_up_is_hung_up_and_counted_as_aban
     assert_eq!(steps(&mut lab), [Step::Abandoned]);
     assert!(lab.idle());
 }
+
+#[test]
+fn a_campaign_customer_whose_number_is_blocked_is_never_dialled_nor_the_agent_rung() {
+    let mut lab = outside_lab();
+    lab.h
+        .env
+        .presence
+        .set_registered("202", true, lab.h.wall0)
+        .expect("registered");
+    let call = super::AttemptCall {
+        number: "09901234567".into(),
+        ..attempt_call(1, false)
+    };
+    assert_eq!(
+        lab.h.shard.attempt(lab.now, call),
+        Err(super::OriginateError::Blocked("09901234567".into()))
+    );
+    assert!(lab.out().is_empty(), "nothing sent");
+    assert_eq!(lab.h.env.outside.fraud.denied(), 1, "counted as a denial");
+}

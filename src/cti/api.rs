@@ -227,6 +227,7 @@ impl From<OriginateError> for ApiError {
     fn from(e: OriginateError) -> Self {
         match e {
             OriginateError::UnknownExtension(_) => ApiError::NotFound(e.to_string()),
+            OriginateError::Blocked(_) => ApiError::Forbidden(e.to_string()),
             OriginateError::NotRegistered(_) | OriginateError::NotAvailable(_) => {
                 ApiError::Conflict(e.to_string())
             }

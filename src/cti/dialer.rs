@@ -293,12 +293,16 @@ impl Desk {
                 true
             }
             Err(e) => {
-                // The agent was taken meanwhile (or is gone): the contact
-                // or call-back goes back at once, no try counted.
+                // A number nobody may dial is done with; otherwise the agent
+                // was taken meanwhile (or is gone): the contact or call-back
+                // goes back at once, no try counted.
                 tracing::info!(attempt = ?key, %agent, "attempt not placed: {e}");
                 lock(&self.dialer).live.remove(&key);
-                self.record_outcome(key, &agent, Outcome::AgentTimeout)
-                    .await;
+                let outcome = match e {
+                    crate::calls::OriginateError::Blocked(_) => Outcome::DoNotCall,
+                    _ => Outcome::AgentTimeout,
+                };
+                self.record_outcome(key, &agent, outcome).await;
                 false
             }
         }

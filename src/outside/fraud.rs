@@ -190,6 +190,25 @@ impl Fraud {
         })
     }
 
+    /// The blocked prefix `number` starts with, if any: a number nobody
+    /// dials, campaigns included (logged and counted as a denial).
+    pub fn blocked(&self, user: &str, number: &str) -> Option<&str> {
+        let p = self
+            .caps
+            .blocked_prefixes
+            .iter()
+            .find(|p| number.starts_with(p.as_str()))?;
+        self.denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            target: crate::guard::SECURITY,
+            "SECURITY toll-denied source=- user={} number={} reason=\"blocked prefix {p}\"",
+            crate::guard::sanitize(user),
+            crate::guard::sanitize(number),
+        );
+        Some(p)
+    }
+
     /// A granted call ended.
     pub fn release(&self, permit: &Permit) {
         if !permit.counted {
