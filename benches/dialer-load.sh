@@ -12,7 +12,8 @@
 # confirmation), the confirmation's own share, the abandon rate, the PBX's
 # CPU and the host's steal over the run.
 #
-#   usage: benches/dialer-load.sh   env: AGENTS (200), SECS (30), RING_MS (1000)
+#   usage: benches/dialer-load.sh   env: AGENTS (200), SECS (30), RING_MS (1000),
+#          BIN (another sipdesk binary to measure: old-vs-new figures)
 #   output: target/dialer-load/<timestamp>/{dialer.txt,sipdesk.log,...}
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,6 +29,7 @@ command -v sipp >/dev/null || { echo "sipp missing: apt-get install sip-tester" 
 . "$LAB/lib.sh"
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin sipdesk --example desk_clients
+BIN="${BIN:-$ROOT/target/release/sipdesk}"
 CONF="$OUT/sipdesk.toml"
 {
   printf '[sip]\nudp = ["127.0.0.1:5070"]\ntcp = []\nauth_algorithms = ["MD5"]\n'
@@ -47,7 +49,7 @@ CONF="$OUT/sipdesk.toml"
 for port in 5070 5091 5093; do
   ss -Hlun "sport = :$port" | grep -q . && { echo "udp $port already in use" >&2; exit 1; }
 done
-"$ROOT/target/release/sipdesk" run --config "$CONF" --data-dir "$OUT/data" > "$OUT/sipdesk.log" 2>&1 &
+"$BIN" run --config "$CONF" --data-dir "$OUT/data" > "$OUT/sipdesk.log" 2>&1 &
 PBX=$!
 PEERS=""
 trap 'kill $PBX $PEERS 2>/dev/null || true' EXIT

@@ -28,7 +28,7 @@ use crate::store::{Record, Store, StoreError};
 use hours::{zone, Hours};
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 macro_rules! id {
     ($name:ident, $what:literal) => {
@@ -432,6 +432,14 @@ struct Live {
     hours: Hours,
     zone: TimeZone,
     contacts: BTreeMap<ContactId, Contact>,
+    /// The contacts not done yet (waiting or in an attempt), in list order:
+    /// what the dialer looks at.
+    open: BTreeSet<ContactId>,
+    /// The contacts in an attempt now.
+    attempting: HashSet<ContactId>,
+    /// When each waiting contact may be dialled next, as last computed (a
+    /// contact whose time has not come is not looked at again until then).
+    due: HashMap<ContactId, u64>,
     numbers: HashSet<String>,
     /// When each attempt of the last hour started.
     started: VecDeque<u64>,
@@ -450,31 +458,78 @@ impl Live {
             hours,
             zone,
             contacts: BTreeMap::new(),
+            open: BTreeSet::new(),
+            attempting: HashSet::new(),
+            due: HashMap::new(),
             numbers: HashSet::new(),
             started: VecDeque::new(),
             abandoned: 0,
         })
     }
 
-    fn zone_of(&self, c: &Contact) -> TimeZone {
-        c.time_zone
-            .as_deref()
-            .and_then(|z| zone(z).ok())
-            .unwrap_or_else(|| self.zone.clone())
+    fn add(&mut self, c: Contact) {
+        self.numbers.insert(c.number.clone());
+        let id = c.id;
+        self.contacts.insert(id, c);
+        self.touched(id);
     }
 
-    /// When `c` may be dialled next: `now` when it is due now.
-    fn due_at(&self, c: &Contact, now: UnixMillis) -> Option<UnixMillis> {
+    /// Contact `id`'s status changed (or it is gone): its place among the
+    /// open ones, and its due time to compute again.
+    fn touched(&mut self, id: ContactId) {
+        self.due.remove(&id);
+        let status = self.contacts.get(&id).map(|c| &c.status);
+        match status {
+            None | Some(ContactStatus::Done { .. }) => self.open.remove(&id),
+            Some(_) => self.open.insert(id),
+        };
+        match status {
+            Some(ContactStatus::InAttempt { .. }) => self.attempting.insert(id),
+            _ => self.attempting.remove(&id),
+        };
+    }
+
+    /// The open contacts with what [`due_at`] needs.
+    fn view(
+        &mut self,
+    ) -> (
+        &BTreeSet<ContactId>,
+        &mut BTreeMap<ContactId, Contact>,
+        Due<'_>,
+    ) {
+        let due = Due {
+            hours: &self.hours,
+            zone: &self.zone,
+            cache: &mut self.due,
+        };
+        (&self.open, &mut self.contacts, due)
+    }
+}
+
+/// A campaign's calling hours and its cache of due times.
+struct Due<'a> {
+    hours: &'a Hours,
+    zone: &'a TimeZone,
+    cache: &'a mut HashMap<ContactId, u64>,
+}
+
+impl Due<'_> {
+    /// When `c` may be dialled next: `now` when it is due now (the time
+    /// zone arithmetic is done again only once a cached time has come).
+    fn at(&mut self, c: &Contact, now: UnixMillis) -> Option<UnixMillis> {
         let ContactStatus::Waiting { not_before_ms } = c.status else {
             return None;
         };
+        if let Some(at) = self.cache.get(&c.id).filter(|at| **at > now.0) {
+            return Some(UnixMillis(*at));
+        }
         let from = UnixMillis(not_before_ms.max(now.0));
-        Some(self.hours.next_open(from, &self.zone_of(c)))
-    }
-
-    fn add(&mut self, c: Contact) {
-        self.numbers.insert(c.number.clone());
-        self.contacts.insert(c.id, c);
+        let zone = c.time_zone.as_deref().and_then(|z| zone(z).ok());
+        let at = self
+            .hours
+            .next_open(from, zone.as_ref().unwrap_or(self.zone));
+        self.cache.insert(c.id, at.0);
+        Some(at)
     }
 }
 
@@ -575,6 +630,7 @@ impl Campaigns {
             for c in added {
                 l.contacts.remove(&c.id);
                 l.numbers.remove(&c.number);
+                l.touched(c.id);
             }
         }
     }
@@ -686,8 +742,9 @@ impl Campaigns {
     }
 
     /// How many attempts campaign `id` should start now, or why none.
-    pub fn decide(&self, id: CampaignId, view: Conditions, now: UnixMillis) -> Decision {
-        let Some(l) = self.live.get(&id) else {
+    pub fn decide(&mut self, id: CampaignId, view: Conditions, now: UnixMillis) -> Decision {
+        let dnc = &self.dnc;
+        let Some(l) = self.live.get_mut(&id) else {
             return Decision::Idle(Idle::NotRunning);
         };
         let s = &l.campaign.settings;
@@ -707,20 +764,19 @@ impl Campaigns {
         if ratio < s.idle_ratio {
             return Decision::Idle(Idle::BelowThreshold { ratio });
         }
-        let live = l
-            .contacts
-            .values()
-            .filter(|c| matches!(c.status, ContactStatus::InAttempt { .. }))
-            .count();
+        let live = l.attempting.len();
         let room = (s.max_attempts as usize).saturating_sub(live);
         if room == 0 {
             return Decision::Idle(Idle::AtLimit);
         }
         let want = room.min(view.available);
+        let (open, contacts, mut due_at) = l.view();
         let (mut due, mut earliest, mut retry) = (0, None::<u64>, None::<u64>);
-        for c in l.contacts.values() {
-            let Some(at) = l.due_at(c, now) else { continue };
-            if at <= now && !self.dnc.contains(&c.number) {
+        for c in open.iter().filter_map(|id| contacts.get(id)) {
+            let Some(at) = due_at.at(c, now) else {
+                continue;
+            };
+            if at <= now && !dnc.contains(&c.number) {
                 due += 1;
                 if due == want {
                     break;
@@ -765,17 +821,15 @@ impl Campaigns {
         if l.campaign.state != State::Running {
             return Ok((None, Vec::new()));
         }
-        let mut changed = Vec::new();
-        let due: Vec<ContactId> = l
-            .contacts
-            .values()
-            .filter(|c| l.due_at(c, now).is_some_and(|at| at <= now))
-            .map(|c| c.id)
-            .collect();
-        for cid in due {
-            let Some(c) = l.contacts.get_mut(&cid) else {
+        let (mut changed, mut taken) = (Vec::new(), None);
+        let (open, contacts, mut due_at) = l.view();
+        for cid in open {
+            let Some(c) = contacts.get_mut(cid) else {
                 continue;
             };
+            if due_at.at(c, now).is_none_or(|at| at > now) {
+                continue;
+            }
             if dnc.contains(&c.number) {
                 c.status = ContactStatus::Done {
                     outcome: Outcome::DoNotCall,
@@ -788,12 +842,17 @@ impl Campaigns {
                 agent: agent.to_string(),
                 since_ms: now.0,
             };
-            l.started.push_back(now.0);
-            let taken = c.clone();
-            changed.push(taken.clone());
-            return Ok((Some(taken), changed));
+            taken = Some(c.clone());
+            changed.push(c.clone());
+            break;
         }
-        Ok((None, changed))
+        for c in &changed {
+            l.touched(c.id);
+        }
+        if taken.is_some() {
+            l.started.push_back(now.0);
+        }
+        Ok((taken, changed))
     }
 
     /// Attempt at `contact` ended with `outcome`: done, or waiting for its
@@ -835,7 +894,9 @@ impl Campaigns {
             },
             _ => ContactStatus::Done { outcome },
         };
-        Ok(c.clone())
+        let done = c.clone();
+        l.touched(contact);
+        Ok(done)
     }
 
     /// Takes back a `take` whose change could not be stored: the contact
@@ -849,6 +910,7 @@ impl Campaigns {
                 not_before_ms: now.0,
             };
         }
+        l.touched(taken.id);
         if l.started.back() == Some(&now.0) {
             l.started.pop_back();
         }

@@ -47,7 +47,7 @@ fn agents(available: usize, logged_in: usize) -> Conditions {
 
 #[test]
 fn attempts_start_only_above_the_idle_ratio_inside_the_limits_and_after_inbound_callers() {
-    let (c, id) = running("0312345601,A,\n0312345602,B,\n0312345603,C,\n");
+    let (mut c, id) = running("0312345601,A,\n0312345602,B,\n0312345603,C,\n");
     let now = UnixMillis(T0 + HOUR);
     assert_eq!(
         c.decide(id, agents(1, 4), now),

@@ -1059,7 +1059,11 @@ async fn events(
     ws: WebSocketUpgrade,
 ) -> Response {
     let from = since.since.unwrap_or_else(|| desk.latest());
+    // Clients send only pings and the close: a small read buffer (the
+    // default 128 KiB is zeroed again on every read, and a stream is read
+    // each time an event wakes it).
     ws.max_message_size(4096)
+        .read_buffer_size(4096)
         .on_upgrade(move |socket| stream(desk, caller, from, socket))
 }
 
