@@ -53,6 +53,8 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
     pub routes: Vec<RouteConfig>,
     pub outbound: OutboundConfig,
+    /// What new campaigns get for the settings their creator leaves out.
+    pub campaigns: crate::campaigns::Defaults,
     /// Set by [`Config::with_demo_desk`]: the demo group and queue were added
     /// (so the groups and queues are the demo's own, not the office's).
     #[serde(skip)]
@@ -1165,6 +1167,9 @@ impl Config {
         }
         self.validate_queues(&seen, &groups, &bad)?;
         self.validate_outside(&seen, &groups, &bad)?;
+        if let Err(e) = self.campaigns.check() {
+            return Err(bad(0..0, "campaigns", e.to_string()));
+        }
         if s.udp.is_empty() && s.tcp.is_empty() {
             return Err(bad(
                 0..0,

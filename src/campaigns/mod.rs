@@ -164,6 +164,66 @@ pub struct Settings {
     pub ring_secs: u32,
 }
 
+/// What a new campaign gets for the settings its creator leaves out
+/// (`[campaigns]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub idle_ratio: f64,
+    pub max_attempts: u32,
+    pub hours_from: String,
+    pub hours_to: String,
+    pub time_zone: String,
+    pub retry: RetryRules,
+    pub confirm_secs: u32,
+    pub on_confirm_timeout: OnTimeout,
+    pub ring_secs: u32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            idle_ratio: half(),
+            max_attempts: one(),
+            hours_from: nine(),
+            hours_to: eight_pm(),
+            time_zone: utc(),
+            retry: RetryRules::default(),
+            confirm_secs: fifteen(),
+            on_confirm_timeout: OnTimeout::default(),
+            ring_secs: thirty(),
+        }
+    }
+}
+
+impl Defaults {
+    /// The settings `given` (a JSON object) names, these defaults for the
+    /// rest.
+    pub fn settings(&self, given: serde_json::Value) -> Result<Settings, CampaignError> {
+        let serde_json::Value::Object(mut given) = given else {
+            return Err(CampaignError::Invalid(
+                "the settings are a JSON object".into(),
+            ));
+        };
+        if let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(self) {
+            for (k, v) in defaults {
+                given.entry(k).or_insert(v);
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(given))
+            .map_err(|e| CampaignError::Invalid(e.to_string()))
+    }
+
+    /// The defaults' own checks (as a campaign's).
+    pub fn check(&self) -> Result<(), CampaignError> {
+        let mut probe = serde_json::Map::new();
+        for k in ["name", "group", "trunk"] {
+            probe.insert(k.into(), "defaults".into());
+        }
+        check(&self.settings(serde_json::Value::Object(probe))?)
+    }
+}
+
 /// Where a campaign stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

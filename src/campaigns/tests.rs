@@ -295,3 +295,35 @@ fn bad_settings_and_actions_out_of_turn_are_named() {
         Err(CampaignError::NotFound(9))
     ));
 }
+
+#[test]
+fn settings_left_out_are_the_configured_defaults_and_bad_defaults_are_refused() {
+    let defaults = Defaults {
+        confirm_secs: 45,
+        time_zone: "Asia/Tokyo".into(),
+        ..Defaults::default()
+    };
+    let given = serde_json::json!({ "name": "spring", "group": "sales", "trunk": "carrier",
+                                    "time_zone": "Europe/Berlin" });
+    let s = defaults.settings(given).expect("settings");
+    assert_eq!(
+        (s.confirm_secs, s.time_zone.as_str()),
+        (45, "Europe/Berlin")
+    );
+    assert_eq!(s.ring_secs, 30);
+    assert!(
+        defaults.settings(serde_json::json!([1])).is_err(),
+        "not an object"
+    );
+    let unknown = serde_json::json!({ "name": "x", "group": "g", "trunk": "t", "nope": 1 });
+    assert!(
+        defaults.settings(unknown).is_err(),
+        "unknown fields are still refused"
+    );
+    assert!(defaults.check().is_ok());
+    let bad = Defaults {
+        ring_secs: 5,
+        ..Defaults::default()
+    };
+    assert!(matches!(bad.check(), Err(CampaignError::Invalid(m)) if m.contains("ring_secs")));
+}

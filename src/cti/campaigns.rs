@@ -13,7 +13,7 @@ use super::{lock, Desk};
 use crate::campaigns::import::{self, RowError};
 use crate::campaigns::{
     Action, Campaign, CampaignError, CampaignId, Conditions, Contact, ContactId, ContactStatus,
-    Decision, Idle, Imported, Outcome, Progress, Settings,
+    Decision, Defaults, Idle, Imported, Outcome, Progress, Settings,
 };
 use crate::presence::State as Presence;
 use axum::body::Bytes;
@@ -32,6 +32,7 @@ const MAX_LIST: usize = 32 * 1024 * 1024;
 pub fn routes() -> Router<Arc<Desk>> {
     Router::new()
         .route("/api/v1/campaigns", get(list).post(create))
+        .route("/api/v1/campaigns/defaults", get(defaults))
         .route("/api/v1/campaigns/{id}", get(one))
         .route(
             "/api/v1/campaigns/{id}/contacts",
@@ -179,15 +180,28 @@ pub async fn list(
     ))
 }
 
-/// A new campaign (ready; started with `/start`).
+/// What a new campaign gets for the settings left out (`[campaigns]`).
+#[utoipa::path(get, path = "/api/v1/campaigns/defaults",
+    responses((status = 200, body = Defaults), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn defaults(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+) -> Result<Json<Defaults>, ApiError> {
+    supervisor(&caller)?;
+    Ok(Json(desk.config.campaign_defaults.clone()))
+}
+
+/// A new campaign (ready; started with `/start`); settings left out are
+/// the configuration's defaults.
 #[utoipa::path(post, path = "/api/v1/campaigns", request_body = Settings,
     responses((status = 201, body = Campaign), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(desk): State<Arc<Desk>>,
     caller: Caller,
-    ApiJson(settings): ApiJson<Settings>,
+    ApiJson(given): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<Campaign>), ApiError> {
     supervisor(&caller)?;
+    let settings = desk.config.campaign_defaults.settings(given)?;
     if !desk.members.contains_key(&settings.group) {
         return Err(ApiError::BadRequest(format!(
             "no group {:?}",

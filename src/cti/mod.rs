@@ -122,6 +122,8 @@ pub struct DeskConfig {
     pub queue_groups: Vec<(String, String)>,
     /// The queues whose call-backs the dialer serves.
     pub auto_callbacks: Vec<dialer::AutoCallbacks>,
+    /// What new campaigns get for the settings left out.
+    pub campaign_defaults: crate::campaigns::Defaults,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).

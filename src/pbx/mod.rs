@@ -815,6 +815,7 @@ async fn start_desk(
                     .map(move |g| (number.clone(), g.clone()))
             })
             .collect(),
+        campaign_defaults: config.campaigns.clone(),
         auto_callbacks: config
             .queues
             .iter()

@@ -66,6 +66,7 @@ async function select(id) {
   render();
   $("detail").hidden = false;
   $("detail-title").textContent = o.campaign.settings.name;
+  $("detail-audit").href = `/api/v1/campaigns/${id}/audit`;
   $("detail-state").textContent =
     `${o.campaign.state}; group ${o.campaign.settings.group}, trunk ${o.campaign.settings.trunk}. ${waitingText(o.waiting)}`;
   const state = o.campaign.state;
@@ -148,6 +149,16 @@ $("upload-form").onsubmit = (ev) => {
   xhr.send(file);
 };
 
+// The form starts from the configuration's defaults.
+async function loadDefaults() {
+  const d = await api("GET", "/api/v1/campaigns/defaults");
+  $("new-from").value = d.hours_from;
+  $("new-to").value = d.hours_to;
+  $("new-zone").value = d.time_zone;
+  $("new-ratio").value = d.idle_ratio;
+  $("new-max").value = d.max_attempts;
+}
+
 $("new-form").onsubmit = async (ev) => {
   ev.preventDefault();
   const settings = {
@@ -199,6 +210,7 @@ async function load() {
   seq = board.seq;
   options($("new-group"), board.groups.map((g) => g.name));
   options($("new-trunk"), (await api("GET", "/api/v1/trunks")).map((t) => t.name));
+  await loadDefaults();
   campaigns.clear();
   for (const p of list) campaigns.set(p.id, p);
   render();
