@@ -264,6 +264,7 @@ async fn an_agent_is_refused_every_campaign_endpoint() {
         http.post(format!("{b}/api/v1/do-not-call"))
             .json(&json!({"numbers": ["0311110001"]})),
         http.get(format!("{b}/api/v1/campaigns/{id}/audit")),
+        http.get(format!("{b}/api/v1/campaigns/defaults")),
     ];
     for r in requests {
         let (status, body) = d.send(r, &agent).await;
