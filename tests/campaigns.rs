@@ -411,6 +411,16 @@ impl Dialling {
 }
 
 impl Desk {
+    /// Uploads campaign `id`'s farewell as `token`.
+    async fn farewell(&self, token: &str, id: u64, wav: Vec<u8>) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .put(format!("{}/api/v1/campaigns/{id}/farewell", self.base))
+            .header("content-type", "audio/wav")
+            .body(wav);
+        self.send(r, token).await
+    }
+
     /// Agent `ext` (as `token`) chooses `state`.
     async fn set_state(&self, token: &str, ext: &str, state: &str) {
         let r = self
@@ -693,6 +703,25 @@ async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and
     let id = created["id"].as_u64().expect("id");
     d.upload(&boss, id, "number,name\n+81300000003,Chie\n".into())
         .await;
+    // The campaign's own farewell: a WAV, on disk before the answer.
+    let samples: Vec<i16> = (0..4000).map(|i| ((i % 40) as i16 - 20) * 500).collect();
+    let wav = sipdesk::media::prompt::wav_pcm16(&samples);
+    let (status, body) = d.farewell(&boss, id, b"RIFF....not a wav".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("farewell")),
+        "{body}"
+    );
+    assert_eq!(
+        d.farewell(&a1, id, wav.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        d.farewell(&boss, id, wav.clone()).await.0,
+        StatusCode::NO_CONTENT
+    );
     let mut stream = events(([127, 0, 0, 1], http).into(), &a1, None).await;
     d.post(&boss, &format!("/api/v1/campaigns/{id}/start"), json!({}))
         .await;
@@ -722,6 +751,19 @@ async fn after_kill_9_during_an_attempt_the_contact_is_closed_as_interrupted_and
     assert_eq!(c["status"]["state"], "waiting", "{contacts}");
     assert_eq!(c["last"][0], "interrupted", "{contacts}");
     assert_eq!(c["tries"], 1, "the interrupted attempt counts as a try");
+    let farewell = d
+        .http
+        .get(format!("{}/api/v1/campaigns/{id}/farewell", d.base))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(farewell.status(), StatusCode::OK);
+    assert_eq!(
+        farewell.bytes().await.expect("wav").as_ref(),
+        wav.as_slice(),
+        "kept"
+    );
     let (_, audit) = d.get(&boss, &format!("/api/v1/campaigns/{id}/audit")).await;
     assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
     assert_eq!(audit[0]["agent"], "4001");

@@ -52,7 +52,7 @@ pub enum OriginateError {
 }
 
 /// A campaign attempt to place, agent first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AttemptCall {
     pub key: AttemptKey,
     pub agent: String,
@@ -69,6 +69,9 @@ pub struct AttemptCall {
     pub dial_on_timeout: bool,
     /// How long the customer's phone rings before "no answer".
     pub ring: Duration,
+    /// What the customer hears if the agent's leg ends first (the
+    /// campaign's own; else `[calls] campaign_farewell`).
+    pub farewell: Option<Arc<Prompt>>,
 }
 
 /// Where an origination stands; each phase holds its deadline.
@@ -744,7 +747,11 @@ impl Calls {
         if let Some((ext, id)) = o.a.party.take() {
             let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
         }
-        let farewell = Arc::clone(&cx.env.calls.farewell);
+        let farewell = o
+            .attempt
+            .as_ref()
+            .and_then(|c| c.farewell.clone())
+            .unwrap_or_else(|| Arc::clone(&cx.env.calls.farewell));
         o.phase = Phase::Farewell {
             until: cx.now + farewell.duration(),
         };

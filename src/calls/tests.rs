@@ -1263,6 +1263,7 @@ fn attempt_call(contact: u64, dial_on_timeout: bool) -> super::AttemptCall {
         confirm: Duration::from_secs(15),
         dial_on_timeout,
         ring: Duration::from_secs(20),
+        farewell: None,
     }
 }
 
@@ -1285,16 +1286,16 @@ fn steps(lab: &mut Lab) -> Vec<crate::campaigns::Step> {
 /// A campaign lab whose agent 202 is available; the attempt placed, and our
 /// INVITE to the agent's phone.
 fn attempt_placed(dial_on_timeout: bool) -> (Lab, CallId, String) {
+    attempt_placed_as(attempt_call(1, dial_on_timeout))
+}
+
+fn attempt_placed_as(call: super::AttemptCall) -> (Lab, CallId, String) {
     let mut lab = outside_lab();
     let presence = &lab.h.env.presence;
     presence
         .set_registered("202", true, lab.h.wall0)
         .expect("registered");
-    let key = lab
-        .h
-        .shard
-        .attempt(lab.now, attempt_call(1, dial_on_timeout))
-        .expect("placed");
+    let key = lab.h.shard.attempt(lab.now, call).expect("placed");
     let out = lab.out();
     let agent = one(&out, "INVITE sip:202@").clone();
     (lab, key, agent)
@@ -1492,4 +1493,27 @@ fn a_campaign_customer_whose_number_is_blocked_is_never_dialled_nor_the_agent_ru
     );
     assert!(lab.out().is_empty(), "nothing sent");
     assert_eq!(lab.h.env.outside.fraud.denied(), 1, "counted as a denial");
+}
+
+#[test]
+fn a_campaigns_own_farewell_is_what_the_customer_hears_before_the_bye() {
+    let one_second = Arc::new(Prompt::from_linear(&[0; 8000]));
+    let call = super::AttemptCall {
+        farewell: Some(one_second),
+        ..attempt_call(1, false)
+    };
+    let (mut lab, key, agent) = attempt_placed_as(call);
+    lab.input(response(&agent, 200, "ag", SDP, ""), PHONE_A);
+    lab.h.shard.confirm(lab.now, &key, true);
+    let customer = to_customer(&lab.out()).clone();
+    let sdp = SDP.replace("10.0.0.1", "192.0.2.21");
+    lab.input(response(&customer, 200, "cu", &sdp, ""), FIRST);
+    lab.input(bye_for(&agent, "ag", PHONE_A), PHONE_A);
+    assert!(starting(&lab.advance(Duration::from_millis(900)), "BYE ").is_empty());
+    let out = lab.advance(Duration::from_millis(200));
+    assert_eq!(
+        once(lab.sent_to("BYE ")),
+        [FIRST],
+        "after the 1 s farewell: {out:#?}"
+    );
 }

@@ -102,6 +102,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::campaigns::list,
         super::campaigns::create,
         super::campaigns::defaults,
+        super::campaigns::set_farewell,
+        super::campaigns::farewell,
         super::campaigns::one,
         super::campaigns::load,
         super::campaigns::contacts,

@@ -29,6 +29,9 @@ use utoipa::ToSchema;
 /// The largest customer list one upload may be.
 const MAX_LIST: usize = 32 * 1024 * 1024;
 
+/// The longest farewell: a minute of 8 kHz 16-bit mono (and its header).
+const MAX_FAREWELL: usize = 60 * 16_000 + 1024;
+
 pub fn routes() -> Router<Arc<Desk>> {
     Router::new()
         .route("/api/v1/campaigns", get(list).post(create))
@@ -39,6 +42,12 @@ pub fn routes() -> Router<Arc<Desk>> {
             get(contacts)
                 .post(load)
                 .layer(DefaultBodyLimit::max(MAX_LIST)),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/farewell",
+            get(farewell)
+                .put(set_farewell)
+                .layer(DefaultBodyLimit::max(MAX_FAREWELL)),
         )
         .route("/api/v1/campaigns/{id}/{action}", post(act))
         .route("/api/v1/do-not-call", post(forbid))
@@ -234,6 +243,58 @@ pub async fn one(
 ) -> Result<Json<Overview>, ApiError> {
     supervisor(&caller)?;
     desk.overview(CampaignId(id)).map(Json)
+}
+
+/// Sets what the campaign's customers hear when their agent's leg ends
+/// first: a WAV (8 kHz mono 16-bit PCM, at most a minute) naming the caller
+/// and a number to call back. On disk before the answer.
+#[utoipa::path(put, path = "/api/v1/campaigns/{id}/farewell", params(("id" = u64, Path)),
+    request_body(content = String, content_type = "audio/wav"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn set_farewell(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    supervisor(&caller)?;
+    let id = CampaignId(id);
+    if lock(&desk.campaigns).get(id).is_none() {
+        return Err(CampaignError::NotFound(id.0).into());
+    }
+    let prompt = crate::media::prompt::Prompt::from_wav(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the farewell: {e}")))?;
+    let path = super::dialer::farewell_path(&desk.config.voice_dir, id);
+    let write =
+        tokio::task::spawn_blocking(move || crate::media::recorder::write_durably(&path, &body));
+    match write.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ApiError::Unavailable(format!("storing the farewell: {e}"))),
+        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+    }
+    tracing::info!(campaign = id.0, by = %caller.session.extension, secs = prompt.duration().as_secs(), "campaign farewell set");
+    desk.set_farewell(id, Arc::new(prompt));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The campaign's farewell as uploaded (404 while it has none: customers
+/// hear `[calls] campaign_farewell`).
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/farewell", params(("id" = u64, Path)),
+    responses((status = 200, content_type = "audio/wav"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn farewell(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    supervisor(&caller)?;
+    let path = super::dialer::farewell_path(&desk.config.voice_dir, CampaignId(id));
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .map_err(|_| ApiError::NotFound(format!("campaign {id} has no farewell of its own")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "audio/wav")], bytes))
 }
 
 /// What one list upload did.

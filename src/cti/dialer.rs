@@ -33,6 +33,7 @@ use crate::calls::AttemptCall;
 use crate::campaigns::{
     AttemptKey, CampaignId, ContactId, Decision, Outcome, Report, Settings, State, Step,
 };
+use crate::media::prompt::Prompt;
 use crate::presence::State as Presence;
 use crate::sip::CallId;
 use crate::store::Record;
@@ -133,13 +134,19 @@ struct Tried {
     again: Option<Instant>,
 }
 
-/// The attempts in progress, when each agent was last given one, and the
-/// automatic call-backs' tries.
+/// The attempts in progress, when each agent was last given one, the
+/// automatic call-backs' tries, and the campaigns' farewells as read.
 #[derive(Debug, Default)]
 pub struct Dialer {
     live: HashMap<AttemptKey, Live>,
     offered: HashMap<String, Instant>,
     callbacks: HashMap<CallbackId, Tried>,
+    farewells: HashMap<CampaignId, Option<Arc<Prompt>>>,
+}
+
+/// Where campaign `id`'s farewell is kept under `dir`.
+pub fn farewell_path(dir: &std::path::Path, id: CampaignId) -> std::path::PathBuf {
+    dir.join(format!("farewell-{}.wav", id.0))
 }
 
 impl Dialer {
@@ -250,6 +257,7 @@ impl Desk {
             confirm: Duration::from_secs(settings.confirm_secs.into()),
             dial_on_timeout: settings.on_confirm_timeout == crate::campaigns::OnTimeout::Dial,
             ring: Duration::from_secs(settings.ring_secs.into()),
+            farewell: self.farewell(id),
         };
         let customer = Customer {
             name: contact.name,
@@ -260,6 +268,28 @@ impl Desk {
         let title = format!("Campaign {}", settings.name);
         self.place(call, title, customer, settings.confirm_secs)
             .await
+    }
+
+    /// Campaign `id`'s own farewell, if it has one (read once).
+    fn farewell(&self, id: CampaignId) -> Option<Arc<Prompt>> {
+        if let Some(known) = lock(&self.dialer).farewells.get(&id) {
+            return known.clone();
+        }
+        let path = farewell_path(&self.config.voice_dir, id);
+        let read = match std::fs::read(&path) {
+            Ok(bytes) => Prompt::from_wav(&bytes)
+                .inspect_err(|e| tracing::error!("{}: {e}", path.display()))
+                .ok()
+                .map(Arc::new),
+            Err(_) => None,
+        };
+        lock(&self.dialer).farewells.insert(id, read.clone());
+        read
+    }
+
+    /// Campaign `id`'s farewell is now `prompt`.
+    pub(super) fn set_farewell(&self, id: CampaignId, prompt: Arc<Prompt>) {
+        lock(&self.dialer).farewells.insert(id, Some(prompt));
     }
 
     /// Asks the PBX to place attempt `call` for `customer`; `false` when it
@@ -345,6 +375,7 @@ impl Desk {
             confirm: Duration::from_secs(CALLBACK_CONFIRM_SECS.into()),
             dial_on_timeout: false,
             ring: CALLBACK_RING,
+            farewell: None,
         };
         let customer = Customer {
             name: c.name,

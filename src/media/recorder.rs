@@ -67,17 +67,23 @@ impl Recording {
         if !self.has_audio() {
             return Ok(false);
         }
-        std::fs::create_dir_all(dir)?;
-        let path = path(dir, self.id);
-        let tmp = path.with_extension("wav.part");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&wav_pcm16(&self.samples))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        write_durably(&path(dir, self.id), &wav_pcm16(&self.samples))?;
         Ok(true)
     }
+}
+
+/// Writes `bytes` to `path` whole or not at all: written beside it, synced,
+/// renamed into place, its directory synced (created if need be).
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("part");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Where voice message `id` is kept under `dir`.
