@@ -497,6 +497,10 @@ struct Live {
     open: BTreeSet<ContactId>,
     /// The contacts in an attempt now.
     attempting: HashSet<ContactId>,
+    /// The done contacts' outcomes, and how many of each (the progress
+    /// without a look at the whole list).
+    done: HashMap<ContactId, Outcome>,
+    outcomes: HashMap<Outcome, usize>,
     /// When each waiting contact may be dialled next, as last computed (a
     /// contact whose time has not come is not looked at again until then).
     due: HashMap<ContactId, u64>,
@@ -520,6 +524,8 @@ impl Live {
             contacts: BTreeMap::new(),
             open: BTreeSet::new(),
             attempting: HashSet::new(),
+            done: HashMap::new(),
+            outcomes: HashMap::new(),
             due: HashMap::new(),
             numbers: HashSet::new(),
             started: VecDeque::new(),
@@ -547,6 +553,19 @@ impl Live {
             Some(ContactStatus::InAttempt { .. }) => self.attempting.insert(id),
             _ => self.attempting.remove(&id),
         };
+        let outcome = match status {
+            Some(ContactStatus::Done { outcome }) => Some(*outcome),
+            _ => None,
+        };
+        if let Some(was) = self.done.remove(&id) {
+            if let Some(n) = self.outcomes.get_mut(&was) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if let Some(o) = outcome {
+            self.done.insert(id, o);
+            *self.outcomes.entry(o).or_default() += 1;
+        }
     }
 
     /// The open contacts with what [`due_at`] needs.
@@ -988,23 +1007,15 @@ impl Campaigns {
         while l.started.front().is_some_and(|t| *t + HOUR_MS <= now.0) {
             l.started.pop_front();
         }
-        let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-        let (mut remaining, mut in_attempt, mut connected, mut dialled_done) = (0, 0, 0, 0);
-        for c in l.contacts.values() {
-            match &c.status {
-                ContactStatus::Waiting { .. } => remaining += 1,
-                ContactStatus::InAttempt { .. } => in_attempt += 1,
-                ContactStatus::Done { outcome } => {
-                    *outcomes.entry(outcome_name(*outcome)).or_default() += 1;
-                    if outcome.dialled() {
-                        dialled_done += 1;
-                    }
-                    if *outcome == Outcome::Connected {
-                        connected += 1;
-                    }
-                }
-            }
-        }
+        let in_attempt = l.attempting.len();
+        let remaining = l.open.len().saturating_sub(in_attempt);
+        let counted = l.outcomes.iter().filter(|(_, n)| **n > 0);
+        let outcomes: BTreeMap<String, usize> = counted
+            .clone()
+            .map(|(o, n)| (outcome_name(*o), *n))
+            .collect();
+        let dialled_done = counted.filter(|(o, _)| o.dialled()).map(|(_, n)| n).sum();
+        let connected = l.outcomes.get(&Outcome::Connected).copied().unwrap_or(0);
         let rate = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f64 / of as f64 };
         Some(Progress {
             id,
