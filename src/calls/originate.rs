@@ -188,7 +188,9 @@ impl Origination {
                 Disposition::NoAnswer => Outcome::NoAnswer,
                 _ => Outcome::Failed,
             },
-            Phase::Connected | Phase::Farewell { .. } => Outcome::Connected,
+            Phase::Connected => Outcome::Connected,
+            // The agent's leg ended first: the customer heard the farewell.
+            Phase::Farewell { .. } => Outcome::AgentDropped,
         }))
     }
 }

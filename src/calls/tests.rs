@@ -1390,7 +1390,7 @@ fn a_campaign_attempt_reserves_and_rings_the_agent_and_dials_the_customer_only_o
     assert_eq!(presence.state("202").map(|s| s.0), Some(State::Available));
     let out = lab.advance(Duration::from_secs(5));
     assert_eq!(once(lab.sent_to("BYE ")), [FIRST], "{out:#?}");
-    assert_eq!(steps(&mut lab), [Step::Ended(Outcome::Connected)]);
+    assert_eq!(steps(&mut lab), [Step::Ended(Outcome::AgentDropped)]);
     assert_eq!(lab.cdrs, 1);
     assert!(lab.idle());
 }

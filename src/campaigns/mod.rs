@@ -273,8 +273,8 @@ pub enum Outcome {
     Skipped,
     /// The agent neither confirmed nor skipped in time.
     AgentTimeout,
-    /// The agent's leg dropped after the customer answered (the customer
-    /// heard who called and where to call back).
+    /// The customer was connected and the agent's leg ended first (the
+    /// customer heard who called and where to call back); counts as reached.
     AgentDropped,
     /// On the do-not-call list when it came to dialling.
     DoNotCall,
@@ -477,7 +477,7 @@ pub struct Progress {
     /// Done contacts, by outcome.
     pub outcomes: BTreeMap<String, usize>,
     pub attempts_last_hour: usize,
-    /// Connected / contacts dialled and done with, 0..1.
+    /// Reached (connected, agent dropped) / contacts dialled and done with, 0..1.
     pub connect_rate: f64,
     /// Customers who answered with no agent on the line (agent first makes
     /// this 0; counted anyway).
@@ -1015,7 +1015,9 @@ impl Campaigns {
             .map(|(o, n)| (outcome_name(*o), *n))
             .collect();
         let dialled_done = counted.filter(|(o, _)| o.dialled()).map(|(_, n)| n).sum();
-        let connected = l.outcomes.get(&Outcome::Connected).copied().unwrap_or(0);
+        // Reached: the conversation ended by either side.
+        let reached = [Outcome::Connected, Outcome::AgentDropped];
+        let connected: usize = reached.iter().filter_map(|o| l.outcomes.get(o)).sum();
         let rate = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f64 / of as f64 };
         Some(Progress {
             id,

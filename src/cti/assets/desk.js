@@ -154,7 +154,7 @@ function connect() {
 const OUTCOMES = {
   connected: "the customer was connected", busy: "the customer was busy", no_answer: "the customer did not answer",
   failed: "the call failed", skipped: "you skipped the customer", agent_timeout: "no confirmation in time",
-  agent_dropped: "your line dropped", do_not_call: "the number is on the do-not-call list", interrupted: "the PBX stopped",
+  agent_dropped: "your side ended first (the customer heard the farewell)", do_not_call: "the number is on the do-not-call list", interrupted: "the PBX stopped",
 };
 
 function showAttempt(e) {
