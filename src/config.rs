@@ -544,6 +544,16 @@ pub struct QueueConfig {
     pub callback_trunk: Spanned<String>,
 }
 
+impl QueueConfig {
+    /// The group its call-backs are for: `callback_group`, else its first.
+    pub fn callback_group_name(&self) -> String {
+        match self.callback_group.get_ref().as_str() {
+            "" => self.groups.get_ref().first().cloned().unwrap_or_default(),
+            g => g.to_string(),
+        }
+    }
+}
+
 /// Who calls a queue's callers back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -399,10 +399,7 @@ impl Calls {
             return;
         }
         if code >= 300 {
-            let disposition = match code {
-                486 | 600 => Disposition::Busy,
-                _ => Disposition::NoAnswer,
-            };
+            let disposition = refused(code);
             return self.end_origination(cx, key, Some(Side::A), disposition, HangupBy::Caller);
         }
         let Some(r) = resp else { return };
@@ -470,10 +467,7 @@ impl Calls {
         }
         if code >= 300 {
             branch.final_code = Some(code);
-            let disposition = match code {
-                486 | 600 => Disposition::Busy,
-                _ => Disposition::NoAnswer,
-            };
+            let disposition = refused(code);
             let by = HangupBy::Callee;
             return self.end_origination(cx, key, Some(Side::B(idx)), disposition, by);
         }
@@ -793,6 +787,14 @@ impl Calls {
             // Both legs negotiated with us: a re-offer (hold) is answered from here.
             _ => cx.reply(tx, req, remote, StatusCode::OK),
         }
+    }
+}
+
+/// How a leg that refused our INVITE with `code` ended.
+fn refused(code: u16) -> Disposition {
+    match code {
+        486 | 600 => Disposition::Busy,
+        _ => Disposition::NoAnswer,
     }
 }
 

@@ -822,10 +822,7 @@ async fn start_desk(
             .filter(|q| q.callback_mode == crate::config::CallbackMode::Auto)
             .map(|q| crate::cti::dialer::AutoCallbacks {
                 queue: q.number.get_ref().clone(),
-                group: match q.callback_group.get_ref().as_str() {
-                    "" => q.groups.get_ref().first().cloned().unwrap_or_default(),
-                    g => g.to_string(),
-                },
+                group: q.callback_group_name(),
                 trunk: q.callback_trunk.get_ref().clone(),
             })
             .collect(),

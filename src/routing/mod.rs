@@ -230,10 +230,7 @@ impl Directory {
         }
         for (i, q) in config.queues.iter().enumerate() {
             if q.overflow_callback {
-                let group = match q.callback_group.get_ref().as_str() {
-                    "" => q.groups.get_ref().first().cloned().unwrap_or_default(),
-                    g => g.to_string(),
-                };
+                let group = q.callback_group_name();
                 d.queues[i].overflow = Overflow::Callback(Arc::new(CallbackOffer {
                     group,
                     prompt: sound(q.callback_prompt.get_ref(), Prompt::leave_message)?,
