@@ -53,8 +53,12 @@ echo "sipdesk RSS idle: $(awk '/VmRSS/ {print $2}' "/proc/$PBX/status") kB" | te
 echo "== sipdesk (pid $PBX)"
 SERVER_PIDS="$PBX" "$LAB/sip-load.sh" "$OUT/sipdesk" | tail -n 20
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PBX/status")
-kill "$PBX"; wait "$PBX" 2>/dev/null || true
 echo "sipdesk RSS after the sweep: ${RSS} kB" | tee "$OUT/sipdesk/rss.txt"
+# Completed transactions wait out Timer J/L/M (32 s): what stays after them.
+sleep 35
+RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PBX/status")
+echo "sipdesk RSS 35 s later (the sweep's transactions gone): ${RSS} kB" | tee -a "$OUT/sipdesk/rss.txt"
+kill "$PBX"; wait "$PBX" 2>/dev/null || true
 grep -a 'routing latency' "$OUT/sipdesk.log" | sed 's/.*routing latency/routing latency/' | tee "$OUT/sipdesk/routing.txt"
 
 if [ -z "${SKIP_KAMAILIO:-}" ] && command -v kamailio >/dev/null; then

@@ -378,6 +378,9 @@ pub struct RtpEngine {
     /// A session without RTP for this long is reported idle.
     inactivity: Duration,
     events: MediaNotifier,
+    /// The runtime the sessions run on (and their sockets are registered
+    /// with): the one that made the engine, not the shard's that asks.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for RtpEngine {
@@ -403,7 +406,13 @@ impl RtpEngine {
             media,
             inactivity,
             events,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
+    }
+
+    /// Enters the engine's runtime for a session's start.
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.runtime.as_ref().map(|r| r.enter())
     }
 
     /// The reporter of a session of `call`.
@@ -420,11 +429,13 @@ impl RtpEngine {
 
 impl MediaEngine for RtpEngine {
     fn relay(&self, call: &CallId) -> Result<Box<dyn RelayControl>, MediaError> {
+        let _runtime = self.enter();
         let events = self.events(call);
         let relay = self.media.relay(self.inactivity, move |e| events(e))?;
         Ok(Box::new(relay))
     }
     fn echo(&self, call: &CallId) -> Result<Box<dyn MediaSession>, MediaError> {
+        let _runtime = self.enter();
         Ok(Box::new(
             self.media.echo(self.inactivity, self.notifier(call))?,
         ))
@@ -436,6 +447,7 @@ impl MediaEngine for RtpEngine {
         pt: u8,
         peer: Peer,
     ) -> Result<Box<dyn MediaSession>, MediaError> {
+        let _runtime = self.enter();
         let s = self
             .media
             .player(prompt, pt, peer, self.inactivity, self.notifier(call))?;

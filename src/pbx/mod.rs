@@ -1,8 +1,8 @@
 //! The runtime and the embedding API (`sipdesk::Pbx`): builds the environment
 //! from a [`Config`], binds the transports, and runs the tasks that do I/O and
-//! nothing else — one task per [`Shard`] (fed by Call-ID), the store writer that
-//! group-commits before anything is acknowledged, and the sweeper that expires
-//! bindings and wrap-up.
+//! nothing else — one thread per [`Shard`] (fed by Call-ID; the first also
+//! reads the UDP sockets), the store writer that group-commits before anything
+//! is acknowledged, and the sweeper that expires bindings and wrap-up.
 
 mod resolve;
 
@@ -18,7 +18,7 @@ use crate::sip::message::Limits;
 use crate::sip::transaction::TransactionLayer;
 use crate::sip::{call_id::shard_of, CallId};
 use crate::store::{IdGen, Store, StoreError, Writer, WriterMsg};
-use crate::transport::{Dispatcher, Inbound, Listeners, Outbound, Readers, TransportError};
+use crate::transport::{Dispatcher, Inbound, Listeners, Outbound, TransportError, UdpReader};
 use crate::tu::{CallSettings, Counters, Env, LocalAddrs, Stats};
 use crate::users::{DemoUser, Users};
 use hdrhistogram::Histogram;
@@ -87,6 +87,8 @@ pub enum PbxError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Routing(#[from] crate::routing::RoutingError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     #[error("desk HTTP address {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -274,10 +276,7 @@ impl PbxBuilder {
         let writer = std::thread::Builder::new()
             .name("sipdesk-writer".into())
             .spawn(move || run_writer(st, writer_rx, ctl))
-            .map_err(|source| PbxError::DataDir {
-                dir: dir.clone(),
-                source,
-            })?;
+            .map_err(PbxError::Thread)?;
         tasks.spawn(run_sweeper(
             env.registrar.clone(),
             env.presence.clone(),
@@ -309,13 +308,14 @@ impl PbxBuilder {
         .await?;
         // The desk listens before SIP is read: a PBX that answers SIP has
         // its desk ready too.
-        let (outbound, readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
+        let (outbound, mut readers) = listeners.start(dispatcher.clone(), &mut tasks)?;
         if let Some(zero) = controls.first().cloned() {
             // Shard 0 registers the trunks.
             outbound.when_closed(move |peer| {
                 let _ = zero.send(Control::Closed(peer));
             });
         }
+        let mut threads = SipThreads::default();
         for (i, (rx, ctl)) in receivers.into_iter().zip(control_rx).enumerate() {
             let mut shard = Shard::new(
                 Arc::clone(&env),
@@ -345,7 +345,9 @@ impl PbxBuilder {
                 callbacks: callbacks_tx.clone(),
                 reports: reports_tx.clone(),
             };
-            tasks.spawn(task.run());
+            // The first shard's thread also reads the UDP sockets.
+            let udp = std::mem::take(&mut readers);
+            threads.start(task, udp).map_err(PbxError::Thread)?;
         }
         Ok(Pbx {
             config,
@@ -359,7 +361,7 @@ impl PbxBuilder {
             http_addr,
             demo_users,
             tasks,
-            readers,
+            threads,
             writer: Some(writer),
             writer_tx,
             latency,
@@ -384,8 +386,8 @@ pub struct Pbx {
     http_addr: SocketAddr,
     demo_users: Vec<DemoUser>,
     tasks: JoinSet<()>,
-    /// The threads reading the UDP sockets.
-    readers: Readers,
+    /// The shards' threads (the first also reads the UDP sockets).
+    threads: SipThreads,
     /// The store writer's thread, and its queue (to stop it).
     writer: Option<std::thread::JoinHandle<()>>,
     writer_tx: std::sync::mpsc::Sender<WriterMsg>,
@@ -532,8 +534,8 @@ impl Pbx {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let readers = std::mem::take(&mut self.readers);
-        let _ = tokio::task::spawn_blocking(move || readers.stop()).await;
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
         self.tasks.shutdown().await;
         // The writer applies what is queued before its stop, then ends.
         let _ = self.writer_tx.send(WriterMsg::Stop);
@@ -944,7 +946,6 @@ impl ShardTask {
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut local = new_histogram();
-        let mut invites: Vec<Instant> = Vec::new();
         let mut merged_at = Instant::now();
         // Presence changes are only read while this shard has a BLF subscription or a
         // waiting queue call (most shards of a busy PBX have neither).
@@ -982,18 +983,22 @@ impl ShardTask {
                 }
                 input = rx.recv() => {
                     let Some(input) = input else { break };
-                    let now = Instant::now();
-                    let waited = now.saturating_duration_since(input.at);
-                    invites.extend(is_new_invite(&input));
-                    shard.handle_message(now, input.parsed, input.remote, input.at);
-                    // Drain what else is queued before sending, to batch the wake-up.
+                    let waited = Instant::now().saturating_duration_since(input.at);
+                    let mut next = Some(input);
+                    // What else is queued is taken in the same turn (at most
+                    // 64); each message's sends go out as soon as it is handled.
                     for _ in 0..64 {
-                        match rx.try_recv() {
-                            Ok(input) => {
-                                invites.extend(is_new_invite(&input));
-                                shard.handle_message(now, input.parsed, input.remote, input.at);
-                            }
-                            Err(_) => break,
+                        let Some(input) = next.take().or_else(|| rx.try_recv().ok()) else {
+                            break;
+                        };
+                        let invite = is_new_invite(&input);
+                        shard.handle_message(Instant::now(), input.parsed, input.remote, input.at);
+                        while let Some(t) = shard.poll_transmit() {
+                            outbound.send(&t);
+                        }
+                        if let Some(at) = invite {
+                            let micros = at.elapsed().as_micros() as u64;
+                            let _ = local.record(micros.clamp(1, 60_000_000));
                         }
                     }
                     // How far behind this shard is (how long the head of its queue
@@ -1001,8 +1006,9 @@ impl ShardTask {
                     // requests while it is too far.
                     let lag = if rx.is_empty() { Duration::ZERO } else { waited };
                     dispatcher.report_lag(index, lag);
-                    // One batch per turn: media tasks on this worker (RTP) must not
-                    // wait behind a long SIP backlog.
+                    // One batch per turn: the UDP reader beside this shard must
+                    // keep draining the socket (under overload it sheds, and the
+                    // kernel drops nothing) while a backlog is worked off.
                     tokio::task::yield_now().await;
                 }
                 () = &mut sleep, if timeout.is_some() => shard.handle_timeout(Instant::now()),
@@ -1018,19 +1024,12 @@ impl ShardTask {
             while let Some(t) = shard.poll_transmit() {
                 outbound.send(&t);
             }
-            if !invites.is_empty() {
-                let sent = Instant::now();
-                for at in invites.drain(..) {
-                    let micros = sent.saturating_duration_since(at).as_micros() as u64;
-                    let _ = local.record(micros.clamp(1, 60_000_000));
+            if !local.is_empty() && merged_at.elapsed() >= Duration::from_millis(200) {
+                if let Ok(mut h) = latency.lock() {
+                    let _ = h.add(&local);
                 }
-                if sent.saturating_duration_since(merged_at) >= Duration::from_millis(200) {
-                    if let Ok(mut h) = latency.lock() {
-                        let _ = h.add(&local);
-                    }
-                    local.reset();
-                    merged_at = sent;
-                }
+                local.reset();
+                merged_at = Instant::now();
             }
             for w in shard.poll_writes() {
                 let _ = writer.send(WriterMsg::Write(w));
@@ -1044,6 +1043,54 @@ impl ShardTask {
             if let Some(seq) = shard.poll_flush() {
                 let _ = writer.send(WriterMsg::Flush { shard: index, seq });
             }
+        }
+    }
+}
+
+/// The threads that run the shards, each on a single-threaded runtime of its
+/// own: a shard's turn (its input, its sends) never waits for a worker of the
+/// shared runtime, and what the UDP reader hands to the shard on its own
+/// thread wakes nobody. Media, the desk and the sweeper stay on the shared
+/// runtime. Dropping this stops them.
+#[derive(Debug, Default)]
+struct SipThreads {
+    threads: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl SipThreads {
+    /// Runs `task` on a new thread, with these UDP loops beside it.
+    fn start(&mut self, task: ShardTask, udp: Vec<UdpReader<Inbound>>) -> std::io::Result<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("sipdesk-sip-{}", task.index))
+            .spawn(move || {
+                rt.block_on(async move {
+                    for reader in udp {
+                        tokio::spawn(reader.run());
+                    }
+                    tokio::select! {
+                        () = task.run() => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        self.threads.push((stop, thread));
+        Ok(())
+    }
+
+    /// Stops the shards and readers, and waits until they have let go of
+    /// their sockets.
+    fn stop(self) {
+        for (stop, thread) in self.threads {
+            drop(stop);
+            let _ = thread.join();
         }
     }
 }
@@ -1138,7 +1185,12 @@ fn run_writer(
                         if left.is_zero() {
                             None
                         } else {
-                            rx.recv_timeout(left).ok()
+                            // Asleep, not waiting on the queue: what comes
+                            // meanwhile is taken at once afterwards, and its
+                            // senders wake nobody (a wake-up per write cost
+                            // more than the writes).
+                            std::thread::sleep(left);
+                            rx.try_recv().ok()
                         }
                     }
                     Err(_) => None,
@@ -1181,6 +1233,20 @@ fn run_writer(
     }
 }
 
+/// Returns the allocator's free pages to the system. glibc keeps what a burst
+/// freed (32 s of completed transactions at thousands of calls a second) in
+/// its per-thread arenas for good; trimming every 10 s lets the resident size
+/// follow the load down.
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it touches no memory the program owns.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Once a second: wrap-up deadlines; every five: expired bindings, and the
 /// extensions they leave without a registration go offline.
 async fn run_sweeper(
@@ -1197,6 +1263,9 @@ async fn run_sweeper(
             continue;
         }
         guard.sweep(Instant::now());
+        if n % 10 == 0 {
+            give_back_freed_memory();
+        }
         match registrar.purge_expired(now) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("{n} expired bindings removed"),

@@ -312,21 +312,24 @@ pub struct Listeners {
     pub tcp: Vec<TcpListener>,
 }
 
-/// The threads that read the UDP sockets; dropping this stops them.
-#[derive(Debug, Default)]
-pub struct Readers {
-    threads: Vec<(
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<()>,
-    )>,
+/// A UDP socket's receive loop, not yet running. The runtime runs it on the
+/// thread of the first shard, so a datagram for that shard crosses no thread
+/// on its way in (a hand-off between threads is a wake-up: a system call and a
+/// scheduling delay per batch).
+#[derive(Debug)]
+pub struct UdpReader<T> {
+    sock: std::net::UdpSocket,
+    local: ConnId,
+    dispatcher: Dispatcher<T>,
 }
 
-impl Readers {
-    /// Stops the readers and waits until they have let go of their sockets.
-    pub fn stop(self) {
-        for (stop, thread) in self.threads {
-            drop(stop);
-            let _ = thread.join();
+impl<T: From<Inbound> + Send + 'static> UdpReader<T> {
+    /// Reads until the runtime it runs on stops; registers the socket with
+    /// that runtime.
+    pub async fn run(self) {
+        match UdpSocket::from_std(self.sock) {
+            Ok(sock) => udp_loop(Arc::new(sock), self.local, self.dispatcher).await,
+            Err(e) => tracing::error!("udp reader socket: {e}"),
         }
     }
 }
@@ -369,28 +372,28 @@ impl Listeners {
         )
     }
 
-    /// Starts the receive loops; returns the send handle. Each UDP socket is read
-    /// by a thread of its own, so reading keeps pace with the kernel however
-    /// busy the shards are: overload then shows as queueing in the shards,
-    /// which shed it, instead of datagrams lost in the kernel.
+    /// Starts the TCP accept loops on the runtime; returns the send handle and
+    /// the UDP receive loops, for the caller to run where their datagrams are
+    /// handled. Each UDP loop drains its socket in bounded turns between the
+    /// shard's turns, so reading keeps pace with the kernel: overload shows as
+    /// queueing in the shards, which shed it, instead of datagrams lost in the
+    /// kernel.
     pub fn start<T: From<Inbound> + Send + 'static>(
         self,
         dispatcher: Dispatcher<T>,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> Result<(Arc<Outbound>, Readers), TransportError> {
+    ) -> Result<(Arc<Outbound>, Vec<UdpReader<T>>), TransportError> {
         let mut senders = Vec::new();
-        let mut readers = Readers::default();
+        let mut readers = Vec::new();
         for (i, sock) in self.udp.into_iter().enumerate() {
             let failed = |source| TransportError::Reader { source };
             let reader = sock.try_clone().map_err(failed)?;
             senders.push(Arc::new(UdpSocket::from_std(sock).map_err(failed)?));
-            let (stop, stopped) = tokio::sync::oneshot::channel();
-            let dispatcher = dispatcher.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("sipdesk-udp-{i}"))
-                .spawn(move || udp_reader(reader, ConnId(i as u64), dispatcher, stopped))
-                .map_err(failed)?;
-            readers.threads.push((stop, thread));
+            readers.push(UdpReader {
+                sock: reader,
+                local: ConnId(i as u64),
+                dispatcher: dispatcher.clone(),
+            });
         }
         let outbound = Arc::new(Outbound {
             udp: senders,
@@ -410,34 +413,6 @@ impl Listeners {
         }
         Ok((outbound, readers))
     }
-}
-
-/// A reader thread: its own single-threaded runtime around [`udp_loop`], until
-/// `stopped` resolves (its sender is dropped).
-fn udp_reader<T: From<Inbound> + Send + 'static>(
-    sock: std::net::UdpSocket,
-    local: ConnId,
-    dispatcher: Dispatcher<T>,
-    stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return tracing::error!("udp reader runtime: {e}"),
-    };
-    rt.block_on(async move {
-        let sock = match UdpSocket::from_std(sock) {
-            Ok(s) => s,
-            Err(e) => return tracing::error!("udp reader socket: {e}"),
-        };
-        tokio::select! {
-            () = udp_loop(Arc::new(sock), local, dispatcher) => {}
-            _ = stopped => {}
-        }
-    });
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {

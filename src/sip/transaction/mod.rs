@@ -148,9 +148,9 @@ struct Tx {
     kind: Kind,
     state: State,
     remote: Remote,
-    /// The request; a server transaction drops it once it has sent its final
-    /// response (only the key and the response are needed to absorb retransmissions,
-    /// and Timer J keeps completed UDP transactions for 32 s).
+    /// The request, until it is no longer needed: an INVITE transaction drops
+    /// it in Accepted, a completed non-INVITE server transaction moves to the
+    /// absorber with only its key and response.
     request: Option<Message>,
     /// The bytes retransmitted: the request (client) or the last response (server).
     last: Option<Bytes>,
@@ -158,6 +158,19 @@ struct Tx {
     ack: Option<Bytes>,
     retransmit: Option<(Instant, Duration, Timer)>,
     deadline: Option<(Instant, Timer)>,
+}
+
+impl Tx {
+    /// Enters Accepted (RFC 6026): for Timer L or M (32 s) the transaction
+    /// only matches retransmissions, which the TU answers, so it lets go of
+    /// the request and the bytes it no longer retransmits — at thousands of
+    /// calls a second, 32 s of those is most of the PBX's memory.
+    fn accept(&mut self) {
+        self.state = State::Accepted;
+        self.request = None;
+        self.last = None;
+        self.ack = None;
+    }
 }
 
 /// All transactions of one shard.
@@ -463,7 +476,7 @@ impl TransactionLayer {
                     self.set_deadline(id, now, h, Timer::H);
                 } else if code >= 200 {
                     let tx = self.txs.get_mut(&id).ok_or(TxError::NoSuchTransaction)?;
-                    tx.state = State::Accepted;
+                    tx.accept();
                     let l = self.timers.t1 * 64;
                     self.set_deadline(id, now, l, Timer::L);
                 }
@@ -558,7 +571,7 @@ impl TransactionLayer {
                 if code < 200 {
                     tx.state = State::Proceeding;
                 } else if code < 300 {
-                    tx.state = State::Accepted;
+                    tx.accept();
                     let m = self.timers.t1 * 64;
                     self.set_deadline(id, now, m, Timer::M);
                 } else {

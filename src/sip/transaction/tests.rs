@@ -237,6 +237,7 @@ fn server_invite_accepted_passes_ack_absorbs_invite_and_timer_l_terminates() {
     drain_tx(&mut l);
     l.respond(t0, tx, response_to(&req, 200)).expect("200");
     assert_eq!(l.state(tx), Some(State::Accepted));
+    assert!(l.request(tx).is_none(), "Accepted keeps only what matches");
     l.respond(t0 + ms(500), tx, response_to(&req, 200))
         .expect("2xx retransmission by TU");
     assert_eq!(drain_tx(&mut l).len(), 2);
@@ -393,6 +394,7 @@ fn client_invite_2xx_enters_accepted_and_timer_m_terminates() {
     let (tx, req) = new_client(&mut l, t0, "INVITE", udp());
     l.handle_response(t0 + ms(100), response_msg(&req, 200), udp());
     assert_eq!(l.state(tx), Some(State::Accepted));
+    assert!(l.request(tx).is_none(), "Accepted keeps only what matches");
     assert!(drain_tx(&mut l).is_empty(), "the TU acknowledges a 2xx");
     l.handle_response(t0 + ms(600), response_msg(&req, 200), udp());
     assert_eq!(
