@@ -1184,13 +1184,17 @@ fn run_writer(
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             None
-                        } else {
-                            // Asleep, not waiting on the queue: what comes
-                            // meanwhile is taken at once afterwards, and its
-                            // senders wake nobody (a wake-up per write cost
-                            // more than the writes).
+                        } else if flush_asked {
+                            // Pacing: asleep, not waiting on the queue. What
+                            // comes meanwhile is taken at once afterwards, and
+                            // its senders wake nobody (a wake-up per write
+                            // cost more than the writes).
                             std::thread::sleep(left);
                             rx.try_recv().ok()
+                        } else {
+                            // The flush request that covers these writes ends
+                            // the wait as soon as it comes.
+                            rx.recv_timeout(left).ok()
                         }
                     }
                     Err(_) => None,
