@@ -402,6 +402,8 @@ pub struct DemoConfig {
     pub group: String,
     pub queue: String,
     pub supervisor: String,
+    /// The demo group's ring-group number (all its phones at once).
+    pub ring_group: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -434,6 +436,31 @@ pub struct UserConfig {
     /// `Privacy: id`); a phone can also ask per call with `Privacy: id`.
     #[serde(default)]
     pub withhold_caller_id: bool,
+    /// Call forwarding from the start (the user's own changes, from the
+    /// phone or the desk, are stored and win): every call, when busy or in
+    /// do not disturb, when not answered within `forward_no_answer_secs`
+    /// (0: 20 s). "" forwards nowhere.
+    #[serde(default)]
+    pub forward_always: String,
+    #[serde(default)]
+    pub forward_busy: String,
+    #[serde(default)]
+    pub forward_no_answer: String,
+    #[serde(default)]
+    pub forward_no_answer_secs: u32,
+}
+
+impl UserConfig {
+    /// The forwarding this user starts with.
+    pub fn forwarding(&self) -> crate::forwarding::Rules {
+        let to = |n: &String| (!n.is_empty()).then(|| n.clone());
+        crate::forwarding::Rules {
+            always: to(&self.forward_always),
+            busy: to(&self.forward_busy),
+            no_answer: to(&self.forward_no_answer),
+            no_answer_secs: self.forward_no_answer_secs,
+        }
+    }
 }
 
 /// A user's role on the desk.
@@ -465,6 +492,33 @@ pub struct GroupConfig {
     /// the wallboard.
     #[serde(default = "default_callback_flag")]
     pub callback_flag_secs: u64,
+    /// A number that makes the group a ring group: a call to it rings the
+    /// members (`ring`), then goes to `then`. "" = no number.
+    #[serde(default = "unset")]
+    pub number: Spanned<String>,
+    /// `all`: every member at once for `ring_secs`; `order`: one member after
+    /// another by priority, `ring_secs` each.
+    #[serde(default)]
+    pub ring: RingOrder,
+    #[serde(default = "default_group_ring_secs")]
+    pub ring_secs: u64,
+    /// Where a call nobody answered goes (an extension, group, queue or
+    /// outside number); "" = the caller hears "not available" (480).
+    #[serde(default = "unset")]
+    pub then: Spanned<String>,
+}
+
+/// How a ring group rings its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingOrder {
+    #[default]
+    All,
+    Order,
+}
+
+fn default_group_ring_secs() -> u64 {
+    20
 }
 
 fn default_callback_escalate() -> u64 {
@@ -810,6 +864,14 @@ pub struct FeaturesConfig {
     pub available: String,
     pub away: String,
     pub busy: String,
+    /// Forwarding: the code followed by the number sets a rule, the `_off`
+    /// code clears it.
+    pub forward_always: String,
+    pub forward_always_off: String,
+    pub forward_busy: String,
+    pub forward_busy_off: String,
+    pub forward_no_answer: String,
+    pub forward_no_answer_off: String,
 }
 
 impl Default for FeaturesConfig {
@@ -818,7 +880,33 @@ impl Default for FeaturesConfig {
             available: "*40".into(),
             away: "*41".into(),
             busy: "*42".into(),
+            forward_always: "*72".into(),
+            forward_always_off: "*73".into(),
+            forward_busy: "*90".into(),
+            forward_busy_off: "*91".into(),
+            forward_no_answer: "*52".into(),
+            forward_no_answer_off: "*53".into(),
         }
+    }
+}
+
+impl FeaturesConfig {
+    /// Every code that is set.
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.available,
+            &self.away,
+            &self.busy,
+            &self.forward_always,
+            &self.forward_always_off,
+            &self.forward_busy,
+            &self.forward_busy_off,
+            &self.forward_no_answer,
+            &self.forward_no_answer_off,
+        ]
+        .into_iter()
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
     }
 }
 
@@ -902,6 +990,7 @@ impl Default for DemoConfig {
             group: "support".into(),
             queue: "500".into(),
             supervisor: "204".into(),
+            ring_group: "600".into(),
         }
     }
 }
@@ -1176,6 +1265,7 @@ impl Config {
             }
         }
         self.validate_queues(&seen, &groups, &bad)?;
+        self.validate_forwarding(&seen, &bad)?;
         self.validate_outside(&seen, &groups, &bad)?;
         if let Err(e) = self.campaigns.check() {
             return Err(bad(0..0, "campaigns", e.to_string()));
@@ -1334,6 +1424,71 @@ impl Config {
     /// Queue numbers must be unique and free (no extension, test number or feature
     /// code), serve known groups, overflow somewhere that exists, and name WAV files
     /// that can be played.
+    /// Ring groups' numbers are their own; forwards and `then` do not point
+    /// at themselves; the waits are sane.
+    fn validate_forwarding(
+        &self,
+        users: &HashSet<String>,
+        bad: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let t = &self.test_numbers;
+        let mut taken: HashSet<&str> = [&t.echo, &t.hangup, &t.busy]
+            .into_iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+            .chain(self.features.codes())
+            .chain(self.queues.iter().map(|q| q.number.get_ref().as_str()))
+            .collect();
+        for g in &self.groups {
+            let (name, n) = (g.name.get_ref(), g.number.get_ref());
+            if n.is_empty() {
+                continue;
+            }
+            let clash = if users.contains(n) || self.demo.extensions.contains(n) {
+                Some("is also an extension")
+            } else if !taken.insert(n.as_str()) {
+                Some("is also a queue, a test number, a feature code or another group's")
+            } else {
+                None
+            };
+            if let Some(why) = clash {
+                return Err(bad(
+                    g.number.span(),
+                    "groups.number",
+                    format!("group {name}: {n} {why}"),
+                ));
+            }
+            if g.ring_secs == 0 || g.ring_secs > 600 {
+                return Err(bad(
+                    g.number.span(),
+                    "groups.ring_secs",
+                    format!("group {name}: 1 to 600 seconds"),
+                ));
+            }
+            if g.then.get_ref() == n {
+                return Err(bad(
+                    g.then.span(),
+                    "groups.then",
+                    format!("group {name}: `then` is the group's own number"),
+                ));
+            }
+        }
+        for u in &self.users {
+            let ext = u.extension.get_ref();
+            let rules = u.forwarding();
+            let checked =
+                crate::forwarding::check(ext, &rules, |_| crate::forwarding::Reach::Inside);
+            if let Err(e) = checked {
+                return Err(bad(
+                    u.extension.span(),
+                    "users.forward_always",
+                    e.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_queues(
         &self,
         users: &HashSet<String>,
@@ -1342,10 +1497,11 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let t = &self.test_numbers;
         let f = &self.features;
-        let taken: HashSet<&str> = [&t.echo, &t.hangup, &t.busy, &f.available, &f.away, &f.busy]
+        let taken: HashSet<&str> = [&t.echo, &t.hangup, &t.busy]
             .into_iter()
             .map(String::as_str)
             .filter(|n| !n.is_empty())
+            .chain(f.codes())
             .collect();
         let mut numbers = HashSet::new();
         for q in &self.queues {
@@ -1511,6 +1667,10 @@ impl Config {
             callback_flag_secs: default_callback_flag(),
             dialing_classes: Vec::new(),
             caller_id: String::new(),
+            number: sp(d.ring_group.clone()),
+            ring: RingOrder::All,
+            ring_secs: default_group_ring_secs(),
+            then: unset(),
         });
         if !d.queue.is_empty() {
             self.queues.push(QueueConfig {

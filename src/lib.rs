@@ -52,6 +52,7 @@ pub mod campaigns;
 mod clock;
 pub mod config;
 mod cti;
+pub mod forwarding;
 mod guard;
 pub mod history;
 #[doc(hidden)]

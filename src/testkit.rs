@@ -214,6 +214,7 @@ impl Harness {
             presence: crate::presence::Presence::new(setup.users.iter().copied(), UnixMillis(0)),
             users,
             mwi: crate::mwi::Mwi::new(["201".to_string()]),
+            forwarding: crate::forwarding::Forwarding::default(),
             guard: crate::guard::Guard::default(),
             outside: setup.outside,
             registrar: Registrar::direct(store, policy, wall0).expect("registrar"),

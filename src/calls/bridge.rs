@@ -104,6 +104,8 @@ pub(super) struct Bridge {
     pub trunk: Option<crate::outside::TrunkId>,
     /// Set for an outside call (its trunks, permit and tries).
     pub outbound: Option<super::outbound::Outbound>,
+    /// What rings, and where the call goes when it does not answer.
+    pub hunt: super::hunt::Hunt,
 }
 
 impl Bridge {
@@ -125,6 +127,7 @@ impl Bridge {
             queue: None,
             trunk: None,
             outbound: None,
+            hunt: super::hunt::Hunt::default(),
         }
     }
 
@@ -178,14 +181,15 @@ pub(super) struct BranchSpec<'a> {
     pub timers_from: Option<&'a Message>,
 }
 
-/// Who calls whom, and the callee's live contacts.
+/// Who calls whom, and where the hunt starts.
 #[derive(Debug)]
 pub(super) struct CallTarget {
     pub caller: String,
     /// The caller's name, if known (else From's display name).
     pub display: Option<String>,
-    pub callee: String,
-    pub bindings: Vec<Binding>,
+    /// What the caller dialled (the CDR's callee).
+    pub dialled: String,
+    pub start: super::hunt::Next,
     /// The trunk an inbound call came in on (its channel is held).
     pub trunk: Option<crate::outside::TrunkId>,
 }
@@ -241,7 +245,7 @@ pub(super) fn relay_ports(s: &sdp::Session, port: u16) -> Vec<u16> {
 }
 
 /// `body` with its media pointed at our relay `port`, as seen from `toward`.
-fn rewrite_for(cx: &Cx<'_>, body: &[u8], toward: Remote, port: u16) -> Option<Bytes> {
+pub(super) fn rewrite_for(cx: &Cx<'_>, body: &[u8], toward: Remote, port: u16) -> Option<Bytes> {
     let parsed = sdp::parse(body).ok()?;
     sdp::rewrite(body, cx.media_ip(toward), &relay_ports(&parsed, port)).ok()
 }
@@ -298,7 +302,8 @@ impl Calls {
         Ok((offer, relay))
     }
 
-    /// A new INVITE from `caller` to extension `callee` with these live bindings.
+    /// A new INVITE from `caller` to an extension or a group: the hunt
+    /// starts at `target.start` (see `hunt`).
     pub(super) fn invite_extension(
         &mut self,
         cx: &mut Cx<'_>,
@@ -311,18 +316,13 @@ impl Calls {
         let CallTarget {
             caller,
             display,
-            callee,
-            bindings,
+            dialled,
+            start,
             trunk,
         } = target;
         let a_leg = ALeg::new(tx, req, remote);
-        let cdr = new_cdr(cx, &a, &caller, &callee);
-        let prepared = if bindings.is_empty() {
-            Err(Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE))
-        } else {
-            Self::prepare_bridge(cx, req, remote, &a)
-        };
-        let relay = match prepared {
+        let cdr = new_cdr(cx, &a, &caller, &dialled);
+        let relay = match Self::prepare_bridge(cx, req, remote, &a) {
             Ok((_, relay)) => relay,
             Err(refusal) => {
                 super::release_trunk(cx, trunk);
@@ -330,50 +330,22 @@ impl Calls {
             }
         };
         let display = display.or_else(|| req.from_header().and_then(|f| f.display).map(lossy));
-        let spec = BranchSpec {
-            caller: &caller,
-            display: display.as_deref(),
-            callee: &callee,
-            max_forwards: req
-                .max_forwards()
-                .and_then(Result::ok)
-                .unwrap_or(70)
-                .saturating_sub(1),
-            timers_from: Some(req),
-        };
-        let port = relay.ports()[1];
-        let branches = self.send_branches(cx, &a, &spec, bindings, 0, |cx, target| {
-            rewrite_for(cx, req.body(), target, port)
-        });
-        if branches.is_empty() {
-            super::release_trunk(cx, trunk);
-            return refuse(
-                cx,
-                &a_leg,
-                cdr,
-                Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE),
-            );
-        }
-        let presence = &cx.env.presence;
-        let b_call_id = branches[0].call_id.clone();
-        let callee_party = super::start_party(
-            presence,
-            &callee,
-            &b_call_id,
-            Role::Recipient,
+        let caller_party = super::start_party(
+            &cx.env.presence,
             &caller,
+            &a,
+            Role::Initiator,
+            &dialled,
             cx.wall,
         );
-        let caller_party =
-            super::start_party(presence, &caller, &a, Role::Initiator, &callee, cx.wall);
-        let bridge = Bridge {
-            branches,
+        let mut bridge = Bridge {
             caller_party,
-            callee_party,
             trunk,
             ..Bridge::new(cx, a_leg, relay, cdr)
         };
-        self.add_bridge(cx, a, bridge);
+        bridge.hunt.display = display;
+        self.add_bridge(cx, a.clone(), bridge);
+        self.hunt(cx, &a, Some(start), super::hunt::unavailable());
     }
 
     /// Sends one INVITE per binding (the fork), numbering the branches from
@@ -450,7 +422,11 @@ impl Calls {
         code: u16,
         resp: Option<Message>,
     ) {
-        if self.bridges.get(a).is_some_and(|b| b.outbound.is_some())
+        let current = |b: &Bridge| idx >= b.hunt.first;
+        if self
+            .bridges
+            .get(a)
+            .is_some_and(|b| b.outbound.is_some() && current(b))
             && self.outbound_response(cx, a, idx, code, resp.as_ref())
         {
             return;
@@ -460,6 +436,7 @@ impl Calls {
         };
         match code {
             100 => {}
+            101..=199 if !current(bridge) => {} // a step already over
             101..=199 => {
                 let presence = &cx.env.presence;
                 if let Some((ext, id)) = &bridge.callee_party {
@@ -517,13 +494,10 @@ impl Calls {
                     return;
                 }
                 let calling = matches!(bridge.phase, APhase::Calling { .. });
-                if calling && bridge.branches.iter().all(|b| b.final_code.is_some()) {
-                    let codes: Vec<u16> = bridge
-                        .branches
-                        .iter()
-                        .filter_map(|b| b.final_code)
-                        .collect();
-                    self.fail_call(cx, a, fork_result(&codes));
+                let step = &bridge.branches[bridge.hunt.first.min(idx)..];
+                if calling && current(bridge) && step.iter().all(|b| b.final_code.is_some()) {
+                    let codes: Vec<u16> = step.iter().filter_map(|b| b.final_code).collect();
+                    self.step_failed(cx, a, &codes);
                 }
             }
         }
@@ -543,7 +517,8 @@ impl Calls {
             return; // a retransmitted 2xx: acknowledged again above
         }
         let stale_offer = bridge.queue.as_ref().is_some_and(|q| !q.is_offered(idx));
-        let over = bridge.queue.is_none() && !matches!(bridge.phase, APhase::Calling { .. });
+        let over = bridge.queue.is_none()
+            && (!matches!(bridge.phase, APhase::Calling { .. }) || idx < bridge.hunt.first);
         if bridge.answered.is_some() || stale_offer || over {
             // Another branch won: end this one (its ACK went out above).
             branch.final_code = Some(200);
@@ -615,7 +590,7 @@ impl Calls {
         }
     }
 
-    fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
+    pub(super) fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
         let mut bridge = self.bridges.remove(a)?;
         if let Some(q) = &bridge.queue {
             q.leave_line(cx);
@@ -669,13 +644,7 @@ impl Calls {
             APhase::Calling { .. } if silent.is_some_and(|s| s <= cx.now) => {
                 self.outbound_silent(cx, a)
             }
-            APhase::Calling { .. } => {
-                let r = Refusal {
-                    disposition: Disposition::NoAnswer,
-                    ..Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE)
-                };
-                self.fail_call(cx, a, r)
-            }
+            APhase::Calling { .. } => self.step_timed_out(cx, a),
             APhase::Answered { give_up, .. } if cx.now >= *give_up => {
                 tracing::info!(call_id = %a, "no ACK from the caller; ending the call");
                 self.end_bridge(cx, a, None, HangupBy::System);
@@ -984,7 +953,7 @@ fn other(side: Side, answered: Option<usize>) -> Side {
 }
 
 /// The answer to the caller when every branch failed.
-fn fork_result(codes: &[u16]) -> Refusal {
+pub(super) fn fork_result(codes: &[u16]) -> Refusal {
     let (status, disposition) = if let Some(c) = codes.iter().find(|c| **c >= 600) {
         // A global failure is passed on as it came.
         (StatusCode(*c), Disposition::Busy)

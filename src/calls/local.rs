@@ -163,7 +163,11 @@ impl Calls {
         let dialog = crate::sip::message::parse(ok.clone(), &Default::default())
             .ok()
             .and_then(|okm| Dialog::from_uas(req, &okm, remote));
-        cx.respond(tx, ok.clone());
+        match kind {
+            // A feature code's change is on disk before the tone says so.
+            Kind::Confirmation => cx.respond_durable(tx, ok.clone()),
+            Kind::Test(_) => cx.respond(tx, ok.clone()),
+        }
         let Some(dialog) = dialog else { return };
         cdr.answer_ms = Some(cx.wall.0);
         let presence = &cx.env.presence;

@@ -15,6 +15,7 @@
 
 mod bridge;
 pub mod cdr;
+mod hunt;
 mod local;
 mod originate;
 mod outbound;
@@ -185,17 +186,21 @@ impl Calls {
                 tracing::info!(%caller, state = state.as_str(), "presence chosen from the phone");
                 self.invite_local(cx, tx, req, remote, call_id, local::Kind::Confirmation)
             }
-            Target::Extension(callee) => {
+            Target::Forward(when, to) => {
+                let Some(Some(user)) = self.authenticate(cx, tx, req, remote, true) else {
+                    return;
+                };
+                self.forward_code(cx, tx, req, remote, call_id, user, (when, to))
+            }
+            Target::Extension(dialled) | Target::RingGroup(dialled) => {
                 let Some(caller) = self.authenticate(cx, tx, req, remote, false) else {
                     return;
                 };
-                let caller = caller_of(req, caller);
-                let bindings = cx.env.registrar.lookup(&callee, cx.wall);
                 let target = bridge::CallTarget {
-                    caller,
+                    caller: caller_of(req, caller),
                     display: None,
-                    callee,
-                    bindings,
+                    start: hunt::Next::Number(dialled.clone()),
+                    dialled,
                     trunk: None,
                 };
                 self.invite_extension(cx, tx, req, remote, call_id, target)
@@ -241,7 +246,44 @@ impl Calls {
                     cx.reply(tx, req, remote, StatusCode::NOT_FOUND)
                 }
             }
+            Target::Incomplete => {
+                if self.authenticate(cx, tx, req, remote, false).is_some() {
+                    cx.reply(tx, req, remote, StatusCode::ADDRESS_INCOMPLETE)
+                }
+            }
         }
+    }
+
+    /// A forwarding code dialled by authenticated `user`: the rule is set (to
+    /// a number they may reach) or cleared, stored, and confirmed by a tone
+    /// once durable.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_code(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        call_id: CallId,
+        user: String,
+        (when, to): (crate::forwarding::When, Option<String>),
+    ) {
+        use crate::forwarding::ForwardingError as E;
+        let env = cx.env;
+        let mut rules = env.forwarding.rules(&user);
+        *rules.slot(when) = to.clone();
+        if let Err(e) = crate::forwarding::check(&user, &rules, |n| env.reach(&user, n)) {
+            tracing::info!(%user, rule = when.as_str(), "forwarding refused: {e}");
+            let status = match e {
+                E::Unknown(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return cx.reply(tx, req, remote, status);
+        }
+        let record = env.forwarding.replace(&user, rules);
+        tracing::info!(%user, rule = when.as_str(), to = to.as_deref().unwrap_or("-"), "forwarding set from the phone");
+        cx.store(Write::put(record));
+        self.invite_local(cx, tx, req, remote, call_id, local::Kind::Confirmation)
     }
 
     /// A new INVITE from trunk `trunk`'s provider (trusted by its address),
@@ -270,7 +312,9 @@ impl Calls {
             return self.refuse_new(cx, tx, req, remote, &call_id, r);
         }
         let refusal = match &target {
-            Target::Unknown | Target::Feature(_) => Some(Refusal::failed(StatusCode::NOT_FOUND)),
+            Target::Unknown | Target::Feature(_) | Target::Forward(..) | Target::Incomplete => {
+                Some(Refusal::failed(StatusCode::NOT_FOUND))
+            }
             Target::Outside(_) => {
                 // Calls from one provider are never sent out again (transit).
                 tracing::warn!(
@@ -293,7 +337,7 @@ impl Calls {
         }
         let caller = inbound.caller;
         let env = cx.env;
-        let (callee, bindings) = match target {
+        let (dialled, start) = match target {
             Target::Test(kind) => {
                 return self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
             }
@@ -305,25 +349,32 @@ impl Calls {
                 };
                 return self.invite_queue(cx, tx, req, remote, call_id, entry);
             }
-            Target::Extension(ext) => {
-                let bindings = env.registrar.lookup(&ext, cx.wall);
-                (ext, bindings)
-            }
+            Target::Extension(n) | Target::RingGroup(n) => (n.clone(), hunt::Next::Number(n)),
             Target::Group(group) => {
-                let members = env.routing.group_members(&group).unwrap_or_default();
-                let bindings = members
-                    .iter()
-                    .flat_map(|m| env.registrar.lookup(m, cx.wall))
-                    .collect();
-                (group, bindings)
+                let Ok(id) = env.routing.group_id(&group) else {
+                    let r = Refusal::failed(StatusCode::NOT_FOUND);
+                    release_trunk(cx, Some(trunk));
+                    return self.refuse_new(cx, tx, req, remote, &call_id, r);
+                };
+                let ring = env.calls.ring_timeout;
+                let all = hunt::Next::All {
+                    group: id,
+                    ring,
+                    then: None,
+                };
+                (group, all)
             }
-            Target::Unknown | Target::Feature(_) | Target::Outside(_) => return,
+            Target::Unknown
+            | Target::Feature(_)
+            | Target::Forward(..)
+            | Target::Incomplete
+            | Target::Outside(_) => return,
         };
         let target = bridge::CallTarget {
             caller,
             display: inbound.display,
-            callee,
-            bindings,
+            dialled,
+            start,
             trunk: Some(trunk),
         };
         self.invite_extension(cx, tx, req, remote, call_id, target)

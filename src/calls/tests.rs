@@ -1517,3 +1517,5 @@ fn a_campaigns_own_farewell_is_what_the_customer_hears_before_the_bye() {
         "after the 1 s farewell: {out:#?}"
     );
 }
+
+mod hunt;

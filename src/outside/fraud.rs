@@ -135,6 +135,12 @@ impl Fraud {
         result
     }
 
+    /// Whether `number` starts with a blocked prefix.
+    pub fn blocks(&self, number: &str) -> bool {
+        let prefixes = &self.caps.blocked_prefixes;
+        prefixes.iter().any(|p| number.starts_with(p.as_str()))
+    }
+
     fn decide(
         &self,
         now: Instant,

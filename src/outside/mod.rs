@@ -405,6 +405,17 @@ impl Outside {
         .to_string()
     }
 
+    /// Whether `user`'s dialing classes allow `dialled` on route `r` (as a
+    /// forwarding destination: never an emergency number, never a blocked
+    /// prefix; the rate caps are the guard's, per call).
+    pub fn may_dial(&self, user: &str, r: RouteId, dialled: &str) -> bool {
+        let classes = self.classes.get(user).unwrap_or(&self.default_classes);
+        let route = self.route_of(r);
+        route.class != Class::Emergency
+            && classes.contains(&route.class)
+            && !self.fraud.blocks(dialled)
+    }
+
     /// The toll-fraud check for `user` (authenticated, from `source`) dialling
     /// `dialled` on route `r`.
     pub fn check(

@@ -206,6 +206,13 @@ impl PbxBuilder {
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
+            forwarding: crate::forwarding::Forwarding::new(
+                config
+                    .users
+                    .iter()
+                    .map(|u| (u.extension.get_ref().clone(), u.forwarding())),
+                store.all::<crate::forwarding::StoredRules>()?,
+            ),
             guard,
             outside,
             users,

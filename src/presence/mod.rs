@@ -261,6 +261,13 @@ impl Presence {
             .map(|f| (f.shown, f.since, f.announced_reason.clone()))
     }
 
+    /// Whether the user chose do not disturb (`busy`), whatever they are doing.
+    pub fn do_not_disturb(&self, extension: &str) -> bool {
+        self.map
+            .get(extension)
+            .is_some_and(|f| f.chosen == State::Busy)
+    }
+
     /// Whether the extension is known here.
     pub fn contains(&self, extension: &str) -> bool {
         self.map.contains_key(extension)

@@ -1,9 +1,10 @@
 //! The dialplan: where a new call goes, as one pure function of the dialled
-//! number over the configuration — a test number, a feature code, a queue, an
-//! extension, or nowhere (404). The trunk issue adds outside numbers here.
+//! number over the configuration — a test number, a feature code, a queue, a
+//! ring group, an extension, or nowhere (404). The shard adds outside numbers.
 
 use super::{Directory, QueueId};
 use crate::config::Config;
+use crate::forwarding::When;
 use crate::presence::State;
 
 /// What a test number does.
@@ -23,7 +24,13 @@ pub enum Target {
     Test(TestNumber),
     /// A feature code: the caller chooses this presence state.
     Feature(State),
+    /// A forwarding code: the caller sets (a number) or clears (`None`) a rule.
+    Forward(When, Option<String>),
+    /// A forwarding code without its number.
+    Incomplete,
     Queue(QueueId),
+    /// A ring group, by its number.
+    RingGroup(String),
     Extension(String),
     /// A DID's target: every member of the group rings.
     Group(String),
@@ -37,6 +44,8 @@ pub enum Target {
 pub struct Dialplan {
     tests: Vec<(String, TestNumber)>,
     features: Vec<(String, State)>,
+    /// Forwarding codes: (code, rule, whether it clears).
+    forwards: Vec<(String, When, bool)>,
 }
 
 impl Dialplan {
@@ -63,11 +72,23 @@ impl Dialplan {
             .filter(|(n, _)| keep(n))
             .map(|(n, s)| (n.clone(), s))
             .collect(),
+            forwards: [
+                (&f.forward_always, When::Always, false),
+                (&f.forward_always_off, When::Always, true),
+                (&f.forward_busy, When::Busy, false),
+                (&f.forward_busy_off, When::Busy, true),
+                (&f.forward_no_answer, When::NoAnswer, false),
+                (&f.forward_no_answer_off, When::NoAnswer, true),
+            ]
+            .into_iter()
+            .filter(|(n, _, _)| keep(n))
+            .map(|(n, w, off)| (n.clone(), w, off))
+            .collect(),
         }
     }
 
-    /// The target of `number`: test numbers first, then queues, feature codes
-    /// and the extensions `is_user` knows.
+    /// The target of `number`: test numbers first, then queues, ring groups,
+    /// feature codes and the extensions `is_user` knows.
     pub fn route(
         &self,
         number: &[u8],
@@ -83,13 +104,37 @@ impl Dialplan {
         if let Some(q) = queues.queue_by_number(number) {
             return Target::Queue(q);
         }
+        if queues.ring_group(number).is_some() {
+            return Target::RingGroup(number.to_string());
+        }
         if let Some((_, s)) = self.features.iter().find(|(n, _)| n == number) {
             return Target::Feature(*s);
+        }
+        if let Some(t) = self.forward(number) {
+            return t;
         }
         if is_user(number) {
             return Target::Extension(number.to_string());
         }
         Target::Unknown
+    }
+
+    /// A forwarding code: the exact clearing code, or a setting code followed
+    /// by a number (a clearing code wins over a setting code it starts with).
+    fn forward(&self, number: &str) -> Option<Target> {
+        if let Some((_, when, _)) = self.forwards.iter().find(|(n, _, off)| *off && n == number) {
+            return Some(Target::Forward(*when, None));
+        }
+        let (code, when, _) = self
+            .forwards
+            .iter()
+            .filter(|(n, _, off)| !off && number.starts_with(n.as_str()))
+            .max_by_key(|(n, _, _)| n.len())?;
+        let to = &number[code.len()..];
+        Some(match to.is_empty() {
+            true => Target::Incomplete,
+            false => Target::Forward(*when, Some(to.to_string())),
+        })
     }
 }
 
@@ -117,6 +162,13 @@ mod tests {
             sorry: music,
             service_level: Duration::from_secs(20),
         });
+        queues.add_ring_group(crate::routing::RingGroup {
+            number: "600".into(),
+            group: crate::routing::GroupId(0),
+            in_order: false,
+            ring: Duration::from_secs(1),
+            then: None,
+        });
         let users = |n: &str| n == "201" || n == "500";
         let table: &[(&[u8], Target)] = &[
             (b"9000", Target::Test(TestNumber::Echo)),
@@ -125,6 +177,17 @@ mod tests {
             (b"*40", Target::Feature(State::Available)),
             (b"*41", Target::Feature(State::Away)),
             (b"*42", Target::Feature(State::Busy)),
+            (b"*72203", Target::Forward(When::Always, Some("203".into()))),
+            (b"*72", Target::Incomplete),
+            (b"*73", Target::Forward(When::Always, None)),
+            (b"*90600", Target::Forward(When::Busy, Some("600".into()))),
+            (b"*91", Target::Forward(When::Busy, None)),
+            (
+                b"*520049301",
+                Target::Forward(When::NoAnswer, Some("0049301".into())),
+            ),
+            (b"*53", Target::Forward(When::NoAnswer, None)),
+            (b"600", Target::RingGroup("600".into())),
             (b"500", Target::Queue(q)),
             (b"201", Target::Extension("201".into())),
             (b"202", Target::Unknown),

@@ -46,6 +46,19 @@ pub struct Group {
     pub members: Vec<(String, u32)>,
 }
 
+/// A group callers dial directly: its members ring (no ACD, no waiting line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingGroup {
+    pub number: String,
+    pub group: GroupId,
+    /// One member after another (by priority), or all at once.
+    pub in_order: bool,
+    /// How long each member (in order) or the whole group rings.
+    pub ring: Duration,
+    /// Where a call nobody answered goes (a number); `None`: 480.
+    pub then: Option<String>,
+}
+
 /// What happens to a caller who waited `max_wait` for nothing.
 #[derive(Debug, Clone)]
 pub enum Overflow {
@@ -108,6 +121,8 @@ pub struct Directory {
     pub groups: Vec<Group>,
     pub queues: Vec<Queue>,
     by_number: HashMap<String, QueueId>,
+    /// Ring groups by their number.
+    ring_groups: HashMap<String, RingGroup>,
     /// Every agent's groups with its priority there.
     memberships: HashMap<String, Vec<(GroupId, u32)>>,
     /// One waiting line per queue.
@@ -228,6 +243,21 @@ impl Directory {
                 service_level: Duration::from_secs(q.service_level_secs),
             });
         }
+        for g in config
+            .groups
+            .iter()
+            .filter(|g| !g.number.get_ref().is_empty())
+        {
+            let group = d.group_id(g.name.get_ref())?;
+            let then = g.then.get_ref();
+            d.add_ring_group(RingGroup {
+                number: g.number.get_ref().clone(),
+                group,
+                in_order: g.ring == crate::config::RingOrder::Order,
+                ring: Duration::from_secs(g.ring_secs),
+                then: (!then.is_empty()).then(|| then.clone()),
+            });
+        }
         for (i, q) in config.queues.iter().enumerate() {
             if q.overflow_callback {
                 let group = q.callback_group_name();
@@ -278,6 +308,24 @@ impl Directory {
         self.lines.push(Line::default());
         self.days.push(Mutex::default());
         id
+    }
+
+    pub fn add_ring_group(&mut self, ring_group: RingGroup) {
+        self.ring_groups
+            .insert(ring_group.number.clone(), ring_group);
+    }
+
+    /// The ring group callers reach at `number`.
+    pub fn ring_group(&self, number: &str) -> Option<&RingGroup> {
+        self.ring_groups.get(number)
+    }
+
+    /// The members of group `id`, in priority order.
+    pub fn members(&self, id: GroupId) -> Vec<String> {
+        self.groups
+            .get(id.0)
+            .map(|g| g.members.iter().map(|(ext, _)| ext.clone()).collect())
+            .unwrap_or_default()
     }
 
     pub fn queue_by_number(&self, number: &str) -> Option<QueueId> {

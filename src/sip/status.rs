@@ -41,6 +41,7 @@ codes! {
     TEMPORARILY_UNAVAILABLE = 480, "Temporarily Unavailable";
     CALL_DOES_NOT_EXIST = 481, "Call/Transaction Does Not Exist";
     TOO_MANY_HOPS = 483, "Too Many Hops";
+    ADDRESS_INCOMPLETE = 484, "Address Incomplete";
     BUSY_HERE = 486, "Busy Here";
     REQUEST_TERMINATED = 487, "Request Terminated";
     NOT_ACCEPTABLE_HERE = 488, "Not Acceptable Here";

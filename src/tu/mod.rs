@@ -75,6 +75,8 @@ pub struct Env {
     pub presence: Presence,
     /// What each extension has waiting (the message lamp).
     pub mwi: crate::mwi::Mwi,
+    /// Each user's call forwarding.
+    pub forwarding: crate::forwarding::Forwarding,
     /// Who may talk to us: rate limits, bans, failed-authentication counts.
     pub guard: crate::guard::Guard,
     /// Trunks, DIDs, outbound routes and the toll-fraud guard.
@@ -99,6 +101,40 @@ pub struct Env {
     /// How many shards there are (dispatch is by Call-ID hash modulo this).
     pub shard_count: usize,
     pub stats: Stats,
+}
+
+impl Env {
+    /// Where a forwarded call (or a ring group's last resort) to `number`
+    /// goes: an extension, ring group, queue or outside number (test numbers
+    /// and feature codes are for people dialling, not for forwards).
+    pub fn forward_target(&self, number: &str) -> crate::routing::dialplan::Target {
+        use crate::routing::dialplan::Target;
+        let routing = &self.routing;
+        if let Some(q) = routing.queue_by_number(number) {
+            Target::Queue(q)
+        } else if routing.ring_group(number).is_some() {
+            Target::RingGroup(number.to_string())
+        } else if self.users.contains(number) {
+            Target::Extension(number.to_string())
+        } else {
+            self.outside
+                .route(number)
+                .map_or(Target::Unknown, Target::Outside)
+        }
+    }
+
+    /// What `number` is, as a forwarding destination of `user`.
+    pub fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach {
+        use crate::forwarding::Reach;
+        use crate::routing::dialplan::Target;
+        match self.forward_target(number) {
+            Target::Outside(r) => Reach::Outside {
+                allowed: self.outside.may_dial(user, r, number),
+            },
+            Target::Unknown => Reach::Unknown,
+            _ => Reach::Inside,
+        }
+    }
 }
 
 /// Identifies a request a module sent (its answer comes back under it).
