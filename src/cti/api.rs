@@ -58,6 +58,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .merge(super::callbacks::routes())
+        .merge(super::forwarding::routes())
         .merge(super::campaigns::routes())
         .merge(super::dialer::routes())
         .merge(super::assets::routes())
@@ -91,6 +92,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         export_records,
         metrics,
         trunks,
+        super::forwarding::read,
+        super::forwarding::set,
         super::callbacks::list,
         super::callbacks::create,
         super::callbacks::one,
@@ -128,6 +131,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         RecordEdit,
         RecordNew,
         super::TrunkLine,
+        super::forwarding::Forwarding,
         super::callbacks::Write,
         super::callbacks::Close,
         crate::callbacks::Callback,
@@ -298,7 +302,7 @@ pub struct Caller {
 
 impl Caller {
     /// An agent may act only as themself; a supervisor for anyone.
-    fn may_act_for(&self, extension: &str) -> Result<(), ApiError> {
+    pub(super) fn may_act_for(&self, extension: &str) -> Result<(), ApiError> {
         if self.session.role == Role::Supervisor || self.session.extension == extension {
             Ok(())
         } else {

@@ -18,6 +18,7 @@ mod campaigns;
 pub mod dialer;
 pub mod events;
 pub mod export;
+mod forwarding;
 pub mod metrics;
 pub mod session;
 
@@ -70,6 +71,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn confirm(&self, call: &crate::sip::CallId, dial: bool) -> Pending<bool>;
     /// The trunk named `name`.
     fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId>;
+    /// What `number` is, as a forwarding destination of `user`.
+    fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach;
 }
 
 /// A trunk as the desk shows it.
@@ -124,6 +127,8 @@ pub struct DeskConfig {
     pub auto_callbacks: Vec<dialer::AutoCallbacks>,
     /// What new campaigns get for the settings left out.
     pub campaign_defaults: crate::campaigns::Defaults,
+    /// Each user's call forwarding (shared with the calls).
+    pub forwarding: crate::forwarding::Forwarding,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).

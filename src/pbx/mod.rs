@@ -650,6 +650,9 @@ impl crate::cti::Commands for DeskCommands {
     fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId> {
         self.env.outside.trunk_named(name)
     }
+    fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach {
+        self.env.reach(user, number)
+    }
     fn callback_saved(&self, call: &CallId, saved: bool) {
         let shard = call.shard(self.controls.len());
         if let Some(c) = self.controls.get(shard) {
@@ -825,6 +828,7 @@ async fn start_desk(
             })
             .collect(),
         campaign_defaults: config.campaigns.clone(),
+        forwarding: env.forwarding.clone(),
         auto_callbacks: config
             .queues
             .iter()

@@ -325,7 +325,7 @@ async function start() {
   }
   show("desk");
   $("supervisor-links").hidden = desk.me.role !== "supervisor";
-  await Promise.all([loadBoard(), loadDispositions()]);
+  await Promise.all([loadBoard(), loadDispositions(), loadForwarding()]);
   connect();
   // Renew well before expiry; the event stream stays open.
   const left = desk.me.expires_at_ms - Date.now();
@@ -370,6 +370,44 @@ for (const b of document.querySelectorAll("#my-state button")) {
     }
   });
 }
+
+// ---- call forwarding: always, when busy, when not answered ---------------------
+
+function forwardingPath() {
+  return `/api/v1/agents/${encodeURIComponent(desk.me.extension)}/forwarding`;
+}
+
+function showForwarding(f) {
+  const parts = [];
+  if (f.always) parts.push(`every call goes to ${f.always}`);
+  if (f.busy) parts.push(`when busy to ${f.busy}`);
+  if (f.no_answer) parts.push(`when not answered within ${f.no_answer_secs || 20} s to ${f.no_answer}`);
+  $("fwd-summary").textContent = parts.length ? `Forwarded: ${parts.join("; ")}.` : "Not forwarded.";
+  $("fwd-always").value = f.always || "";
+  $("fwd-busy").value = f.busy || "";
+  $("fwd-no-answer").value = f.no_answer || "";
+  $("fwd-secs").value = f.no_answer_secs || 0;
+}
+
+async function loadForwarding() {
+  showForwarding(await api("GET", forwardingPath()));
+}
+
+$("fwd-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const body = {
+    always: $("fwd-always").value.trim() || null,
+    busy: $("fwd-busy").value.trim() || null,
+    no_answer: $("fwd-no-answer").value.trim() || null,
+    no_answer_secs: Number($("fwd-secs").value) || 0,
+  };
+  try {
+    showForwarding(await api("PUT", forwardingPath(), body));
+    $("fwd-status").textContent = "Saved.";
+  } catch (e) {
+    $("fwd-status").textContent = `Not saved: ${e.message}`;
+  }
+});
 
 // ---- the call-back box: P (mine) and G (my groups'), oldest first -------------
 
