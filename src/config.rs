@@ -1431,6 +1431,14 @@ impl Config {
         users: &HashSet<String>,
         bad: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
+        let mut codes = HashSet::new();
+        if let Some(c) = self.features.codes().find(|c| !codes.insert(*c)) {
+            return Err(bad(
+                0..0,
+                "features",
+                format!("feature code {c} is used twice"),
+            ));
+        }
         let t = &self.test_numbers;
         let mut taken: HashSet<&str> = [&t.echo, &t.hangup, &t.busy]
             .into_iter()
@@ -1828,6 +1836,37 @@ mod tests {
             e.to_string().contains("calls.min_session_expires_secs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_ring_group_needs_a_number_of_its_own_and_a_forward_may_not_point_home() {
+        let user = "[[users]]\nextension = \"201\"\npassword = \"pw\"\n";
+        let group = |extra: &str| {
+            format!("{user}[[groups]]\nname = \"front\"\nnumber = \"600\"\nmembers = [{{ extension = \"201\" }}]\n{extra}")
+        };
+        let c = Config::parse(&group("ring = \"order\"\nthen = \"201\"\n"), "t").expect("valid");
+        assert_eq!(c.groups[0].ring, RingOrder::Order);
+        let e = Config::parse(
+            &group("[[queues]]\nnumber = \"600\"\ngroups = [\"front\"]\n"),
+            "t",
+        )
+        .expect_err("clash");
+        assert!(e.to_string().contains("600"), "{e}");
+        let e = Config::parse(&group("then = \"600\"\n"), "t").expect_err("then home");
+        assert!(e.to_string().contains("groups.then"), "{e}");
+        let e = Config::parse(&group("ring_secs = 0\n"), "t").expect_err("no ring");
+        assert!(e.to_string().contains("groups.ring_secs"), "{e}");
+        let e = Config::parse(&format!("{user}forward_always = \"201\"\n"), "t")
+            .expect_err("to itself");
+        assert!(e.to_string().contains("cannot forward to itself"), "{e}");
+        let e = Config::parse(&format!("{user}forward_no_answer_secs = 500\n"), "t")
+            .expect_err("too long");
+        assert!(e.to_string().contains("no_answer_secs"), "{e}");
+        let e = Config::parse("[[queues]]\nnumber = \"*40\"\ngroups = []\n", "t")
+            .expect_err("a code is no queue");
+        assert!(e.to_string().contains("feature code"), "{e}");
+        let e = Config::parse("[features]\nforward_busy = \"*40\"\n", "t").expect_err("twice");
+        assert!(e.to_string().contains("used twice"), "{e}");
     }
 
     #[test]

@@ -318,12 +318,17 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>, json: bool) {
         if c.demo_desk() && !c.demo.group.is_empty() {
             let _ = writeln!(
                 text,
-                "  group {} (all of them){}{}",
+                "  group {} (all of them){}{}{}",
                 c.demo.group,
                 if c.demo.queue.is_empty() {
                     String::new()
                 } else {
                     format!(", queue {} answered by it", c.demo.queue)
+                },
+                if c.demo.ring_group.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} rings all its phones", c.demo.ring_group)
                 },
                 if supervisor.is_empty() {
                     String::new()
