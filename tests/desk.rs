@@ -556,9 +556,9 @@ async fn the_openapi_document_and_the_desktop_are_served_from_the_binary() {
 }
 
 /// Two agents in two pages; A sets "away" with a reason by keyboard, B's board
-/// shows it as text.
+/// shows it as text; A forwards unanswered calls to B from the desktop.
 #[tokio::test]
-async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
+async fn two_agents_in_chromium_see_each_others_state_and_one_sets_forwarding() {
     let d = desk("").await;
     d.register("user1000").await;
     d.register("user1001").await;
@@ -570,6 +570,22 @@ async fn two_agents_in_chromium_see_each_others_state_with_its_label() {
     ];
     let (child, artifacts) = browser_script("desk.mjs", &d.base, &envs);
     browser_passed(child, &artifacts).await;
+    let token = d.token("user1000", "pw1000").await;
+    let got: Value = d
+        .http
+        .get(format!("{}/api/v1/agents/user1000/forwarding", d.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (got["no_answer"].as_str(), got["no_answer_secs"].as_u64()),
+        (Some("user1001"), Some(15)),
+        "{got}"
+    );
 }
 
 const QUEUE: &str = "[[queues]]\nnumber = \"500\"\ngroups = [\"support\"]\nring_secs = 5\nmax_wait_secs = 30\nwrap_up_secs = 0\n";

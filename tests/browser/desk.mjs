@@ -38,6 +38,20 @@ try {
     return r.status;
   }, env("A_EXT"));
   if (refused !== 403) failures.push(`setting another agent's state gave ${refused}, not 403`);
+
+  // Call forwarding from the desktop: a number that leads nowhere is refused
+  // with the reason; a colleague's extension is saved and summarised.
+  await a.locator("#fwd-edit summary").click();
+  await a.getByLabel("When not answered, to").fill("99999");
+  await a.getByRole("button", { name: "Save forwarding" }).click();
+  await a.getByText("Not saved: 99999 is not a number this PBX can reach").waitFor({ timeout: 5000 });
+  await a.getByLabel("When not answered, to").fill(env("B_EXT"));
+  await a.getByLabel("after (seconds, 0 = 20)").fill("15");
+  await a.getByRole("button", { name: "Save forwarding" }).click();
+  await a.getByText(`Forwarded: when not answered within 15 s to ${env("B_EXT")}.`).waitFor({ timeout: 5000 });
+  await a.screenshot({ path: `${artifacts}/agent-a-forwarding.png` });
+  await a.reload();
+  await a.getByText(`Forwarded: when not answered within 15 s to ${env("B_EXT")}.`).waitFor({ timeout: 5000 });
 } catch (e) {
   failures.push(String(e && e.stack || e));
 } finally {
