@@ -95,17 +95,7 @@ impl Lab {
 
     /// Waits (up to 5 s) until no call is live and every media port is back.
     async fn settle(&self) {
-        for _ in 0..100 {
-            let live = self
-                .pbx
-                .stats()
-                .live_calls
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if live == 0 && self.pbx.media_ports_in_use() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        settled(&self.pbx).await;
     }
 }
 

@@ -438,8 +438,19 @@ fn queue_lab_with(members: &[&'static str], overflow: impl FnOnce(Arc<Prompt>) -
         name: "support".into(),
         members: members.iter().map(|m| (m.to_string(), 1)).collect(),
     }]);
+    routing.add_queue(queue_500(overflow));
+    Lab::new(Setup {
+        users: members.to_vec(),
+        routing,
+        ..Setup::default()
+    })
+}
+
+/// Queue 500 of the first group, ringing agents 5 s, overflowing after 60 s
+/// to `overflow`; its sounds are 0.8 s beeps.
+fn queue_500(overflow: impl FnOnce(Arc<Prompt>) -> Overflow) -> Queue {
     let beep = Arc::new(Prompt::confirm());
-    routing.add_queue(Queue {
+    Queue {
         number: "500".into(),
         groups: vec![GroupId(0)],
         ring: Duration::from_secs(5),
@@ -450,12 +461,7 @@ fn queue_lab_with(members: &[&'static str], overflow: impl FnOnce(Arc<Prompt>) -
         overflow: overflow(Arc::clone(&beep)),
         sorry: beep,
         service_level: Duration::from_secs(20),
-    });
-    Lab::new(Setup {
-        users: members.to_vec(),
-        routing,
-        ..Setup::default()
-    })
+    }
 }
 
 fn queue_lab() -> Lab {

@@ -450,6 +450,22 @@ pub async fn embedded_pbx(
     (pbx, ([127, 0, 0, 1], port).into())
 }
 
+/// Waits (up to 5 s) until the embedded PBX has no live call and every media
+/// port is back; whether it came to that.
+pub async fn settled(pbx: &sipdesk::Pbx) -> bool {
+    for _ in 0..100 {
+        let live = pbx
+            .stats()
+            .live_calls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if live == 0 && pbx.media_ports_in_use() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// Registers `ext` with `password` from `lport` (SIPp, digest auth). Retried
 /// once: a parallel test's SIPp may hold the port for a moment.
 pub async fn register_phone(target: SocketAddr, dir: &Path, lport: u16, ext: &str, password: &str) {

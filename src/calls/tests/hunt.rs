@@ -16,19 +16,7 @@ fn office(in_order: bool, then: Option<&str>) -> Lab {
         name: "front".into(),
         members: vec![("202".into(), 1), ("203".into(), 2), ("204".into(), 3)],
     }]);
-    let beep = Arc::new(Prompt::confirm());
-    routing.add_queue(Queue {
-        number: "500".into(),
-        groups: vec![GroupId(0)],
-        ring: Duration::from_secs(5),
-        max_wait: Duration::from_secs(60),
-        wrap_up: Duration::ZERO,
-        greeting: None,
-        music: Arc::clone(&beep),
-        overflow: Overflow::Announce(Arc::clone(&beep)),
-        sorry: beep,
-        service_level: Duration::from_secs(20),
-    });
+    routing.add_queue(queue_500(Overflow::Announce));
     routing.add_ring_group(RingGroup {
         number: "600".into(),
         group: GroupId(0),
