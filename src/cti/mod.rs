@@ -249,14 +249,17 @@ impl Desk {
         lock(&self.log).latest()
     }
 
-    /// The screen pop for a call from `caller`: the caller's history.
-    fn pop(&self, caller: &str) -> Option<ScreenPop> {
+    /// The screen pop for call `call_id` from `caller`: the caller's history
+    /// before this call (when the desk reads it late, this call may have
+    /// been answered and opened its own record already).
+    fn pop(&self, caller: &str, call_id: &str) -> Option<ScreenPop> {
         if crate::history::is_anonymous(caller) {
             return None;
         }
-        let history = crate::history::responses(&self.store, caller)
+        let mut history = crate::history::responses(&self.store, caller)
             .inspect_err(|e| tracing::error!("reading {caller}'s history: {e}"))
             .unwrap_or_default();
+        history.retain(|r| r.call_id != call_id);
         let name = history
             .iter()
             .rev()
@@ -291,7 +294,7 @@ impl Desk {
                         let ringing_here = e.phase == CallPhase::Ringing
                             && e.fact.direction == crate::presence::Direction::Recipient;
                         let pop = if ringing_here {
-                            self.pop(&e.fact.peer)
+                            self.pop(&e.fact.peer, &e.fact.call_id)
                         } else {
                             None
                         };
