@@ -270,8 +270,7 @@ impl Calls {
     ) {
         use crate::forwarding::ForwardingError as E;
         let env = cx.env;
-        let mut rules = env.forwarding.rules(&user);
-        *rules.slot(when) = to.clone();
+        let rules = env.forwarding.rules(&user).with(when, to.clone());
         if let Err(e) = crate::forwarding::check(&user, &rules, |n| env.reach(&user, n)) {
             tracing::info!(%user, rule = when.as_str(), "forwarding refused: {e}");
             let status = match e {

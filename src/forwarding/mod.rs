@@ -67,8 +67,13 @@ impl Rules {
         }
     }
 
-    /// The destination of rule `when`, to change.
-    pub fn slot(&mut self, when: When) -> &mut Option<String> {
+    /// These rules with rule `when` set to `to` (or, with `None`, cleared).
+    pub fn with(mut self, when: When, to: Option<String>) -> Rules {
+        *self.slot(when) = to;
+        self
+    }
+
+    fn slot(&mut self, when: When) -> &mut Option<String> {
         match when {
             When::Always => &mut self.always,
             When::Busy => &mut self.busy,
@@ -194,8 +199,7 @@ impl Forwarding {
     /// Sets (or, with `None`, clears) one rule of `extension`; the record to
     /// store.
     pub fn set(&self, extension: &str, when: When, to: Option<String>) -> StoredRules {
-        let mut rules = self.rules(extension);
-        *rules.slot(when) = to;
+        let rules = self.rules(extension).with(when, to);
         self.replace(extension, rules)
     }
 }

@@ -293,14 +293,6 @@ impl Directory {
             .ok_or_else(|| RoutingError::UnknownGroup(name.to_string()))
     }
 
-    /// The members of group `name`, in priority order.
-    pub fn group_members(&self, name: &str) -> Option<Vec<String>> {
-        let g = self.groups.iter().find(|g| g.name == name)?;
-        let mut members = g.members.clone();
-        members.sort_by_key(|(_, priority)| *priority);
-        Some(members.into_iter().map(|(ext, _)| ext).collect())
-    }
-
     pub fn add_queue(&mut self, queue: Queue) -> QueueId {
         let id = QueueId(self.queues.len());
         self.by_number.insert(queue.number.clone(), id);
