@@ -106,6 +106,11 @@ pub(super) struct Bridge {
     pub outbound: Option<super::outbound::Outbound>,
     /// What rings, and where the call goes when it does not answer.
     pub hunt: super::hunt::Hunt,
+    /// The SDP of the B leg that answered (offered to a transfer's target
+    /// when that party is transferred).
+    pub b_sdp: Bytes,
+    /// A transfer under way (see `transfer`).
+    pub transfer: Option<super::transfer::Transfer>,
 }
 
 impl Bridge {
@@ -128,6 +133,8 @@ impl Bridge {
             trunk: None,
             outbound: None,
             hunt: super::hunt::Hunt::default(),
+            b_sdp: Bytes::new(),
+            transfer: None,
         }
     }
 
@@ -162,12 +169,30 @@ impl Bridge {
         }
     }
 
+    /// See [`next_leg`].
+    pub(super) fn next_leg(&self) -> (&[u8], usize) {
+        next_leg(self.transfer.as_ref(), &self.a)
+    }
+
     /// Where `side`'s signalling comes from.
     fn remote_of(&self, side: Side) -> Remote {
         match side {
-            Side::A => self.a.remote,
+            Side::A => self.a_dialog.as_ref().map_or(self.a.remote, |d| d.remote),
             Side::B(i) => self.branches.get(i).map_or(self.a.remote, |b| b.remote),
         }
+    }
+}
+
+/// The SDP offered to what rings next, and the relay side it takes: the
+/// caller's offer for side B; in a transfer, the transferee's offer for the
+/// transferor's side.
+pub(super) fn next_leg<'a>(
+    transfer: Option<&'a super::transfer::Transfer>,
+    a: &'a ALeg,
+) -> (&'a [u8], usize) {
+    match transfer {
+        Some(t) => (&t.offer, super::transfer::relay_index(t.by)),
+        None => (a.invite.body(), 1),
     }
 }
 
@@ -179,6 +204,8 @@ pub(super) struct BranchSpec<'a> {
     pub max_forwards: u32,
     /// The caller's INVITE, whose session-timer headers are copied (RFC 4028).
     pub timers_from: Option<&'a Message>,
+    /// Who referred the caller here (a transfer, RFC 3892).
+    pub referred_by: Option<&'a str>,
 }
 
 /// Who calls whom, and where the hunt starts.
@@ -392,6 +419,9 @@ impl Calls {
             if let Some(req) = spec.timers_from {
                 copy_session_timer(&mut b, req);
             }
+            if let Some(by) = spec.referred_by {
+                b.header("Referred-By", by);
+            }
             let bytes = b.finish_with_body(Some("application/sdp"), &body);
             let Ok(invite) = parse(bytes, &Default::default()) else {
                 continue;
@@ -441,6 +471,9 @@ impl Calls {
                 let presence = &cx.env.presence;
                 if let Some((ext, id)) = &bridge.callee_party {
                     let _ = presence.dialog_state(ext, *id, DialogState::Early, cx.wall);
+                }
+                if bridge.transfer.is_some() {
+                    return self.transfer_ringing(cx, a);
                 }
                 if bridge.queue.is_some() {
                     return; // the caller hears music, not the agent's phone
@@ -519,7 +552,8 @@ impl Calls {
         let stale_offer = bridge.queue.as_ref().is_some_and(|q| !q.is_offered(idx));
         let over = bridge.queue.is_none()
             && (!matches!(bridge.phase, APhase::Calling { .. }) || idx < bridge.hunt.first);
-        if bridge.answered.is_some() || stale_offer || over {
+        let taken = bridge.answered.is_some() && bridge.transfer.is_none();
+        if taken || stale_offer || over {
             // Another branch won: end this one (its ACK went out above).
             branch.final_code = Some(200);
             if let Some(mut d) = dialog {
@@ -527,6 +561,10 @@ impl Calls {
             }
             return;
         }
+        if bridge.transfer.is_some() {
+            return self.transfer_answered(cx, a, idx, r, dialog);
+        }
+        bridge.b_sdp = Bytes::copy_from_slice(r.body());
         if bridge.queue.is_some() {
             return self.queue_answered(cx, a, idx, r, dialog);
         }
@@ -567,6 +605,9 @@ impl Calls {
 
     /// Ends a call that never connected: final answer to A, branches cancelled.
     pub(super) fn fail_call(&mut self, cx: &mut Cx<'_>, a: &CallId, r: Refusal) {
+        if self.bridges.get(a).is_some_and(|b| b.transfer.is_some()) {
+            return self.transfer_failed(cx, a, r);
+        }
         let Some(bridge) = self.remove_bridge(cx, a) else {
             return;
         };
@@ -690,6 +731,7 @@ impl Calls {
         let Some(mut bridge) = self.remove_bridge(cx, a) else {
             return;
         };
+        Self::abandon_transfer(cx, &mut bridge);
         parties_end(&cx.env.presence, &bridge, cx.wall);
         self.forget_message(&bridge);
         if bridge.queue.is_some() && bridge.answered.is_none() {
@@ -710,7 +752,7 @@ impl Calls {
                 }
             }
         }
-        super::queue::count_end(cx, &bridge, by);
+        super::queue::count_end(cx, bridge.queue.as_ref(), by);
         let disposition = super::queue::disposition(&bridge);
         write_cdr(cx, bridge.cdr, disposition, by);
     }
@@ -750,8 +792,11 @@ impl Calls {
         side: Side,
     ) {
         let valid = self.bridges.get(a).is_some_and(|bridge| match side {
-            Side::A => to_tag_is(req, &bridge.a.tag) && bridge.a_dialog.is_some(),
-            Side::B(i) => Some(i) == bridge.answered,
+            Side::A => bridge.a_dialog.as_ref().is_some_and(|d| ours(req, d)),
+            Side::B(i) => {
+                let transferor = bridge.transfer.as_ref().is_some_and(|t| t.by == side);
+                (Some(i) == bridge.answered || transferor) && bridge.branches[i].dialog.is_some()
+            }
         });
         if !valid {
             return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
@@ -760,7 +805,19 @@ impl Calls {
             .bridges
             .get(a)
             .is_some_and(|b| b.queue.is_some() && b.answered.is_none());
+        let transferor = self
+            .bridges
+            .get(a)
+            .and_then(|b| b.transfer.as_ref())
+            .is_some_and(|t| t.by == side);
         match req.method() {
+            Some(Method::Bye) if transferor => {
+                let answer = cx.response(req, remote, StatusCode::OK).finish();
+                self.transferor_left(cx, a, side);
+                cx.respond_durable(tx, answer);
+            }
+            Some(Method::Refer) if !waiting => self.bridge_refer(cx, tx, req, remote, a, side),
+            Some(Method::Refer) => cx.reply(tx, req, remote, StatusCode::REQUEST_PENDING),
             Some(Method::Bye) => {
                 let by = if side == Side::A {
                     HangupBy::Caller
@@ -775,14 +832,20 @@ impl Calls {
                 self.queue_in_dialog(cx, tx, req, remote, a)
             }
             Some(Method::Invite | Method::Update | Method::Info) => {
-                self.relay_request(cx, tx, req, a, side)
+                self.relay_request(cx, (tx, req, remote), a, side)
             }
             _ => cx.reply(tx, req, remote, StatusCode::OK),
         }
     }
 
     /// Sends `req`'s equivalent on the other leg; its answer comes back to `tx`.
-    fn relay_request(&mut self, cx: &mut Cx<'_>, tx: TxId, req: &Message, a: &CallId, side: Side) {
+    fn relay_request(
+        &mut self,
+        cx: &mut Cx<'_>,
+        (tx, req, remote): (TxId, &Message, Remote),
+        a: &CallId,
+        side: Side,
+    ) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
@@ -804,6 +867,10 @@ impl Calls {
             }
         }
         let trunk = bridge.trunk_facing(other(side, bridge.answered));
+        if bridge.other_dialog(side).is_none() {
+            // The other party left (a transferor that hung up): try later.
+            return cx.reply(tx, req, remote, StatusCode::REQUEST_PENDING);
+        }
         self.send_relayed(cx, tx, req, a, side, None, trunk);
     }
 
@@ -942,6 +1009,12 @@ impl Calls {
         };
         cx.respond(server_tx, bytes);
     }
+}
+
+/// Whether an in-dialog request belongs to dialog `d` (its To tag is ours there).
+fn ours(req: &Message, d: &Dialog) -> bool {
+    let tag = req.to_header().and_then(|t| t.tag());
+    d.local_tag().is_some_and(|ours| tag == Some(ours))
 }
 
 /// The other side of a bridge from `side` (B: the branch that answered).

@@ -97,6 +97,23 @@ pub(super) const fn unavailable() -> Refusal {
     Refusal::failed(StatusCode::TEMPORARILY_UNAVAILABLE)
 }
 
+impl Hunt {
+    /// The hunt of a transfer by `owner` for the transferee (an extension,
+    /// which is not rung back).
+    pub(super) fn transfer(
+        owner: String,
+        transferee: Option<String>,
+        display: Option<String>,
+    ) -> Hunt {
+        Hunt {
+            visited: transferee.into_iter().collect(),
+            owner: Some(owner),
+            display,
+            ..Hunt::default()
+        }
+    }
+}
+
 impl Calls {
     /// Ends call `a`'s current step (what still rings is cancelled) and moves
     /// on to `next` until something rings; with nothing left the caller gets
@@ -315,7 +332,10 @@ impl Calls {
         let invite = bridge.a.invite.clone();
         let caller = bridge.cdr.caller.clone();
         let display = bridge.hunt.display.clone();
-        let port = bridge.relay.ports()[1];
+        let (offer, side) = bridge.next_leg();
+        let offer = bytes::Bytes::copy_from_slice(offer);
+        let port = bridge.relay.ports()[side];
+        let referred_by = bridge.transfer.as_ref().map(|t| t.referred_by.clone());
         let first = bridge.branches.len();
         let spec = BranchSpec {
             caller: &caller,
@@ -326,10 +346,12 @@ impl Calls {
                 .and_then(Result::ok)
                 .unwrap_or(70)
                 .saturating_sub(1),
-            timers_from: Some(&invite),
+            // The session timer is the caller's to negotiate, not a transfer's.
+            timers_from: referred_by.is_none().then_some(&invite),
+            referred_by: referred_by.as_deref(),
         };
         let branches = self.send_branches(cx, a, &spec, bindings, first, |cx, target| {
-            rewrite_for(cx, invite.body(), target, port)
+            rewrite_for(cx, &offer, target, port)
         });
         let Some(bridge) = self.bridges.get_mut(a) else {
             return Outcome::Ringing;
@@ -397,7 +419,10 @@ impl Calls {
             tracing::warn!(call_id = %a, %number, "an outside destination no user's forward leads to; not dialled");
             return Outcome::Skip(None, None);
         };
-        let source = bridge.a.remote.addr.ip();
+        let source = match &bridge.transfer {
+            Some(t) => t.source,
+            None => bridge.a.remote.addr.ip(),
+        };
         let permit = match env
             .outside
             .check(cx.now, source, Some(&owner), route, &number)

@@ -22,6 +22,7 @@ mod outbound;
 mod queue;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 pub use originate::{AttemptCall, OriginateError};
 
@@ -43,7 +44,8 @@ use std::time::Instant;
 pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
 
 /// Methods a dialog of ours accepts.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE";
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE, REFER, NOTIFY";
 
 /// The timers of calls, by the call they belong to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,6 +92,14 @@ enum Pending {
     },
     /// An INVITE of an origination: (its key, which leg).
     Origin(CallId, Side),
+    /// Our re-INVITE moving a transferee's media to its new party (see
+    /// `transfer`): the SDP it carried, and whether it answered a challenge.
+    Reanchor {
+        owner: CallId,
+        side: Side,
+        sdp: bytes::Bytes,
+        retried: bool,
+    },
 }
 
 /// How a call that never connected is refused.
@@ -429,10 +439,29 @@ impl Calls {
         };
         // A dialog we answered ourselves comes first: the PBX may be both ends of
         // one Call-ID (an origination calling a test number).
-        if self.is_local_dialog(&call_id, req) {
+        // Only a bridge's party transfers (a call the PBX places or answers
+        // itself has nobody to hand over).
+        let refer = req.method() == Some(&crate::sip::message::Method::Refer);
+        let local = self.is_local_dialog(&call_id, req);
+        let leg = self.legs.get(&call_id).cloned();
+        if refer
+            && (local
+                || leg
+                    .as_ref()
+                    .is_some_and(|(k, _)| !self.bridges.contains_key(k)))
+        {
+            return cx.reply_with(
+                tx,
+                req,
+                remote,
+                403,
+                "Forbidden (Transfer Not Possible Here)",
+            );
+        }
+        if local {
             return self.local_in_dialog(cx, tx, req, remote, &call_id);
         }
-        match self.legs.get(&call_id).cloned() {
+        match leg {
             Some((key, side)) if self.originations.contains_key(&key) => {
                 self.origin_in_dialog(cx, tx, req, remote, &key, side)
             }
@@ -491,6 +520,12 @@ impl Calls {
                 }
             }
             Some(Pending::Origin(key, side)) => self.origin_response(cx, &key, side, code, resp),
+            Some(Pending::Reanchor {
+                owner,
+                side,
+                sdp,
+                retried,
+            }) => self.reanchored(cx, (owner, side, sdp, retried), code, resp),
             None => {
                 if code >= 200 {
                     if let (Some((invite, remote)), Some(r)) = (self.orphans.remove(&id), &resp) {

@@ -141,12 +141,14 @@ fn tries<'a>(
     a: &CallId,
 ) -> Option<Tries<'a>> {
     if let Some(b) = bridges.get_mut(a) {
+        let (offer, side) = super::bridge::next_leg(b.transfer.as_ref(), &b.a);
+        let port = b.relay.ports()[side];
         return Some(Tries {
             host: Host::Bridge,
             out: b.outbound.as_mut()?,
             branches: &mut b.branches,
-            offer: b.a.invite.body(),
-            port: b.relay.ports()[1],
+            offer,
+            port,
             privacy: crate::outside::privacy_asked(&b.a.invite),
         });
     }

@@ -361,6 +361,7 @@ impl Calls {
             callee: agent,
             max_forwards: 69,
             timers_from: None,
+            referred_by: None,
         };
         let first = bridge.branches.len();
         // The agent is offered the one codec the caller already has.
@@ -484,22 +485,7 @@ impl Calls {
         };
         cancel_ringing(cx, bridge, offer.first_branch, Some(idx));
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
-        if let Some(w) = cx.env.history.answered(&caller, &offer.agent) {
-            let record = ResponseRecord {
-                id: cx.next_id(),
-                caller,
-                time_ms: cx.wall.0,
-                agent: offer.agent,
-                call_id: a.to_string(),
-                notes: String::new(),
-                outcome: "answered".into(),
-                name: String::new(),
-            };
-            cx.env.history.opened(&record);
-            // Made durable with the next group commit (nothing waits for it).
-            cx.store(w);
-            cx.store(Write::put(record));
-        }
+        record_answered(cx, &caller, offer.agent, a);
     }
 
     /// The queue timer of call `a` fired (`at` is the deadline it was armed for).
@@ -840,10 +826,33 @@ impl Calls {
     }
 }
 
+/// Agent `agent` took `caller`'s call `a` (from the queue, or transferred
+/// to them): the caller's history remembers who helped, and the agent's
+/// response record opens.
+pub(super) fn record_answered(cx: &mut Cx<'_>, caller: &str, agent: String, a: &CallId) {
+    let Some(w) = cx.env.history.answered(caller, &agent) else {
+        return;
+    };
+    let record = ResponseRecord {
+        id: cx.next_id(),
+        caller: caller.to_string(),
+        time_ms: cx.wall.0,
+        agent,
+        call_id: a.to_string(),
+        notes: String::new(),
+        outcome: "answered".into(),
+        name: String::new(),
+    };
+    cx.env.history.opened(&record);
+    // Made durable with the next group commit (nothing waits for it).
+    cx.store(w);
+    cx.store(Write::put(record));
+}
+
 /// A queue call ended: its talk time, or an abandoned caller, for the queue's
 /// statistics (a caller sent away by the overflow did not abandon).
-pub(super) fn count_end(cx: &Cx<'_>, bridge: &Bridge, by: HangupBy) {
-    let Some(q) = &bridge.queue else { return };
+pub(super) fn count_end(cx: &Cx<'_>, queue: Option<&Queued>, by: HangupBy) {
+    let Some(q) = queue else { return };
     let since = |t: UnixMillis| Duration::from_millis(cx.wall.0.saturating_sub(t.0));
     match q.taken_at {
         Some(t) => cx.env.routing.talked(q.id, cx.wall, since(t)),
@@ -857,6 +866,8 @@ pub(super) fn count_end(cx: &Cx<'_>, bridge: &Bridge, by: HangupBy) {
 pub(super) fn disposition(bridge: &Bridge) -> Disposition {
     match bridge.queue {
         Some(_) if bridge.answered.is_none() => Disposition::NoAnswer,
+        // A transferee whose new party never answered.
+        _ if bridge.cdr.answer_ms.is_none() => Disposition::NoAnswer,
         _ => Disposition::Answered,
     }
 }

@@ -491,7 +491,9 @@ impl Shard {
         match method {
             Method::Register => self.register(now, tx, req, remote),
             Method::Subscribe => self.with_blf(now, |b, cx| b.on_subscribe(cx, tx, req, remote)),
-            Method::Invite | Method::Bye | Method::Info | Method::Update if in_dialog => {
+            Method::Invite | Method::Bye | Method::Info | Method::Update | Method::Refer
+                if in_dialog =>
+            {
                 self.with_calls(now, |c, cx| c.on_in_dialog(cx, tx, req, remote))
             }
             Method::Invite => {
@@ -524,6 +526,12 @@ impl Shard {
             }
             Method::Bye | Method::Info | Method::Update => {
                 reply(self, StatusCode::CALL_DOES_NOT_EXIST)
+            }
+            // RFC 3515 lets a REFER make its own dialog; we transfer only
+            // calls in progress, whose dialog the REFER is sent in.
+            Method::Refer => {
+                let b = Builder::reply(req, remote.addr, 403, "Forbidden (REFER Outside A Dialog)");
+                self.send_final(now, tx, b.finish());
             }
             Method::Options => {
                 let mut b = Builder::reply(req, remote.addr, 200, "OK");

@@ -26,6 +26,7 @@ codes! {
     RINGING = 180, "Ringing";
     SESSION_PROGRESS = 183, "Session Progress";
     OK = 200, "OK";
+    ACCEPTED = 202, "Accepted";
     BAD_REQUEST = 400, "Bad Request";
     UNAUTHORIZED = 401, "Unauthorized";
     FORBIDDEN = 403, "Forbidden";
@@ -46,6 +47,7 @@ codes! {
     REQUEST_TERMINATED = 487, "Request Terminated";
     NOT_ACCEPTABLE_HERE = 488, "Not Acceptable Here";
     BAD_EVENT = 489, "Bad Event";
+    REQUEST_PENDING = 491, "Request Pending";
     SERVER_INTERNAL_ERROR = 500, "Server Internal Error";
     NOT_IMPLEMENTED = 501, "Not Implemented";
     SERVICE_UNAVAILABLE = 503, "Service Unavailable";

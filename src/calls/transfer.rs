@@ -1,0 +1,539 @@
+//! Transfer (RFC 3515 REFER, RFC 3892 Referred-By, the flows of RFC 5589):
+//! a party of a connected bridge (the transferor) refers the other party
+//! (the transferee) to a number.
+//!
+//! The REFER is accepted (202) when the transferor may reach the number. The
+//! number is then hunted like a new call from the transferee (forwarding, do
+//! not disturb, ring groups; an outside number under the transferor's dialing
+//! class and the toll-fraud guard) while the transferee stays in the call,
+//! hearing what the transferor left it with (music on hold). The transferor
+//! hears how it goes in NOTIFYs with a sipfrag body: 100, 180, the final
+//! status. When the target answers it takes the transferor's side of the
+//! bridge: the relay sends the transferee's audio to it at once, the
+//! transferee is re-INVITEd toward the relay (off hold, with the target's
+//! codecs), and the transferor is released (NOTIFY 200, BYE). The call so far
+//! gets its CDR; what follows is a call from the transferee to the target.
+//!
+//! A transferor may hang up as soon as the REFER is accepted (a blind
+//! transfer): the transfer goes on. When the target fails, the call goes
+//! back to how it was (the transferor may resume it), or, the transferor
+//! gone, the transferee is hung up.
+
+use super::bridge::{ack, bye, cancel_ringing, peer_of, rewrite_for, APhase, Bridge};
+use super::cdr::{Cdr, Disposition, HangupBy};
+use super::hunt::{unavailable, Hunt, Next};
+use super::queue::Queued;
+use super::{lossy, new_cdr, write_cdr, Calls, Cx, Party, Pending, Refusal, Side};
+use crate::forwarding::Reach;
+use crate::presence::DialogState;
+use crate::routing::dialplan::Target;
+use crate::sip::message::{Message, Method, NameAddr, Uri};
+use crate::sip::sdp;
+use crate::sip::transaction::TxId;
+use crate::sip::{CallId, Dialog, Remote, StatusCode};
+use bytes::Bytes;
+use std::net::IpAddr;
+
+/// The longest number a Refer-To may name.
+const MAX_NUMBER: usize = 64;
+
+/// A transfer under way in a bridge, until its target answers or fails.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    /// The transferor's side (its dialog carries the NOTIFYs while it is there).
+    pub by: Side,
+    /// `Event: refer;id=N`: the REFER's CSeq number.
+    event_id: u32,
+    /// The call's CDR until the transfer; written when the transferor leaves.
+    previous: Option<Cdr>,
+    /// The transferor's dialog in the presence map (ends when it leaves).
+    transferor: Option<Party>,
+    /// The transferee's, when it is on side B (out of the hunt's way).
+    transferee: Option<Party>,
+    /// A queue call's ACD state while its agent transfers it.
+    queue: Option<Queued>,
+    /// Where the transferor's signalling comes from (the toll-fraud source).
+    pub source: IpAddr,
+    /// The transferee's SDP, offered to the target.
+    pub offer: Bytes,
+    /// Who referred: the target's INVITEs carry it (RFC 3892).
+    pub referred_by: String,
+    /// A NOTIFY 180 went out.
+    rang: bool,
+}
+
+/// The relay side of a bridge side (0: A, 1: B).
+pub(super) fn relay_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B(_) => 1,
+    }
+}
+
+/// What a REFER's Refer-To names: a number, or why it is refused.
+fn refer_to(req: &Message) -> Result<String, StatusCode> {
+    let mut values = req.other_values("Refer-To").chain(req.other_values("r"));
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    let uri = NameAddr::parse(v)
+        .map(|n| n.uri)
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    let number = Uri::parse(uri)
+        .and_then(|u| u.user)
+        .map(lossy)
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    if number.is_empty() || number.len() > MAX_NUMBER || number.chars().any(char::is_control) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    Ok(number)
+}
+
+/// The user on `side` of a bridge who may transfer its other party: an
+/// extension (never a provider).
+fn transferor_user(cx: &Cx<'_>, bridge: &Bridge, side: Side) -> Option<String> {
+    if bridge.trunk_facing(side).is_some() {
+        return None;
+    }
+    let (party, number) = match side {
+        Side::A => (&bridge.caller_party, Some(bridge.cdr.caller.clone())),
+        Side::B(i) => (&bridge.callee_party, branch_user(bridge, i)),
+    };
+    if let Some((ext, _)) = party {
+        return Some(ext.clone());
+    }
+    number.filter(|n| cx.env.users.contains(n))
+}
+
+/// The user a branch INVITE went to (its To).
+fn branch_user(bridge: &Bridge, i: usize) -> Option<String> {
+    let to = bridge.branches.get(i)?.invite.to_header()?;
+    Uri::parse(to.uri)?.user.map(lossy)
+}
+
+/// A NOTIFY of the refer subscription on `dialog` with the sipfrag of
+/// `code` (final statuses end the subscription).
+fn notify(cx: &mut Cx<'_>, dialog: &mut Dialog, event_id: u32, code: u16, reason: &str) {
+    let frag = format!("SIP/2.0 {code} {reason}\r\n");
+    let state = if code >= 200 {
+        "terminated;reason=noresource"
+    } else {
+        "active;expires=60"
+    };
+    let event = format!("refer;id={event_id}");
+    dialog.cseq += 1;
+    let headers = [("Event", event.as_str()), ("Subscription-State", state)];
+    let body = Some(("message/sipfrag;version=2.0", frag.as_bytes()));
+    let bytes = dialog.request_with(
+        &Method::Notify,
+        dialog.cseq,
+        &cx.hostport(dialog.remote),
+        &headers,
+        body,
+    );
+    cx.send(bytes, dialog.remote);
+}
+
+/// The dialog toward `side` of a bridge, if it is up.
+pub(super) fn dialog_of(bridge: &mut Bridge, side: Side) -> Option<&mut Dialog> {
+    match side {
+        Side::A => bridge.a_dialog.as_mut(),
+        Side::B(i) => bridge.branches.get_mut(i)?.dialog.as_mut(),
+    }
+}
+
+/// Tells the transferor (if it is still there) how the transfer goes.
+fn notify_transferor(cx: &mut Cx<'_>, bridge: &mut Bridge, code: u16, reason: &str) {
+    let Some((by, id)) = bridge.transfer.as_ref().map(|t| (t.by, t.event_id)) else {
+        return;
+    };
+    if let Some(d) = dialog_of(bridge, by) {
+        notify(cx, d, id, code, reason);
+    }
+}
+
+/// The transferor is out of the call (hung up, or released): its presence
+/// dialog ends (an agent goes into wrap-up), a queue call's talk time is
+/// counted, the call so far gets its CDR.
+fn end_transferor(cx: &mut Cx<'_>, t: &mut Transfer, by: HangupBy) {
+    let wrap_up = t.queue.as_ref().map(|q| q.wrap_up);
+    if let Some((ext, id)) = t.transferor.take() {
+        let _ = cx.env.presence.dialog_ended(&ext, id, wrap_up, cx.wall);
+    }
+    if let Some(q) = t.queue.take() {
+        super::queue::count_end(cx, Some(&q), by);
+    }
+    if let Some(cdr) = t.previous.take() {
+        write_cdr(cx, cdr, Disposition::Answered, by);
+    }
+}
+
+/// Who ended the call so far when `side` leaves it.
+fn hangup_by(side: Side) -> HangupBy {
+    match side {
+        Side::A => HangupBy::Caller,
+        Side::B(_) => HangupBy::Callee,
+    }
+}
+
+/// The other side of a connected bridge from `side`.
+fn across(bridge: &Bridge, side: Side) -> Side {
+    match side {
+        Side::A => Side::B(bridge.answered.unwrap_or(0)),
+        Side::B(_) => Side::A,
+    }
+}
+
+/// Puts a bridge back as it was before transfer `t` (its parties, queue
+/// state and CDR); false when the transferor is gone (nothing to go back to).
+fn put_back(cx: &Cx<'_>, bridge: &mut Bridge, t: Transfer) -> bool {
+    if let Some((ext, id)) = bridge.callee_party.take() {
+        let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+    }
+    match t.by {
+        Side::A => {
+            bridge.caller_party = t.transferor;
+            bridge.callee_party = t.transferee;
+        }
+        Side::B(_) => bridge.callee_party = t.transferor,
+    }
+    if t.queue.is_some() {
+        bridge.queue = t.queue;
+    }
+    match t.previous {
+        Some(cdr) => {
+            bridge.cdr = cdr;
+            true
+        }
+        None => false,
+    }
+}
+
+impl Calls {
+    /// A REFER inside a connected bridge, from `side`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bridge_refer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tx: TxId,
+        req: &Message,
+        remote: Remote,
+        a: &CallId,
+        side: Side,
+    ) {
+        let env = cx.env;
+        let Some(bridge) = self.bridges.get(a) else {
+            return;
+        };
+        let connected = matches!(bridge.phase, APhase::Confirmed) && bridge.answered.is_some();
+        if !connected || bridge.transfer.is_some() {
+            return cx.reply(tx, req, remote, StatusCode::REQUEST_PENDING);
+        }
+        let Some(user) = transferor_user(cx, bridge, side) else {
+            tracing::info!(call_id = %a, "REFER refused: only an extension transfers");
+            return cx.reply_with(tx, req, remote, 403, "Forbidden (Transfer Not Allowed)");
+        };
+        let number = match refer_to(req) {
+            Ok(n) => n,
+            Err(status) => return cx.reply(tx, req, remote, status),
+        };
+        let refused = match env.reach(&user, &number) {
+            Reach::Unknown => Some((404, "Not Found")),
+            Reach::Outside { allowed: false } => {
+                Some((403, "Forbidden (Outside Call Not Allowed)"))
+            }
+            // An outside leg lives on side B, beside one provider at most.
+            Reach::Outside { .. } if side == Side::A || bridge.outbound.is_some() => Some((
+                403,
+                "Forbidden (Transfer To An Outside Number Not Possible Here)",
+            )),
+            _ if matches!(env.forward_target(&number), Target::Queue(_)) => {
+                Some((403, "Forbidden (Transfer To A Queue Not Possible Yet)"))
+            }
+            _ => None,
+        };
+        if let Some((code, reason)) = refused {
+            tracing::info!(call_id = %a, %user, %number, "REFER refused: {reason}");
+            return cx.reply_with(tx, req, remote, code, reason);
+        }
+        let mut ok = cx.response(req, remote, StatusCode::ACCEPTED);
+        ok.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+        cx.respond(tx, ok.finish());
+        let referred_by = req
+            .other_values("Referred-By")
+            .chain(req.other_values("b"))
+            .next()
+            .map(lossy)
+            .unwrap_or_else(|| format!("<sip:{user}@{}>", env.domain));
+        let event_id = req.cseq().map_or(0, |c| c.seq);
+        tracing::info!(call_id = %a, %user, %number, "transfer");
+        self.start_transfer(cx, a, side, user, number, (event_id, referred_by, remote));
+    }
+
+    /// Transfer of call `a`'s other party by `side` (`user`) to `number`:
+    /// the number is hunted for the transferee.
+    fn start_transfer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        side: Side,
+        user: String,
+        number: String,
+        (event_id, referred_by, remote): (u32, String, Remote),
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let (transferor, transferee) = match side {
+            Side::A => (bridge.caller_party.take(), bridge.callee_party.take()),
+            Side::B(_) => (bridge.callee_party.take(), None),
+        };
+        let (offer, call_id, caller, party, display) = match side {
+            Side::A => {
+                let i = bridge.answered.unwrap_or(0);
+                let ext = transferee.as_ref().map(|(e, _)| e.clone());
+                let number = ext.clone().unwrap_or_else(|| bridge.cdr.callee.clone());
+                let call_id = bridge.branches[i].call_id.clone();
+                (bridge.b_sdp.clone(), call_id, number, ext, None)
+            }
+            Side::B(_) => {
+                let ext = bridge.caller_party.as_ref().map(|(e, _)| e.clone());
+                let offer = Bytes::copy_from_slice(bridge.a.invite.body());
+                let display = bridge.hunt.display.clone();
+                (offer, a.clone(), bridge.cdr.caller.clone(), ext, display)
+            }
+        };
+        let cdr = new_cdr(cx, &call_id, &caller, &number);
+        let previous = std::mem::replace(&mut bridge.cdr, cdr);
+        bridge.hunt = Hunt::transfer(user, party, display);
+        bridge.session = None;
+        bridge.transfer = Some(Transfer {
+            by: side,
+            event_id,
+            previous: Some(previous),
+            transferor,
+            transferee,
+            queue: bridge.queue.take(),
+            source: remote.addr.ip(),
+            offer,
+            referred_by,
+            rang: false,
+        });
+        notify_transferor(cx, bridge, 100, "Trying");
+        self.hunt(cx, a, Some(Next::Number(number)), unavailable());
+    }
+
+    /// The transfer target of call `a` rings.
+    pub(super) fn transfer_ringing(&mut self, cx: &mut Cx<'_>, a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if bridge.transfer.as_ref().is_some_and(|t| !t.rang) {
+            notify_transferor(cx, bridge, 180, "Ringing");
+            if let Some(t) = bridge.transfer.as_mut() {
+                t.rang = true;
+            }
+        }
+    }
+
+    /// The transferor of call `a` hung up while the target rings: the
+    /// transfer goes on without it.
+    pub(super) fn transferor_left(&mut self, cx: &mut Cx<'_>, a: &CallId, side: Side) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        if let Some(d) = dialog_of(bridge, side) {
+            self.legs.remove(&d.call_id);
+        }
+        match side {
+            Side::A => bridge.a_dialog = None,
+            Side::B(i) => bridge.branches[i].dialog = None,
+        }
+        if let Some(t) = bridge.transfer.as_mut() {
+            tracing::info!(call_id = %a, "the transferor hung up; the transfer goes on");
+            end_transferor(cx, t, hangup_by(side));
+        }
+    }
+
+    /// The transfer target of call `a` answered on branch `idx`: it takes
+    /// the transferor's place.
+    pub(super) fn transfer_answered(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        idx: usize,
+        r: &Message,
+        dialog: Option<Dialog>,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        bridge.branches[idx].final_code = Some(200);
+        let (Some(dialog), Some(mut t)) = (dialog, bridge.transfer.take()) else {
+            return;
+        };
+        cancel_ringing(cx, bridge, bridge.hunt.first, Some(idx));
+        let transferee = across(bridge, t.by);
+        if let Ok(s) = sdp::parse(r.body()) {
+            let peer = peer_of(&s, bridge.branches[idx].remote.addr);
+            bridge.relay.set_peer(relay_index(t.by), peer);
+        }
+        bridge.relay.stop_playing();
+        // The target's dialog takes the transferor's place.
+        let old = match t.by {
+            Side::A => {
+                self.legs
+                    .insert(dialog.call_id.clone(), (a.clone(), Side::A));
+                bridge.caller_party = bridge.callee_party.take();
+                bridge.callee_party = t.transferee.take();
+                bridge.a_dialog.replace(dialog)
+            }
+            Side::B(i) => {
+                bridge.answered = Some(idx);
+                bridge.branches[idx].dialog = Some(dialog);
+                bridge.branches[i].dialog.take()
+            }
+        };
+        let target = match t.by {
+            Side::A => &bridge.caller_party,
+            Side::B(_) => &bridge.callee_party,
+        };
+        if let Some((ext, id)) = target {
+            let _ = cx
+                .env
+                .presence
+                .dialog_state(ext, *id, DialogState::Confirmed, cx.wall);
+        }
+        if let Some(mut d) = old {
+            self.legs.remove(&d.call_id);
+            notify(cx, &mut d, t.event_id, 200, "OK");
+            bye(cx, &mut d);
+        }
+        if t.queue.is_some() {
+            if let Some((agent, _)) = target {
+                let agent = agent.clone();
+                super::queue::record_answered(cx, &bridge.cdr.caller.clone(), agent, a);
+            }
+        }
+        let by = hangup_by(t.by);
+        end_transferor(cx, &mut t, by);
+        bridge.cdr.answer_ms = Some(cx.wall.0);
+        bridge.phase = APhase::Confirmed;
+        tracing::info!(call_id = %a, to = %bridge.cdr.callee, "transferred");
+        self.arm_bridge(cx, a);
+        self.reanchor(cx, a, transferee, r.body(), None, false);
+    }
+
+    /// The transfer of call `a` failed with `r`: the transferor hears it and
+    /// has the call back, or, gone, the transferee is hung up.
+    pub(super) fn transfer_failed(&mut self, cx: &mut Cx<'_>, a: &CallId, r: Refusal) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        notify_transferor(cx, bridge, r.code, r.reason);
+        let Some(t) = bridge.transfer.take() else {
+            return;
+        };
+        cancel_ringing(cx, bridge, bridge.hunt.first, None);
+        bridge.phase = APhase::Confirmed;
+        if put_back(cx, bridge, t) {
+            tracing::info!(call_id = %a, code = r.code, "transfer failed; the call goes on");
+            return self.arm_bridge(cx, a);
+        }
+        tracing::info!(call_id = %a, code = r.code, "transfer failed; the transferee is hung up");
+        self.end_bridge(cx, a, None, HangupBy::System);
+    }
+
+    /// The call ends while its transfer rings: what rings is cancelled and
+    /// the bridge is put back, to be ended as it was.
+    pub(super) fn abandon_transfer(cx: &mut Cx<'_>, bridge: &mut Bridge) {
+        if let Some(t) = bridge.transfer.take() {
+            cancel_ringing(cx, bridge, bridge.hunt.first, None);
+            put_back(cx, bridge, t);
+        }
+    }
+
+    /// Re-INVITEs `side` of call `a` with `sdp` (the new party's, pointed at
+    /// the relay): its media goes to the relay in the new party's codecs, and
+    /// off hold. `authorization` answers a provider's challenge (`retried`).
+    fn reanchor(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        side: Side,
+        sdp: &[u8],
+        authorization: Option<(&str, &str)>,
+        retried: bool,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let port = bridge.relay.ports()[relay_index(side)];
+        let Some(d) = dialog_of(bridge, side) else {
+            return;
+        };
+        let Some(body) = rewrite_for(cx, sdp, d.remote, port) else {
+            return;
+        };
+        d.cseq += 1;
+        let headers: Vec<(&str, &str)> = authorization.into_iter().collect();
+        let bytes = d.request_with(
+            &Method::Invite,
+            d.cseq,
+            &cx.hostport(d.remote),
+            &headers,
+            Some(("application/sdp", &body)),
+        );
+        let id = cx.send(bytes, d.remote);
+        let pending = Pending::Reanchor {
+            owner: a.clone(),
+            side,
+            sdp: Bytes::copy_from_slice(sdp),
+            retried,
+        };
+        self.pending.insert(id, pending);
+    }
+
+    /// The answer to a re-anchoring re-INVITE: a 2xx is acknowledged and its
+    /// SDP gives the relay the party's media; a provider's challenge is
+    /// answered once with the trunk's credentials.
+    pub(super) fn reanchored(
+        &mut self,
+        cx: &mut Cx<'_>,
+        (a, side, sdp, retried): (CallId, Side, Bytes, bool),
+        code: u16,
+        resp: Option<Message>,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(&a) else {
+            return;
+        };
+        let trunk = bridge.trunk_facing(side);
+        match (code, resp, trunk) {
+            (200..=299, Some(r), _) => {
+                let Some(d) = dialog_of(bridge, side) else {
+                    return;
+                };
+                ack(cx, d, r.cseq().map_or(d.cseq, |c| c.seq));
+                let sip = d.remote.addr;
+                if let Ok(s) = sdp::parse(r.body()) {
+                    bridge.relay.set_peer(relay_index(side), peer_of(&s, sip));
+                }
+            }
+            (401 | 407, Some(r), Some(t)) if !retried => {
+                let Some(d) = dialog_of(bridge, side) else {
+                    return;
+                };
+                let target = d.target.clone();
+                let Some((name, value)) =
+                    super::outbound::credentials(cx, t, &r, "INVITE", &target)
+                else {
+                    return;
+                };
+                self.reanchor(cx, &a, side, &sdp, Some((name, &value)), true);
+            }
+            _ => {
+                tracing::info!(call_id = %a, code, "the transferee's re-INVITE failed; media as it was")
+            }
+        }
+    }
+}
