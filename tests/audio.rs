@@ -9,6 +9,7 @@ mod common;
 use common::baresip::*;
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn two_baresip_phones_hear_each_other_through_the_pbx() {
@@ -189,4 +190,130 @@ fn a_queue_caller_hears_the_greeting_the_music_then_the_agent() {
         "the agent heard {len} s at {freq} Hz\n{}",
         logs()
     );
+}
+
+#[test]
+fn a_blind_transfer_from_baresip_connects_the_caller_to_the_target_with_audio() {
+    require("baresip");
+    require("sox");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users: Vec<(String, String)> = ["3201", "3202", "3203"]
+        .iter()
+        .map(|u| (u.to_string(), format!("pw{u}")))
+        .collect();
+    let mut server = Server::start(
+        tmp.path(),
+        port,
+        &config_with(port, "[\"MD5\"]", &users, ""),
+    );
+    let rtp_base = 30_000 + (port % 20) * 100;
+    // alice calls bob; bob transfers her to carol with /transfer (sent over
+    // baresip's ctrl_tcp once the call is up); alice and carol hear each other.
+    let alice = baresip_dir(
+        tmp.path(),
+        "alice",
+        free_port(),
+        rtp_base,
+        "3201",
+        port,
+        (440, 20),
+    );
+    let bob = baresip_dir(
+        tmp.path(),
+        "bob",
+        free_port(),
+        rtp_base + 20,
+        "3202",
+        port,
+        (700, 20),
+    );
+    let carol = baresip_dir(
+        tmp.path(),
+        "carol",
+        free_port(),
+        rtp_base + 40,
+        "3203",
+        port,
+        (1000, 20),
+    );
+    let ctrl = free_port();
+    let mut config = std::fs::read_to_string(bob.join("config")).expect("config");
+    config.push_str(&format!(
+        "module_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n"
+    ));
+    std::fs::write(bob.join("config"), config).expect("config");
+
+    let mut bob_ua = baresip(&bob, 25, &[]);
+    let mut carol_ua = baresip(&carol, 25, &[]);
+    wait_registered(&bob);
+    wait_registered(&carol);
+    let dial = format!("/dial sip:3202@127.0.0.1:{port}");
+    let mut alice_ua = baresip(&alice, 14, &["-e", &dial]);
+    let established = wait_for(&bob, "Call established", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(800));
+    let transfer = serde_json::json!({
+        "command": "transfer",
+        "params": format!("sip:3203@127.0.0.1:{port}"),
+        "token": "t1",
+    })
+    .to_string();
+    let sent = std::net::TcpStream::connect(("127.0.0.1", ctrl)).and_then(|mut s| {
+        use std::io::Write;
+        s.write_all(format!("{}:{},", transfer.len(), transfer).as_bytes())?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    });
+    let _ = alice_ua.wait();
+    for ua in [&mut bob_ua, &mut carol_ua] {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(ua.id().to_string())
+            .status();
+        let _ = ua.wait();
+    }
+    server.stop();
+    let logs = || {
+        format!(
+            "--- alice ---\n{}\n--- bob ---\n{}\n--- carol ---\n{}\n--- sipdesk ---\n{}",
+            std::fs::read_to_string(alice.join("log")).unwrap_or_default(),
+            std::fs::read_to_string(bob.join("log")).unwrap_or_default(),
+            std::fs::read_to_string(carol.join("log")).unwrap_or_default(),
+            server.log()
+        )
+    };
+    assert!(established, "bob never answered\n{}", logs());
+    assert!(sent.is_ok(), "bob's ctrl_tcp: {sent:?}\n{}", logs());
+    assert!(server.log().contains("transferred"), "{}", logs());
+    let Some(carol_heard) = received(&carol) else {
+        panic!("carol recorded nothing\n{}", logs())
+    };
+    let (len, freq) = measure(&carol_heard);
+    assert!(
+        len >= 6.0 && freq > 400.0 && freq < 480.0,
+        "carol heard {len} s at {freq} Hz, expected alice's 440 Hz\n{}",
+        logs()
+    );
+    let Some(alice_heard) = received(&alice) else {
+        panic!("alice recorded nothing\n{}", logs())
+    };
+    let (len, freq) = measure_part(&alice_heard, 6.0, 4.0);
+    assert!(
+        len >= 3.9 && freq > 900.0 && freq < 1100.0,
+        "after the transfer alice heard {len} s at {freq} Hz, expected carol's 1 kHz\n{}",
+        logs()
+    );
+}
+
+/// Waits (up to `limit`) until the baresip log in `dir` contains `text`.
+fn wait_for(dir: &std::path::Path, text: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        if log.contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }

@@ -81,12 +81,18 @@ async fn a_blind_transfer_from_the_phone_connects_the_caller_to_the_target() {
         "uac_transferred.xml",
         &["-s", "4001", "-m", "1", "-d", "2000"],
     );
-    ok(&caller.await.expect("join"), "the caller is transferred and talks");
+    ok(
+        &caller.await.expect("join"),
+        "the caller is transferred and talks",
+    );
     ok(
         &transferor.await.expect("join"),
         "the transferor hears 100, 180, 200 and is released",
     );
-    ok(&new_party.await.expect("join"), "the target answers and is hung up");
+    ok(
+        &new_party.await.expect("join"),
+        "the target answers and is hung up",
+    );
     let packets = packets.join().expect("counter");
     assert!(
         packets >= 50,
