@@ -98,6 +98,8 @@ enum Pending {
         owner: CallId,
         side: Side,
         sdp: bytes::Bytes,
+        /// The side re-INVITEd next, with this one's answer.
+        then: Option<Side>,
         retried: bool,
     },
 }
@@ -524,8 +526,9 @@ impl Calls {
                 owner,
                 side,
                 sdp,
+                then,
                 retried,
-            }) => self.reanchored(cx, (owner, side, sdp, retried), code, resp),
+            }) => self.reanchored(cx, (owner, side, sdp, then, retried), code, resp),
             None => {
                 if code >= 200 {
                     if let (Some((invite, remote)), Some(r)) = (self.orphans.remove(&id), &resp) {

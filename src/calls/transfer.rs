@@ -19,7 +19,9 @@
 //! back to how it was (the transferor may resume it), or, the transferor
 //! gone, the transferee is hung up.
 
-use super::bridge::{ack, bye, cancel_ringing, peer_of, rewrite_for, APhase, Bridge};
+use super::bridge::{
+    ack, bye, cancel_ringing, parties_end, peer_of, rewrite_for, APhase, Branch, Bridge,
+};
 use super::cdr::{Cdr, Disposition, HangupBy};
 use super::hunt::{unavailable, Hunt, Next};
 use super::queue::Queued;
@@ -27,10 +29,11 @@ use super::{lossy, new_cdr, write_cdr, Calls, Cx, Party, Pending, Refusal, Side}
 use crate::forwarding::Reach;
 use crate::presence::DialogState;
 use crate::routing::dialplan::Target;
-use crate::sip::message::{Message, Method, NameAddr, Uri};
+use crate::sip::message::{Message, Method, NameAddr, Replaces, Uri};
 use crate::sip::sdp;
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
+use crate::tu::ReqId;
 use bytes::Bytes;
 use std::net::IpAddr;
 
@@ -70,8 +73,10 @@ pub(super) fn relay_index(side: Side) -> usize {
     }
 }
 
-/// What a REFER's Refer-To names: a number, or why it is refused.
-fn refer_to(req: &Message) -> Result<String, StatusCode> {
+/// What a REFER's Refer-To names: a number, and for an attended transfer the
+/// dialog the target is in (`?Replaces=`, whose URI need not name a user);
+/// or why it is refused.
+fn refer_to(req: &Message) -> Result<(Option<String>, Option<Replaces>), StatusCode> {
     let mut values = req.other_values("Refer-To").chain(req.other_values("r"));
     let (Some(v), None) = (values.next(), values.next()) else {
         return Err(StatusCode::BAD_REQUEST);
@@ -80,13 +85,29 @@ fn refer_to(req: &Message) -> Result<String, StatusCode> {
         .map(|n| n.uri)
         .ok_or(StatusCode::BAD_REQUEST)?;
     let number = Uri::parse(uri)
-        .and_then(|u| u.user)
-        .map(lossy)
-        .ok_or(StatusCode::BAD_REQUEST)?;
-    if number.is_empty() || number.len() > MAX_NUMBER || number.chars().any(char::is_control) {
-        return Err(StatusCode::BAD_REQUEST);
+        .ok_or(StatusCode::BAD_REQUEST)?
+        .user
+        .map(lossy);
+    let replaces = Replaces::in_uri(uri);
+    let valid =
+        |n: &String| !n.is_empty() && n.len() <= MAX_NUMBER && !n.chars().any(char::is_control);
+    match number {
+        Some(n) if valid(&n) => Ok((Some(n), replaces)),
+        None if replaces.is_some() => Ok((None, replaces)),
+        _ => Err(StatusCode::BAD_REQUEST),
     }
-    Ok(number)
+}
+
+/// The tag `side`'s phone put on its dialog with us.
+fn party_tag(bridge: &Bridge, side: Side) -> Option<String> {
+    let tag = match side {
+        Side::A => bridge.a.invite.from_header()?.tag().map(lossy),
+        Side::B(i) => {
+            let d = bridge.branches.get(i)?.dialog.as_ref()?;
+            NameAddr::parse(&d.remote_party)?.tag().map(lossy)
+        }
+    };
+    tag
 }
 
 /// The user on `side` of a bridge who may transfer its other party: an
@@ -209,6 +230,25 @@ fn put_back(cx: &Cx<'_>, bridge: &mut Bridge, t: Transfer) -> bool {
     }
 }
 
+/// Accepts a REFER from `user` (202): the NOTIFYs' event id, who referred,
+/// where the transferor is.
+fn accept(
+    cx: &mut Cx<'_>,
+    (tx, req, remote): (TxId, &Message, Remote),
+    user: &str,
+) -> (u32, String, Remote) {
+    let mut ok = cx.response(req, remote, StatusCode::ACCEPTED);
+    ok.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+    cx.respond(tx, ok.finish());
+    let referred_by = req
+        .other_values("Referred-By")
+        .chain(req.other_values("b"))
+        .next()
+        .map(lossy)
+        .unwrap_or_else(|| format!("<sip:{user}@{}>", cx.env.domain));
+    (req.cseq().map_or(0, |c| c.seq), referred_by, remote)
+}
+
 impl Calls {
     /// A REFER inside a connected bridge, from `side`.
     #[allow(clippy::too_many_arguments)]
@@ -233,9 +273,15 @@ impl Calls {
             tracing::info!(call_id = %a, "REFER refused: only an extension transfers");
             return cx.reply_with(tx, req, remote, 403, "Forbidden (Transfer Not Allowed)");
         };
-        let number = match refer_to(req) {
-            Ok(n) => n,
+        let (number, replaces) = match refer_to(req) {
+            Ok(r) => r,
             Err(status) => return cx.reply(tx, req, remote, status),
+        };
+        if let Some(r) = replaces {
+            return self.refer_replacing(cx, (tx, req, remote), a, side, user, r);
+        }
+        let Some(number) = number else {
+            return cx.reply(tx, req, remote, StatusCode::BAD_REQUEST);
         };
         let refused = match env.reach(&user, &number) {
             Reach::Unknown => Some((404, "Not Found")),
@@ -256,23 +302,151 @@ impl Calls {
             tracing::info!(call_id = %a, %user, %number, "REFER refused: {reason}");
             return cx.reply_with(tx, req, remote, code, reason);
         }
-        let mut ok = cx.response(req, remote, StatusCode::ACCEPTED);
-        ok.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
-        cx.respond(tx, ok.finish());
-        let referred_by = req
-            .other_values("Referred-By")
-            .chain(req.other_values("b"))
-            .next()
-            .map(lossy)
-            .unwrap_or_else(|| format!("<sip:{user}@{}>", env.domain));
-        let event_id = req.cseq().map_or(0, |c| c.seq);
         tracing::info!(call_id = %a, %user, %number, "transfer");
-        self.start_transfer(cx, a, side, user, number, (event_id, referred_by, remote));
+        let refer = accept(cx, (tx, req, remote), &user);
+        self.begin(cx, a, side, user, number.clone(), refer);
+        self.hunt(cx, a, Some(Next::Number(number)), unavailable());
     }
 
-    /// Transfer of call `a`'s other party by `side` (`user`) to `number`:
-    /// the number is hunted for the transferee.
-    fn start_transfer(
+    /// A REFER from `side` (`user`) of call `a` whose target is in dialog
+    /// `r` (an attended transfer): that dialog must be one of the
+    /// transferor's own calls. Answered, its other party is connected with
+    /// call `a`'s; still ringing, call `a`'s party is transferred to the
+    /// number it rings (and the consultation call ends).
+    fn refer_replacing(
+        &mut self,
+        cx: &mut Cx<'_>,
+        (tx, req, remote): (TxId, &Message, Remote),
+        a: &CallId,
+        side: Side,
+        user: String,
+        r: Replaces,
+    ) {
+        let named = self
+            .legs
+            .get(&CallId::from_bytes(r.call_id.as_bytes()))
+            .cloned();
+        let Some((y, y_side)) = named.filter(|(y, _)| y != a) else {
+            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+        };
+        let Some(consult) = self.bridges.get(&y) else {
+            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+        };
+        let tag = party_tag(consult, y_side);
+        if !tag.is_some_and(|t| t == r.to_tag || t == r.from_tag) {
+            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+        }
+        if transferor_user(cx, consult, y_side).as_deref() != Some(user.as_str()) {
+            tracing::warn!(call_id = %a, %user, "REFER refused: Replaces names another user's call");
+            return cx.reply_with(tx, req, remote, 403, "Forbidden (Not Your Call)");
+        }
+        if matches!(consult.phase, APhase::Calling { .. }) && y_side == Side::A {
+            // The target still rings: a blind transfer to what it rings.
+            let number = consult.cdr.callee.clone();
+            tracing::info!(call_id = %a, %user, %number, "transfer (to a consultation still ringing)");
+            let refer = accept(cx, (tx, req, remote), &user);
+            let cancelled = Refusal {
+                disposition: Disposition::Cancelled,
+                by: HangupBy::Caller,
+                ..Refusal::failed(StatusCode::REQUEST_TERMINATED)
+            };
+            self.fail_call(cx, &y, cancelled);
+            self.begin(cx, a, side, user, number.clone(), refer);
+            return self.hunt(cx, a, Some(Next::Number(number)), unavailable());
+        }
+        let target = across(consult, y_side);
+        // A provider's leg keeps its trunk: an inbound caller stays on side
+        // A, an outside call on side B.
+        let movable = consult.queue.is_none()
+            && match (target, side) {
+                (Side::A, Side::A) => true,
+                (Side::A, _) => consult.trunk.is_none(),
+                // An outside party stays on side B, where its trunk is.
+                (Side::B(_), Side::B(_)) => true,
+                (Side::B(_), Side::A) => consult.outbound.is_none(),
+            };
+        let connected = matches!(consult.phase, APhase::Confirmed) && consult.answered.is_some();
+        if !connected || !movable {
+            let reason = "Forbidden (Transfer Not Possible Here)";
+            tracing::info!(call_id = %a, %user, "REFER refused: the consultation cannot be joined");
+            return cx.reply_with(tx, req, remote, 403, reason);
+        }
+        let number = consult.cdr.callee.clone();
+        tracing::info!(call_id = %a, %user, consultation = %y, "attended transfer");
+        let refer = accept(cx, (tx, req, remote), &user);
+        self.begin(cx, a, side, user, number, refer);
+        self.join(cx, a, &y, y_side, target);
+    }
+
+    /// Consultation `y` ends for the transferor (`y_side`) and its other
+    /// party (`target`) takes the transferor's place in call `a`.
+    fn join(&mut self, cx: &mut Cx<'_>, a: &CallId, y: &CallId, y_side: Side, target: Side) {
+        let Some(consult) = self.bridges.get_mut(y) else {
+            return;
+        };
+        // What goes along with the target: its trunk, its outside call.
+        let trunk = match target {
+            Side::A => consult.trunk.take(),
+            Side::B(_) => None,
+        };
+        let outbound = match target {
+            Side::A => None,
+            Side::B(_) => consult.outbound.take(),
+        };
+        let Some(mut consult) = self.remove_bridge(cx, y) else {
+            return;
+        };
+        let (sdp, party, branch) = match target {
+            Side::A => {
+                let dialog = consult.a_dialog.take();
+                let branch = dialog.map(|d| Branch {
+                    id: ReqId(u64::MAX),
+                    call_id: d.call_id.clone(),
+                    invite: consult.a.invite.clone(),
+                    remote: d.remote,
+                    final_code: Some(200),
+                    dialog: Some(d),
+                });
+                let sdp = Bytes::copy_from_slice(consult.a.invite.body());
+                (sdp, consult.caller_party.take(), branch)
+            }
+            Side::B(j) => {
+                let branch = (j < consult.branches.len()).then(|| consult.branches.swap_remove(j));
+                (consult.b_sdp.clone(), consult.callee_party.take(), branch)
+            }
+        };
+        // The transferor's side of the consultation ends.
+        if let Some(d) = super::transfer::dialog_of(&mut consult, y_side) {
+            bye(cx, d);
+        }
+        parties_end(&cx.env.presence, &consult, cx.wall);
+        write_cdr(cx, consult.cdr, Disposition::Answered, hangup_by(y_side));
+        let Some(mut branch) = branch else {
+            return self.transfer_failed(cx, a, Refusal::failed(StatusCode::CALL_DOES_NOT_EXIST));
+        };
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(dialog) = branch.dialog.take() else {
+            return;
+        };
+        if trunk.is_some() {
+            bridge.trunk = trunk;
+        }
+        if outbound.is_some() {
+            bridge.outbound = outbound;
+        }
+        let idx = bridge.branches.len();
+        self.legs
+            .insert(branch.call_id.clone(), (a.clone(), Side::B(idx)));
+        bridge.branches.push(branch);
+        bridge.callee_party = party;
+        self.connect(cx, a, idx, dialog, &sdp, true);
+    }
+
+    /// Sets a transfer up in call `a` (by `side`, `user`, to `number`): the
+    /// call so far is kept aside until the target answers.
+    fn begin(
         &mut self,
         cx: &mut Cx<'_>,
         a: &CallId,
@@ -320,7 +494,6 @@ impl Calls {
             rang: false,
         });
         notify_transferor(cx, bridge, 100, "Trying");
-        self.hunt(cx, a, Some(Next::Number(number)), unavailable());
     }
 
     /// The transfer target of call `a` rings.
@@ -355,8 +528,7 @@ impl Calls {
         }
     }
 
-    /// The transfer target of call `a` answered on branch `idx`: it takes
-    /// the transferor's place.
+    /// The transfer target of call `a` answered on branch `idx`.
     pub(super) fn transfer_answered(
         &mut self,
         cx: &mut Cx<'_>,
@@ -369,12 +541,33 @@ impl Calls {
             return;
         };
         bridge.branches[idx].final_code = Some(200);
-        let (Some(dialog), Some(mut t)) = (dialog, bridge.transfer.take()) else {
+        match dialog {
+            Some(d) => self.connect(cx, a, idx, d, r.body(), false),
+            None => self.transfer_failed(cx, a, Refusal::failed(StatusCode::BAD_REQUEST)),
+        }
+    }
+
+    /// The transfer target of call `a` (branch `idx`, `dialog`, its media
+    /// in `sdp`) takes the transferor's place; `moved`: it comes from
+    /// another call, and is re-INVITEd toward this call's relay first.
+    fn connect(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        idx: usize,
+        dialog: Dialog,
+        sdp: &[u8],
+        moved: bool,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let Some(mut t) = bridge.transfer.take() else {
             return;
         };
         cancel_ringing(cx, bridge, bridge.hunt.first, Some(idx));
         let transferee = across(bridge, t.by);
-        if let Ok(s) = sdp::parse(r.body()) {
+        if let Ok(s) = sdp::parse(sdp) {
             let peer = peer_of(&s, bridge.branches[idx].remote.addr);
             bridge.relay.set_peer(relay_index(t.by), peer);
         }
@@ -394,9 +587,9 @@ impl Calls {
                 bridge.branches[i].dialog.take()
             }
         };
-        let target = match t.by {
-            Side::A => &bridge.caller_party,
-            Side::B(_) => &bridge.callee_party,
+        let (target_side, target) = match t.by {
+            Side::A => (Side::A, &bridge.caller_party),
+            Side::B(_) => (Side::B(idx), &bridge.callee_party),
         };
         if let Some((ext, id)) = target {
             let _ = cx
@@ -421,7 +614,18 @@ impl Calls {
         bridge.phase = APhase::Confirmed;
         tracing::info!(call_id = %a, to = %bridge.cdr.callee, "transferred");
         self.arm_bridge(cx, a);
-        self.reanchor(cx, a, transferee, r.body(), None, false);
+        match moved {
+            // The target first (its media to this relay), then the transferee.
+            true => self.reanchor(
+                cx,
+                a,
+                target_side,
+                &t.offer,
+                Some(transferee),
+                (None, false),
+            ),
+            false => self.reanchor(cx, a, transferee, sdp, None, (None, false)),
+        }
     }
 
     /// The transfer of call `a` failed with `r`: the transferor hears it and
@@ -462,8 +666,8 @@ impl Calls {
         a: &CallId,
         side: Side,
         sdp: &[u8],
-        authorization: Option<(&str, &str)>,
-        retried: bool,
+        then: Option<Side>,
+        (authorization, retried): (Option<(&str, &str)>, bool),
     ) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
@@ -489,6 +693,7 @@ impl Calls {
             owner: a.clone(),
             side,
             sdp: Bytes::copy_from_slice(sdp),
+            then,
             retried,
         };
         self.pending.insert(id, pending);
@@ -500,7 +705,7 @@ impl Calls {
     pub(super) fn reanchored(
         &mut self,
         cx: &mut Cx<'_>,
-        (a, side, sdp, retried): (CallId, Side, Bytes, bool),
+        (a, side, sdp, then, retried): (CallId, Side, Bytes, Option<Side>, bool),
         code: u16,
         resp: Option<Message>,
     ) {
@@ -518,6 +723,9 @@ impl Calls {
                 if let Ok(s) = sdp::parse(r.body()) {
                     bridge.relay.set_peer(relay_index(side), peer_of(&s, sip));
                 }
+                if let Some(next) = then {
+                    self.reanchor(cx, &a, next, r.body(), None, (None, false));
+                }
             }
             (401 | 407, Some(r), Some(t)) if !retried => {
                 let Some(d) = dialog_of(bridge, side) else {
@@ -529,7 +737,8 @@ impl Calls {
                 else {
                     return;
                 };
-                self.reanchor(cx, &a, side, &sdp, Some((name, &value)), true);
+                let auth = (Some((name, value.as_str())), true);
+                self.reanchor(cx, &a, side, &sdp, then, auth);
             }
             _ => {
                 tracing::info!(call_id = %a, code, "the transferee's re-INVITE failed; media as it was")

@@ -306,3 +306,124 @@ fn a_transfer_outside_follows_the_transferors_dialing_class() {
 fn invites(out: &[String]) -> usize {
     starting(out, "INVITE ").len()
 }
+
+/// 202's consultation call to 203 from phone A, answered by phone B: (our
+/// 200 to phone A, our INVITE to phone B).
+fn consultation(lab: &mut Lab) -> (String, String) {
+    let from_a = |b: Bytes| {
+        let text = String::from_utf8_lossy(&b)
+            .replace(CALLER, PHONE_A)
+            .replace("sip:201@", "sip:202@")
+            .replace("tag=caller", "tag=consult");
+        Bytes::from(text)
+    };
+    let out = lab.input(from_a(invite("consult@a", "203", "")), PHONE_A);
+    let c = one(&out, "INVITE sip:203@10.0.0.3").clone();
+    let out = lab.input(response(&c, 200, "c", &sdp_of(PHONE_B), ""), PHONE_B);
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(from_a(caller_request(&ok, "ACK", 1, "", "")), PHONE_A);
+    (ok, c)
+}
+
+/// A Refer-To naming 203 in the consultation's dialog (`ok`: our 200 there).
+fn replacing(ok: &str) -> String {
+    let ours = header(ok, "To").rsplit("tag=").next().unwrap_or_default();
+    format!(
+        "Refer-To: <sip:203@pbx?Replaces=consult%40a%3Bto-tag%3D{ours}%3Bfrom-tag%3Dconsult>\r\n"
+    )
+}
+
+#[test]
+fn an_attended_transfer_joins_the_caller_with_the_consulted_party() {
+    let mut lab = three();
+    let (ok, b) = connected(&mut lab, "att@a", "");
+    let (consult_ok, c) = consultation(&mut lab);
+    let refer = callee_request(&b, "b", PHONE_A, "REFER", 2, &replacing(&consult_ok));
+    let out = lab.input(refer, PHONE_A);
+    one(&out, "SIP/2.0 202 Accepted");
+    assert_eq!(sipfrags(&out), ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+    let byes: Vec<&str> = starting(&out, "BYE ")
+        .iter()
+        .map(|m| header(m, "Call-ID"))
+        .collect();
+    assert_eq!(
+        byes,
+        ["consult@a", header(&b, "Call-ID")],
+        "the transferor leaves both calls"
+    );
+    // The consulted party's media moves to the caller's relay, then the caller's.
+    let to_c = one(&out, "INVITE sip:phone@").clone();
+    assert_eq!(header(&to_c, "Call-ID"), header(&c, "Call-ID"));
+    assert!(
+        to_c.contains("m=audio 20002 "),
+        "side B of the caller's relay: {to_c}"
+    );
+    assert_eq!(lab.cdrs, 2, "the consultation and the call so far");
+
+    let out = lab.input(response(&to_c, 200, "c", &sdp_of(PHONE_B), ""), PHONE_B);
+    one(&out, "ACK sip:phone@");
+    let to_caller = one(&out, "INVITE sip:201@").clone();
+    assert_eq!(header(&to_caller, "Call-ID"), "att@a");
+    lab.input(response(&to_caller, 200, "caller", SDP, ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    let bye = one(&out, "BYE sip:phone@");
+    assert_eq!(
+        header(bye, "Call-ID"),
+        header(&c, "Call-ID"),
+        "the caller talked to 203"
+    );
+    assert_eq!(lab.cdrs, 3);
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_replaces_naming_no_call_or_someone_elses_is_refused() {
+    let mut lab = three();
+    let (_, b) = connected(&mut lab, "rep@a", "");
+    let nothing = "Refer-To: <sip:203@pbx?Replaces=nope%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n";
+    let out = lab.input(
+        callee_request(&b, "b", PHONE_A, "REFER", 2, nothing),
+        PHONE_A,
+    );
+    one(&out, "SIP/2.0 481");
+    // The caller's own call is not 202's consultation.
+    let (ok2, _) = connected(&mut lab, "other@a", "");
+    let out = lab.input(
+        callee_request(
+            &b,
+            "b",
+            PHONE_A,
+            "REFER",
+            3,
+            &replacing(&ok2)
+                .replace("consult%40a", "other%40a")
+                .replace("from-tag%3Dconsult", "from-tag%3Dcaller"),
+        ),
+        PHONE_A,
+    );
+    one(&out, "SIP/2.0 403 Forbidden (Not Your Call)");
+}
+
+#[test]
+fn a_transfer_to_a_consultation_still_ringing_transfers_to_what_it_rings() {
+    let mut lab = three();
+    let (_, b) = connected(&mut lab, "semi@a", "");
+    let from_a = String::from_utf8_lossy(&invite("consult@a", "203", ""))
+        .replace(CALLER, PHONE_A)
+        .replace("sip:201@", "sip:202@")
+        .replace("tag=caller", "tag=consult");
+    let out = lab.input(Bytes::from(from_a), PHONE_A);
+    let c = one(&out, "INVITE sip:203@10.0.0.3").clone();
+    let out = lab.input(response(&c, 180, "c", "", ""), PHONE_B);
+    let ringing = one(&out, "SIP/2.0 180").clone();
+    let refer = callee_request(&b, "b", PHONE_A, "REFER", 2, &replacing(&ringing));
+    let out = lab.input(refer, PHONE_A);
+    one(&out, "SIP/2.0 202 Accepted");
+    one(&out, "CANCEL sip:203@");
+    one(&out, "SIP/2.0 487");
+    let again = one(&out, "INVITE sip:203@10.0.0.3");
+    assert!(
+        header(again, "From").contains("sip:201@"),
+        "now for the caller: {again}"
+    );
+}

@@ -564,9 +564,85 @@ impl<'a> Auth<'a> {
     }
 }
 
+/// A Replaces header (RFC 3891): the dialog a new INVITE takes the place of,
+/// also carried percent-encoded in a Refer-To URI's `?Replaces=` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaces {
+    pub call_id: String,
+    pub to_tag: String,
+    pub from_tag: String,
+    /// `early-only`: only a dialog that is not yet confirmed may be replaced.
+    pub early_only: bool,
+}
+
+impl Replaces {
+    /// `callid;to-tag=a;from-tag=b[;early-only]`: both tags are required.
+    pub fn parse(v: &[u8]) -> Option<Replaces> {
+        let v = trim(v);
+        let (id, params) = match memchr::memchr(b';', v) {
+            Some(i) => (trim(&v[..i]), Params { raw: &v[i + 1..] }),
+            None => return None,
+        };
+        let text = |b: &[u8]| {
+            let s = std::str::from_utf8(b).ok()?;
+            let ok =
+                !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c == ' ');
+            ok.then(|| s.to_string())
+        };
+        Some(Replaces {
+            call_id: text(id)?,
+            to_tag: text(params.get(b"to-tag")??)?,
+            from_tag: text(params.get(b"from-tag")??)?,
+            early_only: params.has(b"early-only"),
+        })
+    }
+
+    /// The Replaces of a URI's headers (`sip:x@h?Replaces=id%3Bto-tag%3D…`).
+    pub fn in_uri(uri: &[u8]) -> Option<Replaces> {
+        let q = memchr::memchr(b'?', uri)?;
+        uri[q + 1..].split(|b| *b == b'&').find_map(|h| {
+            let eq = memchr::memchr(b'=', h)?;
+            if !h[..eq].eq_ignore_ascii_case(b"Replaces") {
+                return None;
+            }
+            let decoded: Vec<u8> = percent_encoding::percent_decode(&h[eq + 1..]).collect();
+            Replaces::parse(&decoded)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaces_parse_from_a_header_and_from_a_refer_to_uri() {
+        let r =
+            Replaces::parse(b"98732@sip.example.com;from-tag=r33th4x0r ;to-tag=ff87ff;early-only")
+                .expect("replaces");
+        assert_eq!(r.call_id, "98732@sip.example.com");
+        assert_eq!(
+            (r.to_tag.as_str(), r.from_tag.as_str()),
+            ("ff87ff", "r33th4x0r")
+        );
+        assert!(r.early_only);
+        let uri = b"sip:203@pbx?Subject=x&Replaces=abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2";
+        let r = Replaces::in_uri(uri).expect("in uri");
+        assert_eq!(
+            (
+                r.call_id.as_str(),
+                r.to_tag.as_str(),
+                r.from_tag.as_str(),
+                r.early_only
+            ),
+            ("abc@h", "1", "2", false)
+        );
+        assert!(Replaces::parse(b"abc;to-tag=1").is_none(), "both tags");
+        assert!(Replaces::parse(b"abc").is_none());
+        assert!(Replaces::parse(b";to-tag=1;from-tag=2").is_none());
+        assert!(Replaces::in_uri(b"sip:203@pbx").is_none());
+        assert!(Replaces::in_uri(b"sip:203@pbx?Replaces=%ZZ").is_none());
+    }
 
     #[test]
     fn uri_forms_parse() {

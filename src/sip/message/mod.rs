@@ -17,7 +17,7 @@ use std::fmt;
 
 pub use build::Builder;
 pub use headers::{
-    Auth, CSeq, ContactList, HeaderName, NameAddr, Params, SentBy, Uri, UriScheme, Via,
+    Auth, CSeq, ContactList, HeaderName, NameAddr, Params, Replaces, SentBy, Uri, UriScheme, Via,
 };
 pub use parse::{parse, Limits};
 
