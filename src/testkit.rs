@@ -242,6 +242,7 @@ impl Harness {
             sip_port: 5060,
             addrs: LocalAddrs::new(Some([192, 0, 2, 100].into())),
             shard_count: 1,
+            moved: Default::default(),
             stats: Stats::default(),
         });
         let shard = Shard::new(

@@ -111,6 +111,9 @@ pub(super) struct Bridge {
     pub b_sdp: Bytes,
     /// A transfer under way (see `transfer`).
     pub transfer: Option<super::transfer::Transfer>,
+    /// Legs a transfer handed here from another shard (their messages are
+    /// routed here until the call ends).
+    pub moved_in: Vec<CallId>,
 }
 
 impl Bridge {
@@ -135,6 +138,7 @@ impl Bridge {
             hunt: super::hunt::Hunt::default(),
             b_sdp: Bytes::new(),
             transfer: None,
+            moved_in: Vec::new(),
         }
     }
 
@@ -641,6 +645,9 @@ impl Calls {
         }
         if let Some(t) = bridge.trunk {
             cx.env.outside.line(t).release();
+        }
+        for c in &bridge.moved_in {
+            cx.env.moved.remove(c);
         }
         Self::ended(cx);
         // Only this call's own entries are removed (no scan of the shard's calls).

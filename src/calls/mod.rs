@@ -567,6 +567,12 @@ impl Calls {
         }
     }
 
+    /// Another shard's calls hand this one a message (a transfer joining
+    /// calls of two shards).
+    pub fn on_handoff(&mut self, cx: &mut Cx<'_>, message: crate::tu::Handoff) {
+        self.transfer_handoff(cx, message);
+    }
+
     /// The desk stored (`saved`) the call-back queue call `call_id` asked for.
     pub fn on_callback_saved(&mut self, cx: &mut Cx<'_>, call_id: &CallId, saved: bool) {
         self.callback_saved(cx, call_id, saved);

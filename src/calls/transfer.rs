@@ -65,6 +65,49 @@ pub(super) struct Transfer {
     rang: bool,
 }
 
+/// A transferor's call asks for its consultation (an attended transfer),
+/// on the shard that owns it.
+#[derive(Debug)]
+struct Ask {
+    /// The transferor's call and its shard.
+    x: CallId,
+    from: usize,
+    /// Where the consulted party will be in it.
+    x_side: Side,
+    user: String,
+    replaces: Replaces,
+}
+
+/// The consultation's answer to call `x`.
+#[derive(Debug)]
+struct Answer {
+    x: CallId,
+    reply: Reply,
+}
+
+#[derive(Debug)]
+enum Reply {
+    /// Its other party's leg.
+    Leg(Box<Leg>),
+    /// It still rang this number (and was cancelled).
+    Ringing(String),
+    /// It cannot be joined: the status and why.
+    Refused(u16, &'static str),
+}
+
+/// A consulted party's leg, handed from its consultation to the call it joins.
+#[derive(Debug)]
+struct Leg {
+    /// Its dialog (in `dialog`), as a branch of the call it joins.
+    branch: Branch,
+    sdp: Bytes,
+    party: Option<Party>,
+    trunk: Option<crate::outside::TrunkId>,
+    outbound: Option<super::outbound::Outbound>,
+    /// The number the consultation dialled (the joined call's callee).
+    number: String,
+}
+
 /// The relay side of a bridge side (0: A, 1: B).
 pub(super) fn relay_index(side: Side) -> usize {
     match side {
@@ -310,9 +353,11 @@ impl Calls {
 
     /// A REFER from `side` (`user`) of call `a` whose target is in dialog
     /// `r` (an attended transfer): that dialog must be one of the
-    /// transferor's own calls. Answered, its other party is connected with
-    /// call `a`'s; still ringing, call `a`'s party is transferred to the
-    /// number it rings (and the consultation call ends).
+    /// transferor's own calls, the consultation, on whichever shard owns it.
+    /// Answered, its other party is joined with call `a`'s; still ringing,
+    /// call `a`'s party is transferred to the number it rings (and the
+    /// consultation ends).
+    #[allow(clippy::too_many_arguments)]
     fn refer_replacing(
         &mut self,
         cx: &mut Cx<'_>,
@@ -320,86 +365,128 @@ impl Calls {
         a: &CallId,
         side: Side,
         user: String,
-        r: Replaces,
+        replaces: Replaces,
     ) {
-        let named = self
+        let consult = CallId::from_bytes(replaces.call_id.as_bytes());
+        let home = cx.env.moved.shard(consult.as_bytes(), cx.env.shard_count);
+        let ask = Ask {
+            x: a.clone(),
+            from: cx.shard,
+            x_side: side,
+            user: user.clone(),
+            replaces,
+        };
+        if home != cx.shard {
+            tracing::info!(call_id = %a, %user, consultation = %consult, "attended transfer (another shard's call)");
+            let refer = accept(cx, (tx, req, remote), &user);
+            self.begin(cx, a, side, user, String::new(), refer);
+            return cx.hand_off(home, Box::new(ask));
+        }
+        if self.legs.get(&consult).is_some_and(|(y, _)| y == a) {
+            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+        }
+        match self.consulted(cx, ask) {
+            Reply::Refused(code, reason) => cx.reply_with(tx, req, remote, code, reason),
+            reply => {
+                tracing::info!(call_id = %a, %user, consultation = %consult, "attended transfer");
+                let refer = accept(cx, (tx, req, remote), &user);
+                self.begin(cx, a, side, user, String::new(), refer);
+                self.joined(cx, a, reply);
+            }
+        }
+    }
+
+    /// Another shard's calls ask for a consultation of ours, or answer us.
+    pub(super) fn transfer_handoff(&mut self, cx: &mut Cx<'_>, message: crate::tu::Handoff) {
+        let message = match message.downcast::<Ask>() {
+            Ok(ask) => {
+                let (x, from) = (ask.x.clone(), ask.from);
+                let reply = self.consulted(cx, *ask);
+                return cx.hand_off(from, Box::new(Answer { x, reply }));
+            }
+            Err(other) => other,
+        };
+        if let Ok(answer) = message.downcast::<Answer>() {
+            let Answer { x, reply } = *answer;
+            self.joined(cx, &x, reply);
+        }
+    }
+
+    /// The consultation `ask` names, for the transferor's call: its other
+    /// party's leg (the consultation ends for the transferor), the number it
+    /// still rings (it is cancelled), or why it cannot be joined.
+    fn consulted(&mut self, cx: &mut Cx<'_>, ask: Ask) -> Reply {
+        const GONE: Reply = Reply::Refused(481, "Call/Transaction Does Not Exist");
+        let r = &ask.replaces;
+        let Some((y, y_side)) = self
             .legs
             .get(&CallId::from_bytes(r.call_id.as_bytes()))
-            .cloned();
-        let Some((y, y_side)) = named.filter(|(y, _)| y != a) else {
-            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+            .cloned()
+        else {
+            return GONE;
         };
         let Some(consult) = self.bridges.get(&y) else {
-            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+            return GONE;
         };
         let tag = party_tag(consult, y_side);
         if !tag.is_some_and(|t| t == r.to_tag || t == r.from_tag) {
-            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+            return GONE;
         }
-        if transferor_user(cx, consult, y_side).as_deref() != Some(user.as_str()) {
-            tracing::warn!(call_id = %a, %user, "REFER refused: Replaces names another user's call");
-            return cx.reply_with(tx, req, remote, 403, "Forbidden (Not Your Call)");
+        if transferor_user(cx, consult, y_side).as_deref() != Some(ask.user.as_str()) {
+            tracing::warn!(call_id = %ask.x, user = %ask.user, "REFER refused: Replaces names another user's call");
+            return Reply::Refused(403, "Forbidden (Not Your Call)");
         }
         if matches!(consult.phase, APhase::Calling { .. }) && y_side == Side::A {
-            // The target still rings: a blind transfer to what it rings.
             let number = consult.cdr.callee.clone();
-            tracing::info!(call_id = %a, %user, %number, "transfer (to a consultation still ringing)");
-            let refer = accept(cx, (tx, req, remote), &user);
             let cancelled = Refusal {
                 disposition: Disposition::Cancelled,
                 by: HangupBy::Caller,
                 ..Refusal::failed(StatusCode::REQUEST_TERMINATED)
             };
             self.fail_call(cx, &y, cancelled);
-            self.begin(cx, a, side, user, number.clone(), refer);
-            return self.hunt(cx, a, Some(Next::Number(number)), unavailable());
+            return Reply::Ringing(number);
         }
         let target = across(consult, y_side);
         // A provider's leg keeps its trunk: an inbound caller stays on side
         // A, an outside call on side B.
         let movable = consult.queue.is_none()
-            && match (target, side) {
+            && match (target, ask.x_side) {
                 (Side::A, Side::A) => true,
                 (Side::A, _) => consult.trunk.is_none(),
-                // An outside party stays on side B, where its trunk is.
                 (Side::B(_), Side::B(_)) => true,
                 (Side::B(_), Side::A) => consult.outbound.is_none(),
             };
         let connected = matches!(consult.phase, APhase::Confirmed) && consult.answered.is_some();
         if !connected || !movable {
-            let reason = "Forbidden (Transfer Not Possible Here)";
-            tracing::info!(call_id = %a, %user, "REFER refused: the consultation cannot be joined");
-            return cx.reply_with(tx, req, remote, 403, reason);
+            tracing::info!(call_id = %ask.x, user = %ask.user, "REFER refused: the consultation cannot be joined");
+            return Reply::Refused(403, "Forbidden (Transfer Not Possible Here)");
         }
-        let number = consult.cdr.callee.clone();
-        tracing::info!(call_id = %a, %user, consultation = %y, "attended transfer");
-        let refer = accept(cx, (tx, req, remote), &user);
-        self.begin(cx, a, side, user, number, refer);
-        self.join(cx, a, &y, y_side, target);
+        match self.take_leg(cx, &y, y_side, target) {
+            Some(leg) => {
+                // Its messages follow it to the call it joins.
+                if leg.branch.call_id.shard(cx.env.shard_count) != ask.from {
+                    cx.env.moved.insert(leg.branch.call_id.clone(), ask.from);
+                }
+                Reply::Leg(Box::new(leg))
+            }
+            None => GONE,
+        }
     }
 
-    /// Consultation `y` ends for the transferor (`y_side`) and its other
-    /// party (`target`) takes the transferor's place in call `a`.
-    fn join(&mut self, cx: &mut Cx<'_>, a: &CallId, y: &CallId, y_side: Side, target: Side) {
-        let Some(consult) = self.bridges.get_mut(y) else {
-            return;
+    /// Consultation `y` ends for the transferor (`y_side`, BYE, CDR) and
+    /// gives up its other party's leg (`target`), with what goes along: its
+    /// trunk, its outside call.
+    fn take_leg(&mut self, cx: &mut Cx<'_>, y: &CallId, y_side: Side, target: Side) -> Option<Leg> {
+        let consult = self.bridges.get_mut(y)?;
+        let (trunk, outbound) = match target {
+            Side::A => (consult.trunk.take(), None),
+            Side::B(_) => (None, consult.outbound.take()),
         };
-        // What goes along with the target: its trunk, its outside call.
-        let trunk = match target {
-            Side::A => consult.trunk.take(),
-            Side::B(_) => None,
-        };
-        let outbound = match target {
-            Side::A => None,
-            Side::B(_) => consult.outbound.take(),
-        };
-        let Some(mut consult) = self.remove_bridge(cx, y) else {
-            return;
-        };
+        let mut consult = self.remove_bridge(cx, y)?;
         let (sdp, party, branch) = match target {
             Side::A => {
-                let dialog = consult.a_dialog.take();
-                let branch = dialog.map(|d| Branch {
+                let branch = consult.a_dialog.take().map(|d| Branch {
+                    // Not a request of ours: nothing is pending under it.
                     id: ReqId(u64::MAX),
                     call_id: d.call_id.clone(),
                     invite: consult.a.invite.clone(),
@@ -415,18 +502,75 @@ impl Calls {
                 (consult.b_sdp.clone(), consult.callee_party.take(), branch)
             }
         };
-        // The transferor's side of the consultation ends.
-        if let Some(d) = super::transfer::dialog_of(&mut consult, y_side) {
+        if let Some(d) = dialog_of(&mut consult, y_side) {
             bye(cx, d);
         }
         parties_end(&cx.env.presence, &consult, cx.wall);
+        let number = consult.cdr.callee.clone();
         write_cdr(cx, consult.cdr, Disposition::Answered, hangup_by(y_side));
-        let Some(mut branch) = branch else {
-            return self.transfer_failed(cx, a, Refusal::failed(StatusCode::CALL_DOES_NOT_EXIST));
-        };
+        Some(Leg {
+            branch: branch.filter(|b| b.dialog.is_some())?,
+            sdp,
+            party,
+            trunk,
+            outbound,
+            number,
+        })
+    }
+
+    /// What the consultation answered transfer `x`: its party joins, or the
+    /// number it rang is hunted, or the transfer fails.
+    fn joined(&mut self, cx: &mut Cx<'_>, x: &CallId, reply: Reply) {
+        let waiting = self.bridges.get(x).is_some_and(|b| b.transfer.is_some());
+        match reply {
+            Reply::Leg(leg) if !waiting => {
+                // The transferor's call ended meanwhile: so does the leg.
+                let mut leg = *leg;
+                cx.env.moved.remove(&leg.branch.call_id);
+                if let Some(d) = leg.branch.dialog.as_mut() {
+                    bye(cx, d);
+                }
+                if let Some((ext, id)) = leg.party {
+                    let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
+                }
+                if let Some(mut out) = leg.outbound {
+                    out.release(cx);
+                }
+                super::release_trunk(cx, leg.trunk);
+            }
+            Reply::Leg(leg) => self.join_leg(cx, x, *leg),
+            Reply::Ringing(number) => {
+                if let Some(b) = self.bridges.get_mut(x).filter(|_| waiting) {
+                    b.cdr.callee = number.clone();
+                    self.hunt(cx, x, Some(Next::Number(number)), unavailable());
+                }
+            }
+            Reply::Refused(code, reason) => {
+                let r = Refusal {
+                    code,
+                    reason,
+                    ..Refusal::failed(StatusCode::CALL_DOES_NOT_EXIST)
+                };
+                if waiting {
+                    self.transfer_failed(cx, x, r);
+                }
+            }
+        }
+    }
+
+    /// The consulted party's `leg` takes the transferor's place in call `a`.
+    fn join_leg(&mut self, cx: &mut Cx<'_>, a: &CallId, leg: Leg) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
+        let Leg {
+            mut branch,
+            sdp,
+            party,
+            trunk,
+            outbound,
+            number,
+        } = leg;
         let Some(dialog) = branch.dialog.take() else {
             return;
         };
@@ -436,6 +580,10 @@ impl Calls {
         if outbound.is_some() {
             bridge.outbound = outbound;
         }
+        if branch.call_id.shard(cx.env.shard_count) != cx.shard {
+            bridge.moved_in.push(branch.call_id.clone());
+        }
+        bridge.cdr.callee = number;
         let idx = bridge.branches.len();
         self.legs
             .insert(branch.call_id.clone(), (a.clone(), Side::B(idx)));

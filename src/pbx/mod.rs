@@ -62,6 +62,8 @@ pub enum Control {
     CallbackSaved(CallId, bool),
     /// The PBX stops: the trunks remove their registrations.
     Stop,
+    /// Another shard's calls hand this one's a message (a transfer).
+    Handoff(crate::tu::Handoff),
     /// A TCP connection we opened (to a trunk's provider) closed.
     Closed(SocketAddr),
     /// DNS gave a trunk new addresses.
@@ -252,6 +254,7 @@ impl PbxBuilder {
             sip_port,
             addrs: LocalAddrs::new(config.advertise_ip()),
             shard_count: shards,
+            moved: Default::default(),
             stats: Stats::default(),
         });
         // Ids above every stored CDR, time-ordered across restarts; no disk access
@@ -276,7 +279,12 @@ impl PbxBuilder {
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
-        let dispatcher = Dispatcher::new(senders.clone(), limits, env.guard.clone());
+        let dispatcher = Dispatcher::new(
+            senders.clone(),
+            limits,
+            env.guard.clone(),
+            Arc::clone(&env.moved),
+        );
         let dialplan = Dialplan::from_config(&config);
         let trunk_status = crate::trunk::Board::default();
         let (st, ctl) = (store.clone(), controls.clone());
@@ -351,6 +359,7 @@ impl PbxBuilder {
                 latency: Arc::clone(&latency),
                 callbacks: callbacks_tx.clone(),
                 reports: reports_tx.clone(),
+                controls: controls.clone(),
             };
             // The first shard's thread also reads the UDP sockets.
             let udp = std::mem::take(&mut readers);
@@ -937,6 +946,8 @@ struct ShardTask {
     callbacks: mpsc::UnboundedSender<crate::callbacks::Request>,
     /// So do campaign attempts' steps.
     reports: mpsc::UnboundedSender<crate::campaigns::Report>,
+    /// Every shard's control queue (a transfer across shards).
+    controls: Vec<mpsc::UnboundedSender<Control>>,
 }
 
 impl ShardTask {
@@ -953,6 +964,7 @@ impl ShardTask {
             latency,
             callbacks,
             reports,
+            controls,
         } = self;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -1051,6 +1063,11 @@ impl ShardTask {
             for r in shard.poll_attempts() {
                 let _ = reports.send(r);
             }
+            for (to, h) in shard.poll_handoffs() {
+                if let Some(c) = controls.get(to) {
+                    let _ = c.send(Control::Handoff(h));
+                }
+            }
             if let Some(seq) = shard.poll_flush() {
                 let _ = writer.send(WriterMsg::Flush { shard: index, seq });
             }
@@ -1138,6 +1155,7 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         Control::Flushed(seq) => shard.handle_flushed(now, seq),
         Control::FlushFailed => shard.handle_flush_failed(now),
         Control::Stop => shard.stop(now),
+        Control::Handoff(h) => shard.handle_handoff(now, h),
         Control::Closed(peer) => shard.connection_closed(now, peer),
         Control::Relocated(t) => shard.trunk_relocated(now, t),
     }

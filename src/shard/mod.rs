@@ -94,6 +94,8 @@ pub struct Shard {
     /// Call-backs asked for, not yet handed to the desk.
     callbacks: Vec<crate::callbacks::Request>,
     attempts: Vec<crate::campaigns::Report>,
+    /// Messages for other shards' calls (transfers across shards).
+    handoffs: Vec<(usize, crate::tu::Handoff)>,
     /// Final answers waiting for the store write they confirm.
     held: VecDeque<Held>,
     /// Writes handed out so far, and the highest number known to be durable.
@@ -138,6 +140,7 @@ impl Shard {
             writes: Vec::new(),
             callbacks: Vec::new(),
             attempts: Vec::new(),
+            handoffs: Vec::new(),
             held: VecDeque::new(),
             write_seq: 0,
             flushed_seq: 0,
@@ -357,6 +360,7 @@ impl Shard {
                 }
                 Effect::Callback(r) => self.callbacks.push(r),
                 Effect::Attempt(r) => self.attempts.push(r),
+                Effect::Handoff(to, h) => self.handoffs.push((to, h)),
             }
         }
     }
@@ -757,6 +761,17 @@ impl Shard {
     /// The call-backs the calls asked for, for the desk.
     pub fn poll_callbacks(&mut self) -> Vec<crate::callbacks::Request> {
         std::mem::take(&mut self.callbacks)
+    }
+
+    /// Messages for other shards' calls: (shard, message).
+    pub fn poll_handoffs(&mut self) -> Vec<(usize, crate::tu::Handoff)> {
+        std::mem::take(&mut self.handoffs)
+    }
+
+    /// Another shard's calls hand this one a message.
+    pub fn handle_handoff(&mut self, now: Instant, message: crate::tu::Handoff) {
+        self.with_calls(now, |c, cx| c.on_handoff(cx, message));
+        self.process_events(now);
     }
 
     /// What campaign attempts' calls reported, for the desk.

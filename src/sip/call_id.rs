@@ -32,6 +32,44 @@ pub fn shard_of(bytes: &[u8], shards: usize) -> usize {
     (fnv1a(bytes) % shards.max(1) as u64) as usize
 }
 
+/// Call-IDs whose messages go to another shard than their hash says: the
+/// legs a transfer handed from one shard's call to another's. Empty almost
+/// always, and then costs one atomic load per message.
+#[derive(Debug, Default)]
+pub struct Moved {
+    shards: dashmap::DashMap<CallId, usize>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Moved {
+    /// The shard that owns `call_id`'s messages.
+    pub fn shard(&self, call_id: &[u8], shards: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        if self.count.load(Ordering::Relaxed) > 0 {
+            if let Some(s) = self.shards.get(&CallId::from_bytes(call_id)) {
+                return *s;
+            }
+        }
+        shard_of(call_id, shards)
+    }
+
+    /// From now on `call_id`'s messages go to `shard`.
+    pub fn insert(&self, call_id: CallId, shard: usize) {
+        if self.shards.insert(call_id, shard).is_none() {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `call_id` ended: its hash decides again.
+    pub fn remove(&self, call_id: &CallId) {
+        if self.shards.remove(call_id).is_some() {
+            self.count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 fn fnv1a(b: &[u8]) -> u64 {
     fnv1a_parts([b])
 }

@@ -59,6 +59,8 @@ pub struct Dispatcher<T> {
     shed: Arc<AtomicU64>,
     /// Asked about every datagram's source before it is parsed.
     guard: crate::guard::Guard,
+    /// Legs a transfer handed to another shard than their hash.
+    moved: Arc<crate::sip::call_id::Moved>,
 }
 
 impl<T> Clone for Dispatcher<T> {
@@ -70,12 +72,18 @@ impl<T> Clone for Dispatcher<T> {
             dropped_overload: Arc::clone(&self.dropped_overload),
             shed: Arc::clone(&self.shed),
             guard: self.guard.clone(),
+            moved: Arc::clone(&self.moved),
         }
     }
 }
 
 impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
-    pub fn new(shards: Vec<mpsc::Sender<T>>, limits: Limits, guard: crate::guard::Guard) -> Self {
+    pub fn new(
+        shards: Vec<mpsc::Sender<T>>,
+        limits: Limits,
+        guard: crate::guard::Guard,
+        moved: Arc<crate::sip::call_id::Moved>,
+    ) -> Self {
         Dispatcher {
             lags: Arc::new(shards.iter().map(|_| AtomicU64::new(0)).collect()),
             shards: Arc::new(shards),
@@ -83,6 +91,7 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
             dropped_overload: Arc::new(AtomicU64::new(0)),
             shed: Arc::new(AtomicU64::new(0)),
             guard,
+            moved,
         }
     }
 
@@ -141,7 +150,7 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         }
         let n = self.shards.len();
         let shard = match &parsed {
-            Ok(m) => m.call_id().map_or(0, |c| shard_of(c, n)),
+            Ok(m) => m.call_id().map_or(0, |c| self.moved.shard(c, n)),
             Err(_) => shard_of(remote.addr.to_string().as_bytes(), n),
         };
         let queue = &self.shards[shard];

@@ -100,6 +100,8 @@ pub struct Env {
     pub addrs: LocalAddrs,
     /// How many shards there are (dispatch is by Call-ID hash modulo this).
     pub shard_count: usize,
+    /// Legs handed to another shard than their Call-ID's hash (transfers).
+    pub moved: Arc<crate::sip::call_id::Moved>,
     pub stats: Stats,
 }
 
@@ -169,7 +171,13 @@ pub enum Effect<T> {
     Callback(crate::callbacks::Request),
     /// A campaign attempt's call moved on (the desk pushes, erases, records).
     Attempt(crate::campaigns::Report),
+    /// A message for the same module of another shard (a transfer joining
+    /// calls of two shards); opaque to the runtime, which delivers it.
+    Handoff(usize, Handoff),
 }
+
+/// What one shard's module hands to another's (see [`Effect::Handoff`]).
+pub type Handoff = Box<dyn std::any::Any + Send>;
 
 /// Per-shard counters the modules draw from.
 #[derive(Debug)]
@@ -301,6 +309,11 @@ impl<'a, T> Cx<'a, T> {
     /// Reports a campaign attempt's step to the desk.
     pub fn attempt(&mut self, r: crate::campaigns::Report) {
         self.out.push(Effect::Attempt(r));
+    }
+
+    /// Hands `message` to this module on shard `shard`.
+    pub fn hand_off(&mut self, shard: usize, message: Handoff) {
+        self.out.push(Effect::Handoff(shard, message));
     }
 
     /// A new unique id (CDRs, response records).
