@@ -215,6 +215,12 @@ impl Calls {
                         };
                         Outcome::Skip(Some(next), None)
                     }
+                    Target::Queue(q) if bridge.transfer.is_some() => {
+                        match self.transfer_to_queue(cx, a, q) {
+                            true => Outcome::Ringing,
+                            false => Outcome::Skip(None, None),
+                        }
+                    }
                     Target::Queue(q) => {
                         self.hand_to_queue(cx, a, q);
                         Outcome::Ringing

@@ -18,7 +18,7 @@ use super::bridge::{
     answer_caller, cancel_ringing, peer_of, refuse, ALeg, APhase, Branch, BranchSpec, Bridge,
 };
 use super::cdr::{Disposition, HangupBy};
-use super::{answered_pt, lossy, new_cdr, Calls, Cx, Party, Refusal, Timer};
+use super::{answered_pt, lossy, new_cdr, Calls, Cx, Party, Refusal, Side, Timer};
 use crate::callbacks::{Request, Voice};
 use crate::clock::UnixMillis;
 use crate::history::ResponseRecord;
@@ -121,9 +121,40 @@ pub(super) struct Queued {
     /// (the queue's statistics).
     pub entered: UnixMillis,
     pub taken_at: Option<UnixMillis>,
+    /// The caller came by a transfer (maybe held): the agent who answers
+    /// has the caller re-INVITEd toward them.
+    pub transferred: bool,
 }
 
 impl Queued {
+    /// A caller (`caller`, talking payload types `pt` and `event_pt`) entering
+    /// queue `id` now.
+    fn new(
+        cx: &Cx<'_>,
+        id: QueueId,
+        caller: String,
+        (pt, event_pt): (u8, Option<u8>),
+        origin: Origin,
+    ) -> Queued {
+        let env = cx.env;
+        let queue = env.routing.queue(id);
+        Queued {
+            id,
+            caller,
+            ticket: env.routing.new_ticket(),
+            tried: Vec::new(),
+            phase: Phase::Connected,
+            wrap_up: queue.wrap_up,
+            pt,
+            event_pt,
+            hops: 0,
+            origin,
+            entered: cx.wall,
+            taken_at: None,
+            transferred: false,
+        }
+    }
+
     fn due(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Waiting {
@@ -222,10 +253,7 @@ impl Calls {
         };
         let pt = answered_pt(&answer);
         let event_pt = super::answered_event_pt(&answer);
-        match &queue.greeting {
-            Some(g) => relay.play_then(0, Arc::clone(g), Arc::clone(&queue.music), pt),
-            None => relay.play(0, Arc::clone(&queue.music), pt, true),
-        }
+        welcome(relay.as_ref(), queue, pt);
         let caller_party = super::start_party(
             &env.presence,
             &caller,
@@ -234,20 +262,7 @@ impl Calls {
             &queue.number,
             cx.wall,
         );
-        let mut queued = Queued {
-            id,
-            caller,
-            ticket: env.routing.new_ticket(),
-            tried: Vec::new(),
-            phase: Phase::Connected,
-            wrap_up: queue.wrap_up,
-            pt,
-            event_pt,
-            hops: 0,
-            origin,
-            entered: cx.wall,
-            taken_at: None,
-        };
+        let mut queued = Queued::new(cx, id, caller, (pt, event_pt), origin);
         queued.wait(cx, &a, cx.now + queue.max_wait);
         let mut bridge = Bridge {
             phase: APhase::Confirmed,
@@ -262,6 +277,47 @@ impl Calls {
     }
 
     /// Arms the queue timer of call `a` at its phase's next deadline.
+    /// The transferee (side A) of call `a` is transferred into queue `id`:
+    /// the transferor is released at once and the caller waits there like
+    /// one who dialled it. False when a transferee on side B cannot queue.
+    pub(super) fn transfer_to_queue(&mut self, cx: &mut Cx<'_>, a: &CallId, id: QueueId) -> bool {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return false;
+        };
+        let Some(mut t) = bridge.transfer.take_if(|t| matches!(t.by, Side::B(_))) else {
+            return false;
+        };
+        cancel_ringing(cx, bridge, bridge.hunt.first, None);
+        if let Some((ext, party)) = bridge.callee_party.take() {
+            let _ = cx.env.presence.dialog_ended(&ext, party, None, cx.wall);
+        }
+        let old = match t.by {
+            Side::B(i) => bridge.branches[i].dialog.take(),
+            Side::A => None,
+        };
+        bridge.answered = None;
+        bridge.phase = APhase::Confirmed;
+        let queue = cx.env.routing.queue(id);
+        bridge.cdr.callee = queue.number.clone();
+        bridge.cdr.answer_ms = Some(cx.wall.0);
+        let pts = (
+            answered_pt(&bridge.b_sdp),
+            super::answered_event_pt(&bridge.b_sdp),
+        );
+        let origin = Origin::new(bridge.cdr.id);
+        welcome(bridge.relay.as_ref(), queue, pts.0);
+        let mut queued = Queued::new(cx, id, bridge.cdr.caller.clone(), pts, origin);
+        queued.transferred = true;
+        queued.wait(cx, a, cx.now + queue.max_wait);
+        bridge.queue = Some(queued);
+        tracing::info!(call_id = %a, queue = %queue.number, "transferred to a queue");
+        super::transfer::release(cx, &mut self.legs, old, &t);
+        let by = super::transfer::hangup_by(t.by);
+        super::transfer::end_transferor(cx, &mut t, by);
+        self.route_queue_call(cx, a);
+        true
+    }
+
     fn arm_queue(&self, cx: &mut Cx<'_>, a: &CallId) {
         let due = self
             .bridges
@@ -486,6 +542,9 @@ impl Calls {
         cancel_ringing(cx, bridge, offer.first_branch, Some(idx));
         tracing::debug!(call_id = %a, agent = %offer.agent, "queue call answered");
         record_answered(cx, &caller, offer.agent, a);
+        if bridge.queue.as_ref().is_some_and(|q| q.transferred) {
+            self.reanchor(cx, a, Side::A, r.body(), None, (None, false));
+        }
     }
 
     /// The queue timer of call `a` fired (`at` is the deadline it was armed for).
@@ -823,6 +882,14 @@ impl Calls {
             None => b.finish(),
         };
         cx.respond(tx, bytes);
+    }
+}
+
+/// What a caller entering `queue` hears first: its greeting, then its music.
+fn welcome(relay: &dyn crate::media::RelayControl, queue: &crate::routing::Queue, pt: u8) {
+    match &queue.greeting {
+        Some(g) => relay.play_then(0, Arc::clone(g), Arc::clone(&queue.music), pt),
+        None => relay.play(0, Arc::clone(&queue.music), pt, true),
     }
 }
 

@@ -45,8 +45,9 @@ const MAX_NUMBER: usize = 64;
 pub(super) struct Transfer {
     /// The transferor's side (its dialog carries the NOTIFYs while it is there).
     pub by: Side,
-    /// `Event: refer;id=N`: the REFER's CSeq number.
-    event_id: u32,
+    /// `Event: refer;id=N`: the REFER's CSeq number (none when the desk
+    /// transfers: nobody subscribed).
+    event_id: Option<u32>,
     /// The call's CDR until the transfer; written when the transferor leaves.
     previous: Option<Cdr>,
     /// The transferor's dialog in the presence map (ends when it leaves).
@@ -106,6 +107,23 @@ struct Leg {
     outbound: Option<super::outbound::Outbound>,
     /// The number the consultation dialled (the joined call's callee).
     number: String,
+}
+
+/// The transferor's dialog `old` (if it is still up) hears that transfer
+/// `t` succeeded and is ended (no longer one of the shard's `legs`).
+pub(super) fn release(
+    cx: &mut Cx<'_>,
+    legs: &mut std::collections::HashMap<CallId, (CallId, Side)>,
+    old: Option<Dialog>,
+    t: &Transfer,
+) {
+    if let Some(mut d) = old {
+        legs.remove(&d.call_id);
+        if let Some(id) = t.event_id {
+            notify(cx, &mut d, id, 200, "OK");
+        }
+        bye(cx, &mut d);
+    }
 }
 
 /// The relay side of a bridge side (0: A, 1: B).
@@ -208,7 +226,7 @@ pub(super) fn dialog_of(bridge: &mut Bridge, side: Side) -> Option<&mut Dialog> 
 
 /// Tells the transferor (if it is still there) how the transfer goes.
 fn notify_transferor(cx: &mut Cx<'_>, bridge: &mut Bridge, code: u16, reason: &str) {
-    let Some((by, id)) = bridge.transfer.as_ref().map(|t| (t.by, t.event_id)) else {
+    let Some((by, Some(id))) = bridge.transfer.as_ref().map(|t| (t.by, t.event_id)) else {
         return;
     };
     if let Some(d) = dialog_of(bridge, by) {
@@ -219,7 +237,7 @@ fn notify_transferor(cx: &mut Cx<'_>, bridge: &mut Bridge, code: u16, reason: &s
 /// The transferor is out of the call (hung up, or released): its presence
 /// dialog ends (an agent goes into wrap-up), a queue call's talk time is
 /// counted, the call so far gets its CDR.
-fn end_transferor(cx: &mut Cx<'_>, t: &mut Transfer, by: HangupBy) {
+pub(super) fn end_transferor(cx: &mut Cx<'_>, t: &mut Transfer, by: HangupBy) {
     let wrap_up = t.queue.as_ref().map(|q| q.wrap_up);
     if let Some((ext, id)) = t.transferor.take() {
         let _ = cx.env.presence.dialog_ended(&ext, id, wrap_up, cx.wall);
@@ -233,7 +251,7 @@ fn end_transferor(cx: &mut Cx<'_>, t: &mut Transfer, by: HangupBy) {
 }
 
 /// Who ended the call so far when `side` leaves it.
-fn hangup_by(side: Side) -> HangupBy {
+pub(super) fn hangup_by(side: Side) -> HangupBy {
     match side {
         Side::A => HangupBy::Caller,
         Side::B(_) => HangupBy::Callee,
@@ -279,7 +297,7 @@ fn accept(
     cx: &mut Cx<'_>,
     (tx, req, remote): (TxId, &Message, Remote),
     user: &str,
-) -> (u32, String, Remote) {
+) -> (Option<u32>, String, Remote) {
     let mut ok = cx.response(req, remote, StatusCode::ACCEPTED);
     ok.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
     cx.respond(tx, ok.finish());
@@ -289,7 +307,7 @@ fn accept(
         .next()
         .map(lossy)
         .unwrap_or_else(|| format!("<sip:{user}@{}>", cx.env.domain));
-    (req.cseq().map_or(0, |c| c.seq), referred_by, remote)
+    (req.cseq().map(|c| c.seq), referred_by, remote)
 }
 
 impl Calls {
@@ -336,8 +354,9 @@ impl Calls {
                 403,
                 "Forbidden (Transfer To An Outside Number Not Possible Here)",
             )),
-            _ if matches!(env.forward_target(&number), Target::Queue(_)) => {
-                Some((403, "Forbidden (Transfer To A Queue Not Possible Yet)"))
+            // A queue's callers are on side A.
+            _ if side == Side::A && matches!(env.forward_target(&number), Target::Queue(_)) => {
+                Some((403, "Forbidden (Transfer To A Queue Not Possible Here)"))
             }
             _ => None,
         };
@@ -601,7 +620,7 @@ impl Calls {
         side: Side,
         user: String,
         number: String,
-        (event_id, referred_by, remote): (u32, String, Remote),
+        (event_id, referred_by, remote): (Option<u32>, String, Remote),
     ) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
@@ -745,11 +764,7 @@ impl Calls {
                 .presence
                 .dialog_state(ext, *id, DialogState::Confirmed, cx.wall);
         }
-        if let Some(mut d) = old {
-            self.legs.remove(&d.call_id);
-            notify(cx, &mut d, t.event_id, 200, "OK");
-            bye(cx, &mut d);
-        }
+        release(cx, &mut self.legs, old, &t);
         if t.queue.is_some() {
             if let Some((agent, _)) = target {
                 let agent = agent.clone();
@@ -808,7 +823,7 @@ impl Calls {
     /// Re-INVITEs `side` of call `a` with `sdp` (the new party's, pointed at
     /// the relay): its media goes to the relay in the new party's codecs, and
     /// off hold. `authorization` answers a provider's challenge (`retried`).
-    fn reanchor(
+    pub(super) fn reanchor(
         &mut self,
         cx: &mut Cx<'_>,
         a: &CallId,

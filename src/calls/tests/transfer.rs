@@ -427,3 +427,60 @@ fn a_transfer_to_a_consultation_still_ringing_transfers_to_what_it_rings() {
         "now for the caller: {again}"
     );
 }
+
+#[test]
+fn a_caller_transferred_to_a_queue_waits_there_and_the_agent_gets_them_off_hold() {
+    let mut routing = Directory::new(vec![Group {
+        name: "support".into(),
+        members: vec![("203".into(), 1)],
+    }]);
+    routing.add_queue(queue_500(Overflow::Announce));
+    let mut lab = Lab::new(Setup {
+        users: vec!["201", "202", "203"],
+        authenticate: false,
+        routing,
+        ..Setup::default()
+    });
+    lab.h.bind("202", PHONE_A);
+    lab.h.bind("203", PHONE_B);
+    let (ok, b) = connected(&mut lab, "toq@a", "");
+    let refer = callee_request(&b, "b", PHONE_A, "REFER", 2, "Refer-To: <sip:500@pbx>\r\n");
+    let out = lab.input(refer, PHONE_A);
+    one(&out, "SIP/2.0 202 Accepted");
+    assert_eq!(sipfrags(&out), ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]);
+    assert_eq!(
+        lab.sent_to("BYE "),
+        [PHONE_A],
+        "the transferor is released at once"
+    );
+    assert!(
+        lab.media_log()
+            .iter()
+            .any(|l| l.ends_with("play 0 pt=0 looping=true")),
+        "queue music: {:?}",
+        lab.media_log()
+    );
+    assert_eq!(lab.cdrs, 1);
+    let offer = one(&out, "INVITE sip:203@10.0.0.3").clone();
+    assert!(
+        header(&offer, "From").contains("sip:201@"),
+        "the agent sees the caller: {offer}"
+    );
+    let out = lab.input(response(&offer, 200, "q", &sdp_of(PHONE_B), ""), PHONE_B);
+    let reinvite = one(&out, "INVITE sip:201@").clone();
+    assert_eq!(header(&reinvite, "Call-ID"), "toq@a");
+    lab.input(response(&reinvite, 200, "caller", SDP, ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    let bye = one(&out, "BYE sip:phone@");
+    assert_eq!(header(bye, "Call-ID"), header(&offer, "Call-ID"));
+    assert_eq!(lab.cdrs, 2);
+    let last = lab
+        .writes
+        .iter()
+        .rev()
+        .find(|w| w.contains("Cdr {"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(last.contains("callee: \"203\""), "{last}");
+    assert!(lab.idle());
+}
