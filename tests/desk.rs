@@ -822,6 +822,109 @@ async fn the_desktop_pops_up_the_callers_history_and_saves_todays_record() {
     );
 }
 
+/// A customer who called before (their record: "asked about a refund")
+/// rings agent A from the queue; A transfers the call from the desktop to
+/// B (away from the queue, but reachable); B's phone answers, B's page pops
+/// up the customer with that history, A's phone is released, and the
+/// customer is re-INVITEd toward B. Over the API: another agent's call, a
+/// number that goes nowhere, and a body naming both or neither are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_transfers_a_customer_from_the_desktop_and_the_colleague_gets_their_history() {
+    use tokio::io::AsyncBufReadExt;
+    let d = desk(QUEUE).await;
+    let (a, b) = (
+        d.token("user1000", "pw1000").await,
+        d.token("user1001", "pw1001").await,
+    );
+    let r = d
+        .http
+        .post(format!("{}/api/v1/customers/caller/records", d.base))
+        .bearer_auth(&a)
+        .json(&json!({"notes": "asked about a refund", "outcome": "call back"}))
+        .send()
+        .await
+        .expect("record");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = d
+        .http
+        .put(format!("{}/api/v1/agents/user1001/state", d.base))
+        .bearer_auth(&b)
+        .json(&json!({"state": "away"}))
+        .send()
+        .await
+        .expect("away");
+    assert!(r.status().is_success());
+    let phone_a = agent_phone(&d, "1").await;
+    let b_port = free_port();
+    register_phone(d.sip, d.dir.path(), b_port, "user1001", "pw1001").await;
+    let phone_b =
+        common::sipp_scenario(d.sip, d.dir.path(), b_port, "uas_answer.xml", &["-m", "1"]);
+
+    let envs = [
+        ("A_EXT", "user1000"),
+        ("A_PW", "pw1000"),
+        ("B_EXT", "user1001"),
+        ("B_PW", "pw1001"),
+        ("CALLER", "caller"),
+        ("EARLIER_NOTES", "asked about a refund"),
+    ];
+    let (mut child, artifacts) = browser_script("transfer.mjs", &d.base, &envs);
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    until_line(&mut lines, "READY").await;
+    let customer = common::sipp_scenario(
+        d.sip,
+        d.dir.path(),
+        free_port(),
+        "uac_transferred.xml",
+        &["-s", "500", "-m", "1", "-d", "3000"],
+    );
+    // While A talks: the API refuses what it should.
+    let mut mine = Value::Null;
+    for _ in 0..200 {
+        let calls: Value = d.json("/api/v1/me/calls", &a).await;
+        if calls[0]["state"] == "confirmed" {
+            mine = calls[0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let call_id = mine["call_id"].as_str().expect("A's call").to_string();
+    let transfer = |token: &str, body: Value| {
+        d.http
+            .post(format!("{}/api/v1/me/calls/{call_id}/transfer", d.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let (status, _) = error_of(transfer(&b, json!({"to": "user1000"})).await.expect("post")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not B's call");
+    let (status, message) =
+        error_of(transfer(&a, json!({"to": "9999"})).await.expect("post")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
+    let text = message["message"].as_str().unwrap_or_default();
+    assert!(text.contains("9999"), "{message}");
+    let (status, _) = error_of(transfer(&a, json!({})).await.expect("post")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let rest = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    browser_passed(child, &artifacts).await;
+    let _ = rest.await;
+    let out = customer.await.expect("join");
+    assert!(
+        out.status.success(),
+        "the customer is re-INVITEd toward B: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        phone_a.await.expect("join").status.success(),
+        "A's phone is released"
+    );
+    assert!(
+        phone_b.await.expect("join").status.success(),
+        "B's phone talks, then hangs up"
+    );
+}
+
 /// Reads lines of a browser script until `want` (its own progress marks).
 async fn until_line(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,

@@ -179,7 +179,7 @@ impl Bridge {
     }
 
     /// Where `side`'s signalling comes from.
-    fn remote_of(&self, side: Side) -> Remote {
+    pub(super) fn remote_of(&self, side: Side) -> Remote {
         match side {
             Side::A => self.a_dialog.as_ref().map_or(self.a.remote, |d| d.remote),
             Side::B(i) => self.branches.get(i).map_or(self.a.remote, |b| b.remote),

@@ -25,6 +25,7 @@ mod tests;
 mod transfer;
 
 pub use originate::{AttemptCall, OriginateError};
+pub use transfer::{TransferError, TransferTo};
 
 use crate::clock::UnixMillis;
 use crate::media::MediaEvent;

@@ -66,6 +66,32 @@ pub(super) struct Transfer {
     rang: bool,
 }
 
+/// Where the desk transfers an agent's call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTo {
+    /// A number: an extension, a ring group, a queue, an outside number.
+    Number(String),
+    /// The other party of the agent's call with this leg (attended).
+    Consultation(CallId),
+}
+
+/// Why the desk could not transfer a call (the API's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("no call {0} is in progress")]
+    NoCall(String),
+    #[error("call {0} is not yours")]
+    NotYours(String),
+    #[error("call {0} is not connected, or is being transferred")]
+    NotNow(String),
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("{0} is not a number this PBX can call")]
+    Unknown(String),
+    #[error("the PBX is shutting down")]
+    Stopped,
+}
+
 /// A transferor's call asks for its consultation (an attended transfer),
 /// on the shard that owns it.
 #[derive(Debug)]
@@ -76,7 +102,11 @@ struct Ask {
     /// Where the consulted party will be in it.
     x_side: Side,
     user: String,
-    replaces: Replaces,
+    /// The consultation's leg of the transferor.
+    consult: CallId,
+    /// The tags a REFER's Replaces names (none from the desk, which knows
+    /// the call is the user's).
+    tags: Option<(String, String)>,
 }
 
 /// The consultation's answer to call `x`.
@@ -291,6 +321,32 @@ fn put_back(cx: &Cx<'_>, bridge: &mut Bridge, t: Transfer) -> bool {
     }
 }
 
+/// Why `user` on `side` of `bridge` may not transfer its other party to
+/// `number`: the status and reason.
+fn number_refusal(
+    cx: &Cx<'_>,
+    bridge: &Bridge,
+    side: Side,
+    user: &str,
+    number: &str,
+) -> Option<(u16, &'static str)> {
+    let env = cx.env;
+    match env.reach(user, number) {
+        Reach::Unknown => Some((404, "Not Found")),
+        Reach::Outside { allowed: false } => Some((403, "Forbidden (Outside Call Not Allowed)")),
+        // An outside leg lives on side B, beside one provider at most.
+        Reach::Outside { .. } if side == Side::A || bridge.outbound.is_some() => Some((
+            403,
+            "Forbidden (Transfer To An Outside Number Not Possible Here)",
+        )),
+        // A queue's callers are on side A.
+        _ if side == Side::A && matches!(env.forward_target(number), Target::Queue(_)) => {
+            Some((403, "Forbidden (Transfer To A Queue Not Possible Here)"))
+        }
+        _ => None,
+    }
+}
+
 /// Accepts a REFER from `user` (202): the NOTIFYs' event id, who referred,
 /// where the transferor is.
 fn accept(
@@ -322,7 +378,6 @@ impl Calls {
         a: &CallId,
         side: Side,
     ) {
-        let env = cx.env;
         let Some(bridge) = self.bridges.get(a) else {
             return;
         };
@@ -344,22 +399,7 @@ impl Calls {
         let Some(number) = number else {
             return cx.reply(tx, req, remote, StatusCode::BAD_REQUEST);
         };
-        let refused = match env.reach(&user, &number) {
-            Reach::Unknown => Some((404, "Not Found")),
-            Reach::Outside { allowed: false } => {
-                Some((403, "Forbidden (Outside Call Not Allowed)"))
-            }
-            // An outside leg lives on side B, beside one provider at most.
-            Reach::Outside { .. } if side == Side::A || bridge.outbound.is_some() => Some((
-                403,
-                "Forbidden (Transfer To An Outside Number Not Possible Here)",
-            )),
-            // A queue's callers are on side A.
-            _ if side == Side::A && matches!(env.forward_target(&number), Target::Queue(_)) => {
-                Some((403, "Forbidden (Transfer To A Queue Not Possible Here)"))
-            }
-            _ => None,
-        };
+        let refused = number_refusal(cx, bridge, side, &user, &number);
         if let Some((code, reason)) = refused {
             tracing::info!(call_id = %a, %user, %number, "REFER refused: {reason}");
             return cx.reply_with(tx, req, remote, code, reason);
@@ -368,6 +408,80 @@ impl Calls {
         let refer = accept(cx, (tx, req, remote), &user);
         self.begin(cx, a, side, user, number.clone(), refer);
         self.hunt(cx, a, Some(Next::Number(number)), unavailable());
+    }
+
+    /// The desk transfers `user`'s call with leg `leg` (blind to a number,
+    /// or attended to the party of another of their calls); the phone is
+    /// released when the target answers (no NOTIFYs: nobody subscribed).
+    pub fn transfer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        user: &str,
+        leg: &CallId,
+        to: TransferTo,
+    ) -> Result<(), TransferError> {
+        let call = || leg.to_string();
+        let (a, _) = self
+            .legs
+            .get(leg)
+            .cloned()
+            .ok_or_else(|| TransferError::NoCall(call()))?;
+        let bridge = self
+            .bridges
+            .get(&a)
+            .ok_or_else(|| TransferError::NotYours(call()))?;
+        // The user's side of the call (a presence dialog may name either leg).
+        let sides = [Some(Side::A), bridge.answered.map(Side::B)];
+        let side = sides
+            .into_iter()
+            .flatten()
+            .find(|s| transferor_user(cx, bridge, *s).as_deref() == Some(user))
+            .ok_or_else(|| TransferError::NotYours(call()))?;
+        let connected = matches!(bridge.phase, APhase::Confirmed) && bridge.answered.is_some();
+        if !connected || bridge.transfer.is_some() {
+            return Err(TransferError::NotNow(call()));
+        }
+        let remote = bridge.remote_of(side);
+        let refer = (None, format!("<sip:{user}@{}>", cx.env.domain), remote);
+        let user = user.to_string();
+        match to {
+            TransferTo::Number(number) => match number_refusal(cx, bridge, side, &user, &number) {
+                Some((404, _)) => Err(TransferError::Unknown(number)),
+                Some((_, reason)) => Err(TransferError::Refused(reason)),
+                None => {
+                    tracing::info!(call_id = %a, %user, %number, "transfer (from the desk)");
+                    self.begin(cx, &a, side, user, number.clone(), refer);
+                    self.hunt(cx, &a, Some(Next::Number(number)), unavailable());
+                    Ok(())
+                }
+            },
+            TransferTo::Consultation(consult) => {
+                let home = cx.env.moved.shard(consult.as_bytes(), cx.env.shard_count);
+                let ask = Ask {
+                    x: a.clone(),
+                    from: cx.shard,
+                    x_side: side,
+                    user: user.clone(),
+                    consult,
+                    tags: None,
+                };
+                if home != cx.shard {
+                    self.begin(cx, &a, side, user, String::new(), refer);
+                    cx.hand_off(home, Box::new(ask));
+                    return Ok(());
+                }
+                match self.consulted(cx, ask) {
+                    Reply::Refused(404 | 481, _) => Err(TransferError::NoCall(call())),
+                    Reply::Refused(_, reason) => Err(TransferError::Refused(reason)),
+                    reply => {
+                        tracing::info!(call_id = %a, %user, "attended transfer (from the desk)");
+                        self.begin(cx, &a, side, user, String::new(), refer);
+                        self.joined(cx, &a, reply);
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 
     /// A REFER from `side` (`user`) of call `a` whose target is in dialog
@@ -393,7 +507,8 @@ impl Calls {
             from: cx.shard,
             x_side: side,
             user: user.clone(),
-            replaces,
+            consult: consult.clone(),
+            tags: Some((replaces.to_tag, replaces.from_tag)),
         };
         if home != cx.shard {
             tracing::info!(call_id = %a, %user, consultation = %consult, "attended transfer (another shard's call)");
@@ -436,20 +551,17 @@ impl Calls {
     /// still rings (it is cancelled), or why it cannot be joined.
     fn consulted(&mut self, cx: &mut Cx<'_>, ask: Ask) -> Reply {
         const GONE: Reply = Reply::Refused(481, "Call/Transaction Does Not Exist");
-        let r = &ask.replaces;
-        let Some((y, y_side)) = self
-            .legs
-            .get(&CallId::from_bytes(r.call_id.as_bytes()))
-            .cloned()
-        else {
+        let Some((y, y_side)) = self.legs.get(&ask.consult).cloned() else {
             return GONE;
         };
-        let Some(consult) = self.bridges.get(&y) else {
+        let Some(consult) = self.bridges.get(&y).filter(|_| y != ask.x) else {
             return GONE;
         };
-        let tag = party_tag(consult, y_side);
-        if !tag.is_some_and(|t| t == r.to_tag || t == r.from_tag) {
-            return GONE;
+        if let Some((to, from)) = &ask.tags {
+            let tag = party_tag(consult, y_side);
+            if !tag.is_some_and(|t| t == *to || t == *from) {
+                return GONE;
+            }
         }
         if transferor_user(cx, consult, y_side).as_deref() != Some(ask.user.as_str()) {
             tracing::warn!(call_id = %ask.x, user = %ask.user, "REFER refused: Replaces names another user's call");

@@ -45,6 +45,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/api/v1/agents/{extension}/state", put(set_state))
         .route("/api/v1/calls", post(click_to_call))
         .route("/api/v1/me/calls", get(my_calls))
+        .route("/api/v1/me/calls/{call_id}/transfer", post(transfer_call))
         .route("/api/v1/dispositions", get(dispositions))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/trunks", get(trunks))
@@ -82,6 +83,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         set_state,
         click_to_call,
         my_calls,
+        transfer_call,
         queues,
         dispositions,
         search_customers,
@@ -128,6 +130,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         Dial,
         Dialled,
         MyCall,
+        Transfer,
         RecordEdit,
         RecordNew,
         super::TrunkLine,
@@ -637,11 +640,7 @@ async fn click_to_call(
     ApiJson(body): ApiJson<Dial>,
 ) -> Result<(StatusCode, Json<Dialled>), ApiError> {
     let to = body.to.trim();
-    if to.is_empty()
-        || !to
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
-    {
+    if !is_number(to) {
         return Err(ApiError::BadRequest(format!("to: `{to}` is not a number")));
     }
     if !desk.commands.routable(to) {
@@ -685,6 +684,86 @@ async fn my_calls(
         })
         .collect();
     Json(calls)
+}
+
+/// Where to transfer one of my calls: a number (blind), or the other party
+/// of another of my calls (attended: the two are connected and I leave both).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    /// An extension, a ring group, a queue or an outside number.
+    pub to: Option<String>,
+    /// The Call-ID of my other call (from `/api/v1/me/calls`).
+    pub consultation: Option<String>,
+}
+
+impl From<crate::calls::TransferError> for ApiError {
+    fn from(e: crate::calls::TransferError) -> Self {
+        use crate::calls::TransferError as E;
+        match e {
+            E::NoCall(_) | E::Unknown(_) => ApiError::NotFound(e.to_string()),
+            E::NotYours(_) | E::Refused(_) => ApiError::Forbidden(e.to_string()),
+            E::NotNow(_) => ApiError::Conflict(e.to_string()),
+            E::Stopped => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Transfers one of my connected calls (by the Call-ID `/api/v1/me/calls`
+/// lists): its other party is put through to the number, or to the party of
+/// my other call; my phone is released when the target answers.
+#[utoipa::path(post, path = "/api/v1/me/calls/{call_id}/transfer", request_body = Transfer,
+    params(("call_id" = String, Path, description = "my call's Call-ID")),
+    responses((status = 202, description = "the transfer is under way"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "not my call, or a number I may not reach"),
+        (status = 404, body = ErrorBody, description = "no such call, or the number goes nowhere"),
+        (status = 409, body = ErrorBody, description = "the call is not connected or already being transferred")))]
+async fn transfer_call(
+    axum::extract::State(desk): axum::extract::State<Arc<Desk>>,
+    caller: Caller,
+    Path(call_id): Path<String>,
+    ApiJson(body): ApiJson<Transfer>,
+) -> Result<StatusCode, ApiError> {
+    let me = &caller.session.extension;
+    let mine = desk
+        .presence
+        .dialogs(me)
+        .iter()
+        .any(|d| d.call_id == call_id);
+    if !mine {
+        return Err(ApiError::NotFound(format!("you have no call {call_id}")));
+    }
+    let to = match (body.to.as_deref().map(str::trim), body.consultation) {
+        (Some(n), None) if is_number(n) => crate::calls::TransferTo::Number(n.to_string()),
+        (Some(n), None) => return Err(ApiError::BadRequest(format!("to: `{n}` is not a number"))),
+        (None, Some(c))
+            if desk
+                .presence
+                .dialogs(me)
+                .iter()
+                .any(|d| d.call_id == c && c != call_id) =>
+        {
+            crate::calls::TransferTo::Consultation(crate::sip::CallId::from(c))
+        }
+        (None, Some(c)) => return Err(ApiError::NotFound(format!("you have no other call {c}"))),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of `to` (a number) and `consultation` (your other call)".into(),
+            ))
+        }
+    };
+    let leg = crate::sip::CallId::from(call_id);
+    desk.commands.transfer(me, &leg, to).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Whether `n` reads as a number to dial (digits, letters, `*#+-_.`).
+fn is_number(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"*#+-_.".contains(&c))
 }
 
 /// Every queue now: waiting callers, the longest wait, and today's answered

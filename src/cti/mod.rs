@@ -73,6 +73,13 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId>;
     /// What `number` is, as a forwarding destination of `user`.
     fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach;
+    /// Transfers `user`'s call with leg `leg` to `to`.
+    fn transfer(
+        &self,
+        user: &str,
+        leg: &crate::sip::CallId,
+        to: crate::calls::TransferTo,
+    ) -> Pending<Result<(), crate::calls::TransferError>>;
 }
 
 /// A trunk as the desk shows it.

@@ -64,6 +64,13 @@ pub enum Control {
     Stop,
     /// Another shard's calls hand this one's a message (a transfer).
     Handoff(crate::tu::Handoff),
+    /// The desk transfers `user`'s call with leg `leg`.
+    Transfer {
+        user: String,
+        leg: CallId,
+        to: crate::calls::TransferTo,
+        reply: tokio::sync::oneshot::Sender<Result<(), crate::calls::TransferError>>,
+    },
     /// A TCP connection we opened (to a trunk's provider) closed.
     Closed(SocketAddr),
     /// DNS gave a trunk new addresses.
@@ -659,6 +666,32 @@ impl crate::cti::Commands for DeskCommands {
     fn trunk(&self, name: &str) -> Option<crate::outside::TrunkId> {
         self.env.outside.trunk_named(name)
     }
+    fn transfer(
+        &self,
+        user: &str,
+        leg: &CallId,
+        to: crate::calls::TransferTo,
+    ) -> crate::cti::Pending<Result<(), crate::calls::TransferError>> {
+        use crate::calls::TransferError;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let shard = self.env.moved.shard(leg.as_bytes(), self.controls.len());
+        let control = Control::Transfer {
+            user: user.to_string(),
+            leg: leg.clone(),
+            to,
+            reply,
+        };
+        let sent = self
+            .controls
+            .get(shard)
+            .is_some_and(|c| c.send(control).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(TransferError::Stopped);
+            }
+            answer.await.unwrap_or(Err(TransferError::Stopped))
+        })
+    }
     fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach {
         self.env.reach(user, number)
     }
@@ -1156,6 +1189,14 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
         Control::FlushFailed => shard.handle_flush_failed(now),
         Control::Stop => shard.stop(now),
         Control::Handoff(h) => shard.handle_handoff(now, h),
+        Control::Transfer {
+            user,
+            leg,
+            to,
+            reply,
+        } => {
+            let _ = reply.send(shard.transfer(now, &user, &leg, to));
+        }
         Control::Closed(peer) => shard.connection_closed(now, peer),
         Control::Relocated(t) => shard.trunk_relocated(now, t),
     }

@@ -768,6 +768,20 @@ impl Shard {
         std::mem::take(&mut self.handoffs)
     }
 
+    /// The desk transfers `user`'s call with leg `leg`.
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        user: &str,
+        leg: &CallId,
+        to: calls::TransferTo,
+    ) -> Result<(), calls::TransferError> {
+        let mut result = Err(calls::TransferError::Stopped);
+        self.with_calls(now, |c, cx| result = c.transfer(cx, user, leg, to));
+        self.process_events(now);
+        result
+    }
+
     /// Another shard's calls hand this one a message.
     pub fn handle_handoff(&mut self, now: Instant, message: crate::tu::Handoff) {
         self.with_calls(now, |c, cx| c.on_handoff(cx, message));

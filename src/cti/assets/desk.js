@@ -265,6 +265,8 @@ async function onCall(e) {
     $("pop-who").textContent = pop.name ? `${pop.name} (${pop.caller})` : pop.caller;
     $("pop-state").textContent = "Ringing…";
     $("record-form").hidden = true;
+    $("transfer-form").hidden = true;
+    $("transfer-status").textContent = "";
     $("record-status").textContent = "";
     $("record-name").value = pop.name || "";
     $("cb-customer").value = pop.caller;
@@ -276,11 +278,29 @@ async function onCall(e) {
   if (!desk.pop || desk.pop.callId !== e.call_id) return;
   if (e.phase === "answered") {
     $("pop-state").textContent = "On the call.";
+    $("transfer-form").hidden = false;
     openRecord();
   } else if (e.phase === "ended") {
     $("pop-state").textContent = "Call ended.";
+    $("transfer-form").hidden = true;
   }
 }
+
+// Transfer the call on screen: the caller is put through to the number (an
+// extension, a ring group, a queue); my phone is released when it answers.
+$("transfer-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const pop = desk.pop;
+  const to = $("transfer-to").value.trim();
+  if (!pop || !to) return;
+  $("transfer-status").textContent = `Transferring to ${to}…`;
+  try {
+    await api("POST", `/api/v1/me/calls/${encodeURIComponent(pop.callId)}/transfer`, { to });
+    $("transfer-status").textContent = `Transferring to ${to}: your phone is released when they answer.`;
+  } catch (e) {
+    $("transfer-status").textContent = `Could not transfer to ${to}: ${e.message}`;
+  }
+});
 
 // Today's record of the call: the PBX opened one for a queue call; saving
 // writes that one, or opens the agent's own for any other call.
