@@ -110,21 +110,6 @@ impl Lab {
     }
 }
 
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: sipp exited {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn joined(phone: JoinHandle<Output>, what: &str) {
     ok(&phone.await.expect("join"), what);
 }

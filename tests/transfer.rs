@@ -31,21 +31,6 @@ fn count_rtp(socket: std::net::UdpSocket, limit: Duration) -> std::thread::JoinH
     })
 }
 
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: sipp exited {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An embedded PBX with extensions 4001 (the transferor) and 4003 (the
 /// target), both registered; callers need no digest.
 async fn office() -> (tempfile::TempDir, sipdesk::Pbx, SocketAddr, u16, u16) {

@@ -456,30 +456,19 @@ impl Calls {
                 }
             },
             TransferTo::Consultation(consult) => {
-                let home = cx.env.moved.shard(consult.as_bytes(), cx.env.shard_count);
                 let ask = Ask {
                     x: a.clone(),
                     from: cx.shard,
                     x_side: side,
-                    user: user.clone(),
+                    user,
                     consult,
                     tags: None,
                 };
-                if home != cx.shard {
-                    self.begin(cx, &a, side, user, String::new(), refer);
-                    cx.hand_off(home, Box::new(ask));
-                    return Ok(());
-                }
-                match self.consulted(cx, ask) {
-                    Reply::Refused(404 | 481, _) => Err(TransferError::NoCall(call())),
-                    Reply::Refused(_, reason) => Err(TransferError::Refused(reason)),
-                    reply => {
-                        tracing::info!(call_id = %a, %user, "attended transfer (from the desk)");
-                        self.begin(cx, &a, side, user, String::new(), refer);
-                        self.joined(cx, &a, reply);
-                        Ok(())
-                    }
-                }
+                self.attend(cx, ask, |_| refer)
+                    .map_err(|(code, reason)| match code {
+                        481 => TransferError::NoCall(call()),
+                        _ => TransferError::Refused(reason),
+                    })
             }
         }
     }
@@ -500,32 +489,49 @@ impl Calls {
         user: String,
         replaces: Replaces,
     ) {
-        let consult = CallId::from_bytes(replaces.call_id.as_bytes());
-        let home = cx.env.moved.shard(consult.as_bytes(), cx.env.shard_count);
         let ask = Ask {
             x: a.clone(),
             from: cx.shard,
             x_side: side,
             user: user.clone(),
-            consult: consult.clone(),
+            consult: CallId::from_bytes(replaces.call_id.as_bytes()),
             tags: Some((replaces.to_tag, replaces.from_tag)),
         };
-        if home != cx.shard {
-            tracing::info!(call_id = %a, %user, consultation = %consult, "attended transfer (another shard's call)");
-            let refer = accept(cx, (tx, req, remote), &user);
-            self.begin(cx, a, side, user, String::new(), refer);
-            return cx.hand_off(home, Box::new(ask));
+        let accepted = self.attend(cx, ask, |cx| accept(cx, (tx, req, remote), &user));
+        if let Err((code, reason)) = accepted {
+            cx.reply_with(tx, req, remote, code, reason);
         }
-        if self.legs.get(&consult).is_some_and(|(y, _)| y == a) {
-            return cx.reply(tx, req, remote, StatusCode::CALL_DOES_NOT_EXIST);
+    }
+
+    /// Starts attended transfer `ask`, accepted (`accept`: the transferor is
+    /// told) unless its consultation, on this shard, cannot be joined: why
+    /// not. A consultation of another shard is asked there, and a refusal
+    /// comes back as the transfer's failure.
+    fn attend(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ask: Ask,
+        accept: impl FnOnce(&mut Cx<'_>) -> (Option<u32>, String, Remote),
+    ) -> Result<(), (u16, &'static str)> {
+        let home = cx
+            .env
+            .moved
+            .shard(ask.consult.as_bytes(), cx.env.shard_count);
+        let (a, side, user) = (ask.x.clone(), ask.x_side, ask.user.clone());
+        tracing::info!(call_id = %a, %user, consultation = %ask.consult, "attended transfer");
+        if home != cx.shard {
+            let refer = accept(cx);
+            self.begin(cx, &a, side, user, String::new(), refer);
+            cx.hand_off(home, Box::new(ask));
+            return Ok(());
         }
         match self.consulted(cx, ask) {
-            Reply::Refused(code, reason) => cx.reply_with(tx, req, remote, code, reason),
+            Reply::Refused(code, reason) => Err((code, reason)),
             reply => {
-                tracing::info!(call_id = %a, %user, consultation = %consult, "attended transfer");
-                let refer = accept(cx, (tx, req, remote), &user);
-                self.begin(cx, a, side, user, String::new(), refer);
-                self.joined(cx, a, reply);
+                let refer = accept(cx);
+                self.begin(cx, &a, side, user, String::new(), refer);
+                self.joined(cx, &a, reply);
+                Ok(())
             }
         }
     }

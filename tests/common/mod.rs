@@ -557,3 +557,19 @@ pub async fn session_token(
         .expect("json");
     r["token"].as_str().expect("token").to_string()
 }
+
+/// Asserts a SIPp run passed; else shows its last screen lines and errors.
+pub fn ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: sipp exited {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
