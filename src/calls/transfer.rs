@@ -17,7 +17,17 @@
 //! A transferor may hang up as soon as the REFER is accepted (a blind
 //! transfer): the transfer goes on. When the target fails, the call goes
 //! back to how it was (the transferor may resume it), or, the transferor
-//! gone, the transferee is hung up.
+//! gone, the transferee is hung up. A number that leads to a queue puts the
+//! transferee in it at once (the transferor is released; the agent who
+//! answers has the transferee re-INVITEd toward them).
+//!
+//! An attended transfer names the transferor's consultation (`Replaces` in
+//! the Refer-To, or the desk's other call): its other party's leg leaves the
+//! consultation (which ends for the transferor) and takes the transferor's
+//! place, re-INVITEd toward this call's relay, then the transferee toward
+//! it. A consultation of another shard is asked for there ([`Ask`]); its
+//! leg comes back ([`Answer`]) and its messages are routed to this shard
+//! from then on (`Moved`). The desk transfers the same way, without NOTIFYs.
 
 use super::bridge::{
     ack, bye, cancel_ringing, parties_end, peer_of, rewrite_for, APhase, Branch, Bridge,
