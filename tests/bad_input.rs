@@ -54,7 +54,10 @@ fn each_kind_of_bad_request_gets_its_status_and_the_server_keeps_serving() {
             request("INVITE sip:x SIP/2.0", "", "INVITE"),
             "SIP/2.0 407 ",
         ),
-        (request("PUBLISH sip:x SIP/2.0", "", "PUBLISH"), "SIP/2.0 405 "),
+        (
+            request("PUBLISH sip:x SIP/2.0", "", "PUBLISH"),
+            "SIP/2.0 405 ",
+        ),
         (
             request("REFER sip:x SIP/2.0", "", "REFER"),
             "SIP/2.0 403 Forbidden (REFER Outside A Dialog)",
