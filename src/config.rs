@@ -872,6 +872,11 @@ pub struct FeaturesConfig {
     pub forward_busy_off: String,
     pub forward_no_answer: String,
     pub forward_no_answer_off: String,
+    /// Pickup: answers a call ringing at a colleague's phone (one who shares
+    /// a group with the user); `pickup` alone takes the longest-ringing one,
+    /// `pickup_extension` followed by an extension that extension's.
+    pub pickup: String,
+    pub pickup_extension: String,
 }
 
 impl Default for FeaturesConfig {
@@ -886,6 +891,8 @@ impl Default for FeaturesConfig {
             forward_busy_off: "*91".into(),
             forward_no_answer: "*52".into(),
             forward_no_answer_off: "*53".into(),
+            pickup: "*8".into(),
+            pickup_extension: "**".into(),
         }
     }
 }
@@ -903,6 +910,8 @@ impl FeaturesConfig {
             &self.forward_busy_off,
             &self.forward_no_answer,
             &self.forward_no_answer_off,
+            &self.pickup,
+            &self.pickup_extension,
         ]
         .into_iter()
         .map(String::as_str)

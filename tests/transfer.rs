@@ -16,21 +16,6 @@ fn pw(ext: &str) -> String {
     format!("pw{ext}")
 }
 
-/// RTP packets arriving at `socket` within `limit` (stops at 200).
-fn count_rtp(socket: std::net::UdpSocket, limit: Duration) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
-        let (mut packets, mut buf) = (0, [0u8; 2048]);
-        let end = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < end && packets < 200 {
-            if let Ok(n) = socket.recv(&mut buf) {
-                packets += usize::from(n > 12 && buf[0] >> 6 == 2);
-            }
-        }
-        packets
-    })
-}
-
 /// An embedded PBX with extensions 4001 (the transferor) and 4003 (the
 /// target), both registered; callers need no digest.
 async fn office() -> (tempfile::TempDir, sipdesk::Pbx, SocketAddr, u16, u16) {
@@ -47,17 +32,10 @@ async fn office() -> (tempfile::TempDir, sipdesk::Pbx, SocketAddr, u16, u16) {
     (dir, pbx, target, p1, p3)
 }
 
-/// A socket for the target's media, its port, and its RTP counter.
-fn target_media() -> (String, std::thread::JoinHandle<usize>) {
-    let media = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let port = media.local_addr().expect("addr").port().to_string();
-    (port, count_rtp(media, Duration::from_secs(12)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blind_transfer_from_the_phone_connects_the_caller_to_the_target() {
     let (dir, pbx, target, p1, p3) = office().await;
-    let (rtp_port, packets) = target_media();
+    let (rtp_port, packets) = rtp_counter();
     let transferor = sipp_scenario(
         target,
         dir.path(),
@@ -104,7 +82,7 @@ async fn a_blind_transfer_from_the_phone_connects_the_caller_to_the_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attended_transfer_from_the_phone_joins_the_caller_with_the_consulted_party() {
     let (dir, pbx, target, p1, p3) = office().await;
-    let (rtp_port, packets) = target_media();
+    let (rtp_port, packets) = rtp_counter();
     // 4001 answers the caller, consults 4003 on its other line, then
     // transfers the caller to that call.
     let transferor = sipp_scenario(

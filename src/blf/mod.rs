@@ -1,6 +1,8 @@
 //! BLF: subscriptions to an extension's state (RFC 6665) for the lamps of desk
 //! phones, in three event packages: `dialog` (RFC 4235: the extension's calls,
-//! trying → early → confirmed → terminated), `presence` (PIDF, RFC 3863, with
+//! trying → early → confirmed → terminated; a call ringing there carries the
+//! `local-tag` and `remote-tag` a phone's key picks it up with, see
+//! `calls::pickup`), `presence` (PIDF, RFC 3863, with
 //! the board's state as an RPID activity and a note) and `message-summary`
 //! (RFC 3842: the message lamp, from [`crate::mwi`]; only the extension's own
 //! user may subscribe to it). Every change in the presence map or the message
@@ -183,9 +185,19 @@ fn dialog_info(
             Direction::Initiator => "initiator",
             Direction::Recipient => "recipient",
         };
+        // A ringing call's tags let a watching phone pick it up (INVITE
+        // with Replaces naming the caller's dialog with the PBX).
+        let tags = match (&d.tags, d.direction) {
+            (Some(t), Direction::Recipient) => format!(
+                " local-tag=\"{}\" remote-tag=\"{}\"",
+                xml_escape(&t.local),
+                xml_escape(&t.remote)
+            ),
+            _ => String::new(),
+        };
         let _ = write!(
             x,
-            "<dialog id=\"{}\" call-id=\"{}\" direction=\"{direction}\"><state>{state}</state><remote><identity>sip:{}@{}</identity></remote></dialog>\r\n",
+            "<dialog id=\"{}\" call-id=\"{}\"{tags} direction=\"{direction}\"><state>{state}</state><remote><identity>sip:{}@{}</identity></remote></dialog>\r\n",
             d.id.0,
             xml_escape(&d.call_id),
             xml_escape(&d.peer),
@@ -640,7 +652,34 @@ mod tests {
             direction: Direction::Recipient,
             state,
             peer: "201".into(),
+            tags: None,
         }
+    }
+
+    #[test]
+    fn a_ringing_dialog_carries_the_tags_a_phone_picks_it_up_with() {
+        let tags = crate::presence::DialogTags {
+            local: "pbx\"1".into(),
+            remote: "caller".into(),
+        };
+        let ringing = DialogFact {
+            tags: Some(tags.clone()),
+            ..fact(1, DialogState::Early)
+        };
+        let placed = DialogFact {
+            tags: Some(tags),
+            direction: Direction::Initiator,
+            ..fact(2, DialogState::Early)
+        };
+        let doc = dialog_info("sip:202@pbx", 1, &[ringing, placed], &[], "pbx");
+        assert!(
+            doc.contains("<dialog id=\"1\" call-id=\"c&lt;1&gt;\" local-tag=\"pbx&quot;1\" remote-tag=\"caller\" direction=\"recipient\">"),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("<dialog id=\"2\" call-id=\"c&lt;1&gt;\" direction=\"initiator\">"),
+            "only a call ringing here is offered for pickup: {doc}"
+        );
     }
 
     #[test]

@@ -39,6 +39,22 @@ pub(super) struct Branch {
     pub dialog: Option<Dialog>,
 }
 
+impl Branch {
+    /// A leg that called us and that we answered (its INVITE is the phone's):
+    /// a consultation's caller joined by a transfer, a phone that picked the
+    /// call up. Not a request of ours: nothing is pending under its id.
+    pub fn called_in(invite: Message, dialog: Dialog) -> Branch {
+        Branch {
+            id: ReqId(u64::MAX),
+            call_id: dialog.call_id.clone(),
+            invite,
+            remote: dialog.remote,
+            final_code: Some(200),
+            dialog: Some(dialog),
+        }
+    }
+}
+
 /// The caller's side of a call, as it arrived.
 #[derive(Debug)]
 pub(super) struct ALeg {
@@ -60,6 +76,15 @@ impl ALeg {
             tag: random_tag(),
         }
     }
+
+    /// This dialog's tags: ours (the To tag we answer with) and the caller's.
+    pub fn tags(&self) -> crate::presence::DialogTags {
+        let from = self.invite.from_header().and_then(|f| f.tag());
+        crate::presence::DialogTags {
+            local: self.tag.clone(),
+            remote: from.map(super::lossy).unwrap_or_default(),
+        }
+    }
 }
 
 /// Where leg A stands; each phase holds its own deadlines.
@@ -67,15 +92,8 @@ impl ALeg {
 pub(super) enum APhase {
     /// Ringing the callee's contacts until `ring_deadline`.
     Calling { ring_deadline: Instant },
-    /// Our 200 is sent: retransmitted at `next` (RFC 3261 §13.3.1.4) until
-    /// A's ACK, or until `give_up` (64*T1).
-    Answered {
-        ok: Bytes,
-        to: Remote,
-        interval: Duration,
-        next: Instant,
-        give_up: Instant,
-    },
+    /// Our 200 is sent, until A's ACK.
+    Answered(super::Answering),
     /// A's ACK came.
     Confirmed,
 }
@@ -114,6 +132,9 @@ pub(super) struct Bridge {
     /// Legs a transfer handed here from another shard (their messages are
     /// routed here until the call ends).
     pub moved_in: Vec<CallId>,
+    /// Our 200 to the phone that picked the call up (see `pickup`), until
+    /// its ACK.
+    pub picker: Option<super::Answering>,
 }
 
 impl Bridge {
@@ -139,17 +160,28 @@ impl Bridge {
             b_sdp: Bytes::new(),
             transfer: None,
             moved_in: Vec::new(),
+            picker: None,
         }
     }
 
-    /// When the bridge's timer is due.
+    /// When the bridge's timer is due: its phase's deadline, or the next 2xx
+    /// to a phone that picked the call up.
     fn due(&self) -> Option<Instant> {
+        let picker = self.picker.as_ref().map(super::Answering::due);
+        match (self.phase_due(), picker) {
+            (Some(a), Some(p)) => Some(a.min(p)),
+            (a, p) => a.or(p),
+        }
+    }
+
+    /// The deadline of leg A's phase.
+    fn phase_due(&self) -> Option<Instant> {
         match &self.phase {
             APhase::Calling { ring_deadline } => {
                 let silent = self.outbound.as_ref().and_then(|o| o.silent_until);
                 Some(silent.map_or(*ring_deadline, |s| s.min(*ring_deadline)))
             }
-            APhase::Answered { next, give_up, .. } => Some((*next).min(*give_up)),
+            APhase::Answered(ok) => Some(ok.due()),
             APhase::Confirmed => self.session.map(|(_, at)| at),
         }
     }
@@ -686,28 +718,27 @@ impl Calls {
         if bridge.due() != Some(at) {
             return; // re-armed since
         }
-        let t2 = cx.env.timers.t2;
+        if let Some(p) = bridge.picker.as_mut().filter(|p| p.due() <= cx.now) {
+            if !p.again(cx) {
+                tracing::info!(call_id = %a, "no ACK from the phone that picked the call up; ending the call");
+                return self.end_bridge(cx, a, None, HangupBy::System);
+            }
+            if bridge.phase_due().is_none_or(|d| d > cx.now) {
+                return self.arm_bridge(cx, a);
+            }
+        }
         let silent = bridge.outbound.as_ref().and_then(|o| o.silent_until);
         match &mut bridge.phase {
             APhase::Calling { .. } if silent.is_some_and(|s| s <= cx.now) => {
                 self.outbound_silent(cx, a)
             }
             APhase::Calling { .. } => self.step_timed_out(cx, a),
-            APhase::Answered { give_up, .. } if cx.now >= *give_up => {
+            APhase::Answered(ok) => {
+                if ok.again(cx) {
+                    return self.arm_bridge(cx, a);
+                }
                 tracing::info!(call_id = %a, "no ACK from the caller; ending the call");
                 self.end_bridge(cx, a, None, HangupBy::System);
-            }
-            APhase::Answered {
-                ok,
-                to,
-                interval,
-                next,
-                ..
-            } => {
-                cx.transmit(*to, ok.clone());
-                *interval = (*interval * 2).min(t2);
-                *next = cx.now + *interval;
-                self.arm_bridge(cx, a);
             }
             APhase::Confirmed => {
                 tracing::info!(call_id = %a, "session not refreshed in time (RFC 4028); ending the call");
@@ -1091,14 +1122,8 @@ pub(super) fn answer_caller(
     bridge.a_dialog = parse(ok.clone(), &Default::default())
         .ok()
         .and_then(|m| Dialog::from_uas(&a.invite, &m, a.remote));
-    let t1 = cx.env.timers.t1;
-    bridge.phase = APhase::Answered {
-        ok,
-        to: reply_remote(&a.invite, a.remote),
-        interval: t1,
-        next: cx.now + t1,
-        give_up: cx.now + t1 * 64,
-    };
+    let to = reply_remote(&a.invite, a.remote);
+    bridge.phase = APhase::Answered(super::Answering::new(cx, ok, to));
     bridge.cdr.answer_ms = Some(cx.wall.0);
 }
 
@@ -1118,7 +1143,7 @@ pub(super) fn cancel_ringing(
 }
 
 /// Moves both parties' presence dialogs to `state`.
-fn parties_step(
+pub(super) fn parties_step(
     presence: &Presence,
     bridge: &Bridge,
     state: DialogState,

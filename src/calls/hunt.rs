@@ -362,16 +362,17 @@ impl Calls {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return Outcome::Ringing;
         };
-        let Some(b) = branches.first() else {
+        if branches.is_empty() {
             let next = bridge.hunt.no_answer.take();
             return Outcome::Skip(next, Some(unavailable()));
-        };
+        }
         if party {
-            let presence = &cx.env.presence;
-            bridge.callee_party = super::start_party(
-                presence,
+            // Named by the caller's leg, which a colleague's phone may pick up.
+            let tags = bridge.a.tags();
+            bridge.callee_party = super::start_party_tagged(
+                &cx.env.presence,
                 callee,
-                &b.call_id,
+                (a, Some(&tags)),
                 Role::Recipient,
                 &caller,
                 cx.wall,

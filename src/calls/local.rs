@@ -27,15 +27,8 @@ pub(super) enum Kind {
 /// Where a local call is in its life; each phase holds its own deadlines.
 #[derive(Debug)]
 enum Phase {
-    /// 200 sent, waiting for the ACK: the 200 is retransmitted at `next` until
-    /// `give_up` (64*T1).
-    Answered {
-        ok: Bytes,
-        to: Remote,
-        interval: Duration,
-        next: Instant,
-        give_up: Instant,
-    },
+    /// 200 sent, waiting for the ACK.
+    Answered(super::Answering),
     /// ACK received; hung up at `hang_up` for the kinds that do.
     Confirmed { hang_up: Option<Instant> },
 }
@@ -60,7 +53,7 @@ pub(super) struct LocalCall {
 impl LocalCall {
     fn due(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Answered { next, give_up, .. } => Some((*next).min(*give_up)),
+            Phase::Answered(ok) => Some(ok.due()),
             Phase::Confirmed { hang_up } => *hang_up,
         }
     }
@@ -182,17 +175,10 @@ impl Calls {
         if let Some((ext, id)) = &party {
             let _ = presence.dialog_state(ext, *id, DialogState::Confirmed, cx.wall);
         }
-        let t1 = cx.env.timers.t1;
         let call = LocalCall {
             party,
             kind,
-            phase: Phase::Answered {
-                ok,
-                to: reply_remote(req, remote),
-                interval: t1,
-                next: cx.now + t1,
-                give_up: cx.now + t1 * 64,
-            },
+            phase: Phase::Answered(super::Answering::new(cx, ok, reply_remote(req, remote))),
             local_tag,
             dialog,
             origin,
@@ -218,27 +204,18 @@ impl Calls {
         if call.due() != Some(at) {
             return; // re-armed since
         }
-        let t2 = cx.env.timers.t2;
         match &mut call.phase {
-            Phase::Answered { give_up, .. } if cx.now >= *give_up => {
+            Phase::Answered(ok) => {
+                if ok.again(cx) {
+                    let key = call_id.clone();
+                    if let Some(call) = self.local.get(call_id) {
+                        self.arm_local(cx, &key, call);
+                    }
+                    return;
+                }
                 // No ACK for 64*T1: confirm and end the session (§13.3.1.4).
                 tracing::info!(%call_id, "no ACK for our 200; hanging up");
                 self.hang_up_local(cx, call_id, HangupBy::System);
-            }
-            Phase::Answered {
-                ok,
-                to,
-                interval,
-                next,
-                ..
-            } => {
-                cx.transmit(*to, ok.clone());
-                *interval = (*interval * 2).min(t2);
-                *next = cx.now + *interval;
-                let key = call_id.clone();
-                if let Some(call) = self.local.get(call_id) {
-                    self.arm_local(cx, &key, call);
-                }
             }
             Phase::Confirmed { .. } => self.hang_up_local(cx, call_id, HangupBy::Callee),
         }

@@ -19,6 +19,7 @@ mod hunt;
 mod local;
 mod originate;
 mod outbound;
+mod pickup;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -29,7 +30,7 @@ pub use transfer::{TransferError, TransferTo};
 
 use crate::clock::UnixMillis;
 use crate::media::MediaEvent;
-use crate::presence::{DialogId, Direction, Presence};
+use crate::presence::{DialogId, DialogTags, Direction, Presence};
 use crate::routing::dialplan::Target;
 use crate::sip::message::{Builder, HeaderName, Message, NameAddr, Uri};
 use crate::sip::transaction::TxId;
@@ -48,6 +49,9 @@ pub(crate) type Cx<'a> = crate::tu::Cx<'a, Timer>;
 pub const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, SUBSCRIBE, REFER, NOTIFY";
 
+/// Extensions we support (RFC 3261 §20.37): an INVITE may require them.
+pub const SUPPORTED: &str = "replaces";
+
 /// The timers of calls, by the call they belong to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
@@ -59,6 +63,9 @@ pub enum Timer {
     Queue(CallId),
     /// An origination's ring timeout.
     Origin(CallId),
+    /// A picker's Call-ID routed to this shard for a pickup that did not
+    /// happen goes back to its hash (see `pickup`).
+    Moved(CallId),
 }
 
 /// Which side of a bridge or origination a dialog is.
@@ -103,6 +110,47 @@ enum Pending {
         then: Option<Side>,
         retried: bool,
     },
+}
+
+/// Our 2xx to an INVITE, sent again (RFC 3261 §13.3.1.4: T1, doubling up
+/// to T2) until its ACK comes, or given up on at 64*T1.
+#[derive(Debug)]
+pub(super) struct Answering {
+    ok: bytes::Bytes,
+    to: Remote,
+    interval: std::time::Duration,
+    next: Instant,
+    give_up: Instant,
+}
+
+impl Answering {
+    /// `ok` was just sent to `to`.
+    fn new(cx: &Cx<'_>, ok: bytes::Bytes, to: Remote) -> Answering {
+        let t1 = cx.env.timers.t1;
+        Answering {
+            ok,
+            to,
+            interval: t1,
+            next: cx.now + t1,
+            give_up: cx.now + t1 * 64,
+        }
+    }
+
+    fn due(&self) -> Instant {
+        self.next.min(self.give_up)
+    }
+
+    /// Its deadline came: the 2xx goes out again (`true`), or the ACK is
+    /// overdue and the dialog must end (`false`).
+    fn again(&mut self, cx: &mut Cx<'_>) -> bool {
+        if cx.now >= self.give_up {
+            return false;
+        }
+        cx.transmit(self.to, self.ok.clone());
+        self.interval = (self.interval * 2).min(cx.env.timers.t2);
+        self.next = cx.now + self.interval;
+        true
+    }
 }
 
 /// How a call that never connected is refused.
@@ -175,7 +223,11 @@ impl Calls {
         if let Err(r) = check_session_timer(cx, req) {
             return self.refuse_new(cx, tx, req, remote, &call_id, r);
         }
+        if let Some(replaces) = req.other_values("Replaces").next() {
+            return self.invite_replaces(cx, tx, req, remote, replaces);
+        }
         match target {
+            Target::Pickup(of) => self.invite_pickup(cx, tx, req, remote, of),
             Target::Test(kind) => {
                 self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
             }
@@ -324,9 +376,11 @@ impl Calls {
             return self.refuse_new(cx, tx, req, remote, &call_id, r);
         }
         let refusal = match &target {
-            Target::Unknown | Target::Feature(_) | Target::Forward(..) | Target::Incomplete => {
-                Some(Refusal::failed(StatusCode::NOT_FOUND))
-            }
+            Target::Unknown
+            | Target::Feature(_)
+            | Target::Forward(..)
+            | Target::Pickup(_)
+            | Target::Incomplete => Some(Refusal::failed(StatusCode::NOT_FOUND)),
             Target::Outside(_) => {
                 // Calls from one provider are never sent out again (transit).
                 tracing::warn!(
@@ -379,6 +433,7 @@ impl Calls {
             Target::Unknown
             | Target::Feature(_)
             | Target::Forward(..)
+            | Target::Pickup(_)
             | Target::Incomplete
             | Target::Outside(_) => return,
         };
@@ -481,8 +536,10 @@ impl Calls {
         if self.is_local_dialog(&call_id, req) {
             return self.local_ack(cx, &call_id);
         }
-        if let Some((a, Side::A)) = self.legs.get(&call_id).cloned() {
-            self.bridge_ack(cx, &a, req);
+        match self.legs.get(&call_id).cloned() {
+            Some((a, Side::A)) => self.bridge_ack(cx, &a, req),
+            Some((a, Side::B(idx))) => self.picker_ack(cx, &a, idx, req),
+            None => {}
         }
     }
 
@@ -553,6 +610,7 @@ impl Calls {
             Timer::Bridge(a) => self.bridge_timer(cx, a, at),
             Timer::Queue(a) => self.queue_timer(cx, a, at),
             Timer::Origin(k) => self.origin_timer(cx, k),
+            Timer::Moved(c) => self.moved_timer(cx, c),
         }
     }
 
@@ -787,11 +845,25 @@ fn start_party(
     peer: &str,
     at: UnixMillis,
 ) -> Option<Party> {
+    start_party_tagged(presence, ext, (call_id, None), direction, peer, at)
+}
+
+/// [`start_party`] for a dialog phones may name in a Replaces header: the
+/// caller's leg with its `tags` (a call ringing at an extension, which a
+/// colleague may pick up).
+fn start_party_tagged(
+    presence: &Presence,
+    ext: &str,
+    (call_id, tags): (&CallId, Option<&DialogTags>),
+    direction: Direction,
+    peer: &str,
+    at: UnixMillis,
+) -> Option<Party> {
     if !presence.contains(ext) {
         return None;
     }
     let id = presence
-        .dialog_started(ext, &call_id.to_string(), direction, peer, at)
+        .dialog_started(ext, (&call_id.to_string(), tags), direction, peer, at)
         .ok()?;
     Some((ext.to_string(), id))
 }

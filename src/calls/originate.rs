@@ -303,7 +303,7 @@ impl Calls {
         let party = match &attempt {
             Some(_) => {
                 let id = presence
-                    .reserve(from, &key.to_string(), shown, cx.wall)
+                    .reserve(from, (&key.to_string(), None), shown, cx.wall)
                     .ok_or_else(|| OriginateError::NotAvailable(from.to_string()))?;
                 Some((from.to_string(), id))
             }

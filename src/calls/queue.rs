@@ -366,9 +366,9 @@ impl Calls {
                 break;
             };
             let agent = agent.to_string();
-            let Some(dialog) = env
-                .presence
-                .reserve(&agent, &a.to_string(), &q.caller, cx.wall)
+            let Some(dialog) =
+                env.presence
+                    .reserve(&agent, (&a.to_string(), None), &q.caller, cx.wall)
             else {
                 raced.push(agent);
                 continue;

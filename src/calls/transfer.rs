@@ -43,7 +43,6 @@ use crate::sip::message::{Message, Method, NameAddr, Replaces, Uri};
 use crate::sip::sdp;
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
-use crate::tu::ReqId;
 use bytes::Bytes;
 use std::net::IpAddr;
 
@@ -632,15 +631,11 @@ impl Calls {
         let mut consult = self.remove_bridge(cx, y)?;
         let (sdp, party, branch) = match target {
             Side::A => {
-                let branch = consult.a_dialog.take().map(|d| Branch {
-                    // Not a request of ours: nothing is pending under it.
-                    id: ReqId(u64::MAX),
-                    call_id: d.call_id.clone(),
-                    invite: consult.a.invite.clone(),
-                    remote: d.remote,
-                    final_code: Some(200),
-                    dialog: Some(d),
-                });
+                let invite = consult.a.invite.clone();
+                let branch = consult
+                    .a_dialog
+                    .take()
+                    .map(|d| Branch::called_in(invite, d));
                 let sdp = Bytes::copy_from_slice(consult.a.invite.body());
                 (sdp, consult.caller_party.take(), branch)
             }

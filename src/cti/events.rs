@@ -411,6 +411,7 @@ mod tests {
                     direction: Direction::Recipient,
                     state: *state,
                     peer: "5550001".into(),
+                    tags: None,
                 })
                 .collect(),
         }

@@ -107,6 +107,19 @@ pub struct DialogFact {
     pub state: DialogState,
     /// The number on the other end.
     pub peer: String,
+    /// The tags of the caller's dialog with the PBX, which `call_id` names:
+    /// what a phone's BLF key puts in the Replaces header of its INVITE to
+    /// pick a ringing call up (RFC 4235, RFC 3891). Not shown on the desk.
+    #[serde(skip)]
+    pub tags: Option<DialogTags>,
+}
+
+/// A dialog's tags: the PBX's own (`local`, its To tag toward the caller)
+/// and the caller's (`remote`, its From tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogTags {
+    pub local: String,
+    pub remote: String,
 }
 
 /// How many of an extension's calls are shown (BLF, the change stream); the
@@ -180,7 +193,7 @@ impl Facts {
     fn add_dialog(
         &mut self,
         next: &AtomicU64,
-        call_id: &str,
+        (call_id, tags): (&str, Option<&DialogTags>),
         direction: Direction,
         peer: &str,
     ) -> DialogId {
@@ -191,6 +204,7 @@ impl Facts {
             direction,
             state: DialogState::Trying,
             peer: peer.to_string(),
+            tags: tags.cloned(),
         };
         self.count(&d, true);
         self.dialogs.insert(id, d);
@@ -399,14 +413,14 @@ impl Presence {
     pub fn dialog_started(
         &self,
         extension: &str,
-        call_id: &str,
+        call: (&str, Option<&DialogTags>),
         direction: Direction,
         peer: &str,
         now: UnixMillis,
     ) -> Result<DialogId, PresenceError> {
         let mut id = None;
         self.update(extension, now, |f| {
-            id = Some(f.add_dialog(&self.next_dialog, call_id, direction, peer));
+            id = Some(f.add_dialog(&self.next_dialog, call, direction, peer));
             id
         })?;
         id.ok_or_else(|| PresenceError::Unknown(extension.to_string()))
@@ -417,14 +431,14 @@ impl Presence {
     pub fn reserve(
         &self,
         extension: &str,
-        call_id: &str,
+        call: (&str, Option<&DialogTags>),
         peer: &str,
         now: UnixMillis,
     ) -> Option<DialogId> {
         let mut id = None;
         self.update(extension, now, |f| {
             if f.derive(now) == State::Available {
-                id = Some(f.add_dialog(&self.next_dialog, call_id, Direction::Recipient, peer));
+                id = Some(f.add_dialog(&self.next_dialog, call, Direction::Recipient, peer));
             }
             id
         })
@@ -520,7 +534,13 @@ mod tests {
         let p = presence();
         p.set_registered("202", true, UnixMillis(0)).expect("reg");
         let id = p
-            .dialog_started("202", "c1", Direction::Recipient, "201", UnixMillis(1))
+            .dialog_started(
+                "202",
+                ("c1", None),
+                Direction::Recipient,
+                "201",
+                UnixMillis(1),
+            )
             .expect("ring");
         assert_eq!(p.state("202").map(|s| s.0), Some(State::Ringing));
         p.dialog_state("202", id, DialogState::Confirmed, UnixMillis(2))
@@ -565,19 +585,27 @@ mod tests {
     #[test]
     fn an_agent_is_reserved_only_while_available_and_only_once() {
         let p = presence();
-        assert_eq!(p.reserve("201", "c1", "x", UnixMillis(0)), None, "offline");
+        assert_eq!(
+            p.reserve("201", ("c1", None), "x", UnixMillis(0)),
+            None,
+            "offline"
+        );
         p.set_registered("201", true, UnixMillis(1)).expect("reg");
-        let first = p.reserve("201", "c1", "x", UnixMillis(2));
+        let first = p.reserve("201", ("c1", None), "x", UnixMillis(2));
         assert!(first.is_some());
         assert_eq!(p.state("201").map(|s| s.0), Some(State::Ringing));
         assert_eq!(
-            p.reserve("201", "c2", "y", UnixMillis(3)),
+            p.reserve("201", ("c2", None), "y", UnixMillis(3)),
             None,
             "already ringing"
         );
         p.choose("202", State::Away, UnixMillis(3)).expect("away");
         p.set_registered("202", true, UnixMillis(3)).expect("reg");
-        assert_eq!(p.reserve("202", "c3", "y", UnixMillis(4)), None, "away");
+        assert_eq!(
+            p.reserve("202", ("c3", None), "y", UnixMillis(4)),
+            None,
+            "away"
+        );
     }
 
     #[test]
@@ -586,7 +614,13 @@ mod tests {
         p.set_registered("201", true, UnixMillis(0)).expect("reg");
         let mut rx = p.subscribe();
         let id = p
-            .dialog_started("201", "c1", Direction::Recipient, "300", UnixMillis(1))
+            .dialog_started(
+                "201",
+                ("c1", None),
+                Direction::Recipient,
+                "300",
+                UnixMillis(1),
+            )
             .expect("trying");
         p.dialog_state("201", id, DialogState::Early, UnixMillis(2))
             .expect("early");
@@ -614,7 +648,13 @@ mod tests {
         let p = presence();
         p.set_registered("201", true, UnixMillis(0)).expect("reg");
         let id = p
-            .dialog_started("201", "c1", Direction::Initiator, "202", UnixMillis(1))
+            .dialog_started(
+                "201",
+                ("c1", None),
+                Direction::Initiator,
+                "202",
+                UnixMillis(1),
+            )
             .expect("dial");
         assert_eq!(p.state("201").map(|s| s.0), Some(State::OnCall));
         p.dialog_ended("201", id, None, UnixMillis(2)).expect("end");

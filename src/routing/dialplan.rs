@@ -26,8 +26,11 @@ pub enum Target {
     Feature(State),
     /// A forwarding code: the caller sets (a number) or clears (`None`) a rule.
     Forward(When, Option<String>),
-    /// A forwarding code without its number.
+    /// A forwarding or pickup code without its number.
     Incomplete,
+    /// A pickup code: a call ringing at this extension, or (`None`) at any
+    /// colleague's.
+    Pickup(Option<String>),
     Queue(QueueId),
     /// A ring group, by its number.
     RingGroup(String),
@@ -46,6 +49,9 @@ pub struct Dialplan {
     features: Vec<(String, State)>,
     /// Forwarding codes: (code, rule, whether it clears).
     forwards: Vec<(String, When, bool)>,
+    /// Pickup codes: of any colleague's call, of an extension's (+ number).
+    pickup: String,
+    pickup_extension: String,
 }
 
 impl Dialplan {
@@ -84,6 +90,8 @@ impl Dialplan {
             .filter(|(n, _, _)| keep(n))
             .map(|(n, w, off)| (n.clone(), w, off))
             .collect(),
+            pickup: f.pickup.clone(),
+            pickup_extension: f.pickup_extension.clone(),
         }
     }
 
@@ -112,6 +120,18 @@ impl Dialplan {
         }
         if let Some(t) = self.forward(number) {
             return t;
+        }
+        if !self.pickup.is_empty() && number == self.pickup {
+            return Target::Pickup(None);
+        }
+        if let Some(ext) = number
+            .strip_prefix(self.pickup_extension.as_str())
+            .filter(|_| !self.pickup_extension.is_empty())
+        {
+            return match ext.is_empty() {
+                true => Target::Incomplete,
+                false => Target::Pickup(Some(ext.to_string())),
+            };
         }
         if is_user(number) {
             return Target::Extension(number.to_string());
@@ -187,6 +207,9 @@ mod tests {
                 Target::Forward(When::NoAnswer, Some("0049301".into())),
             ),
             (b"*53", Target::Forward(When::NoAnswer, None)),
+            (b"*8", Target::Pickup(None)),
+            (b"**201", Target::Pickup(Some("201".into()))),
+            (b"**", Target::Incomplete),
             (b"600", Target::RingGroup("600".into())),
             (b"500", Target::Queue(q)),
             (b"201", Target::Extension("201".into())),

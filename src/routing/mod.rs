@@ -328,6 +328,20 @@ impl Directory {
         &self.queues[id.0]
     }
 
+    /// The users who share a group with `user` (who may pick up each
+    /// other's ringing calls), `user` left out, each once.
+    pub fn colleagues(&self, user: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (g, _) in self.memberships.get(user).into_iter().flatten() {
+            for (ext, _) in &self.groups[g.0].members {
+                if ext != user && !out.contains(ext) {
+                    out.push(ext.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Whether `agent` answers calls of `queue` (is in one of its groups).
     pub fn serves(&self, agent: &str, queue: QueueId) -> bool {
         let groups = &self.queues[queue.0].groups;
@@ -557,6 +571,20 @@ mod tests {
         ("301", State::Available, 20),
         ("401", State::Available, 10),
     ];
+
+    #[test]
+    fn colleagues_are_the_members_of_a_users_groups() {
+        let (d, _) = directory();
+        let table: &[(&str, &[&str])] = &[
+            ("201", &["202", "203", "301"]),
+            ("202", &["201", "203"]),
+            ("401", &[]),
+            ("999", &[]),
+        ];
+        for (user, want) in table {
+            assert_eq!(d.colleagues(user), *want, "{user}");
+        }
+    }
 
     #[test]
     fn the_last_agent_who_serves_the_queue_gets_the_caller_back() {

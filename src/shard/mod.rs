@@ -15,7 +15,7 @@
 //! `Calls::send_branches` → [`Shard::execute`] puts the B leg on the wire.
 
 use crate::blf::{self, Blf};
-use crate::calls::{self, Calls, OriginateError, ALLOW};
+use crate::calls::{self, Calls, OriginateError, ALLOW, SUPPORTED};
 use crate::clock::WallClock;
 use crate::media::MediaEvent;
 use crate::presence::Change;
@@ -361,6 +361,22 @@ impl Shard {
                 Effect::Callback(r) => self.callbacks.push(r),
                 Effect::Attempt(r) => self.attempts.push(r),
                 Effect::Handoff(to, h) => self.handoffs.push((to, h)),
+                Effect::PassOn {
+                    tx,
+                    remote,
+                    to,
+                    message,
+                } => match self.layer.give_up(tx) {
+                    Some(request) => {
+                        let passed = crate::tu::Passed {
+                            request,
+                            remote,
+                            message,
+                        };
+                        self.handoffs.push((to, Box::new(passed)));
+                    }
+                    None => tracing::debug!(?tx, "a request already answered is not passed on"),
+                },
             }
         }
     }
@@ -483,6 +499,7 @@ impl Shard {
         }
         let unsupported: Vec<String> = req
             .require()
+            .filter(|t| !(method == Method::Invite && t.eq_ignore_ascii_case(b"replaces")))
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .collect();
         if !unsupported.is_empty() {
@@ -542,7 +559,7 @@ impl Shard {
                 b.header("Allow", ALLOW)
                     .header("Allow-Events", blf::ALLOW_EVENTS)
                     .header("Accept", "application/sdp")
-                    .header("Supported", "");
+                    .header("Supported", SUPPORTED);
                 self.send_final(now, tx, b.finish());
             }
             Method::Extension(_) => reply(self, StatusCode::NOT_IMPLEMENTED),
@@ -783,8 +800,22 @@ impl Shard {
     }
 
     /// Another shard's calls hand this one a message.
+    /// A new request another shard passed on becomes a server transaction of
+    /// this one (unless a copy of it already is).
     pub fn handle_handoff(&mut self, now: Instant, message: crate::tu::Handoff) {
-        self.with_calls(now, |c, cx| c.on_handoff(cx, message));
+        match message.downcast::<crate::tu::Passed>() {
+            Ok(passed) => {
+                let crate::tu::Passed {
+                    request,
+                    remote,
+                    message,
+                } = *passed;
+                if let Some(tx) = self.layer.adopt(request.clone(), remote) {
+                    self.with_calls(now, |c, cx| c.on_passed(cx, tx, &request, remote, message));
+                }
+            }
+            Err(message) => self.with_calls(now, |c, cx| c.on_handoff(cx, message)),
+        }
         self.process_events(now);
     }
 

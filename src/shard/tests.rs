@@ -329,7 +329,7 @@ fn a_subscription_is_notified_of_each_change_coalesced_and_ends_at_expiry() {
     let id = presence
         .dialog_started(
             "201",
-            "c1",
+            ("c1", None),
             crate::presence::Direction::Recipient,
             "300",
             wall,

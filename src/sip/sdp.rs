@@ -241,17 +241,10 @@ pub fn keep_codecs(body: &[u8], keep: &[String]) -> Option<Bytes> {
         }
     }
     let name_of = |pt: &str| -> Option<String> {
-        names.get(pt).cloned().or_else(|| {
-            let name = match pt {
-                "0" => "pcmu",
-                "3" => "gsm",
-                "8" => "pcma",
-                "9" => "g722",
-                "18" => "g729",
-                _ => return None,
-            };
-            Some(name.to_string())
-        })
+        names
+            .get(pt)
+            .cloned()
+            .or_else(|| static_name(pt).map(str::to_string))
     };
     let rank = |pt: &str| -> Option<usize> {
         let name = name_of(pt)?;
@@ -299,6 +292,53 @@ pub fn keep_codecs(body: &[u8], keep: &[String]) -> Option<Bytes> {
         }
     }
     Some(Bytes::from(out))
+}
+
+/// The encoding name of a static payload type (RFC 3551) we may meet.
+fn static_name(pt: &str) -> Option<&'static str> {
+    Some(match pt {
+        "0" => "pcmu",
+        "3" => "gsm",
+        "8" => "pcma",
+        "9" => "g722",
+        "18" => "g729",
+        _ => return None,
+    })
+}
+
+impl Media {
+    /// The lower-case encoding name of payload type `pt` on this line.
+    fn encoding(&self, pt: &str) -> Option<String> {
+        let mapped = self.rtpmaps.iter().find(|(p, _)| p == pt).map(|(_, e)| {
+            let name = e.split('/').next().unwrap_or_default();
+            name.to_ascii_lowercase()
+        });
+        mapped.or_else(|| static_name(pt).map(str::to_string))
+    }
+}
+
+/// The codecs two offers' first audio lines share under the same payload
+/// type (a relay passes RTP unchanged, so both ends must number a codec
+/// alike), in `b`'s order, by encoding name; telephone-event left out.
+pub fn shared_codecs(a: &Session, b: &Session) -> Vec<String> {
+    let audio = |s: &Session| {
+        s.media
+            .iter()
+            .find(|m| m.kind == "audio" && m.port != 0)
+            .cloned()
+    };
+    let (Some(a), Some(b)) = (audio(a), audio(b)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pt in &b.formats {
+        let Some(name) = b.encoding(pt) else { continue };
+        let same = a.formats.contains(pt) && a.encoding(pt).as_ref() == Some(&name);
+        if same && name != "telephone-event" && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The answer of a local endpoint at `addr`:`port` to `offer` (RFC 3264 §6): the
@@ -366,6 +406,27 @@ pub fn local_answer(offer: &Session, addr: IpAddr, port: u16, origin: Origin) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_codecs_are_those_both_offers_number_alike() {
+        use super::{parse, shared_codecs};
+        let a = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+                 m=audio 4000 RTP/AVP 0 8 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let b = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+                 m=audio 5000 RTP/AVP 111 8 9 0 101\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let (a, b) = (
+            parse(a.as_bytes()).expect("a"),
+            parse(b.as_bytes()).expect("b"),
+        );
+        assert_eq!(
+            shared_codecs(&a, &b),
+            ["pcma", "pcmu"],
+            "opus is numbered differently, G.722 only on one side"
+        );
+        let video = "v=0\r\no=- 1 1 IN IP4 10.0.0.3\r\ns=-\r\nc=IN IP4 10.0.0.3\r\nt=0 0\r\nm=video 6000 RTP/AVP 96\r\n";
+        let video = parse(video.as_bytes()).expect("video");
+        assert!(shared_codecs(&a, &video).is_empty());
+    }
+
     #[test]
     fn only_the_trunks_codecs_are_offered_in_its_order_with_telephone_event() {
         let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\

@@ -174,6 +174,24 @@ pub enum Effect<T> {
     /// A message for the same module of another shard (a transfer joining
     /// calls of two shards); opaque to the runtime, which delivers it.
     Handoff(usize, Handoff),
+    /// Give server transaction `tx` (a new request from `remote`, not yet
+    /// answered) up to shard `to`, whose same module takes it on with
+    /// `message` (see [`Passed`]): a request about a call that lives there.
+    PassOn {
+        tx: TxId,
+        remote: Remote,
+        to: usize,
+        message: Handoff,
+    },
+}
+
+/// A new request one shard gave up to another ([`Effect::PassOn`]): the
+/// receiving shard makes the request's server transaction its own and hands
+/// it, with `message`, to the same module there.
+pub struct Passed {
+    pub request: Message,
+    pub remote: Remote,
+    pub message: Handoff,
 }
 
 /// What one shard's module hands to another's (see [`Effect::Handoff`]).
@@ -314,6 +332,17 @@ impl<'a, T> Cx<'a, T> {
     /// Hands `message` to this module on shard `shard`.
     pub fn hand_off(&mut self, shard: usize, message: Handoff) {
         self.out.push(Effect::Handoff(shard, message));
+    }
+
+    /// Gives new request `tx` up to this module on shard `shard` (see
+    /// [`Effect::PassOn`]); messages of its Call-ID must be routed there too.
+    pub fn pass_on(&mut self, tx: TxId, remote: Remote, shard: usize, message: Handoff) {
+        self.out.push(Effect::PassOn {
+            tx,
+            remote,
+            to: shard,
+            message,
+        });
     }
 
     /// A new unique id (CDRs, response records).

@@ -573,3 +573,22 @@ pub fn ok(out: &std::process::Output, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A socket for a phone's media at 127.0.0.1, its port, and the count of RTP
+/// packets that reach it within 12 s (stops at 200).
+pub fn rtp_counter() -> (String, std::thread::JoinHandle<usize>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = socket.local_addr().expect("addr").port().to_string();
+    let counter = std::thread::spawn(move || {
+        let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+        let (mut packets, mut buf) = (0, [0u8; 2048]);
+        let end = std::time::Instant::now() + Duration::from_secs(12);
+        while std::time::Instant::now() < end && packets < 200 {
+            if let Ok(n) = socket.recv(&mut buf) {
+                packets += usize::from(n > 12 && buf[0] >> 6 == 2);
+            }
+        }
+        packets
+    });
+    (port, counter)
+}

@@ -341,13 +341,59 @@ impl TransactionLayer {
             self.events.push_back(TxEvent::Ack { request, remote });
             return;
         }
+        let id = self.new_server(key, request.clone(), remote);
+        self.events.push_back(TxEvent::Request {
+            tx: id,
+            request,
+            remote,
+        });
+    }
+
+    /// A new request another shard's layer received and gave up to this one
+    /// ([`give_up`](Self::give_up)): its server transaction is made here, as
+    /// if it had arrived here, but the TU is not told (the caller hands the
+    /// request on itself). `None` when this layer already has it (a
+    /// retransmission that was routed here first), or it cannot be matched.
+    pub fn adopt(&mut self, request: Message, remote: Remote) -> Option<TxId> {
+        let key = server_key(&request)?;
+        if self.server_index.contains_key(&key) || request.method() == Some(&Method::Ack) {
+            return None;
+        }
+        Some(self.new_server(key, request, remote))
+    }
+
+    /// Gives up INVITE server transaction `id`, not yet answered, without
+    /// answering it: another shard's layer adopts its request, which is
+    /// returned. Nothing is sent, and the TU hears nothing more of it.
+    pub fn give_up(&mut self, id: TxId) -> Option<Message> {
+        let tx = self.txs.get(&id)?;
+        let unanswered = tx.kind == Kind::Invite && tx.state == State::Proceeding;
+        if !matches!(tx.key, Key::Server(_)) || !unanswered {
+            return None;
+        }
+        let tx = self.txs.remove(&id)?;
+        if let Key::Server(k) = &tx.key {
+            self.server_index.remove(k);
+        }
+        tx.request
+    }
+
+    /// A new server transaction for `request` (an INVITE is answered 100
+    /// Trying at once: it stops the client's Timer A, §17.2.1).
+    fn new_server(&mut self, key: ServerKey, request: Message, remote: Remote) -> TxId {
         let kind = if request.method() == Some(&Method::Invite) {
             Kind::Invite
         } else {
             Kind::NonInvite
         };
         let id = self.alloc_id();
-        let mut tx = Tx {
+        let reply_to = reply_remote(&request, remote);
+        let trying = (kind == Kind::Invite)
+            .then(|| Builder::response(&request, remote.addr, 100, "Trying", None).finish());
+        if let Some(t) = &trying {
+            self.send(reply_to, t.clone());
+        }
+        let tx = Tx {
             key: Key::Server(key.clone()),
             kind,
             state: if kind == Kind::Invite {
@@ -355,26 +401,16 @@ impl TransactionLayer {
             } else {
                 State::Trying
             },
-            remote: reply_remote(&request, remote),
-            request: Some(request.clone()),
-            last: None,
+            remote: reply_to,
+            request: Some(request),
+            last: trying,
             ack: None,
             retransmit: None,
             deadline: None,
         };
-        if kind == Kind::Invite {
-            // Answer at once with 100 Trying: it stops the client's Timer A (§17.2.1).
-            let trying = Builder::response(&request, remote.addr, 100, "Trying", None).finish();
-            tx.last = Some(trying.clone());
-            self.send(tx.remote, trying);
-        }
         self.txs.insert(id, Box::new(tx));
         self.server_index.insert(key, id);
-        self.events.push_back(TxEvent::Request {
-            tx: id,
-            request,
-            remote,
-        });
+        id
     }
 
     fn server_retransmission(

@@ -519,3 +519,40 @@ fn custom_t1_scales_every_timer() {
     l.handle_timeout(t0 + ms(6400));
     assert_eq!(l.state(tx), None, "Timer J = 64*T1");
 }
+
+#[test]
+fn server_invite_given_up_by_one_layer_is_adopted_by_another_without_a_tu_event() {
+    let now = Instant::now();
+    let mut first = TransactionLayer::new(TimerConfig::default());
+    let tx = new_server(&mut first, now, "INVITE", udp());
+    drain_tx(&mut first);
+    let request = first.give_up(tx).expect("an unanswered INVITE");
+    assert_eq!(first.len(), 0, "nothing stays behind");
+    assert!(first.respond(now, tx, response_to(&request, 200)).is_err());
+
+    let mut second = TransactionLayer::new(TimerConfig::default());
+    let adopted = second.adopt(request.clone(), udp()).expect("adopted");
+    assert!(drain_ev(&mut second).is_empty(), "the TU is not told");
+    assert_eq!(
+        drain_tx(&mut second)
+            .iter()
+            .map(first_line)
+            .collect::<Vec<_>>(),
+        ["SIP/2.0 100 Trying"]
+    );
+    assert!(
+        second.adopt(request.clone(), udp()).is_none(),
+        "a copy already here"
+    );
+    // The caller's retransmission is absorbed by the adopted transaction.
+    second.handle_request(now + ms(500), request.clone(), udp());
+    assert!(drain_ev(&mut second).is_empty());
+    assert_eq!(drain_tx(&mut second).len(), 1, "100 Trying again");
+    second
+        .respond(now, adopted, response_to(&request, 486))
+        .expect("answered where it was adopted");
+    assert!(
+        second.give_up(adopted).is_none(),
+        "an answered transaction is not given up"
+    );
+}
