@@ -49,6 +49,7 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     pub queues: Vec<QueueConfig>,
     pub features: FeaturesConfig,
+    pub voicemail: VoicemailConfig,
     pub security: SecurityConfig,
     pub trunks: Vec<TrunkConfig>,
     pub routes: Vec<RouteConfig>,
@@ -426,6 +427,11 @@ pub struct UserConfig {
     /// registers.
     #[serde(default)]
     pub unsolicited_mwi: bool,
+    /// The user has a mailbox: callers their phones do not take (no answer,
+    /// busy, do not disturb, no phone) leave a message there, unless a
+    /// forwarding rule sends them elsewhere.
+    #[serde(default)]
+    pub voicemail: bool,
     /// What this user may dial outside; absent = `[outbound] dialing_classes`.
     #[serde(default)]
     pub dialing_classes: Option<Vec<crate::outside::Class>>,
@@ -857,6 +863,22 @@ fn default_trunk_expires() -> Spanned<u32> {
     sp(300)
 }
 
+/// Voicemail settings (who has a mailbox: `[[users]] voicemail`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoicemailConfig {
+    /// The longest message a caller may leave (seconds, 5 to 600).
+    pub max_message_secs: Spanned<u64>,
+}
+
+impl Default for VoicemailConfig {
+    fn default() -> Self {
+        VoicemailConfig {
+            max_message_secs: sp(120),
+        }
+    }
+}
+
 /// Codes an agent dials from the phone to set presence ("" disables one).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1171,6 +1193,14 @@ impl Config {
                 r.inactivity_secs.span(),
                 "rtp.inactivity_secs",
                 "must be at least 1 (a call without RTP for this long is hung up)".into(),
+            ));
+        }
+        let vm = &self.voicemail.max_message_secs;
+        if !(5..=600).contains(vm.get_ref()) {
+            return Err(bad(
+                vm.span(),
+                "voicemail.max_message_secs",
+                "from 5 to 600 seconds".into(),
             ));
         }
         let min_se = *self.calls.min_session_expires_secs.get_ref();
@@ -1831,6 +1861,25 @@ mod tests {
         let c = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\n", "t").expect("valid");
         assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().expect("addr")]);
         assert_eq!(c.domain(), "sipdesk.local");
+    }
+
+    #[test]
+    fn a_voicemail_limit_outside_5_to_600_seconds_is_refused() {
+        for bad in ["0", "4", "601"] {
+            let text = format!("[voicemail]\nmax_message_secs = {bad}\n");
+            let e = Config::parse(&text, "t").expect_err(bad);
+            assert!(
+                e.to_string().contains("line 2")
+                    && e.to_string().contains("voicemail.max_message_secs"),
+                "{e}"
+            );
+        }
+        let c = Config::parse(
+            "[[users]]\nextension = \"201\"\npassword = \"x\"\nvoicemail = true\n",
+            "t",
+        )
+        .expect("a mailbox");
+        assert!(c.users[0].voicemail);
     }
 
     #[test]

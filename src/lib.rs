@@ -73,6 +73,7 @@ mod transport;
 mod trunk;
 mod tu;
 mod users;
+mod voicemail;
 
 pub use calls::cdr::{Cdr, Disposition, HangupBy};
 pub use calls::OriginateError;

@@ -174,6 +174,8 @@ pub struct Setup {
     pub ring_timeout: Duration,
     pub hold_music: bool,
     pub outside: crate::outside::Outside,
+    /// The users with a mailbox.
+    pub mailboxes: Vec<&'static str>,
 }
 
 impl Default for Setup {
@@ -185,6 +187,7 @@ impl Default for Setup {
             ring_timeout: Duration::from_secs(30),
             hold_music: false,
             outside: crate::outside::Outside::default(),
+            mailboxes: Vec::new(),
         }
     }
 }
@@ -215,6 +218,11 @@ impl Harness {
             users,
             mwi: crate::mwi::Mwi::new(["201".to_string()]),
             forwarding: crate::forwarding::Forwarding::default(),
+            voicemail: crate::voicemail::Mailboxes::new(
+                setup.mailboxes.iter().map(|m| m.to_string()),
+                Duration::from_secs(60),
+                [],
+            ),
             guard: crate::guard::Guard::default(),
             outside: setup.outside,
             registrar: Registrar::direct(store, policy, wall0).expect("registrar"),

@@ -135,6 +135,8 @@ pub(super) struct Bridge {
     /// Our 200 to the phone that picked the call up (see `pickup`), until
     /// its ACK.
     pub picker: Option<super::Answering>,
+    /// The caller is leaving a voicemail message (see `voicemail`).
+    pub deposit: Option<super::voicemail::Deposit>,
 }
 
 impl Bridge {
@@ -161,6 +163,7 @@ impl Bridge {
             transfer: None,
             moved_in: Vec::new(),
             picker: None,
+            deposit: None,
         }
     }
 
@@ -848,6 +851,7 @@ impl Calls {
             .get(a)
             .and_then(|b| b.transfer.as_ref())
             .is_some_and(|t| t.by == side);
+        let depositing = self.bridges.get(a).is_some_and(|b| b.deposit.is_some());
         match req.method() {
             Some(Method::Bye) if transferor => {
                 let answer = cx.response(req, remote, StatusCode::OK).finish();
@@ -856,6 +860,7 @@ impl Calls {
             }
             Some(Method::Refer) if !waiting => self.bridge_refer(cx, tx, req, remote, a, side),
             Some(Method::Refer) => cx.reply(tx, req, remote, StatusCode::REQUEST_PENDING),
+            Some(Method::Bye) if side == Side::A && self.deposit_bye(cx, tx, req, remote, a) => {}
             Some(Method::Bye) => {
                 let by = if side == Side::A {
                     HangupBy::Caller
@@ -865,6 +870,11 @@ impl Calls {
                 let answer = cx.response(req, remote, StatusCode::OK).finish();
                 self.end_bridge(cx, a, Some(side), by);
                 cx.respond_durable(tx, answer);
+            }
+            Some(Method::Info) if depositing => {
+                if let Some(d) = super::info_digit(cx, tx, req, remote) {
+                    self.deposit_digit(a, d);
+                }
             }
             Some(Method::Invite | Method::Update | Method::Info) if waiting => {
                 self.queue_in_dialog(cx, tx, req, remote, a)

@@ -52,6 +52,8 @@ pub(super) enum Next {
         ring: Duration,
         then: Option<String>,
     },
+    /// The user's mailbox: the caller leaves a message.
+    Voicemail(String),
 }
 
 impl Next {
@@ -80,7 +82,7 @@ pub(super) struct Hunt {
 }
 
 /// What one step of a hunt came to.
-enum Outcome {
+pub(super) enum Outcome {
     /// Something rings (or the call was handed on): the hunt waits.
     Ringing,
     /// Nothing rings here: go on to this, or end with this refusal.
@@ -248,6 +250,7 @@ impl Calls {
                 let label = bridge.cdr.callee.clone();
                 self.ring(cx, a, &label, bindings, ring, false)
             }
+            Next::Voicemail(user) => self.reach_mailbox(cx, a, user),
             Next::InOrder {
                 mut members,
                 ring,
@@ -287,6 +290,10 @@ impl Calls {
         h.visited.push(ext.clone());
         h.owner = Some(ext.clone());
         let rules = env.forwarding.rules(&ext);
+        // Where the user's own rules leave a call that is not taken.
+        let mailbox = (env.voicemail.has(&ext) && bridge.transfer.is_none())
+            .then(|| Next::Voicemail(ext.clone()));
+        let otherwise = |rule: Option<String>| Next::number(rule).or_else(|| mailbox.clone());
         if let Some(to) = rules.always.clone() {
             let back = match env.forward_target(&to) {
                 Target::Extension(n) | Target::RingGroup(n) => h.visited.contains(&n),
@@ -306,18 +313,18 @@ impl Calls {
                 by: HangupBy::Callee,
                 ..Refusal::failed(StatusCode::BUSY_HERE)
             };
-            return Outcome::Skip(Next::number(rules.busy), Some(dnd));
+            return Outcome::Skip(otherwise(rules.busy), Some(dnd));
         }
         let bindings = env.registrar.lookup(&ext, cx.wall);
         if bindings.is_empty() {
-            return Outcome::Skip(Next::number(rules.no_answer), Some(unavailable()));
+            return Outcome::Skip(otherwise(rules.no_answer), Some(unavailable()));
         }
         let wait = match rules.no_answer {
             Some(_) => rules.no_answer_after(),
             None => env.calls.ring_timeout,
         };
-        h.busy = Next::number(rules.busy);
-        h.no_answer = Next::number(rules.no_answer);
+        h.busy = otherwise(rules.busy);
+        h.no_answer = otherwise(rules.no_answer);
         self.ring(cx, a, &ext, bindings, wait, true)
     }
 

@@ -24,6 +24,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 mod transfer;
+mod voicemail;
 
 pub use originate::{AttemptCall, OriginateError};
 pub use transfer::{TransferError, TransferTo};
@@ -66,6 +67,8 @@ pub enum Timer {
     /// A picker's Call-ID routed to this shard for a pickup that did not
     /// happen goes back to its hash (see `pickup`).
     Moved(CallId),
+    /// A caller leaving a voicemail message: the greeting's end, the hang-up.
+    Voicemail(CallId),
 }
 
 /// Which side of a bridge or origination a dialog is.
@@ -205,6 +208,8 @@ pub struct Calls {
     /// Call-backs queue callers are asking for, by their voice message's id,
     /// until the message is saved.
     messages: HashMap<u64, queue::LeftMessage>,
+    /// Voicemail messages being recorded or saved, by their id.
+    deposits: HashMap<u64, voicemail::Leaving>,
 }
 
 impl Calls {
@@ -611,6 +616,7 @@ impl Calls {
             Timer::Queue(a) => self.queue_timer(cx, a, at),
             Timer::Origin(k) => self.origin_timer(cx, k),
             Timer::Moved(c) => self.moved_timer(cx, c),
+            Timer::Voicemail(a) => self.deposit_timer(cx, a, at),
         }
     }
 
@@ -618,8 +624,15 @@ impl Calls {
     pub fn on_media(&mut self, cx: &mut Cx<'_>, call_id: &CallId, event: MediaEvent) {
         match event {
             MediaEvent::Idle => self.on_media_idle(cx, call_id),
-            MediaEvent::Digit(d) => self.queue_digit(cx, call_id, d),
+            MediaEvent::Digit(d) => {
+                if !self.deposit_digit(call_id, d) {
+                    self.queue_digit(cx, call_id, d)
+                }
+            }
             MediaEvent::Recorded { id, saved, ms } => {
+                if self.deposit_recorded(cx, id, saved.then_some(ms)) {
+                    return;
+                }
                 let voice = saved.then_some(crate::callbacks::Voice { id, ms });
                 self.message_recorded(cx, call_id, id, voice)
             }
@@ -770,6 +783,15 @@ fn check_session_timer(cx: &Cx<'_>, req: &Message) -> Result<(), Refusal> {
         return Err(Refusal::failed(StatusCode::SESSION_INTERVAL_TOO_SMALL));
     }
     Ok(())
+}
+
+/// Answers a SIP INFO (200) and returns the DTMF digit it carries, if any
+/// (`application/dtmf-relay` or `application/dtmf`).
+fn info_digit(cx: &mut Cx<'_>, tx: TxId, req: &Message, remote: Remote) -> Option<char> {
+    let ct = req.value(HeaderName::ContentType).unwrap_or_default();
+    let digit = crate::media::dtmf::info_digit(ct, req.body());
+    cx.reply(tx, req, remote, StatusCode::OK);
+    digit
 }
 
 /// The Session-Expires header (or its compact form `x`) of a message.

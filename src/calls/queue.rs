@@ -25,7 +25,7 @@ use crate::history::ResponseRecord;
 use crate::media::prompt::Prompt;
 use crate::presence::{DialogState, Direction};
 use crate::routing::{CallbackOffer, Overflow, QueueId};
-use crate::sip::message::{HeaderName, Message, Method};
+use crate::sip::message::{Message, Method};
 use crate::sip::sdp::{self, Origin};
 use crate::sip::transaction::TxId;
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
@@ -852,10 +852,7 @@ impl Calls {
             return;
         };
         if req.method() == Some(&Method::Info) {
-            let ct = req.value(HeaderName::ContentType).unwrap_or_default();
-            let digit = crate::media::dtmf::info_digit(ct, req.body());
-            cx.reply(tx, req, remote, StatusCode::OK);
-            if let Some(d) = digit {
+            if let Some(d) = super::info_digit(cx, tx, req, remote) {
                 self.queue_digit(cx, a, d);
             }
             return;

@@ -1527,3 +1527,4 @@ fn a_campaigns_own_farewell_is_what_the_customer_hears_before_the_bye() {
 mod hunt;
 mod pickup;
 mod transfer;
+mod voicemail;

@@ -60,6 +60,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::callbacks::routes())
         .merge(super::forwarding::routes())
+        .merge(super::voicemail::routes())
         .merge(super::campaigns::routes())
         .merge(super::dialer::routes())
         .merge(super::assets::routes())
@@ -96,6 +97,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         trunks,
         super::forwarding::read,
         super::forwarding::set,
+        super::voicemail::list,
+        super::voicemail::audio,
+        super::voicemail::heard,
+        super::voicemail::remove,
         super::callbacks::list,
         super::callbacks::create,
         super::callbacks::one,
@@ -135,6 +140,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         RecordNew,
         super::TrunkLine,
         super::forwarding::Forwarding,
+        super::voicemail::Mailbox,
+        crate::voicemail::VoiceMessage,
         super::callbacks::Write,
         super::callbacks::Close,
         crate::callbacks::Callback,

@@ -273,6 +273,15 @@ pub async fn voice(
             "call-back {id} has no voice message {voice}"
         )));
     }
+    wav(&desk, voice).await
+}
+
+/// Voice recording `voice` (a call-back's message, a voicemail) as a WAV
+/// answer.
+pub(super) async fn wav(
+    desk: &Desk,
+    voice: u64,
+) -> Result<impl axum::response::IntoResponse + use<>, ApiError> {
     let path = crate::media::recorder::path(&desk.config.voice_dir, voice);
     let read = tokio::task::spawn_blocking({
         let path = path.clone();

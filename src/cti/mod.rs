@@ -21,6 +21,7 @@ pub mod export;
 mod forwarding;
 pub mod metrics;
 pub mod session;
+mod voicemail;
 
 use crate::calls::OriginateError;
 use crate::clock::{UnixMillis, WallClock};
@@ -57,6 +58,8 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
     /// Sets how many call-backs wait for each extension (its phone's message
     /// lamp).
     fn messages_waiting(&self, callbacks: &[(String, u32)]);
+    /// Sets `extension`'s voicemail counts (new, heard) for its lamp.
+    fn voicemail_waiting(&self, extension: &str, counts: (u32, u32));
     /// Every trunk: how it connects, its registration, its channels.
     fn trunks(&self) -> Vec<TrunkLine>;
     /// Tells queue call `call` its call-back is stored (`saved`) or is not.
@@ -136,6 +139,8 @@ pub struct DeskConfig {
     pub campaign_defaults: crate::campaigns::Defaults,
     /// Each user's call forwarding (shared with the calls).
     pub forwarding: crate::forwarding::Forwarding,
+    /// The users' mailboxes (shared with the calls).
+    pub voicemail: crate::voicemail::Mailboxes,
 }
 
 /// The desk's shared state (one per PBX; handlers get an `Arc`).

@@ -1,7 +1,8 @@
 //! Message waiting: what each extension has waiting for it, for the message
 //! lamp of its desk phone (RFC 3842 `message-summary`). One source of truth for
-//! the lamp, whatever fills it: call-backs addressed to the agent now
-//! (voicemail later adds its own counts here). The desk sets the counts; the
+//! the lamp, whatever fills it: call-backs addressed to the agent, and the
+//! voicemail messages in the user's mailbox. The desk and the calls that
+//! leave a message set the counts; the
 //! BLF module reads them for its NOTIFYs, to subscribers and — for the phones
 //! configured so — unsolicited to every registered contact.
 //!
@@ -18,24 +19,28 @@ pub struct Summary {
     /// Open call-backs for the agent (theirs, their groups', the ones they
     /// handle).
     pub callbacks: u32,
+    /// Voicemail messages: new ones, and those already heard.
+    pub voice_new: u32,
+    pub voice_old: u32,
 }
 
 impl Summary {
     /// Whether the lamp is lit.
     pub fn waiting(&self) -> bool {
-        self.callbacks > 0
+        self.callbacks > 0 || self.voice_new > 0
     }
 
     /// The `application/simple-message-summary` body (RFC 3842 §5.2) for
-    /// `account` (a SIP URI). Call-backs are written messages: the text
-    /// class, new/old (none is old: an item leaves when it is done).
+    /// `account` (a SIP URI). Voicemail is the voice class, new/old (heard);
+    /// call-backs are written messages: the text class, new/old (none is old:
+    /// an item leaves when it is done).
     pub fn body(&self, account: &str) -> String {
-        let mut b = String::with_capacity(96);
+        let mut b = String::with_capacity(128);
         let yes = if self.waiting() { "yes" } else { "no" };
         let _ = write!(
             b,
-            "Messages-Waiting: {yes}\r\nMessage-Account: {account}\r\nText-Message: {}/0\r\n",
-            self.callbacks
+            "Messages-Waiting: {yes}\r\nMessage-Account: {account}\r\nVoice-Message: {}/{}\r\nText-Message: {}/0\r\n",
+            self.voice_new, self.voice_old, self.callbacks
         );
         b
     }
@@ -69,6 +74,14 @@ impl Mwi {
         changed
     }
 
+    /// Sets `extension`'s voicemail counts (new, heard); whether that changed.
+    pub fn set_voicemail(&self, extension: &str, (new, old): (u32, u32)) -> bool {
+        let mut s = self.map.entry(extension.to_string()).or_default();
+        let changed = (s.voice_new, s.voice_old) != (new, old);
+        (s.voice_new, s.voice_old) = (new, old);
+        changed
+    }
+
     /// Whether `extension`'s phones are notified without a subscription.
     pub fn unsolicited(&self, extension: &str) -> bool {
         self.unsolicited.contains(extension)
@@ -88,7 +101,7 @@ mod tests {
         let body = mwi.summary("202").body("sip:202@pbx");
         assert_eq!(
             body,
-            "Messages-Waiting: yes\r\nMessage-Account: sip:202@pbx\r\nText-Message: 2/0\r\n"
+            "Messages-Waiting: yes\r\nMessage-Account: sip:202@pbx\r\nVoice-Message: 0/0\r\nText-Message: 2/0\r\n"
         );
         assert!(mwi.set_callbacks("202", 0));
         assert!(mwi
@@ -96,5 +109,20 @@ mod tests {
             .body("sip:202@pbx")
             .starts_with("Messages-Waiting: no\r\n"));
         assert!(mwi.unsolicited("201") && !mwi.unsolicited("202"));
+    }
+
+    #[test]
+    fn new_voicemail_lights_the_lamp_and_heard_messages_do_not() {
+        let mwi = Mwi::new([]);
+        assert!(mwi.set_voicemail("202", (1, 2)));
+        assert!(!mwi.set_voicemail("202", (1, 2)), "no change");
+        let body = mwi.summary("202").body("sip:202@pbx");
+        assert!(
+            body.starts_with("Messages-Waiting: yes\r\n")
+                && body.contains("\r\nVoice-Message: 1/2\r\n"),
+            "{body}"
+        );
+        assert!(mwi.set_voicemail("202", (0, 3)));
+        assert!(!mwi.summary("202").waiting(), "only heard messages");
     }
 }

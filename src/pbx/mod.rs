@@ -215,6 +215,15 @@ impl PbxBuilder {
         let env = Arc::new(Env {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
+            voicemail: crate::voicemail::Mailboxes::new(
+                config
+                    .users
+                    .iter()
+                    .filter(|u| u.voicemail)
+                    .map(|u| u.extension.get_ref().clone()),
+                Duration::from_secs(*config.voicemail.max_message_secs.get_ref()),
+                store.all::<crate::voicemail::VoiceMessage>()?,
+            ),
             forwarding: crate::forwarding::Forwarding::new(
                 config
                     .users
@@ -264,6 +273,9 @@ impl PbxBuilder {
             moved: Default::default(),
             stats: Stats::default(),
         });
+        for (mailbox, counts) in env.voicemail.all_counts() {
+            env.mwi.set_voicemail(&mailbox, counts);
+        }
         // Ids above every stored CDR, time-ordered across restarts; no disk access
         // on the hot path afterwards.
         let last_cdr = store
@@ -602,6 +614,17 @@ struct DeskCommands {
     latency: LatencyHistogram,
 }
 
+impl DeskCommands {
+    /// Every shard notifies the lamps of `changed`.
+    fn lamps_changed(&self, changed: Arc<[String]>) {
+        if !changed.is_empty() {
+            for c in &self.controls {
+                let _ = c.send(Control::Messages(Arc::clone(&changed)));
+            }
+        }
+    }
+}
+
 impl crate::cti::Commands for DeskCommands {
     fn originate(
         &self,
@@ -626,10 +649,11 @@ impl crate::cti::Commands for DeskCommands {
             .filter(|(ext, n)| self.env.mwi.set_callbacks(ext, *n))
             .map(|(ext, _)| ext.clone())
             .collect();
-        if !changed.is_empty() {
-            for c in &self.controls {
-                let _ = c.send(Control::Messages(Arc::clone(&changed)));
-            }
+        self.lamps_changed(changed);
+    }
+    fn voicemail_waiting(&self, extension: &str, counts: (u32, u32)) {
+        if self.env.mwi.set_voicemail(extension, counts) {
+            self.lamps_changed(Arc::new([extension.to_string()]));
         }
     }
     fn attempt(
@@ -871,6 +895,7 @@ async fn start_desk(
             .collect(),
         campaign_defaults: config.campaigns.clone(),
         forwarding: env.forwarding.clone(),
+        voicemail: env.voicemail.clone(),
         auto_callbacks: config
             .queues
             .iter()
@@ -1099,6 +1124,12 @@ impl ShardTask {
             for (to, h) in shard.poll_handoffs() {
                 if let Some(c) = controls.get(to) {
                     let _ = c.send(Control::Handoff(h));
+                }
+            }
+            let lamps: Arc<[String]> = shard.poll_lamps().into();
+            if !lamps.is_empty() {
+                for c in controls.iter() {
+                    let _ = c.send(Control::Messages(Arc::clone(&lamps)));
                 }
             }
             if let Some(seq) = shard.poll_flush() {

@@ -96,6 +96,8 @@ pub struct Shard {
     attempts: Vec<crate::campaigns::Report>,
     /// Messages for other shards' calls (transfers across shards).
     handoffs: Vec<(usize, crate::tu::Handoff)>,
+    /// Extensions whose message lamps changed, for every shard.
+    lamps: Vec<String>,
     /// Final answers waiting for the store write they confirm.
     held: VecDeque<Held>,
     /// Writes handed out so far, and the highest number known to be durable.
@@ -141,6 +143,7 @@ impl Shard {
             callbacks: Vec::new(),
             attempts: Vec::new(),
             handoffs: Vec::new(),
+            lamps: Vec::new(),
             held: VecDeque::new(),
             write_seq: 0,
             flushed_seq: 0,
@@ -361,6 +364,7 @@ impl Shard {
                 Effect::Callback(r) => self.callbacks.push(r),
                 Effect::Attempt(r) => self.attempts.push(r),
                 Effect::Handoff(to, h) => self.handoffs.push((to, h)),
+                Effect::Lamp(extension) => self.lamps.push(extension),
                 Effect::PassOn {
                     tx,
                     remote,
@@ -778,6 +782,11 @@ impl Shard {
     /// The call-backs the calls asked for, for the desk.
     pub fn poll_callbacks(&mut self) -> Vec<crate::callbacks::Request> {
         std::mem::take(&mut self.callbacks)
+    }
+
+    /// Extensions whose message lamps changed here (every shard notifies).
+    pub fn poll_lamps(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lamps)
     }
 
     /// Messages for other shards' calls: (shard, message).

@@ -77,6 +77,8 @@ pub struct Env {
     pub mwi: crate::mwi::Mwi,
     /// Each user's call forwarding.
     pub forwarding: crate::forwarding::Forwarding,
+    /// The users' mailboxes.
+    pub voicemail: crate::voicemail::Mailboxes,
     /// Who may talk to us: rate limits, bans, failed-authentication counts.
     pub guard: crate::guard::Guard,
     /// Trunks, DIDs, outbound routes and the toll-fraud guard.
@@ -171,6 +173,9 @@ pub enum Effect<T> {
     Callback(crate::callbacks::Request),
     /// A campaign attempt's call moved on (the desk pushes, erases, records).
     Attempt(crate::campaigns::Report),
+    /// `extension`'s message lamp changed: every shard's subscriptions to
+    /// it are told.
+    Lamp(String),
     /// A message for the same module of another shard (a transfer joining
     /// calls of two shards); opaque to the runtime, which delivers it.
     Handoff(usize, Handoff),
@@ -327,6 +332,11 @@ impl<'a, T> Cx<'a, T> {
     /// Reports a campaign attempt's step to the desk.
     pub fn attempt(&mut self, r: crate::campaigns::Report) {
         self.out.push(Effect::Attempt(r));
+    }
+
+    /// Tells every shard that `extension`'s message lamp changed.
+    pub fn lamp(&mut self, extension: &str) {
+        self.out.push(Effect::Lamp(extension.to_string()));
     }
 
     /// Hands `message` to this module on shard `shard`.

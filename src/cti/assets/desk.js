@@ -345,7 +345,7 @@ async function start() {
   }
   show("desk");
   $("supervisor-links").hidden = desk.me.role !== "supervisor";
-  await Promise.all([loadBoard(), loadDispositions(), loadForwarding()]);
+  await Promise.all([loadBoard(), loadDispositions(), loadForwarding(), loadVoicemail()]);
   connect();
   // Renew well before expiry; the event stream stays open.
   const left = desk.me.expires_at_ms - Date.now();
@@ -357,6 +357,7 @@ async function start() {
 function loggedOut(message) {
   desk.me = null;
   clearInterval(desk.renewTimer);
+  clearInterval(desk.voicemailTimer);
   if (desk.socket) { const s = desk.socket; desk.socket = null; s.close(); }
   show("login");
   $("login-error").textContent = message || "";
@@ -428,6 +429,72 @@ $("fwd-form").addEventListener("submit", async (ev) => {
     $("fwd-status").textContent = `Not saved: ${e.message}`;
   }
 });
+
+// ---- voicemail: my mailbox (hidden when I have none), checked every 20 s ------
+
+function showVoicemail(box) {
+  $("voicemail").hidden = false;
+  const waiting = box.new ? `${box.new} new` : "no new messages";
+  $("vm-summary").textContent = `Voicemail: ${waiting}, ${box.heard} heard.`;
+  const list = $("vm-list");
+  list.textContent = "";
+  for (const m of box.messages) {
+    const li = document.createElement("li");
+    li.className = m.heard ? "vm-heard" : "vm-new";
+    const who = m.caller_name ? `${m.caller_name} (${m.caller})` : m.caller;
+    const head = document.createElement("strong");
+    head.textContent = `${m.heard ? "" : "New: "}${who}, ${new Date(m.at_ms).toLocaleString()}, ${length(m.ms)}`;
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "none";
+    audio.src = `/api/v1/me/voicemail/${m.id}/audio`;
+    audio.setAttribute("aria-label", `Message from ${who}`);
+    li.append(head, document.createElement("br"), audio);
+    if (!m.heard) {
+      const heard = document.createElement("button");
+      heard.type = "button";
+      heard.textContent = "Mark heard";
+      heard.addEventListener("click", () => voicemailAction("POST", `/api/v1/me/voicemail/${m.id}/heard`, "Marked heard."));
+      audio.addEventListener("ended", () => heard.click(), { once: true });
+      li.append(heard);
+    }
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = "Delete";
+    del.addEventListener("click", () => {
+      if (confirm(`Delete the message from ${who}?`)) {
+        voicemailAction("DELETE", `/api/v1/me/voicemail/${m.id}`, "Deleted.");
+      }
+    });
+    li.append(del);
+    list.append(li);
+  }
+}
+
+async function loadVoicemail() {
+  try {
+    showVoicemail(await api("GET", "/api/v1/me/voicemail"));
+    clearInterval(desk.voicemailTimer);
+    desk.voicemailTimer = setInterval(() => loadVoicemail().catch(() => {}), 20000);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    $("voicemail").hidden = true; // no mailbox
+  }
+}
+
+async function voicemailAction(method, path, done) {
+  try {
+    await api(method, path);
+    $("vm-status").textContent = done;
+  } catch (e) {
+    $("vm-status").textContent = `Not done: ${e.message}`;
+  }
+  await loadVoicemail().catch(() => {});
+}
+
+$("vm-refresh").addEventListener("click", () => loadVoicemail().catch((e) => {
+  $("vm-status").textContent = e.message;
+}));
 
 // ---- the call-back box: P (mine) and G (my groups'), oldest first -------------
 

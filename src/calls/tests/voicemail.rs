@@ -1,0 +1,179 @@
+//! Leaving voicemail with a fake clock: a call nobody takes reaches the
+//! mailbox (no answer, do not disturb, no phone), the greeting then the
+//! recording, `#` ends it, the message is stored and the lamp lit; a caller
+//! who hangs up while speaking gets the 200 to their BYE only once the
+//! message is durable; a forwarding rule wins over the mailbox.
+
+use super::*;
+use crate::media::MediaEvent;
+use crate::presence::State;
+
+/// 201 calls 202 (phone A), who has a mailbox.
+fn office() -> Lab {
+    let lab = Lab::new(Setup {
+        users: vec!["201", "202", "203"],
+        authenticate: false,
+        ring_timeout: Duration::from_secs(10),
+        mailboxes: vec!["202"],
+        ..Setup::default()
+    });
+    lab.h.bind("202", PHONE_A);
+    lab
+}
+
+/// The id of the message the relay records, once it records.
+fn recording(lab: &Lab) -> u64 {
+    lab.media_log()
+        .iter()
+        .find_map(|l| l.split("record 0 voice=").nth(1))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("nothing recorded: {:?}", lab.media_log()))
+}
+
+/// Call `call_id` rings at 202 until the ring timeout and reaches the
+/// mailbox: our 200 to the caller, ACKed; the greeting is over.
+fn at_the_beep(lab: &mut Lab, call_id: &str) -> String {
+    let out = lab.input(invite(call_id, "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    lab.input(response(&b, 180, "b", "", ""), PHONE_A);
+    let out = lab.advance(Duration::from_secs(10));
+    one(&out, "CANCEL sip:202@10.0.0.2");
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    assert!(
+        ok.contains("c=IN IP4 192.0.2.100"),
+        "the relay answers: {ok}"
+    );
+    lab.input(response(&b, 487, "b", "", ""), PHONE_A);
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    assert!(
+        lab.media_log().iter().any(|l| l.contains("play 0")),
+        "the greeting plays: {:?}",
+        lab.media_log()
+    );
+    lab.advance(Duration::from_secs(4));
+    ok
+}
+
+#[test]
+fn an_unanswered_call_leaves_a_message_that_lights_the_lamp() {
+    let mut lab = office();
+    let ok = at_the_beep(&mut lab, "vm@a");
+    let voice = recording(&lab);
+    assert!(lab
+        .media_log()
+        .iter()
+        .any(|l| l.ends_with(&format!("record 0 voice={voice} max=60s"))));
+    lab.input(dtmf_info(&ok, 2, '#'), CALLER);
+    assert!(lab
+        .media_log()
+        .iter()
+        .any(|l| l.ends_with("stop_recording")));
+    let saved = MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 3000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("vm@a"), saved);
+    lab.out();
+    let stored = lab.writes.last().cloned().unwrap_or_default();
+    assert!(
+        stored.contains("VoiceMessage") && stored.contains("mailbox: \"202\""),
+        "{stored}"
+    );
+    assert_eq!(lab.h.env.voicemail.counts("202"), (1, 0));
+    assert!(lab.h.env.mwi.summary("202").waiting(), "the lamp is lit");
+    assert_eq!(lab.h.shard.poll_lamps(), ["202"], "every shard is told");
+    let out = lab.advance(Duration::from_secs(2));
+    one(&out, "BYE sip:201@");
+    assert_eq!(lab.cdrs, 1);
+    assert!(lab.idle());
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_speaking_is_answered_once_the_message_is_durable() {
+    let mut lab = office();
+    let ok = at_the_beep(&mut lab, "hang@a");
+    let voice = recording(&lab);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    assert!(
+        starting(&out, "SIP/2.0 200").is_empty(),
+        "not before the message is saved: {out:#?}"
+    );
+    let saved = MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 2500,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("hang@a"), saved);
+    let out = lab.out();
+    one(&out, "SIP/2.0 200 OK");
+    let message = lab.writes.iter().position(|w| w.contains("VoiceMessage"));
+    assert!(message.is_some(), "stored before the 200: {:?}", lab.writes);
+    assert_eq!(lab.h.env.voicemail.list("202")[0].ms, 2500);
+    assert!(lab.idle());
+}
+
+#[test]
+fn nothing_said_leaves_no_message_and_dnd_or_no_phone_reach_the_mailbox_at_once() {
+    let mut lab = office();
+    let ok = at_the_beep(&mut lab, "quiet@a");
+    let voice = recording(&lab);
+    lab.input(dtmf_info(&ok, 2, '#'), CALLER);
+    let empty = MediaEvent::Recorded {
+        id: voice,
+        saved: false,
+        ms: 0,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("quiet@a"), empty);
+    let out = lab.out();
+    one(&out, "BYE sip:201@");
+    assert_eq!(lab.h.env.voicemail.counts("202"), (0, 0));
+    assert!(!lab.h.env.mwi.summary("202").waiting());
+
+    // Do not disturb: no phone rings, the caller is answered by the mailbox.
+    let wall = lab.h.wall0;
+    lab.h
+        .env
+        .presence
+        .choose("202", State::Busy, wall)
+        .expect("dnd");
+    let out = lab.input(invite("dnd@a", "202", ""), CALLER);
+    assert!(starting(&out, "INVITE ").is_empty(), "{out:#?}");
+    one(&out, "SIP/2.0 200 OK");
+
+    // No phone registered: the same.
+    let mut lab = Lab::new(Setup {
+        users: vec!["201", "202"],
+        authenticate: false,
+        mailboxes: vec!["202"],
+        ..Setup::default()
+    });
+    let out = lab.input(invite("nophone@a", "202", ""), CALLER);
+    one(&out, "SIP/2.0 200 OK");
+}
+
+#[test]
+fn a_forwarding_rule_wins_over_the_mailbox() {
+    let mut lab = office();
+    lab.h
+        .env
+        .forwarding
+        .set("202", crate::forwarding::When::NoAnswer, Some("203".into()));
+    lab.h.bind("203", PHONE_B);
+    let out = lab.input(invite("fwd@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    lab.input(response(&b, 180, "b", "", ""), PHONE_A);
+    let out = lab.advance(Duration::from_secs(20));
+    assert!(
+        out.iter().any(|m| m.starts_with("INVITE sip:203@10.0.0.3")),
+        "forwarded, not to voicemail: {out:#?}"
+    );
+    assert!(starting(&out, "SIP/2.0 200").is_empty());
+}
