@@ -432,6 +432,10 @@ pub struct UserConfig {
     /// forwarding rule sends them elsewhere.
     #[serde(default)]
     pub voicemail: bool,
+    /// The PIN the voicemail menu asks for on the phone (4 to 10 digits);
+    /// none: the phone's credentials are enough.
+    #[serde(default)]
+    pub voicemail_pin: Option<String>,
     /// What this user may dial outside; absent = `[outbound] dialing_classes`.
     #[serde(default)]
     pub dialing_classes: Option<Vec<crate::outside::Class>>,
@@ -899,6 +903,8 @@ pub struct FeaturesConfig {
     /// `pickup_extension` followed by an extension that extension's.
     pub pickup: String,
     pub pickup_extension: String,
+    /// The voicemail menu: the user's own mailbox (PIN, then the messages).
+    pub voicemail: String,
 }
 
 impl Default for FeaturesConfig {
@@ -915,6 +921,7 @@ impl Default for FeaturesConfig {
             forward_no_answer_off: "*53".into(),
             pickup: "*8".into(),
             pickup_extension: "**".into(),
+            voicemail: "*97".into(),
         }
     }
 }
@@ -934,6 +941,7 @@ impl FeaturesConfig {
             &self.forward_no_answer_off,
             &self.pickup,
             &self.pickup_extension,
+            &self.voicemail,
         ]
         .into_iter()
         .map(String::as_str)
@@ -1194,6 +1202,18 @@ impl Config {
                 "rtp.inactivity_secs",
                 "must be at least 1 (a call without RTP for this long is hung up)".into(),
             ));
+        }
+        for u in &self.users {
+            let bad_pin = u.voicemail_pin.as_ref().is_some_and(|p| {
+                !(4..=10).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit())
+            });
+            if bad_pin {
+                return Err(bad(
+                    u.extension.span(),
+                    "users.voicemail_pin",
+                    format!("{}: 4 to 10 digits", u.extension.get_ref()),
+                ));
+            }
         }
         let vm = &self.voicemail.max_message_secs;
         if !(5..=600).contains(vm.get_ref()) {
@@ -1880,6 +1900,9 @@ mod tests {
         )
         .expect("a mailbox");
         assert!(c.users[0].voicemail);
+        let pin = "[[users]]\nextension = \"201\"\npassword = \"x\"\nvoicemail_pin = \"12a4\"\n";
+        let e = Config::parse(pin, "t").expect_err("pin");
+        assert!(e.to_string().contains("voicemail_pin"), "{e}");
     }
 
     #[test]

@@ -152,6 +152,9 @@ impl RelayControl for FakeRelay {
     fn listen_digits(&self, side: usize, pt: u8) {
         self.note(format!("digits {side} pt={pt}"));
     }
+    fn play_voice(&self, side: usize, id: u64, pt: u8) {
+        self.note(format!("play_voice {side} voice={id} pt={pt}"));
+    }
 }
 
 /// A shard over a temporary store, with fake media, at a fake time `t0`.
@@ -219,7 +222,10 @@ impl Harness {
             mwi: crate::mwi::Mwi::new(["201".to_string()]),
             forwarding: crate::forwarding::Forwarding::default(),
             voicemail: crate::voicemail::Mailboxes::new(
-                setup.mailboxes.iter().map(|m| m.to_string()),
+                setup
+                    .mailboxes
+                    .iter()
+                    .map(|m| (m.to_string(), Some("1234".to_string()))),
                 Duration::from_secs(60),
                 [],
             ),

@@ -3,8 +3,10 @@
 //! with `#` (RFC 4733); 4002's SIPp desk phone, subscribed to its
 //! message-summary, sees the lamp light with `Voice-Message: 1/0`; the desk
 //! API lists the message, plays its WAV, marks it heard (the lamp goes out)
-//! and deletes it. A caller who hangs up while speaking is answered only once
-//! the message is on disk: `kill -9` right after keeps it.
+//! and deletes it. The phone's own menu (`*97`, PIN by RFC 4733 digits)
+//! plays a message and deletes it with 7. A caller who hangs up while
+//! speaking is answered only once the message is on disk: `kill -9` right
+//! after keeps it.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 /// 4002 has a mailbox (password pw4002); calls need no digest.
 const MAILBOX: &str = "[calls]\nauthenticate = false\n\
-    [[users]]\nextension = \"4002\"\npassword = \"pw4002\"\nvoicemail = true\n";
+    [[users]]\nextension = \"4002\"\npassword = \"pw4002\"\nvoicemail = true\nvoicemail_pin = \"1234\"\n";
 
 /// The caller, 5550123, speaks for 2.5 s after the greeting; `scenario`
 /// ends with `#` (uac_voicemail.xml) or a hang-up (uac_voicemail_hangup.xml).
@@ -198,14 +200,26 @@ fn a_message_whose_caller_hung_up_survives_kill_9() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_desktop_plays_marks_and_deletes_a_message() {
+/// An embedded PBX whose 4002 has one message: its data directory, the PBX,
+/// its SIP address and its desk's base URL.
+async fn with_a_message() -> (
+    tempfile::TempDir,
+    sipdesk::Pbx,
+    std::net::SocketAddr,
+    String,
+) {
     let dir = tempfile::tempdir().expect("tmp");
     let users = [("4001".to_string(), "pw4001".to_string())];
     let (pbx, target) = embedded_pbx(dir.path(), &users, MAILBOX).await;
     let caller = leave_message(target, dir.path(), "uac_voicemail.xml");
     ok(&caller.await.expect("join"), "the caller leaves a message");
     let base = format!("http://{}", pbx.http_addr());
+    (dir, pbx, target, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_plays_marks_and_deletes_a_message() {
+    let (_dir, pbx, _, base) = with_a_message().await;
     let envs = [
         ("EXT", "4002"),
         ("PW", "pw4002"),
@@ -213,5 +227,35 @@ async fn the_desktop_plays_marks_and_deletes_a_message() {
     ];
     let (child, artifacts) = browser_script("voicemail.mjs", &base, &envs);
     browser_passed(child, &artifacts).await;
+    pbx.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_menu_asks_the_pin_plays_the_message_and_deletes_it() {
+    let (dir, pbx, target, base) = with_a_message().await;
+    let http = reqwest::Client::new();
+    let token = session_token(&http, &base, "4002", "pw4002").await;
+    the_message(&mailbox(&http, &base, &token).await);
+
+    let inf = injection_file(dir.path(), "menu.csv", &["4002;pw4002".to_string()]);
+    let inf = inf.display().to_string();
+    let menu = sipp_scenario(
+        target,
+        dir.path(),
+        free_port(),
+        "uac_menu.xml",
+        &["-s", "*97", "-inf", &inf, "-m", "1"],
+    );
+    ok(
+        &menu.await.expect("join"),
+        "PIN, the message, 7, and the menu hangs up",
+    );
+    let listed = mailbox(&http, &base, &token).await;
+    assert_eq!(
+        listed["messages"],
+        serde_json::json!([]),
+        "deleted: {listed}"
+    );
+    assert!(settled(&pbx).await, "calls or media ports left over");
     pbx.shutdown().await.expect("shutdown");
 }

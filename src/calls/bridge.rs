@@ -137,6 +137,8 @@ pub(super) struct Bridge {
     pub picker: Option<super::Answering>,
     /// The caller is leaving a voicemail message (see `voicemail`).
     pub deposit: Option<super::voicemail::Deposit>,
+    /// The caller is in their voicemail menu (see `menu`).
+    pub menu: Option<super::menu::Menu>,
 }
 
 impl Bridge {
@@ -164,6 +166,7 @@ impl Bridge {
             moved_in: Vec::new(),
             picker: None,
             deposit: None,
+            menu: None,
         }
     }
 
@@ -851,7 +854,10 @@ impl Calls {
             .get(a)
             .and_then(|b| b.transfer.as_ref())
             .is_some_and(|t| t.by == side);
-        let depositing = self.bridges.get(a).is_some_and(|b| b.deposit.is_some());
+        let answered_here = self
+            .bridges
+            .get(a)
+            .is_some_and(|b| b.deposit.is_some() || b.menu.is_some());
         match req.method() {
             Some(Method::Bye) if transferor => {
                 let answer = cx.response(req, remote, StatusCode::OK).finish();
@@ -871,9 +877,9 @@ impl Calls {
                 self.end_bridge(cx, a, Some(side), by);
                 cx.respond_durable(tx, answer);
             }
-            Some(Method::Info) if depositing => {
+            Some(Method::Info) if answered_here => {
                 if let Some(d) = super::info_digit(cx, tx, req, remote) {
-                    self.deposit_digit(a, d);
+                    self.digit(cx, a, d);
                 }
             }
             Some(Method::Invite | Method::Update | Method::Info) if waiting => {

@@ -17,6 +17,7 @@ mod bridge;
 pub mod cdr;
 mod hunt;
 mod local;
+mod menu;
 mod originate;
 mod outbound;
 mod pickup;
@@ -233,6 +234,12 @@ impl Calls {
         }
         match target {
             Target::Pickup(of) => self.invite_pickup(cx, tx, req, remote, of),
+            Target::Voicemail => {
+                let Some(Some(user)) = self.authenticate(cx, tx, req, remote, true) else {
+                    return;
+                };
+                self.invite_menu(cx, tx, req, remote, call_id, user)
+            }
             Target::Test(kind) => {
                 self.invite_local(cx, tx, req, remote, call_id, local::Kind::Test(kind))
             }
@@ -385,6 +392,7 @@ impl Calls {
             | Target::Feature(_)
             | Target::Forward(..)
             | Target::Pickup(_)
+            | Target::Voicemail
             | Target::Incomplete => Some(Refusal::failed(StatusCode::NOT_FOUND)),
             Target::Outside(_) => {
                 // Calls from one provider are never sent out again (transit).
@@ -439,6 +447,7 @@ impl Calls {
             | Target::Feature(_)
             | Target::Forward(..)
             | Target::Pickup(_)
+            | Target::Voicemail
             | Target::Incomplete
             | Target::Outside(_) => return,
         };
@@ -616,7 +625,13 @@ impl Calls {
             Timer::Queue(a) => self.queue_timer(cx, a, at),
             Timer::Origin(k) => self.origin_timer(cx, k),
             Timer::Moved(c) => self.moved_timer(cx, c),
-            Timer::Voicemail(a) => self.deposit_timer(cx, a, at),
+            Timer::Voicemail(a) => {
+                if self.bridges.get(a).is_some_and(|b| b.menu.is_some()) {
+                    self.menu_timer(cx, a, at)
+                } else {
+                    self.deposit_timer(cx, a, at)
+                }
+            }
         }
     }
 
@@ -624,11 +639,7 @@ impl Calls {
     pub fn on_media(&mut self, cx: &mut Cx<'_>, call_id: &CallId, event: MediaEvent) {
         match event {
             MediaEvent::Idle => self.on_media_idle(cx, call_id),
-            MediaEvent::Digit(d) => {
-                if !self.deposit_digit(call_id, d) {
-                    self.queue_digit(cx, call_id, d)
-                }
-            }
+            MediaEvent::Digit(d) => self.digit(cx, call_id, d),
             MediaEvent::Recorded { id, saved, ms } => {
                 if self.deposit_recorded(cx, id, saved.then_some(ms)) {
                     return;
@@ -648,6 +659,14 @@ impl Calls {
     /// The desk stored (`saved`) the call-back queue call `call_id` asked for.
     pub fn on_callback_saved(&mut self, cx: &mut Cx<'_>, call_id: &CallId, saved: bool) {
         self.callback_saved(cx, call_id, saved);
+    }
+
+    /// A DTMF digit from call `a`'s caller: for a voicemail message being
+    /// left, the voicemail menu, or a queue's call-back offer.
+    fn digit(&mut self, cx: &mut Cx<'_>, a: &CallId, d: char) {
+        if !self.deposit_digit(a, d) && !self.menu_digit(cx, a, d) {
+            self.queue_digit(cx, a, d)
+        }
     }
 
     /// A media session of call `call_id` saw no packet for the inactivity period.

@@ -354,6 +354,9 @@ pub trait RelayControl: Send + std::fmt::Debug {
     fn stop_recording(&self);
     /// Reports the digits `side` sends as telephone-events of payload type `pt`.
     fn listen_digits(&self, side: usize, pt: u8);
+    /// Plays voice message `id` (a recording in the voice directory) to
+    /// `side`, once it is read; one that cannot be read plays nothing.
+    fn play_voice(&self, side: usize, id: u64, pt: u8);
 }
 
 /// Open files kept for everything but media (SIP sockets and connections, the
@@ -488,6 +491,9 @@ impl RelayControl for Relay {
     }
     fn listen_digits(&self, side: usize, pt: u8) {
         Relay::listen_digits(self, side, pt)
+    }
+    fn play_voice(&self, side: usize, id: u64, pt: u8) {
+        Relay::play_voice(self, side, id, pt)
     }
 }
 
@@ -813,6 +819,33 @@ impl Relay {
             .and_then(|mut st| st.recording.take());
         if let Some((_, rec)) = rec {
             finish_recording(rec, self.voice_dir.clone(), Arc::clone(&self.events));
+        }
+    }
+
+    /// Plays voice message `id` to `side`: its WAV is read off the
+    /// runtime's threads, then played as a prompt.
+    pub fn play_voice(&self, side: usize, id: u64, pt: u8) {
+        let Some(dir) = self.voice_dir.clone() else {
+            return;
+        };
+        let (state, wake) = (Arc::clone(&self.state), Arc::clone(&self.wake));
+        let load = move || {
+            let path = recorder::path(&dir, id);
+            let read = std::fs::read(&path).map_err(|e| e.to_string());
+            let prompt = read.and_then(|b| Prompt::from_wav(&b).map_err(|e| e.to_string()));
+            match prompt {
+                Ok(p) => {
+                    if let Ok(mut st) = state.lock() {
+                        st.start(Playback::new(Arc::new(p), pt, false, side.min(1)));
+                    }
+                    wake.notify_one();
+                }
+                Err(e) => tracing::warn!("voice message {}: {e}", path.display()),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(load)),
+            Err(_) => load(),
         }
     }
 

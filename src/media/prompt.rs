@@ -179,6 +179,35 @@ impl Prompt {
         ]))
     }
 
+    /// The voicemail menu asks for the PIN: two rising notes.
+    pub fn enter_pin() -> Prompt {
+        Prompt::from_linear(&synth(&[
+            (0.0, 0.2, 0.0),
+            (660.0, 0.2, 0.3),
+            (880.0, 0.3, 0.3),
+            (0.0, 0.2, 0.0),
+        ]))
+    }
+
+    /// A wrong entry (PIN): a low buzz.
+    pub fn wrong() -> Prompt {
+        Prompt::from_linear(&synth(&[
+            (0.0, 0.1, 0.0),
+            (220.0, 0.6, 0.3),
+            (0.0, 0.2, 0.0),
+        ]))
+    }
+
+    /// The end of a list (no more messages): two falling notes.
+    pub fn no_more() -> Prompt {
+        Prompt::from_linear(&synth(&[
+            (0.0, 0.2, 0.0),
+            (880.0, 0.2, 0.3),
+            (660.0, 0.3, 0.3),
+            (0.0, 0.2, 0.0),
+        ]))
+    }
+
     /// The built-in waiting tone (loops): a soft beep every three seconds,
     /// what a campaign's agent hears while their desktop shows the record.
     pub fn waiting() -> Prompt {

@@ -220,7 +220,7 @@ impl PbxBuilder {
                     .users
                     .iter()
                     .filter(|u| u.voicemail)
-                    .map(|u| u.extension.get_ref().clone()),
+                    .map(|u| (u.extension.get_ref().clone(), u.voicemail_pin.clone())),
                 Duration::from_secs(*config.voicemail.max_message_secs.get_ref()),
                 store.all::<crate::voicemail::VoiceMessage>()?,
             ),

@@ -31,6 +31,8 @@ pub enum Target {
     /// A pickup code: a call ringing at this extension, or (`None`) at any
     /// colleague's.
     Pickup(Option<String>),
+    /// The voicemail menu (the caller's own mailbox).
+    Voicemail,
     Queue(QueueId),
     /// A ring group, by its number.
     RingGroup(String),
@@ -52,6 +54,7 @@ pub struct Dialplan {
     /// Pickup codes: of any colleague's call, of an extension's (+ number).
     pickup: String,
     pickup_extension: String,
+    voicemail: String,
 }
 
 impl Dialplan {
@@ -92,6 +95,7 @@ impl Dialplan {
             .collect(),
             pickup: f.pickup.clone(),
             pickup_extension: f.pickup_extension.clone(),
+            voicemail: f.voicemail.clone(),
         }
     }
 
@@ -120,6 +124,9 @@ impl Dialplan {
         }
         if let Some(t) = self.forward(number) {
             return t;
+        }
+        if !self.voicemail.is_empty() && number == self.voicemail {
+            return Target::Voicemail;
         }
         if !self.pickup.is_empty() && number == self.pickup {
             return Target::Pickup(None);
@@ -208,6 +215,7 @@ mod tests {
             ),
             (b"*53", Target::Forward(When::NoAnswer, None)),
             (b"*8", Target::Pickup(None)),
+            (b"*97", Target::Voicemail),
             (b"**201", Target::Pickup(Some("201".into()))),
             (b"**", Target::Incomplete),
             (b"600", Target::RingGroup("600".into())),

@@ -13,9 +13,10 @@ use crate::clock::UnixMillis;
 use crate::store::Record;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 /// One message a caller left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -59,8 +60,9 @@ pub enum VoicemailError {
 /// The shared handle.
 #[derive(Debug, Clone, Default)]
 pub struct Mailboxes {
-    /// The users who have a mailbox.
-    owners: Arc<HashSet<String>>,
+    /// The users who have a mailbox, with the SHA-256 of its PIN (none: the
+    /// phone's own credentials are enough).
+    owners: Arc<HashMap<String, Option<[u8; 32]>>>,
     /// Each mailbox's messages, oldest first.
     boxes: Arc<DashMap<String, BTreeMap<u64, VoiceMessage>>>,
     /// The longest message a caller may leave.
@@ -71,14 +73,19 @@ pub struct Mailboxes {
 pub type Counts = (u32, u32);
 
 impl Mailboxes {
-    /// Mailboxes for `owners`, holding the `stored` messages.
+    /// Mailboxes for `owners` (with their PINs, if any), holding the
+    /// `stored` messages.
     pub fn new(
-        owners: impl IntoIterator<Item = String>,
+        owners: impl IntoIterator<Item = (String, Option<String>)>,
         max_message: Duration,
         stored: impl IntoIterator<Item = VoiceMessage>,
     ) -> Mailboxes {
+        let owners = owners
+            .into_iter()
+            .map(|(user, pin)| (user, pin.map(|p| pin_hash(&p))))
+            .collect();
         let m = Mailboxes {
-            owners: Arc::new(owners.into_iter().collect()),
+            owners: Arc::new(owners),
             boxes: Arc::default(),
             max_message,
         };
@@ -93,13 +100,26 @@ impl Mailboxes {
 
     /// Whether `user` has a mailbox.
     pub fn has(&self, user: &str) -> bool {
-        self.owners.contains(user)
+        self.owners.contains_key(user)
+    }
+
+    /// Whether `user`'s mailbox asks for a PIN on the phone.
+    pub fn has_pin(&self, user: &str) -> bool {
+        self.owners.get(user).is_some_and(Option::is_some)
+    }
+
+    /// Whether `digits` are `user`'s PIN (compared in constant time).
+    pub fn pin_ok(&self, user: &str, digits: &str) -> bool {
+        match self.owners.get(user) {
+            Some(Some(hash)) => bool::from(hash.ct_eq(&pin_hash(digits))),
+            _ => false,
+        }
     }
 
     /// Every mailbox with its counts (for the lamps at start).
     pub fn all_counts(&self) -> Vec<(String, Counts)> {
         self.owners
-            .iter()
+            .keys()
             .map(|o| (o.clone(), self.counts(o)))
             .collect()
     }
@@ -168,6 +188,11 @@ impl Mailboxes {
     }
 }
 
+fn pin_hash(pin: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(pin.as_bytes()).into()
+}
+
 /// A message's record for caller `caller` left in `mailbox` now.
 pub fn message(
     id: u64,
@@ -193,8 +218,14 @@ mod tests {
 
     #[test]
     fn a_mailbox_counts_new_and_heard_messages_and_keeps_them_in_order() {
-        let m = Mailboxes::new(["202".to_string()], Duration::from_secs(60), []);
+        let m = Mailboxes::new(
+            [("202".to_string(), Some("4321".into()))],
+            Duration::from_secs(60),
+            [],
+        );
         assert!(m.has("202") && !m.has("203"));
+        assert!(m.has_pin("202") && m.pin_ok("202", "4321"));
+        assert!(!m.pin_ok("202", "1234") && !m.pin_ok("203", "4321"));
         let first = message(7, "202", ("5550001", Some("Ann")), UnixMillis(1), 2000);
         let second = message(9, "202", ("anonymous", None), UnixMillis(2), 500);
         assert_eq!(m.left(second.clone()), Ok((1, 0)));
@@ -217,7 +248,8 @@ mod tests {
     #[test]
     fn stored_messages_fill_the_mailboxes_at_start() {
         let stored = [message(3, "202", ("1", None), UnixMillis(1), 10)];
-        let m = Mailboxes::new(["202".to_string()], Duration::from_secs(60), stored);
+        let m = Mailboxes::new([("202".to_string(), None)], Duration::from_secs(60), stored);
+        assert!(!m.has_pin("202"));
         assert_eq!(m.counts("202"), (1, 0));
         let k = m.list("202")[0].key();
         assert!(k.starts_with(b"202\0"), "keys group a mailbox: {k:?}");

@@ -51,7 +51,13 @@ fn shown(lab: &Lab, ext: &str) -> DialogFact {
 
 /// `user`'s phone sends an INVITE to `to` (extra headers `extra`), answered
 /// with the user's credentials after our 407: what the PBX sent then.
-fn picker_invite(lab: &mut Lab, user: &str, call_id: &str, to: &str, extra: &str) -> Vec<String> {
+pub(super) fn picker_invite(
+    lab: &mut Lab,
+    user: &str,
+    call_id: &str,
+    to: &str,
+    extra: &str,
+) -> Vec<String> {
     let sdp = SDP.replace("10.0.0.1", "10.0.0.5").replace("0 8", "8 0 9");
     picker_offers(lab, user, call_id, to, extra, &sdp)
 }

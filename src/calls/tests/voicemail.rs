@@ -177,3 +177,77 @@ fn a_forwarding_rule_wins_over_the_mailbox() {
     );
     assert!(starting(&out, "SIP/2.0 200").is_empty());
 }
+
+/// 202's mailbox (PIN 1234) holds a heard message (12) and a new one (11).
+fn mailbox_with_messages() -> Lab {
+    let lab = office();
+    let vm = &lab.h.env.voicemail;
+    let mut heard = crate::voicemail::message(12, "202", ("5550002", None), lab.h.wall0, 1000);
+    heard.heard = true;
+    for m in [
+        heard,
+        crate::voicemail::message(11, "202", ("5550001", None), lab.h.wall0, 2000),
+    ] {
+        vm.left(m).expect("a mailbox");
+    }
+    lab
+}
+
+/// 202 dials the menu code: our 200, and what played.
+fn in_the_menu(lab: &mut Lab, call_id: &str) -> String {
+    let out = super::pickup::picker_invite(lab, "202", call_id, "*97", "");
+    one(&out, "SIP/2.0 200 OK").clone()
+}
+
+fn typed(lab: &mut Lab, ok: &str, first_cseq: u32, digits: &str) {
+    for (i, d) in digits.chars().enumerate() {
+        lab.input(dtmf_info(ok, first_cseq + i as u32, d), CALLER);
+    }
+}
+
+fn played(lab: &Lab) -> Vec<String> {
+    lab.media_log()
+        .into_iter()
+        .filter(|l| l.contains("play_voice 0 "))
+        .collect()
+}
+
+#[test]
+fn the_menu_asks_the_pin_then_plays_new_messages_first_and_deletes_one() {
+    let mut lab = mailbox_with_messages();
+    let ok = in_the_menu(&mut lab, "menu@phone");
+    assert!(played(&lab).is_empty(), "nothing before the PIN");
+    typed(&mut lab, &ok, 2, "1235#");
+    assert!(played(&lab).is_empty(), "a wrong PIN plays nothing");
+    typed(&mut lab, &ok, 7, "1234#");
+    assert_eq!(played(&lab).len(), 1);
+    assert!(played(&lab)[0].contains("voice=11"), "the new one first");
+    // Played to its end: heard, and the lamp knows.
+    lab.advance(Duration::from_millis(2400));
+    assert_eq!(lab.h.env.voicemail.counts("202"), (0, 2));
+    assert!(lab.writes.iter().any(|w| w.contains("heard: true")));
+    // 7 deletes it, and the next one plays.
+    typed(&mut lab, &ok, 12, "7");
+    assert_eq!(lab.h.env.voicemail.list("202").len(), 1);
+    assert!(lab.writes.iter().any(|w| w.starts_with("Remove")));
+    assert!(played(&lab).last().is_some_and(|l| l.contains("voice=12")));
+    // # goes on: nothing left, the PBX hangs up.
+    typed(&mut lab, &ok, 13, "#");
+    let out = lab.advance(Duration::from_secs(2));
+    one(&out, "BYE sip:202@");
+    assert!(lab.idle());
+}
+
+#[test]
+fn three_wrong_pins_hang_up_and_no_mailbox_is_404() {
+    let mut lab = mailbox_with_messages();
+    let ok = in_the_menu(&mut lab, "guess@phone");
+    typed(&mut lab, &ok, 2, "0000#1111#2222#");
+    let out = lab.advance(Duration::from_secs(2));
+    one(&out, "BYE sip:202@");
+    assert!(played(&lab).is_empty(), "no message was played");
+    assert!(lab.idle());
+
+    let out = super::pickup::picker_invite(&mut lab, "203", "none@phone", "*97", "");
+    one(&out, "SIP/2.0 404 Not Found (No Mailbox)");
+}
