@@ -259,3 +259,79 @@ async fn the_phone_menu_asks_the_pin_plays_the_message_and_deletes_it() {
     assert!(settled(&pbx).await, "calls or media ports left over");
     pbx.shutdown().await.expect("shutdown");
 }
+
+/// `secs` of a 440 Hz tone as a WAV (8 kHz mono 16-bit PCM).
+fn tone_wav(secs: u32) -> Vec<u8> {
+    let samples: Vec<i16> = (0..secs * 8000)
+        .map(|i| ((i as f32 * std::f32::consts::TAU * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let data = (samples.len() * 2) as u32;
+    let mut w = Vec::with_capacity(44 + data as usize);
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&8000u32.to_le_bytes());
+    w.extend_from_slice(&16000u32.to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        w.extend_from_slice(&s.to_le_bytes());
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_uploads_plays_and_removes_their_greeting() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let users = [("4001".to_string(), "pw4001".to_string())];
+    let (pbx, _) = embedded_pbx(dir.path(), &users, MAILBOX).await;
+    let base = format!("http://{}", pbx.http_addr());
+    let http = reqwest::Client::new();
+    let token = session_token(&http, &base, "4002", "pw4002").await;
+    let url = format!("{base}/api/v1/me/voicemail/greeting");
+    let get = || http.get(&url).bearer_auth(&token).send();
+    assert_eq!(get().await.expect("get").status(), 404, "the built-in one");
+    let r = http
+        .put(&url)
+        .bearer_auth(&token)
+        .body("not a wav")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the greeting:"),
+        "{body}"
+    );
+    let r = http
+        .put(&url)
+        .bearer_auth(&token)
+        .body(tone_wav(2))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let g: Value = r.json().await.expect("json");
+    assert_eq!(g["ms"], 2000, "{g}");
+    let r = get().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.expect("bytes").starts_with(b"RIFF"));
+    let r = http
+        .delete(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(get().await.expect("get").status(), 404);
+    pbx.shutdown().await.expect("shutdown");
+}

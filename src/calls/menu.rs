@@ -5,8 +5,10 @@
 //! plays, new ones first; one played to its end is heard (the lamp follows).
 //! While a message plays, or in the 10 s after it: `5` plays it again, `7`
 //! deletes it, `9` keeps it (heard), `6` or `#` goes on to the next. After
-//! the last, a falling tone, and the PBX hangs up. Digits come as RFC 4733
-//! telephone-events or SIP INFO. Every change is stored as the desk's are.
+//! the last, a falling tone; then `0` records the user's own greeting (after
+//! the beep, until `#`; callers hear it instead of the built-in one), else
+//! the PBX hangs up. Digits come as RFC 4733 telephone-events or SIP INFO.
+//! Every change is stored as the desk's are.
 
 use super::bridge::{answer_caller, ALeg, Bridge};
 use super::cdr::HangupBy;
@@ -52,17 +54,28 @@ enum Phase {
     Playing { ends: Instant },
     /// After message `at`: a key, or the next one at `next_at`.
     Choosing { next_at: Instant },
+    /// No more messages: `0` records a greeting, else the PBX hangs up at
+    /// `hang_up_at`.
+    End { hang_up_at: Instant },
+    /// Recording greeting `voice` until `#` (or its limit).
+    Greeting { voice: u64 },
+    /// The greeting is being saved.
+    Saving { voice: u64 },
     /// The PBX hangs up at `hang_up_at`.
     Goodbye { hang_up_at: Instant },
 }
 
+/// The longest greeting.
+const MAX_GREETING: Duration = Duration::from_secs(30);
+
 impl Menu {
-    fn due(&self) -> Instant {
+    fn due(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Pin { give_up, .. } => *give_up,
-            Phase::Playing { ends } => *ends,
-            Phase::Choosing { next_at } => *next_at,
-            Phase::Goodbye { hang_up_at } => *hang_up_at,
+            Phase::Pin { give_up, .. } => Some(*give_up),
+            Phase::Playing { ends } => Some(*ends),
+            Phase::Choosing { next_at } => Some(*next_at),
+            Phase::End { hang_up_at } | Phase::Goodbye { hang_up_at } => Some(*hang_up_at),
+            Phase::Greeting { .. } | Phase::Saving { .. } => None,
         }
     }
 
@@ -158,7 +171,7 @@ impl Calls {
             .bridges
             .get(a)
             .and_then(|b| b.menu.as_ref())
-            .map(Menu::due);
+            .and_then(Menu::due);
         if let Some(at) = due {
             cx.timer(at, Timer::Voicemail(a.clone()));
         }
@@ -173,14 +186,15 @@ impl Calls {
         let Some(mut menu) = bridge.menu.take() else {
             return;
         };
-        if menu.due() != at {
+        if menu.due() != Some(at) {
             bridge.menu = Some(menu);
             return; // moved on since
         }
         match menu.phase {
-            Phase::Pin { .. } | Phase::Goodbye { .. } => {
+            Phase::Pin { .. } | Phase::End { .. } | Phase::Goodbye { .. } => {
                 return self.end_bridge(cx, a, None, HangupBy::System);
             }
+            Phase::Greeting { .. } | Phase::Saving { .. } => {}
             Phase::Playing { .. } => {
                 if let Some((id, _)) = menu.current() {
                     mark_heard(cx, &menu.user, id);
@@ -239,9 +253,68 @@ impl Calls {
             Phase::Playing { .. } | Phase::Choosing { .. } => {
                 menu_key(cx, bridge, &mut menu, digit);
             }
-            Phase::Goodbye { .. } => {}
+            Phase::End { .. } if digit == '0' => {
+                let voice = cx.next_id();
+                bridge
+                    .relay
+                    .play(0, super::voicemail::beep(), menu.pt, false);
+                bridge.relay.record(0, voice, MAX_GREETING);
+                menu.phase = Phase::Greeting { voice };
+            }
+            Phase::Greeting { voice } if digit == '#' => {
+                menu.phase = Phase::Saving { voice: *voice };
+                bridge.relay.stop_recording();
+            }
+            Phase::End { .. }
+            | Phase::Greeting { .. }
+            | Phase::Saving { .. }
+            | Phase::Goodbye { .. } => {}
         }
         bridge.menu = Some(menu);
+        self.arm_menu(cx, a);
+        true
+    }
+}
+
+impl Calls {
+    /// Recording `id` of call `a` ended (`saved_ms`: it holds audio, on
+    /// disk): as the menu's greeting, it becomes the user's. False when it is
+    /// not a greeting.
+    pub(super) fn menu_recorded(
+        &mut self,
+        cx: &mut Cx<'_>,
+        a: &CallId,
+        id: u64,
+        saved_ms: Option<u64>,
+    ) -> bool {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return false;
+        };
+        let Some(menu) = bridge.menu.as_mut() else {
+            return false;
+        };
+        let (Phase::Greeting { voice } | Phase::Saving { voice }) = menu.phase else {
+            return false;
+        };
+        if voice != id {
+            return false;
+        }
+        if let Some(ms) = saved_ms {
+            let greeting = crate::voicemail::Greeting {
+                mailbox: menu.user.clone(),
+                id,
+                ms,
+            };
+            cx.store(Write::put(greeting.clone()));
+            cx.env.voicemail.set_greeting(greeting);
+            tracing::info!(user = %menu.user, ms, "voicemail greeting recorded on the phone");
+            bridge
+                .relay
+                .play(0, super::voicemail::saved(), menu.pt, false);
+        }
+        menu.phase = Phase::Goodbye {
+            hang_up_at: cx.now + super::voicemail::saved().duration(),
+        };
         self.arm_menu(cx, a);
         true
     }
@@ -289,8 +362,8 @@ fn play(cx: &Cx<'_>, bridge: &Bridge, pt: u8, message: Option<(u64, u64)>) -> Ph
         }
         None => {
             bridge.relay.play(0, no_more(), pt, false);
-            Phase::Goodbye {
-                hang_up_at: cx.now + no_more().duration(),
+            Phase::End {
+                hang_up_at: cx.now + no_more().duration() + WAIT,
             }
         }
     }

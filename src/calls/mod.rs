@@ -641,7 +641,10 @@ impl Calls {
             MediaEvent::Idle => self.on_media_idle(cx, call_id),
             MediaEvent::Digit(d) => self.digit(cx, call_id, d),
             MediaEvent::Recorded { id, saved, ms } => {
-                if self.deposit_recorded(cx, id, saved.then_some(ms)) {
+                let saved_ms = saved.then_some(ms);
+                if self.deposit_recorded(cx, id, saved_ms)
+                    || self.menu_recorded(cx, call_id, id, saved_ms)
+                {
                     return;
                 }
                 let voice = saved.then_some(crate::callbacks::Voice { id, ms });

@@ -32,6 +32,8 @@ pub(super) struct Deposit {
     voice: u64,
     /// The payload type the caller's prompts are played in.
     pt: u8,
+    /// The mailbox's own greeting plays (a beep follows it).
+    own_greeting: bool,
     phase: Phase,
 }
 
@@ -69,9 +71,15 @@ fn greeting() -> Arc<Prompt> {
 }
 
 /// What a caller hears once the message is saved: two short beeps.
-fn saved() -> Arc<Prompt> {
+pub(super) fn saved() -> Arc<Prompt> {
     static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
     Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::confirm())))
+}
+
+/// The beep after a user's own greeting (the built-in one ends with its own).
+pub(super) fn beep() -> Arc<Prompt> {
+    static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
+    Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::beep())))
 }
 
 impl Deposit {
@@ -111,7 +119,17 @@ impl Calls {
         };
         tracing::info!(call_id = %a, %mailbox, "to voicemail");
         let pt = answered_pt(&answer);
-        bridge.relay.play(0, greeting(), pt, false);
+        let own = cx.env.voicemail.greeting(&mailbox);
+        let greeting_ends = match &own {
+            Some(g) => {
+                bridge.relay.play_voice(0, g.id, pt);
+                cx.now + std::time::Duration::from_millis(g.ms)
+            }
+            None => {
+                bridge.relay.play(0, greeting(), pt, false);
+                cx.now + greeting().duration()
+            }
+        };
         if let Some(event) = answered_event_pt(&answer) {
             bridge.relay.listen_digits(0, event);
         }
@@ -121,8 +139,9 @@ impl Calls {
         bridge.deposit = Some(Deposit {
             voice,
             pt,
+            own_greeting: own.is_some(),
             phase: Phase::Greeting {
-                record_at: cx.now + greeting().duration(),
+                record_at: greeting_ends,
             },
         });
         // The From display name as sent ("Ann Lee" in quotes, or a token).
@@ -162,6 +181,9 @@ impl Calls {
         match d.phase {
             Phase::Greeting { .. } => {
                 d.phase = Phase::Recording;
+                if d.own_greeting {
+                    bridge.relay.play(0, beep(), d.pt, false);
+                }
                 let max = cx.env.voicemail.max_message;
                 bridge.relay.record(0, d.voice, max);
             }

@@ -189,6 +189,11 @@ impl Prompt {
         ]))
     }
 
+    /// The beep after which one speaks (after a user's own greeting).
+    pub fn beep() -> Prompt {
+        Prompt::from_linear(&synth(&[(1000.0, 0.5, 0.3), (0.0, 0.1, 0.0)]))
+    }
+
     /// A wrong entry (PIN): a low buzz.
     pub fn wrong() -> Prompt {
         Prompt::from_linear(&synth(&[

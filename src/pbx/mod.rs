@@ -276,6 +276,9 @@ impl PbxBuilder {
         for (mailbox, counts) in env.voicemail.all_counts() {
             env.mwi.set_voicemail(&mailbox, counts);
         }
+        for g in store.all::<crate::voicemail::Greeting>()? {
+            env.voicemail.set_greeting(g);
+        }
         // Ids above every stored CDR, time-ordered across restarts; no disk access
         // on the hot path afterwards.
         let last_cdr = store

@@ -48,6 +48,24 @@ impl Record for VoiceMessage {
     }
 }
 
+/// A user's own greeting: a recording in the voice directory (recorded on
+/// the phone or uploaded) that callers hear instead of the built-in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Greeting {
+    pub mailbox: String,
+    /// The recording's id.
+    pub id: u64,
+    /// Its length.
+    pub ms: u64,
+}
+
+impl Record for Greeting {
+    const TREE: &'static str = "voicemail-greetings.v1";
+    fn key(&self) -> Vec<u8> {
+        self.mailbox.as_bytes().to_vec()
+    }
+}
+
 /// A mailbox operation that cannot be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VoicemailError {
@@ -65,6 +83,8 @@ pub struct Mailboxes {
     owners: Arc<HashMap<String, Option<[u8; 32]>>>,
     /// Each mailbox's messages, oldest first.
     boxes: Arc<DashMap<String, BTreeMap<u64, VoiceMessage>>>,
+    /// The users' own greetings.
+    greetings: Arc<DashMap<String, Greeting>>,
     /// The longest message a caller may leave.
     pub max_message: Duration,
 }
@@ -87,6 +107,7 @@ impl Mailboxes {
         let m = Mailboxes {
             owners: Arc::new(owners),
             boxes: Arc::default(),
+            greetings: Arc::default(),
             max_message,
         };
         for v in stored {
@@ -101,6 +122,21 @@ impl Mailboxes {
     /// Whether `user` has a mailbox.
     pub fn has(&self, user: &str) -> bool {
         self.owners.contains_key(user)
+    }
+
+    /// `user`'s own greeting, if they have one.
+    pub fn greeting(&self, user: &str) -> Option<Greeting> {
+        self.greetings.get(user).map(|g| g.clone())
+    }
+
+    /// A greeting (durable) replaces `user`'s former one, which is returned.
+    pub fn set_greeting(&self, greeting: Greeting) -> Option<Greeting> {
+        self.greetings.insert(greeting.mailbox.clone(), greeting)
+    }
+
+    /// `user`'s greeting (removed on disk) goes: callers hear the built-in one.
+    pub fn remove_greeting(&self, user: &str) -> Option<Greeting> {
+        self.greetings.remove(user).map(|(_, g)| g)
     }
 
     /// Whether `user`'s mailbox asks for a PIN on the phone.

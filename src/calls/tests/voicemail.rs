@@ -231,11 +231,55 @@ fn the_menu_asks_the_pin_then_plays_new_messages_first_and_deletes_one() {
     assert_eq!(lab.h.env.voicemail.list("202").len(), 1);
     assert!(lab.writes.iter().any(|w| w.starts_with("Remove")));
     assert!(played(&lab).last().is_some_and(|l| l.contains("voice=12")));
-    // # goes on: nothing left, the PBX hangs up.
-    typed(&mut lab, &ok, 13, "#");
+    // # goes on: nothing left; 0 records the user's own greeting until #.
+    typed(&mut lab, &ok, 13, "#0");
+    let greeting = lab
+        .media_log()
+        .iter()
+        .find_map(|l| {
+            l.strip_suffix(" max=30s")?
+                .split("record 0 voice=")
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("the greeting is recorded");
+    typed(&mut lab, &ok, 15, "#");
+    let saved = MediaEvent::Recorded {
+        id: greeting,
+        saved: true,
+        ms: 3000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("menu@phone"), saved);
     let out = lab.advance(Duration::from_secs(2));
     one(&out, "BYE sip:202@");
+    assert!(lab.writes.iter().any(|w| w.contains("Greeting")));
     assert!(lab.idle());
+
+    // Callers now hear it, then a beep, then they speak.
+    let out = lab.input(invite("after@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    lab.input(response(&b, 486, "b", "", ""), PHONE_A);
+    assert!(
+        lab.media_log()
+            .iter()
+            .any(|l| l.ends_with(&format!("play_voice 0 voice={greeting} pt=0"))),
+        "{:?}",
+        lab.media_log()
+    );
+    let before = lab.media_log().len();
+    lab.advance(Duration::from_millis(2900));
+    assert_eq!(
+        lab.media_log().len(),
+        before,
+        "not before the greeting ends"
+    );
+    lab.advance(Duration::from_millis(200));
+    assert!(lab.media_log()[before..]
+        .iter()
+        .any(|l| l.contains("record 0 voice=")));
 }
 
 #[test]
