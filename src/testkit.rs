@@ -116,6 +116,9 @@ impl MediaEngine for FakeMedia {
     fn ports_in_use(&self) -> usize {
         self.leased.load(Ordering::Relaxed)
     }
+    fn discard_voice(&self, id: u64) {
+        self.note(format!("discard voice={id}"));
+    }
 }
 
 impl MediaSession for FakeSession {

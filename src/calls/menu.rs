@@ -306,7 +306,10 @@ impl Calls {
                 ms,
             };
             cx.store(Write::put(greeting.clone()));
-            cx.env.voicemail.set_greeting(greeting);
+            let old = cx.env.voicemail.set_greeting(greeting);
+            if let (Some(old), Some(media)) = (old, &cx.env.media) {
+                media.discard_voice(old.id);
+            }
             tracing::info!(user = %menu.user, ms, "voicemail greeting recorded on the phone");
             bridge
                 .relay
@@ -331,6 +334,9 @@ fn menu_key(cx: &mut Cx<'_>, bridge: &mut Bridge, menu: &mut Menu, digit: char) 
             let env = cx.env;
             if let Ok(message) = env.voicemail.get(&menu.user, id) {
                 cx.store(Write::remove(&message));
+                if let Some(media) = &env.media {
+                    media.discard_voice(id);
+                }
                 let counts = env.voicemail.removed(&menu.user, id);
                 lamp(cx, &menu.user, counts);
                 tracing::info!(user = %menu.user, id, "voicemail deleted from the phone");

@@ -327,6 +327,9 @@ pub trait MediaEngine: Send + Sync + std::fmt::Debug {
     ) -> Result<Box<dyn MediaSession>, MediaError>;
     /// Port pairs leased right now.
     fn ports_in_use(&self) -> usize;
+    /// Voice recording `id` is no longer kept: its file is removed (off the
+    /// caller's thread).
+    fn discard_voice(&self, id: u64);
 }
 
 /// A running media session of one port pair.
@@ -458,6 +461,21 @@ impl MediaEngine for RtpEngine {
     }
     fn ports_in_use(&self) -> usize {
         self.media.ports_in_use()
+    }
+    fn discard_voice(&self, id: u64) {
+        let Some(dir) = self.media.voice_dir.clone() else {
+            return;
+        };
+        let remove = move || {
+            let path = recorder::path(&dir, id);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("voice recording {}: {e}", path.display());
+            }
+        };
+        match self.runtime.as_ref() {
+            Some(rt) => drop(rt.spawn_blocking(remove)),
+            None => remove(),
+        }
     }
 }
 

@@ -230,6 +230,10 @@ fn the_menu_asks_the_pin_then_plays_new_messages_first_and_deletes_one() {
     typed(&mut lab, &ok, 12, "7");
     assert_eq!(lab.h.env.voicemail.list("202").len(), 1);
     assert!(lab.writes.iter().any(|w| w.starts_with("Remove")));
+    assert!(
+        lab.media_log().iter().any(|l| l == "discard voice=11"),
+        "its recording goes too"
+    );
     assert!(played(&lab).last().is_some_and(|l| l.contains("voice=12")));
     // # goes on: nothing left; 0 records the user's own greeting until #.
     typed(&mut lab, &ok, 13, "#0");
