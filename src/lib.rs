@@ -14,11 +14,14 @@
 //!            asks the dialplan where a request goes; runs the modules' effects
 //!              │  on_request / on_response / on_timer (Cx: now, Env, outbox)
 //!              ▼
-//!  modules   calls/ (bridges, queue calls, originate, CDRs) · blf/ · registrar/
+//!  modules   calls/ (bridges, queue calls, originate, CDRs, hunting and
+//!            forwarding, transfer, pickup, voicemail and its menu) · blf/ ·
+//!            registrar/
 //!              │  read
 //!              ▼
 //!  kinds     tu/ (Env, Cx, Effect, typed timer keys) · clock (UnixMillis)
 //!  state     presence/ (one map, change stream) · mwi/ (message lamps) ·
+//!            voicemail/ (mailboxes, messages, greetings) · forwarding/ ·
 //!            callbacks/ (the call-back box, sans-IO) · campaigns/ (lists,
 //!            calling hours, retries, do-not-call; sans-IO) · routing/ (dialplan + ACD,
 //!            pure) · history/ (caller index) · users · media/ (behind
