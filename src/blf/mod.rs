@@ -658,10 +658,10 @@ mod tests {
 
     #[test]
     fn a_ringing_dialog_carries_the_tags_a_phone_picks_it_up_with() {
-        let tags = crate::presence::DialogTags {
+        let tags = Arc::new(crate::presence::DialogTags {
             local: "pbx\"1".into(),
             remote: "caller".into(),
-        };
+        });
         let ringing = DialogFact {
             tags: Some(tags.clone()),
             ..fact(1, DialogState::Early)

@@ -78,12 +78,12 @@ impl ALeg {
     }
 
     /// This dialog's tags: ours (the To tag we answer with) and the caller's.
-    pub fn tags(&self) -> crate::presence::DialogTags {
+    pub fn tags(&self) -> Arc<crate::presence::DialogTags> {
         let from = self.invite.from_header().and_then(|f| f.tag());
-        crate::presence::DialogTags {
+        Arc::new(crate::presence::DialogTags {
             local: self.tag.clone(),
             remote: from.map(super::lossy).unwrap_or_default(),
-        }
+        })
     }
 }
 

@@ -898,7 +898,7 @@ fn start_party(
 fn start_party_tagged(
     presence: &Presence,
     ext: &str,
-    (call_id, tags): (&CallId, Option<&DialogTags>),
+    (call_id, tags): (&CallId, Option<&std::sync::Arc<DialogTags>>),
     direction: Direction,
     peer: &str,
     at: UnixMillis,

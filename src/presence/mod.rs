@@ -110,8 +110,9 @@ pub struct DialogFact {
     /// The tags of the caller's dialog with the PBX, which `call_id` names:
     /// what a phone's BLF key puts in the Replaces header of its INVITE to
     /// pick a ringing call up (RFC 4235, RFC 3891). Not shown on the desk.
+    /// Shared: the fact is copied whenever the shown window changes.
     #[serde(skip)]
-    pub tags: Option<DialogTags>,
+    pub tags: Option<Arc<DialogTags>>,
 }
 
 /// A dialog's tags: the PBX's own (`local`, its To tag toward the caller)
@@ -193,7 +194,7 @@ impl Facts {
     fn add_dialog(
         &mut self,
         next: &AtomicU64,
-        (call_id, tags): (&str, Option<&DialogTags>),
+        (call_id, tags): (&str, Option<&Arc<DialogTags>>),
         direction: Direction,
         peer: &str,
     ) -> DialogId {
@@ -413,7 +414,7 @@ impl Presence {
     pub fn dialog_started(
         &self,
         extension: &str,
-        call: (&str, Option<&DialogTags>),
+        call: (&str, Option<&Arc<DialogTags>>),
         direction: Direction,
         peer: &str,
         now: UnixMillis,
@@ -431,7 +432,7 @@ impl Presence {
     pub fn reserve(
         &self,
         extension: &str,
-        call: (&str, Option<&DialogTags>),
+        call: (&str, Option<&Arc<DialogTags>>),
         peer: &str,
         now: UnixMillis,
     ) -> Option<DialogId> {
