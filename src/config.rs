@@ -405,6 +405,8 @@ pub struct DemoConfig {
     pub supervisor: String,
     /// The demo group's ring-group number (all its phones at once).
     pub ring_group: String,
+    /// The demo users have mailboxes (voicemail, no PIN).
+    pub voicemail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -1030,6 +1032,7 @@ impl Default for DemoConfig {
             queue: "500".into(),
             supervisor: "204".into(),
             ring_group: "600".into(),
+            voicemail: true,
         }
     }
 }
@@ -1706,6 +1709,21 @@ impl Config {
 
     /// Whether the demo users are the whole phone system (nothing of the
     /// office configured): then the demo group and queue exist too.
+    /// The users with a mailbox, with their PINs: the configured ones, and
+    /// the demo users while the demo desk is on (`[demo] voicemail`).
+    pub fn mailboxes(&self) -> Vec<(String, Option<String>)> {
+        let mut boxes: Vec<(String, Option<String>)> = self
+            .users
+            .iter()
+            .filter(|u| u.voicemail)
+            .map(|u| (u.extension.get_ref().clone(), u.voicemail_pin.clone()))
+            .collect();
+        if self.demo_desk() && self.demo.voicemail {
+            boxes.extend(self.demo.extensions.iter().map(|e| (e.clone(), None)));
+        }
+        boxes
+    }
+
     pub fn demo_desk(&self) -> bool {
         self.demo_added
             || (!self.demo.extensions.is_empty()

@@ -337,6 +337,13 @@ fn banner(pbx: &Pbx, config: Option<&std::path::Path>, json: bool) {
                 },
             );
         }
+        if c.demo_desk() && c.demo.voicemail {
+            let _ = writeln!(
+                text,
+                "  each has a mailbox: a call not answered in {} s leaves a message; {} plays them",
+                c.calls.ring_timeout_secs, c.features.voicemail
+            );
+        }
         let _ = writeln!(
             text,
             "\nThe agent desktop: http://{desk}/  (log in with an extension and its password)"

@@ -216,11 +216,7 @@ impl PbxBuilder {
             presence,
             mwi: crate::mwi::Mwi::new(config.unsolicited_mwi()),
             voicemail: crate::voicemail::Mailboxes::new(
-                config
-                    .users
-                    .iter()
-                    .filter(|u| u.voicemail)
-                    .map(|u| (u.extension.get_ref().clone(), u.voicemail_pin.clone())),
+                config.mailboxes(),
                 Duration::from_secs(*config.voicemail.max_message_secs.get_ref()),
                 store.all::<crate::voicemail::VoiceMessage>()?,
             ),
