@@ -647,6 +647,14 @@ impl Calls {
                 {
                     return;
                 }
+                if !self.messages.contains_key(&id) {
+                    // Nobody keeps it: a greeting whose caller hung up while
+                    // recording it.
+                    if let (true, Some(media)) = (saved, &cx.env.media) {
+                        media.discard_voice(id);
+                    }
+                    return;
+                }
                 let voice = saved.then_some(crate::callbacks::Voice { id, ms });
                 self.message_recorded(cx, call_id, id, voice)
             }
@@ -700,9 +708,10 @@ impl Calls {
         }
     }
 
-    /// Calls in progress on this shard (local, bridged, originated).
+    /// Calls in progress on this shard (local, bridged, originated), and
+    /// voicemail messages of ended calls still being saved.
     pub fn count(&self) -> usize {
-        self.local.len() + self.bridges.len() + self.originations.len()
+        self.local.len() + self.bridges.len() + self.originations.len() + self.deposits.len()
     }
 
     /// A new call is live: counted, its CDR started.

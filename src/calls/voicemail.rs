@@ -35,6 +35,9 @@ pub(super) struct Deposit {
     /// The mailbox's own greeting plays (a beep follows it).
     own_greeting: bool,
     phase: Phase,
+    /// What the message will be, until its recording starts (then it is
+    /// kept in `Calls::deposits`, where it outlives the call).
+    leaving: Option<Leaving>,
 }
 
 /// Where a deposit stands; each phase holds its own deadline.
@@ -135,15 +138,6 @@ impl Calls {
         }
         answer_caller(cx, bridge, &mailbox, Some(&answer), None);
         parties_step(&cx.env.presence, bridge, DialogState::Confirmed, cx.wall);
-        let voice = cx.next_id();
-        bridge.deposit = Some(Deposit {
-            voice,
-            pt,
-            own_greeting: own.is_some(),
-            phase: Phase::Greeting {
-                record_at: greeting_ends,
-            },
-        });
         // The From display name as sent ("Ann Lee" in quotes, or a token).
         let caller_name = bridge
             .hunt
@@ -158,7 +152,15 @@ impl Calls {
             caller_name,
             bye: None,
         };
-        self.deposits.insert(voice, leaving);
+        bridge.deposit = Some(Deposit {
+            voice: cx.next_id(),
+            pt,
+            own_greeting: own.is_some(),
+            phase: Phase::Greeting {
+                record_at: greeting_ends,
+            },
+            leaving: Some(leaving),
+        });
         self.arm_deposit(cx, a);
         Outcome::Ringing
     }
@@ -181,6 +183,9 @@ impl Calls {
         match d.phase {
             Phase::Greeting { .. } => {
                 d.phase = Phase::Recording;
+                if let Some(leaving) = d.leaving.take() {
+                    self.deposits.insert(d.voice, leaving);
+                }
                 if d.own_greeting {
                     bridge.relay.play(0, beep(), d.pt, false);
                 }

@@ -328,7 +328,7 @@ fn ok_for(out: &[String], call_id: &str) -> String {
 }
 
 /// A request from the picker in its dialog (`ok` is our 200 to it).
-fn picker_request(ok: &str, method: &str, cseq: u32) -> Bytes {
+pub(super) fn picker_request(ok: &str, method: &str, cseq: u32) -> Bytes {
     with_body(
         format!(
             "{method} sip:201@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PICKER};branch=z9hG4bK-p{method}{cseq};rport\r\n\

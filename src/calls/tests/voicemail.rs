@@ -160,6 +160,26 @@ fn nothing_said_leaves_no_message_and_dnd_or_no_phone_reach_the_mailbox_at_once(
 }
 
 #[test]
+fn a_caller_who_hangs_up_during_the_greeting_leaves_nothing_behind() {
+    let mut lab = office();
+    let out = lab.input(invite("early@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    lab.input(response(&b, 180, "b", "", ""), PHONE_A);
+    let out = lab.advance(Duration::from_secs(10));
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(response(&b, 487, "b", "", ""), PHONE_A);
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    one(&out, "SIP/2.0 200 OK");
+    lab.advance(Duration::from_secs(5));
+    assert!(
+        !lab.media_log().iter().any(|l| l.contains("record 0")),
+        "nothing was recorded"
+    );
+    assert!(lab.idle(), "no message waits to be saved");
+}
+
+#[test]
 fn a_forwarding_rule_wins_over_the_mailbox() {
     let mut lab = office();
     lab.h
@@ -298,4 +318,40 @@ fn three_wrong_pins_hang_up_and_no_mailbox_is_404() {
 
     let out = super::pickup::picker_invite(&mut lab, "203", "none@phone", "*97", "");
     one(&out, "SIP/2.0 404 Not Found (No Mailbox)");
+}
+
+#[test]
+fn a_greeting_whose_caller_hangs_up_while_recording_is_not_kept() {
+    let mut lab = office();
+    let ok = in_the_menu(&mut lab, "gone@phone");
+    typed(&mut lab, &ok, 2, "1234#0");
+    let greeting = lab
+        .media_log()
+        .iter()
+        .find_map(|l| {
+            l.strip_suffix(" max=30s")?
+                .split("record 0 voice=")
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("the greeting is recorded");
+    let bye = super::pickup::picker_request(&ok, "BYE", 9);
+    let out = lab.input(bye, "10.0.0.5:5064");
+    one(&out, "SIP/2.0 200 OK");
+    let saved = MediaEvent::Recorded {
+        id: greeting,
+        saved: true,
+        ms: 1500,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("gone@phone"), saved);
+    lab.out();
+    assert!(lab.h.env.voicemail.greeting("202").is_none());
+    assert!(lab
+        .media_log()
+        .iter()
+        .any(|l| l == &format!("discard voice={greeting}")));
+    assert!(lab.idle());
 }
