@@ -80,6 +80,12 @@ pub struct SipConfig {
     pub t4_ms: u64,
     pub shards: Spanned<usize>,
     pub max_transactions: Spanned<usize>,
+    /// Overload protection: a new request that waited longer than this in
+    /// its shard's queue is refused with 503 and Retry-After (milliseconds,
+    /// 10 to 10000). The default, 50, is far above the normal queueing delay
+    /// (under a millisecond) and well inside T1 (500 ms), after which clients
+    /// retransmit and a backlog only grows.
+    pub shed_after_ms: Spanned<u64>,
     /// DNS servers for the trunks' host names ("ip:port"); [] = the system's.
     pub dns_servers: Vec<SocketAddr>,
 }
@@ -978,6 +984,7 @@ impl Default for SipConfig {
             t4_ms: 5000,
             shards: sp(0),
             max_transactions: sp(1_000_000),
+            shed_after_ms: sp(50),
             dns_servers: Vec::new(),
         }
     }
@@ -1193,6 +1200,13 @@ impl Config {
                 s.max_transactions.span(),
                 "sip.max_transactions",
                 "at least 1000".into(),
+            ));
+        }
+        if !(10..=10_000).contains(s.shed_after_ms.get_ref()) {
+            return Err(bad(
+                s.shed_after_ms.span(),
+                "sip.shed_after_ms",
+                "from 10 to 10000".into(),
             ));
         }
         if *s.shards.get_ref() > 256 {
@@ -1899,6 +1913,18 @@ mod tests {
         let c = Config::parse("[sip]\nudp = [\"127.0.0.1:5070\"]\n", "t").expect("valid");
         assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().expect("addr")]);
         assert_eq!(c.domain(), "sipdesk.local");
+    }
+
+    #[test]
+    fn a_shedding_wait_outside_10_to_10000_ms_is_refused() {
+        for bad in ["9", "10001"] {
+            let text = format!("[sip]\nshed_after_ms = {bad}\n");
+            let e = Config::parse(&text, "t").expect_err(bad);
+            assert!(e.to_string().contains("sip.shed_after_ms"), "{e}");
+        }
+        let c = Config::parse("[sip]\nshed_after_ms = 1000\n", "t").expect("valid");
+        assert_eq!(*c.sip.shed_after_ms.get_ref(), 1000);
+        assert_eq!(*Config::default().sip.shed_after_ms.get_ref(), 50);
     }
 
     #[test]

@@ -269,6 +269,7 @@ impl Harness {
                 max_transactions: 1000,
                 dialplan: Dialplan::from_config(&crate::config::Config::default()),
                 clock: WallClock::new(wall0, t0),
+                shed_after: Duration::from_millis(50),
             },
             TransactionLayer::new(TimerConfig::default()),
             Counters::new(IdGen::new(1, 0, 1)),

@@ -297,11 +297,13 @@ impl PbxBuilder {
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
+        let shed_after = Duration::from_millis(*config.sip.shed_after_ms.get_ref());
         let dispatcher = Dispatcher::new(
             senders.clone(),
             limits,
             env.guard.clone(),
             Arc::clone(&env.moved),
+            shed_after,
         );
         let dialplan = Dialplan::from_config(&config);
         let trunk_status = crate::trunk::Board::default();
@@ -357,6 +359,7 @@ impl PbxBuilder {
                     max_transactions: config.sip.max_transactions.get_ref() / shards,
                     dialplan: dialplan.clone(),
                     clock: WallClock::new(wall, mono),
+                    shed_after,
                 },
                 TransactionLayer::new(config.timers()),
                 Counters::new(IdGen::new(id_base, i, id_lanes)),

@@ -70,6 +70,9 @@ pub struct ShardConfig {
     pub dialplan: Dialplan,
     /// Wall clock at the start (bindings need absolute time, the core only `now`).
     pub clock: WallClock,
+    /// A new request that waited longer than this in the queue is refused
+    /// with 503 (`[sip] shed_after_ms`).
+    pub shed_after: Duration,
 }
 
 /// One shard's SIP state.
@@ -162,7 +165,7 @@ impl Shard {
 
     /// A message parsed by the transport (which parses to pick the shard) and
     /// received at `received`: a new request that has
-    /// waited longer than [`SHED_AFTER`] in the shard's queue is refused with
+    /// waited longer than `shed_after` in the shard's queue is refused with
     /// 503 and Retry-After (RFC 3261 §21.5.4) before any work is done for it, so
     /// an overloaded PBX keeps finishing the calls it has instead of collapsing.
     pub fn handle_message(
@@ -188,7 +191,7 @@ impl Shard {
             }
         };
         if msg.is_request() {
-            let late = now.saturating_duration_since(received) > SHED_AFTER;
+            let late = now.saturating_duration_since(received) > self.config.shed_after;
             if let Some(reason) = stateless_problem(&msg) {
                 self.answer_statelessly(now, &msg, remote, 400, reason);
             } else if self.layer.len() >= self.config.max_transactions
@@ -867,11 +870,6 @@ fn run_module<M, T>(
     f(module, &mut cx);
     out
 }
-
-/// How long a new request may wait in the shard's queue before it is shed: far
-/// above the normal queueing delay (under a millisecond), and well inside T1
-/// (500 ms), after which the client retransmits and the backlog only grows.
-pub const SHED_AFTER: Duration = Duration::from_millis(50);
 
 /// A request that starts something new (no To tag) and may be refused under
 /// load; ACK and CANCEL finish what exists and are never shed.

@@ -6,6 +6,9 @@ use crate::clock::UnixMillis;
 use crate::sip::auth::Algorithm;
 use crate::testkit::{Harness, Setup, REALM};
 
+/// The default `[sip] shed_after_ms`.
+const SHED_AFTER: Duration = Duration::from_millis(50);
+
 struct Fixture {
     h: Harness,
     ep: Shard,
@@ -24,6 +27,7 @@ fn fixture() -> Fixture {
             max_transactions: 1000,
             dialplan: Dialplan::from_config(&crate::config::Config::default()),
             clock: crate::clock::WallClock::new(UnixMillis(1_000_000), t0),
+            shed_after: SHED_AFTER,
         },
         TransactionLayer::new(crate::sip::transaction::TimerConfig::default()),
         Counters::new(crate::store::IdGen::new(1, 0, 1)),

@@ -61,6 +61,8 @@ pub struct Dispatcher<T> {
     guard: crate::guard::Guard,
     /// Legs a transfer handed to another shard than their hash.
     moved: Arc<crate::sip::call_id::Moved>,
+    /// A shard whose messages wait longer than this (µs) is behind.
+    shed_lag: u64,
 }
 
 impl<T> Clone for Dispatcher<T> {
@@ -73,6 +75,7 @@ impl<T> Clone for Dispatcher<T> {
             shed: Arc::clone(&self.shed),
             guard: self.guard.clone(),
             moved: Arc::clone(&self.moved),
+            shed_lag: self.shed_lag,
         }
     }
 }
@@ -83,8 +86,10 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         limits: Limits,
         guard: crate::guard::Guard,
         moved: Arc<crate::sip::call_id::Moved>,
+        shed_lag: std::time::Duration,
     ) -> Self {
         Dispatcher {
+            shed_lag: shed_lag.as_micros() as u64,
             lags: Arc::new(shards.iter().map(|_| AtomicU64::new(0)).collect()),
             shards: Arc::new(shards),
             limits,
@@ -110,7 +115,7 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
     /// Parses `bytes` and queues it on its shard; never waits. Returns an
     /// answer to send back at once: 503 with Retry-After (RFC 3261 §21.5.4) for
     /// a new request while its shard is behind (its messages wait longer than
-    /// [`SHED_LAG`], or more than [`SHED_BACKLOG`] are queued) — the cheapest
+    /// `[sip] shed_after_ms`, or more than [`SHED_BACKLOG`] are queued) — the cheapest
     /// refusal there is, and it keeps the shard for the calls it has taken.
     /// A banned source's datagrams are dropped unparsed (or, from a known
     /// phone's address, its requests refused with 503).
@@ -156,7 +161,7 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         let queue = &self.shards[shard];
         let backlog = queue.max_capacity() - queue.capacity();
         let lag = self.lags[shard].load(Ordering::Relaxed);
-        let behind = lag > SHED_LAG.as_micros() as u64 || backlog > SHED_BACKLOG;
+        let behind = lag > self.shed_lag || backlog > SHED_BACKLOG;
         if let Ok(m) = &parsed {
             if behind && starts_something(m) {
                 self.shed.fetch_add(1, Ordering::Relaxed);
@@ -179,10 +184,6 @@ impl<T: From<Inbound> + Send + 'static> Dispatcher<T> {
         self.shed.load(Ordering::Relaxed)
     }
 }
-
-/// A shard whose messages wait longer than this is behind: new requests are
-/// refused at the edge until it catches up (normal waits are well under 1 ms).
-pub const SHED_LAG: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Messages queued for a shard beyond which new requests are refused at the
 /// edge whatever the lag (a shard that has stalled reports none). The reader
