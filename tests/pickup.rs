@@ -65,6 +65,25 @@ impl Lab {
             .to_string()
     }
 
+    /// 4002's phone: it rings until cancelled.
+    fn ringing_phone(&self) -> Sipp {
+        let args = ["-m", "1"];
+        sipp_scenario(self.target, self.path(), self.phone, "uas_ring.xml", &args)
+    }
+
+    /// A caller (Call-ID `cid`) who calls 4002, talks 2.5 s once answered
+    /// (G.711 from a pcap) and hangs up.
+    fn caller(&self, cid: &str) -> Sipp {
+        let args = ["-s", "4002", "-m", "1", "-d", "2500", "-cid_str", cid];
+        sipp_scenario(
+            self.target,
+            self.path(),
+            free_port(),
+            "uac_call_rtp.xml",
+            &args,
+        )
+    }
+
     /// Waits (up to 5 s) until a call rings at 4002.
     async fn ringing(&self) {
         for _ in 0..100 {
@@ -195,13 +214,7 @@ fn on_the_other_shard(of: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blf_key_picks_up_a_call_ringing_at_a_colleagues_phone() {
     let lab = Lab::start().await;
-    let ringing_phone = sipp_scenario(
-        lab.target,
-        lab.path(),
-        lab.phone,
-        "uas_ring.xml",
-        &["-m", "1"],
-    );
+    let ringing_phone = lab.ringing_phone();
     let blf = lab.credentials("4003");
     let key = sipp_scenario(
         lab.target,
@@ -212,15 +225,7 @@ async fn a_blf_key_picks_up_a_call_ringing_at_a_colleagues_phone() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let caller_cid = "caller%u@sipp";
-    let caller = sipp_scenario(
-        lab.target,
-        lab.path(),
-        free_port(),
-        "uac_call_rtp.xml",
-        &[
-            "-s", "4002", "-m", "1", "-d", "2500", "-cid_str", caller_cid,
-        ],
-    );
+    let caller = lab.caller(caller_cid);
 
     // What the BLF key saw: the ringing call's identifiers.
     let ids = lab.blf_saw().await;
@@ -251,20 +256,8 @@ async fn a_blf_key_picks_up_a_call_ringing_at_a_colleagues_phone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_code_picks_up_the_call_ringing_in_the_group() {
     let lab = Lab::start().await;
-    let ringing_phone = sipp_scenario(
-        lab.target,
-        lab.path(),
-        lab.phone,
-        "uas_ring.xml",
-        &["-m", "1"],
-    );
-    let caller = sipp_scenario(
-        lab.target,
-        lab.path(),
-        free_port(),
-        "uac_call_rtp.xml",
-        &["-s", "4002", "-m", "1", "-d", "2500"],
-    );
+    let ringing_phone = lab.ringing_phone();
+    let caller = lab.caller("code-caller%u@sipp");
     lab.ringing().await;
     lab.refused("4004", "*8", "", 404).await;
     lab.refused("4004", "**4002", "", 403).await;

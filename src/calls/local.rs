@@ -61,8 +61,7 @@ impl LocalCall {
 
 /// The confirmation a feature code plays (synthesised once).
 fn confirmation() -> Arc<Prompt> {
-    static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::confirm())))
+    built_in!(Prompt::confirm)
 }
 
 impl Calls {

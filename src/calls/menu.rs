@@ -12,7 +12,7 @@
 
 use super::bridge::{answer_caller, ALeg, Bridge};
 use super::cdr::HangupBy;
-use super::{answered_event_pt, answered_pt, new_cdr, Calls, Cx, Refusal, Timer};
+use super::{answered_event_pt, answered_pt, new_cdr, Calls, Cx, Refusal};
 use crate::media::prompt::Prompt;
 use crate::sip::message::Message;
 use crate::sip::sdp::{self, Origin};
@@ -69,7 +69,7 @@ enum Phase {
 const MAX_GREETING: Duration = Duration::from_secs(30);
 
 impl Menu {
-    fn due(&self) -> Option<Instant> {
+    pub(super) fn due(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Pin { give_up, .. } => Some(*give_up),
             Phase::Playing { ends } => Some(*ends),
@@ -84,23 +84,16 @@ impl Menu {
     }
 }
 
-fn prompt(cell: &'static std::sync::OnceLock<Arc<Prompt>>, make: fn() -> Prompt) -> Arc<Prompt> {
-    Arc::clone(cell.get_or_init(|| Arc::new(make())))
-}
-
 fn enter_pin() -> Arc<Prompt> {
-    static P: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    prompt(&P, Prompt::enter_pin)
+    built_in!(Prompt::enter_pin)
 }
 
 fn wrong() -> Arc<Prompt> {
-    static P: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    prompt(&P, Prompt::wrong)
+    built_in!(Prompt::wrong)
 }
 
 fn no_more() -> Arc<Prompt> {
-    static P: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    prompt(&P, Prompt::no_more)
+    built_in!(Prompt::no_more)
 }
 
 impl Calls {
@@ -163,18 +156,7 @@ impl Calls {
         tracing::info!(call_id = %a, user = %menu.user, "voicemail menu");
         bridge.menu = Some(menu);
         self.add_bridge(cx, a.clone(), bridge);
-        self.arm_menu(cx, &a);
-    }
-
-    fn arm_menu(&self, cx: &mut Cx<'_>, a: &CallId) {
-        let due = self
-            .bridges
-            .get(a)
-            .and_then(|b| b.menu.as_ref())
-            .and_then(Menu::due);
-        if let Some(at) = due {
-            cx.timer(at, Timer::Voicemail(a.clone()));
-        }
+        self.arm_voicemail(cx, &a);
     }
 
     /// The menu's deadline: no PIN in time (hang up), a message played to
@@ -209,7 +191,7 @@ impl Calls {
             }
         }
         bridge.menu = Some(menu);
-        self.arm_menu(cx, a);
+        self.arm_voicemail(cx, a);
     }
 
     /// A digit in the menu. False when call `a` is not in one.
@@ -271,7 +253,7 @@ impl Calls {
             | Phase::Goodbye { .. } => {}
         }
         bridge.menu = Some(menu);
-        self.arm_menu(cx, a);
+        self.arm_voicemail(cx, a);
         true
     }
 }
@@ -318,7 +300,7 @@ impl Calls {
         menu.phase = Phase::Goodbye {
             hang_up_at: cx.now + super::voicemail::saved().duration(),
         };
-        self.arm_menu(cx, a);
+        self.arm_voicemail(cx, a);
         true
     }
 }

@@ -13,6 +13,15 @@
 //! ([`Timer`]); a key that fires after its call moved on is recognised as stale
 //! by the deadline it carries.
 
+/// A built-in prompt, synthesised once and shared: `built_in!(Prompt::confirm)`.
+macro_rules! built_in {
+    ($make:path) => {{
+        static PROMPT: std::sync::OnceLock<std::sync::Arc<crate::media::prompt::Prompt>> =
+            std::sync::OnceLock::new();
+        std::sync::Arc::clone(PROMPT.get_or_init(|| std::sync::Arc::new($make())))
+    }};
+}
+
 mod bridge;
 pub mod cdr;
 mod hunt;
@@ -625,13 +634,7 @@ impl Calls {
             Timer::Queue(a) => self.queue_timer(cx, a, at),
             Timer::Origin(k) => self.origin_timer(cx, k),
             Timer::Moved(c) => self.moved_timer(cx, c),
-            Timer::Voicemail(a) => {
-                if self.bridges.get(a).is_some_and(|b| b.menu.is_some()) {
-                    self.menu_timer(cx, a, at)
-                } else {
-                    self.deposit_timer(cx, a, at)
-                }
-            }
+            Timer::Voicemail(a) => self.voicemail_timer(cx, a, at),
         }
     }
 

@@ -69,20 +69,17 @@ pub(super) struct Leaving {
 /// The built-in greeting: a chime, then the long beep after which the
 /// caller speaks.
 fn greeting() -> Arc<Prompt> {
-    static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::leave_message())))
+    built_in!(Prompt::leave_message)
 }
 
 /// What a caller hears once the message is saved: two short beeps.
 pub(super) fn saved() -> Arc<Prompt> {
-    static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::confirm())))
+    built_in!(Prompt::confirm)
 }
 
 /// The beep after a user's own greeting (the built-in one ends with its own).
 pub(super) fn beep() -> Arc<Prompt> {
-    static PROMPT: std::sync::OnceLock<Arc<Prompt>> = std::sync::OnceLock::new();
-    Arc::clone(PROMPT.get_or_init(|| Arc::new(Prompt::beep())))
+    built_in!(Prompt::beep)
 }
 
 impl Deposit {
@@ -161,19 +158,37 @@ impl Calls {
             },
             leaving: Some(leaving),
         });
-        self.arm_deposit(cx, a);
+        self.arm_voicemail(cx, a);
         Outcome::Ringing
     }
 
-    fn arm_deposit(&self, cx: &mut Cx<'_>, a: &CallId) {
-        let due = self.bridges.get(a).and_then(|b| b.deposit.as_ref()?.due());
+    /// Arms call `a`'s voicemail timer: of the message being left, or of
+    /// the menu.
+    pub(super) fn arm_voicemail(&self, cx: &mut Cx<'_>, a: &CallId) {
+        let due = self
+            .bridges
+            .get(a)
+            .and_then(|b| match (&b.deposit, &b.menu) {
+                (Some(d), _) => d.due(),
+                (None, Some(m)) => m.due(),
+                (None, None) => None,
+            });
         if let Some(at) = due {
             cx.timer(at, Timer::Voicemail(a.clone()));
         }
     }
 
+    /// Call `a`'s voicemail timer fired (at `at`).
+    pub(super) fn voicemail_timer(&mut self, cx: &mut Cx<'_>, a: &CallId, at: Instant) {
+        if self.bridges.get(a).is_some_and(|b| b.menu.is_some()) {
+            self.menu_timer(cx, a, at)
+        } else {
+            self.deposit_timer(cx, a, at)
+        }
+    }
+
     /// The greeting is over (recording starts), or the goodbye (hang up).
-    pub(super) fn deposit_timer(&mut self, cx: &mut Cx<'_>, a: &CallId, at: Instant) {
+    fn deposit_timer(&mut self, cx: &mut Cx<'_>, a: &CallId, at: Instant) {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
@@ -291,7 +306,7 @@ impl Calls {
         d.phase = Phase::Goodbye {
             hang_up_at: cx.now + saved().duration(),
         };
-        self.arm_deposit(cx, &call);
+        self.arm_voicemail(cx, &call);
         true
     }
 }

@@ -57,6 +57,14 @@ fn mailbox<'a>(desk: &Desk, caller: &'a Caller) -> Result<&'a str, ApiError> {
     }
 }
 
+/// `me`'s own greeting (404 while callers hear the built-in one).
+fn own_greeting(desk: &Desk, me: &str) -> Result<crate::voicemail::Greeting, ApiError> {
+    desk.config
+        .voicemail
+        .greeting(me)
+        .ok_or_else(|| ApiError::NotFound(format!("{me} has no greeting of their own")))
+}
+
 /// Tells the lamps that `me`'s mailbox changed.
 fn lamp(desk: &Desk, me: &str) {
     let counts = desk.config.voicemail.counts(me);
@@ -142,11 +150,7 @@ pub(super) async fn greeting(
     caller: Caller,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let me = mailbox(&desk, &caller)?;
-    let g = desk
-        .config
-        .voicemail
-        .greeting(me)
-        .ok_or_else(|| ApiError::NotFound(format!("{me} has no greeting of their own")))?;
+    let g = own_greeting(&desk, me)?;
     super::callbacks::wav(&desk, g.id).await
 }
 
@@ -198,11 +202,7 @@ pub(super) async fn remove_greeting(
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
     let me = mailbox(&desk, &caller)?;
-    let g = desk
-        .config
-        .voicemail
-        .greeting(me)
-        .ok_or_else(|| ApiError::NotFound(format!("{me} has no greeting of their own")))?;
+    let g = own_greeting(&desk, me)?;
     desk.config
         .writer
         .commit(vec![crate::store::Write::remove(&g)])

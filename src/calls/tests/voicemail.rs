@@ -23,12 +23,23 @@ fn office() -> Lab {
 
 /// The id of the message the relay records, once it records.
 fn recording(lab: &Lab) -> u64 {
+    recorded(lab, "60s")
+}
+
+/// The id of what the relay records for at most `max` (a message: the
+/// mailbox's limit; a greeting: 30s).
+fn recorded(lab: &Lab, max: &str) -> u64 {
+    let suffix = format!(" max={max}");
     lab.media_log()
         .iter()
-        .find_map(|l| l.split("record 0 voice=").nth(1))
-        .and_then(|v| v.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("nothing recorded: {:?}", lab.media_log()))
+        .find_map(|l| {
+            l.strip_suffix(&suffix)?
+                .split("record 0 voice=")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("nothing recorded for {max}: {:?}", lab.media_log()))
 }
 
 /// Call `call_id` rings at 202 until the ring timeout and reaches the
@@ -257,17 +268,7 @@ fn the_menu_asks_the_pin_then_plays_new_messages_first_and_deletes_one() {
     assert!(played(&lab).last().is_some_and(|l| l.contains("voice=12")));
     // # goes on: nothing left; 0 records the user's own greeting until #.
     typed(&mut lab, &ok, 13, "#0");
-    let greeting = lab
-        .media_log()
-        .iter()
-        .find_map(|l| {
-            l.strip_suffix(" max=30s")?
-                .split("record 0 voice=")
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("the greeting is recorded");
+    let greeting = recorded(&lab, "30s");
     typed(&mut lab, &ok, 15, "#");
     let saved = MediaEvent::Recorded {
         id: greeting,
@@ -325,17 +326,7 @@ fn a_greeting_whose_caller_hangs_up_while_recording_is_not_kept() {
     let mut lab = office();
     let ok = in_the_menu(&mut lab, "gone@phone");
     typed(&mut lab, &ok, 2, "1234#0");
-    let greeting = lab
-        .media_log()
-        .iter()
-        .find_map(|l| {
-            l.strip_suffix(" max=30s")?
-                .split("record 0 voice=")
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("the greeting is recorded");
+    let greeting = recorded(&lab, "30s");
     let bye = super::pickup::picker_request(&ok, "BYE", 9);
     let out = lab.input(bye, "10.0.0.5:5064");
     one(&out, "SIP/2.0 200 OK");
