@@ -913,6 +913,9 @@ pub struct FeaturesConfig {
     pub pickup_extension: String,
     /// The voicemail menu: the user's own mailbox (PIN, then the messages).
     pub voicemail: String,
+    /// Keyed during a call (not dialled): starts recording it, and keyed
+    /// again stops (empty: recording only from the desk).
+    pub record: String,
 }
 
 impl Default for FeaturesConfig {
@@ -930,6 +933,7 @@ impl Default for FeaturesConfig {
             pickup: "*8".into(),
             pickup_extension: "**".into(),
             voicemail: "*97".into(),
+            record: "*1".into(),
         }
     }
 }
@@ -1507,6 +1511,15 @@ impl Config {
         users: &HashSet<String>,
         bad: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
+        let record = &self.features.record;
+        let dtmf = |c: char| c.is_ascii_digit() || "*#ABCD".contains(c);
+        if !record.is_empty() && !(2..=8).contains(&record.len()) || !record.chars().all(dtmf) {
+            return Err(bad(
+                0..0,
+                "features.record",
+                format!("`{record}`: 2 to 8 DTMF keys (0-9 * # A-D), or empty"),
+            ));
+        }
         let mut codes = HashSet::new();
         if let Some(c) = self.features.codes().find(|c| !codes.insert(*c)) {
             return Err(bad(

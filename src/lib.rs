@@ -15,13 +15,15 @@
 //!              │  on_request / on_response / on_timer (Cx: now, Env, outbox)
 //!              ▼
 //!  modules   calls/ (bridges, queue calls, originate, CDRs, hunting and
-//!            forwarding, transfer, pickup, voicemail and its menu) · blf/ ·
+//!            forwarding, transfer, pickup, voicemail and its menu, call
+//!            recording) · blf/ ·
 //!            registrar/
 //!              │  read
 //!              ▼
 //!  kinds     tu/ (Env, Cx, Effect, typed timer keys) · clock (UnixMillis)
 //!  state     presence/ (one map, change stream) · mwi/ (message lamps) ·
-//!            voicemail/ (mailboxes, messages, greetings) · forwarding/ ·
+//!            voicemail/ (mailboxes, messages, greetings) · recordings/
+//!            (call recordings, by customer) · forwarding/ ·
 //!            callbacks/ (the call-back box, sans-IO) · campaigns/ (lists,
 //!            calling hours, retries, do-not-call; sans-IO) · routing/ (dialplan + ACD,
 //!            pure) · history/ (caller index) · users · media/ (behind
@@ -64,6 +66,7 @@ mod mwi;
 pub mod outside;
 mod pbx;
 pub mod presence;
+mod recordings;
 mod registrar;
 pub mod routing;
 mod shard;

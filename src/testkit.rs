@@ -152,6 +152,12 @@ impl RelayControl for FakeRelay {
     fn stop_recording(&self) {
         self.note("stop_recording".into());
     }
+    fn record_call(&self, id: u64) {
+        self.note(format!("record_call {id}"));
+    }
+    fn stop_recording_call(&self) {
+        self.note("stop_recording_call".into());
+    }
     fn listen_digits(&self, side: usize, pt: u8) {
         self.note(format!("digits {side} pt={pt}"));
     }
@@ -254,6 +260,7 @@ impl Harness {
                 waiting: Arc::new(Prompt::waiting()),
                 farewell: Arc::new(Prompt::sorry()),
                 test_numbers: crate::config::TestNumbersConfig::default(),
+                record_code: "*1".into(),
             },
             domain: REALM.into(),
             sip_port: 5060,

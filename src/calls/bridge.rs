@@ -139,6 +139,8 @@ pub(super) struct Bridge {
     pub deposit: Option<super::voicemail::Deposit>,
     /// The caller is in their voicemail menu (see `menu`).
     pub menu: Option<super::menu::Menu>,
+    /// Recording on demand (see `recording`).
+    pub on_demand: super::recording::OnDemand,
 }
 
 impl Bridge {
@@ -167,6 +169,7 @@ impl Bridge {
             picker: None,
             deposit: None,
             menu: None,
+            on_demand: Default::default(),
         }
     }
 
@@ -623,6 +626,7 @@ impl Calls {
         answer_caller(cx, bridge, &callee, body.as_deref(), Some(r));
         parties_step(&cx.env.presence, bridge, DialogState::Confirmed, cx.wall);
         bridge.session = session_interval(r).map(|d| (d, cx.now + d));
+        super::recording::listen_for_code(cx, bridge);
         self.arm_bridge(cx, a);
     }
 
@@ -675,6 +679,7 @@ impl Calls {
 
     pub(super) fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
         let mut bridge = self.bridges.remove(a)?;
+        Self::recording_call_ended(&mut bridge);
         if let Some(q) = &bridge.queue {
             q.leave_line(cx);
         }
@@ -879,13 +884,17 @@ impl Calls {
             }
             Some(Method::Info) if answered_here => {
                 if let Some(d) = super::info_digit(cx, tx, req, remote) {
-                    self.digit(cx, a, d);
+                    self.digit(cx, a, 0, d);
                 }
             }
             Some(Method::Invite | Method::Update | Method::Info) if waiting => {
                 self.queue_in_dialog(cx, tx, req, remote, a)
             }
             Some(Method::Invite | Method::Update | Method::Info) => {
+                if let Some(d) = super::dtmf_info(req) {
+                    // Relayed too: the other party may be listening for digits.
+                    self.record_digit(cx, a, usize::from(side != Side::A), d);
+                }
                 self.relay_request(cx, (tx, req, remote), a, side)
             }
             _ => cx.reply(tx, req, remote, StatusCode::OK),

@@ -31,12 +31,14 @@ mod originate;
 mod outbound;
 mod pickup;
 mod queue;
+mod recording;
 #[cfg(test)]
 mod tests;
 mod transfer;
 mod voicemail;
 
 pub use originate::{AttemptCall, OriginateError};
+pub use recording::RecordError;
 pub use transfer::{TransferError, TransferTo};
 
 use crate::clock::UnixMillis;
@@ -220,6 +222,8 @@ pub struct Calls {
     messages: HashMap<u64, queue::LeftMessage>,
     /// Voicemail messages being recorded or saved, by their id.
     deposits: HashMap<u64, voicemail::Leaving>,
+    /// Call recordings from their start until their record is stored.
+    recordings: recording::Recordings,
 }
 
 impl Calls {
@@ -642,8 +646,11 @@ impl Calls {
     pub fn on_media(&mut self, cx: &mut Cx<'_>, call_id: &CallId, event: MediaEvent) {
         match event {
             MediaEvent::Idle => self.on_media_idle(cx, call_id),
-            MediaEvent::Digit(d) => self.digit(cx, call_id, d),
+            MediaEvent::Digit(side, d) => self.digit(cx, call_id, side, d),
             MediaEvent::Recorded { id, saved, ms } => {
+                if self.call_recorded(cx, id, saved, ms) {
+                    return;
+                }
                 let saved_ms = saved.then_some(ms);
                 if self.deposit_recorded(cx, id, saved_ms)
                     || self.menu_recorded(cx, call_id, id, saved_ms)
@@ -675,12 +682,17 @@ impl Calls {
         self.callback_saved(cx, call_id, saved);
     }
 
-    /// A DTMF digit from call `a`'s caller: for a voicemail message being
-    /// left, the voicemail menu, or a queue's call-back offer.
-    fn digit(&mut self, cx: &mut Cx<'_>, a: &CallId, d: char) {
-        if !self.deposit_digit(a, d) && !self.menu_digit(cx, a, d) {
-            self.queue_digit(cx, a, d)
+    /// A DTMF digit from `side` (0: the caller) of call `a`: for a
+    /// voicemail message being left, the voicemail menu, a queue's
+    /// call-back offer, or a connected call's record code.
+    fn digit(&mut self, cx: &mut Cx<'_>, a: &CallId, side: usize, d: char) {
+        if side == 0 && (self.deposit_digit(a, d) || self.menu_digit(cx, a, d)) {
+            return;
         }
+        if side == 0 && !self.is_connected(a) {
+            return self.queue_digit(cx, a, d);
+        }
+        self.record_digit(cx, a, side, d)
     }
 
     /// A media session of call `call_id` saw no packet for the inactivity period.
@@ -714,7 +726,11 @@ impl Calls {
     /// Calls in progress on this shard (local, bridged, originated), and
     /// voicemail messages of ended calls still being saved.
     pub fn count(&self) -> usize {
-        self.local.len() + self.bridges.len() + self.originations.len() + self.deposits.len()
+        self.local.len()
+            + self.bridges.len()
+            + self.originations.len()
+            + self.deposits.len()
+            + self.recordings_pending()
     }
 
     /// A new call is live: counted, its CDR started.
@@ -822,10 +838,17 @@ fn check_session_timer(cx: &Cx<'_>, req: &Message) -> Result<(), Refusal> {
 /// Answers a SIP INFO (200) and returns the DTMF digit it carries, if any
 /// (`application/dtmf-relay` or `application/dtmf`).
 fn info_digit(cx: &mut Cx<'_>, tx: TxId, req: &Message, remote: Remote) -> Option<char> {
-    let ct = req.value(HeaderName::ContentType).unwrap_or_default();
-    let digit = crate::media::dtmf::info_digit(ct, req.body());
     cx.reply(tx, req, remote, StatusCode::OK);
-    digit
+    dtmf_info(req)
+}
+
+/// The DTMF digit a SIP INFO carries, if any.
+fn dtmf_info(req: &Message) -> Option<char> {
+    if req.method() != Some(&crate::sip::message::Method::Info) {
+        return None;
+    }
+    let ct = req.value(HeaderName::ContentType).unwrap_or_default();
+    crate::media::dtmf::info_digit(ct, req.body())
 }
 
 /// The Session-Expires header (or its compact form `x`) of a message.

@@ -280,6 +280,7 @@ impl Calls {
         let user = pick.user.clone();
         answer_caller(cx, bridge, &user, Some(&to_caller), None);
         super::bridge::parties_step(presence, bridge, DialogState::Confirmed, cx.wall);
+        super::recording::listen_for_code(cx, bridge);
         self.legs.insert(picker.clone(), (a.clone(), Side::B(idx)));
         self.arm_bridge(cx, &a);
         Ok(())

@@ -524,6 +524,7 @@ impl Calls {
         }
         bridge.relay.stop_playing();
         bridge.cdr.callee = offer.agent.clone();
+        super::recording::listen_for_code(cx, bridge);
         if let Some((ext, id)) = &bridge.callee_party {
             let _ = cx
                 .env

@@ -1526,5 +1526,6 @@ fn a_campaigns_own_farewell_is_what_the_customer_hears_before_the_bye() {
 
 mod hunt;
 mod pickup;
+mod recording;
 mod transfer;
 mod voicemail;

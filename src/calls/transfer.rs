@@ -212,7 +212,7 @@ fn party_tag(bridge: &Bridge, side: Side) -> Option<String> {
 
 /// The user on `side` of a bridge who may transfer its other party: an
 /// extension (never a provider).
-fn transferor_user(cx: &Cx<'_>, bridge: &Bridge, side: Side) -> Option<String> {
+pub(super) fn transferor_user(cx: &Cx<'_>, bridge: &Bridge, side: Side) -> Option<String> {
     if bridge.trunk_facing(side).is_some() {
         return None;
     }

@@ -61,6 +61,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .merge(super::callbacks::routes())
         .merge(super::forwarding::routes())
         .merge(super::voicemail::routes())
+        .merge(super::recordings::routes())
         .merge(super::campaigns::routes())
         .merge(super::dialer::routes())
         .merge(super::assets::routes())
@@ -104,6 +105,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::voicemail::greeting,
         super::voicemail::set_greeting,
         super::voicemail::remove_greeting,
+        super::recordings::start,
+        super::recordings::stop,
+        super::recordings::list,
+        super::recordings::audio,
         super::callbacks::list,
         super::callbacks::create,
         super::callbacks::one,
@@ -146,6 +151,9 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::voicemail::Mailbox,
         crate::voicemail::VoiceMessage,
         crate::voicemail::Greeting,
+        super::recordings::Started,
+        crate::recordings::CallRecording,
+        crate::recordings::Progress,
         super::callbacks::Write,
         super::callbacks::Close,
         crate::callbacks::Callback,

@@ -104,6 +104,13 @@ pub enum Body {
         call_id: String,
         outcome: crate::campaigns::Outcome,
     },
+    /// A recording of one of the agent's calls started, was saved (durably)
+    /// or failed; to the agent who started it.
+    Recording {
+        call_id: String,
+        id: u64,
+        progress: crate::recordings::Progress,
+    },
     /// Events were lost (the client asked for more than the ring holds, or the
     /// desk itself fell behind the PBX): fetch the board again.
     Resync,

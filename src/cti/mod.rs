@@ -20,6 +20,7 @@ pub mod events;
 pub mod export;
 mod forwarding;
 pub mod metrics;
+mod recordings;
 pub mod session;
 mod voicemail;
 
@@ -83,6 +84,14 @@ pub trait Commands: Send + Sync + std::fmt::Debug {
         leg: &crate::sip::CallId,
         to: crate::calls::TransferTo,
     ) -> Pending<Result<(), crate::calls::TransferError>>;
+    /// Starts (`on`) or stops recording `user`'s call with leg `leg`; the
+    /// recording's id.
+    fn record(
+        &self,
+        user: &str,
+        leg: &crate::sip::CallId,
+        on: bool,
+    ) -> Pending<Result<u64, crate::calls::RecordError>>;
 }
 
 /// A trunk as the desk shows it.

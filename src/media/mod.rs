@@ -5,13 +5,15 @@
 //! the task ends, and it reports RTP inactivity so dead calls get cleaned up.
 //! A relay can also play a [`prompt::Prompt`] to one side (hold music, an
 //! announcement), paced at 20 ms, and a player session plays one to a phone.
-//! A relay also records one side (a voice message, [`recorder`]) and reports
-//! the DTMF digits a side sends as RFC 4733 telephone-events ([`dtmf`]).
+//! A relay also records one side (a voice message, [`recorder`]), records
+//! both sides mixed (a call recording, [`call_recording`]) and reports the
+//! DTMF digits a side sends as RFC 4733 telephone-events ([`dtmf`]).
 //!
 //! Calls use media only through [`MediaEngine`] (allocate a relay, an echo or a
 //! player; play and stop on a relay), so they run in unit tests with a fake engine
 //! and no sockets. [`RtpEngine`] is the real one.
 
+pub mod call_recording;
 pub mod dtmf;
 pub mod prompt;
 pub mod recorder;
@@ -100,6 +102,8 @@ pub struct Media {
     bind_ip: IpAddr,
     /// Where relays save voice messages (`None`: not kept).
     voice_dir: Option<Arc<std::path::Path>>,
+    /// The thread that writes call recordings there, started on first use.
+    disk: Arc<std::sync::OnceLock<Option<call_recording::Disk>>>,
 }
 
 /// A running media session; dropping it stops the task and frees its ports.
@@ -131,6 +135,7 @@ impl Media {
             }),
             bind_ip,
             voice_dir: None,
+            disk: Arc::default(),
         }
     }
 
@@ -296,8 +301,8 @@ impl Media {
 pub enum MediaEvent {
     /// No RTP for the inactivity period (the call is probably dead).
     Idle,
-    /// A side a relay listens to sent this DTMF digit.
-    Digit(char),
+    /// Side 0 (A) or 1 (B) of a relay, which listens to it, sent this DTMF digit.
+    Digit(usize, char),
     /// A recording ended (stopped, full, or its relay gone): `saved` when it
     /// held audio and its WAV file is durable; `ms` is how long it is.
     Recorded { id: u64, saved: bool, ms: u64 },
@@ -355,6 +360,12 @@ pub trait RelayControl: Send + std::fmt::Debug {
     fn record(&self, side: usize, id: u64, max: Duration);
     /// Ends the recording (if any): it is saved and reported.
     fn stop_recording(&self);
+    /// Records both sides, mixed, as call recording `id`, until stopped or
+    /// the relay is dropped; [`MediaEvent::Recorded`] reports the end, or
+    /// the failure (the call goes on unrecorded).
+    fn record_call(&self, id: u64);
+    /// Ends the call recording (if any): it is saved and reported.
+    fn stop_recording_call(&self);
     /// Reports the digits `side` sends as telephone-events of payload type `pt`.
     fn listen_digits(&self, side: usize, pt: u8);
     /// Plays voice message `id` (a recording in the voice directory) to
@@ -507,6 +518,12 @@ impl RelayControl for Relay {
     fn stop_recording(&self) {
         Relay::stop_recording(self)
     }
+    fn record_call(&self, id: u64) {
+        Relay::record_call(self, id)
+    }
+    fn stop_recording_call(&self) {
+        Relay::stop_recording_call(self)
+    }
     fn listen_digits(&self, side: usize, pt: u8) {
         Relay::listen_digits(self, side, pt)
     }
@@ -544,8 +561,31 @@ struct RelayState {
     last_sent: [Option<(u32, u16, u32)>; 2],
     /// A voice message being recorded, and the side it records.
     recording: Option<(usize, recorder::Recording)>,
+    /// A call recording: both sides mixed, streamed to disk.
+    mixing: Option<Mixing>,
     /// The telephone-event payload type of each side whose digits are reported.
     digits: [Option<(u8, dtmf::EventFilter)>; 2],
+}
+
+/// A call recording under way in a relay.
+#[derive(Debug)]
+struct Mixing {
+    id: u64,
+    mix: call_recording::Mix,
+    started: tokio::time::Instant,
+    disk: call_recording::Disk,
+}
+
+impl Mixing {
+    /// Hands the rest to the disk and ends the recording.
+    fn end(mut self) {
+        let samples = self.mix.rest();
+        self.disk.send(call_recording::Job::Samples {
+            id: self.id,
+            samples,
+        });
+        self.disk.send(call_recording::Job::End { id: self.id });
+    }
 }
 
 /// How RTP toward one side is rewritten after a prompt.
@@ -741,6 +781,8 @@ pub struct Relay {
     events: Events,
     /// Where voice messages are saved (`None`: recordings are not kept).
     voice_dir: Option<Arc<std::path::Path>>,
+    /// The media engine's call recording writer.
+    disk: Arc<std::sync::OnceLock<Option<call_recording::Disk>>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -753,6 +795,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
         self.stop_recording();
+        self.stop_recording_call();
     }
 }
 
@@ -840,6 +883,53 @@ impl Relay {
         }
     }
 
+    /// Records both sides, mixed, as call recording `id` (a recording
+    /// already under way is ended first). Without a voice directory, or
+    /// when its writer cannot start, it is reported as not saved at once.
+    pub fn record_call(&self, id: u64) {
+        let disk = self
+            .disk
+            .get_or_init(|| {
+                let dir = self.voice_dir.as_deref()?.to_path_buf();
+                call_recording::Disk::start(dir)
+                    .inspect_err(|e| tracing::error!("call recordings cannot be written: {e}"))
+                    .ok()
+            })
+            .clone();
+        let Some(disk) = disk else {
+            (self.events)(MediaEvent::Recorded {
+                id,
+                saved: false,
+                ms: 0,
+            });
+            return;
+        };
+        let report = Arc::clone(&self.events);
+        disk.send(call_recording::Job::Start { id, report });
+        let mixing = Mixing {
+            id,
+            mix: call_recording::Mix::default(),
+            started: tokio::time::Instant::now(),
+            disk,
+        };
+        let old = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut st| st.mixing.replace(mixing));
+        if let Some(old) = old {
+            old.end();
+        }
+    }
+
+    /// Ends the call recording, if any: it is saved and reported.
+    pub fn stop_recording_call(&self) {
+        let mixing = self.state.lock().ok().and_then(|mut st| st.mixing.take());
+        if let Some(m) = mixing {
+            m.end();
+        }
+    }
+
     /// Plays voice message `id` to `side`: its WAV is read off the
     /// runtime's threads, then played as a prompt.
     pub fn play_voice(&self, side: usize, id: u64, pt: u8) {
@@ -880,12 +970,22 @@ impl RelayState {
     /// digit to report, and a recording that is full (taken out: to be saved).
     fn listen(&mut self, side: usize, pkt: &[u8]) -> (Option<char>, Option<recorder::Recording>) {
         let recording = matches!(&self.recording, Some((s, _)) if *s == side);
-        if !recording && self.digits[side].is_none() {
+        if !recording && self.digits[side].is_none() && self.mixing.is_none() {
             return (None, None);
         }
         let Some((pt, ts, payload)) = rtp_payload(pkt) else {
             return (None, None);
         };
+        if let Some(m) = self.mixing.as_mut() {
+            let at = m.started.elapsed().as_millis() as u64 * 8;
+            m.mix.push(side, pt, payload, at);
+            let ready = m.mix.ready(at);
+            if ready >= call_recording::CHUNK {
+                let samples = m.mix.take(ready);
+                m.disk
+                    .send(call_recording::Job::Samples { id: m.id, samples });
+            }
+        }
         let digit = match &mut self.digits[side] {
             Some((event_pt, filter)) if *event_pt == pt => filter.digit(ts, payload),
             _ => None,
@@ -1034,7 +1134,7 @@ impl Media {
                         let _ = socks[other][usize::from(rtcp)].try_send_to(&buf[..n], dest);
                     }
                     if let Some(d) = heard.0 {
-                        reporter(MediaEvent::Digit(d));
+                        reporter(MediaEvent::Digit(side, d));
                     }
                     if let Some(rec) = heard.1 {
                         finish_recording(rec, voice_dir.clone(), Arc::clone(&reporter));
@@ -1049,6 +1149,7 @@ impl Media {
             task,
             events,
             voice_dir: self.voice_dir.clone(),
+            disk: Arc::clone(&self.disk),
         })
     }
 
@@ -1468,7 +1569,7 @@ mod tests {
                 .expect("send");
         }
         let first = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
-        assert_eq!(first.ok().flatten(), Some(MediaEvent::Digit('1')));
+        assert_eq!(first.ok().flatten(), Some(MediaEvent::Digit(0, '1')));
         drop(relay);
         let saved = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         assert_eq!(
@@ -1485,6 +1586,85 @@ mod tests {
             Prompt::from_wav(&wav).expect("valid").duration(),
             Duration::from_secs(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_recording_mixes_both_sides_while_they_still_hear_each_other() {
+        let dir = tempfile::tempdir().expect("dir");
+        let media =
+            Media::new("127.0.0.1".parse().expect("ip"), 41740, 41760).voice_dir(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let relay = media
+            .relay(Duration::from_secs(5), move |e| {
+                let _ = tx.send(e);
+            })
+            .expect("relay");
+        let phones = [
+            UdpSocket::bind("127.0.0.1:0").await.expect("a"),
+            UdpSocket::bind("127.0.0.1:0").await.expect("b"),
+        ];
+        for (side, p) in phones.iter().enumerate() {
+            let peer = Peer {
+                rtp: Some(p.local_addr().expect("addr")),
+                sip_ip: None,
+                receives: true,
+            };
+            relay.set_peer(side, peer);
+        }
+        relay.record_call(77);
+        // A speaks for 400 ms, then B for 400 ms, paced as phones do.
+        let loud: Vec<u8> = (0..160u16)
+            .map(|n| {
+                let t = f32::from(n) / 8000.0;
+                linear_to_ulaw(((t * 400.0 * std::f32::consts::TAU).sin() * 8000.0) as i16)
+            })
+            .collect();
+        for (phone, port) in phones.iter().zip(relay.ports) {
+            for i in 0..20u16 {
+                phone
+                    .send_to(&rtp(i, &loud), ("127.0.0.1", port))
+                    .await
+                    .expect("send");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let mut heard = 0;
+        let mut buf = [0u8; 512];
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(50), phones[1].recv_from(&mut buf)).await
+        {
+            heard += 1;
+        }
+        assert!(heard >= 18, "B still hears A: {heard} packets");
+        relay.stop_recording_call();
+        let ended = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        let Ok(Some(MediaEvent::Recorded {
+            id: 77,
+            saved: true,
+            ms,
+        })) = ended
+        else {
+            panic!("not saved: {ended:?}");
+        };
+        assert!((700..=1100).contains(&ms), "{ms} ms");
+        let wav = std::fs::read(recorder::path(dir.path(), 77)).expect("the WAV");
+        let p = Prompt::from_wav(&wav).expect("valid");
+        assert!(
+            (p.duration().as_millis() as u64).abs_diff(ms) <= 20,
+            "whole frames"
+        );
+        let pcm = p.payload(0);
+        let loud_at = |from: usize, to: usize| {
+            pcm[from * 8..to * 8]
+                .iter()
+                .filter(|u| crate::media::prompt::ulaw_to_linear(**u).unsigned_abs() > 2000)
+                .count()
+        };
+        assert!(loud_at(100, 300) > 400, "A is in the first half");
+        assert!(loud_at(500, 700) > 400, "B is in the second half");
+        drop(relay);
+        let again = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+        assert!(!matches!(again, Ok(Some(_))), "reported once: {again:?}");
     }
 
     #[tokio::test]

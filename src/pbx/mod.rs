@@ -71,6 +71,13 @@ pub enum Control {
         to: crate::calls::TransferTo,
         reply: tokio::sync::oneshot::Sender<Result<(), crate::calls::TransferError>>,
     },
+    /// The desk starts (`on`) or stops recording `user`'s call with leg `leg`.
+    Record {
+        user: String,
+        leg: CallId,
+        on: bool,
+        reply: tokio::sync::oneshot::Sender<Result<u64, crate::calls::RecordError>>,
+    },
     /// A TCP connection we opened (to a trunk's provider) closed.
     Closed(SocketAddr),
     /// DNS gave a trunk new addresses.
@@ -261,6 +268,7 @@ impl PbxBuilder {
                         .unwrap_or_else(|_| crate::media::prompt::Prompt::sorry()),
                 }),
                 test_numbers: config.test_numbers.clone(),
+                record_code: config.features.record.clone(),
             },
             domain: config.domain().to_string(),
             sip_port,
@@ -296,6 +304,7 @@ impl PbxBuilder {
         }
         let (callbacks_tx, callbacks_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (recordings_tx, recordings_rx) = mpsc::unbounded_channel();
         let latency: LatencyHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
         let shed_after = Duration::from_millis(*config.sip.shed_after_ms.get_ref());
         let dispatcher = Dispatcher::new(
@@ -336,6 +345,7 @@ impl PbxBuilder {
                 voice_dir: dir.join(VOICE_DIR),
                 requests: callbacks_rx,
                 reports: reports_rx,
+                recordings: recordings_rx,
             },
             WallClock::new(wall, mono),
             &mut tasks,
@@ -380,6 +390,7 @@ impl PbxBuilder {
                 latency: Arc::clone(&latency),
                 callbacks: callbacks_tx.clone(),
                 reports: reports_tx.clone(),
+                recordings: recordings_tx.clone(),
                 controls: controls.clone(),
             };
             // The first shard's thread also reads the UDP sockets.
@@ -625,6 +636,28 @@ impl DeskCommands {
             }
         }
     }
+
+    /// Asks the shard that holds call leg `leg` (`stopped`: the answer when
+    /// it cannot be asked, or does not answer).
+    fn ask_leg<T: Send + 'static>(
+        &self,
+        leg: &CallId,
+        control: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control,
+        stopped: T,
+    ) -> crate::cti::Pending<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let shard = self.env.moved.shard(leg.as_bytes(), self.controls.len());
+        let sent = self
+            .controls
+            .get(shard)
+            .is_some_and(|c| c.send(control(reply)).is_ok());
+        Box::pin(async move {
+            match sent {
+                true => answer.await.unwrap_or(stopped),
+                false => stopped,
+            }
+        })
+    }
 }
 
 impl crate::cti::Commands for DeskCommands {
@@ -698,25 +731,29 @@ impl crate::cti::Commands for DeskCommands {
         leg: &CallId,
         to: crate::calls::TransferTo,
     ) -> crate::cti::Pending<Result<(), crate::calls::TransferError>> {
-        use crate::calls::TransferError;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let shard = self.env.moved.shard(leg.as_bytes(), self.controls.len());
-        let control = Control::Transfer {
-            user: user.to_string(),
+        let user = user.to_string();
+        let control = |reply| Control::Transfer {
+            user,
             leg: leg.clone(),
             to,
             reply,
         };
-        let sent = self
-            .controls
-            .get(shard)
-            .is_some_and(|c| c.send(control).is_ok());
-        Box::pin(async move {
-            if !sent {
-                return Err(TransferError::Stopped);
-            }
-            answer.await.unwrap_or(Err(TransferError::Stopped))
-        })
+        self.ask_leg(leg, control, Err(crate::calls::TransferError::Stopped))
+    }
+    fn record(
+        &self,
+        user: &str,
+        leg: &CallId,
+        on: bool,
+    ) -> crate::cti::Pending<Result<u64, crate::calls::RecordError>> {
+        let user = user.to_string();
+        let control = |reply| Control::Record {
+            user,
+            leg: leg.clone(),
+            on,
+            reply,
+        };
+        self.ask_leg(leg, control, Err(crate::calls::RecordError::Stopped))
     }
     fn reach(&self, user: &str, number: &str) -> crate::forwarding::Reach {
         self.env.reach(user, number)
@@ -823,6 +860,8 @@ struct DeskWrites {
     requests: mpsc::UnboundedReceiver<crate::callbacks::Request>,
     /// What campaign attempts' calls report.
     reports: mpsc::UnboundedReceiver<crate::campaigns::Report>,
+    /// What call recordings did.
+    recordings: mpsc::UnboundedReceiver<crate::recordings::Report>,
 }
 
 /// Voice messages live in this directory of the data directory.
@@ -922,6 +961,7 @@ async fn start_desk(
     tasks.spawn(Arc::clone(&desk).tick());
     tasks.spawn(Arc::clone(&desk).write_requested(writes.requests));
     tasks.spawn(Arc::clone(&desk).follow_attempts(writes.reports));
+    tasks.spawn(Arc::clone(&desk).follow_recordings(writes.recordings));
     tasks.spawn(Arc::clone(&desk).dialer());
     tasks.spawn(crate::cti::serve(listener, desk));
     Ok(http_addr)
@@ -1006,6 +1046,8 @@ struct ShardTask {
     callbacks: mpsc::UnboundedSender<crate::callbacks::Request>,
     /// So do campaign attempts' steps.
     reports: mpsc::UnboundedSender<crate::campaigns::Report>,
+    /// And call recordings' progress.
+    recordings: mpsc::UnboundedSender<crate::recordings::Report>,
     /// Every shard's control queue (a transfer across shards).
     controls: Vec<mpsc::UnboundedSender<Control>>,
 }
@@ -1024,6 +1066,7 @@ impl ShardTask {
             latency,
             callbacks,
             reports,
+            recordings,
             controls,
         } = self;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -1122,6 +1165,9 @@ impl ShardTask {
             }
             for r in shard.poll_attempts() {
                 let _ = reports.send(r);
+            }
+            for r in shard.poll_recordings() {
+                let _ = recordings.send(r);
             }
             for (to, h) in shard.poll_handoffs() {
                 if let Some(c) = controls.get(to) {
@@ -1229,6 +1275,14 @@ fn handle_control(shard: &mut Shard, now: Instant, control: Control) {
             reply,
         } => {
             let _ = reply.send(shard.transfer(now, &user, &leg, to));
+        }
+        Control::Record {
+            user,
+            leg,
+            on,
+            reply,
+        } => {
+            let _ = reply.send(shard.record(now, &user, &leg, on));
         }
         Control::Closed(peer) => shard.connection_closed(now, peer),
         Control::Relocated(t) => shard.trunk_relocated(now, t),

@@ -97,6 +97,7 @@ pub struct Shard {
     /// Call-backs asked for, not yet handed to the desk.
     callbacks: Vec<crate::callbacks::Request>,
     attempts: Vec<crate::campaigns::Report>,
+    recordings: Vec<crate::recordings::Report>,
     /// Messages for other shards' calls (transfers across shards).
     handoffs: Vec<(usize, crate::tu::Handoff)>,
     /// Extensions whose message lamps changed, for every shard.
@@ -145,6 +146,7 @@ impl Shard {
             writes: Vec::new(),
             callbacks: Vec::new(),
             attempts: Vec::new(),
+            recordings: Vec::new(),
             handoffs: Vec::new(),
             lamps: Vec::new(),
             held: VecDeque::new(),
@@ -366,6 +368,7 @@ impl Shard {
                 }
                 Effect::Callback(r) => self.callbacks.push(r),
                 Effect::Attempt(r) => self.attempts.push(r),
+                Effect::Recording(r) => self.recordings.push(r),
                 Effect::Handoff(to, h) => self.handoffs.push((to, h)),
                 Effect::Lamp(extension) => self.lamps.push(extension),
                 Effect::PassOn {
@@ -811,6 +814,21 @@ impl Shard {
         result
     }
 
+    /// The desk starts (`on`) or stops recording `user`'s call with leg
+    /// `leg`; the recording's id.
+    pub fn record(
+        &mut self,
+        now: Instant,
+        user: &str,
+        leg: &CallId,
+        on: bool,
+    ) -> Result<u64, calls::RecordError> {
+        let mut result = Err(calls::RecordError::Stopped);
+        self.with_calls(now, |c, cx| result = c.record(cx, user, leg, on));
+        self.process_events(now);
+        result
+    }
+
     /// Another shard's calls hand this one a message.
     /// A new request another shard passed on becomes a server transaction of
     /// this one (unless a copy of it already is).
@@ -834,6 +852,11 @@ impl Shard {
     /// What campaign attempts' calls reported, for the desk.
     pub fn poll_attempts(&mut self) -> Vec<crate::campaigns::Report> {
         std::mem::take(&mut self.attempts)
+    }
+
+    /// What call recordings did, for the desk.
+    pub fn poll_recordings(&mut self) -> Vec<crate::recordings::Report> {
+        std::mem::take(&mut self.recordings)
     }
 
     /// `Some(seq)` once: the runtime should flush the store and then call

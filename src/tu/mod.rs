@@ -63,6 +63,8 @@ pub struct CallSettings {
     /// What a campaign's customer hears when the agent's leg ended first.
     pub farewell: Arc<Prompt>,
     pub test_numbers: TestNumbersConfig,
+    /// The in-call code that starts and stops recording (empty: none).
+    pub record_code: String,
 }
 
 /// The read-only context of every shard: hot-path state behind shared handles
@@ -173,6 +175,9 @@ pub enum Effect<T> {
     Callback(crate::callbacks::Request),
     /// A campaign attempt's call moved on (the desk pushes, erases, records).
     Attempt(crate::campaigns::Report),
+    /// A call recording started, was saved or failed (the desk tells the
+    /// agent who started it).
+    Recording(crate::recordings::Report),
     /// `extension`'s message lamp changed: every shard's subscriptions to
     /// it are told.
     Lamp(String),
@@ -332,6 +337,11 @@ impl<'a, T> Cx<'a, T> {
     /// Reports a campaign attempt's step to the desk.
     pub fn attempt(&mut self, r: crate::campaigns::Report) {
         self.out.push(Effect::Attempt(r));
+    }
+
+    /// Reports a call recording's progress to the desk.
+    pub fn recording(&mut self, r: crate::recordings::Report) {
+        self.out.push(Effect::Recording(r));
     }
 
     /// Tells every shard that `extension`'s message lamp changed.

@@ -131,6 +131,7 @@ function connect() {
     if (e.type === "call" && desk.me && e.extension === desk.me.extension) onCall(e);
     if (e.type === "callback") applyCallback(e.callback);
     if (e.type === "attempt") showAttempt(e);
+    if (e.type === "recording") onRecording(e);
     if (e.type === "attempt_progress") attemptProgress(e);
     if (e.type === "attempt_erased") eraseAttempt(e);
     if (e.type === "record_saved" && desk.pop && desk.pop.record && e.record.id === desk.pop.record.id) {
@@ -229,9 +230,33 @@ function when(ms) {
   return new Date(ms).toLocaleString();
 }
 
-function renderHistory(ol, history) {
+// A player for call recording `rec` of customer `number`.
+function recordingPlayer(number, rec) {
+  const label = document.createElement("label");
+  label.className = "recording";
+  label.textContent = `Call recording (${length(rec.ms)}, ${rec.agent}) `;
+  const audio = document.createElement("audio");
+  audio.controls = true;
+  audio.preload = "none";
+  audio.src = `/api/v1/customers/${encodeURIComponent(number)}/recordings/${rec.id}/audio`;
+  label.append(audio);
+  return label;
+}
+
+// The records of a customer's history, each with its call's recordings (the
+// ones I may hear); recordings of calls without a record follow.
+function renderHistory(ol, history, number, recordings = []) {
   ol.textContent = "";
-  if (!history.length) {
+  const byCall = new Map();
+  for (const rec of recordings) {
+    if (!byCall.has(rec.call_id)) byCall.set(rec.call_id, []);
+    byCall.get(rec.call_id).push(rec);
+  }
+  for (const r of history) {
+    for (const rec of byCall.get(r.call_id) || []) rec.shown = true;
+  }
+  const loose = recordings.filter((rec) => !rec.shown);
+  if (!history.length && !loose.length) {
     const li = document.createElement("li");
     li.textContent = "No earlier conversations.";
     ol.append(li);
@@ -252,7 +277,24 @@ function renderHistory(ol, history) {
     if (cb) {
       api("GET", `/api/v1/callbacks/${cb[1]}`).then((c) => li.append(...voicePlayers(c))).catch(() => {});
     }
+    for (const rec of byCall.get(r.call_id) || []) li.append(recordingPlayer(number, rec));
     ol.append(li);
+  }
+  for (const rec of loose) {
+    const li = document.createElement("li");
+    const head = document.createElement("strong");
+    head.textContent = `${when(rec.start_ms)} — ${rec.agent}`;
+    li.append(head, recordingPlayer(number, rec));
+    ol.append(li);
+  }
+}
+
+// A customer's recordings that I may hear (none if they cannot be read).
+async function recordingsOf(number) {
+  try {
+    return await api("GET", `/api/v1/customers/${encodeURIComponent(number)}/recordings`);
+  } catch {
+    return [];
   }
 }
 
@@ -260,7 +302,7 @@ async function onCall(e) {
   if (e.phase === "ringing") {
     if (e.direction !== "recipient") return;
     const pop = e.pop || { caller: e.peer, name: null, history: [] };
-    desk.pop = { callId: e.call_id, caller: pop.caller, record: null };
+    desk.pop = { callId: e.call_id, caller: pop.caller, record: null, history: pop.history, recording: null };
     $("pop").hidden = false;
     $("pop-who").textContent = pop.name ? `${pop.name} (${pop.caller})` : pop.caller;
     $("pop-state").textContent = "Ringing…";
@@ -272,19 +314,71 @@ async function onCall(e) {
     $("cb-customer").value = pop.caller;
     $("cb-name").value = pop.name || "";
     $("record-notes").value = "";
-    renderHistory($("pop-history"), pop.history);
+    showRecording(null);
+    $("recording-controls").hidden = true;
+    renderHistory($("pop-history"), pop.history, pop.caller);
+    recordingsOf(pop.caller).then((recs) => {
+      if (recs.length && desk.pop && desk.pop.caller === pop.caller) {
+        renderHistory($("pop-history"), pop.history, pop.caller, recs);
+      }
+    });
     return;
   }
   if (!desk.pop || desk.pop.callId !== e.call_id) return;
   if (e.phase === "answered") {
     $("pop-state").textContent = "On the call.";
     $("transfer-form").hidden = false;
+    $("recording-controls").hidden = false;
     openRecord();
   } else if (e.phase === "ended") {
     $("pop-state").textContent = "Call ended.";
     $("transfer-form").hidden = true;
+    $("recording-controls").hidden = true;
   }
 }
+
+// Recording the call on screen: the button starts and stops it; the agent's
+// stream says when it started (also from the phone's code), saved or failed.
+function showRecording(id, text = "") {
+  if (desk.pop) desk.pop.recording = id;
+  const button = $("recording-toggle");
+  button.textContent = id ? "Stop recording" : "Record call";
+  button.setAttribute("aria-pressed", id ? "true" : "false");
+  $("recording-status").textContent = text;
+}
+
+function onRecording(e) {
+  if (!desk.pop || desk.pop.callId !== e.call_id) return;
+  const p = e.progress;
+  if (p.state === "started") showRecording(e.id, "● Recording");
+  if (p.state === "saved") {
+    if (desk.pop.recording === e.id) showRecording(null);
+    $("recording-status").textContent = `Recording saved (${length(p.recording.ms)}).`;
+    recordingsOf(desk.pop.caller).then((recs) => {
+      renderHistory($("pop-history"), desk.pop.history || [], desk.pop.caller, recs);
+    });
+  }
+  if (p.state === "failed") showRecording(null, `Recording failed: ${p.reason}`);
+}
+
+$("recording-toggle").addEventListener("click", async () => {
+  const pop = desk.pop;
+  if (!pop) return;
+  const path = `/api/v1/me/calls/${encodeURIComponent(pop.callId)}/recording`;
+  try {
+    if (pop.recording) {
+      const id = pop.recording;
+      await api("DELETE", path);
+      // The stream may have said "saved" already.
+      if (pop.recording === id) showRecording(null, "Saving the recording…");
+    } else {
+      const started = await api("POST", path);
+      showRecording(started.id, "● Recording");
+    }
+  } catch (e) {
+    $("recording-status").textContent = `Could not: ${e.message}`;
+  }
+});
 
 // Transfer the call on screen: the caller is put through to the number (an
 // extension, a ring group, a queue); my phone is released when it answers.
@@ -662,7 +756,7 @@ async function showCustomer(c) {
   $("customer").hidden = false;
   $("customer").dataset.number = c.number;
   $("customer-who").textContent = who(c);
-  renderHistory($("customer-history"), history);
+  renderHistory($("customer-history"), history, c.number, await recordingsOf(c.number));
 }
 
 $("search-form").addEventListener("submit", async (ev) => {
