@@ -15,7 +15,7 @@ use crate::media::{Peer, RelayControl};
 use crate::presence::{DialogState, Direction as Role, Presence};
 use crate::registrar::Binding;
 use crate::sip::message::{build::random_tag, parse, Builder, HeaderName, Message, Method};
-use crate::sip::sdp::{self, Direction};
+use crate::sip::sdp::{self, Direction, Origin};
 use crate::sip::transaction::{reply_remote, TxId};
 use crate::sip::{CallId, Dialog, Remote, StatusCode};
 use crate::tu::ReqId;
@@ -887,6 +887,9 @@ impl Calls {
                     self.digit(cx, a, 0, d);
                 }
             }
+            Some(Method::Invite | Method::Update) if answered_here => {
+                self.answer_here(cx, (tx, req, remote), a)
+            }
             Some(Method::Invite | Method::Update | Method::Info) if waiting => {
                 self.queue_in_dialog(cx, tx, req, remote, a)
             }
@@ -899,6 +902,20 @@ impl Calls {
             }
             _ => cx.reply(tx, req, remote, StatusCode::OK),
         }
+    }
+
+    /// A re-INVITE or UPDATE from the caller of call `a`, which the PBX
+    /// answered itself (voicemail: a message being left, the menu).
+    fn answer_here(&mut self, cx: &mut Cx<'_>, request: (TxId, &Message, Remote), a: &CallId) {
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let origin = match (&mut bridge.deposit, &mut bridge.menu) {
+            (Some(d), _) => &mut d.origin,
+            (None, Some(m)) => &mut m.origin,
+            (None, None) => return,
+        };
+        answer_again(cx, request, &*bridge.relay, origin);
     }
 
     /// Sends `req`'s equivalent on the other leg; its answer comes back to `tx`.
@@ -1224,4 +1241,40 @@ fn copy_session_timer(b: &mut Builder, from: &Message) {
 fn session_interval(m: &Message) -> Option<Duration> {
     let secs = super::leading_u32(super::session_expires_value(m)?)?;
     (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+}
+
+/// Answers a re-INVITE or UPDATE (hold, resume, a session refresh) from the
+/// caller of a call the PBX answered itself — a queue caller waiting, a
+/// voicemail caller: our media again, in the same SDP session with the next
+/// version (RFC 3264 §8); the caller's new media state goes to the relay.
+/// Without an offer (an UPDATE refreshing the session) it is answered
+/// without a body.
+pub(super) fn answer_again(
+    cx: &mut Cx<'_>,
+    (tx, req, remote): (TxId, &Message, Remote),
+    relay: &dyn RelayControl,
+    origin: &mut Origin,
+) {
+    let offer = sdp::parse(req.body()).ok();
+    let next = origin.next();
+    let port = relay.ports()[0];
+    let answer = offer
+        .as_ref()
+        .and_then(|o| sdp::local_answer(o, cx.media_ip(remote), port, next));
+    if let Some(o) = &offer {
+        relay.set_peer(0, peer_of(o, remote.addr));
+    }
+    let mut b = cx.response(req, remote, StatusCode::OK);
+    b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
+    let bytes = match answer {
+        Some(body) => {
+            *origin = next;
+            b.finish_with_body(Some("application/sdp"), &body)
+        }
+        None if offer.is_some() => {
+            return cx.reply(tx, req, remote, StatusCode::NOT_ACCEPTABLE_HERE)
+        }
+        None => b.finish(),
+    };
+    cx.respond(tx, bytes);
 }

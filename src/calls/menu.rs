@@ -35,6 +35,8 @@ pub(super) struct Menu {
     user: String,
     /// The payload type prompts and messages are played in.
     pt: u8,
+    /// Our SDP session toward the caller (a re-INVITE steps its version).
+    pub(super) origin: Origin,
     phase: Phase,
     /// The messages to go through (id, length), new first; the current one.
     messages: Vec<(u64, u64)>,
@@ -116,9 +118,10 @@ impl Calls {
             };
             return super::bridge::refuse(cx, &a_leg, cdr, r);
         }
+        let origin = Origin::new(cdr.id);
         let prepared = Self::prepare_bridge(cx, req, remote, &a).and_then(|(offer, relay)| {
             let ip = cx.media_ip(remote);
-            sdp::local_answer(&offer, ip, relay.ports()[0], Origin::new(cdr.id))
+            sdp::local_answer(&offer, ip, relay.ports()[0], origin)
                 .map(|answer| (relay, answer))
                 .ok_or(Refusal::failed(StatusCode::NOT_ACCEPTABLE_HERE))
         });
@@ -149,6 +152,7 @@ impl Calls {
         let menu = Menu {
             user,
             pt,
+            origin,
             phase,
             messages,
             at: 0,

@@ -858,28 +858,7 @@ impl Calls {
             }
             return;
         }
-        let port = bridge.relay.ports()[0];
-        let offer = sdp::parse(req.body()).ok();
-        let origin = q.origin.next();
-        let answer = offer
-            .as_ref()
-            .and_then(|o| sdp::local_answer(o, cx.media_ip(remote), port, origin));
-        if let Some(o) = &offer {
-            bridge.relay.set_peer(0, peer_of(o, remote.addr));
-        }
-        let mut b = cx.response(req, remote, StatusCode::OK);
-        b.header("Contact", format!("<sip:{}>", cx.hostport(remote)));
-        let bytes = match answer {
-            Some(body) => {
-                q.origin = origin;
-                b.finish_with_body(Some("application/sdp"), &body)
-            }
-            None if offer.is_some() => {
-                return cx.reply(tx, req, remote, StatusCode::NOT_ACCEPTABLE_HERE)
-            }
-            None => b.finish(),
-        };
-        cx.respond(tx, bytes);
+        super::bridge::answer_again(cx, (tx, req, remote), &*bridge.relay, &mut q.origin);
     }
 }
 

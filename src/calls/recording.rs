@@ -10,7 +10,7 @@
 //! disk) ends there, the call goes on, and the desk tells the user.
 
 use super::bridge::Bridge;
-use super::transfer::transferor_user;
+use super::transfer::{transferor_user, Whose};
 use super::{answered_event_pt, Calls, Cx, Side};
 use crate::recordings::{CallRecording, Progress, Report};
 use crate::sip::CallId;
@@ -106,23 +106,14 @@ impl Calls {
         on: bool,
     ) -> Result<u64, RecordError> {
         let call = || leg.to_string();
-        let (a, _) = self
-            .legs
-            .get(leg)
-            .cloned()
-            .ok_or_else(|| RecordError::NoCall(call()))?;
-        let bridge = self
-            .bridges
-            .get(&a)
-            .ok_or_else(|| RecordError::NotYours(call()))?;
-        if !connected(bridge) {
-            return Err(RecordError::NotConnected(call()));
-        }
-        let side = [Some(Side::A), bridge.answered.map(Side::B)]
-            .into_iter()
-            .flatten()
-            .find(|s| transferor_user(cx, bridge, *s).as_deref() == Some(user))
-            .ok_or_else(|| RecordError::NotYours(call()))?;
+        let (a, side) = self.users_side(cx, user, leg).map_err(|e| match e {
+            Whose::NoCall => RecordError::NoCall(call()),
+            Whose::NotYours => RecordError::NotYours(call()),
+        })?;
+        let bridge = match self.bridges.get(&a) {
+            Some(b) if connected(b) => b,
+            _ => return Err(RecordError::NotConnected(call())),
+        };
         match (on, bridge.on_demand.active) {
             (true, Some(_)) => Err(RecordError::Already(call())),
             (false, None) => Err(RecordError::NotRecording(call())),

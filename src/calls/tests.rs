@@ -385,13 +385,19 @@ fn a_re_invite_to_a_test_number_keeps_the_sdp_session_and_steps_its_version() {
     lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
     let out = lab.input(caller_request(&ok, "INVITE", 2, SDP, ""), CALLER);
     let again = one(&out, "SIP/2.0 200 OK");
+    assert_next_version(&ok, again);
+}
+
+/// `again` answers in the SDP session of `first`, with the next version
+/// (RFC 3264 §8).
+fn assert_next_version(first: &str, again: &str) {
     let o = |m: &str| {
         m.lines()
             .find(|l| l.starts_with("o="))
             .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
             .unwrap_or_default()
     };
-    let (first, second) = (o(&ok), o(again));
+    let (first, second) = (o(first), o(again));
     assert_eq!(first[1], second[1], "the same session id");
     let version = |v: &[String]| v[2].parse::<u64>().expect("version");
     assert_eq!(version(&second), version(&first) + 1, "the next version");

@@ -210,6 +210,32 @@ fn party_tag(bridge: &Bridge, side: Side) -> Option<String> {
     tag
 }
 
+/// Why a desk's command names no call of the user's.
+pub(super) enum Whose {
+    NoCall,
+    NotYours,
+}
+
+impl Calls {
+    /// The bridge that call leg `leg` belongs to, and `user`'s side of it
+    /// (a presence dialog may name either leg).
+    pub(super) fn users_side(
+        &self,
+        cx: &Cx<'_>,
+        user: &str,
+        leg: &CallId,
+    ) -> Result<(CallId, Side), Whose> {
+        let (a, _) = self.legs.get(leg).ok_or(Whose::NoCall)?;
+        let bridge = self.bridges.get(a).ok_or(Whose::NotYours)?;
+        [Some(Side::A), bridge.answered.map(Side::B)]
+            .into_iter()
+            .flatten()
+            .find(|s| transferor_user(cx, bridge, *s).as_deref() == Some(user))
+            .map(|s| (a.clone(), s))
+            .ok_or(Whose::NotYours)
+    }
+}
+
 /// The user on `side` of a bridge who may transfer its other party: an
 /// extension (never a provider).
 pub(super) fn transferor_user(cx: &Cx<'_>, bridge: &Bridge, side: Side) -> Option<String> {
@@ -430,22 +456,13 @@ impl Calls {
         to: TransferTo,
     ) -> Result<(), TransferError> {
         let call = || leg.to_string();
-        let (a, _) = self
-            .legs
-            .get(leg)
-            .cloned()
-            .ok_or_else(|| TransferError::NoCall(call()))?;
-        let bridge = self
-            .bridges
-            .get(&a)
-            .ok_or_else(|| TransferError::NotYours(call()))?;
-        // The user's side of the call (a presence dialog may name either leg).
-        let sides = [Some(Side::A), bridge.answered.map(Side::B)];
-        let side = sides
-            .into_iter()
-            .flatten()
-            .find(|s| transferor_user(cx, bridge, *s).as_deref() == Some(user))
-            .ok_or_else(|| TransferError::NotYours(call()))?;
+        let (a, side) = self.users_side(cx, user, leg).map_err(|e| match e {
+            Whose::NoCall => TransferError::NoCall(call()),
+            Whose::NotYours => TransferError::NotYours(call()),
+        })?;
+        let Some(bridge) = self.bridges.get(&a) else {
+            return Err(TransferError::NotYours(call()));
+        };
         let connected = matches!(bridge.phase, APhase::Confirmed) && bridge.answered.is_some();
         if !connected || bridge.transfer.is_some() {
             return Err(TransferError::NotNow(call()));

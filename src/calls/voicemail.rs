@@ -34,6 +34,8 @@ pub(super) struct Deposit {
     pt: u8,
     /// The mailbox's own greeting plays (a beep follows it).
     own_greeting: bool,
+    /// Our SDP session toward the caller (a re-INVITE steps its version).
+    pub(super) origin: Origin,
     phase: Phase,
     /// What the message will be, until its recording starts (then it is
     /// kept in `Calls::deposits`, where it outlives the call).
@@ -108,10 +110,11 @@ impl Calls {
         if !calling || bridge.transfer.is_some() || bridge.queue.is_some() {
             return Outcome::Skip(None, None);
         }
+        let origin = Origin::new(bridge.cdr.id);
         let answer = sdp::parse(bridge.a.invite.body()).ok().and_then(|offer| {
             let port = bridge.relay.ports()[0];
             let ip = cx.media_ip(bridge.a.remote);
-            sdp::local_answer(&offer, ip, port, Origin::new(bridge.cdr.id))
+            sdp::local_answer(&offer, ip, port, origin)
         });
         let Some(answer) = answer else {
             let r = Refusal::failed(StatusCode::NOT_ACCEPTABLE_HERE);
@@ -153,6 +156,7 @@ impl Calls {
             voice: cx.next_id(),
             pt,
             own_greeting: own.is_some(),
+            origin,
             phase: Phase::Greeting {
                 record_at: greeting_ends,
             },

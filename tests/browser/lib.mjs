@@ -31,6 +31,16 @@ export async function login(browser, base, ext, password, failures) {
   return p;
 }
 
+/// What fetching `src` from page `p` gives: "status content-type magic"
+/// ("200 audio/wav RIFF" for a WAV).
+export async function fetched(p, src) {
+  return p.evaluate(async (s) => {
+    const r = await fetch(s);
+    const b = new Uint8Array(await r.arrayBuffer());
+    return `${r.status} ${r.headers.get("content-type")} ${String.fromCharCode(...b.slice(0, 4))}`;
+  }, src);
+}
+
 /// Ends the test: non-zero with every failure listed.
 export function finish(name, failures) {
   if (failures.length) {

@@ -6,7 +6,7 @@
 // and plays for more than a second.
 //   usage: node recording.mjs BASE_URL
 //   env: EXT PW CALLER ARTIFACTS
-import { env, finish, launch, login } from "./lib.mjs";
+import { env, fetched, finish, launch, login } from "./lib.mjs";
 
 const base = process.argv[2];
 const browser = await launch();
@@ -26,11 +26,7 @@ try {
   const player = pop.locator("label.recording audio");
   await player.first().waitFor({ timeout: 10000 });
   const src = await player.first().getAttribute("src");
-  const type = await p.evaluate(async (s) => {
-    const r = await fetch(s);
-    const b = new Uint8Array(await r.arrayBuffer());
-    return `${r.status} ${r.headers.get("content-type")} ${String.fromCharCode(...b.slice(0, 4))}`;
-  }, src);
+  const type = await fetched(p, src);
   if (type !== "200 audio/wav RIFF") failures.push(`the recording: ${type}`);
   const secs = await player.first().evaluate(
     (a) =>

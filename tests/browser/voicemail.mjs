@@ -4,7 +4,7 @@
 // zero, "Delete" (confirmed) removes it, and a reload shows the same.
 //   usage: node voicemail.mjs BASE_URL
 //   env: EXT PW CALLER ARTIFACTS
-import { env, finish, launch, login } from "./lib.mjs";
+import { env, fetched, finish, launch, login } from "./lib.mjs";
 
 const base = process.argv[2];
 const browser = await launch();
@@ -16,11 +16,7 @@ try {
   const item = box.getByRole("listitem").filter({ hasText: env("CALLER") });
   await item.getByText("New:").waitFor();
   const src = await item.locator("audio").getAttribute("src");
-  const type = await p.evaluate(async (s) => {
-    const r = await fetch(s);
-    const b = new Uint8Array(await r.arrayBuffer());
-    return `${r.status} ${r.headers.get("content-type")} ${String.fromCharCode(...b.slice(0, 4))}`;
-  }, src);
+  const type = await fetched(p, src);
   if (type !== "200 audio/wav RIFF") failures.push(`the recording: ${type}`);
   await p.screenshot({ path: `${env("ARTIFACTS")}/voicemail-new.png` });
   await item.getByRole("button", { name: "Mark heard" }).click();

@@ -47,7 +47,7 @@ fn the_desk_records_a_call_and_the_record_is_stored_under_the_customer_once_save
     let b = toward(&out, PHONE_A).clone();
     lab.input(response(&b, 180, "b", "", ""), PHONE_A);
     assert_eq!(
-        lab.h.shard.record(lab.now, "202", &call, true),
+        lab.h.shard.record(lab.now, "201", &call, true),
         Err(RecordError::NotConnected("rec@a".into())),
         "only a connected call"
     );

@@ -346,3 +346,39 @@ fn a_greeting_whose_caller_hangs_up_while_recording_is_not_kept() {
         .any(|l| l == &format!("discard voice={greeting}")));
     assert!(lab.idle());
 }
+
+#[test]
+fn a_caller_who_holds_or_refreshes_while_leaving_a_message_is_answered_by_the_pbx() {
+    let mut lab = office();
+    let ok = at_the_beep(&mut lab, "hold@a");
+    let voice = recording(&lab);
+    let held = SDP.replace("a=sendrecv", "a=sendonly");
+    assert_ne!(held, SDP, "the offer holds");
+    let out = lab.input(caller_request(&ok, "INVITE", 2, &held, ""), CALLER);
+    let again = one(&out, "SIP/2.0 200 OK");
+    assert!(again.contains("a=recvonly"), "held: {again}");
+    assert_next_version(&ok, again);
+    assert!(
+        lab.media_log()
+            .iter()
+            .any(|l| l.ends_with("peer 0 Some(10.0.0.1:4000) receives=false")),
+        "{:?}",
+        lab.media_log()
+    );
+    // Still recording: `#` ends the message as before.
+    lab.input(dtmf_info(&ok, 3, '#'), CALLER);
+    assert!(lab
+        .media_log()
+        .last()
+        .is_some_and(|l| l.ends_with("stop_recording")));
+    let saved = MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 3000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from("hold@a"), saved);
+    lab.out();
+    assert_eq!(lab.h.env.voicemail.counts("202"), (1, 0));
+}
