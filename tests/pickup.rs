@@ -20,10 +20,10 @@ fn pw(ext: &str) -> String {
     format!("pw{ext}")
 }
 
-/// 4002 and 4003 share group "front"; 4004 is in "back". Callers need no
-/// digest; pickups always do.
+/// 4002 and 4003 share group "front", also ring group 600 (all at once; 4003
+/// has no phone); 4004 is in "back". Callers need no digest; pickups always do.
 const GROUPS: &str = "[calls]\nauthenticate = false\nring_timeout_secs = 20\n\
-    [[groups]]\nname = \"front\"\nmembers = [{ extension = \"4002\", priority = 1 }, { extension = \"4003\", priority = 1 }]\n\
+    [[groups]]\nname = \"front\"\nnumber = \"600\"\nring_secs = 20\nmembers = [{ extension = \"4002\", priority = 1 }, { extension = \"4003\", priority = 1 }]\n\
     [[groups]]\nname = \"back\"\nmembers = [{ extension = \"4004\", priority = 1 }]\n";
 
 struct Lab {
@@ -74,7 +74,12 @@ impl Lab {
     /// A caller (Call-ID `cid`) who calls 4002, talks 2.5 s once answered
     /// (G.711 from a pcap) and hangs up.
     fn caller(&self, cid: &str) -> Sipp {
-        let args = ["-s", "4002", "-m", "1", "-d", "2500", "-cid_str", cid];
+        self.caller_to(cid, "4002")
+    }
+
+    /// [`Lab::caller`] calling `number`.
+    fn caller_to(&self, cid: &str, number: &str) -> Sipp {
+        let args = ["-s", number, "-m", "1", "-d", "2500", "-cid_str", cid];
         sipp_scenario(
             self.target,
             self.path(),
@@ -93,6 +98,20 @@ impl Lab {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("no call rings at 4002");
+    }
+
+    /// 4003's BLF key watching 4002 (logs the ringing call's identifiers).
+    fn blf_key(&self) -> Sipp {
+        let blf = self.credentials("4003");
+        let args = ["-inf", &blf, "-s", "4002", "-m", "1", "-trace_logs"];
+        let port = free_port();
+        sipp_scenario(
+            self.target,
+            self.path(),
+            port,
+            "subscribe_ringing.xml",
+            &args,
+        )
     }
 
     /// The identifiers of the ringing call the BLF key logged (call-id,
@@ -215,14 +234,7 @@ fn on_the_other_shard(of: &str) -> String {
 async fn a_blf_key_picks_up_a_call_ringing_at_a_colleagues_phone() {
     let lab = Lab::start().await;
     let ringing_phone = lab.ringing_phone();
-    let blf = lab.credentials("4003");
-    let key = sipp_scenario(
-        lab.target,
-        lab.path(),
-        free_port(),
-        "subscribe_ringing.xml",
-        &["-inf", &blf, "-s", "4002", "-m", "1", "-trace_logs"],
-    );
+    let key = lab.blf_key();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let caller_cid = "caller%u@sipp";
     let caller = lab.caller(caller_cid);
@@ -263,5 +275,31 @@ async fn the_group_code_picks_up_the_call_ringing_in_the_group() {
     lab.refused("4004", "**4002", "", 403).await;
     let (rtp_port, packets) = rtp_counter();
     let picker = lab.pick_up("4003", "*8", "", "code%u@sipp", &rtp_port);
+    lab.picked_up(picker, caller, ringing_phone, packets).await;
+}
+
+/// A ring group ringing all its members shows the call on a member's BLF
+/// key like a call to the member, and a colleague's key picks it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_groups_call_shows_on_a_members_blf_key_and_a_colleague_picks_it_up() {
+    let lab = Lab::start().await;
+    let ringing_phone = lab.ringing_phone();
+    let key = lab.blf_key();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let caller_cid = "group%u@sipp";
+    let caller = lab.caller_to(caller_cid, "600");
+    let ids = lab.blf_saw().await;
+    assert_eq!(ids[0], "group1@sipp", "the caller's leg is named");
+    let named = format!(
+        "      Replaces: {};to-tag={};from-tag={}\n      Require: replaces\n",
+        ids[0], ids[1], ids[2]
+    );
+    let (rtp_port, packets) = rtp_counter();
+    let cid = on_the_other_shard(caller_cid);
+    let picker = lab.pick_up("4003", "4002", &named, &cid, &rtp_port);
+    ok(
+        &key.await.expect("join"),
+        "the BLF key sees the call leave 4002",
+    );
     lab.picked_up(picker, caller, ringing_phone, packets).await;
 }

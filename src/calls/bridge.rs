@@ -37,6 +37,9 @@ pub(super) struct Branch {
     pub final_code: Option<u16>,
     /// Set when this branch answered with 2xx.
     pub dialog: Option<Dialog>,
+    /// The extension whose phone this leg rings (`None`: a provider, or a
+    /// phone that called in).
+    pub ext: Option<String>,
 }
 
 impl Branch {
@@ -51,6 +54,7 @@ impl Branch {
             remote: dialog.remote,
             final_code: Some(200),
             dialog: Some(dialog),
+            ext: None,
         }
     }
 }
@@ -116,6 +120,9 @@ pub(super) struct Bridge {
     /// for a queue call the callee is the agent being offered or talking).
     pub caller_party: Option<Party>,
     pub callee_party: Option<Party>,
+    /// A ring group's other members whose phones ring at once, each showing
+    /// the call (BLF, pickup); the one who answers becomes `callee_party`.
+    pub also_ringing: Vec<Party>,
     /// Set for a call to a queue (the ACD state of the call).
     pub queue: Option<super::queue::Queued>,
     /// The trunk an inbound call came in on (holding one of its channels).
@@ -144,6 +151,38 @@ pub(super) struct Bridge {
 }
 
 impl Bridge {
+    /// The extensions whose phones show this call ringing (one, or a ring
+    /// group's members).
+    pub fn ringing_parties(&self) -> impl Iterator<Item = &Party> {
+        self.callee_party.iter().chain(&self.also_ringing)
+    }
+
+    /// The ringing parties' presence dialogs end, except `member`'s (who
+    /// answered, or picked the call up), which is the callee's from now on.
+    pub fn stop_ringing_except(
+        &mut self,
+        presence: &Presence,
+        member: Option<&str>,
+        at: crate::clock::UnixMillis,
+    ) {
+        if self.also_ringing.is_empty() {
+            return;
+        }
+        let ringing: Vec<Party> = self
+            .callee_party
+            .take()
+            .into_iter()
+            .chain(self.also_ringing.drain(..))
+            .collect();
+        for (ext, id) in ringing {
+            if member == Some(ext.as_str()) && self.callee_party.is_none() {
+                self.callee_party = Some((ext, id));
+            } else {
+                let _ = presence.dialog_ended(&ext, id, None, at);
+            }
+        }
+    }
+
     /// A new call from `a`, ringing until the ring timeout; nothing else yet.
     pub fn new(cx: &Cx<'_>, a: ALeg, relay: Box<dyn RelayControl>, cdr: Cdr) -> Bridge {
         Bridge {
@@ -159,6 +198,7 @@ impl Bridge {
             session: None,
             caller_party: None,
             callee_party: None,
+            also_ringing: Vec::new(),
             queue: None,
             trunk: None,
             outbound: None,
@@ -483,6 +523,7 @@ impl Calls {
                 remote: target,
                 final_code: None,
                 dialog: None,
+                ext: Some(binding.aor),
             });
         }
         branches
@@ -514,7 +555,7 @@ impl Calls {
             101..=199 if !current(bridge) => {} // a step already over
             101..=199 => {
                 let presence = &cx.env.presence;
-                if let Some((ext, id)) = &bridge.callee_party {
+                for (ext, id) in bridge.ringing_parties() {
                     let _ = presence.dialog_state(ext, *id, DialogState::Early, cx.wall);
                 }
                 if bridge.transfer.is_some() {
@@ -619,6 +660,8 @@ impl Calls {
         if let Ok(s) = sdp::parse(r.body()) {
             bridge.relay.set_peer(1, peer_of(&s, branch.remote.addr));
         }
+        let member = branch.ext.clone();
+        bridge.stop_ringing_except(&cx.env.presence, member.as_deref(), cx.wall);
         cancel_ringing(cx, bridge, 0, Some(idx));
         // Answer A with B's SDP pointed at the relay.
         let body = rewrite_for(cx, r.body(), bridge.a.remote, bridge.relay.ports()[0]);
@@ -1202,7 +1245,7 @@ pub(super) fn parties_step(
 /// Ends both parties' presence dialogs; the agent of an answered queue call
 /// goes into wrap-up.
 pub(super) fn parties_end(presence: &Presence, bridge: &Bridge, at: crate::clock::UnixMillis) {
-    if let Some((ext, id)) = &bridge.caller_party {
+    for (ext, id) in bridge.caller_party.iter().chain(&bridge.also_ringing) {
         let _ = presence.dialog_ended(ext, *id, None, at);
     }
     if let Some((ext, id)) = &bridge.callee_party {

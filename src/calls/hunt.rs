@@ -133,7 +133,8 @@ impl Calls {
         cancel_ringing(cx, bridge, bridge.hunt.first, None);
         bridge.hunt.first = bridge.branches.len();
         (bridge.hunt.busy, bridge.hunt.no_answer) = (None, None);
-        if let Some((ext, id)) = bridge.callee_party.take() {
+        let ringing = bridge.callee_party.take().into_iter();
+        for (ext, id) in ringing.chain(bridge.also_ringing.drain(..)) {
             let _ = cx.env.presence.dialog_ended(&ext, id, None, cx.wall);
         }
         let (mut next, mut refusal) = (next, refusal);
@@ -235,12 +236,15 @@ impl Calls {
                 }
             }
             Next::All { group, ring, then } => {
-                let bindings: Vec<Binding> = env
-                    .routing
-                    .members(group)
-                    .iter()
-                    .flat_map(|m| ringable(cx, m))
-                    .collect();
+                let mut ringing = Vec::new();
+                let mut bindings: Vec<Binding> = Vec::new();
+                for m in env.routing.members(group).iter() {
+                    let b = ringable(cx, m);
+                    if !b.is_empty() {
+                        ringing.push(m.clone());
+                        bindings.extend(b);
+                    }
+                }
                 let then = Next::number(then);
                 if bindings.is_empty() {
                     return Outcome::Skip(then, None);
@@ -248,7 +252,12 @@ impl Calls {
                 h.busy = then.clone();
                 h.no_answer = then;
                 let label = bridge.cdr.callee.clone();
-                self.ring(cx, a, &label, bindings, ring, false)
+                // A transfer's target shows no ringing dialogs (it has its own).
+                let shown = match bridge.transfer {
+                    None => ringing,
+                    Some(_) => Vec::new(),
+                };
+                self.ring(cx, a, &label, bindings, ring, &shown)
             }
             Next::Voicemail(user) => self.reach_mailbox(cx, a, user),
             Next::InOrder {
@@ -268,7 +277,7 @@ impl Calls {
                     };
                     h.busy = Some(rest.clone());
                     h.no_answer = Some(rest);
-                    return self.ring(cx, a, &m, bindings, ring, true);
+                    return self.ring(cx, a, &m, bindings, ring, std::slice::from_ref(&m));
                 }
                 Outcome::Skip(Next::number(then), None)
             }
@@ -325,11 +334,12 @@ impl Calls {
         };
         h.busy = otherwise(rules.busy);
         h.no_answer = otherwise(rules.no_answer);
-        self.ring(cx, a, &ext, bindings, wait, true)
+        self.ring(cx, a, &ext, bindings, wait, std::slice::from_ref(&ext))
     }
 
-    /// Rings `bindings` (as `callee`) for `wait`; `party`: `callee` is an
-    /// extension whose phones show the call.
+    /// Rings `bindings` (as `callee`) for `wait`; the phones of `shown`
+    /// (extensions: the callee, or a ring group's members) show the call
+    /// ringing, named by the caller's leg, which a colleague may pick up.
     fn ring(
         &mut self,
         cx: &mut Cx<'_>,
@@ -337,7 +347,7 @@ impl Calls {
         callee: &str,
         bindings: Vec<Binding>,
         wait: Duration,
-        party: bool,
+        shown: &[String],
     ) -> Outcome {
         let Some(bridge) = self.bridges.get(a) else {
             return Outcome::Ringing;
@@ -373,17 +383,15 @@ impl Calls {
             let next = bridge.hunt.no_answer.take();
             return Outcome::Skip(next, Some(unavailable()));
         }
-        if party {
-            // Named by the caller's leg, which a colleague's phone may pick up.
+        if !shown.is_empty() {
             let tags = bridge.a.tags();
-            bridge.callee_party = super::start_party_tagged(
-                &cx.env.presence,
-                callee,
-                (a, Some(&tags)),
-                Role::Recipient,
-                &caller,
-                cx.wall,
-            );
+            let mut parties = shown.iter().filter_map(|ext| {
+                let call = (a, Some(&tags));
+                let presence = &cx.env.presence;
+                super::start_party_tagged(presence, ext, call, Role::Recipient, &caller, cx.wall)
+            });
+            bridge.callee_party = parties.next();
+            bridge.also_ringing = parties.collect();
         }
         bridge.branches.extend(branches);
         bridge.phase = APhase::Calling {

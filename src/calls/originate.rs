@@ -606,6 +606,7 @@ impl Calls {
             remote,
             final_code: None,
             dialog: None,
+            ext: None,
         });
         self.arm_origin(cx, key);
     }

@@ -264,6 +264,7 @@ impl Calls {
                 remote: attempt.target,
                 final_code: None,
                 dialog: None,
+                ext: None,
             });
             self.arm_outside(cx, host, a);
             return true;

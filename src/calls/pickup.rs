@@ -13,8 +13,10 @@
 //! `[calls] authenticate` says. The phones that rang are cancelled, the
 //! caller is answered, and the picker's INVITE is answered as the call's new
 //! B side in the same relay; both answers keep only the codecs the two offers
-//! number alike (488 when there is none). Queue offers, outside calls and
-//! ring groups ringing all members at once are not picked up this way.
+//! number alike (488 when there is none). A ring group ringing all its
+//! members at once shows the call at each of them, and a colleague of any
+//! of them may pick it up. Queue offers (the ACD's) and calls to outside
+//! numbers are not picked up.
 //!
 //! A call lives on the shard its caller's Call-ID hashes to. The shard that
 //! receives the picker's INVITE authenticates it and, when the call lives
@@ -217,11 +219,16 @@ impl Calls {
         if bridge.queue.is_some() || bridge.outbound.is_some() || bridge.transfer.is_some() {
             return Err(NOT_PICKABLE);
         }
-        let (rung, rung_dialog) = bridge.callee_party.clone().ok_or(NOT_PICKABLE)?;
-        if rung == pick.user {
+        // The extensions it rings at (a ring group's members ring at once).
+        let rung: Vec<&String> = bridge.ringing_parties().map(|(ext, _)| ext).collect();
+        if rung.is_empty() {
+            return Err(NOT_PICKABLE);
+        }
+        if rung.contains(&&pick.user) {
             return Err(OWN_CALL);
         }
-        if !cx.env.routing.colleagues(&pick.user).contains(&rung) {
+        let colleagues = cx.env.routing.colleagues(&pick.user);
+        if !rung.iter().any(|r| colleagues.contains(*r)) {
             return Err(NOT_COLLEAGUE);
         }
         let offers = (sdp::parse(bridge.a.invite.body()), sdp::parse(req.body()));
@@ -242,7 +249,10 @@ impl Calls {
         // The phones that rang stop; the picker's phone is the call's B side.
         cancel_ringing(cx, bridge, 0, None);
         let presence = &cx.env.presence;
-        let _ = presence.dialog_ended(&rung, rung_dialog, None, cx.wall);
+        bridge.stop_ringing_except(presence, None, cx.wall);
+        if let Some((ext, id)) = bridge.callee_party.take() {
+            let _ = presence.dialog_ended(&ext, id, None, cx.wall);
+        }
         let caller = bridge.cdr.caller.clone();
         bridge.callee_party = start_party(
             presence,

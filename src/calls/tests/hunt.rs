@@ -164,6 +164,67 @@ fn a_ring_group_rings_everyone_at_once_then_its_destination() {
     ringing(&out, "201", "10.0.0.9:5060");
 }
 
+/// The states of `ext`'s presence dialogs.
+fn shown(lab: &Lab, ext: &str) -> Vec<crate::presence::DialogState> {
+    let dialogs = lab.h.env.presence.dialogs(ext);
+    dialogs.iter().map(|d| d.state).collect()
+}
+
+#[test]
+fn a_ring_group_ringing_all_shows_the_call_at_each_member_and_the_one_who_answers_keeps_it() {
+    use crate::presence::DialogState::{Confirmed, Early};
+    let mut lab = office(false, None);
+    let out = lab.input(invite("show@a", "600", ""), CALLER);
+    rings(&mut lab, &out, "202", PHONE_A);
+    let b203 = rings(&mut lab, &out, "203", PHONE_B);
+    rings(&mut lab, &out, "204", PHONE_C);
+    for ext in ["202", "203", "204"] {
+        assert_eq!(shown(&lab, ext), [Early], "{ext}'s BLF lamp blinks");
+        let d = lab.h.env.presence.dialogs(ext)[0].clone();
+        assert_eq!(d.call_id, "show@a", "named by the caller's leg");
+        assert!(d.tags.is_some(), "with the tags a BLF key picks up with");
+    }
+    let sdp = SDP.replace("10.0.0.1", "10.0.0.3");
+    let out = lab.input(response(&b203, 200, "b", &sdp, ""), PHONE_B);
+    assert_eq!(
+        starting(&out, "CANCEL ").len(),
+        2,
+        "the others stop ringing"
+    );
+    let ok = one(&out, "SIP/2.0 200 OK").clone();
+    lab.input(caller_request(&ok, "ACK", 1, "", ""), CALLER);
+    assert_eq!(shown(&lab, "203"), [Confirmed], "203 talks");
+    assert!(shown(&lab, "202").is_empty() && shown(&lab, "204").is_empty());
+    let out = lab.input(caller_request(&ok, "BYE", 2, "", ""), CALLER);
+    one(&out, "BYE sip:phone@");
+    assert!(shown(&lab, "203").is_empty());
+}
+
+#[test]
+fn a_colleague_picks_up_a_ring_group_call_with_the_code_and_every_member_stops_ringing() {
+    let mut lab = office(false, None);
+    let wall = lab.h.wall0;
+    // 203 is in do not disturb: the group rings 202 and 204, 203 picks up.
+    lab.h
+        .env
+        .presence
+        .choose("203", State::Busy, wall)
+        .expect("dnd");
+    let out = lab.input(invite("front@a", "600", ""), CALLER);
+    rings(&mut lab, &out, "202", PHONE_A);
+    rings(&mut lab, &out, "204", PHONE_C);
+    let out = super::pickup::picker_invite(&mut lab, "203", "p@phone", "*8", "");
+    assert_eq!(starting(&out, "CANCEL ").len(), 2, "{out:#?}");
+    let mut to = lab.sent_to("SIP/2.0 200 OK");
+    to.sort_unstable();
+    assert_eq!(to, [CALLER, "10.0.0.5:5064"], "caller and picker answered");
+    assert!(shown(&lab, "202").is_empty() && shown(&lab, "204").is_empty());
+    assert_eq!(
+        shown(&lab, "203"),
+        [crate::presence::DialogState::Confirmed]
+    );
+}
+
 #[test]
 fn a_ring_group_in_order_rings_one_member_after_another_then_fails() {
     let mut lab = office(true, None);
