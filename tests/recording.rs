@@ -5,7 +5,8 @@
 //! mixed in one WAV) and starts another, which the caller's hang-up saves.
 //! Both are listed under the customer with the call's CDR id and play as
 //! WAV for the agent; another agent sees none of them, may not play them
-//! and may not record the call.
+//! and may not record the call. On a full disk a recording stops, the
+//! error is logged once, and the call goes on to its normal end.
 
 mod common;
 
@@ -39,6 +40,30 @@ async fn record(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The customer, 5550123, calls 4001 offering telephone-events too, and
+/// talks (G.711 from SIPp's pcap) for `ms` once answered.
+fn customer(
+    target: std::net::SocketAddr,
+    dir: &std::path::Path,
+    ms: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let text = std::fs::read_to_string(scenario("uac_call_rtp.xml")).expect("scenario");
+    let offer = text
+        .replacen(
+            "m=audio [media_port] RTP/AVP 0 8\n",
+            "m=audio [media_port] RTP/AVP 0 8 101\n      a=rtpmap:101 telephone-event/8000\n",
+            1,
+        )
+        .replace("sip:caller@", "sip:5550123@");
+    assert!(offer.contains("telephone-event"), "the offer gained it");
+    let caller_xml = dir.join(format!("customer-{}.xml", free_port()));
+    std::fs::write(&caller_xml, offer).expect("write");
+    let args = ["-s", "4001", "-m", "1", "-d", &ms.to_string()].map(String::from);
+    let mut all = vec!["-sf".to_string(), caller_xml.display().to_string()];
+    all.extend(args);
+    sipp_embedded(target, dir, free_port(), all)
+}
+
 /// The loud share of a WAV's 16-bit samples (after its 44-byte header).
 fn loud_share(wav: &[u8]) -> f64 {
     let samples: Vec<i16> = wav[44..]
@@ -68,37 +93,7 @@ async fn an_agent_records_a_call_from_the_phone_and_the_desk_and_plays_it_from_t
         &["-m", "1"],
     );
 
-    // The customer offers telephone-events too, and talks for 7 s.
-    let text = std::fs::read_to_string(scenario("uac_call_rtp.xml")).expect("scenario");
-    let caller_xml = dir.path().join("caller.xml");
-    let offer = text.replacen(
-        "m=audio [media_port] RTP/AVP 0 8\n",
-        "m=audio [media_port] RTP/AVP 0 8 101\n      a=rtpmap:101 telephone-event/8000\n",
-        1,
-    );
-    assert_ne!(offer, text, "the offer gained telephone-event");
-    std::fs::write(&caller_xml, offer).expect("write");
-    let inf = injection_file(dir.path(), "caller.csv", &["5550123".to_string()]);
-    let caller_from = std::fs::read_to_string(&caller_xml)
-        .expect("read")
-        .replace("sip:caller@", "sip:[field0]@");
-    std::fs::write(&caller_xml, caller_from).expect("write");
-    let args: Vec<String> = [
-        "-sf",
-        &caller_xml.display().to_string(),
-        "-inf",
-        &inf.display().to_string(),
-        "-s",
-        "4001",
-        "-m",
-        "1",
-        "-d",
-        "7000",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let caller = sipp_embedded(target, dir.path(), free_port(), args);
+    let caller = customer(target, dir.path(), 7000);
 
     let http = reqwest::Client::new();
     let token = session_token(&http, &base, "4001", "pw4001").await;
@@ -221,26 +216,57 @@ async fn the_desktops_record_button_records_the_call_and_the_history_plays_it() 
         "{ready:?}"
     );
     let rest = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let text = std::fs::read_to_string(scenario("uac_call_rtp.xml")).expect("scenario");
-    let caller_xml = dir.path().join("caller.xml");
-    std::fs::write(&caller_xml, text.replace("sip:caller@", "sip:5550123@")).expect("write");
-    let args: Vec<String> = [
-        "-sf",
-        &caller_xml.display().to_string(),
-        "-s",
-        "4001",
-        "-m",
-        "1",
-        "-d",
-        "9000",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let caller = sipp_embedded(target, dir.path(), free_port(), args);
+    let caller = customer(target, dir.path(), 9000);
     browser_passed(child, &artifacts).await;
     let _ = rest.await;
     ok(&caller.await.expect("join"), "the customer's call");
     ok(&agent.await.expect("join"), "the agent's phone");
     assert!(settled(&pbx).await, "no call or media port left");
+}
+
+/// The voice directory is a 8 KiB disk of its own: the recording the phone
+/// starts (`*1`) fills it within its first second of audio. The recording
+/// stops there (logged once, reported as not saved), the call goes on until
+/// the customer hangs up, its CDR is written, and the PBX still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_on_a_full_disk_stops_and_the_call_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let users = [("4001".to_string(), "pw4001".to_string())];
+    let conf = config_with(port, "[\"MD5\"]", &users, OFFICE);
+    let mut server = Server::start_with_voice_disk(dir.path(), port, &conf, 8192);
+    let target = server.addr();
+    let phone = free_port();
+    register_phone(target, dir.path(), phone, "4001", "pw4001").await;
+    let agent = sipp_scenario(
+        target,
+        dir.path(),
+        phone,
+        "uas_record_code.xml",
+        &["-m", "1"],
+    );
+    let caller = customer(target, dir.path(), 5000);
+    ok(
+        &caller.await.expect("join"),
+        "the customer's call goes on to its end",
+    );
+    ok(&agent.await.expect("join"), "the agent's phone");
+    let log = server.log();
+    assert_eq!(
+        log.matches("No space left on device").count(),
+        1,
+        "logged once: {log}"
+    );
+    assert!(log.contains("call recording not saved"), "{log}");
+    assert!(
+        options_ping(target, Duration::from_secs(2)).is_some(),
+        "the PBX serves"
+    );
+    server.stop();
+    let cdrs = server.cdrs();
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0]["disposition"], "answered");
+    let talked =
+        cdrs[0]["end_ms"].as_u64().unwrap_or(0) - cdrs[0]["answer_ms"].as_u64().unwrap_or(0);
+    assert!(talked >= 4000, "talked to the end: {cdrs:?}");
 }

@@ -104,6 +104,9 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     config: PathBuf,
+    /// The voice directory is a file system of this many bytes of its own
+    /// (a disk that fills up), seen only by the server.
+    voice_disk: Option<u64>,
 }
 
 impl Server {
@@ -117,6 +120,26 @@ impl Server {
             port,
             dir: dir.to_path_buf(),
             config,
+            voice_disk: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// [`Server::start`] with a voice directory (recordings, voice messages)
+    /// on a tmpfs of `bytes` in a mount namespace of the server's own (made
+    /// with `unshare`): a full disk, for real.
+    pub fn start_with_voice_disk(dir: &Path, port: u16, config_text: &str, bytes: u64) -> Server {
+        require("unshare");
+        let config = dir.join("sipdesk.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        std::fs::create_dir_all(dir.join("data/voice")).expect("voice dir");
+        let mut s = Server {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+            config,
+            voice_disk: Some(bytes),
         };
         s.spawn();
         s
@@ -128,7 +151,20 @@ impl Server {
             .append(true)
             .open(self.dir.join("sipdesk.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sipdesk"))
+        let mut cmd = match self.voice_disk {
+            None => Command::new(env!("CARGO_BIN_EXE_sipdesk")),
+            Some(bytes) => {
+                let mut c = Command::new("unshare");
+                c.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs -o size={bytes} tmpfs \"$0\" && exec \"$@\""
+                    ))
+                    .arg(self.dir.join("data/voice"))
+                    .arg(env!("CARGO_BIN_EXE_sipdesk"));
+                c
+            }
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)
