@@ -722,7 +722,6 @@ impl Calls {
 
     pub(super) fn remove_bridge(&mut self, cx: &mut Cx<'_>, a: &CallId) -> Option<Bridge> {
         let mut bridge = self.bridges.remove(a)?;
-        Self::recording_call_ended(&mut bridge);
         if let Some(q) = &bridge.queue {
             q.leave_line(cx);
         }

@@ -134,9 +134,36 @@ pub(super) struct Origination {
     attempt: Option<AttemptCall>,
     /// How the attempt ended, when something other than the phase decides it.
     outcome: Option<Outcome>,
+    /// Recording on demand (from the desk; see `recording`).
+    pub(super) on_demand: super::recording::OnDemand,
 }
 
 impl Origination {
+    /// The call as `user` records it: its first party (the agent who placed
+    /// it) or an extension it called; connected only.
+    pub(super) fn recordable(
+        &mut self,
+        user: &str,
+    ) -> Result<super::recording::Recordable<'_>, super::recording::Unrecordable> {
+        use super::recording::{Recordable, Unrecordable};
+        let customer = if self.cdr.caller == user {
+            self.cdr.callee.clone()
+        } else if self.b_party.as_ref().is_some_and(|(ext, _)| ext == user) {
+            self.cdr.caller.clone()
+        } else {
+            return Err(Unrecordable::NotYours);
+        };
+        if !matches!(self.phase, Phase::Connected) {
+            return Err(Unrecordable::NotConnected);
+        }
+        Ok(Recordable {
+            relay: &*self.relay,
+            on_demand: &mut self.on_demand,
+            customer,
+            cdr: self.cdr.id,
+        })
+    }
+
     /// B's outside tries, if B is an outside number.
     pub(super) fn tries(&mut self) -> Option<Tries<'_>> {
         Some(Tries {
@@ -353,6 +380,7 @@ impl Calls {
                 outbound: None,
                 attempt,
                 outcome: None,
+                on_demand: Default::default(),
             },
         );
         self.arm_origin(cx, &key);

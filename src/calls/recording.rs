@@ -1,8 +1,9 @@
 //! Call recording on demand: a user on a connected call starts and stops
-//! recording it from the desk (`record`) or by keying the feature code
-//! (`[features] record`, `*1` by default, as RFC 4733 telephone-events or
-//! SIP INFO) on the phone, which confirms with a beep (started) or two
-//! (stopped). The relay mixes both sides into one WAV streamed to disk
+//! recording it from the desk (`record`: a bridged call, or one the PBX
+//! placed — click-to-call, a campaign's) or, on a bridged call, by keying
+//! the feature code (`[features] record`, `*1` by default, as RFC 4733
+//! telephone-events or SIP INFO) on the phone, which confirms with a beep
+//! (started) or two (stopped). The relay mixes both sides into one WAV streamed to disk
 //! (see `media::call_recording`); once it is durable its record
 //! ([`crate::recordings::CallRecording`], under the customer — the user's
 //! other party — and with the call's CDR id) is stored. A recording ends
@@ -12,6 +13,7 @@
 use super::bridge::Bridge;
 use super::transfer::{transferor_user, Whose};
 use super::{answered_event_pt, Calls, Cx, Side};
+use crate::media::RelayControl;
 use crate::recordings::{CallRecording, Progress, Report};
 use crate::sip::CallId;
 use crate::store::Write;
@@ -95,9 +97,88 @@ pub(super) fn listen_for_code(cx: &Cx<'_>, bridge: &Bridge) {
     }
 }
 
+/// A connected call as recording sees it: its relay and recording state,
+/// and the recording user's other party (the customer) and the CDR.
+pub(super) struct Recordable<'a> {
+    pub relay: &'a dyn RelayControl,
+    pub on_demand: &'a mut OnDemand,
+    pub customer: String,
+    pub cdr: u64,
+}
+
+/// Why a call cannot be recorded by a user now.
+pub(super) enum Unrecordable {
+    NotYours,
+    NotConnected,
+}
+
+/// Bridge `bridge` as the user on `side` records it, if it is connected.
+fn bridge_recordable(bridge: &mut Bridge, side: Side) -> Result<Recordable<'_>, Unrecordable> {
+    if !connected(bridge) {
+        return Err(Unrecordable::NotConnected);
+    }
+    let customer = match side {
+        Side::A => bridge.cdr.callee.clone(),
+        Side::B(_) => bridge.cdr.caller.clone(),
+    };
+    Ok(Recordable {
+        relay: &*bridge.relay,
+        on_demand: &mut bridge.on_demand,
+        customer,
+        cdr: bridge.cdr.id,
+    })
+}
+
+impl OnDemand {
+    /// Recording `id` ended (stopped, failed, or the call is over).
+    pub(super) fn ended(&mut self, id: u64) {
+        if self.active == Some(id) {
+            self.active = None;
+        }
+    }
+}
+
+/// Starts recording `rec` for `agent` (call `a`, which the agent's desk
+/// shows as `call_id`): the relay records, the desk is told.
+fn start(
+    cx: &mut Cx<'_>,
+    rec: Recordable<'_>,
+    a: &CallId,
+    agent: String,
+    call_id: String,
+) -> (u64, Taking) {
+    let id = cx.next_id();
+    rec.relay.record_call(id);
+    rec.on_demand.active = Some(id);
+    tracing::info!(call_id = %a, %agent, customer = %rec.customer, id, "recording");
+    cx.recording(Report {
+        agent: agent.clone(),
+        call_id: call_id.clone(),
+        id,
+        progress: Progress::Started,
+    });
+    let taking = Taking {
+        a: a.clone(),
+        agent,
+        call_id,
+        customer: rec.customer,
+        cdr: rec.cdr,
+        start_ms: cx.wall.0,
+    };
+    (id, taking)
+}
+
+/// Stops recording `rec` (the relay saves and reports it); its id.
+fn stop(rec: Recordable<'_>) -> Option<u64> {
+    let id = rec.on_demand.active.take()?;
+    rec.relay.stop_recording_call();
+    Some(id)
+}
+
 impl Calls {
     /// The desk starts (`on`) or stops recording `user`'s call with leg
-    /// `leg` (the Call-ID the desk shows); the recording's id.
+    /// `leg` (the Call-ID the desk shows): a bridged call, or one the PBX
+    /// placed (click-to-call, a campaign's); the recording's id.
     pub fn record(
         &mut self,
         cx: &mut Cx<'_>,
@@ -106,70 +187,43 @@ impl Calls {
         on: bool,
     ) -> Result<u64, RecordError> {
         let call = || leg.to_string();
-        let (a, side) = self.users_side(cx, user, leg).map_err(|e| match e {
-            Whose::NoCall => RecordError::NoCall(call()),
-            Whose::NotYours => RecordError::NotYours(call()),
-        })?;
-        let bridge = match self.bridges.get(&a) {
-            Some(b) if connected(b) => b,
-            _ => return Err(RecordError::NotConnected(call())),
+        let (a, _) = self
+            .legs
+            .get(leg)
+            .cloned()
+            .ok_or_else(|| RecordError::NoCall(call()))?;
+        let side = match self.originations.contains_key(&a) {
+            true => None,
+            false => Some(self.users_side(cx, user, leg).map_err(|e| match e {
+                Whose::NoCall => RecordError::NoCall(call()),
+                Whose::NotYours => RecordError::NotYours(call()),
+            })?),
         };
-        match (on, bridge.on_demand.active) {
+        let rec = match (self.originations.get_mut(&a), side) {
+            (Some(o), _) => o.recordable(user),
+            (None, Some((_, side))) => match self.bridges.get_mut(&a) {
+                Some(b) => bridge_recordable(b, side),
+                None => Err(Unrecordable::NotConnected),
+            },
+            (None, None) => Err(Unrecordable::NotConnected),
+        };
+        let rec = rec.map_err(|e| match e {
+            Unrecordable::NotYours => RecordError::NotYours(call()),
+            Unrecordable::NotConnected => RecordError::NotConnected(call()),
+        })?;
+        match (on, rec.on_demand.active) {
             (true, Some(_)) => Err(RecordError::Already(call())),
             (false, None) => Err(RecordError::NotRecording(call())),
-            (true, None) => self
-                .start_recording(cx, &a, side, leg.to_string())
-                .ok_or_else(|| RecordError::NotConnected(call())),
-            (false, Some(id)) => {
-                bridge.relay.stop_recording_call();
-                tracing::info!(call_id = %a, %user, id, "recording stopped (from the desk)");
-                self.stopped(&a);
+            (true, None) => {
+                let (id, taking) = start(cx, rec, &a, user.to_string(), call());
+                self.recordings.insert(id, taking);
                 Ok(id)
             }
-        }
-    }
-
-    /// Starts recording connected call `a` for the user on `side`; the
-    /// recording's id (`None`: not connected).
-    fn start_recording(
-        &mut self,
-        cx: &mut Cx<'_>,
-        a: &CallId,
-        side: Side,
-        call_id: String,
-    ) -> Option<u64> {
-        let bridge = self.bridges.get_mut(a)?;
-        let agent = transferor_user(cx, bridge, side).filter(|_| connected(bridge))?;
-        let customer = match side {
-            Side::A => bridge.cdr.callee.clone(),
-            Side::B(_) => bridge.cdr.caller.clone(),
-        };
-        let id = cx.next_id();
-        bridge.relay.record_call(id);
-        bridge.on_demand.active = Some(id);
-        tracing::info!(call_id = %a, %agent, %customer, id, "recording");
-        cx.recording(Report {
-            agent: agent.clone(),
-            call_id: call_id.clone(),
-            id,
-            progress: Progress::Started,
-        });
-        let taking = Taking {
-            a: a.clone(),
-            agent,
-            call_id,
-            customer,
-            cdr: bridge.cdr.id,
-            start_ms: cx.wall.0,
-        };
-        self.recordings.insert(id, taking);
-        Some(id)
-    }
-
-    /// Call `a`'s recording was stopped (the relay saves and reports it).
-    fn stopped(&mut self, a: &CallId) {
-        if let Some(b) = self.bridges.get_mut(a) {
-            b.on_demand.active = None;
+            (false, Some(_)) => {
+                let id = stop(rec).ok_or_else(|| RecordError::NotRecording(call()))?;
+                tracing::info!(call_id = %a, %user, id, "recording stopped (from the desk)");
+                Ok(id)
+            }
         }
     }
 
@@ -203,25 +257,24 @@ impl Calls {
             Side::A => bridge.a.invite.body(),
             Side::B(_) => &bridge.b_sdp,
         });
-        match bridge.on_demand.active {
-            Some(id) => {
-                bridge.relay.stop_recording_call();
-                bridge
-                    .relay
-                    .play(relay_side(side), super::voicemail::saved(), pt, false);
+        let leg = self.party_call_id(cx, a, side);
+        let Some(bridge) = self.bridges.get_mut(a) else {
+            return;
+        };
+        let toward = relay_side(side);
+        let Ok(rec) = bridge_recordable(bridge, side) else {
+            return;
+        };
+        let relay = rec.relay;
+        if rec.on_demand.active.is_some() {
+            if let Some(id) = stop(rec) {
                 tracing::info!(call_id = %a, %user, id, "recording stopped (feature code)");
-                self.stopped(a);
             }
-            None => {
-                let leg = self.party_call_id(cx, a, side);
-                if self.start_recording(cx, a, side, leg).is_some() {
-                    if let Some(b) = self.bridges.get(a) {
-                        b.relay
-                            .play(relay_side(side), super::voicemail::beep(), pt, false);
-                    }
-                }
-            }
+            return relay.play(toward, super::voicemail::saved(), pt, false);
         }
+        let (id, taking) = start(cx, rec, a, user, leg);
+        relay.play(toward, super::voicemail::beep(), pt, false);
+        self.recordings.insert(id, taking);
     }
 
     /// The Call-ID the desk shows `side`'s user for call `a`.
@@ -241,23 +294,18 @@ impl Calls {
             .unwrap_or_else(|| a.to_string())
     }
 
-    /// A call ends: its recording (if any) is saved as the relay goes.
-    pub(super) fn recording_call_ended(bridge: &mut Bridge) {
-        if bridge.on_demand.active.take().is_some() {
-            bridge.relay.stop_recording_call();
-        }
-    }
-
     /// Call recording `id` ended: saved (`ms` long) — its record is stored
     /// — or failed. `false`: not a call recording.
     pub(super) fn call_recorded(&mut self, cx: &mut Cx<'_>, id: u64, saved: bool, ms: u64) -> bool {
         let Some(t) = self.recordings.remove(&id) else {
             return false;
         };
+        // It may have failed while the call goes on.
         if let Some(b) = self.bridges.get_mut(&t.a) {
-            if b.on_demand.active == Some(id) {
-                b.on_demand.active = None; // it failed while the call goes on
-            }
+            b.on_demand.ended(id);
+        }
+        if let Some(o) = self.originations.get_mut(&t.a) {
+            o.on_demand.ended(id);
         }
         let progress = if saved {
             let recording = CallRecording {

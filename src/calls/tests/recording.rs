@@ -179,3 +179,36 @@ fn a_recording_that_cannot_be_written_is_reported_and_the_call_goes_on() {
     assert_eq!(lab.cdrs, 1);
     assert!(lab.idle());
 }
+
+#[test]
+fn a_call_the_pbx_placed_is_recorded_from_the_desk_by_either_party() {
+    let (mut lab, key, out) = originated();
+    let a = one(&out, "INVITE sip:201@").clone();
+    assert_eq!(
+        lab.h.shard.record(lab.now, "201", &key, true),
+        Err(RecordError::NotConnected(key.to_string())),
+        "not while it rings"
+    );
+    let out = lab.input(response(&a, 200, "a", SDP, ""), PHONE_A);
+    let b = one(&out, "INVITE sip:202@").clone();
+    lab.input(response(&b, 200, "b", SDP, ""), PHONE_B);
+    assert_eq!(
+        lab.h.shard.record(lab.now, "203", &key, true),
+        Err(RecordError::NotYours(key.to_string()))
+    );
+    let id = lab.h.shard.record(lab.now, "201", &key, true).expect("on");
+    assert_eq!(recording_id(&lab), id);
+    assert_eq!(
+        lab.h.shard.record(lab.now, "202", &key, false),
+        Ok(id),
+        "the called extension may stop it"
+    );
+    saved(&mut lab, &key.to_string(), id, true);
+    let stored = lab.writes.last().cloned().unwrap_or_default();
+    assert!(
+        stored.contains("CallRecording")
+            && stored.contains("customer: \"202\"")
+            && stored.contains("agent: \"201\""),
+        "{stored}"
+    );
+}
