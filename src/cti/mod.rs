@@ -296,56 +296,73 @@ impl Desk {
     /// Feeds presence changes into the event log until the PBX stops: every
     /// state change for everyone, and each agent's call events for that agent
     /// (ringing with the screen pop, answered, ended). If the desk falls behind
-    /// the presence stream, clients are told to resync.
+    /// the presence stream, clients are told to resync. Changes come in
+    /// bursts (several per call): what came meanwhile is taken in one turn,
+    /// then the pump rests [`PUMP_REST`], so a busy PBX wakes it once per
+    /// rest rather than once per change.
     pub async fn pump(self: Arc<Self>, mut changes: broadcast::Receiver<Change>) {
-        let mut calls = CallTracker::default();
-        let mut board = BoardTracker::default();
+        let mut trackers = (CallTracker::default(), BoardTracker::default());
         loop {
             match changes.recv().await {
-                Ok(c) => {
-                    if self.agents.contains(&c.extension) {
-                        self.dial_now.notify_one();
-                    }
-                    let call_events = if self.agents.contains(&c.extension) {
-                        calls.track(&c)
-                    } else {
-                        Vec::new()
-                    };
-                    for e in call_events {
-                        let ringing_here = e.phase == CallPhase::Ringing
-                            && e.fact.direction == crate::presence::Direction::Recipient;
-                        let pop = if ringing_here {
-                            self.pop(&e.fact.peer, &e.fact.call_id)
-                        } else {
-                            None
-                        };
-                        self.publish(
-                            Audience::Agent(c.extension.clone()),
-                            Body::Call {
-                                extension: c.extension.clone(),
-                                call_id: e.fact.call_id,
-                                phase: e.phase,
-                                direction: e.fact.direction,
-                                peer: e.fact.peer,
-                                pop,
-                            },
-                        );
-                    }
-                    if let Some(body) = board.track(&c) {
-                        self.publish(Audience::Everyone, body);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("desk fell {n} presence changes behind; clients resync");
-                    calls = CallTracker::default();
-                    board = BoardTracker::default();
-                    self.publish(Audience::Everyone, Body::Resync);
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
+                Ok(c) => self.follow(&mut trackers, &c),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.fell_behind(&mut trackers, n),
+                Err(broadcast::error::RecvError::Closed) => return,
             }
+            loop {
+                match changes.try_recv() {
+                    Ok(c) => self.follow(&mut trackers, &c),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        self.fell_behind(&mut trackers, n)
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                }
+            }
+            tokio::time::sleep(PUMP_REST).await;
         }
     }
+
+    /// One presence change: the board's event, and the agent's call events.
+    fn follow(&self, (calls, board): &mut (CallTracker, BoardTracker), c: &Change) {
+        if self.agents.contains(&c.extension) {
+            self.dial_now.notify_one();
+            for e in calls.track(c) {
+                let ringing_here = e.phase == CallPhase::Ringing
+                    && e.fact.direction == crate::presence::Direction::Recipient;
+                let pop = if ringing_here {
+                    self.pop(&e.fact.peer, &e.fact.call_id)
+                } else {
+                    None
+                };
+                self.publish(
+                    Audience::Agent(c.extension.clone()),
+                    Body::Call {
+                        extension: c.extension.clone(),
+                        call_id: e.fact.call_id,
+                        phase: e.phase,
+                        direction: e.fact.direction,
+                        peer: e.fact.peer,
+                        pop,
+                    },
+                );
+            }
+        }
+        if let Some(body) = board.track(c) {
+            self.publish(Audience::Everyone, body);
+        }
+    }
+
+    /// The desk missed `n` presence changes: clients resync.
+    fn fell_behind(&self, trackers: &mut (CallTracker, BoardTracker), n: u64) {
+        tracing::warn!("desk fell {n} presence changes behind; clients resync");
+        *trackers = Default::default();
+        self.publish(Audience::Everyone, Body::Resync);
+    }
 }
+
+/// How long the desk's presence pump rests between turns (the most a board
+/// or call event waits for the changes that come with it).
+const PUMP_REST: Duration = Duration::from_millis(5);
 
 impl Desk {
     /// Every queue's statistics now.

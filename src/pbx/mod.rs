@@ -118,7 +118,7 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 
 /// The shortest time between two group commits under load (at most ~500
 /// flushes a second, each covering everything that came meanwhile).
-const FLUSH_PACE: Duration = Duration::from_millis(2);
+const FLUSH_PACE: Duration = Duration::from_millis(10);
 
 /// Messages a shard may have queued before new ones are dropped (bounded memory
 /// under a flood; SIP retransmits what was lost).

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Socket receive/send buffer asked for: a vCPU stall must not overflow the socket
@@ -230,7 +231,10 @@ fn unavailable(
 /// a connection closes (or never opens), the closed hook hears of its peer.
 #[derive(Debug, Default)]
 pub struct Outbound {
-    udp: Vec<Arc<UdpSocket>>,
+    /// The UDP sockets, sent on without waiting (non-blocking) and watched
+    /// by nobody here: a socket registered for writability with an event
+    /// loop wakes that loop on every datagram sent.
+    udp: Vec<std::net::UdpSocket>,
     tcp: DashMap<ConnId, mpsc::Sender<Bytes>>,
     /// The connections we opened, by peer.
     dialed: DashMap<SocketAddr, ConnId>,
@@ -268,7 +272,7 @@ impl Outbound {
                 self.udp
                     .get(idx)
                     .or_else(|| self.udp.first())
-                    .is_some_and(|s| s.try_send_to(&t.payload, t.remote.addr).is_ok())
+                    .is_some_and(|s| s.send_to(&t.payload, t.remote.addr).is_ok())
             }
             Transport::Tcp => t
                 .remote
@@ -338,10 +342,16 @@ pub struct UdpReader<T> {
 
 impl<T: From<Inbound> + Send + 'static> UdpReader<T> {
     /// Reads until the runtime it runs on stops; registers the socket with
-    /// that runtime.
+    /// that runtime for readability only (what other threads send on it
+    /// wakes nobody).
+    #[allow(unsafe_code)]
     pub async fn run(self) {
-        match UdpSocket::from_std(self.sock) {
-            Ok(sock) => udp_loop(Arc::new(sock), self.local, self.dispatcher).await,
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: the AsyncFd owns the std socket, whose descriptor stays open
+        // and the same (`as_raw_fd` returns its own field) until it is dropped.
+        let registered = unsafe { AsyncFd::register_with_interest(self.sock, interest) };
+        match registered {
+            Ok(sock) => udp_loop(sock, self.local, self.dispatcher).await,
             Err(e) => tracing::error!("udp reader socket: {e}"),
         }
     }
@@ -401,7 +411,7 @@ impl Listeners {
         for (i, sock) in self.udp.into_iter().enumerate() {
             let failed = |source| TransportError::Reader { source };
             let reader = sock.try_clone().map_err(failed)?;
-            senders.push(Arc::new(UdpSocket::from_std(sock).map_err(failed)?));
+            senders.push(sock);
             readers.push(UdpReader {
                 sock: reader,
                 local: ConnId(i as u64),
@@ -456,20 +466,23 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn udp_loop<T: From<Inbound> + Send + 'static>(
-    sock: Arc<UdpSocket>,
+    sock: AsyncFd<std::net::UdpSocket>,
     local: ConnId,
     dispatcher: Dispatcher<T>,
 ) {
     let mut buf = vec![0u8; 65_536];
     loop {
-        if let Err(e) = sock.readable().await {
-            tracing::warn!("udp socket: {e}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut ready = match sock.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("udp socket: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         // Drain everything queued on the socket per wake-up (bounded, to stay fair).
         for _ in 0..256 {
-            match sock.try_recv_from(&mut buf) {
+            match sock.get_ref().recv_from(&mut buf) {
                 Ok((n, from)) => {
                     let remote = Remote {
                         transport: Transport::Udp,
@@ -477,14 +490,18 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
                         conn: Some(local),
                     };
                     if let Some(t) = dispatcher.dispatch_datagram(&buf[..n], remote) {
-                        let _ = sock.try_send_to(&t.payload, t.remote.addr);
+                        let _ = sock.get_ref().send_to(&t.payload, t.remote.addr);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 // ICMP port unreachable and friends surface here on some systems.
                 Err(e) => tracing::debug!("udp receive: {e}"),
             }
         }
+        drop(ready);
         tokio::task::yield_now().await;
     }
 }
