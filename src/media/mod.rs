@@ -395,8 +395,10 @@ pub struct RtpEngine {
     /// A session without RTP for this long is reported idle.
     inactivity: Duration,
     events: MediaNotifier,
-    /// The runtime the sessions run on (and their sockets are registered
-    /// with): the one that made the engine, not the shard's that asks.
+    /// The runtime sessions started outside any runtime run on: the one
+    /// that made the engine. A session started on a runtime (a shard's
+    /// thread) runs there, beside its call's signalling: no hand-off to
+    /// another thread to start or stop it, or to report what it saw.
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -427,8 +429,12 @@ impl RtpEngine {
         }
     }
 
-    /// Enters the engine's runtime for a session's start.
+    /// Enters the engine's runtime for a session's start, unless the caller
+    /// runs on one already (the session runs there).
     fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return None;
+        }
         self.runtime.as_ref().map(|r| r.enter())
     }
 

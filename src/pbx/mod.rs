@@ -116,8 +116,10 @@ pub enum PbxError {
 /// (they come together, from one shard turn): a group commit, not one per write.
 const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 
-/// The shortest time between two group commits under load (at most ~500
-/// flushes a second, each covering everything that came meanwhile).
+/// The shortest time between two group commits under load (at most ~100
+/// flushes a second, each covering everything that came meanwhile: a flush
+/// wakes all of sled's I/O threads, whatever it carries). An answer held
+/// for durability waits up to this long more under load.
 const FLUSH_PACE: Duration = Duration::from_millis(10);
 
 /// Messages a shard may have queued before new ones are dropped (bounded memory
