@@ -169,8 +169,12 @@ impl PbxBuilder {
             max_message: *config.sip.max_message_bytes.get_ref(),
             max_headers: config.sip.max_headers,
         };
+        // Each shard is a thread with its calls' signalling and media; half
+        // the cores leave the rest to the kernel's network stack, the store
+        // writer and whatever shares the machine. On two cores one shard
+        // also means no hand-off between threads per datagram.
         let shards = match *config.sip.shards.get_ref() {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
         };
         let listeners = Listeners::bind(&config.sip.udp, &config.sip.tcp)?;
