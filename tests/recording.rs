@@ -64,6 +64,17 @@ fn customer(
     sipp_embedded(target, dir, free_port(), all)
 }
 
+/// 4001's phone, registered: it answers, speaks, and keys `*1` a second
+/// in (uas_record_code.xml).
+async fn agent_keying_the_code(
+    target: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let phone = free_port();
+    register_phone(target, dir, phone, "4001", "pw4001").await;
+    sipp_scenario(target, dir, phone, "uas_record_code.xml", &["-m", "1"])
+}
+
 /// The loud share of a WAV's 16-bit samples (after its 44-byte header).
 fn loud_share(wav: &[u8]) -> f64 {
     let samples: Vec<i16> = wav[44..]
@@ -83,15 +94,7 @@ async fn an_agent_records_a_call_from_the_phone_and_the_desk_and_plays_it_from_t
     ];
     let (pbx, target) = embedded_pbx(dir.path(), &users, OFFICE).await;
     let base = format!("http://{}", pbx.http_addr());
-    let phone = free_port();
-    register_phone(target, dir.path(), phone, "4001", "pw4001").await;
-    let agent = sipp_scenario(
-        target,
-        dir.path(),
-        phone,
-        "uas_record_code.xml",
-        &["-m", "1"],
-    );
+    let agent = agent_keying_the_code(target, dir.path()).await;
 
     let caller = customer(target, dir.path(), 7000);
 
@@ -236,15 +239,7 @@ async fn a_recording_on_a_full_disk_stops_and_the_call_goes_on() {
     let conf = config_with(port, "[\"MD5\"]", &users, OFFICE);
     let mut server = Server::start_with_voice_disk(dir.path(), port, &conf, 8192);
     let target = server.addr();
-    let phone = free_port();
-    register_phone(target, dir.path(), phone, "4001", "pw4001").await;
-    let agent = sipp_scenario(
-        target,
-        dir.path(),
-        phone,
-        "uas_record_code.xml",
-        &["-m", "1"],
-    );
+    let agent = agent_keying_the_code(target, dir.path()).await;
     let caller = customer(target, dir.path(), 5000);
     ok(
         &caller.await.expect("join"),

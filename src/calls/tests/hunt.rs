@@ -37,6 +37,16 @@ fn office(in_order: bool, then: Option<&str>) -> Lab {
     lab
 }
 
+/// `ext` chooses do not disturb.
+fn dnd(lab: &Lab, ext: &str) {
+    let wall = lab.h.wall0;
+    lab.h
+        .env
+        .presence
+        .choose(ext, State::Busy, wall)
+        .expect("dnd");
+}
+
 fn forward(lab: &Lab, ext: &str, when: When, to: &str) {
     lab.h.env.forwarding.set(ext, when, Some(to.into()));
 }
@@ -131,12 +141,7 @@ fn a_user_without_a_phone_is_forwarded_on_no_answer_at_once() {
 #[test]
 fn do_not_disturb_answers_busy_or_takes_the_busy_forward() {
     let mut lab = office(false, None);
-    let wall = lab.h.wall0;
-    lab.h
-        .env
-        .presence
-        .choose("202", State::Busy, wall)
-        .expect("dnd");
+    dnd(&lab, "202");
     let out = lab.input(invite("dnd@a", "202", ""), CALLER);
     assert_eq!(invites(&out), 0, "no phone rings: {out:#?}");
     one(&out, "SIP/2.0 486 Busy Here (Do Not Disturb)");
@@ -148,12 +153,7 @@ fn do_not_disturb_answers_busy_or_takes_the_busy_forward() {
 #[test]
 fn a_ring_group_rings_everyone_at_once_then_its_destination() {
     let mut lab = office(false, Some("201"));
-    let wall = lab.h.wall0;
-    lab.h
-        .env
-        .presence
-        .choose("203", State::Busy, wall)
-        .expect("dnd");
+    dnd(&lab, "203");
     lab.h.bind("201", "10.0.0.9:5060");
     let out = lab.input(invite("all@a", "600", ""), CALLER);
     assert_eq!(invites(&out), 2, "202 and 204; 203 is in do not disturb");
@@ -203,13 +203,8 @@ fn a_ring_group_ringing_all_shows_the_call_at_each_member_and_the_one_who_answer
 #[test]
 fn a_colleague_picks_up_a_ring_group_call_with_the_code_and_every_member_stops_ringing() {
     let mut lab = office(false, None);
-    let wall = lab.h.wall0;
     // 203 is in do not disturb: the group rings 202 and 204, 203 picks up.
-    lab.h
-        .env
-        .presence
-        .choose("203", State::Busy, wall)
-        .expect("dnd");
+    dnd(&lab, "203");
     let out = lab.input(invite("front@a", "600", ""), CALLER);
     rings(&mut lab, &out, "202", PHONE_A);
     rings(&mut lab, &out, "204", PHONE_C);

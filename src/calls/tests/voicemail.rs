@@ -42,6 +42,25 @@ fn recorded(lab: &Lab, max: &str) -> u64 {
         .unwrap_or_else(|| panic!("nothing recorded for {max}: {:?}", lab.media_log()))
 }
 
+/// The caller of `call` (our 200 `ok`) presses `#` (SIP INFO, CSeq `cseq`):
+/// the recording stops, and the relay reports message `voice` saved (3 s).
+fn hash_ends_the_message(lab: &mut Lab, ok: &str, cseq: u32, call: &str, voice: u64) {
+    lab.input(dtmf_info(ok, cseq, '#'), CALLER);
+    assert!(lab
+        .media_log()
+        .iter()
+        .any(|l| l.ends_with("stop_recording")));
+    let saved = MediaEvent::Recorded {
+        id: voice,
+        saved: true,
+        ms: 3000,
+    };
+    lab.h
+        .shard
+        .handle_media(lab.now, &CallId::from(call), saved);
+    lab.out();
+}
+
 /// Call `call_id` rings at 202 until the ring timeout and reaches the
 /// mailbox: our 200 to the caller, ACKed; the greeting is over.
 fn at_the_beep(lab: &mut Lab, call_id: &str) -> String {
@@ -75,20 +94,7 @@ fn an_unanswered_call_leaves_a_message_that_lights_the_lamp() {
         .media_log()
         .iter()
         .any(|l| l.ends_with(&format!("record 0 voice={voice} max=60s"))));
-    lab.input(dtmf_info(&ok, 2, '#'), CALLER);
-    assert!(lab
-        .media_log()
-        .iter()
-        .any(|l| l.ends_with("stop_recording")));
-    let saved = MediaEvent::Recorded {
-        id: voice,
-        saved: true,
-        ms: 3000,
-    };
-    lab.h
-        .shard
-        .handle_media(lab.now, &CallId::from("vm@a"), saved);
-    lab.out();
+    hash_ends_the_message(&mut lab, &ok, 2, "vm@a", voice);
     let stored = lab.writes.last().cloned().unwrap_or_default();
     assert!(
         stored.contains("VoiceMessage") && stored.contains("mailbox: \"202\""),
@@ -366,19 +372,6 @@ fn a_caller_who_holds_or_refreshes_while_leaving_a_message_is_answered_by_the_pb
         lab.media_log()
     );
     // Still recording: `#` ends the message as before.
-    lab.input(dtmf_info(&ok, 3, '#'), CALLER);
-    assert!(lab
-        .media_log()
-        .last()
-        .is_some_and(|l| l.ends_with("stop_recording")));
-    let saved = MediaEvent::Recorded {
-        id: voice,
-        saved: true,
-        ms: 3000,
-    };
-    lab.h
-        .shard
-        .handle_media(lab.now, &CallId::from("hold@a"), saved);
-    lab.out();
+    hash_ends_the_message(&mut lab, &ok, 3, "hold@a", voice);
     assert_eq!(lab.h.env.voicemail.counts("202"), (1, 0));
 }
