@@ -5,7 +5,7 @@
 //! mixed in one WAV) and starts another, which the caller's hang-up saves.
 //! Both are listed under the customer with the call's CDR id and play as
 //! WAV for the agent; another agent sees none of them, may not play them
-//! and may not record the call. On a full disk a recording stops, the
+//! and may not record the call; only a supervisor deletes one. On a full disk a recording stops, the
 //! error is logged once, and the call goes on to its normal end.
 
 mod common;
@@ -92,7 +92,8 @@ async fn an_agent_records_a_call_from_the_phone_and_the_desk_and_plays_it_from_t
         ("4001".to_string(), "pw4001".to_string()),
         ("4002".to_string(), "pw4002".to_string()),
     ];
-    let (pbx, target) = embedded_pbx(dir.path(), &users, OFFICE).await;
+    let boss = "[[users]]\nextension = \"4009\"\npassword = \"pw4009\"\nrole = \"supervisor\"\n";
+    let (pbx, target) = embedded_pbx(dir.path(), &users, &format!("{OFFICE}{boss}")).await;
     let base = format!("http://{}", pbx.http_addr());
     let agent = agent_keying_the_code(target, dir.path()).await;
 
@@ -187,6 +188,42 @@ async fn an_agent_records_a_call_from_the_phone_and_the_desk_and_plays_it_from_t
     }
     let (status, theirs) = json(&http, url.clone(), &other).await;
     assert_eq!((status, theirs), (200, Value::Array(Vec::new())));
+
+    // Only a supervisor deletes a recording: its record, then its WAV.
+    let delete = |token: String, id: u64| {
+        let url = format!("{url}/{id}");
+        let http = http.clone();
+        async move {
+            let r = http.delete(url).bearer_auth(token).send().await;
+            r.expect("delete").status().as_u16()
+        }
+    };
+    assert_eq!(delete(token.clone(), first).await, 403, "not an agent");
+    let supervisor = session_token(&http, &base, "4009", "pw4009").await;
+    let (_, all) = json(&http, url.clone(), &supervisor).await;
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(2),
+        "a supervisor sees all"
+    );
+    assert_eq!(delete(supervisor.clone(), first).await, 204);
+    assert_eq!(delete(supervisor.clone(), first).await, 404, "gone");
+    let (_, left) = json(&http, url.clone(), &token).await;
+    let left: Vec<u64> = left
+        .as_array()
+        .map(|l| l.iter().filter_map(|r| r["id"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, [second]);
+    let gone = http
+        .get(format!("{url}/{first}/audio"))
+        .bearer_auth(&supervisor)
+        .send()
+        .await
+        .expect("audio");
+    assert_eq!(gone.status().as_u16(), 404);
+    let wav = |id: u64| pbx.data_dir().join("voice").join(format!("{id}.wav"));
+    assert!(!wav(first).exists(), "its WAV is removed");
+    assert!(wav(second).exists(), "the other one's is kept");
     assert!(settled(&pbx).await, "no call or media port left");
     pbx.shutdown().await.expect("shutdown");
     let archive = sipdesk::Archive::open(&dir.path().join("data")).expect("archive");

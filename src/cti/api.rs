@@ -109,6 +109,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         super::recordings::stop,
         super::recordings::list,
         super::recordings::audio,
+        super::recordings::remove,
         super::callbacks::list,
         super::callbacks::create,
         super::callbacks::one,

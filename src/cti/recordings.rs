@@ -1,6 +1,7 @@
 //! Call recordings over HTTP: start and stop recording one of my calls,
 //! list a customer's recordings and play one. A recording is heard by the
-//! agent who made it and by supervisors, nobody else. The agent's stream
+//! agent who made it and by supervisors, nobody else; only a supervisor
+//! deletes one (its record durably, then its WAV). The agent's stream
 //! says when a recording started (also from the phone's feature code), was
 //! saved — once its record is durable — or failed.
 
@@ -26,6 +27,10 @@ pub fn routes() -> Router<Arc<Desk>> {
         .route(
             "/api/v1/customers/{number}/recordings/{id}/audio",
             get(audio),
+        )
+        .route(
+            "/api/v1/customers/{number}/recordings/{id}",
+            axum::routing::delete(remove),
         )
 }
 
@@ -136,6 +141,35 @@ pub(super) async fn audio(
         )));
     }
     super::callbacks::wav(&desk, id).await
+}
+
+/// Deletes one of a customer's call recordings: its record is gone from
+/// disk before the answer, then its WAV. Supervisors only.
+#[utoipa::path(delete, path = "/api/v1/customers/{number}/recordings/{id}",
+    params(("number" = String, Path), ("id" = u64, Path)),
+    responses((status = 204, description = "deleted, on disk"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "not a supervisor"),
+        (status = 404, body = ErrorBody, description = "no such recording")))]
+pub(super) async fn remove(
+    State(desk): State<Arc<Desk>>,
+    caller: Caller,
+    Path((number, id)): Path<(String, u64)>,
+) -> Result<StatusCode, ApiError> {
+    if caller.session.role != super::session::Role::Supervisor {
+        return Err(ApiError::Forbidden(
+            "only a supervisor deletes call recordings".into(),
+        ));
+    }
+    let recording = crate::recordings::of_customer(&desk.store, &number)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no recording {id} of customer {number}")))?;
+    let w = crate::store::Write::remove(&recording);
+    desk.config.writer.commit(vec![w]).await?;
+    super::voicemail::forget_recording(&desk, id).await;
+    tracing::info!(supervisor = %caller.session.extension, customer = %number, id, "call recording deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 impl Desk {

@@ -213,7 +213,7 @@ pub(super) async fn remove_greeting(
 }
 
 /// Removes recording `id` from the voice directory (logged if it cannot).
-async fn forget_recording(desk: &Desk, id: u64) {
+pub(super) async fn forget_recording(desk: &Desk, id: u64) {
     let path = crate::media::recorder::path(&desk.config.voice_dir, id);
     let gone = tokio::task::spawn_blocking(move || (std::fs::remove_file(&path), path)).await;
     if let Ok((Err(e), path)) = gone {
