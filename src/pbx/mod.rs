@@ -1077,6 +1077,8 @@ impl ShardTask {
         } = self;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
+        // When `sleep` fires (None: not armed).
+        let mut armed: Option<Instant> = None;
         let mut local = new_histogram();
         let mut merged_at = Instant::now();
         // Presence changes are only read while this shard has a BLF subscription or a
@@ -1099,8 +1101,13 @@ impl ShardTask {
                 _ => {}
             }
             let timeout = shard.poll_timeout();
-            if let Some(at) = timeout {
+            // Re-armed only when the deadline moves earlier: each reset of a
+            // tokio timer wakes its driver (a write to its eventfd, and one
+            // more pass of the event loop); a wake before a later deadline
+            // costs one look at the timers, which re-arms.
+            if let Some(at) = timeout.filter(|at| armed.is_none_or(|a| *at < a)) {
                 sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                armed = Some(at);
             }
             tokio::select! {
                 // Control first: flush results release held answers at once.
@@ -1136,14 +1143,21 @@ impl ShardTask {
                     // How far behind this shard is (how long the head of its queue
                     // waited; nothing once it has caught up): the edge refuses new
                     // requests while it is too far.
-                    let lag = if rx.is_empty() { Duration::ZERO } else { waited };
-                    dispatcher.report_lag(index, lag);
-                    // One batch per turn: the UDP reader beside this shard must
-                    // keep draining the socket (under overload it sheds, and the
-                    // kernel drops nothing) while a backlog is worked off.
-                    tokio::task::yield_now().await;
+                    let behind = !rx.is_empty();
+                    dispatcher.report_lag(index, if behind { waited } else { Duration::ZERO });
+                    // One batch per turn while a backlog is worked off: the UDP
+                    // reader beside this shard must keep draining the socket
+                    // (under overload it sheds, and the kernel drops nothing).
+                    // Caught up, the queue's own wait lets the reader run (a
+                    // yield would cost an extra poll of the event loop).
+                    if behind {
+                        tokio::task::yield_now().await;
+                    }
                 }
-                () = &mut sleep, if timeout.is_some() => shard.handle_timeout(Instant::now()),
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    shard.handle_timeout(Instant::now());
+                }
                 change = recv_change(&mut changes), if changes.is_some() => match change {
                     Ok(change) => shard.handle_presence(Instant::now(), &change),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

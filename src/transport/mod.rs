@@ -480,7 +480,9 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
                 continue;
             }
         };
-        // Drain everything queued on the socket per wake-up (bounded, to stay fair).
+        // Drain everything queued on the socket per wake-up (bounded, to stay
+        // fair: a reader cut short yields before it reads on).
+        let mut drained = false;
         for _ in 0..256 {
             match sock.get_ref().recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -495,6 +497,7 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
+                    drained = true;
                     break;
                 }
                 // ICMP port unreachable and friends surface here on some systems.
@@ -502,7 +505,9 @@ async fn udp_loop<T: From<Inbound> + Send + 'static>(
             }
         }
         drop(ready);
-        tokio::task::yield_now().await;
+        if !drained {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
