@@ -307,8 +307,8 @@ impl Harness {
     /// the writes.
     pub fn flush(&mut self, now: Instant) -> Vec<crate::store::Write> {
         let writes = self.shard.poll_writes();
-        if let Some(seq) = self.shard.poll_flush() {
-            self.shard.handle_flushed(now, seq);
+        if let Some(ask) = self.shard.poll_flush() {
+            self.shard.handle_flushed(now, ask.seq);
         }
         writes
     }

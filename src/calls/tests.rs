@@ -270,6 +270,25 @@ fn a_call_forks_to_every_phone_and_the_first_2xx_wins() {
 }
 
 #[test]
+fn a_byes_answer_waits_for_a_relaxed_flush_and_a_callers_refusal_for_a_prompt_one() {
+    let mut lab = Lab::two_phones(&[PHONE_A]);
+    let (ok, _) = connected(&mut lab, "relaxed@a", "");
+    let bye = caller_request(&ok, "BYE", 2, "", "");
+    lab.h.shard.handle_bytes(lab.now, bye, remote(CALLER));
+    let ask = lab.h.shard.poll_flush().expect("the CDR is flushed");
+    assert!(!ask.prompt, "nobody waits on the 200 to a BYE");
+    lab.h.shard.handle_flushed(lab.now, ask.seq);
+    assert_eq!(starting(&lab.out(), "SIP/2.0 200 OK").len(), 1);
+
+    let out = lab.input(invite("busy@a", "202", ""), CALLER);
+    let b = toward(&out, PHONE_A).clone();
+    let busy = response(&b, 486, "b", "", "");
+    lab.h.shard.handle_bytes(lab.now, busy, remote(PHONE_A));
+    let ask = lab.h.shard.poll_flush().expect("the CDR is flushed");
+    assert!(ask.prompt, "the caller waits to hear busy");
+}
+
+#[test]
 fn a_cancelled_call_cancels_its_branches_and_answers_487() {
     let mut lab = Lab::two_phones(&[PHONE_A]);
     let out = lab.input(invite("cancel@a", "202", ""), CALLER);

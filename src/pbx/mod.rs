@@ -122,6 +122,13 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// for durability waits up to this long more under load.
 const FLUSH_PACE: Duration = Duration::from_millis(10);
 
+/// The same while no answer anybody waits on is held (CDRs, whose calls
+/// are over, and writes nobody waits for): at 1,000 calls/s about 35
+/// flushes a second instead of 100, and the writer with sled's threads at
+/// 2.0-2.3 % of a core instead of 2.8-3.8 %. A prompt request that comes
+/// meanwhile is seen within FLUSH_PACE.
+const RELAXED_FLUSH_PACE: Duration = Duration::from_millis(25);
+
 /// Messages a shard may have queued before new ones are dropped (bounded memory
 /// under a flood; SIP retransmits what was lost).
 const SHARD_QUEUE: usize = 16_384;
@@ -1200,8 +1207,12 @@ impl ShardTask {
                     let _ = c.send(Control::Messages(Arc::clone(&lamps)));
                 }
             }
-            if let Some(seq) = shard.poll_flush() {
-                let _ = writer.send(WriterMsg::Flush { shard: index, seq });
+            if let Some(ask) = shard.poll_flush() {
+                let _ = writer.send(WriterMsg::Flush {
+                    shard: index,
+                    seq: ask.seq,
+                    prompt: ask.prompt,
+                });
             }
         }
     }
@@ -1325,6 +1336,8 @@ fn run_writer(
         let mut writes = Vec::new();
         let mut upto: HashMap<usize, u64> = HashMap::new();
         let mut commits = Vec::new();
+        // Whether anybody waits on this flush (else it is paced more loosely).
+        let mut prompt = false;
         let mut next = Some(first);
         // Group commit: writes come just before the flush request that covers
         // them; wait for it a little rather than commit a batch of one.
@@ -1332,13 +1345,19 @@ fn run_writer(
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Write(w) => writes.push(w),
-                WriterMsg::Flush { shard, seq } => {
+                WriterMsg::Flush {
+                    shard,
+                    seq,
+                    prompt: p,
+                } => {
                     let e = upto.entry(shard).or_default();
                     *e = (*e).max(seq);
+                    prompt |= p;
                 }
                 WriterMsg::Commit { writes: w, done } => {
                     writes.extend(w);
                     commits.push(done);
+                    prompt = true;
                 }
                 WriterMsg::Stop => {
                     stopping = true;
@@ -1350,29 +1369,33 @@ fn run_writer(
                 // Under load (the last flush was moments ago) one flush per
                 // FLUSH_PACE covers everything that came meanwhile; when idle,
                 // a flush goes at once.
-                let until = if flush_asked {
-                    flushed_at + FLUSH_PACE
-                } else {
-                    window
+                let until = match (flush_asked, prompt) {
+                    (false, _) => window,
+                    (true, true) => flushed_at + FLUSH_PACE,
+                    (true, false) => flushed_at + RELAXED_FLUSH_PACE,
                 };
                 next = match rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(_) if flush_asked || !writes.is_empty() => {
+                    // Pacing: asleep, not waiting on the queue. What comes
+                    // meanwhile is taken at once afterwards, and its senders
+                    // wake nobody (a wake-up per write cost more than the
+                    // writes); a relaxed wait looks every FLUSH_PACE, so that
+                    // a prompt request shortens it.
+                    Err(_) if flush_asked => loop {
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
-                            None
-                        } else if flush_asked {
-                            // Pacing: asleep, not waiting on the queue. What
-                            // comes meanwhile is taken at once afterwards, and
-                            // its senders wake nobody (a wake-up per write
-                            // cost more than the writes).
-                            std::thread::sleep(left);
-                            rx.try_recv().ok()
-                        } else {
-                            // The flush request that covers these writes ends
-                            // the wait as soon as it comes.
-                            rx.recv_timeout(left).ok()
+                            break None;
                         }
+                        std::thread::sleep(left.min(FLUSH_PACE));
+                        if let Ok(m) = rx.try_recv() {
+                            break Some(m);
+                        }
+                    },
+                    // The flush request that covers these writes ends the
+                    // wait as soon as it comes.
+                    Err(_) if !writes.is_empty() => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        rx.recv_timeout(left).ok()
                     }
                     Err(_) => None,
                 };

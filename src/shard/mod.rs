@@ -49,6 +49,18 @@ enum Owner {
     Trunk,
 }
 
+/// The store should flush every write up to `seq`, then tell the shard
+/// (`handle_flushed`). `prompt`: an answer someone waits on (a phone's
+/// REGISTER, a caller's final answer, the desk) is held for it; otherwise
+/// only writes nobody waits on, or the 200 to a BYE (the call is over, and
+/// its CDR only needs to be durable before that 200), and the writer may
+/// gather more of them into one flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushAsk {
+    pub seq: u64,
+    pub prompt: bool,
+}
+
 /// An answer that confirms a store write, waiting for the flush.
 #[derive(Debug)]
 struct Held {
@@ -107,7 +119,8 @@ pub struct Shard {
     /// Writes handed out so far, and the highest number known to be durable.
     write_seq: u64,
     flushed_seq: u64,
-    flush_wanted: bool,
+    /// A flush to ask for (`Some(prompt)`), since the last one asked.
+    flush_wanted: Option<bool>,
     /// Malformed input is logged at most once a second; the rest is counted.
     last_warn: Option<Instant>,
     suppressed: u64,
@@ -152,7 +165,7 @@ impl Shard {
             held: VecDeque::new(),
             write_seq: 0,
             flushed_seq: 0,
-            flush_wanted: false,
+            flush_wanted: None,
             last_warn: None,
             suppressed: 0,
         }
@@ -364,7 +377,7 @@ impl Shard {
                 Effect::Store(w) => {
                     self.writes.push(w);
                     self.write_seq += 1;
-                    self.flush_wanted = true;
+                    self.flush_wanted.get_or_insert(false);
                 }
                 Effect::Callback(r) => self.callbacks.push(r),
                 Effect::Attempt(r) => self.attempts.push(r),
@@ -396,6 +409,13 @@ impl Shard {
     fn answer(&mut self, now: Instant, tx: TxId, answer: Bytes, durable: bool, forget: bool) {
         if durable && self.write_seq > self.flushed_seq {
             let seq = self.write_seq;
+            let bye = self
+                .layer
+                .request(tx)
+                .is_some_and(|r| r.method() == Some(&Method::Bye));
+            if !bye {
+                self.flush_wanted = Some(true);
+            }
             self.held.push_back(Held {
                 seq,
                 tx,
@@ -622,7 +642,7 @@ impl Shard {
             // The registrar queued its writes itself; one more sequence number
             // makes the flush cover them.
             self.write_seq += 1;
-            self.flush_wanted = true;
+            self.flush_wanted.get_or_insert(false);
         }
         // The registrar answers retransmissions itself (stateless, RFC 3261
         // §8.2.7): its transactions end with the answer instead of holding it
@@ -859,10 +879,13 @@ impl Shard {
         std::mem::take(&mut self.recordings)
     }
 
-    /// `Some(seq)` once: the runtime should flush the store and then call
-    /// `handle_flushed(seq)`.
-    pub fn poll_flush(&mut self) -> Option<u64> {
-        std::mem::take(&mut self.flush_wanted).then_some(self.write_seq)
+    /// A flush to ask for, once: the runtime should flush the store and then
+    /// call `handle_flushed(seq)`.
+    pub fn poll_flush(&mut self) -> Option<FlushAsk> {
+        self.flush_wanted.take().map(|prompt| FlushAsk {
+            seq: self.write_seq,
+            prompt,
+        })
     }
 
     /// Live transactions and held answers.

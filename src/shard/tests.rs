@@ -114,7 +114,9 @@ fn register_is_challenged_then_answered_only_after_the_store_flush() {
         sent(&mut ep).is_empty(),
         "nothing confirmed before the flush"
     );
-    let seq = ep.poll_flush().expect("a flush is requested");
+    let ask = ep.poll_flush().expect("a flush is requested");
+    assert!(ask.prompt, "the phone waits for its answer");
+    let seq = ask.seq;
     assert_eq!(ep.poll_flush(), None, "once");
     // A retransmission while the flush runs is absorbed.
     ep.handle_bytes(
@@ -436,7 +438,7 @@ fn a_phone_that_wants_its_lamp_unsolicited_gets_it_after_registering_and_on_each
     ep.handle_bytes(t0, register(1, "z9hG4bK1", None), phone());
     let auth = credentials(&sent(&mut ep)[0], "secret");
     ep.handle_bytes(t0, register(2, "z9hG4bK2", Some(&auth)), phone());
-    let seq = ep.poll_flush().expect("flush");
+    let seq = ep.poll_flush().expect("flush").seq;
     ep.handle_flushed(t0, seq);
     assert!(sent(&mut ep)[0].starts_with("SIP/2.0 200 OK"));
     ep.handle_timeout(t0 + Duration::from_millis(1999));

@@ -84,9 +84,13 @@ impl Write {
 #[derive(Debug)]
 pub enum WriterMsg {
     Write(Write),
+    /// Flush everything up to the shard's write `seq`, then tell it;
+    /// `prompt`: an answer somebody waits on is held for it (see
+    /// `shard::FlushAsk`), else the flush may gather more first.
     Flush {
         shard: usize,
         seq: u64,
+        prompt: bool,
     },
     /// Apply these with the next group commit, flush, then answer whether
     /// they are durable (the desk's writes: nothing else flushes, because
