@@ -63,21 +63,13 @@ impl Record for ResponseRecord {
     const TREE: &'static str = "responses.v1";
     /// By caller, then id: one caller's records are adjacent, oldest first.
     fn key(&self) -> Vec<u8> {
-        let mut k = caller_prefix(&self.caller);
-        k.extend_from_slice(&self.id.to_be_bytes());
-        k
+        crate::store::owned_key(&self.caller, self.id)
     }
-}
-
-fn caller_prefix(caller: &str) -> Vec<u8> {
-    let mut k = caller.as_bytes().to_vec();
-    k.push(0);
-    k
 }
 
 /// One caller's response records (the customer's history), oldest first.
 pub fn responses(store: &Store, caller: &str) -> Result<Vec<ResponseRecord>, StoreError> {
-    store.with_prefix(&caller_prefix(caller))
+    store.owned_by(caller)
 }
 
 /// One customer as the desk's search shows them.

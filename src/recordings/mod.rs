@@ -33,21 +33,13 @@ impl Record for CallRecording {
     const TREE: &'static str = "recordings.v1";
     /// By customer, then id: one customer's recordings are adjacent, oldest first.
     fn key(&self) -> Vec<u8> {
-        let mut k = customer_prefix(&self.customer);
-        k.extend_from_slice(&self.id.to_be_bytes());
-        k
+        crate::store::owned_key(&self.customer, self.id)
     }
-}
-
-fn customer_prefix(customer: &str) -> Vec<u8> {
-    let mut k = customer.as_bytes().to_vec();
-    k.push(0);
-    k
 }
 
 /// A customer's recordings, oldest first.
 pub fn of_customer(store: &Store, customer: &str) -> Result<Vec<CallRecording>, StoreError> {
-    store.with_prefix(&customer_prefix(customer))
+    store.owned_by(customer)
 }
 
 /// What became of a recording an agent started, for the agent's desktop.

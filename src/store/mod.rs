@@ -263,6 +263,11 @@ impl Store {
         }
     }
 
+    /// The records of one owner (see [`owned_key`]), oldest first.
+    pub fn owned_by<R: Record>(&self, owner: &str) -> Result<Vec<R>, StoreError> {
+        self.with_prefix(&owner_prefix(owner))
+    }
+
     /// The records whose key starts with `prefix`, in key order.
     pub fn with_prefix<R: Record>(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
         decode(self.tree(R::TREE)?.scan_prefix(prefix))
@@ -326,6 +331,20 @@ impl IdGen {
         self.next = id + self.step;
         id
     }
+}
+
+/// The key of record `id` of one owner (a caller, a customer, a mailbox):
+/// one owner's records are adjacent, in id order (see [`Store::owned_by`]).
+pub fn owned_key(owner: &str, id: u64) -> Vec<u8> {
+    let mut k = owner_prefix(owner);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn owner_prefix(owner: &str) -> Vec<u8> {
+    let mut k = owner.as_bytes().to_vec();
+    k.push(0);
+    k
 }
 
 #[cfg(test)]

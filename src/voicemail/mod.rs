@@ -41,10 +41,7 @@ pub struct VoiceMessage {
 impl Record for VoiceMessage {
     const TREE: &'static str = "voicemail.v1";
     fn key(&self) -> Vec<u8> {
-        let mut k = self.mailbox.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(&self.id.to_be_bytes());
-        k
+        crate::store::owned_key(&self.mailbox, self.id)
     }
 }
 
