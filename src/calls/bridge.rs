@@ -276,7 +276,7 @@ pub(super) fn next_leg<'a>(
     a: &'a ALeg,
 ) -> (&'a [u8], usize) {
     match transfer {
-        Some(t) => (&t.offer, super::transfer::relay_index(t.by)),
+        Some(t) => (&t.offer, t.by.relay_index()),
         None => (a.invite.body(), 1),
     }
 }

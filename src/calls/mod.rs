@@ -90,6 +90,16 @@ pub(crate) enum Side {
     B(usize),
 }
 
+impl Side {
+    /// Its side in the call's relay (0: A, 1: B).
+    fn relay_index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B(_) => 1,
+        }
+    }
+}
+
 /// What one of our client transactions belongs to (requests whose answer
 /// changes nothing, such as a BYE, have no entry).
 #[derive(Debug, Clone)]

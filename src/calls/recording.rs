@@ -63,14 +63,6 @@ pub(super) struct Taking {
     start_ms: u64,
 }
 
-/// Each side's index in the relay.
-fn relay_side(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B(_) => 1,
-    }
-}
-
 /// Whether both parties of `bridge` are connected (and it is not being
 /// transferred).
 fn connected(bridge: &Bridge) -> bool {
@@ -92,7 +84,7 @@ pub(super) fn listen_for_code(cx: &Cx<'_>, bridge: &Bridge) {
             continue;
         }
         if let Some(pt) = answered_event_pt(sdp) {
-            bridge.relay.listen_digits(relay_side(side), pt);
+            bridge.relay.listen_digits(side.relay_index(), pt);
         }
     }
 }
@@ -261,7 +253,7 @@ impl Calls {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
-        let toward = relay_side(side);
+        let toward = side.relay_index();
         let Ok(rec) = bridge_recordable(bridge, side) else {
             return;
         };

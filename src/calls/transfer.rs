@@ -165,14 +165,6 @@ pub(super) fn release(
     }
 }
 
-/// The relay side of a bridge side (0: A, 1: B).
-pub(super) fn relay_index(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B(_) => 1,
-    }
-}
-
 /// What a REFER's Refer-To names: a number, and for an attended transfer the
 /// dialog the target is in (`?Replaces=`, whose URI need not name a user);
 /// or why it is refused.
@@ -876,7 +868,7 @@ impl Calls {
         let transferee = across(bridge, t.by);
         if let Ok(s) = sdp::parse(sdp) {
             let peer = peer_of(&s, bridge.branches[idx].remote.addr);
-            bridge.relay.set_peer(relay_index(t.by), peer);
+            bridge.relay.set_peer(t.by.relay_index(), peer);
         }
         bridge.relay.stop_playing();
         // The target's dialog takes the transferor's place.
@@ -975,7 +967,7 @@ impl Calls {
         let Some(bridge) = self.bridges.get_mut(a) else {
             return;
         };
-        let port = bridge.relay.ports()[relay_index(side)];
+        let port = bridge.relay.ports()[side.relay_index()];
         let Some(d) = dialog_of(bridge, side) else {
             return;
         };
@@ -1024,7 +1016,7 @@ impl Calls {
                 ack(cx, d, r.cseq().map_or(d.cseq, |c| c.seq));
                 let sip = d.remote.addr;
                 if let Ok(s) = sdp::parse(r.body()) {
-                    bridge.relay.set_peer(relay_index(side), peer_of(&s, sip));
+                    bridge.relay.set_peer(side.relay_index(), peer_of(&s, sip));
                 }
                 if let Some(next) = then {
                     self.reanchor(cx, &a, next, r.body(), None, (None, false));
